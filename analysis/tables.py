@@ -1,0 +1,275 @@
+"""Tidy tables over many runs: the one place that turns run stores into the frames exports and dashboards use.
+
+Every function here is pure (a list of :class:`mmchar.store.Run` in, a long-format DataFrame out), so the CSV
+export, the dashboard and a notebook all see the same numbers; nothing here prints, plots or imports torch.
+Each table starts with the identifying columns ``run_id, workload, backend`` so tables can be joined on
+``run_id`` and grouped by workload or backend without going back to the runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmchar.schema import BREAKDOWN_COLUMNS, TIMING_KEYS
+from mmchar.store import Run
+
+PARAM_KEYS = ("height", "width", "frames", "steps", "batch")
+ID_COLUMNS = ("run_id", "workload", "preset", "backend", "device", "status")
+MEASURE_COLUMNS = ("time_us", "share", "calls", "flops", "bytes")
+BUSY_KEYS = ("wall_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
+
+
+def _device_name(meta: dict[str, Any]) -> str:
+    device = meta.get("device") or {}
+    return str(device.get("name") or device.get("type") or "")
+
+
+def _params(meta: dict[str, Any]) -> dict[str, Any]:
+    return (meta.get("config") or {}).get("params") or {}
+
+
+def _ids(run: Run) -> dict[str, Any]:
+    """The identifying columns of one run: who ran what, where, with which shape parameters."""
+    meta = run.meta
+    params = _params(meta)
+    ids = {
+        "run_id": run.run_id,
+        "workload": meta.get("workload"),
+        "preset": meta.get("preset"),
+        "backend": meta.get("backend"),
+        "device": _device_name(meta),
+        "status": meta.get("status"),
+    }
+    ids.update({k: params.get(k) for k in PARAM_KEYS})
+    return ids
+
+
+def _has_rows(run: Run) -> bool:
+    return run.status == "ok" and len(run.breakdown) > 0
+
+
+def run_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run: identity, parameters, status and error message (the overview's source).
+
+    Args:
+        runs: loaded runs, any status.
+
+    Returns:
+        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch,
+        created, error``; one row per run in input order.
+    """
+    rows = [dict(_ids(r), created=r.meta.get("created"), error=r.meta.get("error")) for r in runs]
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *PARAM_KEYS, "created", "error"])
+
+
+def breakdown_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Every run's ``breakdown.csv`` stacked, with identifying columns prepended.
+
+    A run without breakdown rows (a failed run, status ``oom``/``error``) contributes one row with its status
+    and NaN measures, so an export still lists it.
+
+    Args:
+        runs: loaded runs, any status.
+
+    Returns:
+        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch,
+        stage, op_class, attn_site, time_us, share, calls, flops, bytes``; ``attn_site`` is ``""`` outside
+        attention.
+    """
+    columns = [*ID_COLUMNS, *PARAM_KEYS, *BREAKDOWN_COLUMNS]
+    frames = []
+    for run in runs:
+        ids = _ids(run)
+        if _has_rows(run):
+            bd = run.breakdown.reindex(columns=list(BREAKDOWN_COLUMNS)).copy()
+            bd["attn_site"] = bd["attn_site"].fillna("").astype(str)
+            for key, value in ids.items():
+                bd[key] = value
+        else:
+            bd = pd.DataFrame([dict(ids, stage="", op_class="", attn_site="")])
+        frames.append(bd.reindex(columns=columns))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(frames, ignore_index=True)
+    for col in MEASURE_COLUMNS:
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    return out
+
+
+def stage_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Latency and GPU busy/idle per run and timing key.
+
+    ``stage`` holds a timing key of ``meta["timings"]`` (``e2e``, ``denoiser_step`` and the stages) or a stage
+    that only ``meta["busy"]`` reports; latency comes from the uninstrumented timed pass, busy/idle from the
+    light profile, so they sit side by side rather than being derived from each other.
+
+    Args:
+        runs: loaded runs; runs without timings or busy data contribute no rows.
+
+    Returns:
+        Columns ``run_id, workload, backend, device, status, stage, median_ms, min_ms, max_ms, n, wall_ms,
+        busy_ms, idle_ms, busy_frac, kernels``; rows ordered by run, then by ``schema.TIMING_KEYS``.
+    """
+    columns = ["run_id", "workload", "backend", "device", "status", "stage",
+               "median_ms", "min_ms", "max_ms", "n", *BUSY_KEYS]
+    order = {k: i for i, k in enumerate(TIMING_KEYS)}
+    rows = []
+    for run in runs:
+        timings = run.meta.get("timings") or {}
+        busy = run.meta.get("busy") or {}
+        keys = sorted(set(timings) | set(busy), key=lambda k: (order.get(k, len(order)), k))
+        ids = {k: v for k, v in _ids(run).items() if k in columns}
+        for key in keys:
+            t, b = timings.get(key) or {}, busy.get(key) or {}
+            rows.append(dict(ids, stage=key,
+                             **{k: t.get(k, np.nan) for k in ("median_ms", "min_ms", "max_ms", "n")},
+                             **{k: b.get(k, np.nan) for k in BUSY_KEYS}))
+    out = pd.DataFrame(rows, columns=columns)
+    for col in columns[6:]:
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    return out
+
+
+def attention_site_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Attention time per run, stage and attention site, with each site's share of the stage's attention.
+
+    Args:
+        runs: loaded runs; only ``ok`` runs with attention rows contribute.
+
+    Returns:
+        Columns ``run_id, workload, backend, stage, attn_site, time_us, calls, attn_share, stage_share``:
+        ``attn_share`` = site time / attention time of the stage (sums to 1 per run × stage), ``stage_share`` =
+        site time / all kernel time of the stage (the breakdown's share).
+    """
+    columns = ["run_id", "workload", "backend", "stage", "attn_site", "time_us", "calls", "attn_share",
+               "stage_share"]
+    bd = breakdown_table(runs)
+    att = bd[bd["op_class"] == "attention"]
+    if att.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["run_id", "workload", "backend", "stage", "attn_site"]
+    out = (att.groupby(keys, sort=False, dropna=False)
+              .agg(time_us=("time_us", "sum"), calls=("calls", "sum"), stage_share=("share", "sum"))
+              .reset_index())
+    total = out.groupby(["run_id", "stage"], sort=False)["time_us"].transform("sum")
+    out["attn_share"] = out["time_us"] / total.where(total > 0)
+    return out[columns]
+
+
+def top_kernels_table(runs: Sequence[Run], n: int = 15) -> pd.DataFrame:
+    """The ``n`` kernels with the most total time in each run.
+
+    Kernels are grouped by name over all stages and steps; a name that ran under several op classes (a bmm
+    inside and outside attention cores) is labelled with the class that holds most of its time.
+
+    Args:
+        runs: loaded runs; runs without kernel rows contribute nothing.
+        n: kernels kept per run.
+
+    Returns:
+        Columns ``run_id, workload, backend, rank, kernel, op_class, calls, time_us, share`` with ``share`` =
+        kernel time / all kernel time of the run; ``rank`` starts at 1 (most time), ties broken by name.
+    """
+    columns = ["run_id", "workload", "backend", "rank", "kernel", "op_class", "calls", "time_us", "share"]
+    frames = []
+    for run in runs:
+        k = run.kernels
+        if k is None or k.empty:
+            continue
+        k = pd.DataFrame({"kernel": k["kernel"].astype(str), "op_class": k["op_class"].astype(str),
+                          "dur_us": k["dur_us"].astype(float)})
+        total = k["dur_us"].sum()
+        by_class = k.groupby(["kernel", "op_class"], sort=False)["dur_us"].sum().reset_index()
+        dominant = (by_class.sort_values(["dur_us", "op_class"], ascending=[False, True])
+                    .drop_duplicates("kernel").set_index("kernel")["op_class"])
+        agg = k.groupby("kernel", sort=False).agg(calls=("dur_us", "size"), time_us=("dur_us", "sum")).reset_index()
+        agg = agg.sort_values(["time_us", "kernel"], ascending=[False, True]).head(n).reset_index(drop=True)
+        agg["op_class"] = agg["kernel"].map(dominant)
+        agg["share"] = agg["time_us"] / total if total > 0 else np.nan
+        agg["rank"] = np.arange(1, len(agg) + 1)
+        agg["run_id"], agg["workload"], agg["backend"] = run.run_id, run.workload, run.backend
+        frames.append(agg[columns])
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _median_ms(meta: dict[str, Any], key: str) -> float:
+    value = ((meta.get("timings") or {}).get(key) or {}).get("median_ms")
+    return float(value) if value is not None else np.nan
+
+
+def _attention_us_per_step(run: Run) -> float:
+    """Attention time of one denoising step: recorded in meta, else the profiled denoiser steps' mean."""
+    value = run.meta.get("attention_time_us_per_step")
+    if value is not None:
+        return float(value)
+    k = run.kernels
+    if k is None or k.empty:
+        return np.nan
+    den = k[(k["stage"].astype(str) == "denoiser")]
+    steps = den["step"].nunique()
+    if not steps:
+        return np.nan
+    return float(den.loc[den["op_class"].astype(str) == "attention", "dur_us"].sum()) / steps
+
+
+def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Backend comparison: latency, attention time and agreement of each run against its group's baseline.
+
+    Rows are the runs whose meta has a ``compare`` entry, plus each group's baseline run when it is among
+    ``runs`` (``is_baseline`` True, speedups 1). Speedup = baseline time / run time (> 1 is faster); NaN where
+    the baseline run is not among ``runs``.
+
+    Args:
+        runs: loaded runs, any mix.
+
+    Returns:
+        Columns ``group, run_id, workload, backend, baseline_run_id, baseline_backend, is_baseline, status,
+        e2e_ms, denoiser_step_ms, attention_us_per_step, e2e_speedup, step_speedup, attention_speedup,
+        max_abs_diff, cosine, agrees`` (nullable boolean: NA where not checked).
+    """
+    columns = ["group", "run_id", "workload", "backend", "baseline_run_id", "baseline_backend", "is_baseline",
+               "status", "e2e_ms", "denoiser_step_ms", "attention_us_per_step", "e2e_speedup", "step_speedup",
+               "attention_speedup", "max_abs_diff", "cosine", "agrees"]
+    by_id = {r.run_id: r for r in runs}
+    members: list[tuple[Run, dict[str, Any]]] = [(r, r.meta["compare"]) for r in runs if r.meta.get("compare")]
+    seen = {r.run_id for r, _ in members}
+    for _, cmp in list(members):
+        base = by_id.get(cmp.get("baseline_run_id"))
+        if base is not None and base.run_id not in seen:
+            seen.add(base.run_id)
+            members.append((base, {"group": cmp.get("group"), "baseline_run_id": base.run_id,
+                                   "baseline_backend": base.backend}))
+    rows = []
+    for run, cmp in members:
+        base = by_id.get(cmp.get("baseline_run_id"))
+        row = {
+            "group": cmp.get("group"), "run_id": run.run_id, "workload": run.workload, "backend": run.backend,
+            "baseline_run_id": cmp.get("baseline_run_id"), "baseline_backend": cmp.get("baseline_backend"),
+            "is_baseline": run.run_id == cmp.get("baseline_run_id"), "status": run.status,
+            "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, "denoiser_step"),
+            "attention_us_per_step": _attention_us_per_step(run),
+            "max_abs_diff": cmp.get("max_abs_diff", np.nan), "cosine": cmp.get("cosine", np.nan),
+            "agrees": cmp.get("agrees"),
+        }
+        base_values = ((_median_ms(base.meta, "e2e"), _median_ms(base.meta, "denoiser_step"),
+                        _attention_us_per_step(base)) if base is not None else (np.nan,) * 3)
+        for name, b, value in zip(("e2e_speedup", "step_speedup", "attention_speedup"), base_values,
+                                  (row["e2e_ms"], row["denoiser_step_ms"], row["attention_us_per_step"])):
+            row[name] = b / value if value and not np.isnan(value) else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    for col in ("max_abs_diff", "cosine"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    out["agrees"] = out["agrees"].astype("boolean")  # NA where not checked (the baseline itself)
+    out["is_baseline"] = out["is_baseline"].astype(bool)
+    # each group together, its baseline first; groups in order of first appearance
+    first = {g: i for i, g in reversed(list(enumerate(out["group"])))}
+    out["_g"] = out["group"].map(first)
+    return out.sort_values(["_g", "is_baseline"], ascending=[True, False], kind="stable").drop(
+        columns="_g").reset_index(drop=True)

@@ -1,0 +1,5 @@
+"""Dashboards: Plotly views over ``mmchar.analysis`` tables, written as one offline HTML page."""
+
+from .report import build_figures, render_dashboard, write_dashboard
+
+__all__ = ["build_figures", "render_dashboard", "write_dashboard"]

@@ -1,0 +1,39 @@
+"""Attention-sites view: where attention time goes (spatial, temporal, cross ...) in each run.
+
+Stages are summed per run (a site mostly belongs to one stage anyway: ``text`` to the text encoder); one
+stacked trace per site keeps the trace count fixed however many runs there are.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from mmchar.schema import ATTN_SITES
+
+from .palette import attn_site_color, style
+
+
+def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
+    """Attention ms by site per run, stacked.
+
+    Args:
+        sites: ``analysis.tables.attention_site_table`` output.
+
+    Returns:
+        A figure with one bar trace per attention site.
+    """
+    agg = sites.groupby(["attn_site", "run_id"], sort=False)["time_us"].sum().reset_index()
+    runs = list(dict.fromkeys(sites["run_id"]))
+    total = agg.groupby("run_id")["time_us"].transform("sum")
+    agg["share"] = agg["time_us"] / total.where(total > 0)
+    present = list(dict.fromkeys(agg["attn_site"]))
+    fig = go.Figure()
+    for site in [s for s in ATTN_SITES if s in present] + [s for s in present if s not in ATTN_SITES]:
+        part = agg[agg["attn_site"] == site]
+        fig.add_trace(go.Bar(
+            x=part["run_id"], y=part["time_us"] / 1e3, name=site or "(none)", marker_color=attn_site_color(site),
+            customdata=part["share"],
+            hovertemplate=f"%{{x}}<br>{site}: %{{y:.2f}} ms (%{{customdata:.1%}} of attention)<extra></extra>"))
+    return style(fig, "Attention kernel time by site (profiled steps, all stages)", barmode="stack",
+                 yaxis={"title": "ms"}, xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs})

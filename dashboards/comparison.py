@@ -1,0 +1,41 @@
+"""Backend-comparison view: speedup of each backend over its group's baseline, and whether outputs agree.
+
+One trace per speedup kind (end to end, denoiser step, attention per step) on a group × backend axis; bars of
+runs whose output does not agree with the baseline are labelled, since a fast wrong answer is not a speedup.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .palette import style
+
+SPEEDUPS = (("e2e_speedup", "end to end", "#4c78a8"), ("step_speedup", "denoiser step", "#f58518"),
+            ("attention_speedup", "attention / step", "#e45756"))
+
+
+def comparison_figure(comparison: pd.DataFrame) -> go.Figure:
+    """Grouped speedup bars per backend within each comparison group.
+
+    Args:
+        comparison: ``analysis.tables.comparison_table`` output.
+
+    Returns:
+        A figure with one bar trace per speedup kind and a dashed line at 1 (the baseline).
+    """
+    cmp = comparison
+    x = [list(cmp["group"].astype(str)), list(cmp["backend"].astype(str))]
+    verdict = ["baseline" if b else "not checked" if pd.isna(a) else "agrees" if a else "DIFFERS"
+               for b, a in zip(cmp["is_baseline"], cmp["agrees"])]
+    custom = list(zip(cmp["run_id"], verdict, cmp["max_abs_diff"], cmp["cosine"]))
+    fig = go.Figure()
+    for col, name, color in SPEEDUPS:
+        fig.add_trace(go.Bar(
+            x=x, y=cmp[col], name=name, marker_color=color, customdata=custom,
+            text=["✗ differs" if v == "DIFFERS" else "" for v in verdict], textposition="outside",
+            hovertemplate=f"%{{customdata[0]}}<br>{name}: %{{y:.2f}}×<br>%{{customdata[1]}} "
+                          "(max |diff| %{customdata[2]:.3g}, cosine %{customdata[3]:.5f})<extra></extra>"))
+    fig.add_hline(y=1, line_dash="dash", line_color="#555")
+    return style(fig, "Speedup over the group's baseline backend (> 1 is faster)", barmode="group",
+                 yaxis={"title": "speedup (×)"})

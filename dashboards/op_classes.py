@@ -1,0 +1,58 @@
+"""Op-class breakdown view: share of kernel time per op class, one stacked bar per run, a button per stage.
+
+Traces are one per stage × op class (not per run), so a page with 100 runs stays a few dozen traces; the
+buttons toggle which stage's traces are visible, the denoiser by default since it dominates generation.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from mmchar.schema import OP_CLASSES, STAGES
+
+from .palette import MENU_POSITION, op_class_color, style
+
+DEFAULT_STAGE = "denoiser"
+
+
+def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
+    """Stacked op-class shares per run, one stage shown at a time.
+
+    Args:
+        breakdown: ``analysis.tables.breakdown_table`` output (failed runs' placeholder rows are ignored).
+
+    Returns:
+        A figure with one bar trace per stage × op class and a button per stage.
+    """
+    bd = breakdown[(breakdown["status"] == "ok") & (breakdown["stage"].astype(str) != "")]
+    agg = bd.groupby(["stage", "op_class", "run_id"], sort=False).agg(
+        share=("share", "sum"), time_us=("time_us", "sum")).reset_index()
+    runs = list(dict.fromkeys(bd["run_id"]))
+    present = set(agg["stage"])
+    stages = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
+    classes = [c for c in OP_CLASSES if c in set(agg["op_class"])] + sorted(set(agg["op_class"]) - set(OP_CLASSES))
+    default = DEFAULT_STAGE if DEFAULT_STAGE in stages else (stages[0] if stages else None)
+    fig = go.Figure()
+    owner: list[str] = []
+    for stage in stages:
+        for op_class in classes:
+            part = agg[(agg["stage"] == stage) & (agg["op_class"] == op_class)]
+            if part.empty:
+                continue
+            part = part.set_index("run_id").reindex([r for r in runs if r in set(part["run_id"])])
+            fig.add_trace(go.Bar(
+                x=list(part.index), y=part["share"], name=op_class, legendgroup=op_class,
+                marker_color=op_class_color(op_class), customdata=part["time_us"] / 1e3,
+                hovertemplate=f"%{{x}}<br>{stage} / {op_class}: %{{y:.1%}} (%{{customdata:.2f}} ms)<extra></extra>",
+                visible=stage == default))
+            owner.append(stage)
+    buttons = [{"label": s, "method": "update",
+                "args": [{"visible": [o == s for o in owner]}, {"title.text": f"Op-class share of kernel time: {s}"}]}
+               for s in stages]
+    style(fig, f"Op-class share of kernel time: {default}", barmode="stack",
+          yaxis={"title": "share of stage kernel time", "tickformat": ".0%", "range": [0, 1.001]},
+          xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs},
+          updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, **MENU_POSITION,
+                        "active": stages.index(default)}] if stages else [])
+    return fig

@@ -1,0 +1,50 @@
+"""Shared look of every dashboard figure: one colour per op class and attention site, one plotly config.
+
+One dict keyed by ``schema.OP_CLASSES`` keeps "attention" the same colour in every figure of a page, so a
+reader can compare figures at a glance. The config keeps plotly from fetching anything (no MathJax, no logo
+link, no cloud export), so the page works offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+from mmchar.schema import ATTN_SITES, OP_CLASSES
+
+OP_CLASS_COLORS: dict[str, str] = dict(zip(OP_CLASSES, (
+    "#4c78a8",  # conv
+    "#f58518",  # gemm
+    "#e45756",  # attention
+    "#72b7b2",  # norm
+    "#54a24b",  # elementwise
+    "#eeca3b",  # memory
+    "#b279a2",  # communication
+    "#9d9da0",  # other
+)))
+ATTN_SITE_COLORS: dict[str, str] = dict(zip(ATTN_SITES, (
+    "#e45756", "#4c78a8", "#b279a2", "#f58518", "#54a24b", "#72b7b2")))
+FALLBACK_COLOR = "#bab0ac"
+
+# No MathJax, no "edit in chart studio" link, no plotly logo link: nothing in the page reaches the network.
+PLOTLY_CONFIG: dict[str, Any] = {"displaylogo": False, "showSendToCloud": False, "responsive": True,
+                                 "typesetMath": False}
+TEMPLATE = "plotly_white"
+# Buttons and dropdowns sit above the plot's top-right corner, clear of the title on the left.
+MENU_POSITION: dict[str, Any] = {"x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom", "pad": {"b": 4}}
+
+
+def op_class_color(op_class: str) -> str:
+    return OP_CLASS_COLORS.get(op_class, FALLBACK_COLOR)
+
+
+def attn_site_color(site: str) -> str:
+    return ATTN_SITE_COLORS.get(site, FALLBACK_COLOR)
+
+
+def style(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
+    """Apply the common layout (template, title, legend, margins) to a view's figure."""
+    fig.update_layout(template=TEMPLATE, title=title, legend={"traceorder": "normal"},
+                      margin={"l": 60, "r": 20, "t": 80, "b": 60}, **layout)
+    return fig

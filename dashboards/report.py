@@ -1,0 +1,117 @@
+"""The dashboard builder: one self-contained offline HTML page over many runs.
+
+Tables come from ``analysis.tables`` (computed once here), each view turns one table into one figure, and the
+page embeds plotly.js exactly once in a single ``<script>`` followed by one small ``Plotly.newPlot`` per figure.
+No CDN, fonts or MathJax: the file opens from a laptop with no network, years later.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+import mmchar
+from mmchar.analysis import tables
+from mmchar.store import Run
+
+from .attention_sites import attention_sites_figure
+from .busy_idle import busy_idle_figure
+from .comparison import comparison_figure
+from .op_classes import op_class_figure
+from .overview import overview_html
+from .palette import PLOTLY_CONFIG
+from .stage_times import stage_times_figure
+from .top_kernels import top_kernels_figure
+
+# (key, section heading, one-line explanation shown under the heading)
+SECTIONS = (
+    ("op_classes", "Op-class breakdown", "Share of each stage's GPU kernel time per op class (idle time excluded)."),
+    ("stage_times", "Stage times", "Median latency per stage over the timed, uninstrumented repeats."),
+    ("attention_sites", "Attention sites", "Attention kernel time split by attention site."),
+    ("top_kernels", "Top kernels", "Kernels with the most total time in the chosen run."),
+    ("busy_idle", "Busy vs idle", "GPU busy and idle time per stage; idle is launch/host overhead."),
+    ("comparison", "Backend comparison", "Speedup of each backend over its group's baseline, with output agreement."),
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:0 24px;color:#222}
+header{border-bottom:1px solid #ddd;padding:16px 0}header h1{margin:0 0 4px}header .meta{color:#666;font-size:.9em}
+section{margin:28px 0}section p.note{color:#555;margin:4px 0 8px}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:160px}
+.card-label{color:#666;font-size:.8em;text-transform:uppercase}.card-value{font-size:1.6em;font-weight:600}
+.card-detail{color:#444;font-size:.85em;max-width:420px}
+table{border-collapse:collapse;font-size:.85em;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.status-oom,.status-error{color:#b00020;font-weight:600}.figure{min-height:450px}
+"""
+
+
+def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
+    """Every view's figure for ``runs``; views with no data (no comparison runs, no kernels ...) are left out.
+
+    Args:
+        runs: loaded runs, any status.
+
+    Returns:
+        Figures keyed by section key (``SECTIONS`` order).
+    """
+    breakdown = tables.breakdown_table(runs)
+    breakdown = breakdown[breakdown["status"] == "ok"].dropna(subset=["share"])
+    stages = tables.stage_table(runs)
+    inputs = {
+        "op_classes": (breakdown, op_class_figure),
+        "stage_times": (stages.dropna(subset=["median_ms"]), stage_times_figure),
+        "attention_sites": (tables.attention_site_table(runs), attention_sites_figure),
+        "top_kernels": (tables.top_kernels_table(runs), top_kernels_figure),
+        "busy_idle": (stages.dropna(subset=["busy_ms"]), busy_idle_figure),
+        "comparison": (tables.comparison_table(runs), comparison_figure),
+    }
+    return {key: view(table) for key, (table, view) in inputs.items() if not table.empty}
+
+
+def _figure_div(key: str, fig: go.Figure) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, include_mathjax=False, config=PLOTLY_CONFIG,
+                       div_id=f"fig-{key}", default_height="520px")
+
+
+def render_dashboard(runs: Sequence[Run], title: str = "mmchar dashboard") -> str:
+    """The whole page as one HTML string (see :func:`write_dashboard`)."""
+    figures = build_figures(runs)
+    created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title><style>{CSS}</style>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head><body>",
+        f'<header><h1>{escape(title)}</h1><div class="meta">generated {escape(created)} · '
+        f"mmchar {escape(mmchar.__version__)} · {len(runs)} runs</div></header>",
+        f'<section id="overview"><h2>Overview</h2>{overview_html(tables.run_table(runs))}</section>',
+    ]
+    for key, heading, note in SECTIONS:
+        if key in figures:
+            parts.append(f'<section id="{key}"><h2>{escape(heading)}</h2><p class="note">{escape(note)}</p>'
+                         f'<div class="figure">{_figure_div(key, figures[key])}</div></section>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_dashboard(runs: Sequence[Run], out_path: str | os.PathLike[str], title: str = "mmchar dashboard") -> Path:
+    """Write one self-contained, offline HTML dashboard over ``runs``.
+
+    Args:
+        runs: loaded runs (``mmchar.store.load_runs``), any status; failed runs are listed in the overview.
+        out_path: the HTML file to write; parent folders are created.
+        title: page title and header.
+
+    Returns:
+        The path written.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_dashboard(runs, title), encoding="utf-8")
+    return out

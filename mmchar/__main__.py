@@ -1,0 +1,3 @@
+from mmchar.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""The Python entry points: profile a registered workload, a pipeline folder, or a pipeline object."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmchar.devices import DTYPE_NAMES, resolve_device, resolve_dtype
+from mmchar.errors import InvalidParameterError
+from mmchar.runner import ProfileOptions, run_and_store
+from mmchar.store import Run
+from mmchar.target import Target, discover_stage_roots
+
+DEFAULT_STORE = "runs"
+
+
+def _config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
+    from mmchar.workloads.base import config_hash
+
+    return config_hash({"config": config, "backend": options.backend, "fallback": options.fallback,
+                        "scope": options.scope})
+
+
+def pipeline_target(pipe: Any, *, steps: int, call_kwargs: dict[str, Any], seed: int = 0,
+                    config: dict[str, Any] | None = None, name: str = "pipeline") -> Target:
+    """A Target for any diffusers pipeline object: stages from its components, seeded calls."""
+    device = getattr(pipe, "device", torch.device("cpu"))
+    dtype = getattr(pipe, "dtype", torch.float32)
+    roots = discover_stage_roots(pipe)
+    accepts = set(inspect.signature(pipe.__call__).parameters)
+    unknown = sorted(set(call_kwargs) - accepts) if "kwargs" not in accepts else []
+    if unknown:
+        raise InvalidParameterError(f"{type(pipe).__name__} takes no argument {unknown[0]!r}; "
+                                    f"it takes: {', '.join(sorted(accepts - {'self'}))}")
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+
+    def run(n: int) -> Any:
+        kwargs = dict(call_kwargs, num_inference_steps=n)
+        if "generator" in accepts:
+            kwargs["generator"] = torch.Generator(device=device).manual_seed(seed)
+        with torch.inference_mode():
+            return pipe(**kwargs)
+
+    cfg = config or {}
+    cfg.setdefault("workload", name)
+    cfg.setdefault("pipeline_class", type(pipe).__name__)
+    cfg.setdefault("params", {**{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
+                              "steps": steps, "seed": seed})
+    cfg.setdefault("dtype", DTYPE_NAMES.get(dtype, str(dtype)))
+    cfg.setdefault("device", str(device))
+    return Target(name=name, pipe=pipe, run=run, stage_roots=roots, steps=steps, config=cfg, device=device,
+                  dtype=dtype)
+
+
+def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_steps: int = 20,
+            store: str | os.PathLike[str] = DEFAULT_STORE, backend: str = "sdpa", fallback: str | None = None,
+            repeat: int = 3, profile_steps: int = 2, seed: int = 0, scope: str = "denoiser",
+            **call_kwargs: Any) -> Run:
+    """Profile one generation of any diffusers pipeline object and write the run to ``store``.
+
+    Args:
+        pipe: a diffusers pipeline, already on its device and dtype.
+        prompt: the prompt (passed to the pipeline as ``prompt``).
+        num_inference_steps: denoising steps of the timed pass.
+        store: run-store folder (created if missing).
+        backend: attention backend (`mmchar backends` lists them).
+        fallback: backend for attention layers ``backend`` cannot take.
+        repeat: timed generations (median and min/max reported).
+        profile_steps: denoising steps under the full profiler.
+        seed: generator seed of every call.
+        scope: ``denoiser`` (the backend replaces the denoiser's attention) or ``all`` components'.
+        **call_kwargs: further pipeline arguments (height, width, num_frames, guidance_scale ...).
+
+    Returns:
+        The run: ``run.meta``, ``run.breakdown`` and ``run.kernels`` (DataFrames); ``run.path`` its folder.
+    """
+    if num_inference_steps < 1:
+        raise InvalidParameterError(f"num_inference_steps={num_inference_steps} must be at least 1")
+    kwargs = dict(call_kwargs)
+    if prompt is not None:
+        kwargs["prompt"] = prompt
+    target = pipeline_target(pipe, steps=num_inference_steps, call_kwargs=kwargs, seed=seed)
+    options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope)
+    run, _ = run_and_store(target, options, store, _config_hash(target.config, options))
+    return run
+
+
+def load_pipeline_dir(folder: str, device: str | None, dtype: str | None) -> Any:
+    """A local diffusers pipeline folder, loaded with DiffusionPipeline (its class from model_index.json)."""
+    import diffusers
+
+    from mmchar.workloads.build import load_pipeline
+
+    dev = resolve_device(device)
+    return load_pipeline(diffusers.DiffusionPipeline, folder, resolve_dtype(dtype, dev), dev)
+
+
+def pipeline_dir_config(folder: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"workload": "pipeline", "preset": None, "pipeline_dir": str(Path(folder).resolve()), "params": params}

@@ -1,0 +1,150 @@
+"""Attribution: every kernel (every op on a CPU run) of a parsed trace, classified and placed.
+
+Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
+(`mmchar.taxonomy`, with attention cores decided first) and, for attention and for the projections of
+attention modules, the attention site. Kernels launched outside every stage belong to the ``scheduler``
+stage (the time between model calls, conventions.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mmchar.flops import attention_label_cost, op_cost
+from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS
+from mmchar.swap import ATTN_SCOPE_PREFIX, attention_site
+from mmchar.taxonomy import classify, is_attention_op
+from mmchar.trace import Trace
+
+OUTSIDE_STAGES = "scheduler"
+
+
+@dataclass
+class Attribution:
+    kernels: pd.DataFrame
+    breakdown: pd.DataFrame
+    unmatched: list[dict[str, object]] = field(default_factory=list)  # kernels classed "other"
+
+
+def _parse_scope(label: str) -> tuple[str, str]:
+    parts = label[len(ATTN_SCOPE_PREFIX):].split("::")
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def scope_shapes(label: str) -> str:
+    """q, k, v shapes of an attention-core call, in the profiler's ``Input Dims`` format."""
+    try:
+        b, h, sq, skv, d, dv = label.split("::")[4].split(",")
+    except (IndexError, ValueError):
+        return ""
+    return f"[[{b}, {h}, {sq}, {d}], [{b}, {h}, {skv}, {d}], [{b}, {h}, {skv}, {dv}]]"
+
+
+def attribute(trace: Trace, site_rules: list[tuple[re.Pattern[str], str]] | None = None) -> Attribution:
+    """Classify and place every row of ``trace`` (see module docstring)."""
+    rules = site_rules or []
+    ops = trace.ops
+    n = len(trace.name)
+    stage = [""] * n
+    step = np.full(n, -1, dtype=np.int32)
+    module = [""] * n
+    op_class = [""] * n
+    site = [""] * n
+    aten = [""] * n
+    launch = [""] * n
+    shapes = [""] * n
+    flops = np.full(n, math.nan)
+    nbytes = np.full(n, math.nan)
+    costed_ops: set[int] = set()
+    costed_scopes: set[int] = set()
+    attn_modules: dict[str, str] = {}
+    scope_cache: dict[str, tuple[str, str]] = {}
+
+    for r in range(n):
+        c = trace.ctx[r]
+        stage[r] = c.stage or OUTSIDE_STAGES
+        step[r] = c.step
+        module[r] = c.module
+        top = ops[c.top_op] if c.top_op >= 0 else None
+        top_name = top[0] if top else ""
+        aten[r] = top_name
+        launch[r] = ops[c.leaf_op][0] if c.leaf_op >= 0 else ""
+        if top is not None and top[1]:
+            shapes[r] = str(top[1])
+        if c.attn:
+            op_class[r] = "attention"
+            s, path = scope_cache.get(c.attn) or scope_cache.setdefault(c.attn, _parse_scope(c.attn))
+            site[r] = s
+            attn_modules[path] = s
+            shapes[r] = scope_shapes(c.attn)
+            if c.attn_id not in costed_scopes:
+                costed_scopes.add(c.attn_id)
+                flops[r], nbytes[r] = attention_label_cost(c.attn)
+            continue
+        if top_name and is_attention_op(top_name):
+            op_class[r] = "attention"
+            dims = top[1] or []
+            cross = len(dims) >= 2 and len(dims[0]) >= 2 and len(dims[1]) >= 2 and dims[0][-2] != dims[1][-2]
+            site[r] = attention_site(c.module, rules, cross=cross)
+            if c.module:
+                attn_modules[c.module] = site[r]
+        else:
+            op_class[r] = classify(trace.name[r], top_name)
+        if c.top_op >= 0 and c.top_op not in costed_ops:
+            costed_ops.add(c.top_op)
+            flops[r], nbytes[r] = op_cost(*top)
+
+    # label the projections of attention modules (their op_class stays gemm)
+    if attn_modules:
+        for r in range(n):
+            if site[r] or not module[r]:
+                continue
+            path = module[r]
+            for _ in range(3):
+                path, _, _tail = path.rpartition(".")
+                if not path:
+                    break
+                s = attn_modules.get(path)
+                if s:
+                    site[r] = s
+                    break
+
+    kernels = pd.DataFrame({
+        "stage": stage, "step": step, "module_path": module, "op_class": op_class, "attn_site": site,
+        "aten_op": aten, "launch_op": launch, "kernel": trace.name, "ts_us": np.asarray(trace.ts, dtype=float),
+        "dur_us": np.asarray(trace.dur, dtype=float), "input_shapes": shapes, "flops": flops, "bytes": nbytes,
+    })
+    kernels = kernels.astype(KERNEL_COLUMNS)
+    return Attribution(kernels=kernels, breakdown=breakdown(kernels), unmatched=unmatched(kernels))
+
+
+def breakdown(kernels: pd.DataFrame) -> pd.DataFrame:
+    """The tidy table of breakdown.csv: stage × op_class × attn_site (site only on attention rows)."""
+    if kernels.empty:
+        return pd.DataFrame(columns=list(BREAKDOWN_COLUMNS))
+    k = pd.DataFrame({
+        "stage": kernels["stage"].astype(str), "op_class": kernels["op_class"].astype(str),
+        "attn_site": np.where(kernels["op_class"].astype(str) == "attention", kernels["attn_site"].astype(str), ""),
+        "dur_us": kernels["dur_us"], "flops": kernels["flops"], "bytes": kernels["bytes"],
+    })
+    g = k.groupby(["stage", "op_class", "attn_site"], sort=True, observed=True)
+    out = g.agg(time_us=("dur_us", "sum"), calls=("dur_us", "size"),
+                flops=("flops", lambda s: s.sum(min_count=1)), bytes=("bytes", lambda s: s.sum(min_count=1))).reset_index()
+    totals = out.groupby("stage")["time_us"].transform("sum")
+    out["share"] = np.where(totals > 0, out["time_us"] / totals, 0.0)
+    return out[list(BREAKDOWN_COLUMNS)]
+
+
+def unmatched(kernels: pd.DataFrame, limit: int = 50) -> list[dict[str, object]]:
+    """Kernels no rule matched (class ``other``), most time first: name, calls, time."""
+    other = kernels[kernels["op_class"].astype(str) == "other"]
+    if other.empty:
+        return []
+    g = other.groupby(other["kernel"].astype(str)).agg(calls=("dur_us", "size"), time_us=("dur_us", "sum"))
+    g = g.sort_values("time_us", ascending=False).head(limit)
+    return [{"kernel": name, "calls": int(row.calls), "time_us": float(row.time_us)} for name, row in g.iterrows()]

@@ -1,0 +1,337 @@
+"""The one attention-backend registry.
+
+A backend is a class constructed once per attention module (so it may own per-layer state, seeded from the
+module path) and called with q, k, v as [B, H, S, D] plus keyword-only ``causal``, ``scale``, ``mask`` and
+the module's input ``hidden_states``. It declares its constraints and whether it is installed here. Adapters
+(`mmchar.swap`) route each attention module's core call to it. Third-party packages register backends
+through the ``mmchar.backends`` entry-point group (``name = "pkg.module:BackendClass"``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mmchar.errors import BackendUnavailableError, MmcharError, UnknownNameError
+
+ENTRY_POINT_GROUP = "mmchar.backends"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a backend can take; `AttentionBackend.unsupported` checks a call against it."""
+
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] | None = None  # None: any
+    max_head_dim: int | None = None
+    head_dim_multiple: int = 1
+    mask: bool = True
+    causal: bool = True
+    min_capability: tuple[int, int] | None = None  # CUDA compute capability
+
+    def describe(self) -> str:
+        parts = [f"devices {'/'.join(self.devices)}"]
+        if self.dtypes:
+            parts.append("dtypes " + "/".join(str(d).removeprefix("torch.") for d in self.dtypes))
+        if self.max_head_dim or self.head_dim_multiple > 1:
+            hd = f"head dim ≤ {self.max_head_dim}" if self.max_head_dim else "head dim"
+            parts.append(hd + (f", multiple of {self.head_dim_multiple}" if self.head_dim_multiple > 1 else ""))
+        if not self.mask:
+            parts.append("no mask")
+        if not self.causal:
+            parts.append("no causal")
+        if self.min_capability:
+            parts.append(f"sm{self.min_capability[0]}{self.min_capability[1]}+")
+        return "; ".join(parts)
+
+
+class AttentionBackend:
+    """Base of every backend. Subclasses set the class attributes and implement ``__call__``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    constraints: ClassVar[Constraints] = Constraints()
+    changes_math: ClassVar[bool] = False  # True for linear attention, WERSA: a speed study, not a quality claim
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
+
+    def __init__(self, module_path: str = "", seed: int = 0) -> None:
+        self.module_path = module_path
+        self.seed = seed
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        """Why this backend cannot run on ``device`` here, or None when it can."""
+        for mod in cls.requires:
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                return f"needs the Python package {mod!r} (pip install {mod.replace('_', '-')})"
+        c = cls.constraints
+        if device.type not in c.devices:
+            return f"runs on {'/'.join(c.devices)} only, not {device.type}"
+        if device.type == "cuda" and c.min_capability:
+            cap = torch.cuda.get_device_capability(device)
+            if cap < c.min_capability:
+                return f"needs compute capability {c.min_capability[0]}.{c.min_capability[1]}+, this GPU has {cap[0]}.{cap[1]}"
+        return None
+
+    def unsupported(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                    mask: torch.Tensor | None) -> str | None:
+        """Why this backend cannot take this call (checked on a module's first call), or None."""
+        c = self.constraints
+        d = q.shape[-1]
+        if c.dtypes is not None and q.dtype not in c.dtypes:
+            return f"dtype {str(q.dtype).removeprefix('torch.')} (takes {'/'.join(str(t).removeprefix('torch.') for t in c.dtypes)})"
+        if c.max_head_dim is not None and d > c.max_head_dim:
+            return f"head dim {d} > {c.max_head_dim}"
+        if d % c.head_dim_multiple:
+            return f"head dim {d} is not a multiple of {c.head_dim_multiple}"
+        if mask is not None and not c.mask:
+            return "attention mask not supported"
+        if causal and not c.causal:
+            return "causal attention not supported"
+        return None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                 scale: float | None = None, mask: torch.Tensor | None = None,
+                 hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[AttentionBackend]] = {}
+_entry_points_loaded = False
+
+
+def register_backend(cls: type[AttentionBackend]) -> type[AttentionBackend]:
+    """Class decorator adding a backend to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken plugin must not break mmchar
+            _BROKEN[ep.name] = f"entry point {ep.value} failed to import: {e}"
+            continue
+        if isinstance(cls, type) and issubclass(cls, AttentionBackend):
+            register_backend(cls)
+
+
+_BROKEN: dict[str, str] = {}
+
+
+def backend_names() -> list[str]:
+    _load_entry_points()
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> type[AttentionBackend]:
+    _load_entry_points()
+    if name in _BROKEN:
+        raise BackendUnavailableError(f"backend {name!r}: {_BROKEN[name]}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("backend", name, _REGISTRY) from None
+
+
+def require_backend(name: str, device: torch.device) -> type[AttentionBackend]:
+    """The backend class, or an error saying why it cannot run on ``device``."""
+    cls = get_backend(name)
+    reason = cls.unavailable_reason(device)
+    if reason:
+        usable = [n for n, c in _REGISTRY.items() if c.unavailable_reason(device) is None]
+        raise BackendUnavailableError(f"backend {name!r} is not available on {device.type}: {reason}; "
+                                      f"available here: {', '.join(usable)}")
+    return cls
+
+
+def default_softmax_backend(device: torch.device) -> str:
+    """The best softmax backend available on ``device`` (cross attention's default under linear backends)."""
+    for name in ("cudnn", "flash", "efficient", "sdpa", "math"):
+        if name in _REGISTRY and _REGISTRY[name].unavailable_reason(device) is None:
+            return name
+    return "math"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The SDPA family. Each calls its aten kernel directly: `sdpa_kernel(...)` costs ≈10 µs per call on the CPU,
+# which a launch-bound denoiser step with 32 attention calls would feel; the direct op costs what F.sdpa does.
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@register_backend
+class MathBackend(AttentionBackend):
+    name = "math"
+    description = "unfused softmax attention (matmul, softmax, matmul) in the input dtype: the pre-flash baseline"
+    constraints = Constraints()
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if causal:
+            sq, sk = q.shape[-2], k.shape[-2]
+            keep = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+            scores = scores.masked_fill(~keep, float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        return torch.matmul(scores.softmax(dim=-1), v)
+
+
+def _sdpa_params(q, k, v, mask, causal):
+    return torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, causal, False)
+
+
+class _FusedSDPA(AttentionBackend):
+    """A fused SDPA kernel; calls with a mask go through F.sdpa pinned to this backend (it aligns the mask)."""
+
+    sdp_backend: ClassVar[Any]
+    can_use: ClassVar[Callable[..., bool] | None] = None
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        reason = super().unsupported(q, k, v, causal=causal, mask=mask)
+        if reason is None and q.is_cuda and self.can_use is not None:
+            try:
+                ok = type(self).can_use(_sdpa_params(q, k, v, mask, causal), False)
+            except (RuntimeError, TypeError, AttributeError):
+                ok = True
+            if not ok:
+                d = q.shape[-1]
+                reason = (f"PyTorch's {self.name} kernel refuses this call (q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                          f"head dim {d}, dtype {str(q.dtype).removeprefix('torch.')}, mask {mask is not None})")
+        return reason
+
+    def _masked(self, q, k, v, causal, scale, mask):
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(self.sdp_backend):
+            return _ORIGINAL_SDPA(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+
+
+_ORIGINAL_SDPA = F.scaled_dot_product_attention
+
+
+@register_backend
+class FlashBackend(_FusedSDPA):
+    name = "flash"
+    description = "PyTorch SDPA's FlashAttention-2 kernel (CUDA), or its flash kernel for the CPU"
+    constraints = Constraints(max_head_dim=256, head_dim_multiple=8)
+    can_use = staticmethod(torch.backends.cuda.can_use_flash_attention)
+
+    @property
+    def sdp_backend(self):
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend.FLASH_ATTENTION
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        if q.is_cuda and q.dtype not in _HALF:
+            return f"dtype {str(q.dtype).removeprefix('torch.')} (flash on CUDA takes float16/bfloat16)"
+        if q.is_cuda and mask is not None:
+            return "attention mask not supported by the CUDA flash kernel"
+        return super().unsupported(q, k, v, causal=causal, mask=mask) if q.is_cuda else None
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        reason = super().unavailable_reason(device)
+        if reason is None and device.type == "cuda":
+            if not torch.backends.cuda.is_flash_attention_available():
+                return "this PyTorch build has no flash attention kernel"
+            if torch.cuda.get_device_capability(device) < (8, 0):
+                return "needs compute capability 8.0+"
+        return reason
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        if not q.is_cuda:
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask,
+                                                                              scale=scale)[0]
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[0]
+
+
+@register_backend
+class EfficientBackend(_FusedSDPA):
+    name = "efficient"
+    description = "PyTorch SDPA's memory-efficient (xFormers / CUTLASS) kernel"
+    constraints = Constraints(devices=("cuda",), min_capability=(5, 0))
+    can_use = staticmethod(torch.backends.cuda.can_use_efficient_attention)
+
+    @property
+    def sdp_backend(self):
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend.EFFICIENT_ATTENTION
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        if mask is not None:
+            return self._masked(q, k, v, causal, scale, mask)
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False, 0.0, causal, scale=scale)[0]
+
+
+@register_backend
+class CudnnBackend(_FusedSDPA):
+    name = "cudnn"
+    description = "PyTorch SDPA's cuDNN attention kernel (the default on Hopper in torch 2.11)"
+    constraints = Constraints(devices=("cuda",), dtypes=_HALF, head_dim_multiple=8, min_capability=(8, 0))
+    can_use = staticmethod(torch.backends.cuda.can_use_cudnn_attention)
+
+    @property
+    def sdp_backend(self):
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend.CUDNN_ATTENTION
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        reason = super().unavailable_reason(device)
+        if reason is None and not torch.backends.cudnn.is_available():
+            return "cuDNN is not available in this PyTorch build"
+        return reason
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        if mask is not None:
+            return self._masked(q, k, v, causal, scale, mask)
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, causal, False,
+                                                                  scale=scale)[0]
+
+
+def describe_backends(device: torch.device) -> list[dict[str, Any]]:
+    """One row per registered backend: name, description, constraints, availability on ``device`` and why."""
+    rows = []
+    for name in backend_names():
+        cls = _REGISTRY[name]
+        reason = cls.unavailable_reason(device)
+        rows.append({"name": name, "description": cls.description, "constraints": cls.constraints.describe(),
+                     "changes_math": cls.changes_math, "available": reason is None, "why_not": reason or ""})
+    for name, why in _BROKEN.items():
+        rows.append({"name": name, "description": "(plugin failed to load)", "constraints": "", "changes_math": False,
+                     "available": False, "why_not": why})
+    return rows
+
+
+__all__ = ["AttentionBackend", "Constraints", "MmcharError", "backend_names", "default_softmax_backend",
+           "describe_backends", "get_backend", "register_backend", "require_backend"]
+
+
+@register_backend
+class SdpaBackend(_FusedSDPA):
+    name = "sdpa"
+    description = "PyTorch's own F.scaled_dot_product_attention choice (cuDNN on Hopper in torch 2.11): the default"
+    constraints = Constraints()
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        return None
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        return _ORIGINAL_SDPA(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)

@@ -1,0 +1,67 @@
+"""The `mmchar` command: profile, compare, view, export. Errors end here as one line (``--debug`` for tracebacks)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+import typer
+
+from mmchar.errors import MmcharError
+
+app = typer.Typer(name="mmchar", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Where the time goes in text-to-image and text-to-video generation: profile, compare, view, export.")
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecations, progress bars, random-weight notices) would drown the tool's output."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code (0 ok, 1 error, 130 interrupted)."""
+    _quiet_libraries()  # before torch is imported: Kineto reads its log level once
+    from mmchar.cli import commands  # noqa: F401  (registers the commands)
+    from mmchar.cli.output import error_line
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MMCHAR_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        result = app(args=args, prog_name="mmchar", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except MmcharError as e:
+        if debug:
+            raise
+        error_line(str(e))
+        code = 1
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.exceptions.Abort:
+        error_line("interrupted; finished runs are in the store, a re-run starts the rest")
+        code = 130
+    except click.ClickException as e:
+        if debug:
+            raise
+        error_line(e.format_message().replace("\n", " ") + " (see mmchar --help)")
+        code = 1
+    except KeyboardInterrupt:
+        error_line("interrupted; finished runs are in the store, a re-run starts the rest")
+        code = 130
+    except Exception as e:  # the edge: anything unexpected is still one line unless --debug
+        if debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        error_line(f"unexpected {type(e).__name__}: {first} (re-run with --debug for the traceback)")
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,294 @@
+"""The commands. Each is thin: parse flags, call one library function, print through `mmchar.cli.output`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import pandas as pd
+import typer
+
+from mmchar.cli import app
+from mmchar.cli.output import FORMATS, print_frame, say, warn
+from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, WeightsError
+
+Store = Annotated[Path, typer.Option("--store", help="Run store folder (created if missing).")]
+Fmt = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
+RunsArg = Annotated[list[Path], typer.Argument(help="Run stores or run folders, mixed.", show_default=False)]
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UnknownNameError("format", fmt, FORMATS)
+
+
+@app.command()
+def workloads(fmt: Fmt = "table") -> None:
+    """List the workloads: task, presets, stages, attention sites."""
+    from mmchar.workloads import get_workload, workload_names
+
+    _check_format(fmt)
+    rows = []
+    for name in workload_names():
+        w = get_workload(name)
+        full = w.preset_config("full")["defaults"] if "full" in w.presets() else {}
+        res = f"{full.get('height')}x{full.get('width')}" + (f"x{full['frames']}f" if full.get("frames") else "")
+        rows.append({"name": name, "task": w.task, "paradigm": w.paradigm, "architecture": w.architecture,
+                     "default (full)": f"{res}, {full.get('steps')} steps", "presets": ", ".join(w.presets()),
+                     "stages": ", ".join(w.stages), "attention sites": ", ".join(w.attention_sites),
+                     "description": w.description})
+    print_frame(pd.DataFrame(rows), title="workloads", fmt=fmt)
+
+
+@app.command()
+def backends(device: Annotated[Optional[str], typer.Option(help="Device to check availability on.")] = None,
+             fmt: Fmt = "table") -> None:
+    """List the attention backends: constraints, and whether each runs here (and why not)."""
+    from mmchar.backends import describe_backends
+    from mmchar.devices import resolve_device
+
+    _check_format(fmt)
+    dev = resolve_device(device)
+    df = pd.DataFrame(describe_backends(dev))
+    df["available"] = df["available"].map({True: "yes", False: "no"})
+    print_frame(df, title=f"attention backends on {dev.type}", fmt=fmt)
+
+
+# --- profile / compare -----------------------------------------------------------------------------------
+
+def _options(backend: str, fallback: str | None, scope: str, repeat: int, profile_steps: int, no_trace: bool) -> Any:
+    from mmchar.runner import SWAP_SCOPES, ProfileOptions
+
+    if scope not in SWAP_SCOPES:
+        raise UnknownNameError("scope", scope, SWAP_SCOPES)
+    if repeat < 1:
+        raise InvalidParameterError(f"--repeat {repeat} must be at least 1")
+    if profile_steps < 1:
+        raise InvalidParameterError(f"--profile-steps {profile_steps} must be at least 1")
+    return ProfileOptions(backend=backend, fallback=fallback, scope=scope, repeat=repeat, profile_steps=profile_steps,
+                          keep_trace=not no_trace)
+
+
+def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Path | None, device: str | None,
+           dtype: str | None, backends: list[str], fallback: str | None, params: dict[str, Any]) -> Any:
+    """Check everything a user typed, then build the Target (nothing is written before this returns)."""
+    from mmchar.backends import require_backend
+    from mmchar.devices import resolve_device, resolve_dtype
+
+    if (workload is None) == (pipeline is None):
+        raise InvalidParameterError("name a WORKLOAD or pass --pipeline DIR (one of them); `mmchar workloads` lists workloads")
+    dev = resolve_device(device)
+    resolve_dtype(dtype, dev)
+    if workload is not None:
+        from mmchar.workloads import get_workload
+
+        w = get_workload(workload)
+        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=str(weights) if weights else None, **params)
+        if weights is not None and not weights.is_dir():
+            raise WeightsError(f"weights folder {str(weights)!r} does not exist; pass a local diffusers pipeline folder")
+    for b in backends:
+        require_backend(b, dev)
+    if fallback:
+        require_backend(fallback, dev)
+    if workload is not None:
+        return w.build(config, backends[0])
+    return _pipeline_target(pipeline, dev, dtype, params)
+
+
+def _pipeline_target(folder: Path, dev: Any, dtype: str | None, params: dict[str, Any]) -> Any:
+    from mmchar.api import load_pipeline_dir, pipeline_dir_config, pipeline_target
+
+    pipe = load_pipeline_dir(str(folder), str(dev), dtype)
+    steps = params.get("steps") or 20
+    if steps < 1:
+        raise InvalidParameterError(f"steps={steps} must be at least 1")
+    kw: dict[str, Any] = {"prompt": params.get("prompt") or "a photograph of an astronaut riding a horse"}
+    for key, arg in (("height", "height"), ("width", "width"), ("frames", "num_frames"),
+                     ("guidance", "guidance_scale"), ("batch", "num_images_per_prompt")):
+        if params.get(key) is not None:
+            kw[arg] = params[key]
+    seed = params.get("seed") or 0
+    cfg = pipeline_dir_config(str(folder), dict(params, steps=steps, seed=seed))
+    return pipeline_target(pipe, steps=steps, call_kwargs=kw, seed=seed, config=cfg)
+
+
+def _hash_for(target: Any) -> Any:
+    from mmchar.api import _config_hash
+
+    return lambda options: _config_hash(target.config, options)
+
+
+Workload = Annotated[Optional[str], typer.Argument(help="Workload name (`mmchar workloads`).", show_default=False)]
+Pipeline = Annotated[Optional[Path], typer.Option("--pipeline", help="A local diffusers pipeline folder to profile instead of a workload.")]
+Preset = Annotated[str, typer.Option(help="Workload preset: tiny (CPU, seconds) or full (the published configuration).")]
+Weights = Annotated[Optional[Path], typer.Option(help="Load real weights from a local diffusers pipeline folder.")]
+Height = Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the preset's).")]
+Width = Annotated[Optional[int], typer.Option(help="Image width in pixels.")]
+Frames = Annotated[Optional[int], typer.Option(help="Video frames (video workloads).")]
+Steps = Annotated[Optional[int], typer.Option(help="Denoising steps of the timed pass.")]
+Batch = Annotated[Optional[int], typer.Option(help="Prompts per generation.")]
+Guidance = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (> 1 doubles the denoiser batch).")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of weights and noise.")]
+Prompt = Annotated[Optional[str], typer.Option(help="The prompt.")]
+Dtype = Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 (default: bf16 on CUDA, fp32 on the CPU).")]
+Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
+Fallback = Annotated[Optional[str], typer.Option(help="Backend for attention layers the chosen backend cannot take.")]
+Scope = Annotated[str, typer.Option(help="Whose attention the backend replaces: denoiser or all components.")]
+Repeat = Annotated[int, typer.Option(help="Timed generations (median, min and max are reported).")]
+ProfileSteps = Annotated[int, typer.Option("--profile-steps", help="Denoising steps under the full profiler.")]
+NoTrace = Annotated[bool, typer.Option("--no-trace", help="Do not keep the trace file in the run folder.")]
+
+
+@app.command()
+def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset = "tiny", weights: Weights = None,
+            height: Height = None, width: Width = None, frames: Frames = None, steps: Steps = None, batch: Batch = None,
+            guidance: Guidance = None, seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None,
+            device: Device = None,
+            backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
+            fallback: Fallback = None, scope: Scope = "denoiser", repeat: Repeat = 3, profile_steps: ProfileSteps = 2,
+            no_trace: NoTrace = False, store: Store = Path("runs")) -> int:
+    """Profile one generation: timed pass, light and full profile; write a run folder."""
+    from mmchar.runner import run_and_store
+
+    params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
+                  prompt=prompt)
+    options = _options(backend, fallback, scope, repeat, profile_steps, no_trace)
+    target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params)
+    say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on {target.device} "
+        f"with backend {backend}: {options.repeat} timed generations of {target.steps} steps ...")
+    run, _ = run_and_store(target, options, store, _hash_for(target)(options))
+    _report(run)
+    if run.status != "ok":
+        raise _RunFailed(run)
+    return 0
+
+
+class _RunFailed(MmcharError):
+    def __init__(self, run: Any) -> None:
+        super().__init__(f"run {run.run_id} failed ({run.status}): {run.meta.get('error')}; stored in {run.path}")
+
+
+def _report(run: Any) -> None:
+    from mmchar.analysis import stage_table
+
+    if run.status != "ok":
+        warn(f"{run.run_id}: {run.status}: {run.meta.get('error')}")
+        return
+    st = stage_table([run])
+    cols = [c for c in ("stage", "median_ms", "min_ms", "max_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
+            if c in st.columns]
+    print_frame(st[cols], title=f"{run.run_id}: latency per stage (timed pass) and GPU busy/idle (light profile)")
+    bd = run.breakdown
+    den = bd[bd["stage"] == "denoiser"] if "denoiser" in set(bd["stage"]) else bd
+    if not den.empty:
+        shares = den.groupby("op_class", observed=True)["share"].sum().sort_values(ascending=False)
+        say("denoiser op-class shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+        att = den[den["op_class"] == "attention"]
+        if not att.empty and att["time_us"].sum() > 0:
+            sites = att.groupby("attn_site")["time_us"].sum() / att["time_us"].sum()
+            say("denoiser attention by site: " + ", ".join(f"{k} {v:.1%}" for k, v in sites.items()))
+    so = run.meta.get("swap_overhead") or {}
+    if so.get("pct_of_denoiser_step") is not None:
+        say(f"attention swap overhead: {so['per_call_us']:.2f} µs per call, "
+            f"{so['pct_of_denoiser_step']:.2f}% of a denoiser step")
+    say(f"run folder: {run.path}")
+
+
+@app.command()
+def compare(workload: Workload = None, pipeline: Pipeline = None,
+            backends: Annotated[str, typer.Option(help="Comma-separated backends; the first is the baseline (list math first).")] = "math,flash",
+            preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
+            frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
+            seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
+            fallback: Fallback = None, scope: Scope = "denoiser", repeat: Repeat = 3, profile_steps: ProfileSteps = 2,
+            no_trace: NoTrace = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+    """Run one workload under several attention backends; compare latency, attention time and outputs."""
+    from mmchar.compare import compare as run_compare
+
+    _check_format(fmt)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
+    params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
+                  prompt=prompt)
+    options = _options(names[0], fallback, scope, repeat, profile_steps, no_trace)
+    target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params)
+    say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
+    result = run_compare(target, names, options, store, _hash_for(target))
+    cols = ["backend", "status", "e2e_ms", "denoiser_step_ms", "attention_us_per_step", "e2e_speedup", "step_speedup",
+            "attention_speedup", "max_abs_diff", "cosine", "agrees"]
+    print_frame(result.table[cols], title=f"{result.group} (speedups against {names[0]})", fmt=fmt)
+    for run in result.runs:
+        if run.status != "ok":
+            warn(f"{run.backend}: {run.status}: {run.meta.get('error')}")
+        elif (run.meta.get("compare") or {}).get("agrees") is False:
+            warn(f"{run.backend}: final latents DIVERGE from {names[0]}'s (cosine "
+                 f"{run.meta['compare']['cosine']:.4f} < {run.meta['compare']['cosine_min']})")
+    say(f"table: {result.table_path}\nruns: {', '.join(str(r.path) for r in result.runs)}")
+    return 0 if any(r.status == "ok" for r in result.runs) else 1
+
+
+# --- export / dashboard / tensorboard ---------------------------------------------------------------------
+
+@app.command()
+def export(runs: RunsArg,
+           output: Annotated[Path, typer.Option("-o", "--output", help="CSV file to write.")] = Path("breakdown.csv"),
+           ) -> None:
+    """Write the tidy breakdown (run × stage × op class × attention site) of runs as one CSV."""
+    from mmchar.analysis import breakdown_table
+    from mmchar.store import load_runs
+
+    loaded = load_runs(runs, kernels=False)
+    table = breakdown_table(loaded)
+    _write_atomic(output, lambda p: table.to_csv(p, index=False))
+    say(f"wrote {len(table)} rows from {len(loaded)} runs to {output}")
+
+
+@app.command()
+def dashboard(runs: RunsArg,
+              output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
+              title: Annotated[str, typer.Option(help="Page title.")] = "mmchar report") -> None:
+    """Write an interactive, self-contained offline HTML dashboard of runs."""
+    from mmchar.dashboards import write_dashboard
+    from mmchar.store import load_runs
+
+    loaded = load_runs(runs)
+    _write_atomic(output, lambda p: write_dashboard(loaded, p, title=title))
+    say(f"dashboard of {len(loaded)} runs: {output.resolve()}")
+
+
+@app.command()
+def tensorboard(runs: RunsArg, port: Annotated[int, typer.Option(help="Port to serve on.")] = 6006) -> None:
+    """Open runs' traces in TensorBoard's profiler plugin (needs the `tensorboard` extra)."""
+    import importlib.util
+
+    from mmchar.store import load_runs
+
+    if importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("torch_tb_profiler") is None:
+        raise MmcharError("TensorBoard's profiler plugin is not installed; pip install 'mmchar[tensorboard]'")
+    loaded = [r for r in load_runs(runs, kernels=False) if r.trace_path is not None]
+    if not loaded:
+        raise MmcharError("none of these runs holds a trace (slim copies and --no-trace runs have none)")
+    import tempfile
+
+    logdir = Path(tempfile.mkdtemp(prefix="mmchar-tb-"))
+    for r in loaded:  # the plugin wants <logdir>/<run>/<worker>.pt.trace.json.gz
+        (logdir / r.run_id).mkdir()
+        (logdir / r.run_id / "mmchar.pt.trace.json.gz").symlink_to(r.trace_path.resolve())
+    say(f"serving {len(loaded)} traces from {logdir} on http://localhost:{port} (Ctrl-C stops)")
+    subprocess.run([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)], check=False)
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through a temporary sibling so an interrupted export leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        shutil.move(str(tmp), path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

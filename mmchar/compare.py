@@ -1,0 +1,78 @@
+"""compare: one workload under several attention backends, timed, and its outputs checked against the first."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mmchar.runner import ProfileOptions, release_memory, run_and_store
+from mmchar.schema import COMPARISONS_DIR
+from mmchar.store import Run
+from mmchar.target import Target
+
+COSINE_MIN = 0.99  # final latents whose cosine similarity to the baseline's is lower are flagged as diverged
+
+
+@dataclass
+class Comparison:
+    group: str
+    runs: list[Run]
+    table: pd.DataFrame
+    table_path: Path
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float | bool]:
+    """Max-abs difference and cosine similarity of two final latents (fp32, on the CPU)."""
+    a, b = reference.double().flatten(), other.double().flatten()
+    if a.shape != b.shape:
+        return {"max_abs_diff": float("nan"), "cosine": float("nan"), "agrees": False}
+    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() > 0 and b.norm() > 0 else float(torch.equal(a, b))
+    return {"max_abs_diff": float((a - b).abs().max()), "cosine": cos, "agrees": bool(cos >= COSINE_MIN)}
+
+
+def compare(target: Target, backends: list[str], base: ProfileOptions, store: str | os.PathLike[str],
+            config_hash_for: Any) -> Comparison:
+    """Run ``target`` under each backend in turn (the first is the baseline); failed runs are stored and skipped.
+
+    Args:
+        target: the built pipeline (built once: every backend sees the same weights).
+        backends: registry names, baseline first.
+        base: measurement options (its backend is replaced by each of ``backends``).
+        store: the run store.
+        config_hash_for: ``options -> config hash``.
+    """
+    group = f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    baseline: dict[str, Any] = {}
+    runs: list[Run] = []
+    for backend in backends:
+        options = dataclasses.replace(base, backend=backend)
+
+        def finish(meta: dict[str, Any], latents: torch.Tensor | None, backend: str = backend) -> None:
+            entry: dict[str, Any] = {"group": group, "backends": backends, "baseline_backend": backends[0],
+                                     "baseline_run_id": baseline.get("run_id"), "cosine_min": COSINE_MIN}
+            if not baseline:
+                baseline.update(run_id=meta["run_id"], latents=latents)
+                entry["baseline_run_id"] = meta["run_id"]
+                if latents is not None:
+                    entry.update(max_abs_diff=0.0, cosine=1.0, agrees=True)
+            elif latents is not None and baseline.get("latents") is not None:
+                entry.update(agreement(baseline["latents"], latents))
+            meta["compare"] = entry
+
+        run, _ = run_and_store(target, options, store, config_hash_for(options), finish=finish)
+        runs.append(run)
+        release_memory(target.device)
+    from mmchar.analysis import comparison_table  # analysis reads runs; compare has just written them
+
+    table = comparison_table(runs)
+    path = Path(store) / COMPARISONS_DIR / f"{group}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return Comparison(group=group, runs=runs, table=table, table_path=path)

@@ -1,0 +1,143 @@
+"""FLOPs and minimum bytes from recorded shapes (conventions.md, "FLOPs and bytes").
+
+Computed per top-level aten op from the profiler's ``Input Dims`` / ``Concrete Inputs`` / ``Input type``,
+and per attention-core call from its scope label, so custom attention kernels are counted too.
+Bytes are the minimum traffic: inputs read once, output written once.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any
+
+_ELEM = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "BFloat16": 2, "Half": 2,
+         "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1, "long int": 8, "int": 4}
+
+Cost = tuple[float, float]  # (flops, bytes); NaN where unknown
+_UNKNOWN: Cost = (math.nan, math.nan)
+
+
+def _prod(xs: Any) -> int:
+    return math.prod(int(x) for x in xs)
+
+
+def _elem(types: Any) -> int:
+    if types:
+        for t in types:
+            if t in _ELEM:
+                return _ELEM[t]
+    return 4
+
+
+def _concrete(concrete: Any, i: int, default: Any) -> Any:
+    try:
+        v = concrete[i]
+    except (IndexError, TypeError):
+        return default
+    if v in ("", None):
+        return default
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        return v  # strings such as 'same'
+
+
+def _tuple(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(v) if len(v) == n else tuple(v) * n if len(v) == 1 else tuple([v[0]] * n)
+    return (int(v),) * n
+
+
+def _conv(dims: list[list[int]], concrete: Any, elem: int, idx: dict[str, int], transposed: bool = False) -> Cost:
+    x, w = dims[0], dims[1]
+    if len(x) < 3 or len(w) < 3:
+        return _UNKNOWN
+    nsp = len(x) - 2
+    n, cin, spatial = x[0], x[1], x[2:]
+    k = w[2:]
+    stride = _tuple(_concrete(concrete, idx["stride"], 1), nsp)
+    padding = _concrete(concrete, idx["padding"], 0)
+    dilation = _tuple(_concrete(concrete, idx["dilation"], 1), nsp)
+    groups = int(_concrete(concrete, idx["groups"], 1) or 1)
+    if "transposed" in idx:
+        transposed = bool(_concrete(concrete, idx["transposed"], False))
+    if transposed:
+        cout = w[1] * groups
+        out = [(s - 1) * st + d * (kk - 1) + 1 for s, st, d, kk in zip(spatial, stride, dilation, k)]
+        flops = 2.0 * n * cin * _prod(spatial) * (cout // groups) * _prod(k)
+    else:
+        cout = w[0]
+        if padding == "same":
+            out = [math.ceil(s / st) for s, st in zip(spatial, stride)]
+        else:
+            pad = (0,) * nsp if padding == "valid" else _tuple(padding, nsp)
+            out = [(s + 2 * p - d * (kk - 1) - 1) // st + 1 for s, p, d, kk, st in zip(spatial, pad, dilation, k, stride)]
+        flops = 2.0 * n * cout * _prod(out) * (cin // groups) * _prod(k)
+    out_numel = n * cout * _prod(out)
+    return flops, float((_prod(x) + _prod(w) + out_numel) * elem)
+
+
+def _mm(a: list[int], b: list[int], elem: int) -> Cost:
+    if len(a) < 1 or len(b) < 1:
+        return _UNKNOWN
+    if len(b) == 1:  # matrix @ vector
+        m, kk, n = _prod(a[:-1]), a[-1], 1
+        batch = 1
+    else:
+        kk, n = b[-2], b[-1]
+        m = a[-2] if len(a) >= 2 else 1
+        batch = max(_prod(a[:-2]) if len(a) > 2 else 1, _prod(b[:-2]) if len(b) > 2 else 1)
+    flops = 2.0 * batch * m * kk * n
+    return flops, float((_prod(a) + _prod(b) + batch * m * n) * elem)
+
+
+def op_cost(name: str, dims: Any, concrete: Any, types: Any) -> Cost:
+    """(FLOPs, bytes) of one top-level aten op from its recorded inputs; NaN for ops with no model here."""
+    if not dims:
+        return _UNKNOWN
+    elem = _elem(types)
+    try:
+        if name == "aten::linear":
+            x, w = dims[0], dims[1]
+            m, kk, n = _prod(x[:-1]), x[-1], w[0]
+            return 2.0 * m * kk * n, float((m * kk + n * kk + m * n) * elem)
+        if name in ("aten::matmul", "aten::mm", "aten::bmm"):
+            return _mm(dims[0], dims[1], elem)
+        if name in ("aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation"):
+            return _mm(dims[1], dims[2], elem)
+        if name in ("aten::conv1d", "aten::conv2d", "aten::conv3d"):
+            return _conv(dims, concrete, elem, {"stride": 3, "padding": 4, "dilation": 5, "groups": 6})
+        if name in ("aten::convolution", "aten::_convolution"):
+            return _conv(dims, concrete, elem, {"stride": 3, "padding": 4, "dilation": 5, "transposed": 6, "groups": 8})
+        if name in ("aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"):
+            return _conv(dims, concrete, elem, {"stride": 3, "padding": 4, "dilation": 7, "groups": 6}, transposed=True)
+        if name == "aten::scaled_dot_product_attention":
+            return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 5, False)), elem)
+        if name in ("aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_for_cpu"):
+            return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 4, False)), elem)
+        if name in ("aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention"):
+            return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 6, False)), elem)
+    except (IndexError, TypeError, ValueError, ZeroDivisionError):
+        return _UNKNOWN
+    return _UNKNOWN
+
+
+def attention_cost(q: list[int], k: list[int], v: list[int], causal: bool, elem: int) -> Cost:
+    """Softmax attention: 2·B·H·Sq·Skv·(D + Dv) (= 4·B·H·Sq·Skv·d), half for causal; q, k, v, out moved once."""
+    b, h, sq, d = q[0], q[1], q[-2], q[-1]
+    skv, dv = k[-2], v[-1]
+    flops = 2.0 * b * h * sq * skv * (d + dv) * (0.5 if causal else 1.0)
+    moved = b * h * (sq * d + skv * d + skv * dv + sq * dv)
+    return flops, float(moved * elem)
+
+
+def attention_label_cost(label: str) -> Cost:
+    """Cost of one attention-core call from its scope label (see `mmchar.swap.attention_scope_label`)."""
+    try:
+        parts = label.split("::")
+        b, h, sq, skv, d, dv = (int(x) for x in parts[4].split(","))
+        causal, elem = parts[5] == "1", int(parts[6])
+    except (IndexError, ValueError):
+        return _UNKNOWN
+    return attention_cost([b, h, sq, d], [b, h, skv, d], [b, h, skv, dv], causal, elem)

@@ -1,0 +1,172 @@
+"""Instrumentation the runner puts around a generation: stage timers and module annotations.
+
+`StageTimer` wraps each stage root's method (an instance attribute shadowing the class method, removed on
+exit) and records one interval per call: CUDA events on a GPU, ``perf_counter`` on the CPU. It is the only
+instrumentation of the timed pass (two event records per stage call). With ``annotate`` it also opens a
+``mmchar.stage::<stage>::<step>`` profiler range per call; `ModuleAnnotator` opens ``mmchar.module::<path>``
+around every module forward for the full profile (integration.md: eager traces carry no module paths).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmchar.target import Target
+
+STAGE_SCOPE_PREFIX = "mmchar.stage::"
+MODULE_SCOPE_PREFIX = "mmchar.module::"
+
+_rf_enter = torch.ops.profiler._record_function_enter_new
+_rf_exit = torch.ops.profiler._record_function_exit
+
+
+@dataclass
+class StageCall:
+    stage: str
+    step: int
+    start: Any  # torch.cuda.Event or float seconds
+    end: Any
+
+
+@dataclass
+class StageMemory:
+    weights_bytes: int
+    peak_bytes: int = 0
+    activation_peak_bytes: int = 0
+
+
+@dataclass
+class GenerationTiming:
+    """Stage intervals of one generation, resolved to milliseconds."""
+
+    e2e_ms: float
+    stage_ms: dict[str, float]  # summed over calls
+    step_ms: list[float]  # one per denoiser step
+    calls: dict[str, int]
+
+
+class StageTimer:
+    """Context manager timing every stage-root call of ``target`` (see module docstring)."""
+
+    def __init__(self, target: Target, *, annotate: bool = False, measure_memory: bool = False,
+                 capture_decoder_input: bool = False) -> None:
+        self.target = target
+        self.cuda = target.device.type == "cuda"
+        self.annotate = annotate
+        self.measure_memory = measure_memory and self.cuda
+        self.capture = capture_decoder_input
+        self.calls: list[StageCall] = []
+        self.counts: dict[int, int] = defaultdict(int)
+        self.memory: dict[str, StageMemory] = {}
+        self.decoder_input: torch.Tensor | None = None
+        self._restore: list[tuple[Any, str, Any]] = []
+
+    def _mark(self) -> Any:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def __enter__(self) -> StageTimer:
+        for i, root in enumerate(self.target.stage_roots):
+            comp = self.target.component(root.component)
+            had = root.method in vars(comp)
+            orig = getattr(comp, root.method)
+            self._restore.append((comp, root.method, vars(comp)[root.method] if had else None))
+            setattr(comp, root.method, self._wrap(i, root, orig, comp))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for comp, method, previous in reversed(self._restore):
+            if previous is None:
+                delattr(comp, method)
+            else:
+                setattr(comp, method, previous)
+        self._restore.clear()
+
+    def _wrap(self, index: int, root: Any, orig: Any, comp: Any) -> Any:
+        stage, per_step = root.stage, root.calls_per_step
+        if self.measure_memory and stage not in self.memory:
+            self.memory[stage] = StageMemory(weights_bytes=0)
+        if self.measure_memory and isinstance(comp, torch.nn.Module):
+            self.memory[stage].weights_bytes += sum(t.numel() * t.element_size()
+                                                    for t in (*comp.parameters(), *comp.buffers()))
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            n = self.counts[index]
+            self.counts[index] = n + 1
+            step = n // per_step if stage == "denoiser" else -1
+            if self.capture and stage == "decoder" and self.decoder_input is None and args and torch.is_tensor(args[0]):
+                self.decoder_input = args[0].detach().float().cpu()
+            handle = _rf_enter(f"{STAGE_SCOPE_PREFIX}{stage}::{step}", None) if self.annotate else None
+            if self.measure_memory:
+                torch.cuda.reset_peak_memory_stats(self.target.device)
+                base = torch.cuda.memory_allocated(self.target.device)
+            start = self._mark()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                self.calls.append(StageCall(stage, step, start, self._mark()))
+                if handle is not None:
+                    _rf_exit(handle)
+                if self.measure_memory:
+                    peak = torch.cuda.max_memory_allocated(self.target.device)
+                    mem = self.memory[stage]
+                    mem.peak_bytes = max(mem.peak_bytes, peak)
+                    mem.activation_peak_bytes = max(mem.activation_peak_bytes, peak - base)
+
+        return timed
+
+    def resolve(self, e2e_ms: float) -> GenerationTiming:
+        """Milliseconds per stage (call this after synchronising)."""
+        stage_ms: dict[str, float] = defaultdict(float)
+        calls: dict[str, int] = defaultdict(int)
+        steps: dict[int, float] = defaultdict(float)
+        for c in self.calls:
+            ms = c.start.elapsed_time(c.end) if self.cuda else (c.end - c.start) * 1e3
+            stage_ms[c.stage] += ms
+            calls[c.stage] += 1
+            if c.stage == "denoiser":
+                steps[c.step] += ms
+        return GenerationTiming(e2e_ms, dict(stage_ms), [steps[k] for k in sorted(steps)], dict(calls))
+
+
+class ModuleAnnotator:
+    """Context manager opening a ``mmchar.module::<path>`` profiler range around every module forward."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ModuleAnnotator:
+        seen: set[int] = set()
+        for root in self.target.stage_roots:
+            comp = self.target.component(root.component)
+            if not isinstance(comp, torch.nn.Module) or id(comp) in seen:
+                continue
+            seen.add(id(comp))
+            for path, module in comp.named_modules(prefix=root.component):
+                stack: list[Any] = []
+                label = MODULE_SCOPE_PREFIX + path
+
+                def pre(_m: Any, _inp: Any, label: str = label, stack: list[Any] = stack) -> None:
+                    stack.append(_rf_enter(label, None))
+
+                def post(_m: Any, _inp: Any, _out: Any, stack: list[Any] = stack) -> None:
+                    if stack:
+                        _rf_exit(stack.pop())
+
+                self._handles.append(module.register_forward_pre_hook(pre))
+                self._handles.append(module.register_forward_hook(post, always_call=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

@@ -1,0 +1,295 @@
+"""The runner: one run = warm-up, timed pass, light profile, full profile (conventions.md, "Measurement passes").
+
+1. warm-up (not recorded; layers a backend cannot take are found here);
+2. timed: the whole generation ``repeat`` times with no profiler and no hooks besides the stage timers
+   (two CUDA event records per stage call): the latencies mmchar reports, median and min/max;
+3. light profile: kernels only (no shapes, no module hooks): GPU busy vs idle per stage, kernel counts;
+4. full profile: module ranges and shapes over ``profile_steps`` denoising steps plus one pass of the other
+   stages: the attribution tables. Its wall time against the timed pass is recorded as its overhead.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mmchar import environment
+from mmchar.attribution import attribute
+from mmchar.devices import synchronize
+from mmchar.errors import MmcharError
+from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
+from mmchar.schema import SCHEMA_VERSION
+from mmchar.store import Run, write_run
+from mmchar.swap import SwapState, measure_dispatch_overhead_us, swap_attention
+from mmchar.target import Target
+from mmchar.trace import parse_trace
+
+SWAP_SCOPES = ("denoiser", "all")
+
+
+@dataclass
+class ProfileOptions:
+    """How to measure one run (CLI flags of the same names)."""
+
+    backend: str = "sdpa"
+    fallback: str | None = None
+    scope: str = "denoiser"  # whose attention the backend replaces: the denoiser's, or every component's
+    repeat: int = 3
+    profile_steps: int = 2
+    warmup: int = 1
+    keep_trace: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Measurement:
+    """Everything one run measured, before it becomes a `Run`."""
+
+    meta: dict[str, Any]
+    attribution: Any = None
+    trace_file: Path | None = None
+    latents: torch.Tensor | None = None
+    swap: SwapState | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values), "n": len(values)}
+
+
+def _timed_generation(target: Target, steps: int, **timer_kwargs: Any) -> tuple[GenerationTiming, StageTimer]:
+    synchronize(target.device)
+    timer = StageTimer(target, **timer_kwargs)
+    with timer:
+        if target.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            target.run(steps)
+            end.record()
+            synchronize(target.device)
+            e2e = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            target.run(steps)
+            e2e = (time.perf_counter() - t0) * 1e3
+    return timer.resolve(e2e), timer
+
+
+def _swap_components(target: Target, scope: str) -> list[str]:
+    if scope == "all":
+        return list(dict.fromkeys(r.component for r in target.stage_roots))
+    return [r.component for r in target.stage_roots if r.stage == "denoiser"]
+
+
+def measure(target: Target, options: ProfileOptions) -> Measurement:
+    """Run the four passes on ``target`` under ``options.backend`` and return what they measured."""
+    meta: dict[str, Any] = {"passes": {"warmup": options.warmup, "repeat": options.repeat, "steps": target.steps,
+                                       "profile_steps": min(options.profile_steps, target.steps)}}
+    m = Measurement(meta=meta)
+    psteps = meta["passes"]["profile_steps"]
+    comps = _swap_components(target, options.scope)
+    with swap_attention(target.pipe, comps, options.backend, target.device, fallback=options.fallback,
+                        site_rules=target.all_site_rules(), seed=int(target.config.get("params", {}).get("seed", 0))) as swap:
+        m.swap = swap
+        for _ in range(max(options.warmup, 1)):
+            target.run(min(target.steps, 2))
+        synchronize(target.device)
+        swap.raise_if_unsupported()
+        meta["backend_per_layer"] = dict(sorted(swap.layer_backend.items()))
+        meta["attention_layers"] = dict(sorted(swap.layer_site.items()))
+
+        # 2. timed
+        swap.calls = 0
+        runs: list[GenerationTiming] = []
+        memory = None
+        for i in range(options.repeat):
+            last = i == options.repeat - 1
+            timing, timer = _timed_generation(target, target.steps, measure_memory=last, capture_decoder_input=(i == 0))
+            runs.append(timing)
+            if i == 0:
+                m.latents = timer.decoder_input
+            if last and timer.memory:
+                memory = {s: asdict(v) for s, v in timer.memory.items()}
+        meta["timings"] = _timings(runs)
+        meta["memory"] = memory
+        calls_per_gen = swap.calls
+
+        # 3. light profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
+        with tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
+            light_json = Path(tmp) / "light.json"
+            t0 = time.perf_counter()
+            with profile(activities=activities) as prof:
+                _timed_generation(target, psteps, annotate=True)
+            light_wall = (time.perf_counter() - t0) * 1e3
+            prof.export_chrome_trace(str(light_json))
+            del prof
+            meta["busy"] = _busy(parse_trace(light_json), meta["timings"])
+
+            # 4. full profile
+            full_json = Path(tmp) / "full.json"
+            swap.annotate = True
+            try:
+                t0 = time.perf_counter()
+                with ModuleAnnotator(target), profile(activities=activities, record_shapes=True) as prof:
+                    _timed_generation(target, psteps, annotate=True)
+                full_wall = (time.perf_counter() - t0) * 1e3
+            finally:
+                swap.annotate = False
+            prof.export_chrome_trace(str(full_json))
+            del prof
+            trace = parse_trace(full_json)
+            m.attribution = attribute(trace, target.all_site_rules())
+            if options.keep_trace:
+                fd, gz = tempfile.mkstemp(prefix="mmchar-trace-", suffix=".json.gz")
+                os.close(fd)
+                with open(full_json, "rb") as src, gzip.open(gz, "wb", compresslevel=3) as dst:
+                    shutil.copyfileobj(src, dst)
+                m.trace_file = Path(gz)
+
+    t = meta["timings"]
+    equiv = t["e2e"]["median_ms"] - t.get("denoiser_step", {}).get("median_ms", 0.0) * (target.steps - psteps)
+    meta["profile_overhead"] = {"light_wall_ms": light_wall, "full_wall_ms": full_wall,
+                                "uninstrumented_equivalent_ms": equiv,
+                                "light_overhead_x": light_wall / equiv if equiv > 0 else None,
+                                "full_overhead_x": full_wall / equiv if equiv > 0 else None,
+                                "trace_events": trace.n_events}
+    steps_calls = calls_per_gen / max(options.repeat, 1) / max(target.steps, 1) if options.repeat else 0.0
+    per_call = measure_dispatch_overhead_us()
+    step_ms = t.get("denoiser_step", {}).get("median_ms")
+    meta["swap_overhead"] = {"per_call_us": per_call, "attention_calls_per_step": steps_calls,
+                             "pct_of_denoiser_step": (100.0 * per_call * steps_calls / (step_ms * 1e3)) if step_ms else None,
+                             "method": "wrapped vs original processor on a tiny attention module, CPU time per call"}
+    att = m.attribution
+    meta["unmatched_kernels"] = att.unmatched
+    den = att.kernels[(att.kernels["stage"] == "denoiser") & (att.kernels["op_class"] == "attention")]
+    meta["attention_time_us_per_step"] = float(den["dur_us"].sum()) / psteps if psteps else None
+    return m
+
+
+def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
+    out = {"e2e": _stats([r.e2e_ms for r in runs])}
+    stages = sorted({s for r in runs for s in r.stage_ms})
+    for s in stages:
+        out[s] = _stats([r.stage_ms.get(s, 0.0) for r in runs])
+    steps = [x for r in runs for x in r.step_ms]
+    if steps:
+        out["denoiser_step"] = _stats(steps)
+    out["scheduler"] = _stats([max(r.e2e_ms - sum(r.stage_ms.values()), 0.0) for r in runs])
+    return out
+
+
+def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Busy time per stage call from the light profile, against the timed pass's (uninstrumented) stage wall time."""
+    import numpy as np
+
+    spans: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    counts: dict[str, int] = {}
+    calls: dict[str, set[int]] = {}
+    for name, ts, dur, ctx in zip(trace.name, trace.ts, trace.dur, trace.ctx):
+        stage = ctx.stage or "scheduler"
+        spans.setdefault((stage, ctx.step), []).append((ts, ts + dur))
+        counts[stage] = counts.get(stage, 0) + 1
+        calls.setdefault(stage, set()).add(ctx.step)
+    busy: dict[str, float] = {}
+    for (stage, _), iv in spans.items():
+        arr = np.array(sorted(iv))
+        total, cur_s, cur_e = 0.0, arr[0, 0], arr[0, 1]
+        for s, e in arr[1:]:
+            if s > cur_e:
+                total += cur_e - cur_s
+                cur_s, cur_e = s, e
+            else:
+                cur_e = max(cur_e, e)
+        busy[stage] = busy.get(stage, 0.0) + total + (cur_e - cur_s)
+    out = {}
+    for stage, b in busy.items():
+        n_calls = len(calls[stage]) if stage == "denoiser" else 1
+        key = "denoiser_step" if stage == "denoiser" else stage
+        wall = timings.get(key, {}).get("median_ms")
+        busy_ms = float(b) / 1e3 / n_calls
+        out[key] = {"wall_ms": wall, "busy_ms": busy_ms, "idle_ms": max(wall - busy_ms, 0.0) if wall else None,
+                    "busy_frac": min(busy_ms / wall, 1.0) if wall else None, "kernels": counts[stage] / n_calls}
+    return out
+
+
+def new_run_id(workload: str, backend: str, config_hash: str) -> str:
+    return f"{workload}-{backend}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash}"
+
+
+def base_meta(target_config: dict[str, Any], target_device: torch.device, options: ProfileOptions, run_id: str,
+              config_hash: str) -> dict[str, Any]:
+    dev = environment.device_info(target_device)
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(),
+            "status": "ok", "error": None, "workload": target_config.get("workload", "pipeline"),
+            "preset": target_config.get("preset"), "backend": options.backend, "fallback": options.fallback,
+            "swap_scope": options.scope, "config_hash": config_hash, "config": target_config,
+            "options": options.to_dict(), "device": dev, "roofs": environment.roofs(dev),
+            "versions": environment.versions(), "settings": environment.settings(),
+            "git_commit": environment.git_commit()}
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def failed_run(meta: dict[str, Any], exc: BaseException) -> Run:
+    """A run record for a generation that raised: status ``oom`` or ``error`` and the message."""
+    meta = dict(meta, status="oom" if is_oom(exc) else "error")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    meta["error"] = f"{type(exc).__name__}: {first}" if not isinstance(exc, MmcharError) else first
+    if not isinstance(exc, MmcharError):
+        meta["traceback"] = traceback.format_exception(exc)[-6:]
+    return Run(meta=meta)
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_and_store(target: Target, options: ProfileOptions, store: str | os.PathLike[str], config_hash: str,
+                  finish: Callable[[dict[str, Any], torch.Tensor | None], None] | None = None,
+                  ) -> tuple[Run, torch.Tensor | None]:
+    """Measure ``target`` and write the run (ok or failed) to ``store``; returns it and the final latents.
+
+    ``finish(meta, latents)`` may add to meta.json before the run is written (compare's agreement figures).
+    """
+    run_id = new_run_id(target.config.get("workload", target.name), options.backend, config_hash)
+    meta = base_meta(target.config, target.device, options, run_id, config_hash)
+    try:
+        m = measure(target, options)
+    except (torch.OutOfMemoryError, RuntimeError, MmcharError, ValueError, TypeError, AssertionError) as exc:
+        release_memory(target.device)
+        run = failed_run(meta, exc)
+        if finish is not None:
+            finish(run.meta, None)
+        write_run(store, run)
+        return run, None
+    meta.update(m.meta)
+    if finish is not None:
+        finish(meta, m.latents)
+    run = Run(meta=meta, kernels=m.attribution.kernels, breakdown=m.attribution.breakdown)
+    try:
+        write_run(store, run, m.trace_file)
+    finally:
+        if m.trace_file is not None and m.trace_file.exists():
+            m.trace_file.unlink()
+    return run, m.latents

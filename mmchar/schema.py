@@ -1,0 +1,44 @@
+"""The vocabulary and table layouts every stage of mmchar shares (conventions.md, "Vocabulary" and "Run store").
+
+One place holds each decision: the stage names, op classes and attention sites, the columns of
+``kernels.parquet`` and ``breakdown.csv``, the run-store file names and the schema version.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+STAGES = ("text_encoder", "image_encoder", "denoiser", "generator", "decoder", "scheduler")
+OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "other")
+ATTN_SITES = ("spatial", "temporal", "joint", "cross", "causal", "text")
+
+RUN_STATUSES = ("ok", "oom", "error")
+
+META_FILE = "meta.json"
+KERNELS_FILE = "kernels.parquet"
+BREAKDOWN_FILE = "breakdown.csv"
+TRACE_FILE = "trace.pt.trace.json.gz"
+COMPARISONS_DIR = "comparisons"
+
+# kernels.parquet: one row per GPU kernel / memcpy / memset (per op with self time on a CPU run).
+KERNEL_COLUMNS = {
+    "stage": "category",  # a STAGES name ("" when the kernel ran outside every stage)
+    "step": "int32",  # denoising step (-1 outside the denoiser)
+    "module_path": "category",  # innermost module, dotted from the pipeline root ("unet.down_blocks.0...")
+    "op_class": "category",
+    "attn_site": "category",  # set for attention, and for the q/k/v/out projections of attention modules
+    "aten_op": "category",  # the top-level aten op that launched the kernel
+    "launch_op": "category",  # the innermost aten op (the one that called the launch)
+    "kernel": "category",
+    "ts_us": "float64",
+    "dur_us": "float64",
+    "input_shapes": "string",  # the top-level op's input dims, as recorded by the profiler
+    "flops": "float64",  # NaN where unknown; a multi-kernel op's FLOPs sit on its first kernel
+    "bytes": "float64",
+}
+
+# breakdown.csv: tidy, steps aggregated.
+BREAKDOWN_COLUMNS = ("stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes")
+
+# meta.json "timings" keys: median/min/max over the timed pass (ms).
+TIMING_KEYS = ("e2e", "text_encoder", "image_encoder", "denoiser", "denoiser_step", "generator", "decoder", "scheduler")

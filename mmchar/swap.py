@@ -1,0 +1,246 @@
+"""The diffusers adapter: route each attention module's core call to a registry backend, inside a context.
+
+Each diffusers attention module's processor is wrapped (`set_attn_processor`); the wrapper marks "this
+module is computing attention" in a thread-local, and a replacement of ``F.scaled_dot_product_attention``,
+installed only while a swap context is open, sends the processor's own core call to the backend. Outside
+wrapped modules the replacement defers to the original function at once. Leaving the context restores every
+processor and the original function. The wrapper is chosen over a TorchFunctionMode because a mode sees every
+torch call inside the processor (projections, reshapes: ~20 per attention call), not only the core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmchar.backends import AttentionBackend, get_backend, require_backend
+from mmchar.errors import BackendUnsupportedError
+
+ATTN_SCOPE_PREFIX = "mmchar.attn::"
+
+_ORIGINAL_SDPA = F.scaled_dot_product_attention
+_local = threading.local()
+_install_lock = threading.Lock()
+_install_count = 0
+
+
+def _routed_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    proc = getattr(_local, "current", None)
+    if proc is None:
+        return _ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                              scale=scale, enable_gqa=enable_gqa)
+    _local.current = None  # a backend that calls F.sdpa itself must reach the original
+    try:
+        return proc.attend(query, key, value, attn_mask, is_causal, scale)
+    finally:
+        _local.current = proc
+
+
+def _install() -> None:
+    global _install_count
+    with _install_lock:
+        if _install_count == 0:
+            F.scaled_dot_product_attention = _routed_sdpa
+        _install_count += 1
+
+
+def _uninstall() -> None:
+    global _install_count
+    with _install_lock:
+        _install_count -= 1
+        if _install_count == 0:
+            F.scaled_dot_product_attention = _ORIGINAL_SDPA
+
+
+def attention_scope_label(site: str, module_path: str, backend: str, q: torch.Tensor, k: torch.Tensor,
+                          v: torch.Tensor, causal: bool) -> str:
+    """The profiler label of one attention-core call; `mmchar.trace` parses it back (site, shapes, FLOPs)."""
+    b, h, sq, d = q.shape
+    return (f"{ATTN_SCOPE_PREFIX}{site}::{module_path}::{backend}::"
+            f"{b},{h},{sq},{k.shape[-2]},{d},{v.shape[-1]}::{int(causal)}::{q.element_size()}")
+
+
+@dataclass
+class SwapState:
+    """What a swap context learned: each layer's backend and attention site, and layers it could not take."""
+
+    backend: str
+    fallback: str | None
+    annotate: bool = False  # open an attention-core profiler scope around each core call (full profile)
+    layer_backend: dict[str, str] = field(default_factory=dict)
+    layer_site: dict[str, str] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    calls: int = 0
+
+    def raise_if_unsupported(self) -> None:
+        if not self.unsupported:
+            return
+        items = sorted(self.unsupported.items())
+        listed = "; ".join(f"{p}: {why}" for p, why in items[:4]) + (f"; and {len(items) - 4} more" if len(items) > 4 else "")
+        raise BackendUnsupportedError(f"backend {self.backend!r} cannot take {len(items)} attention layer(s): {listed}; "
+                                      "pass --fallback BACKEND to run those layers on another backend")
+
+
+class RoutedProcessor:
+    """Wraps one attention module's processor; its core call goes to the module's backend instance."""
+
+    def __init__(self, inner: Any, module_path: str, state: SwapState, backend_cls: type[AttentionBackend],
+                 fallback_cls: type[AttentionBackend] | None, site_rules: list[tuple[re.Pattern[str], str]], seed: int):
+        self.inner = inner
+        self.module_path = module_path
+        self.state = state
+        self._backend_cls, self._fallback_cls = backend_cls, fallback_cls
+        self._rules = site_rules
+        self._seed = seed
+        self.backend: AttentionBackend | None = None
+        self.backend_name = ""
+        self.site = ""
+        self._hidden_states: torch.Tensor | None = None
+        self._cross = False
+
+    def __getattr__(self, name: str) -> Any:  # processors expose attributes some models read
+        return getattr(self.__dict__["inner"], name)
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> Any:
+        prev = getattr(_local, "current", None)
+        _local.current = self
+        self._hidden_states = hidden_states
+        self._cross = encoder_hidden_states is not None
+        try:
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        finally:
+            _local.current = prev
+            self._hidden_states = None
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+               scale: float | None) -> torch.Tensor:
+        if self.backend is None:
+            self._bind(q, k, v, mask, causal)
+        self.state.calls += 1
+        if self.state.annotate:
+            label = attention_scope_label(self.site, self.module_path, self.backend_name, q, k, v, causal)
+            with torch.profiler.record_function(label):
+                return self.backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+        return self.backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+
+    def _bind(self, q, k, v, mask, causal) -> None:
+        self.site = attention_site(self.module_path, self._rules, cross=self._cross or q.shape[-2] != k.shape[-2])
+        self.state.layer_site[self.module_path] = self.site
+        backend = self._backend_cls(self.module_path, self._seed)
+        reason = backend.unsupported(q, k, v, causal=causal, mask=mask)
+        if reason is not None:
+            if self._fallback_cls is None:
+                self.state.unsupported[self.module_path] = reason
+                backend = get_backend("math")(self.module_path, self._seed)  # finish the warm-up, then report
+            else:
+                backend = self._fallback_cls(self.module_path, self._seed)
+                why = backend.unsupported(q, k, v, causal=causal, mask=mask)
+                if why is not None:
+                    self.state.unsupported[self.module_path] = f"{reason}; fallback {backend.name}: {why}"
+        self.backend, self.backend_name = backend, backend.name
+        self.state.layer_backend[self.module_path] = backend.name
+
+
+def attention_site(module_path: str, rules: list[tuple[re.Pattern[str], str]], *, cross: bool) -> str:
+    """The attention site of a module: the first module-path rule that matches, else cross or spatial by the call.
+
+    The one place sites are decided; identical for every backend because it looks only at the module's path
+    and whether keys come from another sequence.
+    """
+    for pattern, site in rules:
+        if pattern.search(module_path):
+            return site
+    return "cross" if cross else "spatial"
+
+
+def diffusers_models(pipe: Any, components: list[str]) -> list[tuple[str, Any]]:
+    """The named components that carry diffusers attention processors."""
+    out = []
+    for name in components:
+        model = getattr(pipe, name, None)
+        if model is not None and hasattr(model, "attn_processors") and hasattr(model, "set_attn_processor"):
+            out.append((name, model))
+    return out
+
+
+@contextlib.contextmanager
+def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,
+                   fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
+                   seed: int = 0) -> Iterator[SwapState]:
+    """Route the attention of ``pipe``'s ``components`` to ``backend`` for the duration of the block.
+
+    Args:
+        pipe: a diffusers pipeline (or any object whose attributes are the components).
+        components: component names whose attention modules are swapped (the swap scope).
+        backend: a registry name.
+        device: checked against the backend's constraints before anything is wrapped.
+        fallback: backend for layers ``backend`` cannot take; without it such layers are collected in
+            ``SwapState.unsupported`` (and computed by ``math`` so the pass finishes) for one error.
+        site_rules: module-path rules for attention sites (see `attention_site`).
+        seed: seeds per-layer backend state (with the module path).
+
+    Yields:
+        The SwapState, filled as modules are first called.
+    """
+    backend_cls = require_backend(backend, device)
+    fallback_cls = require_backend(fallback, device) if fallback else None
+    state = SwapState(backend=backend, fallback=fallback)
+    originals: list[tuple[Any, dict[str, Any]]] = []
+    try:
+        for comp, model in diffusers_models(pipe, components):
+            procs = dict(model.attn_processors)
+            originals.append((model, procs))
+            wrapped = {name: RoutedProcessor(p, f"{comp}.{name.removesuffix('.processor')}", state, backend_cls,
+                                             fallback_cls, site_rules or [], seed) for name, p in procs.items()}
+            model.set_attn_processor(wrapped)
+        _install()
+        try:
+            yield state
+        finally:
+            _uninstall()
+    finally:
+        for model, procs in originals:
+            model.set_attn_processor(dict(procs))
+
+
+def measure_dispatch_overhead_us(calls: int = 300, rounds: int = 9) -> float:
+    """CPU time the swap adds to one attention call: wrapped-with-``sdpa`` minus original processor, per call.
+
+    Measured on a tiny diffusers attention module so the attention itself is negligible; in a launch-bound
+    denoiser step this host time is latency, so the step's overhead is this times the attention calls per step.
+    """
+    import time
+
+    from diffusers.models.attention_processor import Attention
+
+    attn = Attention(query_dim=8, heads=1, dim_head=8)
+    hs = torch.randn(1, 4, 8)
+    original = attn.processor
+    state = SwapState(backend="sdpa", fallback=None)
+    wrapped = RoutedProcessor(original, "probe", state, get_backend("sdpa"), None, [], 0)
+
+    def per_call(proc: Any) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            proc(attn, hs)
+        return (time.perf_counter() - t0) / calls * 1e6
+
+    wrapped_us, original_us = [], []
+    with torch.inference_mode():
+        _install()
+        try:
+            per_call(wrapped), per_call(original)
+            for _ in range(rounds):  # interleaved, so drifts in machine load hit both alike
+                wrapped_us.append(per_call(wrapped))
+                original_us.append(per_call(original))
+        finally:
+            _uninstall()
+    return max(min(wrapped_us) - min(original_us), 0.0)

@@ -1,0 +1,124 @@
+"""What the runner profiles: a pipeline object, how to call it, and where its stages start.
+
+Workloads (``mmchar.workloads``) and the Python API (`mmchar.profile(pipe, ...)`) both produce a `Target`;
+the runner knows nothing else about models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmchar.schema import ATTN_SITES, STAGES
+
+
+@dataclass(frozen=True)
+class StageRoot:
+    """A method whose calls delimit a stage: ``getattr(pipe, component).<method>``.
+
+    Each call of the method is one interval of ``stage``; for the denoiser each call is one step
+    (``calls_per_step`` > 1 for pipelines that run the denoiser several times per step).
+    """
+
+    stage: str
+    component: str
+    method: str = "forward"
+    calls_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
+
+
+@dataclass(frozen=True)
+class SiteRule:
+    """Module paths matching ``pattern`` (re.search) hold attention of ``site``."""
+
+    pattern: str
+    site: str
+
+    def __post_init__(self) -> None:
+        if self.site not in ATTN_SITES:
+            raise ValueError(f"attention site {self.site!r} is not one of {ATTN_SITES}")
+
+
+# Module-path rules every target gets after its own (integration.md: where temporal attention lives).
+DEFAULT_SITE_RULES: tuple[SiteRule, ...] = (
+    SiteRule(r"(^|\.)(transformer_in|temp_attentions|temporal_transformer_blocks|motion_modules)\.", "temporal"),
+    SiteRule(r"(^|\.)text_encoder(_\d+)?\.", "text"),
+)
+
+
+@dataclass
+class Target:
+    """One generation to profile.
+
+    Args:
+        name: workload key, or ``"pipeline"`` for a user's own pipeline.
+        pipe: the pipeline object (its components are the stage roots' owners).
+        run: ``run(steps) -> output`` runs one whole generation with ``steps`` denoising steps, seeded
+            identically on every call, and returns the pipeline output.
+        stage_roots: where each stage starts and ends.
+        steps: the denoising steps of the timed pass.
+        config: the resolved configuration, stored verbatim in meta.json.
+        device: where the pipeline runs.
+        dtype: the compute dtype of the pipeline.
+        site_rules: module-path rules for attention sites, tried before DEFAULT_SITE_RULES.
+    """
+
+    name: str
+    pipe: Any
+    run: Callable[[int], Any]
+    stage_roots: list[StageRoot]
+    steps: int
+    config: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    site_rules: list[SiteRule] = field(default_factory=list)
+
+    def component(self, name: str) -> Any:
+        return getattr(self.pipe, name)
+
+    def all_site_rules(self) -> list[tuple[re.Pattern[str], str]]:
+        return [(re.compile(r.pattern), r.site) for r in (*self.site_rules, *DEFAULT_SITE_RULES)]
+
+
+# Component names of diffusers pipelines, by stage. Denoiser and decoder names come first in diffusers' own
+# pipelines; anything else that is an nn.Module is left out (safety checkers, feature extractors).
+_DENOISER_NAMES = ("unet", "transformer", "prior", "transformer_2", "unet_2")
+_TEXT_PREFIX = "text_encoder"
+_DECODER_NAMES = ("vae", "vqvae", "movq", "vqgan")
+
+
+def discover_stage_roots(pipe: Any) -> list[StageRoot]:
+    """Stage roots of any diffusers pipeline, taken from its components.
+
+    Text encoders run `forward`, denoisers `forward` (one call per step with classifier-free guidance
+    batched), VAEs / VQ models `decode` (and `encode`, as the image encoder of image-conditioned pipelines).
+    """
+    components = getattr(pipe, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError("expected a diffusers pipeline (an object with a .components dict)")
+    roots: list[StageRoot] = []
+    for name, comp in components.items():
+        if not isinstance(comp, torch.nn.Module):
+            continue
+        if name.startswith(_TEXT_PREFIX):
+            roots.append(StageRoot("text_encoder", name))
+        elif name == "image_encoder":
+            roots.append(StageRoot("image_encoder", name))
+        elif name in _DENOISER_NAMES:
+            roots.append(StageRoot("denoiser", name))
+        elif name in _DECODER_NAMES:
+            if hasattr(comp, "decode"):
+                roots.append(StageRoot("decoder", name, "decode"))
+            if hasattr(comp, "encode"):
+                roots.append(StageRoot("image_encoder", name, "encode"))
+    if not any(r.stage == "denoiser" for r in roots):
+        names = ", ".join(components) or "(none)"
+        raise TypeError(f"found no denoiser among the pipeline's components ({names}); expected one of {_DENOISER_NAMES}")
+    return roots

@@ -1,0 +1,184 @@
+"""Parse a PyTorch profiler (Kineto) trace once into flat columns, with each event's enclosing context.
+
+CPU-side events (aten ops, mmchar's stage / module / attention-core ranges, CUDA runtime calls) are nested
+per thread by a single stack sweep over events sorted by (start, -duration); every event inherits its
+parent's context (stage, step, module, attention scope, top-level op) and overrides what it is itself. GPU
+activities (kernels, memcpy, memset) take the context of the runtime call that launched them
+(``args.correlation``). On a CPU-only trace the "kernels" are the aten ops themselves, weighted by self time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmchar.errors import TraceError
+from mmchar.instrument import MODULE_SCOPE_PREFIX, STAGE_SCOPE_PREFIX
+from mmchar.swap import ATTN_SCOPE_PREFIX
+
+try:  # optional, ~3x faster on big traces
+    import orjson as _fastjson  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    _fastjson = None
+
+_GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+_RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "runtime", "driver"}
+_OP, _ANNOT, _RUNTIME = 0, 1, 2
+
+
+@dataclass
+class Context:
+    """What encloses an event on the CPU side."""
+
+    stage: str = ""
+    step: int = -1
+    module: str = ""
+    attn: str = ""  # the attention-core scope label, "" outside one
+    attn_id: int = -1  # which attention-core call (one id per scope instance)
+    top_op: int = -1  # index (into Trace.ops) of the outermost enclosing aten op
+    leaf_op: int = -1  # index of the innermost enclosing aten op
+
+
+@dataclass
+class Trace:
+    """Flat columns of one trace. ``ops`` are aten ops (name, dims, concrete inputs, input types)."""
+
+    ops: list[tuple[str, Any, Any, Any]] = field(default_factory=list)
+    # rows: one per GPU activity (GPU trace) or per aten op with self time (CPU trace)
+    name: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    dur: list[float] = field(default_factory=list)
+    ctx: list[Context] = field(default_factory=list)
+    on_gpu: bool = False
+    n_events: int = 0
+    stage_spans: list[tuple[str, int, float, float]] = field(default_factory=list)  # CPU-side stage ranges
+    device_properties: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The trace JSON (``.json`` or ``.json.gz``) as a dict; a clear error for missing or truncated files."""
+    path = Path(path)
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except FileNotFoundError:
+        raise TraceError(f"trace {path} does not exist") from None
+    except (OSError, EOFError) as e:
+        raise TraceError(f"trace {path} is truncated or not gzip ({e}); re-run the profile") from None
+    try:
+        data = _fastjson.loads(raw) if _fastjson else json.loads(raw)
+    except ValueError as e:
+        raise TraceError(f"trace {path} is truncated or not JSON ({str(e)[:80]}); re-run the profile") from None
+    if not isinstance(data, dict) or "traceEvents" not in data:
+        raise TraceError(f"{path} is not a PyTorch profiler trace (no traceEvents)")
+    return data
+
+
+def parse_trace(data: dict[str, Any] | str | os.PathLike[str]) -> Trace:
+    """Parse a trace (dict or path) into a `Trace`; see the module docstring."""
+    if not isinstance(data, dict):
+        data = load_events(data)
+    events = data["traceEvents"]
+    trace = Trace(n_events=len(events), device_properties=data.get("deviceProperties") or [])
+
+    cpu: dict[Any, list[tuple[float, float, int, int]]] = {}  # tid -> (ts, -dur, kind, index)
+    cpu_name: list[str] = []
+    cpu_corr: list[int] = []
+    cpu_ts: list[float] = []
+    cpu_dur: list[float] = []
+    gpu: list[tuple[str, float, float, int]] = []
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        cat = e.get("cat", "")
+        if cat in _GPU_CATS:
+            args = e.get("args") or {}
+            gpu.append((e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0)), args.get("correlation", -1)))
+            continue
+        if cat == "cpu_op":
+            kind = _OP
+        elif cat == "user_annotation":
+            kind = _ANNOT
+        elif cat in _RUNTIME_CATS:
+            kind = _RUNTIME
+        else:
+            continue
+        args = e.get("args") or {}
+        i = len(cpu_name)
+        name = e.get("name", "")
+        ts, dur = float(e["ts"]), float(e.get("dur", 0.0))
+        cpu_name.append(name)
+        cpu_ts.append(ts)
+        cpu_dur.append(dur)
+        if kind == _OP:
+            cpu_corr.append(len(trace.ops))
+            trace.ops.append((name, args.get("Input Dims"), args.get("Concrete Inputs"), args.get("Input type")))
+        elif kind == _RUNTIME:
+            cpu_corr.append(args.get("correlation", -1))
+        else:
+            cpu_corr.append(-1)
+        cpu.setdefault((e.get("pid"), e.get("tid")), []).append((ts, -dur, kind, i))
+
+    trace.on_gpu = bool(gpu)
+    launch_ctx: dict[int, Context] = {}
+    op_rows: list[tuple[int, Context, float]] = []  # CPU trace: (cpu index, context, self time)
+    empty = Context()
+    for items in cpu.values():
+        items.sort()
+        stack: list[tuple[float, Context, int]] = []  # (end, context of the event, cpu index if op else -1)
+        child_time: dict[int, float] = {}
+        for ts, neg_dur, kind, i in items:
+            end = ts - neg_dur
+            while stack and stack[-1][0] <= ts:
+                stack.pop()
+            parent = stack[-1][1] if stack else empty
+            if kind == _RUNTIME:
+                launch_ctx[cpu_corr[i]] = parent
+                continue
+            if kind == _OP:
+                op = cpu_corr[i]
+                ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
+                              parent.top_op if parent.top_op >= 0 else op, op)
+                if not trace.on_gpu:
+                    for s in reversed(stack):  # charge this op's time to its nearest enclosing op
+                        if s[2] >= 0:
+                            child_time[s[2]] = child_time.get(s[2], 0.0) + (end - ts)
+                            break
+                    op_rows.append((i, ctx, end - ts))
+                stack.append((end, ctx, i))
+                continue
+            name = cpu_name[i]
+            if name.startswith(STAGE_SCOPE_PREFIX):
+                stage, _, step = name[len(STAGE_SCOPE_PREFIX):].partition("::")
+                ctx = Context(stage, int(step or -1), parent.module, parent.attn, parent.attn_id, parent.top_op,
+                              parent.leaf_op)
+                trace.stage_spans.append((stage, int(step or -1), ts, end))
+            elif name.startswith(MODULE_SCOPE_PREFIX):
+                ctx = Context(parent.stage, parent.step, name[len(MODULE_SCOPE_PREFIX):], parent.attn,
+                              parent.attn_id, parent.top_op, parent.leaf_op)
+            elif name.startswith(ATTN_SCOPE_PREFIX):
+                ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op)
+            else:
+                ctx = parent
+            stack.append((end, ctx, -1))
+        if not trace.on_gpu:
+            for i, ctx, total in op_rows:
+                self_us = total - child_time.get(i, 0.0)
+                if self_us > 0:
+                    trace.name.append(cpu_name[i])
+                    trace.ts.append(cpu_ts[i])
+                    trace.dur.append(self_us)
+                    trace.ctx.append(ctx)
+            op_rows.clear()
+
+    if trace.on_gpu:
+        gpu.sort(key=lambda g: g[1])
+        for name, ts, dur, corr in gpu:
+            trace.name.append(name)
+            trace.ts.append(ts)
+            trace.dur.append(dur)
+            trace.ctx.append(launch_ctx.get(corr, empty))
+    return trace

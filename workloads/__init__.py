@@ -1,0 +1,35 @@
+"""The workload registry: lowercase hyphenated keys -> Workload classes."""
+
+from __future__ import annotations
+
+from mmchar.errors import UnknownNameError
+from mmchar.workloads.base import Params, Workload, config_hash
+
+_REGISTRY: dict[str, type[Workload]] = {}
+
+
+def register_workload(cls: type[Workload]) -> type[Workload]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    # Imported lazily: each module registers itself; importing diffusers is slow.
+    from mmchar.workloads.modelscope_t2v import workload as _m  # noqa: F401
+    from mmchar.workloads.sd15 import workload as _s  # noqa: F401
+
+
+def workload_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_workload(name: str) -> Workload:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise UnknownNameError("workload", name, _REGISTRY) from None
+
+
+__all__ = ["Params", "Workload", "config_hash", "get_workload", "register_workload", "workload_names"]

@@ -1,0 +1,113 @@
+"""The workload interface: a registered, named generation with presets, stages and attention sites.
+
+A workload is one folder (``workloads/<family>/``) holding ``workload.py`` and ``configs/<preset>.json``;
+the JSON holds the published configuration with the source of every number (``"sources"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from typing import Any, ClassVar
+
+from mmchar.errors import InvalidParameterError, UnknownNameError
+from mmchar.target import SiteRule, Target
+
+
+@dataclass(frozen=True)
+class Params:
+    """The user-facing knobs of one generation; ``None`` in a CLI override means "the preset's value"."""
+
+    height: int
+    width: int
+    frames: int | None  # None for image workloads
+    steps: int
+    batch: int
+    guidance: float  # > 1 enables classifier-free guidance, which doubles the denoiser batch
+    seed: int
+    prompt: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Params:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PARAM_NAMES = tuple(f.name for f in fields(Params))
+
+
+class Workload(ABC):
+    """Base of every workload. Subclasses set the class attributes and implement `build`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    task: ClassVar[str]  # text-to-image, text-to-video, image-to-video
+    modality: ClassVar[str]  # image, video
+    paradigm: ClassVar[str]  # diffusion, transformer
+    architecture: ClassVar[str]  # unet, dit, masked-token, autoregressive
+    stages: ClassVar[tuple[str, ...]]
+    attention_sites: ClassVar[tuple[str, ...]]
+    site_rules: ClassVar[tuple[SiteRule, ...]] = ()
+    config_package: ClassVar[str]  # the package holding configs/
+    spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
+
+    def presets(self) -> list[str]:
+        folder = resources.files(self.config_package) / "configs"
+        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+    def preset_config(self, preset: str) -> dict[str, Any]:
+        if preset not in self.presets():
+            raise UnknownNameError(f"preset of {self.name}", preset, self.presets())
+        path = resources.files(self.config_package) / "configs" / f"{preset}.json"
+        return json.loads(path.read_text())
+
+    def resolve(self, preset: str = "tiny", *, dtype: str | None = None, device: str | None = None,
+                weights: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """The full configuration of a run: preset model configs plus checked parameters.
+
+        Raises:
+            UnknownNameError: unknown preset or parameter.
+            InvalidParameterError: a size the model cannot take.
+        """
+        cfg = self.preset_config(preset)
+        unknown = set(overrides) - set(PARAM_NAMES)
+        if unknown:
+            raise UnknownNameError("parameter", sorted(unknown)[0], PARAM_NAMES)
+        params = dict(cfg["defaults"])
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        if self.modality != "video":
+            if overrides.get("frames") is not None:
+                raise InvalidParameterError(f"{self.name} generates images: --frames does not apply")
+            params["frames"] = None
+        p = Params.from_dict(params)
+        self.check(p)
+        return {"workload": self.name, "preset": preset, "params": p.to_dict(), "dtype": dtype, "device": device,
+                "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {})}
+
+    def check(self, p: Params) -> None:
+        f = self.spatial_factor
+        for dim in ("height", "width"):
+            v = getattr(p, dim)
+            if v < f or v % f:
+                raise InvalidParameterError(f"{dim}={v} is not a positive multiple of {f} (the VAE factor of {self.name}); "
+                                            f"use e.g. {max(f, round(v / f) * f)}")
+        if self.modality == "video" and (p.frames is None or p.frames < 1):
+            raise InvalidParameterError(f"frames={p.frames} must be at least 1")
+        for name in ("steps", "batch"):
+            if getattr(p, name) < 1:
+                raise InvalidParameterError(f"{name}={getattr(p, name)} must be at least 1")
+
+    @abstractmethod
+    def build(self, config: dict[str, Any], backend: str) -> Target:
+        """Build the pipeline on ``config["device"]`` (random weights, or ``config["weights"]``) as a Target."""
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Six hex digits identifying a resolved configuration (backend included), stable across runs."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:6]

@@ -1,0 +1,26 @@
+"""ModelScope text-to-video (damo-vilab/text-to-video-ms-1.7b): UNet3DConditionModel with temporal layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmchar.workloads import register_workload
+from mmchar.workloads.base import Params
+from mmchar.workloads.latent_diffusion import LatentDiffusionWorkload
+
+
+@register_workload
+class ModelScopeT2V(LatentDiffusionWorkload):
+    name = "modelscope-t2v"
+    description = "ModelScope T2V 1.7B: UNet3D with spatial, temporal and cross attention (Make-A-Video-like)"
+    task = "text-to-video"
+    modality = "video"
+    attention_sites = ("spatial", "temporal", "cross", "text")
+    config_package = "mmchar.workloads.modelscope_t2v"
+    unet_class = "UNet3DConditionModel"
+    pipeline_class = "TextToVideoSDPipeline"
+
+    def call_kwargs(self, p: Params, steps: int) -> dict[str, Any]:
+        kw = super().call_kwargs(p, steps)
+        kw["num_frames"] = p.frames
+        return kw
