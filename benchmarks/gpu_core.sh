@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# GPU evidence of the core issue, run on the device machine from the repo root:
+#   profile sd15 (512x512, batch 1 with guidance) and modelscope-t2v (16 frames, 256x256) under math, flash and
+#   cudnn; the swap-overhead benchmark; the gpu-marked tests. Results under $OUT (or ./gpu-out).
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-4}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
+python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+S=/tmp/gpu-runs
+mmchar backends --device cuda | tee "$OUT/backends.txt"
+for wl in sd15 modelscope-t2v; do
+  mmchar compare $wl --preset full --backends math,flash,cudnn --steps "$STEPS" --repeat 3 --device cuda --store "$S" 2>&1 | tee "$OUT/compare-$wl.txt"
+done
+# cudnn refuses some layers? then the same with the flash fallback, so its figures exist too
+if grep -q "cannot take" "$OUT"/compare-*.txt; then
+  for wl in sd15 modelscope-t2v; do
+    grep -q "cudnn: error.*cannot take" "$OUT/compare-$wl.txt" && \
+      mmchar profile $wl --preset full --backend cudnn --fallback flash --steps "$STEPS" --device cuda --store "$S" 2>&1 | tee "$OUT/profile-$wl-cudnn-fallback.txt"
+  done
+fi
+python3 -u benchmarks/bench_swap_overhead.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/swap.txt"
+python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
+# pack: slim run stores (no traces) in one archive, one trace kept for the attribution benchmark
+tar czf "$OUT/runs-slim.tgz" --exclude='*.trace.json.gz' -C /tmp gpu-runs
+t=$(ls /tmp/gpu-runs/sd15-flash-*/trace.pt.trace.json.gz 2>/dev/null | head -1)
+[ -n "$t" ] && cp "$t" "$OUT/sd15-flash.trace.json.gz"
+ls -la "$OUT"
