@@ -203,6 +203,11 @@ def _median_ms(meta: dict[str, Any], key: str) -> float:
     return float(value) if value is not None else np.nan
 
 
+def _busy_ms(meta: dict[str, Any], key: str) -> float:
+    value = ((meta.get("busy") or {}).get(key) or {}).get("busy_ms")
+    return float(value) if value is not None else np.nan
+
+
 def _attention_us_per_step(run: Run) -> float:
     """Attention time of one denoising step: recorded in meta, else the profiled denoiser steps' mean."""
     value = run.meta.get("attention_time_us_per_step")
@@ -234,8 +239,8 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
         max_abs_diff, cosine, agrees`` (nullable boolean: NA where not checked).
     """
     columns = ["group", "run_id", "workload", "backend", "baseline_run_id", "baseline_backend", "is_baseline",
-               "status", "e2e_ms", "denoiser_step_ms", "attention_us_per_step", "e2e_speedup", "step_speedup",
-               "attention_speedup", "max_abs_diff", "cosine", "agrees"]
+               "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step", "e2e_speedup",
+               "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "agrees"]
     by_id = {r.run_id: r for r in runs}
     members: list[tuple[Run, dict[str, Any]]] = [(r, r.meta["compare"]) for r in runs if r.meta.get("compare")]
     seen = {r.run_id for r, _ in members}
@@ -253,14 +258,16 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             "baseline_run_id": cmp.get("baseline_run_id"), "baseline_backend": cmp.get("baseline_backend"),
             "is_baseline": run.run_id == cmp.get("baseline_run_id"), "status": run.status,
             "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, "denoiser_step"),
-            "attention_us_per_step": _attention_us_per_step(run),
+            "denoiser_busy_ms": _busy_ms(run.meta, "denoiser_step"), "attention_us_per_step": _attention_us_per_step(run),
             "max_abs_diff": cmp.get("max_abs_diff", np.nan), "cosine": cmp.get("cosine", np.nan),
             "agrees": cmp.get("agrees"),
         }
         base_values = ((_median_ms(base.meta, "e2e"), _median_ms(base.meta, "denoiser_step"),
-                        _attention_us_per_step(base)) if base is not None else (np.nan,) * 3)
-        for name, b, value in zip(("e2e_speedup", "step_speedup", "attention_speedup"), base_values,
-                                  (row["e2e_ms"], row["denoiser_step_ms"], row["attention_us_per_step"])):
+                        _busy_ms(base.meta, "denoiser_step"), _attention_us_per_step(base))
+                       if base is not None else (np.nan,) * 4)
+        for name, b, value in zip(("e2e_speedup", "step_speedup", "busy_speedup", "attention_speedup"), base_values,
+                                  (row["e2e_ms"], row["denoiser_step_ms"], row["denoiser_busy_ms"],
+                                   row["attention_us_per_step"])):
             row[name] = b / value if value and not np.isnan(value) else np.nan
         rows.append(row)
     out = pd.DataFrame(rows, columns=columns)

@@ -86,7 +86,7 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
         kwargs["prompt"] = prompt
     target = pipeline_target(pipe, steps=num_inference_steps, call_kwargs=kwargs, seed=seed)
     options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope)
-    run, _ = run_and_store(target, options, store, _config_hash(target.config, options))
+    run = run_and_store(target, options, store, _config_hash(target.config, options))
     return run
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mmchar.runner import ProfileOptions, release_memory, run_and_store
+from mmchar.runner import Measurement, ProfileOptions, measure_backends, store_outcome
 from mmchar.schema import COMPARISONS_DIR
 from mmchar.store import Run
 from mmchar.target import Target
@@ -39,7 +39,7 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float |
 
 def compare(target: Target, backends: list[str], base: ProfileOptions, store: str | os.PathLike[str],
             config_hash_for: Any) -> Comparison:
-    """Run ``target`` under each backend in turn (the first is the baseline); failed runs are stored and skipped.
+    """Run ``target`` under each backend (the first is the baseline), timed passes interleaved; failures are stored.
 
     Args:
         target: the built pipeline (built once: every backend sees the same weights).
@@ -49,26 +49,22 @@ def compare(target: Target, backends: list[str], base: ProfileOptions, store: st
         config_hash_for: ``options -> config hash``.
     """
     group = f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    baseline: dict[str, Any] = {}
+    options = [dataclasses.replace(base, backend=b) for b in backends]
+    outcomes = measure_backends(target, options)
+    baseline = outcomes[0]
+    ref = baseline.latents if isinstance(baseline, Measurement) else None
     runs: list[Run] = []
-    for backend in backends:
-        options = dataclasses.replace(base, backend=backend)
+    for opt, outcome in zip(options, outcomes):
 
-        def finish(meta: dict[str, Any], latents: torch.Tensor | None, backend: str = backend) -> None:
+        def finish(meta: dict[str, Any], latents: torch.Tensor | None) -> None:
             entry: dict[str, Any] = {"group": group, "backends": backends, "baseline_backend": backends[0],
-                                     "baseline_run_id": baseline.get("run_id"), "cosine_min": COSINE_MIN}
-            if not baseline:
-                baseline.update(run_id=meta["run_id"], latents=latents)
-                entry["baseline_run_id"] = meta["run_id"]
-                if latents is not None:
-                    entry.update(max_abs_diff=0.0, cosine=1.0, agrees=True)
-            elif latents is not None and baseline.get("latents") is not None:
-                entry.update(agreement(baseline["latents"], latents))
+                                     "baseline_run_id": runs[0].run_id if runs else meta["run_id"],
+                                     "cosine_min": COSINE_MIN}
+            if ref is not None and latents is not None:
+                entry.update(agreement(ref, latents))
             meta["compare"] = entry
 
-        run, _ = run_and_store(target, options, store, config_hash_for(options), finish=finish)
-        runs.append(run)
-        release_memory(target.device)
+        runs.append(store_outcome(target, opt, outcome, store, config_hash_for(opt), finish=finish))
     from mmchar.analysis import comparison_table  # analysis reads runs; compare has just written them
 
     table = comparison_table(runs)

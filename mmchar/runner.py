@@ -97,42 +97,49 @@ def _swap_components(target: Target, scope: str) -> list[str]:
     return [r.component for r in target.stage_roots if r.stage == "denoiser"]
 
 
-def measure(target: Target, options: ProfileOptions) -> Measurement:
-    """Run the four passes on ``target`` under ``options.backend`` and return what they measured."""
-    meta: dict[str, Any] = {"passes": {"warmup": options.warmup, "repeat": options.repeat, "steps": target.steps,
-                                       "profile_steps": min(options.profile_steps, target.steps)}}
-    m = Measurement(meta=meta)
-    psteps = meta["passes"]["profile_steps"]
-    comps = _swap_components(target, options.scope)
-    with swap_attention(target.pipe, comps, options.backend, target.device, fallback=options.fallback,
-                        site_rules=target.all_site_rules(), seed=int(target.config.get("params", {}).get("seed", 0))) as swap:
-        m.swap = swap
-        for _ in range(max(options.warmup, 1)):
-            target.run(min(target.steps, 2))
-        synchronize(target.device)
-        swap.raise_if_unsupported()
-        meta["backend_per_layer"] = dict(sorted(swap.layer_backend.items()))
-        meta["attention_layers"] = dict(sorted(swap.layer_site.items()))
+class _Session:
+    """One backend's measurement of a target, in phases, so several backends can interleave their timed passes."""
 
-        # 2. timed
-        swap.calls = 0
-        runs: list[GenerationTiming] = []
-        memory = None
-        for i in range(options.repeat):
-            last = i == options.repeat - 1
-            timing, timer = _timed_generation(target, target.steps, measure_memory=last, capture_decoder_input=(i == 0))
-            runs.append(timing)
-            if i == 0:
-                m.latents = timer.decoder_input
-            if last and timer.memory:
-                memory = {s: asdict(v) for s, v in timer.memory.items()}
-        meta["timings"] = _timings(runs)
-        meta["memory"] = memory
-        calls_per_gen = swap.calls
+    def __init__(self, target: Target, options: ProfileOptions) -> None:
+        self.target, self.options = target, options
+        self.psteps = min(options.profile_steps, target.steps)
+        self.meta: dict[str, Any] = {"passes": {"warmup": options.warmup, "repeat": options.repeat,
+                                                "steps": target.steps, "profile_steps": self.psteps}}
+        self.m = Measurement(meta=self.meta)
+        self.timings: list[GenerationTiming] = []
+        self.swap = swap_attention(target.pipe, _swap_components(target, options.scope), options.backend,
+                                   target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
+                                   seed=int(target.config.get("params", {}).get("seed", 0)))
+        self.m.swap = self.swap.state
 
-        # 3. light profile
+    def warmup(self) -> None:
+        with self.swap as state:
+            for _ in range(max(self.options.warmup, 1)):
+                self.target.run(min(self.target.steps, 2))
+            synchronize(self.target.device)
+        state.raise_if_unsupported()
+        self.meta["backend_per_layer"] = dict(sorted(state.layer_backend.items()))
+        self.meta["attention_layers"] = dict(sorted(state.layer_site.items()))
+        state.calls = 0
+
+    def timed(self, i: int) -> None:
+        last = i == self.options.repeat - 1
+        with self.swap:
+            timing, timer = _timed_generation(self.target, self.target.steps, measure_memory=last,
+                                              capture_decoder_input=(i == 0))
+        self.timings.append(timing)
+        if i == 0:
+            self.m.latents = timer.decoder_input
+        if last:
+            self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
+
+    def profiles(self) -> Measurement:
+        target, meta, psteps = self.target, self.meta, self.psteps
+        meta["timings"] = _timings(self.timings)
+        calls_per_step = self.swap.state.calls / max(len(self.timings), 1) / max(target.steps, 1)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
-        with tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
+        with self.swap as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
+            # 3. light profile: kernels only
             light_json = Path(tmp) / "light.json"
             t0 = time.perf_counter()
             with profile(activities=activities) as prof:
@@ -141,8 +148,7 @@ def measure(target: Target, options: ProfileOptions) -> Measurement:
             prof.export_chrome_trace(str(light_json))
             del prof
             meta["busy"] = _busy(parse_trace(light_json), meta["timings"])
-
-            # 4. full profile
+            # 4. full profile: module ranges, shapes, attention-core scopes
             full_json = Path(tmp) / "full.json"
             swap.annotate = True
             try:
@@ -155,32 +161,81 @@ def measure(target: Target, options: ProfileOptions) -> Measurement:
             prof.export_chrome_trace(str(full_json))
             del prof
             trace = parse_trace(full_json)
-            m.attribution = attribute(trace, target.all_site_rules())
-            if options.keep_trace:
+            self.m.attribution = attribute(trace, target.all_site_rules())
+            if self.options.keep_trace:
                 fd, gz = tempfile.mkstemp(prefix="mmchar-trace-", suffix=".json.gz")
                 os.close(fd)
                 with open(full_json, "rb") as src, gzip.open(gz, "wb", compresslevel=3) as dst:
                     shutil.copyfileobj(src, dst)
-                m.trace_file = Path(gz)
+                self.m.trace_file = Path(gz)
 
-    t = meta["timings"]
-    equiv = t["e2e"]["median_ms"] - t.get("denoiser_step", {}).get("median_ms", 0.0) * (target.steps - psteps)
-    meta["profile_overhead"] = {"light_wall_ms": light_wall, "full_wall_ms": full_wall,
-                                "uninstrumented_equivalent_ms": equiv,
-                                "light_overhead_x": light_wall / equiv if equiv > 0 else None,
-                                "full_overhead_x": full_wall / equiv if equiv > 0 else None,
-                                "trace_events": trace.n_events}
-    steps_calls = calls_per_gen / max(options.repeat, 1) / max(target.steps, 1) if options.repeat else 0.0
-    per_call = measure_dispatch_overhead_us()
-    step_ms = t.get("denoiser_step", {}).get("median_ms")
-    meta["swap_overhead"] = {"per_call_us": per_call, "attention_calls_per_step": steps_calls,
-                             "pct_of_denoiser_step": (100.0 * per_call * steps_calls / (step_ms * 1e3)) if step_ms else None,
-                             "method": "wrapped vs original processor on a tiny attention module, CPU time per call"}
-    att = m.attribution
-    meta["unmatched_kernels"] = att.unmatched
-    den = att.kernels[(att.kernels["stage"] == "denoiser") & (att.kernels["op_class"] == "attention")]
-    meta["attention_time_us_per_step"] = float(den["dur_us"].sum()) / psteps if psteps else None
-    return m
+        t = meta["timings"]
+        step_ms = t.get("denoiser_step", {}).get("median_ms")
+        equiv = t["e2e"]["median_ms"] - (step_ms or 0.0) * (target.steps - psteps)
+        meta["profile_overhead"] = {"light_wall_ms": light_wall, "full_wall_ms": full_wall,
+                                    "uninstrumented_equivalent_ms": equiv,
+                                    "light_overhead_x": light_wall / equiv if equiv > 0 else None,
+                                    "full_overhead_x": full_wall / equiv if equiv > 0 else None,
+                                    "trace_events": trace.n_events}
+        per_call = measure_dispatch_overhead_us()
+        meta["swap_overhead"] = {"per_call_us": per_call, "attention_calls_per_step": calls_per_step,
+                                 "pct_of_denoiser_step": (100.0 * per_call * calls_per_step / (step_ms * 1e3))
+                                 if step_ms else None,
+                                 "method": "wrapped vs original processor on a tiny attention module, CPU time per call"}
+        att = self.m.attribution
+        meta["unmatched_kernels"] = att.unmatched
+        den = att.kernels[(att.kernels["stage"] == "denoiser") & (att.kernels["op_class"] == "attention")]
+        meta["attention_time_us_per_step"] = float(den["dur_us"].sum()) / psteps if psteps else None
+        return self.m
+
+
+Outcome = Measurement | BaseException
+
+
+def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outcome]:
+    """Measure ``target`` under each options' backend; their timed passes interleave, round by round.
+
+    Interleaving puts every backend under the same host and clock conditions: on a launch-bound step the
+    host's noise is as large as the differences being measured. A backend that fails (cannot take a layer,
+    out of memory, error) gets its exception as outcome; the others go on.
+    """
+    outcomes: list[Outcome | None] = [None] * len(options)
+    sessions: list[_Session | None] = [None] * len(options)
+    for i, opt in enumerate(options):
+        try:
+            sessions[i] = _Session(target, opt)
+            sessions[i].warmup()
+        except _RECORDED as exc:
+            outcomes[i], sessions[i] = exc, None
+            release_memory(target.device)
+    repeat = max((o.repeat for o in options), default=0)
+    for r in range(repeat):
+        for i, sess in enumerate(sessions):
+            if sess is None or r >= sess.options.repeat:
+                continue
+            try:
+                sess.timed(r)
+            except _RECORDED as exc:
+                outcomes[i], sessions[i] = exc, None
+                release_memory(target.device)
+    for i, sess in enumerate(sessions):
+        if sess is None:
+            continue
+        try:
+            outcomes[i] = sess.profiles()
+        except _RECORDED as exc:
+            outcomes[i] = exc
+        sessions[i] = None
+        release_memory(target.device)
+    return [o if o is not None else RuntimeError("not measured") for o in outcomes]
+
+
+def measure(target: Target, options: ProfileOptions) -> Measurement:
+    """Run the four passes on ``target`` under ``options.backend``; raises what the run raised."""
+    out = measure_backends(target, [options])[0]
+    if isinstance(out, BaseException):
+        raise out
+    return out
 
 
 def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
@@ -245,6 +300,11 @@ def base_meta(target_config: dict[str, Any], target_device: torch.device, option
             "git_commit": environment.git_commit()}
 
 
+# What a run records as its failure instead of raising: bad layers, OOM, errors inside the model's code.
+_RECORDED = (torch.OutOfMemoryError, RuntimeError, MmcharError, ValueError, TypeError, AssertionError, IndexError,
+             KeyError, NotImplementedError)
+
+
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -265,31 +325,32 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_and_store(target: Target, options: ProfileOptions, store: str | os.PathLike[str], config_hash: str,
-                  finish: Callable[[dict[str, Any], torch.Tensor | None], None] | None = None,
-                  ) -> tuple[Run, torch.Tensor | None]:
-    """Measure ``target`` and write the run (ok or failed) to ``store``; returns it and the final latents.
+def store_outcome(target: Target, options: ProfileOptions, outcome: Outcome, store: str | os.PathLike[str],
+                  config_hash: str, finish: Callable[[dict[str, Any], torch.Tensor | None], None] | None = None) -> Run:
+    """Write one measurement (or its failure, status ``oom`` / ``error``) to ``store`` as a run.
 
     ``finish(meta, latents)`` may add to meta.json before the run is written (compare's agreement figures).
     """
     run_id = new_run_id(target.config.get("workload", target.name), options.backend, config_hash)
     meta = base_meta(target.config, target.device, options, run_id, config_hash)
-    try:
-        m = measure(target, options)
-    except (torch.OutOfMemoryError, RuntimeError, MmcharError, ValueError, TypeError, AssertionError) as exc:
-        release_memory(target.device)
-        run = failed_run(meta, exc)
+    if isinstance(outcome, BaseException):
+        run = failed_run(meta, outcome)
         if finish is not None:
             finish(run.meta, None)
         write_run(store, run)
-        return run, None
-    meta.update(m.meta)
+        return run
+    meta.update(outcome.meta)
     if finish is not None:
-        finish(meta, m.latents)
-    run = Run(meta=meta, kernels=m.attribution.kernels, breakdown=m.attribution.breakdown)
+        finish(meta, outcome.latents)
+    run = Run(meta=meta, kernels=outcome.attribution.kernels, breakdown=outcome.attribution.breakdown)
     try:
-        write_run(store, run, m.trace_file)
+        write_run(store, run, outcome.trace_file)
     finally:
-        if m.trace_file is not None and m.trace_file.exists():
-            m.trace_file.unlink()
-    return run, m.latents
+        if outcome.trace_file is not None and outcome.trace_file.exists():
+            outcome.trace_file.unlink()
+    return run
+
+
+def run_and_store(target: Target, options: ProfileOptions, store: str | os.PathLike[str], config_hash: str) -> Run:
+    """Measure ``target`` under one backend and write the run, ok or failed, to ``store``."""
+    return store_outcome(target, options, measure_backends(target, [options])[0], store, config_hash)

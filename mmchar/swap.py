@@ -1,6 +1,7 @@
 """The diffusers adapter: route each attention module's core call to a registry backend, inside a context.
 
-Each diffusers attention module's processor is wrapped (`set_attn_processor`); the wrapper marks "this
+Each diffusers attention module's processor is wrapped (the module's `set_processor`, what
+`set_attn_processor` calls per module); the wrapper marks "this
 module is computing attention" in a thread-local, and a replacement of ``F.scaled_dot_product_attention``,
 installed only while a swap context is open, sends the processor's own core call to the backend. Outside
 wrapped modules the replacement defers to the original function at once. Leaving the context restores every
@@ -10,10 +11,8 @@ torch call inside the processor (projections, reshapes: ~20 per attention call),
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from mmchar.backends import AttentionBackend, get_backend, require_backend
 from mmchar.errors import BackendUnsupportedError
+from mmchar.target import compile_site_rules
 
 ATTN_SCOPE_PREFIX = "mmchar.attn::"
 
@@ -161,21 +161,24 @@ def attention_site(module_path: str, rules: list[tuple[re.Pattern[str], str]], *
     return "cross" if cross else "spatial"
 
 
-def diffusers_models(pipe: Any, components: list[str]) -> list[tuple[str, Any]]:
-    """The named components that carry diffusers attention processors."""
+def attention_modules(pipe: Any, components: list[str]) -> list[tuple[str, Any]]:
+    """(dotted path, module) of every diffusers attention module (one with a processor) in the components."""
     out = []
     for name in components:
-        model = getattr(pipe, name, None)
-        if model is not None and hasattr(model, "attn_processors") and hasattr(model, "set_attn_processor"):
-            out.append((name, model))
+        comp = getattr(pipe, name, None)
+        if not isinstance(comp, torch.nn.Module):
+            continue
+        for path, module in comp.named_modules(prefix=name):
+            if hasattr(module, "set_processor") and hasattr(module, "processor"):
+                out.append((path, module))
     return out
 
 
-@contextlib.contextmanager
-def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,
-                   fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                   seed: int = 0) -> Iterator[SwapState]:
-    """Route the attention of ``pipe``'s ``components`` to ``backend`` for the duration of the block.
+class AttentionSwap:
+    """Route the attention of ``pipe``'s ``components`` to ``backend`` while entered; re-enterable.
+
+    The wrapped processors (and the backend instances they own) are built once, so a compare can enter and
+    leave several backends' swaps in turn without rebuilding per-layer state.
 
     Args:
         pipe: a diffusers pipeline (or any object whose attributes are the components).
@@ -183,32 +186,51 @@ def swap_attention(pipe: Any, components: list[str], backend: str, device: torch
         backend: a registry name.
         device: checked against the backend's constraints before anything is wrapped.
         fallback: backend for layers ``backend`` cannot take; without it such layers are collected in
-            ``SwapState.unsupported`` (and computed by ``math`` so the pass finishes) for one error.
-        site_rules: module-path rules for attention sites (see `attention_site`).
+            ``state.unsupported`` (and computed by ``math`` so the pass finishes) for one error.
+        site_rules: module-path rules for attention sites (see `attention_site`); default: the built-in rules.
         seed: seeds per-layer backend state (with the module path).
-
-    Yields:
-        The SwapState, filled as modules are first called.
     """
-    backend_cls = require_backend(backend, device)
-    fallback_cls = require_backend(fallback, device) if fallback else None
-    state = SwapState(backend=backend, fallback=fallback)
-    originals: list[tuple[Any, dict[str, Any]]] = []
-    try:
-        for comp, model in diffusers_models(pipe, components):
-            procs = dict(model.attn_processors)
-            originals.append((model, procs))
-            wrapped = {name: RoutedProcessor(p, f"{comp}.{name.removesuffix('.processor')}", state, backend_cls,
-                                             fallback_cls, site_rules or [], seed) for name, p in procs.items()}
-            model.set_attn_processor(wrapped)
-        _install()
+
+    def __init__(self, pipe: Any, components: list[str], backend: str, device: torch.device, *,
+                 fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
+                 seed: int = 0) -> None:
+        backend_cls = require_backend(backend, device)
+        fallback_cls = require_backend(fallback, device) if fallback else None
+        self.state = SwapState(backend=backend, fallback=fallback)
+        rules = compile_site_rules() if site_rules is None else site_rules
+        self._modules = [(module, module.processor,
+                          RoutedProcessor(module.processor, path, self.state, backend_cls, fallback_cls, rules, seed))
+                         for path, module in attention_modules(pipe, components)]
+        self._active = False
+
+    def __enter__(self) -> SwapState:
+        if self._active:
+            raise RuntimeError("this attention swap is already active")
+        done: list[tuple[Any, Any]] = []
         try:
-            yield state
-        finally:
-            _uninstall()
-    finally:
-        for model, procs in originals:
-            model.set_attn_processor(dict(procs))
+            for module, original, wrapped in self._modules:
+                module.set_processor(wrapped)
+                done.append((module, original))
+            _install()
+        except BaseException:
+            for module, original in done:
+                module.set_processor(original)
+            raise
+        self._active = True
+        return self.state
+
+    def __exit__(self, *exc: Any) -> None:
+        self._active = False
+        _uninstall()
+        for module, original, _ in self._modules:
+            module.set_processor(original)
+
+
+def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,
+                   fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
+                   seed: int = 0) -> AttentionSwap:
+    """``with swap_attention(pipe, ["unet"], "flash", device) as state:`` (see `AttentionSwap`)."""
+    return AttentionSwap(pipe, components, backend, device, fallback=fallback, site_rules=site_rules, seed=seed)
 
 
 def measure_dispatch_overhead_us(calls: int = 300, rounds: int = 9) -> float:

@@ -53,6 +53,11 @@ DEFAULT_SITE_RULES: tuple[SiteRule, ...] = (
 )
 
 
+def compile_site_rules(rules: list[SiteRule] | tuple[SiteRule, ...] = ()) -> list[tuple[re.Pattern[str], str]]:
+    """``rules`` then DEFAULT_SITE_RULES, compiled, in the order `mmchar.swap.attention_site` tries them."""
+    return [(re.compile(r.pattern), r.site) for r in (*rules, *DEFAULT_SITE_RULES)]
+
+
 @dataclass
 class Target:
     """One generation to profile.
@@ -84,7 +89,7 @@ class Target:
         return getattr(self.pipe, name)
 
     def all_site_rules(self) -> list[tuple[re.Pattern[str], str]]:
-        return [(re.compile(r.pattern), r.site) for r in (*self.site_rules, *DEFAULT_SITE_RULES)]
+        return compile_site_rules(self.site_rules)
 
 
 # Component names of diffusers pipelines, by stage. Denoiser and decoder names come first in diffusers' own

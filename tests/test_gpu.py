@@ -43,7 +43,7 @@ def test_cuda_profile_attributes_kernels(tmp_path):
     cfg = w.resolve("tiny", device="cuda")
     target = w.build(cfg, "flash")
     opts = ProfileOptions(backend="flash", repeat=2)
-    run, _ = run_and_store(target, opts, tmp_path, _config_hash(cfg, opts))
+    run = run_and_store(target, opts, tmp_path, _config_hash(cfg, opts))
     assert run.status == "ok", run.meta.get("error")
     k = run.kernels
     assert (k["stage"] == "denoiser").any()

@@ -159,7 +159,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
     target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params)
     say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on {target.device} "
         f"with backend {backend}: {options.repeat} timed generations of {target.steps} steps ...")
-    run, _ = run_and_store(target, options, store, _hash_for(target)(options))
+    run = run_and_store(target, options, store, _hash_for(target)(options))
     _report(run)
     if run.status != "ok":
         raise _RunFailed(run)
@@ -218,8 +218,8 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params)
     say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
     result = run_compare(target, names, options, store, _hash_for(target))
-    cols = ["backend", "status", "e2e_ms", "denoiser_step_ms", "attention_us_per_step", "e2e_speedup", "step_speedup",
-            "attention_speedup", "max_abs_diff", "cosine", "agrees"]
+    cols = ["backend", "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step",
+            "e2e_speedup", "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "agrees"]
     print_frame(result.table[cols], title=f"{result.group} (speedups against {names[0]})", fmt=fmt)
     for run in result.runs:
         if run.status != "ok":

@@ -1,0 +1,78 @@
+"""Run store: round trip, atomic writes, schema check, store/run-folder discovery."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mmchar.errors import RunNotFoundError, SchemaMismatchError
+from mmchar.schema import BREAKDOWN_COLUMNS, SCHEMA_VERSION
+from mmchar.store import Run, load_run, load_runs, run_folders, write_run
+
+
+def _run(run_id: str = "w-math-20260101-000000-abcdef", status: str = "ok") -> Run:
+    kernels = pd.DataFrame({"stage": ["denoiser", "denoiser"], "step": [0, 1], "module_path": ["unet.a", "unet.b"],
+                            "op_class": ["conv", "attention"], "attn_site": ["", "spatial"], "aten_op": ["aten::conv2d", ""],
+                            "launch_op": ["", ""], "kernel": ["k1", "k2"], "ts_us": [0.0, 5.0], "dur_us": [3.0, 1.0],
+                            "input_shapes": ["", ""], "flops": [10.0, float("nan")], "bytes": [4.0, float("nan")]})
+    bd = pd.DataFrame({"stage": ["denoiser"] * 2, "op_class": ["attention", "conv"], "attn_site": ["spatial", ""],
+                       "time_us": [1.0, 3.0], "share": [0.25, 0.75], "calls": [1, 1], "flops": [float("nan"), 10.0],
+                       "bytes": [float("nan"), 4.0]})
+    meta = {"run_id": run_id, "status": status, "workload": "w", "backend": "math", "timings": {"e2e": {"median_ms": 1.0}}}
+    return Run(meta=meta, kernels=kernels, breakdown=bd)
+
+
+def test_round_trip(tmp_path):
+    r = _run()
+    folder = write_run(tmp_path, r)
+    back = load_run(folder)
+    assert back.meta["schema_version"] == SCHEMA_VERSION and back.meta["timings"] == r.meta["timings"]
+    pd.testing.assert_frame_equal(back.kernels.reset_index(drop=True), r.kernels, check_dtype=False, check_categorical=False)
+    assert list(back.breakdown.columns) == list(BREAKDOWN_COLUMNS)
+    assert back.breakdown["share"].tolist() == [0.25, 0.75]
+    assert back.breakdown["attn_site"].tolist() == ["spatial", ""]  # empty sites stay empty strings, not NaN
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    r = _run()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_run(tmp_path, r)
+    assert list(tmp_path.iterdir()) == []  # no half-written run, no temporary folder left
+
+
+def test_failed_run_has_empty_tables(tmp_path):
+    folder = write_run(tmp_path, Run(meta={"run_id": "x-oom", "status": "oom", "error": "CUDA out of memory",
+                                           "workload": "w", "backend": "b"}))
+    back = load_run(folder)
+    assert back.status == "oom" and back.kernels.empty and back.breakdown.empty
+
+
+def test_schema_mismatch_says_what_to_do(tmp_path):
+    folder = write_run(tmp_path, _run())
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["schema_version"] = 999
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SchemaMismatchError, match="re-run"):
+        load_run(folder)
+
+
+def test_stores_and_run_folders_mixed(tmp_path):
+    a = write_run(tmp_path / "s1", _run("a"))
+    write_run(tmp_path / "s1", _run("b"))
+    c = write_run(tmp_path / "s2", _run("c"))
+    (tmp_path / "s1" / ".tmp-d-xyz").mkdir()  # an interrupted write is not a run
+    folders = run_folders([tmp_path / "s1", c, a])
+    assert [f.name for f in folders] == ["a", "b", "c"]
+    assert len(load_runs([tmp_path / "s1"])) == 2
+    with pytest.raises(RunNotFoundError):
+        run_folders([tmp_path / "nothing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunNotFoundError, match="holds no runs"):
+        run_folders([tmp_path / "empty"])

@@ -1,0 +1,85 @@
+"""One test per rule of the taxonomy table, with real kernel / op names (H100 traces and CPU traces)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmchar.taxonomy import RULES, Rule, add_rule, classify, is_attention_op
+
+CASES = [
+    # (kernel or CPU op name, top-level aten op, expected class)
+    ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevComm*, unsigned long, ncclWork*)", "", "communication"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "c10d::allreduce_", "communication"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false, false, cutlass::bfloat16_t>>",
+     "aten::_scaled_dot_product_flash_attention", "attention"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention", "attention"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1", "aten::conv2d", "conv"),
+    ("void at::native::elementwise_kernel<128, 4, at::native::add_kernel>", "aten::conv2d", "conv"),  # conv bias add
+    ("aten::mkldnn_convolution", "aten::conv2d", "conv"),
+    ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNN", "aten::linear", "gemm"),
+    ("aten::addmm", "aten::linear", "gemm"),
+    ("void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::BFloat16, float>", "aten::group_norm", "norm"),
+    ("aten::native_layer_norm", "aten::layer_norm", "norm"),
+    ("void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>", "aten::contiguous", "memory"),
+    ("aten::cat", "aten::cat", "memory"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>", "aten::silu", "elementwise"),
+    ("aten::mul", "aten::mul", "elementwise"),
+    # kernel-name rules, for kernels no aten op launched (Triton, custom extensions)
+    ("_attn_fwd", "", "attention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0", "", "attention"),
+    ("sm80_xmma_fprop_implicit_gemm_indexed_wo_smem_f16f16_f16f32_f32_nhwckrsc_nhwc", "", "conv"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off", "", "gemm"),
+    ("triton_red_fused_native_layer_norm_0", "", "norm"),
+    ("Memcpy HtoD (Pageable -> Device)", "", "memory"),
+    ("Memset (Device)", "", "memory"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<float, unsigned int, 4, 64, 64>", "", "memory"),
+    ("triton_poi_fused_add_mul_0", "", "elementwise"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>>>", "", "elementwise"),
+    ("some_unknown_vendor_kernel", "", "other"),
+    ("aten::_nonsense_op", "aten::_nonsense_op", "other"),
+]
+
+
+@pytest.mark.parametrize("kernel,aten,expected", CASES, ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_rule(kernel, aten, expected):
+    assert classify(kernel, aten) == expected
+
+
+def test_every_rule_is_exercised():
+    """Each rule of the table decides at least one of the cases above (no dead rules)."""
+    import re
+
+    used = set()
+    for kernel, aten, _ in CASES:
+        for i, r in enumerate(RULES):
+            if r.aten and not (aten and re.search(r.aten, aten, re.I)):
+                continue
+            if r.kernel and not re.search(r.kernel, kernel, re.I):
+                continue
+            used.add(i)
+            break
+    assert used == set(range(len(RULES))), [RULES[i] for i in set(range(len(RULES))) - used]
+
+
+def test_attention_ops():
+    assert is_attention_op("aten::scaled_dot_product_attention")
+    assert not is_attention_op("aten::softmax") and not is_attention_op("")
+
+
+def test_add_rule_extends_the_table():
+    n = len(RULES)
+    try:
+        add_rule(Rule("gemm", kernel=r"^some_unknown_vendor_kernel$"), position=0)
+        assert classify("some_unknown_vendor_kernel", "") == "gemm"
+    finally:
+        del RULES[0]
+        add_rule.__globals__["_compiled"].cache_clear()
+        classify.cache_clear()
+    assert len(RULES) == n and classify("some_unknown_vendor_kernel", "") == "other"
+
+
+def test_bad_rule_is_refused():
+    with pytest.raises(ValueError):
+        Rule("matmul", kernel="x")
+    with pytest.raises(ValueError):
+        Rule("gemm")

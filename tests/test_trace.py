@@ -1,0 +1,90 @@
+"""Trace parsing on small hand-written Kineto traces: nesting, correlation, CPU self time, bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from mmchar.attribution import attribute
+from mmchar.errors import TraceError
+from mmchar.trace import parse_trace
+
+
+def _x(cat, name, ts, dur, tid=1, **args):
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid, "args": args}
+
+
+GPU_TRACE = {"traceEvents": [
+    _x("user_annotation", "mmchar.stage::denoiser::3", 0, 100),
+    _x("user_annotation", "mmchar.module::unet.conv_in", 1, 30),
+    _x("cpu_op", "aten::conv2d", 2, 20, **{"Input Dims": [[1, 4, 8, 8], [8, 4, 3, 3], [8], [], [], [], []],
+                                            "Concrete Inputs": ["", "", "", "[1, 1]", "[1, 1]", "[1, 1]", "1"],
+                                            "Input type": ["float", "float", "float"]}),
+    _x("cpu_op", "aten::cudnn_convolution", 3, 10),
+    _x("cuda_runtime", "cudaLaunchKernel", 4, 2, correlation=7),
+    _x("cuda_runtime", "cudaLaunchKernel", 15, 2, correlation=8),
+    _x("user_annotation", "mmchar.attn::cross::unet.attn2::flash::2,8,64,77,40,40::0::2", 40, 20),
+    _x("cuda_runtime", "cudaLaunchKernel", 41, 2, correlation=9),
+    _x("cuda_runtime", "cudaLaunchKernel", 150, 2, correlation=10),  # outside every stage: the scheduler
+    _x("kernel", "sm90_xmma_fprop_implicit_gemm_bf16", 10, 5, tid=7, correlation=7),
+    _x("kernel", "void at::native::elementwise_kernel<add>", 16, 1, tid=7, correlation=8),
+    _x("kernel", "flash_fwd_kernel", 45, 3, tid=7, correlation=9),
+    _x("kernel", "void at::native::vectorized_elementwise_kernel<mul>", 155, 1, tid=7, correlation=10),
+]}
+
+
+def test_gpu_kernels_take_the_context_of_their_launch():
+    t = parse_trace(GPU_TRACE)
+    assert t.on_gpu and t.name[0].startswith("sm90_xmma_fprop")
+    a = attribute(t)
+    k = a.kernels
+    assert k["stage"].tolist() == ["denoiser", "denoiser", "denoiser", "scheduler"]
+    assert k["step"].tolist() == [3, 3, 3, -1]
+    assert k["module_path"].tolist() == ["unet.conv_in", "unet.conv_in", "", ""]
+    assert k["op_class"].tolist() == ["conv", "conv", "attention", "elementwise"]
+    assert k["attn_site"].tolist()[2] == "cross"
+    assert k["aten_op"].tolist()[:2] == ["aten::conv2d", "aten::conv2d"]
+    assert k["launch_op"].tolist()[:2] == ["aten::cudnn_convolution", "aten::conv2d"]  # the innermost op
+    # conv FLOPs once (on the op's first kernel): 2·N·Cout·H·W·Cin·k²
+    assert k["flops"].iloc[0] == 2 * 1 * 8 * 8 * 8 * 4 * 9
+    assert k["flops"].iloc[2] == 4 * 2 * 8 * 64 * 77 * 40
+    assert k["input_shapes"].iloc[2] == "[[2, 8, 64, 40], [2, 8, 77, 40], [2, 8, 77, 40]]"
+    bd = a.breakdown.set_index(["stage", "op_class", "attn_site"])
+    assert bd.loc[("denoiser", "conv", ""), "share"] == pytest.approx(6 / 9)
+    assert bd.loc[("denoiser", "attention", "cross"), "time_us"] == 3
+
+
+def test_cpu_trace_counts_self_time():
+    trace = {"traceEvents": [
+        _x("user_annotation", "mmchar.stage::decoder::-1", 0, 100),
+        _x("cpu_op", "aten::linear", 10, 50),
+        _x("cpu_op", "aten::addmm", 20, 30),
+        _x("cpu_op", "aten::silu", 70, 10),
+    ]}
+    k = attribute(parse_trace(trace)).kernels
+    assert sorted(zip(k["kernel"], k["dur_us"])) == [("aten::addmm", 30), ("aten::linear", 20), ("aten::silu", 10)]
+    assert set(k[k["aten_op"] == "aten::linear"]["op_class"]) == {"gemm"}
+    assert set(k["stage"]) == {"decoder"}
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    good = tmp_path / "t.json.gz"
+    blob = gzip.compress(json.dumps(GPU_TRACE).encode())
+    good.write_bytes(blob)
+    assert parse_trace(good).n_events == len(GPU_TRACE["traceEvents"])
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(TraceError, match="truncated"):
+        parse_trace(cut)
+    half = tmp_path / "half.json"
+    half.write_text(json.dumps(GPU_TRACE)[:200])
+    with pytest.raises(TraceError, match="truncated or not JSON"):
+        parse_trace(half)
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    with pytest.raises(TraceError, match="not a PyTorch profiler trace"):
+        parse_trace(other)
+    with pytest.raises(TraceError, match="does not exist"):
+        parse_trace(tmp_path / "missing.json")
