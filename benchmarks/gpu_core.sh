@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 S=/tmp/gpu-runs
 mmchar backends --device cuda | tee "$OUT/backends.txt"
 for wl in sd15 modelscope-t2v; do
-  mmchar compare $wl --preset full --backends math,flash,cudnn --steps "$STEPS" --repeat 3 --device cuda --store "$S" 2>&1 | tee "$OUT/compare-$wl.txt"
+  mmchar compare $wl --preset full --backends math,flash,cudnn,efficient --steps "$STEPS" --repeat 5 --device cuda --store "$S" 2>&1 | tee "$OUT/compare-$wl.txt"
 done
 # cudnn refuses some layers? then the same with the flash fallback, so its figures exist too
 if grep -q "cannot take" "$OUT"/compare-*.txt; then
@@ -22,8 +22,13 @@ if grep -q "cannot take" "$OUT"/compare-*.txt; then
       mmchar profile $wl --preset full --backend cudnn --fallback flash --steps "$STEPS" --device cuda --store "$S" 2>&1 | tee "$OUT/profile-$wl-cudnn-fallback.txt"
   done
 fi
+# a local pipeline folder (save_pretrained of the tiny preset) profiled with --pipeline on the GPU
+python3 -c "
+from mmchar.workloads import get_workload
+w = get_workload('sd15'); w.build(w.resolve('tiny', device='cpu'), 'sdpa').pipe.save_pretrained('/tmp/tiny-sd15')"
+mmchar profile --pipeline /tmp/tiny-sd15 --prompt "a cat" --steps 4 --height 64 --width 64 --device cuda --store /tmp/pipe-runs 2>&1 | tail -12 | tee "$OUT/profile-pipeline.txt"
 python3 -u benchmarks/bench_swap_overhead.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/swap.txt"
-python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
+python3 -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
 # pack: slim run stores (no traces) in one archive, one trace kept for the attribution benchmark
 tar czf "$OUT/runs-slim.tgz" --exclude='*.trace.json.gz' -C /tmp gpu-runs
 t=$(ls /tmp/gpu-runs/sd15-flash-*/trace.pt.trace.json.gz 2>/dev/null | head -1)

@@ -19,7 +19,7 @@ from mmchar.flops import attention_label_cost, op_cost
 from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS
 from mmchar.swap import ATTN_SCOPE_PREFIX, attention_site
 from mmchar.taxonomy import classify, is_attention_op
-from mmchar.trace import Trace
+from mmchar.trace import Trace, gc_paused
 
 OUTSIDE_STAGES = "scheduler"
 
@@ -47,7 +47,11 @@ def scope_shapes(label: str) -> str:
 
 def attribute(trace: Trace, site_rules: list[tuple[re.Pattern[str], str]] | None = None) -> Attribution:
     """Classify and place every row of ``trace`` (see module docstring)."""
-    rules = site_rules or []
+    with gc_paused():
+        return _attribute(trace, site_rules or [])
+
+
+def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attribution:
     ops = trace.ops
     n = len(trace.name)
     stage = [""] * n
