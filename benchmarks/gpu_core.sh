@@ -23,14 +23,16 @@ if grep -q "cannot take" "$OUT"/compare-*.txt; then
   done
 fi
 # a local pipeline folder (save_pretrained of the tiny preset) profiled with --pipeline on the GPU
-python3 -c "
+python3 -P -c "
 from mmchar.workloads import get_workload
 w = get_workload('sd15'); w.build(w.resolve('tiny', device='cpu'), 'sdpa').pipe.save_pretrained('/tmp/tiny-sd15')"
 mmchar profile --pipeline /tmp/tiny-sd15 --prompt "a cat" --steps 4 --height 64 --width 64 --device cuda --store /tmp/pipe-runs 2>&1 | tail -12 | tee "$OUT/profile-pipeline.txt"
 python3 -u benchmarks/bench_swap_overhead.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/swap.txt"
 python3 -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
-# pack: slim run stores (no traces) in one archive, one trace kept for the attribution benchmark
-tar czf "$OUT/runs-slim.tgz" --exclude='*.trace.json.gz' -C /tmp gpu-runs
+# pack: slim run stores (no traces), the benchmark tables and the logs in one archive; one trace beside it
+mkdir -p /tmp/pack && cp -r /tmp/gpu-runs /tmp/pack/runs && cp "$OUT"/*.md "$OUT"/*.json "$OUT"/*.txt /tmp/pack/ 2>/dev/null
+tar czf "$OUT/results.tgz" --exclude='*.trace.json.gz' -C /tmp/pack .
 t=$(ls /tmp/gpu-runs/sd15-flash-*/trace.pt.trace.json.gz 2>/dev/null | head -1)
 [ -n "$t" ] && cp "$t" "$OUT/sd15-flash.trace.json.gz"
+rm -f "$OUT"/*.md "$OUT"/*.json "$OUT"/compare-*.txt "$OUT"/backends.txt "$OUT"/swap.txt
 ls -la "$OUT"

@@ -16,9 +16,9 @@ class MmcharError(Exception):
 class UnknownNameError(MmcharError):
     """A name (workload, preset, backend, stage ...) that is not in its registry."""
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+    def __init__(self, kind: str, name: str, valid: Iterable[str], context: str = ""):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(self.valid) or '(none)'}")
+        super().__init__(f"unknown {kind} {name!r}{context}; valid {kind}s{context}: {', '.join(self.valid) or '(none)'}")
 
 
 class InvalidParameterError(MmcharError):

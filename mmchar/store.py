@@ -66,9 +66,11 @@ def write_run(store: str | os.PathLike[str], run: Run, trace_file: str | os.Path
     """Write ``run`` as ``store/<run_id>/`` atomically and return the folder. ``trace_file`` (gzip JSON) is moved in."""
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
+    base, n = run.run_id, 1
+    while (store / run.run_id).exists():  # the same config twice within a second: profile always adds a run
+        n += 1
+        run.meta["run_id"] = f"{base}-{n}"
     final = store / run.run_id
-    if final.exists():
-        raise FileExistsError(f"run folder {final} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + run.run_id + "-", dir=store))
     try:
         meta = dict(run.meta, schema_version=SCHEMA_VERSION)

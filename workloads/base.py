@@ -62,7 +62,7 @@ class Workload(ABC):
 
     def preset_config(self, preset: str) -> dict[str, Any]:
         if preset not in self.presets():
-            raise UnknownNameError(f"preset of {self.name}", preset, self.presets())
+            raise UnknownNameError("preset", preset, self.presets(), context=f" of {self.name}")
         path = resources.files(self.config_package) / "configs" / f"{preset}.json"
         return json.loads(path.read_text())
 

@@ -11,6 +11,11 @@ import typer
 
 from mmchar.errors import MmcharError
 
+# typer >= 0.20 vendors its own click (typer._click); older ones use click itself: catch both.
+_EXIT = tuple({click.exceptions.Exit, typer.Exit})
+_ABORT = tuple({click.exceptions.Abort, typer.Abort})
+_USAGE = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
+
 app = typer.Typer(name="mmchar", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Where the time goes in text-to-image and text-to-video generation: profile, compare, view, export.")
 
@@ -43,15 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error_line(str(e))
         code = 1
-    except click.exceptions.Exit as e:
-        code = e.exit_code
-    except click.exceptions.Abort:
+    except _EXIT as e:
+        code = getattr(e, "exit_code", 0)
+    except _ABORT:
         error_line("interrupted; finished runs are in the store, a re-run starts the rest")
         code = 130
-    except click.ClickException as e:
+    except _USAGE as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help has been printed
+            return _exit(0, argv)
         if debug:
             raise
-        error_line(e.format_message().replace("\n", " ") + " (see mmchar --help)")
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        error_line(" ".join(message.split()) + " (see mmchar --help)")
         code = 1
     except KeyboardInterrupt:
         error_line("interrupted; finished runs are in the store, a re-run starts the rest")
@@ -62,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         error_line(f"unexpected {type(e).__name__}: {first} (re-run with --debug for the traceback)")
         code = 1
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
     if argv is None:
         sys.exit(code)
     return code

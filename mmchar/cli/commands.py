@@ -190,6 +190,12 @@ def _report(run: Any) -> None:
         if not att.empty and att["time_us"].sum() > 0:
             sites = att.groupby("attn_site")["time_us"].sum() / att["time_us"].sum()
             say("denoiser attention by site: " + ", ".join(f"{k} {v:.1%}" for k, v in sites.items()))
+    den_busy = (run.meta.get("busy") or {}).get("denoiser_step") or {}
+    if run.meta.get("device", {}).get("type") == "cuda" and den_busy.get("busy_frac") is not None:
+        frac = den_busy["busy_frac"]
+        verdict = ("launch-bound: the host cannot feed the GPU, so faster kernels barely change the step latency"
+                   if frac < 0.6 else "GPU-bound")
+        say(f"denoiser step: GPU busy {den_busy['busy_ms']:.2f} of {den_busy['wall_ms']:.2f} ms ({frac:.0%}): {verdict}")
     so = run.meta.get("swap_overhead") or {}
     if so.get("pct_of_denoiser_step") is not None:
         say(f"attention swap overhead: {so['per_call_us']:.2f} µs per call, "

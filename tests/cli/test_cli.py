@@ -430,10 +430,8 @@ def test_oom_backend_is_unregistered():
     assert "test-oom" not in mmchar.backends._REGISTRY
 
 
-# --- known product bugs (strict xfail: they turn into failures once fixed, then drop the mark) ------------
+# --- regressions of bugs found by these tests ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=FileExistsError,
-                   reason="run_id has one-second resolution: two runs of one config in the same second collide")
 def test_two_runs_in_the_same_second(tiny_pipe, tmp_path, monkeypatch):
     import datetime as dt
 
@@ -452,8 +450,6 @@ def test_two_runs_in_the_same_second(tiny_pipe, tmp_path, monkeypatch):
     assert a.run_id != b.run_id and len(run_dirs(tmp_path / "s")) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="typer>=0.2x vendors click as typer._click: `except click.ClickException` "
-                                       "in mmchar/cli/__init__.py misses usage errors")
 @pytest.mark.parametrize("args", [["profile", "sd15", "--nosuchopt"], ["profile", "sd15", "--steps", "abc"],
                                   ["nosuchcommand"]])
 def test_usage_errors_are_plain_one_liners(args, capsys):
@@ -463,7 +459,6 @@ def test_usage_errors_are_plain_one_liners(args, capsys):
     assert "unexpected" not in err and "see mmchar --help" in err
 
 
-@pytest.mark.xfail(strict=True, reason="error_line prints the message as Rich markup: brackets are eaten or raise")
 @pytest.mark.parametrize("weights", ["/nonexistent/[bold]x", "/nonexistent/a[/b]"])
 def test_error_messages_are_not_markup(weights, capsys):
     code = main(["profile", "sd15", "--weights", weights])
