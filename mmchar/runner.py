@@ -10,18 +10,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -97,6 +99,33 @@ def _swap_components(target: Target, scope: str) -> list[str]:
     return [r.component for r in target.stage_roots if r.stage == "denoiser"]
 
 
+@contextlib.contextmanager
+def _stderr_muted() -> Iterator[None]:
+    """Kineto prints a "profiler_start / profiler_stop" line per profiler on the C++ side (CPU builds); it
+    would interleave with mmchar's output on every run. Muted only while the profiler starts and stops."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _profiler(activities: list[ProfilerActivity], **kwargs: Any) -> Iterator[profile]:
+    prof = profile(activities=activities, **kwargs)
+    with _stderr_muted():
+        prof.start()
+    try:
+        yield prof
+    finally:
+        with _stderr_muted():
+            prof.stop()
+
+
 class _Session:
     """One backend's measurement of a target, in phases, so several backends can interleave their timed passes."""
 
@@ -142,7 +171,7 @@ class _Session:
             # 3. light profile: kernels only
             light_json = Path(tmp) / "light.json"
             t0 = time.perf_counter()
-            with profile(activities=activities) as prof:
+            with _profiler(activities) as prof:
                 _timed_generation(target, psteps, annotate=True)
             light_wall = (time.perf_counter() - t0) * 1e3
             prof.export_chrome_trace(str(light_json))
@@ -153,7 +182,7 @@ class _Session:
             swap.annotate = True
             try:
                 t0 = time.perf_counter()
-                with ModuleAnnotator(target), profile(activities=activities, record_shapes=True) as prof:
+                with ModuleAnnotator(target), _profiler(activities, record_shapes=True) as prof:
                     _timed_generation(target, psteps, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3
             finally:

@@ -180,7 +180,8 @@ def _report(run: Any) -> None:
     st = stage_table([run])
     cols = [c for c in ("stage", "median_ms", "min_ms", "max_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
             if c in st.columns]
-    print_frame(st[cols], title=f"{run.run_id}: latency per stage (timed pass) and GPU busy/idle (light profile)")
+    unit = "GPU" if run.meta.get("device", {}).get("type") == "cuda" else "CPU op"
+    print_frame(st[cols], title=f"{run.run_id}: latency per stage (timed pass) and {unit} busy/idle (light profile)")
     bd = run.breakdown
     den = bd[bd["stage"] == "denoiser"] if "denoiser" in set(bd["stage"]) else bd
     if not den.empty:
@@ -196,6 +197,12 @@ def _report(run: Any) -> None:
         verdict = ("launch-bound: the host cannot feed the GPU, so faster kernels barely change the step latency"
                    if frac < 0.6 else "GPU-bound")
         say(f"denoiser step: GPU busy {den_busy['busy_ms']:.2f} of {den_busy['wall_ms']:.2f} ms ({frac:.0%}): {verdict}")
+    unmatched = run.meta.get("unmatched_kernels") or []
+    if unmatched:
+        total = run.kernels["dur_us"].sum() if len(run.kernels) else 0.0
+        t = sum(u["time_us"] for u in unmatched)
+        warn(f"{len(unmatched)} kernel names matched no taxonomy rule ({t / total:.1%} of kernel time, class 'other'); "
+             f"listed in meta.json 'unmatched_kernels', e.g. {unmatched[0]['kernel'][:80]!r}" if total else "")
     so = run.meta.get("swap_overhead") or {}
     if so.get("pct_of_denoiser_step") is not None:
         say(f"attention swap overhead: {so['per_call_us']:.2f} µs per call, "
