@@ -13,7 +13,6 @@ Prints a table and writes benchmarks/results/attribution_speed.{md,json}.
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
 import json
 import os

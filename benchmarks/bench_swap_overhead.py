@@ -50,7 +50,7 @@ def main() -> None:
     device = resolve_device(a.device)
     w = get_workload("sd15")
     cfg = w.resolve(a.preset, device=str(device))
-    target = w.build(cfg, "sdpa")
+    target = w.build(cfg)
     unet = target.pipe.unet
     p = cfg["params"]
     lat = p["height"] // 8

@@ -25,7 +25,7 @@ fi
 # a local pipeline folder (save_pretrained of the tiny preset) profiled with --pipeline on the GPU
 python3 -P -c "
 from mmchar.workloads import get_workload
-w = get_workload('sd15'); w.build(w.resolve('tiny', device='cpu'), 'sdpa').pipe.save_pretrained('/tmp/tiny-sd15')"
+w = get_workload('sd15'); w.build(w.resolve('tiny', device='cpu')).pipe.save_pretrained('/tmp/tiny-sd15')"
 mmchar profile --pipeline /tmp/tiny-sd15 --prompt "a cat" --steps 4 --height 64 --width 64 --device cuda --store /tmp/pipe-runs 2>&1 | tail -12 | tee "$OUT/profile-pipeline.txt"
 python3 -u benchmarks/bench_swap_overhead.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/swap.txt"
 python3 -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"

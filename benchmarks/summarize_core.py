@@ -39,11 +39,11 @@ def main() -> None:
            f"({runs[0].meta['passes']['profile_steps']} steps). Slim run stores in `runs/`.", "",
            "## Latency and GPU busy time", "",
            "| workload | backend | e2e ms | denoiser step ms | GPU busy / step ms | busy % | step speedup | busy speedup | "
-           "attention speedup | latents cosine | swap overhead % of step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "attention speedup | latents cosine | swap overhead % of step (estimate) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c = cmp.loc[r.run_id] if r.run_id in cmp.index else None
         b = r.meta["busy"]["denoiser_step"]
-        so = r.meta.get("swap_overhead", {}).get("pct_of_denoiser_step")
+        so = r.meta.get("swap_overhead", {}).get("pct_of_denoiser_step_estimate")
         f = lambda x, p=2: "-" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
         out.append(f"| {r.workload} | {r.backend} | {f(r.meta['timings']['e2e']['median_ms'], 1)} | "
                    f"{f(r.meta['timings']['denoiser_step']['median_ms'])} | {f(b['busy_ms'])} | {f(100 * b['busy_frac'], 0)} | "

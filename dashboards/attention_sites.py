@@ -1,7 +1,8 @@
 """Attention-sites view: where attention time goes (spatial, temporal, cross ...) in each run.
 
-Stages are summed per run (a site mostly belongs to one stage anyway: ``text`` to the text encoder); one
-stacked trace per site keeps the trace count fixed however many runs there are.
+The denoiser's attention only, where it has any (conventions.md: a site split is per stage; mixing in the
+text encoder's and the VAE's attention would blur it); one stacked trace per site keeps the trace count
+fixed however many runs there are.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
     Returns:
         A figure with one bar trace per attention site.
     """
+    if (sites["stage"] == "denoiser").any():
+        sites = sites[sites["stage"] == "denoiser"]
     agg = sites.groupby(["attn_site", "run_id"], sort=False)["time_us"].sum().reset_index()
     runs = list(dict.fromkeys(sites["run_id"]))
     total = agg.groupby("run_id")["time_us"].transform("sum")
@@ -35,5 +38,5 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
             x=part["run_id"], y=part["time_us"] / 1e3, name=site or "(none)", marker_color=attn_site_color(site),
             customdata=part["share"],
             hovertemplate=f"%{{x}}<br>{site}: %{{y:.2f}} ms (%{{customdata:.1%}} of attention)<extra></extra>"))
-    return style(fig, "Attention kernel time by site (profiled steps, all stages)", barmode="stack",
+    return style(fig, "Denoiser attention kernel time by site (profiled steps)", barmode="stack",
                  yaxis={"title": "ms"}, xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs})

@@ -18,7 +18,8 @@ from mmchar.target import Target, discover_stage_roots
 DEFAULT_STORE = "runs"
 
 
-def _config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
+def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
+    """The hash in a run's id: the resolved configuration plus what selects the attention path."""
     from mmchar.workloads.base import config_hash
 
     return config_hash({"config": config, "backend": options.backend, "fallback": options.fallback,
@@ -86,7 +87,7 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
         kwargs["prompt"] = prompt
     target = pipeline_target(pipe, steps=num_inference_steps, call_kwargs=kwargs, seed=seed)
     options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope)
-    run = run_and_store(target, options, store, _config_hash(target.config, options))
+    run = run_and_store(target, options, store, run_config_hash(target.config, options))
     return run
 
 

@@ -103,14 +103,14 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
             costed_ops.add(c.top_op)
             flops[r], nbytes[r] = op_cost(*top)
 
-    # label the projections of attention modules (their op_class stays gemm)
+    # the projections of attention modules: gemm kernels under an attention module carry its site
     if attn_modules:
         for r in range(n):
-            if site[r] or not module[r]:
+            if site[r] or op_class[r] != "gemm" or not module[r]:
                 continue
             path = module[r]
-            for _ in range(3):
-                path, _, _tail = path.rpartition(".")
+            for _ in range(2):  # to_q, to_out.0
+                path = path.rpartition(".")[0]
                 if not path:
                     break
                 s = attn_modules.get(path)

@@ -21,6 +21,10 @@ from mmchar.errors import BackendUnavailableError, MmcharError, UnknownNameError
 
 ENTRY_POINT_GROUP = "mmchar.backends"
 
+# The function itself, taken at import: while a swap is open F.scaled_dot_product_attention is mmchar's router,
+# and backends that defer to PyTorch must reach the original.
+ORIGINAL_SDPA = F.scaled_dot_product_attention
+
 
 @dataclass(frozen=True)
 class Constraints:
@@ -173,6 +177,19 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 @register_backend
+class SdpaBackend(AttentionBackend):
+    name = "sdpa"
+    description = "PyTorch's own F.scaled_dot_product_attention choice (cuDNN on Hopper in torch 2.11): the default"
+    constraints = Constraints()
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        return None
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        return ORIGINAL_SDPA(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+
+
+@register_backend
 class MathBackend(AttentionBackend):
     name = "math"
     description = "unfused softmax attention (matmul, softmax, matmul) in the input dtype: the pre-flash baseline"
@@ -217,10 +234,7 @@ class _FusedSDPA(AttentionBackend):
         from torch.nn.attention import sdpa_kernel
 
         with sdpa_kernel(self.sdp_backend):
-            return _ORIGINAL_SDPA(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
-
-
-_ORIGINAL_SDPA = F.scaled_dot_product_attention
+            return ORIGINAL_SDPA(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
 @register_backend
@@ -323,15 +337,3 @@ def describe_backends(device: torch.device) -> list[dict[str, Any]]:
 __all__ = ["AttentionBackend", "Constraints", "MmcharError", "backend_names", "default_softmax_backend",
            "describe_backends", "get_backend", "register_backend", "require_backend"]
 
-
-@register_backend
-class SdpaBackend(_FusedSDPA):
-    name = "sdpa"
-    description = "PyTorch's own F.scaled_dot_product_attention choice (cuDNN on Hopper in torch 2.11): the default"
-    constraints = Constraints()
-
-    def unsupported(self, q, k, v, *, causal, mask):
-        return None
-
-    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
-        return _ORIGINAL_SDPA(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)

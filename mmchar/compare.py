@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mmchar.runner import Measurement, ProfileOptions, measure_backends, store_outcome
+from mmchar.runner import Measurement, ProfileOptions, discard, measure_backends, store_outcome
 from mmchar.schema import COMPARISONS_DIR
 from mmchar.store import Run
 from mmchar.target import Target
@@ -51,20 +51,24 @@ def compare(target: Target, backends: list[str], base: ProfileOptions, store: st
     group = f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     options = [dataclasses.replace(base, backend=b) for b in backends]
     outcomes = measure_backends(target, options)
-    baseline = outcomes[0]
-    ref = baseline.latents if isinstance(baseline, Measurement) else None
+    ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None
     runs: list[Run] = []
-    for opt, outcome in zip(options, outcomes):
 
-        def finish(meta: dict[str, Any], latents: torch.Tensor | None) -> None:
-            entry: dict[str, Any] = {"group": group, "backends": backends, "baseline_backend": backends[0],
-                                     "baseline_run_id": runs[0].run_id if runs else meta["run_id"],
-                                     "cosine_min": COSINE_MIN}
-            if ref is not None and latents is not None:
-                entry.update(agreement(ref, latents))
-            meta["compare"] = entry
+    def finish(meta: dict[str, Any], latents: torch.Tensor | None) -> None:
+        entry: dict[str, Any] = {"group": group, "backends": backends, "baseline_backend": backends[0],
+                                 "baseline_run_id": runs[0].run_id if runs else meta["run_id"],
+                                 "cosine_min": COSINE_MIN}
+        if ref is not None and latents is not None:
+            entry.update(agreement(ref, latents))
+        meta["compare"] = entry
 
-        runs.append(store_outcome(target, opt, outcome, store, config_hash_for(opt), finish=finish))
+    try:
+        for opt, outcome in zip(options, outcomes):
+            runs.append(store_outcome(target, opt, outcome, store, config_hash_for(opt), finish=finish))
+    finally:
+        for outcome in outcomes:  # traces of runs that could not be stored
+            discard(outcome)
+
     from mmchar.analysis import comparison_table  # analysis reads runs; compare has just written them
 
     table = comparison_table(runs)

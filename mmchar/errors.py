@@ -51,3 +51,9 @@ class TraceError(MmcharError):
 
 class RunNotFoundError(MmcharError):
     """A path given as a run or store that holds no run."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what one-line errors show."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

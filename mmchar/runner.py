@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -32,10 +32,10 @@ from torch.profiler import ProfilerActivity, profile
 from mmchar import environment
 from mmchar.attribution import attribute
 from mmchar.devices import synchronize
-from mmchar.errors import MmcharError
+from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, first_line
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
 from mmchar.schema import SCHEMA_VERSION
-from mmchar.store import Run, write_run
+from mmchar.store import Run, unique_run_id, write_run
 from mmchar.swap import SwapState, measure_dispatch_overhead_us, swap_attention
 from mmchar.target import Target
 from mmchar.trace import parse_trace
@@ -55,6 +55,14 @@ class ProfileOptions:
     warmup: int = 1
     keep_trace: bool = True
 
+    def __post_init__(self) -> None:
+        """One check for the CLI and the Python API alike."""
+        if self.scope not in SWAP_SCOPES:
+            raise UnknownNameError("scope", self.scope, SWAP_SCOPES)
+        for name in ("repeat", "profile_steps", "warmup"):
+            if getattr(self, name) < 1:
+                raise InvalidParameterError(f"{name}={getattr(self, name)} must be at least 1")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -68,7 +76,6 @@ class Measurement:
     trace_file: Path | None = None
     latents: torch.Tensor | None = None
     swap: SwapState | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -142,37 +149,43 @@ class _Session:
         self.m.swap = self.swap.state
 
     def warmup(self) -> None:
+        """Warm-up, then one untimed generation of full length that records peak memory per stage and the
+        final latents (both cost host syncs and allocator-stat resets the timed pass must not carry)."""
         with self.swap as state:
-            for _ in range(max(self.options.warmup, 1)):
+            for _ in range(self.options.warmup):
                 self.target.run(min(self.target.steps, 2))
             synchronize(self.target.device)
-        state.raise_if_unsupported()
+            state.check_routed(self.swap.processors)
+            state.raise_if_unsupported()
+            _, timer = _timed_generation(self.target, self.target.steps, measure_memory=True,
+                                         capture_decoder_input=True)
+        self.m.latents = timer.decoder_input
+        self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
         self.meta["backend_per_layer"] = dict(sorted(state.layer_backend.items()))
         self.meta["attention_layers"] = dict(sorted(state.layer_site.items()))
-        state.calls = 0
+        state.calls.clear()
 
     def timed(self, i: int) -> None:
-        last = i == self.options.repeat - 1
         with self.swap:
-            timing, timer = _timed_generation(self.target, self.target.steps, measure_memory=last,
-                                              capture_decoder_input=(i == 0))
+            timing, _ = _timed_generation(self.target, self.target.steps)
         self.timings.append(timing)
-        if i == 0:
-            self.m.latents = timer.decoder_input
-        if last:
-            self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
+
+    def _denoiser_calls_per_step(self) -> float:
+        prefixes = tuple(f"{r.component}." for r in self.target.stage_roots if r.stage == "denoiser")
+        calls = sum(n for path, n in self.swap.state.calls.items() if path.startswith(prefixes))
+        return calls / max(len(self.timings), 1) / max(self.target.steps, 1)
 
     def profiles(self) -> Measurement:
         target, meta, psteps = self.target, self.meta, self.psteps
         meta["timings"] = _timings(self.timings)
-        calls_per_step = self.swap.state.calls / max(len(self.timings), 1) / max(target.steps, 1)
+        calls_per_step = self._denoiser_calls_per_step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
         with self.swap as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
-            # 3. light profile: kernels only
+            # 3. light profile: kernels only, the timed pass's step count (the scheduler residual grows per step)
             light_json = Path(tmp) / "light.json"
             t0 = time.perf_counter()
             with _profiler(activities) as prof:
-                _timed_generation(target, psteps, annotate=True)
+                _timed_generation(target, target.steps, annotate=True)
             light_wall = (time.perf_counter() - t0) * 1e3
             prof.export_chrome_trace(str(light_json))
             del prof
@@ -194,23 +207,25 @@ class _Session:
             if self.options.keep_trace:
                 fd, gz = tempfile.mkstemp(prefix="mmchar-trace-", suffix=".json.gz")
                 os.close(fd)
+                self.m.trace_file = Path(gz)  # owned by the Measurement from here: store_outcome removes it
                 with open(full_json, "rb") as src, gzip.open(gz, "wb", compresslevel=3) as dst:
                     shutil.copyfileobj(src, dst)
-                self.m.trace_file = Path(gz)
 
         t = meta["timings"]
         step_ms = t.get("denoiser_step", {}).get("median_ms")
         equiv = t["e2e"]["median_ms"] - (step_ms or 0.0) * (target.steps - psteps)
         meta["profile_overhead"] = {"light_wall_ms": light_wall, "full_wall_ms": full_wall,
                                     "uninstrumented_equivalent_ms": equiv,
-                                    "light_overhead_x": light_wall / equiv if equiv > 0 else None,
+                                    "light_overhead_x": light_wall / t["e2e"]["median_ms"],
                                     "full_overhead_x": full_wall / equiv if equiv > 0 else None,
                                     "trace_events": trace.n_events}
         per_call = measure_dispatch_overhead_us()
-        meta["swap_overhead"] = {"per_call_us": per_call, "attention_calls_per_step": calls_per_step,
-                                 "pct_of_denoiser_step": (100.0 * per_call * calls_per_step / (step_ms * 1e3))
+        meta["swap_overhead"] = {"per_call_us_estimate": per_call, "denoiser_attention_calls_per_step": calls_per_step,
+                                 "pct_of_denoiser_step_estimate": (100.0 * per_call * calls_per_step / (step_ms * 1e3))
                                  if step_ms else None,
-                                 "method": "wrapped vs original processor on a tiny attention module, CPU time per call"}
+                                 "method": "host time of the wrapped minus the original processor on a tiny attention "
+                                           "module, times the denoiser's attention calls per step; the A/B on a real "
+                                           "step is benchmarks/bench_swap_overhead.py"}
         att = self.m.attribution
         meta["unmatched_kernels"] = att.unmatched
         den = att.kernels[(att.kernels["stage"] == "denoiser") & (att.kernels["op_class"] == "attention")]
@@ -259,14 +274,6 @@ def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outc
     return [o if o is not None else RuntimeError("not measured") for o in outcomes]
 
 
-def measure(target: Target, options: ProfileOptions) -> Measurement:
-    """Run the four passes on ``target`` under ``options.backend``; raises what the run raised."""
-    out = measure_backends(target, [options])[0]
-    if isinstance(out, BaseException):
-        raise out
-    return out
-
-
 def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
     out = {"e2e": _stats([r.e2e_ms for r in runs])}
     stages = sorted({s for r in runs for s in r.stage_ms})
@@ -292,6 +299,10 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
         counts[stage] = counts.get(stage, 0) + 1
         calls.setdefault(stage, set()).add(ctx.step)
     busy: dict[str, float] = {}
+    if not trace.on_gpu:  # CPU ops carry self times, not spans: busy is their sum
+        for (stage, _), iv in spans.items():
+            busy[stage] = busy.get(stage, 0.0) + sum(e - s for s, e in iv)
+        spans = {}
     for (stage, _), iv in spans.items():
         arr = np.array(sorted(iv))
         total, cur_s, cur_e = 0.0, arr[0, 0], arr[0, 1]
@@ -341,8 +352,7 @@ def is_oom(exc: BaseException) -> bool:
 def failed_run(meta: dict[str, Any], exc: BaseException) -> Run:
     """A run record for a generation that raised: status ``oom`` or ``error`` and the message."""
     meta = dict(meta, status="oom" if is_oom(exc) else "error")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    meta["error"] = f"{type(exc).__name__}: {first}" if not isinstance(exc, MmcharError) else first
+    meta["error"] = first_line(exc) if isinstance(exc, MmcharError) else f"{type(exc).__name__}: {first_line(exc)}"
     if not isinstance(exc, MmcharError):
         meta["traceback"] = traceback.format_exception(exc)[-6:]
     return Run(meta=meta)
@@ -360,7 +370,7 @@ def store_outcome(target: Target, options: ProfileOptions, outcome: Outcome, sto
 
     ``finish(meta, latents)`` may add to meta.json before the run is written (compare's agreement figures).
     """
-    run_id = new_run_id(target.config.get("workload", target.name), options.backend, config_hash)
+    run_id = unique_run_id(store, new_run_id(target.config.get("workload", target.name), options.backend, config_hash))
     meta = base_meta(target.config, target.device, options, run_id, config_hash)
     if isinstance(outcome, BaseException):
         run = failed_run(meta, outcome)
@@ -368,16 +378,21 @@ def store_outcome(target: Target, options: ProfileOptions, outcome: Outcome, sto
             finish(run.meta, None)
         write_run(store, run)
         return run
-    meta.update(outcome.meta)
-    if finish is not None:
-        finish(meta, outcome.latents)
-    run = Run(meta=meta, kernels=outcome.attribution.kernels, breakdown=outcome.attribution.breakdown)
     try:
+        meta.update(outcome.meta)
+        if finish is not None:
+            finish(meta, outcome.latents)
+        run = Run(meta=meta, kernels=outcome.attribution.kernels, breakdown=outcome.attribution.breakdown)
         write_run(store, run, outcome.trace_file)
     finally:
-        if outcome.trace_file is not None and outcome.trace_file.exists():
-            outcome.trace_file.unlink()
+        discard(outcome)
     return run
+
+
+def discard(outcome: Outcome) -> None:
+    """Remove a measurement's temporary trace file (it is moved into the run folder when stored)."""
+    if isinstance(outcome, Measurement) and outcome.trace_file is not None and outcome.trace_file.exists():
+        outcome.trace_file.unlink()
 
 
 def run_and_store(target: Target, options: ProfileOptions, store: str | os.PathLike[str], config_hash: str) -> Run:

@@ -12,7 +12,7 @@ STAGES = ("text_encoder", "image_encoder", "denoiser", "generator", "decoder", "
 OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "other")
 ATTN_SITES = ("spatial", "temporal", "joint", "cross", "causal", "text")
 
-RUN_STATUSES = ("ok", "oom", "error")
+RUN_STATUSES = ("ok", "oom", "error")  # meta.json "status"
 
 META_FILE = "meta.json"
 KERNELS_FILE = "kernels.parquet"

@@ -66,11 +66,9 @@ def write_run(store: str | os.PathLike[str], run: Run, trace_file: str | os.Path
     """Write ``run`` as ``store/<run_id>/`` atomically and return the folder. ``trace_file`` (gzip JSON) is moved in."""
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
-    base, n = run.run_id, 1
-    while (store / run.run_id).exists():  # the same config twice within a second: profile always adds a run
-        n += 1
-        run.meta["run_id"] = f"{base}-{n}"
     final = store / run.run_id
+    if final.exists():
+        raise FileExistsError(f"run folder {final} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + run.run_id + "-", dir=store))
     try:
         meta = dict(run.meta, schema_version=SCHEMA_VERSION)
@@ -86,6 +84,16 @@ def write_run(store: str | os.PathLike[str], run: Run, trace_file: str | os.Path
         raise
     run.path = final
     return final
+
+
+def unique_run_id(store: str | os.PathLike[str], run_id: str) -> str:
+    """``run_id``, or ``run_id-2``, ``-3`` ... when the store has it already (the same configuration twice in
+    one second: `profile` always adds a run)."""
+    store, candidate, n = Path(store), run_id, 1
+    while (store / candidate).exists():
+        n += 1
+        candidate = f"{run_id}-{n}"
+    return candidate
 
 
 def _json_default(o: Any) -> Any:

@@ -11,6 +11,7 @@ torch call inside the processor (projections, reshapes: ~20 per attention call),
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -19,13 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmchar.backends import AttentionBackend, get_backend, require_backend
+from mmchar.backends import ORIGINAL_SDPA, AttentionBackend, get_backend, require_backend
 from mmchar.errors import BackendUnsupportedError
 from mmchar.target import compile_site_rules
 
 ATTN_SCOPE_PREFIX = "mmchar.attn::"
 
-_ORIGINAL_SDPA = F.scaled_dot_product_attention
 _local = threading.local()
 _install_lock = threading.Lock()
 _install_count = 0
@@ -33,9 +33,12 @@ _install_count = 0
 
 def _routed_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     proc = getattr(_local, "current", None)
-    if proc is None:
-        return _ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                              scale=scale, enable_gqa=enable_gqa)
+    if proc is None or dropout_p:  # outside wrapped modules, or training-time dropout no backend takes
+        return ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, enable_gqa=enable_gqa)
+    if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query: backends take one k/v head per q head
+        rep = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(rep, dim=-3), value.repeat_interleave(rep, dim=-3)
     _local.current = None  # a backend that calls F.sdpa itself must reach the original
     try:
         return proc.attend(query, key, value, attn_mask, is_causal, scale)
@@ -56,7 +59,7 @@ def _uninstall() -> None:
     with _install_lock:
         _install_count -= 1
         if _install_count == 0:
-            F.scaled_dot_product_attention = _ORIGINAL_SDPA
+            F.scaled_dot_product_attention = ORIGINAL_SDPA
 
 
 def attention_scope_label(site: str, module_path: str, backend: str, q: torch.Tensor, k: torch.Tensor,
@@ -77,7 +80,18 @@ class SwapState:
     layer_backend: dict[str, str] = field(default_factory=dict)
     layer_site: dict[str, str] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
-    calls: int = 0
+    calls: dict[str, int] = field(default_factory=dict)  # attention-core calls per module path
+
+    def check_routed(self, processors: list[RoutedProcessor]) -> None:
+        """Layers whose processor ran but never called F.scaled_dot_product_attention compute attention their
+        own way (e.g. diffusers' classic AttnProcessor): no backend reaches them. Under the default ``sdpa``
+        they keep their own code (recorded as ``native:<processor>``); a chosen backend cannot take them."""
+        for p in processors:
+            if p.called and p.backend is None:
+                name = type(p.inner).__name__
+                self.layer_backend[p.module_path] = f"native:{name}"
+                if self.backend != "sdpa":
+                    self.unsupported[p.module_path] = f"{name} computes attention without F.scaled_dot_product_attention"
 
     def raise_if_unsupported(self) -> None:
         if not self.unsupported:
@@ -102,20 +116,31 @@ class RoutedProcessor:
         self.backend: AttentionBackend | None = None
         self.backend_name = ""
         self.site = ""
+        self.called = False
         self._hidden_states: torch.Tensor | None = None
-        self._cross = False
+        # diffusers filters cross_attention_kwargs by inspect.signature(processor.__call__): show it the inner
+        # processor's signature (the instance attribute is what attribute access finds; calls use the class's).
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._forward(*args, **kwargs)
+
+        self.__call__ = functools.update_wrapper(call, inner.__call__)
 
     def __getattr__(self, name: str) -> Any:  # processors expose attributes some models read
-        return getattr(self.__dict__["inner"], name)
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(attn, hidden_states, *args, **kwargs)
+
+    def _forward(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         prev = getattr(_local, "current", None)
         _local.current = self
+        self.called = True
         self._hidden_states = hidden_states
-        self._cross = encoder_hidden_states is not None
         try:
-            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+            return self.inner(attn, hidden_states, *args, **kwargs)
         finally:
             _local.current = prev
             self._hidden_states = None
@@ -124,7 +149,8 @@ class RoutedProcessor:
                scale: float | None) -> torch.Tensor:
         if self.backend is None:
             self._bind(q, k, v, mask, causal)
-        self.state.calls += 1
+        calls = self.state.calls
+        calls[self.module_path] = calls.get(self.module_path, 0) + 1
         if self.state.annotate:
             label = attention_scope_label(self.site, self.module_path, self.backend_name, q, k, v, causal)
             with torch.profiler.record_function(label):
@@ -132,7 +158,7 @@ class RoutedProcessor:
         return self.backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
 
     def _bind(self, q, k, v, mask, causal) -> None:
-        self.site = attention_site(self.module_path, self._rules, cross=self._cross or q.shape[-2] != k.shape[-2])
+        self.site = attention_site(self.module_path, self._rules, cross=q.shape[-2] != k.shape[-2])
         self.state.layer_site[self.module_path] = self.site
         backend = self._backend_cls(self.module_path, self._seed)
         reason = backend.unsupported(q, k, v, causal=causal, mask=mask)
@@ -152,8 +178,9 @@ class RoutedProcessor:
 def attention_site(module_path: str, rules: list[tuple[re.Pattern[str], str]], *, cross: bool) -> str:
     """The attention site of a module: the first module-path rule that matches, else cross or spatial by the call.
 
-    The one place sites are decided; identical for every backend because it looks only at the module's path
-    and whether keys come from another sequence.
+    The one place sites are decided, for swapped layers and for attention the profiler sees unswapped (text
+    encoders, VAEs): it looks only at the module's path and whether the keys' length differs from the
+    queries' (``cross``), so it is identical for every backend.
     """
     for pattern, site in rules:
         if pattern.search(module_path):
@@ -198,7 +225,7 @@ class AttentionSwap:
         fallback_cls = require_backend(fallback, device) if fallback else None
         self.state = SwapState(backend=backend, fallback=fallback)
         rules = compile_site_rules() if site_rules is None else site_rules
-        self._modules = [(module, module.processor,
+        self._modules: list[tuple[Any, Any, RoutedProcessor]] = [(module, module.processor,
                           RoutedProcessor(module.processor, path, self.state, backend_cls, fallback_cls, rules, seed))
                          for path, module in attention_modules(pipe, components)]
         self._active = False
@@ -218,6 +245,10 @@ class AttentionSwap:
             raise
         self._active = True
         return self.state
+
+    @property
+    def processors(self) -> list[RoutedProcessor]:
+        return [wrapped for _, _, wrapped in self._modules]
 
     def __exit__(self, *exc: Any) -> None:
         self._active = False

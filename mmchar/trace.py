@@ -66,8 +66,6 @@ class Trace:
     ctx: list[Context] = field(default_factory=list)
     on_gpu: bool = False
     n_events: int = 0
-    stage_spans: list[tuple[str, int, float, float]] = field(default_factory=list)  # CPU-side stage ranges
-    device_properties: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -99,7 +97,7 @@ def parse_trace(data: dict[str, Any] | str | os.PathLike[str]) -> Trace:
 
 def _parse(data: dict[str, Any]) -> Trace:
     events = data["traceEvents"]
-    trace = Trace(n_events=len(events), device_properties=data.get("deviceProperties") or [])
+    trace = Trace(n_events=len(events))
 
     cpu: dict[Any, list[tuple[float, float, int, int]]] = {}  # tid -> (ts, -dur, kind, index)
     cpu_name: list[str] = []
@@ -172,7 +170,6 @@ def _parse(data: dict[str, Any]) -> Trace:
                 stage, _, step = name[len(STAGE_SCOPE_PREFIX):].partition("::")
                 ctx = Context(stage, int(step or -1), parent.module, parent.attn, parent.attn_id, parent.top_op,
                               parent.leaf_op)
-                trace.stage_spans.append((stage, int(step or -1), ts, end))
             elif name.startswith(MODULE_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, name[len(MODULE_SCOPE_PREFIX):], parent.attn,
                               parent.attn_id, parent.top_op, parent.leaf_op)

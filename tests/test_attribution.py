@@ -93,13 +93,13 @@ def test_attention_core_is_attention_for_every_backend(tmp_path, backend):
 
 
 def test_shares_sum_to_one_per_stage_on_a_real_pipeline(tmp_path):
-    from mmchar.api import _config_hash
+    from mmchar.api import run_config_hash
     from mmchar.workloads import get_workload
 
     w = get_workload("modelscope-t2v")
     cfg = w.resolve("tiny", device="cpu", frames=3)
     opts = ProfileOptions(backend="flash", repeat=1)
-    run = run_and_store(w.build(cfg, "flash"), opts, tmp_path, _config_hash(cfg, opts))
+    run = run_and_store(w.build(cfg), opts, tmp_path, run_config_hash(cfg, opts))
     sums = run.breakdown.groupby("stage")["share"].sum()
     assert set(sums.index) >= {"text_encoder", "denoiser", "decoder", "scheduler"}
     assert sums.to_numpy() == pytest.approx(1.0)

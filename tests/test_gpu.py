@@ -35,15 +35,15 @@ def test_backend_matches_reference_bf16(name, b, h, sq, skv, d):
 
 
 def test_cuda_profile_attributes_kernels(tmp_path):
-    from mmchar.api import _config_hash
+    from mmchar.api import run_config_hash
     from mmchar.runner import ProfileOptions, run_and_store
     from mmchar.workloads import get_workload
 
     w = get_workload("modelscope-t2v")
     cfg = w.resolve("tiny", device="cuda")
-    target = w.build(cfg, "flash")
+    target = w.build(cfg)
     opts = ProfileOptions(backend="flash", repeat=2)
-    run = run_and_store(target, opts, tmp_path, _config_hash(cfg, opts))
+    run = run_and_store(target, opts, tmp_path, run_config_hash(cfg, opts))
     assert run.status == "ok", run.meta.get("error")
     k = run.kernels
     assert (k["stage"] == "denoiser").any()

@@ -20,7 +20,7 @@ def pipe():
     from mmchar.workloads import get_workload
 
     w = get_workload("modelscope-t2v")
-    return w.build(w.resolve("tiny", device="cpu", frames=2), "sdpa").pipe
+    return w.build(w.resolve("tiny", device="cpu", frames=2)).pipe
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from typing import Any, ClassVar
 
+from mmchar.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from mmchar.errors import InvalidParameterError, UnknownNameError
 from mmchar.target import SiteRule, Target
 
@@ -86,7 +87,9 @@ class Workload(ABC):
             params["frames"] = None
         p = Params.from_dict(params)
         self.check(p)
-        return {"workload": self.name, "preset": preset, "params": p.to_dict(), "dtype": dtype, "device": device,
+        dev = resolve_device(device)  # recorded resolved, so a default and its explicit spelling hash alike
+        return {"workload": self.name, "preset": preset, "params": p.to_dict(), "device": str(dev),
+                "dtype": DTYPE_NAMES[resolve_dtype(dtype, dev)],
                 "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {})}
 
     def check(self, p: Params) -> None:
@@ -103,7 +106,7 @@ class Workload(ABC):
                 raise InvalidParameterError(f"{name}={getattr(p, name)} must be at least 1")
 
     @abstractmethod
-    def build(self, config: dict[str, Any], backend: str) -> Target:
+    def build(self, config: dict[str, Any]) -> Target:
         """Build the pipeline on ``config["device"]`` (random weights, or ``config["weights"]``) as a Target."""
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmchar.errors import WeightsError
+from mmchar.errors import WeightsError, first_line
 
 
 @contextlib.contextmanager
@@ -120,6 +120,5 @@ def load_pipeline(cls: Any, folder: str, dtype: torch.dtype, device: torch.devic
     try:
         pipe = cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, **kwargs)
     except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, KeyError ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"cannot load pipeline from {folder!r}: {first}") from e
+        raise WeightsError(f"cannot load pipeline from {folder!r}: {first_line(e)}") from e
     return pipe.to(device)

@@ -22,7 +22,7 @@ class LatentDiffusionWorkload(Workload):
     unet_class: ClassVar[str]  # a diffusers model class name
     pipeline_class: ClassVar[str]  # a diffusers pipeline class name
 
-    def build(self, config: dict[str, Any], backend: str) -> Target:
+    def build(self, config: dict[str, Any]) -> Target:
         import diffusers
         from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -31,7 +31,7 @@ class LatentDiffusionWorkload(Workload):
         params = Params.from_dict(config["params"])
         pipe_cls = getattr(diffusers, self.pipeline_class)
         if config.get("weights"):
-            pipe = load_pipeline(pipe_cls, config["weights"], dtype, device, **self._load_kwargs())
+            pipe = load_pipeline(pipe_cls, config["weights"], dtype, device, **self._extra_components())
         else:
             models, seed = config["models"], params.seed
             sched_cfg = dict(models["scheduler"])
@@ -64,7 +64,5 @@ class LatentDiffusionWorkload(Workload):
                     guidance_scale=p.guidance, output_type="pt")
 
     def _extra_components(self) -> dict[str, Any]:
-        return {}
-
-    def _load_kwargs(self) -> dict[str, Any]:
+        """Pipeline components besides the model ones (also passed when loading ``--weights``)."""
         return {}

@@ -9,7 +9,7 @@ import warnings
 import click
 import typer
 
-from mmchar.errors import MmcharError
+from mmchar.errors import MmcharError, first_line
 
 # typer >= 0.20 vendors its own click (typer._click); older ones use click itself: catch both.
 _EXIT = tuple({click.exceptions.Exit, typer.Exit})
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the edge: anything unexpected is still one line unless --debug
         if debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        error_line(f"unexpected {type(e).__name__}: {first} (re-run with --debug for the traceback)")
+        error_line(f"unexpected {type(e).__name__}: {first_line(e)} (re-run with --debug for the traceback)")
         code = 1
     return _exit(code, argv)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import subprocess
 import sys
@@ -94,31 +95,42 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
     if fallback:
         require_backend(fallback, dev)
     if workload is not None:
-        return w.build(config, backends[0])
+        return w.build(config)
+    if preset != "tiny" or weights is not None:
+        raise InvalidParameterError("--preset and --weights apply to workloads; a --pipeline folder is profiled as it is")
     return _pipeline_target(pipeline, dev, dtype, params)
 
 
 def _pipeline_target(folder: Path, dev: Any, dtype: str | None, params: dict[str, Any]) -> Any:
     from mmchar.api import load_pipeline_dir, pipeline_dir_config, pipeline_target
 
-    pipe = load_pipeline_dir(str(folder), str(dev), dtype)
-    steps = params.get("steps") or 20
+    steps = 20 if params.get("steps") is None else params["steps"]
     if steps < 1:
         raise InvalidParameterError(f"steps={steps} must be at least 1")
+    pipe = load_pipeline_dir(str(folder), str(dev), dtype)
+    factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
+    for dim in ("height", "width"):
+        v = params.get(dim)
+        if v is not None and (v < factor or v % factor):
+            raise InvalidParameterError(f"{dim}={v} is not a positive multiple of {factor} (the VAE factor of this "
+                                        f"pipeline); use e.g. {max(factor, round(v / factor) * factor)}")
     kw: dict[str, Any] = {"prompt": params.get("prompt") or "a photograph of an astronaut riding a horse"}
     for key, arg in (("height", "height"), ("width", "width"), ("frames", "num_frames"),
                      ("guidance", "guidance_scale"), ("batch", "num_images_per_prompt")):
         if params.get(key) is not None:
             kw[arg] = params[key]
     seed = params.get("seed") or 0
+    explicit = set(inspect.signature(pipe.__call__).parameters)
+    if params.get("frames") is not None and "num_frames" not in explicit:
+        raise InvalidParameterError(f"{type(pipe).__name__} generates images: --frames does not apply")
     cfg = pipeline_dir_config(str(folder), dict(params, steps=steps, seed=seed))
     return pipeline_target(pipe, steps=steps, call_kwargs=kw, seed=seed, config=cfg)
 
 
 def _hash_for(target: Any) -> Any:
-    from mmchar.api import _config_hash
+    from mmchar.api import run_config_hash
 
-    return lambda options: _config_hash(target.config, options)
+    return lambda options: run_config_hash(target.config, options)
 
 
 Workload = Annotated[Optional[str], typer.Argument(help="Workload name (`mmchar workloads`).", show_default=False)]
@@ -174,8 +186,7 @@ class _RunFailed(MmcharError):
 def _report(run: Any) -> None:
     from mmchar.analysis import stage_table
 
-    if run.status != "ok":
-        warn(f"{run.run_id}: {run.status}: {run.meta.get('error')}")
+    if run.status != "ok":  # the error line at the CLI edge says it
         return
     st = stage_table([run])
     cols = [c for c in ("stage", "median_ms", "min_ms", "max_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
@@ -204,9 +215,9 @@ def _report(run: Any) -> None:
         warn(f"{len(unmatched)} kernel names matched no taxonomy rule ({t / total:.1%} of kernel time, class 'other'); "
              f"listed in meta.json 'unmatched_kernels', e.g. {unmatched[0]['kernel'][:80]!r}" if total else "")
     so = run.meta.get("swap_overhead") or {}
-    if so.get("pct_of_denoiser_step") is not None:
-        say(f"attention swap overhead: {so['per_call_us']:.2f} µs per call, "
-            f"{so['pct_of_denoiser_step']:.2f}% of a denoiser step")
+    if so.get("pct_of_denoiser_step_estimate") is not None:
+        say(f"attention swap overhead (estimate): {so['per_call_us_estimate']:.2f} µs per call, "
+            f"{so['pct_of_denoiser_step_estimate']:.2f}% of a denoiser step")
     say(f"run folder: {run.path}")
 
 
@@ -287,12 +298,14 @@ def tensorboard(runs: RunsArg, port: Annotated[int, typer.Option(help="Port to s
         raise MmcharError("none of these runs holds a trace (slim copies and --no-trace runs have none)")
     import tempfile
 
-    logdir = Path(tempfile.mkdtemp(prefix="mmchar-tb-"))
-    for r in loaded:  # the plugin wants <logdir>/<run>/<worker>.pt.trace.json.gz
-        (logdir / r.run_id).mkdir()
-        (logdir / r.run_id / "mmchar.pt.trace.json.gz").symlink_to(r.trace_path.resolve())
-    say(f"serving {len(loaded)} traces from {logdir} on http://localhost:{port} (Ctrl-C stops)")
-    subprocess.run([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)], check=False)
+    with tempfile.TemporaryDirectory(prefix="mmchar-tb-") as tmp:
+        logdir = Path(tmp)
+        for r in loaded:  # the plugin wants <logdir>/<run>/<worker>.pt.trace.json.gz
+            (logdir / r.run_id).mkdir()
+            (logdir / r.run_id / "mmchar.pt.trace.json.gz").symlink_to(r.trace_path.resolve())
+        say(f"serving {len(loaded)} traces from {logdir} on http://localhost:{port} (Ctrl-C stops)")
+        subprocess.run([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)],
+                       check=False)
 
 
 def _write_atomic(path: Path, write: Any) -> None:

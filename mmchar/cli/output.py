@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -50,6 +49,3 @@ def warn(message: str) -> None:
 def error_line(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

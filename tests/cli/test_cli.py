@@ -11,7 +11,6 @@ import contextlib
 import gzip
 import io
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -91,7 +90,7 @@ def tiny_pipe():
     from mmchar.workloads import get_workload
 
     w = get_workload("sd15")
-    return w.build(w.resolve("tiny", device="cpu"), "sdpa").pipe
+    return w.build(w.resolve("tiny", device="cpu")).pipe
 
 
 # --- 1. workloads ----------------------------------------------------------------------------------------

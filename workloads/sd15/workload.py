@@ -21,6 +21,3 @@ class SD15(LatentDiffusionWorkload):
 
     def _extra_components(self) -> dict[str, Any]:
         return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-    def _load_kwargs(self) -> dict[str, Any]:
-        return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
