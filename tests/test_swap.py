@@ -93,3 +93,67 @@ def test_site_rules_first_then_the_call():
 def test_dispatch_overhead_is_measured():
     us = measure_dispatch_overhead_us(calls=50, rounds=3)
     assert 0.0 <= us < 1000.0
+
+
+def _attention_pipe(processor=None):
+    import types
+
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8, processor=processor)
+    return types.SimpleNamespace(m=attn), attn
+
+
+def test_processor_signature_survives_the_wrapper():
+    import inspect
+
+    pipe, attn = _attention_pipe()
+    params = set(inspect.signature(attn.processor.__call__).parameters)
+    with swap_attention(pipe, ["m"], "math", CPU):
+        assert set(inspect.signature(attn.processor.__call__).parameters) == params  # cross_attention_kwargs kept
+        assert hasattr(attn.processor, "__call__") and not hasattr(attn.processor, "no_such_attribute")
+
+
+def test_layers_that_never_call_sdpa_are_named():
+    from diffusers.models.attention_processor import AttnProcessor  # baddbmm + softmax, no F.sdpa
+
+    pipe, attn = _attention_pipe(AttnProcessor())
+    x = torch.randn(1, 4, 16)
+    swap = swap_attention(pipe, ["m"], "flash", CPU)
+    with swap as state:
+        attn(x)
+        state.check_routed(swap.processors)
+    with pytest.raises(BackendUnsupportedError, match="AttnProcessor computes attention without"):
+        state.raise_if_unsupported()
+    swap = swap_attention(pipe, ["m"], "sdpa", CPU)  # the default keeps the layer's own code, and says so
+    with swap as state:
+        attn(x)
+        state.check_routed(swap.processors)
+    state.raise_if_unsupported()
+    assert state.layer_backend == {"m": "native:AttnProcessor"}
+
+
+def test_grouped_query_attention_is_expanded_for_backends(counting):
+    import types
+
+    class GQA(torch.nn.Module):
+        processor = None
+
+        def set_processor(self, p):
+            self.processor = p
+
+        def forward(self, q, k, v):
+            return self.processor(self, q, k, v)
+
+    class Proc:
+        def __call__(self, attn, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    m = GQA()
+    m.set_processor(Proc())
+    q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+    with swap_attention(types.SimpleNamespace(m=m), ["m"], "counting-test", CPU):
+        out = m(q, k, k)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, k, enable_gqa=True))
+    assert counting[-1][2][1] == 4  # the backend saw k with one head per query head

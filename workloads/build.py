@@ -117,8 +117,18 @@ def load_pipeline(cls: Any, folder: str, dtype: torch.dtype, device: torch.devic
     if not (path / "model_index.json").is_file():
         raise WeightsError(f"{folder!r} holds no model_index.json; pass a diffusers pipeline folder "
                            "(written by save_pretrained)")
+    quiet_progress_bars()
     try:
         pipe = cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, **kwargs)
     except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, KeyError ...
         raise WeightsError(f"cannot load pipeline from {folder!r}: {first_line(e)}") from e
     return pipe.to(device)
+
+
+def quiet_progress_bars() -> None:
+    """diffusers' and transformers' loading bars would interleave with mmchar's own output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

@@ -355,11 +355,25 @@ BAD = {
     "export of a missing path": (["export", "{missing}", "-o", "{out}"], ["does not exist", "mmchar profile"]),
     "bad dtype": (["profile", "sd15", "--dtype", "fp64"], ["fp64", "fp32", "fp16", "bf16"]),
     "bad compare backend": (["compare", "modelscope-t2v", "--backends", "math,nosuch"], ["nosuch", "valid backends"]),
+    "pipeline steps 0": (["profile", "--pipeline", "{saved}", "--steps", "0"], ["steps=0", "at least 1"]),
+    "pipeline height not /8": (["profile", "--pipeline", "{saved}", "--height", "60"], ["height=60", "multiple of 8"]),
+    "frames to an image pipeline": (["profile", "--pipeline", "{saved}", "--frames", "3"], ["--frames does not apply"]),
+    "preset with a pipeline": (["profile", "--pipeline", "{saved}", "--preset", "full"], ["--preset", "--pipeline"]),
 }
 
 
+@pytest.fixture(scope="module")
+def saved_pipeline(tiny_pipe, tmp_path_factory):
+    from mmchar.workloads.build import quiet_progress_bars
+
+    quiet_progress_bars()
+    folder = tmp_path_factory.mktemp("saved") / "tiny-sd15"
+    tiny_pipe.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line(case, tmp_path, capsys):
+def test_bad_input_is_one_line(case, tmp_path, capsys, request):
     if case == "cuda on cpu" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     args, expected = BAD[case]
@@ -367,7 +381,8 @@ def test_bad_input_is_one_line(case, tmp_path, capsys):
     empty.mkdir()
     (empty / "README.txt").write_text("not a pipeline, not a store")
     store, out_file = tmp_path / "store", tmp_path / "out.csv"
-    args = [a.format(empty=empty, out=out_file, missing=tmp_path / "missing") for a in args]
+    saved = request.getfixturevalue("saved_pipeline") if any("{saved}" in a for a in args) else None
+    args = [a.format(empty=empty, out=out_file, missing=tmp_path / "missing", saved=saved) for a in args]
     if args[0] in ("profile", "compare"):
         args += ["--store", str(store)]
     code = main(args)

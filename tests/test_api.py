@@ -1,0 +1,37 @@
+"""The Python API on a pipeline object, and its option checks."""
+
+from __future__ import annotations
+
+import pytest
+
+import mmchar
+from mmchar.errors import InvalidParameterError, UnknownNameError
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from mmchar.workloads import get_workload
+
+    w = get_workload("sd15")
+    return w.build(w.resolve("tiny", device="cpu")).pipe
+
+
+def test_profile_returns_the_run_and_writes_it(pipe, tmp_path):
+    run = mmchar.profile(pipe, prompt="a cat", num_inference_steps=2, store=tmp_path, repeat=1, height=64, width=64)
+    assert run.status == "ok" and run.path.parent == tmp_path
+    assert set(run.breakdown["stage"]) >= {"text_encoder", "denoiser", "decoder"}
+    assert run.meta["config"]["params"]["height"] == 64 and run.meta["workload"] == "pipeline"
+    again = mmchar.load_run(run.path)
+    assert again.run_id == run.run_id and len(again.kernels) == len(run.kernels)
+
+
+@pytest.mark.parametrize("kwargs,error", [({"repeat": 0}, InvalidParameterError),
+                                          ({"profile_steps": 0}, InvalidParameterError),
+                                          ({"scope": "everything"}, UnknownNameError),
+                                          ({"num_inference_steps": 0}, InvalidParameterError)])
+def test_bad_options_are_refused_before_running(pipe, tmp_path, kwargs, error):
+    kw = dict(prompt="a cat", num_inference_steps=2, store=tmp_path)
+    kw.update(kwargs)
+    with pytest.raises(error):
+        mmchar.profile(pipe, **kw)
+    assert not any(tmp_path.iterdir())
