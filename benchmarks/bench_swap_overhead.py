@@ -2,8 +2,9 @@
 
 Times one UNet forward (a denoiser step with classifier-free guidance batched) with the model's own
 processors, and with every processor wrapped by mmchar's swap routed to the ``sdpa`` backend, which calls the
-very same F.scaled_dot_product_attention: the difference is the mechanism alone. Rounds are interleaved so
-clock and thermal drift hit both sides alike. Also times the direct-op backends for reference.
+very same F.scaled_dot_product_attention: the difference is the mechanism alone. The variants alternate
+forward by forward (each forward timed alone, synchronised), so the host's load swings, which on a shared
+machine are larger than the effect, hit every variant alike. Also times the direct-op backends.
 
     python benchmarks/bench_swap_overhead.py [--device cuda] [--preset full] [--iters 30] [--rounds 7]
 
@@ -43,8 +44,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default=None)
     ap.add_argument("--preset", default="full")
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--iters", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -74,22 +75,21 @@ def main() -> None:
             times[v].append(measure(v, a.iters))
     rows = []
     for v, t in times.items():
-        paired = [100 * (x[0] / o[0] - 1) for x, o in zip(t, times["original"])]
-        paired_cpu = [100 * (x[1] / o[1] - 1) for x, o in zip(t, times["original"])]
-        rows.append({"variant": v, "median_ms": statistics.median(x[0] for x in t), "min_ms": min(x[0] for x in t),
-                     "cpu_ms": statistics.median(x[1] for x in t), "vs_original_pct": statistics.median(paired),
-                     "cpu_vs_original_pct": statistics.median(paired_cpu)})
+        med, cpu = statistics.median(x[0] for x in t), statistics.median(x[1] for x in t)
+        base, base_cpu = statistics.median(x[0] for x in times["original"]), statistics.median(x[1] for x in times["original"])
+        rows.append({"variant": v, "median_ms": med, "min_ms": min(x[0] for x in t), "cpu_ms": cpu,
+                     "vs_original_pct": 100 * (med / base - 1), "cpu_vs_original_pct": 100 * (cpu / base_cpu - 1)})
     dev = environment.device_info(device)
     result = {"date": datetime.now(timezone.utc).isoformat(), "device": dev, "versions": environment.versions(),
               "workload": f"sd15 {a.preset} UNet forward, batch 2 (guidance), {p['height']}x{p['width']}, {dtype}",
               "iters": a.iters, "rounds": a.rounds, "attention_calls_per_step": len(unet.attn_processors), "rows": rows}
     lines = [f"# Attention-swap overhead ({dev['name']}, {result['date'][:10]})", "",
-             f"{result['workload']}; {a.rounds} interleaved rounds of {a.iters} forwards; torch "
+             f"{result['workload']}; torch "
              f"{result['versions']['torch']}, diffusers {result['versions']['diffusers']}.", "",
              "`sdpa` wraps every processor and routes its core call back to the same F.scaled_dot_product_attention:"
              " its difference from `original` is the swap mechanism's own cost.", "",
-             "Each round times every variant back to back; the percentages are medians of the per-round ratios"
-             " (wall, and main-thread CPU time, which waiting on other tenants of the host does not inflate).", "",
+             f"Variants alternate forward by forward ({a.rounds} forwards each, order reversed every other round); "
+             "medians of wall and main-thread CPU time per forward.", "",
              "| variant | median ms / step | min ms | CPU ms / step | wall vs original | CPU vs original |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | {r['cpu_ms']:.3f} | "
