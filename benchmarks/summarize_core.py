@@ -39,17 +39,15 @@ def main() -> None:
            f"({runs[0].meta['passes']['profile_steps']} steps). Slim run stores in `runs/`.", "",
            "## Latency and GPU busy time", "",
            "| workload | backend | e2e ms | denoiser step ms | GPU busy / step ms | busy % | step speedup | busy speedup | "
-           "attention speedup | latents cosine | swap overhead % of step (estimate) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "attention speedup | latents cosine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c = cmp.loc[r.run_id] if r.run_id in cmp.index else None
         b = r.meta["busy"]["denoiser_step"]
-        so = r.meta.get("swap_overhead", {}).get("pct_of_denoiser_step_estimate")
         f = lambda x, p=2: "-" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
         out.append(f"| {r.workload} | {r.backend} | {f(r.meta['timings']['e2e']['median_ms'], 1)} | "
                    f"{f(r.meta['timings']['denoiser_step']['median_ms'])} | {f(b['busy_ms'])} | {f(100 * b['busy_frac'], 0)} | "
                    f"{f(c['step_speedup'] if c is not None else None)} | {f(c['busy_speedup'] if c is not None else None)} | "
-                   f"{f(c['attention_speedup'] if c is not None else None)} | {f(c['cosine'] if c is not None else None, 4)} | "
-                   f"{f(so, 2)} |")
+                   f"{f(c['attention_speedup'] if c is not None else None)} | {f(c['cosine'] if c is not None else None, 4)} |")
     out += ["", "## Denoiser op-class shares (of GPU kernel time) and attention sites", "",
             "| workload | backend | " + " | ".join(OP_CLASSES[:6]) + " | attention: spatial | temporal | cross |",
             "|---|---|" + "---|" * 9]
