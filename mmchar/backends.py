@@ -198,9 +198,9 @@ class MathBackend(AttentionBackend):
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
-        if causal:
+        if causal:  # top-left aligned, as F.scaled_dot_product_attention's is_causal
             sq, sk = q.shape[-2], k.shape[-2]
-            keep = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+            keep = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril()
             scores = scores.masked_fill(~keep, float("-inf"))
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -318,6 +318,37 @@ class CudnnBackend(_FusedSDPA):
             return self._masked(q, k, v, causal, scale, mask)
         return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, causal, False,
                                                                   scale=scale)[0]
+
+
+@register_backend
+class TritonFlashBackend(AttentionBackend):
+    name = "triton-flash"
+    description = "mmchar's Triton softmax attention (online softmax, fp32 accumulation, autotuned for Hopper)"
+    constraints = Constraints(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                              max_head_dim=256, mask=False)
+    requires = ("triton",)
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        import os
+
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":  # Triton's interpreter (tests)
+            try:
+                importlib.import_module("triton")
+            except ImportError:
+                return "needs the Python package 'triton' (pip install triton)"
+            return None
+        return super().unavailable_reason(device)
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        if v.shape[-1] != q.shape[-1]:
+            return f"value head dim {v.shape[-1]} differs from the query's {q.shape[-1]}"
+        return super().unsupported(q, k, v, causal=causal, mask=mask)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        from mmchar.kernels.triton_flash.kernel import triton_flash
+
+        return triton_flash(q, k, v, causal=causal, scale=scale)
 
 
 def describe_backends(device: torch.device) -> list[dict[str, Any]]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+# Triton kernels run in Triton's interpreter where there is no GPU (set before anything imports triton).
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

@@ -16,7 +16,7 @@ def reference(q, k, v, causal=False, mask=None):
     q, k, v = q.double(), k.double(), v.double()
     s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
     if causal:
-        s = s.masked_fill(~torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(k.shape[-2] - q.shape[-2]), float("-inf"))
+        s = s.masked_fill(~torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(), float("-inf"))  # top-left
     if mask is not None:
         s = s + mask.double()
     return torch.softmax(s, -1) @ v
@@ -24,7 +24,8 @@ def reference(q, k, v, causal=False, mask=None):
 
 @pytest.mark.parametrize("name", ["math", "flash", "sdpa"])
 @pytest.mark.parametrize("b,h,sq,skv,d,causal", [(2, 3, 17, 17, 40, False), (1, 2, 33, 77, 80, False),
-                                                  (2, 2, 16, 16, 64, True), (3, 1, 5, 9, 72, False)],
+                                                  (2, 2, 16, 16, 64, True), (3, 1, 5, 9, 72, False),
+                                                  (1, 2, 7, 12, 32, True), (1, 2, 12, 7, 32, True)],
                          ids=lambda x: str(x))
 def test_matches_reference(name, b, h, sq, skv, d, causal):
     g = torch.Generator().manual_seed(0)

@@ -58,6 +58,41 @@ def backends(device: Annotated[Optional[str], typer.Option(help="Device to check
     print_frame(df, title=f"attention backends on {dev.type}", fmt=fmt)
 
 
+@app.command()
+def calibrate(device: Annotated[Optional[str], typer.Option(help="Device to measure (default: cuda when present).")] = None,
+              force: Annotated[bool, typer.Option("--force", help="Measure again even when cached.")] = False) -> None:
+    """Measure the device's roofs once (matmul TFLOP/s per dtype, copy GB/s) and cache them for every run."""
+    from mmchar.calibrate import calibrate as run_calibrate
+    from mmchar.devices import resolve_device
+    from mmchar.environment import roofs_cache_path
+
+    roofs = run_calibrate(resolve_device(device), force=force)
+    rows = [{"roof": f"matmul {k}", "value": v, "unit": "TFLOP/s"} for k, v in roofs["matmul_tflops"].items()]
+    rows.append({"roof": "copy", "value": roofs["copy_gbps"], "unit": "GB/s"})
+    print_frame(pd.DataFrame(rows), title=f"roofs of {roofs['device']} (measured {roofs['measured'][:19]})")
+    say(f"cached in {roofs_cache_path()}; every run on this device records them in meta.json")
+
+
+@app.command("bench-attn")
+def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (default: cuda when present).")] = None,
+               only: Annotated[Optional[str], typer.Option(help="workloads or sweep (default: both).")] = None,
+               backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: all available).")] = None,
+               max_seq: Annotated[int, typer.Option("--max-seq", help="Skip shapes with longer sequences.")] = 65536,
+               output: Annotated[Path, typer.Option("-o", "--output", help="Folder for softmax.md / softmax.json.")] = Path("bench-attn")) -> None:
+    """Time every attention backend on real workloads' attention shapes and an S sweep, with ratios."""
+    from mmchar import bench_attn as ba
+    from mmchar.backends import get_backend
+    from mmchar.devices import resolve_device
+
+    if only not in (None, "workloads", "sweep"):
+        raise UnknownNameError("shape set", only, ("workloads", "sweep"))
+    names = [b.strip() for b in backends.split(",")] if backends else None
+    for n in names or []:
+        get_backend(n)
+    say(ba.benchmark(resolve_device(device), only, names, max_seq, output))
+    say(f"tables: {output / 'softmax.md'}, {output / 'softmax.json'}")
+
+
 # --- profile / compare -----------------------------------------------------------------------------------
 
 def _options(backend: str, fallback: str | None, scope: str, repeat: int, profile_steps: int, no_trace: bool) -> Any:

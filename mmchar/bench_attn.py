@@ -1,0 +1,187 @@
+"""`mmchar bench-attn`: every available attention backend on the attention shapes of real workloads and on
+a sequence-length sweep, in one run, against cuDNN and flash SDPA measured in the same run.
+
+A backend whose output disagrees with the fp32 reference (checked on a slice of query rows) is not timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import torch
+
+from mmchar import environment
+from mmchar.backends import backend_names, get_backend
+from mmchar.devices import synchronize
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    b: int
+    h: int
+    sq: int
+    skv: int
+    d: int
+    causal: bool = False
+
+    @property
+    def flops(self) -> float:
+        return 4.0 * self.b * self.h * self.sq * self.skv * self.d * (0.5 if self.causal else 1.0)
+
+
+# Attention calls of the workloads at their default sizes (token counts from latent size / patch; d = head dim).
+WORKLOAD_SHAPES = [
+    Shape("sd15-512 spatial L0", 2, 8, 4096, 4096, 40), Shape("sd15-512 spatial L1", 2, 8, 1024, 1024, 80),
+    Shape("sd15-512 spatial L2", 2, 8, 256, 256, 160), Shape("sd15-512 cross L0", 2, 8, 4096, 77, 40),
+    Shape("sdxl-1024 spatial", 2, 10, 4096, 4096, 64), Shape("sdxl-1024 cross", 2, 10, 4096, 77, 64),
+    Shape("pixart-1024 self", 2, 16, 4096, 4096, 72), Shape("pixart-1024 cross", 2, 16, 4096, 300, 72),
+    Shape("sana-1024 cross", 2, 70, 1024, 300, 32), Shape("sd3-1024 joint", 2, 24, 4429, 4429, 64),
+    Shape("flux-1024 joint", 1, 24, 4608, 4608, 128), Shape("cogvideox-480p joint", 2, 30, 17776, 17776, 64),
+    Shape("wan-480p self", 1, 12, 32760, 32760, 128), Shape("wan-720p self", 1, 40, 75600, 75600, 128),
+    Shape("unet3d temporal", 2048, 5, 16, 16, 64), Shape("svd temporal", 2304, 5, 25, 25, 64),
+]
+
+
+def sweep_shapes() -> list[Shape]:
+    """S = 1k ... 64k at d = 64 and 128, H·d = 2048, B·S = 16 384 (B = 1 beyond 16k)."""
+    out = []
+    for d in (64, 128):
+        for s in (1024, 2048, 4096, 8192, 16384, 32768, 65536):
+            out.append(Shape(f"sweep d{d} S{s // 1024}k", max(16384 // s, 1), 2048 // d, s, s, d))
+    return out
+
+
+def _inputs(shape: Shape, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator(device=device).manual_seed(0)
+    return tuple(torch.randn(shape.b, shape.h, s, shape.d, device=device, dtype=dtype, generator=g)
+                 for s in (shape.sq, shape.skv, shape.skv))
+
+
+def _reference_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, rows: int) -> torch.Tensor:
+    bq = q[: min(2, q.shape[0]), :, :rows].float()
+    kk, vv = k[: bq.shape[0]].float(), v[: bq.shape[0]].float()
+    s = bq @ kk.transpose(-1, -2) * q.shape[-1] ** -0.5
+    if causal:
+        keep = torch.ones(bq.shape[-2], kk.shape[-2], dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~keep, float("-inf"))
+    return torch.softmax(s, -1) @ vv
+
+
+def _time_ms(fn: Any, device: torch.device) -> float:
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    import time
+
+    fn()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: torch.dtype,
+        memory_budget_bytes: float = 40e9) -> list[dict[str, Any]]:
+    """One row per shape × backend: ms, TFLOP/s, error, or why it was not timed."""
+    rows = []
+    for shape in shapes:
+        q, k, v = _inputs(shape, device, dtype)
+        ref = _reference_rows(q, k, v, shape.causal, 128)
+        for name in backends:
+            row: dict[str, Any] = {**asdict(shape), "backend": name, "ms": None, "tflops": None, "rel_err": None,
+                                   "note": ""}
+            cls = get_backend(name)
+            why = cls.unavailable_reason(device)
+            backend = cls(f"bench.{shape.name}") if why is None else None
+            if why is None:
+                why = backend.unsupported(q, k, v, causal=shape.causal, mask=None)
+            if why is None and name == "math" and 2.0 * shape.b * shape.h * shape.sq * shape.skv * q.element_size() > memory_budget_bytes:
+                why = "score matrix exceeds the memory budget"
+            if why is not None:
+                row["note"] = f"skipped: {why}"
+                rows.append(row)
+                continue
+            try:
+                with torch.inference_mode():
+                    out = backend(q, k, v, causal=shape.causal)
+                    got = out[: ref.shape[0], :, : ref.shape[2]].float()
+                    rel = float((got - ref).norm() / ref.norm())
+                    row["rel_err"] = rel
+                    if not rel < 2e-2:
+                        row["note"] = "refused: output disagrees with the reference"
+                        rows.append(row)
+                        continue
+                    del out
+                    ms = _time_ms(lambda: backend(q, k, v, causal=shape.causal), device)
+            except (RuntimeError, ValueError) as e:  # includes CUDA out of memory
+                row["note"] = f"failed: {str(e).splitlines()[0][:100]}"
+                rows.append(row)
+                synchronize(device)
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+                continue
+            row.update(ms=ms, tflops=shape.flops / (ms * 1e-3) / 1e12)
+            rows.append(row)
+    return rows
+
+
+def softmax_backends(device: torch.device) -> list[str]:
+    names = [n for n in backend_names() if not get_backend(n).changes_math and n != "sdpa"]
+    return [n for n in names if get_backend(n).unavailable_reason(device) is None]
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def cell(x):
+        if x is None or (isinstance(x, float) and x != x):
+            return ""
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def benchmark(device: torch.device, only: str | None, backends: list[str] | None, max_seq: int, out: Path) -> str:
+    """Run the benchmark, write ``out/softmax.{md,json}`` and return the printed table."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes = ([] if only == "sweep" else WORKLOAD_SHAPES) + ([] if only == "workloads" else sweep_shapes())
+    shapes = [s for s in shapes if max(s.sq, s.skv) <= max_seq]
+    backends = backends or softmax_backends(device)
+    rows = run(shapes, backends, device, dtype)
+    df = pd.DataFrame(rows)
+    for base in ("cudnn", "flash"):
+        ref = df[df["backend"] == base].set_index("name")["ms"]
+        df[f"vs_{base}"] = [ref.get(n) / ms if ms and ref.get(n) else None for n, ms in zip(df["name"], df["ms"])]
+    dev = environment.device_info(device)
+    roofs = environment.roofs(dev)
+    if roofs:
+        peak = roofs["matmul_tflops"].get("bf16" if dtype == torch.bfloat16 else "fp32")
+        df["pct_of_matmul_roof"] = df["tflops"] / peak * 100 if peak else None
+    stamp = datetime.now(timezone.utc)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    v = environment.versions()
+    head = (f"# Attention backends on {dev['name']} ({stamp:%Y-%m-%d}), {str(dtype).removeprefix('torch.')} forward\n\n"
+            f"torch {v['torch']}, triton {v['triton']}, cuDNN {v['cudnn']}. ms = median (triton.testing.do_bench); "
+            f"TFLOP/s from 4·B·H·Sq·Skv·d (half for causal); vs_X = X's ms / this backend's ms (> 1: faster), "
+            f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
+            f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")
+    cols = [c for c in ["name", "b", "h", "sq", "skv", "d", "causal", "backend", "ms", "tflops", "vs_cudnn", "vs_flash",
+                        "pct_of_matmul_roof", "rel_err", "note"] if c in df.columns]
+    table = _markdown(df[cols])
+    (out / "softmax.md").write_text(head + table + "\n")
+    (out / "softmax.json").write_text(json.dumps({"device": dev, "versions": v, "roofs": roofs,
+                                                  "date": stamp.isoformat(), "rows": df.to_dict("records")},
+                                                 indent=1, default=str))
+    return head + df[cols].to_string(index=False)
+

@@ -1,0 +1,74 @@
+"""`mmchar calibrate`: the device's roofs (dense matmul TFLOP/s per dtype, copy GB/s), measured once and kept
+in a per-user cache keyed by device name. Every run records them in meta.json; every "% of roof" refers to them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from mmchar import environment
+from mmchar.devices import synchronize
+
+
+def _best_ms(fn: Any, device: torch.device, reps: int) -> float:
+    fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            synchronize(device)
+            best = min(best, start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
+
+
+def measure_roofs(device: torch.device) -> dict[str, Any]:
+    """Best-of-N dense matmul throughput (n³, n = 8192 on a GPU) per dtype and device-memory copy bandwidth."""
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 1024
+    reps = 20 if cuda else 3
+    matmul: dict[str, float] = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+        if not cuda and dtype != torch.float32:
+            continue
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        ms = _best_ms(lambda: torch.mm(a, b), device, reps)
+        matmul[name] = 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+    numel = (1 << 28) if cuda else (1 << 24)  # 512 MiB of bf16 on a GPU
+    src = torch.empty(numel, device=device, dtype=torch.bfloat16).fill_(1.0)
+    dst = torch.empty_like(src)
+    ms = _best_ms(lambda: dst.copy_(src), device, reps)
+    copy_gbps = 2.0 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+    dev = environment.device_info(device)
+    return {"device": dev["name"], "matmul_tflops": matmul, "copy_gbps": copy_gbps, "matmul_n": n,
+            "measured": datetime.now(timezone.utc).isoformat(), "torch": torch.__version__}
+
+
+def calibrate(device: torch.device, *, force: bool = False) -> dict[str, Any]:
+    """The cached roofs of ``device``, measured first when missing (or ``force``)."""
+    dev = environment.device_info(device)
+    path = environment.roofs_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if force or dev["name"] not in cache:
+        cache[dev["name"]] = measure_roofs(device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=2))
+        tmp.replace(path)
+    return cache[dev["name"]]

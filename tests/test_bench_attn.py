@@ -1,0 +1,48 @@
+"""bench-attn on the CPU: it times agreeing backends, refuses a disagreeing one, writes its tables."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mmchar import bench_attn
+from mmchar.backends import _REGISTRY, AttentionBackend, register_backend
+from mmchar.cli import main
+
+
+def test_times_agreeing_backends_and_refuses_a_wrong_one(tmp_path, capsys):
+    @register_backend
+    class Wrong(AttentionBackend):
+        name = "wrong-test"
+        description = "returns v unchanged"
+
+        def __call__(self, q, k, v, **kw):
+            return v[:, :, : q.shape[2]].clone()
+
+    try:
+        shapes = [bench_attn.Shape("tiny", 2, 2, 24, 24, 16), bench_attn.Shape("tiny causal", 1, 2, 24, 24, 16, True)]
+        rows = {(r["name"], r["backend"]): r for r in bench_attn.run(shapes, ["math", "flash", "wrong-test", "cudnn"],
+                                                                     torch.device("cpu"), torch.float32)}
+    finally:
+        _REGISTRY.pop("wrong-test")
+    for name in ("tiny", "tiny causal"):
+        for b in ("math", "flash"):
+            r = rows[(name, b)]
+            assert r["ms"] > 0 and r["tflops"] > 0 and r["rel_err"] < 1e-5, r
+        assert rows[(name, "wrong-test")]["note"].startswith("refused") and rows[(name, "wrong-test")]["ms"] is None
+        assert rows[(name, "cudnn")]["note"].startswith("skipped") or torch.cuda.is_available()
+    assert shapes[1].flops == 0.5 * shapes[0].flops == 2 * 2 * 24 * 24 * 16
+
+
+def test_cli_writes_tables(tmp_path, capsys):
+    out = tmp_path / "ba"
+    code = main(["bench-attn", "--device", "cpu", "--only", "workloads", "--backends", "math,flash",
+                 "--max-seq", "20", "-o", str(out)])
+    assert code == 0
+    data = json.loads((out / "softmax.json").read_text())
+    names = {r["name"] for r in data["rows"]}
+    assert names == {"unet3d temporal"}  # the only workload shape with sequences <= 20
+    assert {r["backend"] for r in data["rows"]} == {"math", "flash"}
+    assert "vs_flash" in (out / "softmax.md").read_text()
+    assert main(["bench-attn", "--only", "nothing", "--device", "cpu"]) == 1
