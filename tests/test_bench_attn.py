@@ -32,7 +32,7 @@ def test_times_agreeing_backends_and_refuses_a_wrong_one(tmp_path, capsys):
             assert r["ms"] > 0 and r["tflops"] > 0 and r["rel_err"] < 1e-5, r
         assert rows[(name, "wrong-test")]["note"].startswith("refused") and rows[(name, "wrong-test")]["ms"] is None
         assert rows[(name, "cudnn")]["note"].startswith("skipped") or torch.cuda.is_available()
-    assert shapes[1].flops == 0.5 * shapes[0].flops == 2 * 2 * 24 * 24 * 16
+    assert shapes[0].flops == 4 * 2 * 2 * 24 * 24 * 16 and shapes[1].flops == 4 * 1 * 2 * 24 * 24 * 16 / 2
 
 
 def test_cli_writes_tables(tmp_path, capsys):
