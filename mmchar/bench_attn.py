@@ -92,7 +92,7 @@ def _time_ms(fn: Any, device: torch.device) -> float:
 
 
 def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: torch.dtype,
-        memory_budget_bytes: float = 40e9) -> list[dict[str, Any]]:
+        memory_budget_bytes: float = 16e9) -> list[dict[str, Any]]:
     """One row per shape × backend: ms, TFLOP/s, error, or why it was not timed."""
     rows = []
     for shape in shapes:
