@@ -47,7 +47,8 @@ def test_interpreter_matches_reference(case):
     q, k, v = (torch.randn(b, h, s, d, generator=g).to(dt) for s in (sq, skv, skv))
     out = triton_flash(q, k, v, causal=causal)
     assert out.shape == q.shape and out.dtype == dt
-    assert head_split(d)[0] + head_split(d)[1] == max(d, 16)
+    head, tail = head_split(d)
+    assert head + tail >= d and (tail == 0 or head + tail == d)
     tol = 1e-5 if dt == torch.float32 else 2e-3
     assert _rel(out, triton_flash_ref(q, k, v, causal=causal)) < tol
 
