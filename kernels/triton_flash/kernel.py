@@ -2,9 +2,8 @@
 
 Each program keeps a block of queries in registers and streams key/value blocks through an online softmax
 (running max and sum in fp32, exp2 with log2(e) folded into the scale), so the score matrix never reaches
-memory. Head dims of the form 2^k + 2^j (48, 80, 96, 160, 192) are split into a power-of-two head and a tail,
-each its own tl.dot, so d = 80 costs 64 + 16 columns rather than 128; other head dims (40, 72) are padded to
-the next power of two in registers and masked; query and key lengths may differ (cross attention); ``causal`` is
+memory. Head dims that are not powers of two (40, 72, 80, 96, 160) are padded to the next power of two in
+registers and masked on load and store; query and key lengths may differ (cross attention); ``causal`` is
 top-left aligned like F.scaled_dot_product_attention. Under TRITON_INTERPRET=1 (CPU tests) one fixed config
 runs; on a GPU an autotuned, pruned config list keyed by (sequence buckets, head dim, causal) does.
 """
@@ -32,31 +31,24 @@ def _triton_flash_fwd_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     H, SQ, SKV,
     SQ_BUCKET, SKV_BUCKET,  # autotune keys only
-    D: tl.constexpr, D_HEAD: tl.constexpr, D_TAIL: tl.constexpr, CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # The head dim is a power-of-two head (masked when it pads d) plus, for d = 48, 80, 96, 160, 192, an unmasked
-    # tail that is a multiple of 16: d = 80 costs 64 + 16 columns instead of 128.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_HEAD)
-    d_ok = offs_d < D
-    m_ok = offs_m < SQ
-    q_base = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-    q = tl.load(q_base + offs_d[None, :] * stride_qd, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    if D_TAIL > 0:
-        offs_t = D_HEAD + tl.arange(0, D_TAIL)
-        q_t = tl.load(q_base + offs_t[None, :] * stride_qd, mask=m_ok[:, None], other=0.0)
-        acc_t = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_HEAD], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     hi = SKV
     if CAUSAL:
         hi = tl.minimum(SKV, (pid_m + 1) * BLOCK_M)
@@ -65,12 +57,7 @@ def _triton_flash_fwd_kernel(
         n_ok = offs_n < SKV
         kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, kt)
-        if D_TAIL > 0:
-            kt_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_t[:, None] * stride_kd, mask=n_ok[None, :],
-                           other=0.0)
-            qk = tl.dot(q_t, kt_t, qk)
-        qk = qk * qk_scale
+        qk = tl.dot(q, kt) * qk_scale
         keep = n_ok[None, :]
         if CAUSAL:
             keep = keep & (offs_m[:, None] >= offs_n[None, :])
@@ -81,30 +68,11 @@ def _triton_flash_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        p_lo = p.to(v.dtype)
-        acc = tl.dot(p_lo, v, acc * alpha[:, None])
-        if D_TAIL > 0:
-            v_t = tl.load(v_base + offs_n[:, None] * stride_vn + offs_t[None, :] * stride_vd, mask=n_ok[:, None],
-                          other=0.0)
-            acc_t = tl.dot(p_lo, v_t, acc_t * alpha[:, None])
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    inv_l = 1.0 / l_i
-    o_base = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
-    tl.store(o_base + offs_d[None, :] * stride_od, (acc * inv_l[:, None]).to(O.dtype.element_ty),
-             mask=m_ok[:, None] & d_ok[None, :])
-    if D_TAIL > 0:
-        tl.store(o_base + offs_t[None, :] * stride_od, (acc_t * inv_l[:, None]).to(O.dtype.element_ty),
-                 mask=m_ok[:, None])
-
-
-def head_split(d: int) -> tuple[int, int]:
-    """(head, tail) columns of a head dim: a power-of-two head plus an unmasked tail when d - head is a power of
-    two >= 16 (48, 80, 96, 160, 192); otherwise the head is d padded to a power of two >= 16 (masked)."""
-    low = 1 << (d.bit_length() - 1)
-    tail = d - low
-    if tail >= 16 and tail & (tail - 1) == 0:
-        return low, tail
-    return max(16, triton.next_power_of_2(d)), 0
+    acc = acc / l_i[:, None]
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < SQ) & d_ok[None, :])
 
 
 # (BLOCK_M, BLOCK_N, warps, stages): a short list known to suit Hopper for d = 32..256, plus 16-row blocks
@@ -121,7 +89,7 @@ def _configs() -> list[triton.Config]:
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep the configs that fit the problem: tiny sequences (temporal attention: 16-25 frames) get 16-row
     blocks; big head dims drop the largest tiles (registers); each key-block no longer than the keys."""
-    d = named_args.get("D_HEAD", kwargs.get("D_HEAD", 64)) + named_args.get("D_TAIL", kwargs.get("D_TAIL", 0))
+    d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
     sq = named_args["SQ_BUCKET"]
     skv = named_args["SKV_BUCKET"]
     keep = []
@@ -139,7 +107,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return keep or configs[:1]
 
 
-_autotune_kwargs = {"configs": _configs(), "key": ["SQ_BUCKET", "SKV_BUCKET", "D", "CAUSAL"],
+_autotune_kwargs = {"configs": _configs(), "key": ["SQ_BUCKET", "SKV_BUCKET", "BLOCK_D", "CAUSAL"],
                     "prune_configs_by": {"early_config_prune": _prune}}
 if "cache_results" in inspect.signature(triton.autotune).parameters:
     _autotune_kwargs["cache_results"] = True  # tuned once per machine, reused across processes
@@ -184,17 +152,16 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
         raise ValueError(f"triton_flash: dtype {q.dtype} (takes float16, bfloat16, float32, all alike)")
     scale = d ** -0.5 if scale is None else scale
     o = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
-    d_head, d_tail = head_split(d)
+    block_d = max(16, triton.next_power_of_2(d))
     args = (q, k, v, o, scale * 1.4426950408889634,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, _bucket(sq), _bucket(skv))
     if _interpreting():
         bm = 16
         grid = (triton.cdiv(sq, bm), b * h)
-        _triton_flash_fwd_kernel[grid](*args, D=d, D_HEAD=d_head, D_TAIL=d_tail, CAUSAL=causal, BLOCK_M=bm,
-                                       BLOCK_N=16)
+        _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=16)
     else:
         grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * h)  # noqa: E731
-        _triton_flash_fwd_tuned[grid](*args, D=d, D_HEAD=d_head, D_TAIL=d_tail, CAUSAL=causal)
+        _triton_flash_fwd_tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
     return o
 
 
