@@ -351,6 +351,37 @@ class TritonFlashBackend(AttentionBackend):
         return triton_flash(q, k, v, causal=causal, scale=scale)
 
 
+def _triton_usable(x: torch.Tensor) -> bool:
+    import os
+
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@register_backend
+class LinearBackend(AttentionBackend):
+    name = "linear"
+    description = ("non-causal / causal linear attention, ReLU feature map (SANA's), fp32 accumulation; Triton on "
+                   "CUDA, plain PyTorch on the CPU")
+    constraints = Constraints(max_head_dim=256, mask=False)
+    changes_math = True
+    feature = "relu"
+    eps = 1e-6
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        if _triton_usable(q):
+            from mmchar.kernels.linear_attn.kernel import linear_attn
+
+            return linear_attn(q, k, v, causal=causal, feature=self.feature, eps=self.eps)
+        from mmchar.kernels.linear_attn.reference import linear_attn_eager
+
+        return linear_attn_eager(q, k, v, causal=causal, feature=self.feature, eps=self.eps)
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        if causal and q.shape[-2] != k.shape[-2]:
+            return "causal linear attention needs as many queries as keys"
+        return super().unsupported(q, k, v, causal=causal, mask=mask)
+
+
 def describe_backends(device: torch.device) -> list[dict[str, Any]]:
     """One row per registered backend: name, description, constraints, availability on ``device`` and why."""
     rows = []

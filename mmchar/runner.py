@@ -49,6 +49,7 @@ class ProfileOptions:
 
     backend: str = "sdpa"
     fallback: str | None = None
+    cross_backend: str | None = None  # cross attention's softmax backend under linear / WERSA
     scope: str = "denoiser"  # whose attention the backend replaces: the denoiser's, or every component's
     repeat: int = 3
     profile_steps: int = 2
@@ -145,7 +146,8 @@ class _Session:
         self.timings: list[GenerationTiming] = []
         self.swap = swap_attention(target.pipe, _swap_components(target, options.scope), options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
-                                   seed=int(target.config.get("params", {}).get("seed", 0)))
+                                   seed=int(target.config.get("params", {}).get("seed", 0)),
+                                   cross_backend=options.cross_backend)
         self.m.swap = self.swap.state
 
     def warmup(self) -> None:

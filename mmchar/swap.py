@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmchar.backends import ORIGINAL_SDPA, AttentionBackend, get_backend, require_backend
+from mmchar.backends import ORIGINAL_SDPA, AttentionBackend, default_softmax_backend, get_backend, require_backend
 from mmchar.errors import BackendUnsupportedError
 from mmchar.target import compile_site_rules
 
@@ -106,11 +106,12 @@ class RoutedProcessor:
     """Wraps one attention module's processor; its core call goes to the module's backend instance."""
 
     def __init__(self, inner: Any, module_path: str, state: SwapState, backend_cls: type[AttentionBackend],
-                 fallback_cls: type[AttentionBackend] | None, site_rules: list[tuple[re.Pattern[str], str]], seed: int):
+                 fallback_cls: type[AttentionBackend] | None, site_rules: list[tuple[re.Pattern[str], str]], seed: int,
+                 cross_cls: type[AttentionBackend] | None = None):
         self.inner = inner
         self.module_path = module_path
         self.state = state
-        self._backend_cls, self._fallback_cls = backend_cls, fallback_cls
+        self._backend_cls, self._fallback_cls, self._cross_cls = backend_cls, fallback_cls, cross_cls
         self._rules = site_rules
         self._seed = seed
         self.backend: AttentionBackend | None = None
@@ -162,7 +163,10 @@ class RoutedProcessor:
     def _bind(self, q, k, v, mask, causal) -> None:
         self.site = attention_site(self.module_path, self._rules, cross=q.shape[-2] != k.shape[-2])
         self.state.layer_site[self.module_path] = self.site
-        backend = self._backend_cls(self.module_path, self._seed)
+        cls = self._backend_cls
+        if cls.changes_math and self.site == "cross" and self._cross_cls is not None:
+            cls = self._cross_cls  # linear attention and WERSA replace self-attention; cross keeps softmax
+        backend = cls(self.module_path, self._seed)
         reason = backend.unsupported(q, k, v, causal=causal, mask=mask)
         if reason is not None:
             if self._fallback_cls is None:
@@ -218,17 +222,21 @@ class AttentionSwap:
             ``state.unsupported`` (and computed by ``math`` so the pass finishes) for one error.
         site_rules: module-path rules for attention sites (see `attention_site`); default: the built-in rules.
         seed: seeds per-layer backend state (with the module path).
+        cross_backend: softmax backend of cross attention under backends that change the maths (linear,
+            WERSA); default the best softmax backend available.
     """
 
     def __init__(self, pipe: Any, components: list[str], backend: str, device: torch.device, *,
                  fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, cross_backend: str | None = None) -> None:
         backend_cls = require_backend(backend, device)
         fallback_cls = require_backend(fallback, device) if fallback else None
+        cross_cls = require_backend(cross_backend or default_softmax_backend(device), device)
         self.state = SwapState(backend=backend, fallback=fallback)
         rules = compile_site_rules() if site_rules is None else site_rules
         self._modules: list[tuple[Any, Any, RoutedProcessor]] = [(module, module.processor,
-                          RoutedProcessor(module.processor, path, self.state, backend_cls, fallback_cls, rules, seed))
+                          RoutedProcessor(module.processor, path, self.state, backend_cls, fallback_cls, rules, seed,
+                                          cross_cls))
                          for path, module in attention_modules(pipe, components)]
         self._active = False
 
@@ -261,9 +269,10 @@ class AttentionSwap:
 
 def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,
                    fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                   seed: int = 0) -> AttentionSwap:
+                   seed: int = 0, cross_backend: str | None = None) -> AttentionSwap:
     """``with swap_attention(pipe, ["unet"], "flash", device) as state:`` (see `AttentionSwap`)."""
-    return AttentionSwap(pipe, components, backend, device, fallback=fallback, site_rules=site_rules, seed=seed)
+    return AttentionSwap(pipe, components, backend, device, fallback=fallback, site_rules=site_rules, seed=seed,
+                         cross_backend=cross_backend)
 
 
 def measure_dispatch_overhead_us(calls: int = 300, rounds: int = 9) -> float:

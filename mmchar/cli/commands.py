@@ -95,21 +95,26 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
 
 # --- profile / compare -----------------------------------------------------------------------------------
 
-def _options(backend: str, fallback: str | None, scope: str, repeat: int, profile_steps: int, no_trace: bool) -> Any:
-    from mmchar.runner import SWAP_SCOPES, ProfileOptions
+def _options(backend: str, fallback: str | None, cross_backend: str | None, scope: str, repeat: int,
+             profile_steps: int, no_trace: bool) -> Any:
+    from mmchar.runner import ProfileOptions
 
-    if scope not in SWAP_SCOPES:
-        raise UnknownNameError("scope", scope, SWAP_SCOPES)
-    if repeat < 1:
-        raise InvalidParameterError(f"--repeat {repeat} must be at least 1")
-    if profile_steps < 1:
-        raise InvalidParameterError(f"--profile-steps {profile_steps} must be at least 1")
-    return ProfileOptions(backend=backend, fallback=fallback, scope=scope, repeat=repeat, profile_steps=profile_steps,
-                          keep_trace=not no_trace)
+    return ProfileOptions(backend=backend, fallback=fallback, cross_backend=cross_backend, scope=scope, repeat=repeat,
+                          profile_steps=profile_steps, keep_trace=not no_trace)
+
+
+def _warn_changed_math(backends: list[str]) -> None:
+    from mmchar.backends import get_backend
+
+    for name in backends:
+        if get_backend(name).changes_math:
+            warn(f"{name} changes the model's mathematics (self-attention replaced; cross attention keeps softmax): "
+                 "a speed study on real shapes, not a quality claim")
 
 
 def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Path | None, device: str | None,
-           dtype: str | None, backends: list[str], fallback: str | None, params: dict[str, Any]) -> Any:
+           dtype: str | None, backends: list[str], fallback: str | None, params: dict[str, Any],
+           cross_backend: str | None = None) -> Any:
     """Check everything a user typed, then build the Target (nothing is written before this returns)."""
     from mmchar.backends import require_backend
     from mmchar.devices import resolve_device, resolve_dtype
@@ -127,8 +132,9 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
             raise WeightsError(f"weights folder {str(weights)!r} does not exist; pass a local diffusers pipeline folder")
     for b in backends:
         require_backend(b, dev)
-    if fallback:
-        require_backend(fallback, dev)
+    for extra in (fallback, cross_backend):
+        if extra:
+            require_backend(extra, dev)
     if workload is not None:
         return w.build(config)
     if preset != "tiny" or weights is not None:
@@ -183,6 +189,7 @@ Prompt = Annotated[Optional[str], typer.Option(help="The prompt.")]
 Dtype = Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 (default: bf16 on CUDA, fp32 on the CPU).")]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
 Fallback = Annotated[Optional[str], typer.Option(help="Backend for attention layers the chosen backend cannot take.")]
+CrossBackend = Annotated[Optional[str], typer.Option("--cross-backend", help="Softmax backend of cross attention under linear / WERSA (default: the best available).")]
 Scope = Annotated[str, typer.Option(help="Whose attention the backend replaces: denoiser or all components.")]
 Repeat = Annotated[int, typer.Option(help="Timed generations (median, min and max are reported).")]
 ProfileSteps = Annotated[int, typer.Option("--profile-steps", help="Denoising steps under the full profiler.")]
@@ -195,15 +202,17 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             guidance: Guidance = None, seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None,
             device: Device = None,
             backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
-            fallback: Fallback = None, scope: Scope = "denoiser", repeat: Repeat = 3, profile_steps: ProfileSteps = 2,
-            no_trace: NoTrace = False, store: Store = Path("runs")) -> int:
+            fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+            repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+            store: Store = Path("runs")) -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar.runner import run_and_store
 
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
-    options = _options(backend, fallback, scope, repeat, profile_steps, no_trace)
-    target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params)
+    options = _options(backend, fallback, cross_backend, scope, repeat, profile_steps, no_trace)
+    target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend)
+    _warn_changed_math([backend])
     say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on {target.device} "
         f"with backend {backend}: {options.repeat} timed generations of {target.steps} steps ...")
     run = run_and_store(target, options, store, _hash_for(target)(options))
@@ -262,8 +271,9 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
             frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
             seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
-            fallback: Fallback = None, scope: Scope = "denoiser", repeat: Repeat = 3, profile_steps: ProfileSteps = 2,
-            no_trace: NoTrace = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+            fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+            repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+            store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     from mmchar.compare import compare as run_compare
 
@@ -273,8 +283,9 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
-    options = _options(names[0], fallback, scope, repeat, profile_steps, no_trace)
-    target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params)
+    options = _options(names[0], fallback, cross_backend, scope, repeat, profile_steps, no_trace)
+    target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params, cross_backend)
+    _warn_changed_math(names)
     say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
     result = run_compare(target, names, options, store, _hash_for(target))
     cols = ["backend", "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step",

@@ -1,0 +1,89 @@
+"""linear_attn (Triton, under TRITON_INTERPRET=1 on the CPU; bf16 at real shapes on the GPU) and the eager
+baseline, against the fp32 reference; the `linear` backend keeps softmax for cross attention."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from mmchar.kernels.linear_attn.reference import linear_attn_eager, linear_attn_ref  # noqa: E402
+
+INTERPRET = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
+
+CASES = [  # B, H, Sq, Skv, D, Dv, causal, feature, dtype
+    (1, 2, 37, 37, 32, 32, False, "relu", torch.float32),  # SANA: d = 32, ReLU
+    (2, 1, 20, 77, 40, 40, False, "elu1", torch.float32),  # different query and key lengths
+    (1, 2, 45, 45, 32, 48, True, "relu", torch.float32),
+    (1, 1, 70, 70, 64, 64, True, "elu1", torch.float16),
+    (3, 2, 16, 16, 72, 72, False, "relu", torch.float16),
+]
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def _ids(c):
+    return f"B{c[0]}-H{c[1]}-S{c[2]}x{c[3]}-D{c[4]}-Dv{c[5]}-{'causal' if c[6] else 'full'}-{c[7]}-{str(c[8])[6:]}"
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_triton_matches_reference(case):
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    b, h, sq, skv, d, dv, causal, feature, dt = case
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(b, h, sq, d, generator=g).to(dt), torch.randn(b, h, skv, d, generator=g).to(dt)
+    v = torch.randn(b, h, skv, dv, generator=g).to(dt)
+    out = linear_attn(q, k, v, causal=causal, feature=feature)
+    assert out.shape == (b, h, sq, dv) and out.dtype == dt
+    assert _rel(out, linear_attn_ref(q, k, v, causal=causal, feature=feature)) < (1e-5 if dt == torch.float32 else 3e-3)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[8] == torch.float32], ids=_ids)
+def test_eager_matches_reference(case):
+    b, h, sq, skv, d, dv, causal, feature, _ = case
+    q, k, v = torch.randn(b, h, sq, d), torch.randn(b, h, skv, d), torch.randn(b, h, skv, dv)
+    assert _rel(linear_attn_eager(q, k, v, causal=causal, feature=feature),
+                linear_attn_ref(q, k, v, causal=causal, feature=feature)) < 1e-5
+
+
+def test_bad_input():
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="feature map"):
+        linear_attn(q, q, q, feature="softmax")
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        linear_attn(q, torch.randn(1, 1, 9, 16), torch.randn(1, 1, 9, 16), causal=True)
+
+
+def test_linear_backend_keeps_softmax_for_cross_attention(monkeypatch):
+    from mmchar.swap import swap_attention
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the CPU path of the backend: eager PyTorch
+    from mmchar.workloads import get_workload
+
+    w = get_workload("modelscope-t2v")
+    pipe = w.build(w.resolve("tiny", device="cpu", frames=2)).pipe
+    with swap_attention(pipe, ["unet"], "linear", torch.device("cpu"), cross_backend="math") as state:
+        pipe(prompt="a cat", num_inference_steps=1, height=64, width=64, num_frames=2, output_type="latent")
+    for path, site in state.layer_site.items():
+        assert state.layer_backend[path] == ("math" if site == "cross" else "linear"), path
+    assert {"spatial", "temporal", "cross"} == set(state.layer_site.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,d", [(4096, 32), (16384, 64), (8192, 128)])
+def test_gpu_bf16(n, d, causal):
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    assert _rel(linear_attn(q, k, v, causal=causal), linear_attn_ref(q, k, v, causal=causal)) < 2e-2
