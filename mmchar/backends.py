@@ -382,6 +382,47 @@ class LinearBackend(AttentionBackend):
         return super().unsupported(q, k, v, causal=causal, mask=mask)
 
 
+@register_backend
+class WersaBackend(AttentionBackend):
+    name = "wersa"
+    description = ("WERSA: content-adaptive Haar filter on q/k + random features + normalised linear attention "
+                   "+ LayerNorm (L = 2, m = 256); plain PyTorch")
+    constraints = Constraints(max_head_dim=256, mask=False)
+    changes_math = True
+    levels = 2
+    features = 256
+
+    def __init__(self, module_path: str = "", seed: int = 0) -> None:
+        super().__init__(module_path, seed)
+        self.params: Any = None
+        self.notes: dict[str, Any] = {}
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        if v.shape[-1] != q.shape[-1]:
+            return f"value head dim {v.shape[-1]} differs from the query's {q.shape[-1]} (WERSA's LayerNorm is over d)"
+        if causal and q.shape[-2] != k.shape[-2]:
+            return "causal WERSA needs as many queries as keys"
+        return super().unsupported(q, k, v, causal=causal, mask=mask)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        import zlib
+
+        from mmchar.kernels.wersa.reference import WersaParams, merge_heads, wersa_ref
+
+        x = hidden_states
+        host = x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]
+        x_q = x if host else merge_heads(q)
+        x_k = None if host and k.shape[2] == q.shape[2] else (x_q if k.shape[2] == q.shape[2] else merge_heads(k))
+        if self.params is None:  # per-layer parameters, seeded from the module path
+            layer_seed = zlib.crc32(self.module_path.encode()) ^ self.seed
+            self.params = WersaParams(x_q.shape[-1], q.shape[-1], levels=self.levels, features=self.features,
+                                      seed=layer_seed, causal=causal).to(device=q.device, dtype=q.dtype).eval()
+            self.notes = {"filter_source": "hidden_states" if host else "q with heads merged",
+                          "levels": self.params.levels, "features": self.features,
+                          "wersa_causal_wavelet": False if causal else None}
+        return wersa_ref(q, k, v, self.params, x_q=x_q, x_k=x_k)
+
+
 def describe_backends(device: torch.device) -> list[dict[str, Any]]:
     """One row per registered backend: name, description, constraints, availability on ``device`` and why."""
     rows = []

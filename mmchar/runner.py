@@ -164,6 +164,9 @@ class _Session:
         self.m.latents = timer.decoder_input
         self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
         self.meta["backend_per_layer"] = dict(sorted(state.layer_backend.items()))
+        notes = {p.module_path: p.backend.notes for p in self.swap.processors if getattr(p.backend, "notes", None)}
+        if notes:  # what stateful backends chose per layer (WERSA's filter source ...)
+            self.meta["backend_notes"] = dict(sorted(notes.items()))
         self.meta["attention_layers"] = dict(sorted(state.layer_site.items()))
         state.calls.clear()
 

@@ -1,0 +1,5 @@
+"""WERSA (Wavelet-Enhanced Random Spectral Attention), per ../shared/reference/wersa.md: PyTorch reference."""
+
+from mmchar.kernels.wersa.reference import WersaParams, haar_filter, wersa_ref
+
+__all__ = ["WersaParams", "haar_filter", "wersa_ref"]

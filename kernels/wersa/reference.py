@@ -1,0 +1,141 @@
+"""The specification of WERSA in plain PyTorch (wersa.md steps 1-8), in the input dtype with fp32 accumulation
+of the linear-attention state. It is both the reference of the fused kernels and the eager baseline.
+
+Step numbers below refer to wersa.md. Shapes: q, k, v [B, H, n, d]; x [B, n, C] (the host layer's input).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+class WersaParams(nn.Module):
+    """The parameters a drop-in WERSA layer adds to its host (wersa.md, "New parameters"), seeded.
+
+    Args:
+        channels: C, the host's hidden size (the gain generator's input width).
+        head_dim: d.
+        levels: L, Haar decomposition levels (0 in causal mode: no look-ahead).
+        features: m, random features.
+        seed: seeds every parameter and the Ω buffers (mmchar seeds it from the module path).
+        causal: causal conv (left padding) and L = 0.
+        shared_omega: Ω_k = Ω_q.
+    """
+
+    def __init__(self, channels: int, head_dim: int, *, levels: int = 2, features: int = 256, seed: int = 0,
+                 causal: bool = False, shared_omega: bool = False) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.levels = 0 if causal else levels
+        self.causal = causal
+        self.features = features
+        self.conv = nn.Conv1d(channels, channels, 33, groups=channels, padding=0)
+        hidden = max(channels // 4, 1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, self.levels + 1)
+        for mod in (self.conv, self.fc1, self.fc2):  # seeded re-initialisation, framework defaults' scale
+            bound = 1.0 / math.sqrt(mod.weight[0].numel())
+            with torch.no_grad():
+                mod.weight.uniform_(-bound, bound, generator=g)
+                mod.bias.uniform_(-bound, bound, generator=g)
+        self.s = nn.Parameter(torch.full((self.levels + 1,), 0.5))
+        self.lam = nn.Parameter(torch.zeros(()))
+        self.norm = nn.LayerNorm(head_dim, eps=1e-5)
+        omega_q = torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
+        omega_k = omega_q.clone() if shared_omega else torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
+        self.register_buffer("omega_q", omega_q, persistent=True)
+        self.register_buffer("omega_k", omega_k, persistent=True)
+
+    def gains(self, x: torch.Tensor) -> torch.Tensor:
+        """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C]."""
+        u = x.transpose(1, 2)
+        u = F.pad(u, (32, 0)) if self.causal else F.pad(u, (16, 16))
+        u = self.conv(u).transpose(1, 2)
+        f = torch.sigmoid(self.fc2(F.relu(self.fc1(u))))
+        return f * self.s
+
+
+def haar_filter(y: torch.Tensor, gains: torch.Tensor, levels: int) -> torch.Tensor:
+    """Steps 3-5 on y [B, H, n, d] with gains [B, n, L+1]: Haar DWT over tokens, each coefficient scaled by the
+    gain of its block's first token (broadcast over heads and channels), inverse DWT, crop to n."""
+    b, h, n, d = y.shape
+    if levels == 0:
+        return y * gains[:, None, :, 0:1].to(y.dtype)
+    block = 1 << levels
+    padded = -(-n // block) * block
+    a = F.pad(y, (0, 0, 0, padded - n))
+    details = []
+    for _ in range(levels):
+        even, odd = a[:, :, 0::2], a[:, :, 1::2]
+        details.append((even - odd) * SQRT1_2)
+        a = (even + odd) * SQRT1_2
+    g = gains.to(y.dtype)
+
+    def level_gain(j: int, length: int, stride: int) -> torch.Tensor:
+        t0 = (torch.arange(length, device=y.device) * stride).clamp(max=n - 1)
+        return g[:, t0, j][:, None, :, None]  # [B, 1, len, 1]
+
+    details = [dj * level_gain(j, dj.shape[2], 1 << (j + 1)) for j, dj in enumerate(details)]
+    a = a * level_gain(levels, a.shape[2], block)
+    for dj in reversed(details):
+        even, odd = (a + dj) * SQRT1_2, (a - dj) * SQRT1_2
+        a = torch.stack((even, odd), dim=3).flatten(2, 3)
+    return a[:, :, :n]
+
+
+@dataclass
+class _Features:
+    tau: torch.Tensor
+    m: int
+
+
+def _phi(y: torch.Tensor, omega: torch.Tensor, tau: torch.Tensor, m: int) -> torch.Tensor:
+    """Step 6: ReLU((y/τ) Ω)/√m."""
+    return F.relu(torch.matmul(y / tau, omega.to(y.dtype))) / math.sqrt(m)
+
+
+def wersa_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams, *,
+              x_q: torch.Tensor, x_k: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """WERSA attention output [B, H, n_q, d] (before the host's head merge and Wo).
+
+    Args:
+        q, k, v: [B, H, n, d] projected by the host (v is never filtered).
+        params: the layer's WersaParams (its ``causal`` selects prefix sums and L = 0).
+        x_q: filter source of q's tokens [B, n_q, C] (the host's hidden states, or q with heads merged).
+        x_k: filter source of k's tokens when they are not q's (joint attention); default x_q.
+        eps: normaliser ε.
+    """
+    x_k = x_q if x_k is None else x_k
+    g_q = params.gains(x_q)
+    g_k = g_q if x_k is x_q else params.gains(x_k)
+    qf = haar_filter(F.gelu(q), g_q, params.levels)  # steps 2-5
+    kf = haar_filter(F.gelu(k), g_k, params.levels)
+    tau = F.softplus(params.lam) + 0.1
+    m = params.features
+    fq = _phi(qf, params.omega_q, tau.to(q.dtype), m)
+    fk = _phi(kf, params.omega_k, tau.to(k.dtype), m)
+    if params.causal:  # step 7, prefix sums (fp32 state)
+        kv = torch.einsum("bhsm,bhse->bhsme", fk.float(), v.float()).cumsum(2)
+        z = fk.float().cumsum(2)
+        num = torch.einsum("bhtm,bhtme->bhte", fq.float(), kv)
+        den = torch.einsum("bhtm,bhtm->bht", fq.float(), z)
+    else:
+        u = torch.einsum("bhsm,bhse->bhme", fk.float(), v.float())
+        z = fk.float().sum(2)
+        num = torch.einsum("bhtm,bhme->bhte", fq.float(), u)
+        den = torch.einsum("bhtm,bhm->bht", fq.float(), z)
+    out = (num / (den.unsqueeze(-1) + eps)).to(q.dtype)
+    return params.norm(out)  # step 8
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """[B, H, n, d] -> [B, n, H·d]: the filter source when the host cannot supply its hidden states."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)

@@ -1,0 +1,108 @@
+"""WERSA's reference against the properties wersa.md lists, and the `wersa` backend in a UNet3D."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmchar.kernels.wersa.reference import WersaParams, haar_filter, merge_heads, wersa_ref
+
+B, H, N, D = 2, 3, 37, 16  # n not a multiple of 2^L: the padding and the block-start gains are exercised
+
+
+@pytest.fixture
+def qkvx():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
+    return q, k, v, torch.randn(B, N, H * D, generator=g)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_constant_gains_scale_exactly(levels):
+    y = torch.randn(B, H, N, D)
+    out = haar_filter(y, torch.full((B, N, levels + 1), 0.7), levels)
+    torch.testing.assert_close(out, 0.7 * y, rtol=1e-5, atol=1e-5)
+
+
+def test_filter_is_block_local():
+    """Only tokens inside one aligned block of 2^L mix: changing block 2 leaves the others untouched."""
+    y = torch.randn(1, 1, 16, 4)
+    gains = torch.rand(1, 16, 3)
+    y2 = y.clone()
+    y2[:, :, 8:12] += 1.0
+    a, b = haar_filter(y, gains, 2), haar_filter(y2, gains, 2)
+    assert torch.equal(a[:, :, :8], b[:, :, :8]) and torch.equal(a[:, :, 12:], b[:, :, 12:])
+    assert not torch.equal(a[:, :, 8:12], b[:, :, 8:12])
+
+
+def test_gain_of_a_block_is_its_first_token():
+    """A coefficient takes the gain of its block's first token (the public port's resampling is the bug fixed)."""
+    y = torch.randn(1, 1, 8, 4)
+    gains = torch.ones(1, 8, 3)
+    gains[0, 1::2] = 5.0  # odd tokens start no block at any level: their gains must not matter
+    torch.testing.assert_close(haar_filter(y, gains, 2), y, rtol=1e-5, atol=1e-5)
+
+
+def test_temperature_cancels(qkvx):
+    q, k, v, x = qkvx
+    p = WersaParams(H * D, D, features=64, seed=1)
+    a = wersa_ref(q, k, v, p, x_q=x)
+    with torch.no_grad():
+        p.lam.fill_(2.5)
+    torch.testing.assert_close(wersa_ref(q, k, v, p, x_q=x), a, rtol=1e-4, atol=1e-4)
+
+
+def test_only_relative_gains_matter(qkvx):
+    q, k, v, x = qkvx
+    p = WersaParams(H * D, D, features=64, seed=1)
+    a = wersa_ref(q, k, v, p, x_q=x)
+    with torch.no_grad():
+        p.s.mul_(3.0)
+    torch.testing.assert_close(wersa_ref(q, k, v, p, x_q=x), a, rtol=1e-4, atol=1e-4)
+
+
+def test_causal_never_looks_ahead_and_q_gain_cancels(qkvx):
+    q, k, v, x = qkvx
+    p = WersaParams(H * D, D, features=64, seed=1, causal=True)
+    assert p.levels == 0
+    a = wersa_ref(q, k, v, p, x_q=x)
+    q2, k2, v2, x2 = (t.clone() for t in (q, k, v, x))
+    for t in (q2, k2, v2):
+        t[:, :, 20:] += 3.0
+    x2[:, 20:] += 3.0
+    torch.testing.assert_close(wersa_ref(q2, k2, v2, p, x_q=x2)[:, :, :20], a[:, :, :20])
+    # q's own gain cancels in the normalised output: a source that changes only q's gains changes nothing
+    xq = x.clone()
+    xq[:, 5] += 10.0  # token 5's gain (and, through the causal conv, later tokens') changes for q and k alike
+    out_qk = wersa_ref(q, k, v, p, x_q=xq)
+    out_k = wersa_ref(q, k, v, p, x_q=x, x_k=xq)  # same k gains, q gains from the original source
+    torch.testing.assert_close(out_qk, out_k, rtol=1e-4, atol=1e-4)
+
+
+def test_seeded_parameters_are_reproducible():
+    a, b = WersaParams(32, 16, seed=7), WersaParams(32, 16, seed=7)
+    assert torch.equal(a.omega_q, b.omega_q) and torch.equal(a.conv.weight, b.conv.weight)
+    assert not torch.equal(a.omega_q, a.omega_k)
+    assert torch.equal(WersaParams(32, 16, seed=7, shared_omega=True).omega_k,
+                       WersaParams(32, 16, seed=7, shared_omega=True).omega_q)
+
+
+def test_merge_heads():
+    t = torch.randn(2, 3, 5, 4)
+    assert merge_heads(t).shape == (2, 5, 12) and torch.equal(merge_heads(t)[:, :, 4:8], t[:, 1])
+
+
+def test_wersa_backend_in_a_video_unet(tmp_path):
+    from mmchar.api import run_config_hash
+    from mmchar.runner import ProfileOptions, run_and_store
+    from mmchar.workloads import get_workload
+
+    w = get_workload("modelscope-t2v")
+    cfg = w.resolve("tiny", device="cpu", frames=2)
+    opts = ProfileOptions(backend="wersa", repeat=1, cross_backend="math")
+    run = run_and_store(w.build(cfg), opts, tmp_path, run_config_hash(cfg, opts))
+    assert run.status == "ok", run.meta.get("error")
+    sites, backends = run.meta["attention_layers"], run.meta["backend_per_layer"]
+    assert all(backends[p] == ("math" if s == "cross" else "wersa") for p, s in sites.items())
+    notes = run.meta["backend_notes"]
+    assert notes and all(n["filter_source"] == "hidden_states" for n in notes.values())
