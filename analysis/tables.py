@@ -60,10 +60,12 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
 
     Returns:
         Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch,
-        created, error``; one row per run in input order.
+        created, error, changes_math`` (the backend replaced self-attention with other maths: linear, WERSA);
+        one row per run in input order.
     """
-    rows = [dict(_ids(r), created=r.meta.get("created"), error=r.meta.get("error")) for r in runs]
-    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *PARAM_KEYS, "created", "error"])
+    rows = [dict(_ids(r), created=r.meta.get("created"), error=r.meta.get("error"),
+                 changes_math=bool(r.meta.get("backend_changes_math", False))) for r in runs]
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *PARAM_KEYS, "created", "error", "changes_math"])
 
 
 def breakdown_table(runs: Sequence[Run]) -> pd.DataFrame:

@@ -55,4 +55,9 @@ def overview_html(runs: pd.DataFrame) -> str:
                + "".join(f"<th>{h}</th>" for h in ("run", "workload", "preset", "backend", "status", "height",
                                                   "width", "frames", "steps", "batch"))
                + f"</tr></thead><tbody>{all_rows}</tbody></table></details>")
-    return f'<div class="cards">{cards}</div>{failures}{listing}'
+    changed = sorted({str(b) for b in runs.loc[runs["changes_math"].astype(bool), "backend"]}) \
+        if "changes_math" in runs else []
+    notice = (f'<p class="notice">{escape(", ".join(changed))}: replace self-attention with other mathematics '
+              "(cross attention keeps softmax). Their runs are a speed study on real shapes, not a quality claim."
+              "</p>") if changed else ""
+    return f'<div class="cards">{cards}</div>{notice}{failures}{listing}'

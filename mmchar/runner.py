@@ -31,6 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mmchar import environment
 from mmchar.attribution import attribute
+from mmchar.backends import get_backend
 from mmchar.devices import synchronize
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, first_line
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
@@ -339,6 +340,7 @@ def base_meta(target_config: dict[str, Any], target_device: torch.device, option
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(),
             "status": "ok", "error": None, "workload": target_config.get("workload", "pipeline"),
             "preset": target_config.get("preset"), "backend": options.backend, "fallback": options.fallback,
+            "backend_changes_math": get_backend(options.backend).changes_math,
             "swap_scope": options.scope, "config_hash": config_hash, "config": target_config,
             "options": options.to_dict(), "device": dev, "roofs": environment.roofs(dev),
             "versions": environment.versions(), "settings": environment.settings(),

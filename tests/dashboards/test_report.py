@@ -122,3 +122,15 @@ def test_hundred_runs_keep_trace_counts_small(tmp_path):
     assert len(figures["stage_times"].data) == 4 and len(figures["busy_idle"].data) == 2
     out = write_dashboard(runs, tmp_path / "big.html")
     assert out.stat().st_size < 12_000_000
+
+
+def test_backends_that_change_the_maths_are_flagged(tmp_path):
+    from mmchar.dashboards import write_dashboard
+    from mmchar.store import Run, load_runs, write_run
+
+    write_run(tmp_path / "s", Run(meta={"run_id": "w-linear-x", "status": "ok", "workload": "w", "backend": "linear",
+                                        "backend_changes_math": True}))
+    write_run(tmp_path / "s", Run(meta={"run_id": "w-flash-x", "status": "ok", "workload": "w", "backend": "flash",
+                                        "backend_changes_math": False}))
+    html = write_dashboard(load_runs([tmp_path / "s"]), tmp_path / "r.html").read_text()
+    assert "linear: replace self-attention with other mathematics" in html and "flash: replace" not in html
