@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mmchar.backends import ORIGINAL_SDPA, AttentionBackend, default_softmax_backend, get_backend, require_backend
-from mmchar.errors import BackendUnsupportedError
+from mmchar.errors import BackendUnavailableError, BackendUnsupportedError
 from mmchar.target import compile_site_rules
 
 ATTN_SCOPE_PREFIX = "mmchar.attn::"
@@ -102,13 +102,15 @@ class SwapState:
                                       "pass --fallback BACKEND to run those layers on another backend")
 
 
-class RoutedProcessor:
-    """Wraps one attention module's processor; its core call goes to the module's backend instance."""
+class LayerRoute:
+    """One attention module's route to its backend instance: binds the backend on the first call (site,
+    constraints, fallback, cross backend), then sends every core call there, inside an attention-core profiler
+    scope while the swap annotates. Both adapters (diffusers processors, transformers' attention interface)
+    route through it."""
 
-    def __init__(self, inner: Any, module_path: str, state: SwapState, backend_cls: type[AttentionBackend],
+    def __init__(self, module_path: str, state: SwapState, backend_cls: type[AttentionBackend],
                  fallback_cls: type[AttentionBackend] | None, site_rules: list[tuple[re.Pattern[str], str]], seed: int,
                  cross_cls: type[AttentionBackend] | None = None):
-        self.inner = inner
         self.module_path = module_path
         self.state = state
         self._backend_cls, self._fallback_cls, self._cross_cls = backend_cls, fallback_cls, cross_cls
@@ -119,34 +121,7 @@ class RoutedProcessor:
         self.site = ""
         self.called = False
         self._hidden_states: torch.Tensor | None = None
-        # diffusers filters cross_attention_kwargs by inspect.signature(processor.__call__): show it the inner
-        # processor's signature (the instance attribute is what attribute access finds; calls use the class's).
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._forward(*args, **kwargs)
-
-        # __wrapped__, not a cached __signature__: diffusers then pays what it pays for the original processor
-        # (a cached signature would make swapped layers faster than the model's own, by ~15 µs per call)
-        self.__call__ = functools.update_wrapper(call, inner.__call__)
-
-    def __getattr__(self, name: str) -> Any:  # processors expose attributes some models read
-        inner = self.__dict__.get("inner")
-        if inner is None:
-            raise AttributeError(name)
-        return getattr(inner, name)
-
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self._forward(attn, hidden_states, *args, **kwargs)
-
-    def _forward(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        prev = getattr(_local, "current", None)
-        _local.current = self
-        self.called = True
-        self._hidden_states = hidden_states
-        try:
-            return self.inner(attn, hidden_states, *args, **kwargs)
-        finally:
-            _local.current = prev
-            self._hidden_states = None
+        self.inner: Any = None
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                scale: float | None) -> torch.Tensor:
@@ -179,6 +154,88 @@ class RoutedProcessor:
                     self.state.unsupported[self.module_path] = f"{reason}; fallback {backend.name}: {why}"
         self.backend, self.backend_name = backend, backend.name
         self.state.layer_backend[self.module_path] = backend.name
+
+
+class RoutedProcessor(LayerRoute):
+    """Wraps one diffusers attention module's processor; its F.sdpa core call goes to the module's backend."""
+
+    def __init__(self, inner: Any, module_path: str, state: SwapState, backend_cls: type[AttentionBackend],
+                 fallback_cls: type[AttentionBackend] | None, site_rules: list[tuple[re.Pattern[str], str]], seed: int,
+                 cross_cls: type[AttentionBackend] | None = None):
+        super().__init__(module_path, state, backend_cls, fallback_cls, site_rules, seed, cross_cls)
+        self.inner = inner
+        # diffusers filters cross_attention_kwargs by inspect.signature(processor.__call__): show it the inner
+        # processor's signature (the instance attribute is what attribute access finds; calls use the class's).
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._forward(*args, **kwargs)
+
+        # __wrapped__, not a cached __signature__: diffusers then pays what it pays for the original processor
+        # (a cached signature would make swapped layers faster than the model's own, by ~15 µs per call)
+        self.__call__ = functools.update_wrapper(call, inner.__call__)
+
+    def __getattr__(self, name: str) -> Any:  # processors expose attributes some models read
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(attn, hidden_states, *args, **kwargs)
+
+    def _forward(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        prev = getattr(_local, "current", None)
+        _local.current = self
+        self.called = True
+        self._hidden_states = hidden_states
+        try:
+            return self.inner(attn, hidden_states, *args, **kwargs)
+        finally:
+            _local.current = prev
+            self._hidden_states = None
+
+TRANSFORMERS_IMPLEMENTATION = "mmchar"
+_active_transformers: dict[int, LayerRoute] = {}  # id(attention module) -> its route, while a swap is open
+
+
+def _transformers_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                            is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention-interface function for ``attn_implementation="mmchar"``: q, k, v [B, H, S, d] in,
+    (out [B, S, H, d], None) out; the module's route decides the backend."""
+    route = _active_transformers.get(id(module))
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: one k/v head per query head for the backends
+        rep = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", False)
+    is_causal = bool(is_causal and query.shape[2] > 1 and attention_mask is None)
+    if route is None:  # a model switched to "mmchar" outside a swap: PyTorch's own attention
+        out = ORIGINAL_SDPA(query, key, value, attn_mask=attention_mask, is_causal=is_causal, scale=scaling)
+    else:
+        route.called = True
+        out = route.attend(query, key, value, attention_mask, is_causal, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_transformers() -> bool:
+    """Register the "mmchar" attention implementation (and sdpa-style masks for it) once; False without transformers."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        return False
+    AttentionInterface.register(TRANSFORMERS_IMPLEMENTATION, _transformers_attention)
+    AttentionMaskInterface.register(TRANSFORMERS_IMPLEMENTATION, sdpa_mask)
+    return True
+
+
+def transformers_models(pipe: Any, components: list[str]) -> list[tuple[str, Any]]:
+    """The named components that are transformers models (text encoders, token models)."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return []
+    return [(n, getattr(pipe, n)) for n in components if isinstance(getattr(pipe, n, None), PreTrainedModel)]
 
 
 def attention_site(module_path: str, rules: list[tuple[re.Pattern[str], str]], *, cross: bool) -> str:
@@ -234,10 +291,18 @@ class AttentionSwap:
         cross_cls = require_backend(cross_backend or default_softmax_backend(device), device)
         self.state = SwapState(backend=backend, fallback=fallback)
         rules = compile_site_rules() if site_rules is None else site_rules
-        self._modules: list[tuple[Any, Any, RoutedProcessor]] = [(module, module.processor,
-                          RoutedProcessor(module.processor, path, self.state, backend_cls, fallback_cls, rules, seed,
-                                          cross_cls))
-                         for path, module in attention_modules(pipe, components)]
+        hf = transformers_models(pipe, components)
+        hf_names = {n for n, _ in hf}
+        self._modules: list[tuple[Any, Any, RoutedProcessor]] = [
+            (module, module.processor,
+             RoutedProcessor(module.processor, path, self.state, backend_cls, fallback_cls, rules, seed, cross_cls))
+            for path, module in attention_modules(pipe, [c for c in components if c not in hf_names])]
+        # transformers models: any submodule may be handed to the attention interface; routes are made up front
+        self._hf_models = [(model, getattr(model.config, "_attn_implementation", None)) for _, model in hf]
+        self._hf_routes = {id(m): LayerRoute(path, self.state, backend_cls, fallback_cls, rules, seed, cross_cls)
+                           for name, model in hf for path, m in model.named_modules(prefix=name)}
+        if hf and not _register_transformers():
+            raise BackendUnavailableError("transformers is not installed: its models cannot be swapped")
         self._active = False
 
     def __enter__(self) -> SwapState:
@@ -248,23 +313,36 @@ class AttentionSwap:
             for module, original, wrapped in self._modules:
                 module.set_processor(wrapped)
                 done.append((module, original))
+            for model, _ in self._hf_models:
+                model.set_attn_implementation(TRANSFORMERS_IMPLEMENTATION)
+            _active_transformers.update(self._hf_routes)
             _install()
         except BaseException:
             for module, original in done:
                 module.set_processor(original)
+            self._restore_transformers()
             raise
         self._active = True
         return self.state
 
     @property
-    def processors(self) -> list[RoutedProcessor]:
-        return [wrapped for _, _, wrapped in self._modules]
+    def processors(self) -> list[LayerRoute]:
+        """Every route: diffusers processors, and the transformers modules that computed attention."""
+        return [wrapped for _, _, wrapped in self._modules] + [r for r in self._hf_routes.values() if r.called]
+
+    def _restore_transformers(self) -> None:
+        for key in self._hf_routes:
+            _active_transformers.pop(key, None)
+        for model, previous in self._hf_models:
+            if previous is not None:
+                model.set_attn_implementation(previous)
 
     def __exit__(self, *exc: Any) -> None:
         self._active = False
         _uninstall()
         for module, original, _ in self._modules:
             module.set_processor(original)
+        self._restore_transformers()
 
 
 def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,

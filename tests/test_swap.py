@@ -157,3 +157,24 @@ def test_grouped_query_attention_is_expanded_for_backends(counting):
         out = m(q, k, k)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, k, enable_gqa=True))
     assert counting[-1][2][1] == 4  # the backend saw k with one head per query head
+
+
+def test_transformers_text_encoder_routes_through_the_attention_interface():
+    """The second adapter: transformers models switch to attn_implementation "mmchar" inside the swap."""
+    from mmchar.workloads import get_workload
+
+    w = get_workload("sd15")
+    pipe = w.build(w.resolve("tiny", device="cpu")).pipe
+    te = pipe.text_encoder
+    ids = pipe.tokenizer(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    before = te.config._attn_implementation
+    with torch.inference_mode():
+        ref = te(ids)[0]
+        with swap_attention(pipe, ["text_encoder"], "math", CPU) as state:
+            assert te.config._attn_implementation == "mmchar"
+            out = te(ids)[0]
+    assert te.config._attn_implementation == before
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert state.layer_backend and set(state.layer_backend.values()) == {"math"}
+    assert set(state.layer_site.values()) == {"text"}
+    assert all(p.startswith("text_encoder.") for p in state.layer_backend)
