@@ -351,6 +351,44 @@ class TritonFlashBackend(AttentionBackend):
         return triton_flash(q, k, v, causal=causal, scale=scale)
 
 
+@register_backend
+class FlexBackend(AttentionBackend):
+    name = "flex"
+    description = "PyTorch FlexAttention (torch.compile'd on CUDA; eager on the CPU), causal through a block mask"
+    constraints = Constraints(mask=False, max_head_dim=256)
+    _compiled: ClassVar[Any] = None
+
+    def __init__(self, module_path: str = "", seed: int = 0) -> None:
+        super().__init__(module_path, seed)
+        self._masks: dict[tuple[int, int, str], Any] = {}
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        try:
+            import torch.nn.attention.flex_attention  # noqa: F401
+        except ImportError:
+            return "this PyTorch has no torch.nn.attention.flex_attention"
+        return super().unavailable_reason(device)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        fn = flex_attention
+        if q.is_cuda:
+            if FlexBackend._compiled is None:  # one compiled kernel family per process, as FlexAttention intends
+                FlexBackend._compiled = torch.compile(flex_attention, dynamic=False)
+            fn = FlexBackend._compiled
+        block_mask = None
+        if causal:
+            key = (q.shape[-2], k.shape[-2], str(q.device))
+            block_mask = self._masks.get(key)
+            if block_mask is None:
+                block_mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, key[0], key[1],
+                                               device=q.device)
+                self._masks[key] = block_mask
+        return fn(q, k, v, block_mask=block_mask, scale=scale)
+
+
 def _triton_usable(x: torch.Tensor) -> bool:
     import os
 

@@ -22,7 +22,7 @@ def reference(q, k, v, causal=False, mask=None):
     return torch.softmax(s, -1) @ v
 
 
-@pytest.mark.parametrize("name", ["math", "flash", "sdpa"])
+@pytest.mark.parametrize("name", ["math", "flash", "sdpa", "flex"])
 @pytest.mark.parametrize("b,h,sq,skv,d,causal", [(2, 3, 17, 17, 40, False), (1, 2, 33, 77, 80, False),
                                                   (2, 2, 16, 16, 64, True), (3, 1, 5, 9, 72, False),
                                                   (1, 2, 7, 12, 32, True), (1, 2, 12, 7, 32, True)],

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 SHAPES = [(2, 8, 4096, 4096, 40), (2, 8, 1024, 77, 80), (2, 8, 256, 256, 160), (2048, 5, 16, 16, 64)]
 
 
-@pytest.mark.parametrize("name", ["math", "flash", "efficient", "cudnn", "sdpa"])
+@pytest.mark.parametrize("name", ["math", "flash", "efficient", "cudnn", "sdpa", "flex", "triton-flash"])
 @pytest.mark.parametrize("b,h,sq,skv,d", SHAPES, ids=lambda s: str(s))
 def test_backend_matches_reference_bf16(name, b, h, sq, skv, d):
     dev = torch.device("cuda")
