@@ -106,6 +106,24 @@ class AttentionBackend:
                  hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor | None:
+        """The fp32 specification of this backend's maths (benchmarks check outputs against it); None when the
+        backend is its own reference."""
+        from mmchar.kernels.triton_flash.reference import triton_flash_ref
+
+        return triton_flash_ref(q.float(), k.float(), v.float(), causal=causal)
+
+    def eager(self) -> Any:
+        """A plain-PyTorch implementation of the same maths in the input dtype (benchmarks time it as the
+        baseline of kernels that change the maths), or None."""
+        return None
+
+    def cost(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> tuple[float, float]:
+        """(FLOPs, minimum bytes) of one call (conventions.md formulas)."""
+        from mmchar.flops import attention_cost
+
+        return attention_cost(list(q.shape), list(k.shape), list(v.shape), causal, q.element_size())
+
 
 _REGISTRY: dict[str, type[AttentionBackend]] = {}
 _entry_points_loaded = False
@@ -419,6 +437,24 @@ class LinearBackend(AttentionBackend):
             return "causal linear attention needs as many queries as keys"
         return super().unsupported(q, k, v, causal=causal, mask=mask)
 
+    def reference(self, q, k, v, *, causal=False):
+        from mmchar.kernels.linear_attn.reference import linear_attn_ref
+
+        return linear_attn_ref(q, k, v, causal=causal, feature=self.feature, eps=self.eps)
+
+    def eager(self):
+        from functools import partial
+
+        from mmchar.kernels.linear_attn.reference import linear_attn_eager
+
+        return partial(linear_attn_eager, feature=self.feature, eps=self.eps)
+
+    def cost(self, q, k, v, *, causal):
+        from mmchar.flops import linear_attention_cost
+
+        b, h, sq, d = q.shape
+        return linear_attention_cost(b, h, sq, k.shape[-2], d, v.shape[-1], q.element_size())
+
 
 @register_backend
 class WersaBackend(AttentionBackend):
@@ -459,6 +495,16 @@ class WersaBackend(AttentionBackend):
                           "levels": self.params.levels, "features": self.features,
                           "wersa_causal_wavelet": False if causal else None}
         return wersa_ref(q, k, v, self.params, x_q=x_q, x_k=x_k)
+
+    def reference(self, q, k, v, *, causal=False):
+        return None  # the PyTorch implementation is the specification itself (wersa.md); fused kernels come later
+
+    def cost(self, q, k, v, *, causal):
+        from mmchar.flops import wersa_cost
+
+        b, h, sq, d = q.shape
+        return wersa_cost(b, h, sq, k.shape[-2], d, self.features, h * d, 0 if causal else self.levels,
+                          q.element_size())
 
 
 def describe_backends(device: torch.device) -> list[dict[str, Any]]:

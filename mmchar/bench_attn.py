@@ -1,4 +1,4 @@
-"""`mmchar bench-attn`: every available attention backend on the attention shapes of real workloads and on
+"""`mmchar bench-attn`: every available attention backend (softmax, linear, WERSA) on the attention shapes of real workloads and on
 a sequence-length sweep, in one run, against cuDNN and flash SDPA measured in the same run.
 
 A backend whose output disagrees with the fp32 reference (checked on a slice of query rows) is not timed.
@@ -65,16 +65,6 @@ def _inputs(shape: Shape, device: torch.device, dtype: torch.dtype) -> tuple[tor
                  for s in (shape.sq, shape.skv, shape.skv))
 
 
-def _reference_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, rows: int) -> torch.Tensor:
-    bq = q[: min(2, q.shape[0]), :, :rows].float()
-    kk, vv = k[: bq.shape[0]].float(), v[: bq.shape[0]].float()
-    s = bq @ kk.transpose(-1, -2) * q.shape[-1] ** -0.5
-    if causal:
-        keep = torch.ones(bq.shape[-2], kk.shape[-2], dtype=torch.bool, device=q.device).tril()
-        s = s.masked_fill(~keep, float("-inf"))
-    return torch.softmax(s, -1) @ vv
-
-
 def _time_ms(fn: Any, device: torch.device) -> float:
     if device.type == "cuda":
         from triton.testing import do_bench
@@ -91,16 +81,35 @@ def _time_ms(fn: Any, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, rows: int) -> float | None:
+    """Relative error of the backend against its own fp32 reference on the first ``rows`` queries (their keys:
+    all of them, or the first ``rows`` when causal), or None when the backend is its own reference."""
+    qs = q[: min(2, q.shape[0]), :, :rows]
+    ks, vs = k[: qs.shape[0]], v[: qs.shape[0]]
+    if causal:
+        ks, vs = ks[:, :, :rows], vs[:, :, :rows]
+    ref = backend.reference(qs, ks, vs, causal=causal)
+    if ref is None:
+        return None
+    got = backend(qs.contiguous(), ks.contiguous(), vs.contiguous(), causal=causal).float()
+    return float((got - ref.float()).norm() / ref.float().norm())
+
+
+def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
+    ms = _time_ms(fn, device)
+    row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9)
+
+
 def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: torch.dtype,
         memory_budget_bytes: float = 16e9) -> list[dict[str, Any]]:
-    """One row per shape × backend: ms, TFLOP/s, error, or why it was not timed."""
+    """One row per shape × backend (plus an ``<name> (eager)`` row for backends that change the maths): ms,
+    TFLOP/s and GB/s by the backend's own cost model, its error against its own reference, or why not timed."""
     rows = []
     for shape in shapes:
         q, k, v = _inputs(shape, device, dtype)
-        ref = _reference_rows(q, k, v, shape.causal, 128)
         for name in backends:
-            row: dict[str, Any] = {**asdict(shape), "backend": name, "ms": None, "tflops": None, "rel_err": None,
-                                   "note": ""}
+            row: dict[str, Any] = {**asdict(shape), "backend": name, "ms": None, "tflops": None, "gbps": None,
+                                   "rel_err": None, "note": ""}
             cls = get_backend(name)
             why = cls.unavailable_reason(device)
             backend = cls(f"bench.{shape.name}") if why is None else None
@@ -112,32 +121,48 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                 row["note"] = f"skipped: {why}"
                 rows.append(row)
                 continue
+            flops, nbytes = backend.cost(q, k, v, causal=shape.causal)
             try:
                 with torch.inference_mode():
-                    out = backend(q, k, v, causal=shape.causal)
-                    got = out[: ref.shape[0], :, : ref.shape[2]].float()
-                    rel = float((got - ref).norm() / ref.norm())
+                    rel = _check(backend, q, k, v, shape.causal, 128)
                     row["rel_err"] = rel
-                    if not rel < 2e-2:
+                    if rel is not None and not rel < 2e-2:
                         row["note"] = "refused: output disagrees with the reference"
                         rows.append(row)
                         continue
-                    del out
-                    ms = _time_ms(lambda: backend(q, k, v, causal=shape.causal), device)
+                    if rel is None:
+                        row["note"] = "its own reference (not checked)"
+                    _timed_row(row, lambda: backend(q, k, v, causal=shape.causal), flops, nbytes, device)
+                    rows.append(row)
+                    eager = backend.eager()
+                    if eager is not None:
+                        erow = dict(row, backend=f"{name} (eager)", rel_err=None, note="plain PyTorch, same dtype")
+                        _timed_row(erow, lambda: eager(q, k, v, causal=shape.causal), flops, nbytes, device)
+                        rows.append(erow)
             except (RuntimeError, ValueError) as e:  # includes CUDA out of memory
                 row["note"] = f"failed: {str(e).splitlines()[0][:100]}"
                 rows.append(row)
                 synchronize(device)
                 torch.cuda.empty_cache() if device.type == "cuda" else None
-                continue
-            row.update(ms=ms, tflops=shape.flops / (ms * 1e-3) / 1e12)
-            rows.append(row)
     return rows
 
 
-def softmax_backends(device: torch.device) -> list[str]:
-    names = [n for n in backend_names() if not get_backend(n).changes_math and n != "sdpa"]
-    return [n for n in names if get_backend(n).unavailable_reason(device) is None]
+def crossover(df: pd.DataFrame, backend: str, baseline: str = "cudnn") -> dict[int, int | None]:
+    """Per head dim of the sweep: the smallest S from which ``backend`` beats ``baseline`` (None: never)."""
+    out: dict[int, int | None] = {}
+    sweep = df[df["name"].str.startswith("sweep")]
+    for d, part in sweep.groupby("d"):
+        t = part.pivot_table(index="sq", columns="backend", values="ms")
+        if backend not in t or baseline not in t:
+            continue
+        wins = t.index[(t[backend] < t[baseline]).to_numpy()]
+        out[int(d)] = int(wins.min()) if len(wins) else None
+    return out
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """Every registered backend that runs on ``device`` (``sdpa`` aside: it is one of the others)."""
+    return [n for n in backend_names() if n != "sdpa" and get_backend(n).unavailable_reason(device) is None]
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -152,11 +177,11 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def benchmark(device: torch.device, only: str | None, backends: list[str] | None, max_seq: int, out: Path) -> str:
-    """Run the benchmark, write ``out/softmax.{md,json}`` and return the printed table."""
+    """Run the benchmark, write ``out/attention.{md,json}`` and return the printed table."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = ([] if only == "sweep" else WORKLOAD_SHAPES) + ([] if only == "workloads" else sweep_shapes())
     shapes = [s for s in shapes if max(s.sq, s.skv) <= max_seq]
-    backends = backends or softmax_backends(device)
+    backends = backends or available_backends(device)
     rows = run(shapes, backends, device, dtype)
     df = pd.DataFrame(rows)
     for base in ("cudnn", "flash"):
@@ -173,14 +198,22 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
     v = environment.versions()
     head = (f"# Attention backends on {dev['name']} ({stamp:%Y-%m-%d}), {str(dtype).removeprefix('torch.')} forward\n\n"
             f"torch {v['torch']}, triton {v['triton']}, cuDNN {v['cudnn']}. ms = median (triton.testing.do_bench); "
-            f"TFLOP/s from 4·B·H·Sq·Skv·d (half for causal); vs_X = X's ms / this backend's ms (> 1: faster), "
+            f"TFLOP/s and GB/s by each backend's cost model (softmax 4·B·H·Sq·Skv·d, half for causal; linear and "
+            f"WERSA: feature maps, state and output passes; mmchar/flops.py); vs_X = X's ms / this backend's ms "
+            f"(> 1: faster), "
             f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
             f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")
-    cols = [c for c in ["name", "b", "h", "sq", "skv", "d", "causal", "backend", "ms", "tflops", "vs_cudnn", "vs_flash",
-                        "pct_of_matmul_roof", "rel_err", "note"] if c in df.columns]
+    if roofs:
+        df["pct_of_copy_roof"] = df["gbps"] / roofs["copy_gbps"] * 100
+    cross = {b: crossover(df, b) for b in df["backend"].unique() if get_backend(b.split(" ")[0]).changes_math}
+    if cross:
+        head += "Sequence length from which a backend beats SDPA cuDNN (per head dim): " + "; ".join(
+            f"{b}: {c}" for b, c in cross.items()) + "\n\n"
+    cols = [c for c in ["name", "b", "h", "sq", "skv", "d", "causal", "backend", "ms", "tflops", "gbps", "vs_cudnn",
+                        "vs_flash", "pct_of_matmul_roof", "pct_of_copy_roof", "rel_err", "note"] if c in df.columns]
     table = _markdown(df[cols])
-    (out / "softmax.md").write_text(head + table + "\n")
-    (out / "softmax.json").write_text(json.dumps({"device": dev, "versions": v, "roofs": roofs,
+    (out / "attention.md").write_text(head + table + "\n")
+    (out / "attention.json").write_text(json.dumps({"device": dev, "versions": v, "roofs": roofs,
                                                   "date": stamp.isoformat(), "rows": df.to_dict("records")},
                                                  indent=1, default=str))
     return head + df[cols].to_string(index=False)

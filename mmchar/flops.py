@@ -141,3 +141,23 @@ def attention_label_cost(label: str) -> Cost:
     except (IndexError, ValueError):
         return _UNKNOWN
     return attention_cost([b, h, sq, d], [b, h, skv, d], [b, h, skv, dv], causal, elem)
+
+
+def linear_attention_cost(b: int, h: int, sq: int, skv: int, d: int, dv: int, elem: int) -> Cost:
+    """Linear attention: feature maps (q and k), the state reduction φ(K)ᵀV and Σφ(K), the output pass φ(Q)U and
+    its normaliser — 2·B·H·(Skv·d·dv + Sq·d·dv) + the map and sum terms; q, k, v, out moved once."""
+    flops = b * h * (2.0 * skv * d * dv + skv * d + 2.0 * sq * d * dv + 2.0 * sq * d + (sq + skv) * d)
+    moved = b * h * (sq * d + skv * d + skv * dv + sq * dv)
+    return flops, float(moved * elem)
+
+
+def wersa_cost(b: int, h: int, sq: int, skv: int, d: int, m: int, c: int, levels: int, elem: int) -> Cost:
+    """WERSA (wersa.md, "Cost"): per token and head the random features (2·d·m each for q and k), the state
+    (2·m·d) and output (2·m·d + 2·m) passes, GELU and the Haar filter (~4·(L+1)·d); plus the gain generator
+    per token (depthwise conv 2·33·C, MLP 2·C·C/4 + 2·C/4·(L+1)) and the LayerNorm (~8·d)."""
+    per_q = 2 * d * m + 2 * m * d + 2 * m + 4 * (levels + 1) * d + 8 * d
+    per_k = 2 * d * m + 2 * m * d + 4 * (levels + 1) * d
+    gains = 2 * 33 * c + 2 * c * (c // 4) + 2 * (c // 4) * (levels + 1)
+    flops = b * h * (sq * per_q + skv * per_k) + b * (sq + (skv if skv != sq else 0)) * gains
+    moved = b * h * (sq * d + skv * d + skv * d + sq * d)
+    return float(flops), float(moved * elem)

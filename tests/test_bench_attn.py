@@ -40,9 +40,9 @@ def test_cli_writes_tables(tmp_path, capsys):
     code = main(["bench-attn", "--device", "cpu", "--only", "workloads", "--backends", "math,flash",
                  "--max-seq", "20", "-o", str(out)])
     assert code == 0
-    data = json.loads((out / "softmax.json").read_text())
+    data = json.loads((out / "attention.json").read_text())
     names = {r["name"] for r in data["rows"]}
     assert names == {"unet3d temporal"}  # the only workload shape with sequences <= 20
     assert {r["backend"] for r in data["rows"]} == {"math", "flash"}
-    assert "vs_flash" in (out / "softmax.md").read_text()
+    assert "vs_flash" in (out / "attention.md").read_text()
     assert main(["bench-attn", "--only", "nothing", "--device", "cpu"]) == 1

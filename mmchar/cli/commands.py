@@ -78,7 +78,7 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
                only: Annotated[Optional[str], typer.Option(help="workloads or sweep (default: both).")] = None,
                backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: all available).")] = None,
                max_seq: Annotated[int, typer.Option("--max-seq", help="Skip shapes with longer sequences.")] = 65536,
-               output: Annotated[Path, typer.Option("-o", "--output", help="Folder for softmax.md / softmax.json.")] = Path("bench-attn")) -> None:
+               output: Annotated[Path, typer.Option("-o", "--output", help="Folder for attention.md / attention.json.")] = Path("bench-attn")) -> None:
     """Time every attention backend on real workloads' attention shapes and an S sweep, with ratios."""
     from mmchar import bench_attn as ba
     from mmchar.backends import get_backend
@@ -90,7 +90,7 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
     for n in names or []:
         get_backend(n)
     say(ba.benchmark(resolve_device(device), only, names, max_seq, output))
-    say(f"tables: {output / 'softmax.md'}, {output / 'softmax.json'}")
+    say(f"tables: {output / 'attention.md'}, {output / 'attention.json'}")
 
 
 # --- profile / compare -----------------------------------------------------------------------------------
