@@ -46,3 +46,14 @@ def test_cli_writes_tables(tmp_path, capsys):
     assert {r["backend"] for r in data["rows"]} == {"math", "flash"}
     assert "vs_flash" in (out / "attention.md").read_text()
     assert main(["bench-attn", "--only", "nothing", "--device", "cpu"]) == 1
+
+
+def test_linear_is_checked_against_its_own_maths_and_timed_beside_eager():
+    shapes = [bench_attn.Shape("tiny", 1, 2, 40, 40, 16), bench_attn.Shape("tiny causal", 1, 2, 40, 40, 16, True)]
+    rows = {(r["name"], r["backend"]): r for r in bench_attn.run(shapes, ["linear", "wersa"], torch.device("cpu"),
+                                                                 torch.float32)}
+    for name in ("tiny", "tiny causal"):
+        lin, eager = rows[(name, "linear")], rows[(name, "linear (eager)")]
+        assert lin["rel_err"] < 1e-5 and lin["ms"] > 0 and lin["gbps"] > 0
+        assert eager["ms"] > 0 and eager["note"] == "plain PyTorch, same dtype"
+        assert rows[(name, "wersa")]["note"] == "its own reference (not checked)"

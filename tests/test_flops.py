@@ -45,3 +45,22 @@ def test_unknown_is_nan():
 def test_bytes_follow_dtype(dtype, size):
     _, b = op_cost("aten::mm", [[4, 4], [4, 4]], None, [dtype, dtype])
     assert b == 3 * 16 * size
+
+
+def test_linear_attention_cost():
+    from mmchar.flops import linear_attention_cost
+
+    f, b = linear_attention_cost(1, 2, 10, 20, 4, 8, 2)
+    # state 2·Skv·d·dv + Σφ(K) Skv·d, output 2·Sq·d·dv + normaliser 2·Sq·d, feature maps (Sq + Skv)·d
+    assert f == 2 * (2 * 20 * 4 * 8 + 20 * 4 + 2 * 10 * 4 * 8 + 2 * 10 * 4 + 30 * 4)
+    assert b == 2 * (10 * 4 + 20 * 4 + 20 * 8 + 10 * 8) * 2
+
+
+def test_wersa_cost_is_linear_in_tokens():
+    from mmchar.flops import wersa_cost
+
+    f1, _ = wersa_cost(1, 4, 1000, 1000, 64, 256, 256, 2, 2)
+    f2, _ = wersa_cost(1, 4, 2000, 2000, 64, 256, 256, 2, 2)
+    assert f2 == pytest.approx(2 * f1)
+    per_token_head = f1 / (4 * 1000)
+    assert 8 * 64 * 256 <= per_token_head < 12 * 64 * 256  # ≈ 8·d·m (wersa.md), plus gains and norms
