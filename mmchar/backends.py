@@ -62,6 +62,7 @@ class AttentionBackend:
     constraints: ClassVar[Constraints] = Constraints()
     changes_math: ClassVar[bool] = False  # True for linear attention, WERSA: a speed study, not a quality claim
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
+    install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 
     def __init__(self, module_path: str = "", seed: int = 0) -> None:
         self.module_path = module_path
@@ -74,7 +75,7 @@ class AttentionBackend:
             try:
                 importlib.import_module(mod)
             except ImportError:
-                return f"needs the Python package {mod!r} (pip install {mod.replace('_', '-')})"
+                return f"needs the Python package {mod!r} ({cls.install_hint or 'pip install ' + mod.replace('_', '-')})"
         c = cls.constraints
         if device.type not in c.devices:
             return f"runs on {'/'.join(c.devices)} only, not {device.type}"
@@ -454,6 +455,36 @@ class LinearBackend(AttentionBackend):
 
         b, h, sq, d = q.shape
         return linear_attention_cost(b, h, sq, k.shape[-2], d, v.shape[-1], q.element_size())
+
+
+@register_backend
+class FlaBackend(LinearBackend):
+    name = "fla"
+    description = ("flash-linear-attention's causal chunk kernel (fla-core), on the same ReLU feature maps as "
+                   "`linear`: the peer `linear`'s causal kernel is measured against")
+    constraints = Constraints(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                              max_head_dim=256, mask=False)
+    requires = ("fla",)
+    install_hint = "pip install 'mmchar[fla]', i.e. fla-core"
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        if not causal:
+            return "fla's linear-attention kernels are causal only"
+        return super().unsupported(q, k, v, causal=causal, mask=mask)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        from fla.ops.linear_attn import chunk_linear_attn
+
+        from mmchar.kernels.linear_attn.reference import feature_map
+
+        # fla takes [B, T, H, D], applies no feature map, scales q (1.0 here: the maps carry no scale) and
+        # normalises by q·Σk itself
+        fq, fk = (feature_map(t, self.feature).transpose(1, 2) for t in (q, k))
+        out, _ = chunk_linear_attn(fq, fk, v.transpose(1, 2), scale=1.0, normalize=True)
+        return out.transpose(1, 2)
+
+    def eager(self):
+        return None  # `linear (eager)` is the eager row of the same maths
 
 
 @register_backend

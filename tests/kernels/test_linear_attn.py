@@ -87,3 +87,18 @@ def test_gpu_bf16(n, d, causal):
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 8, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     assert _rel(linear_attn(q, k, v, causal=causal), linear_attn_ref(q, k, v, causal=causal)) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,d", [(4096, 64), (8192, 128)])
+def test_gpu_fla_backend_matches_linear(n, d):
+    from mmchar.backends import get_backend
+
+    dev = torch.device("cuda")
+    cls = get_backend("fla")
+    if cls.unavailable_reason(dev):
+        pytest.skip(cls.unavailable_reason(dev))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    fla_out = cls("t")(q, k, v, causal=True)
+    assert _rel(fla_out, linear_attn_ref(q, k, v, causal=True)) < 2e-2
