@@ -343,8 +343,7 @@ class CudnnBackend(_FusedSDPA):
 class TritonFlashBackend(AttentionBackend):
     name = "triton-flash"
     description = "mmchar's Triton softmax attention (online softmax, fp32 accumulation, autotuned for Hopper)"
-    constraints = Constraints(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                              max_head_dim=256, mask=False)
+    constraints = Constraints(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), max_head_dim=256, mask=False)
     requires = ("triton",)
 
     @classmethod
@@ -395,7 +394,7 @@ class FlexBackend(AttentionBackend):
         fn = flex_attention
         if q.is_cuda:
             if FlexBackend._compiled is None:  # one compiled kernel family per process, as FlexAttention intends
-                FlexBackend._compiled = torch.compile(flex_attention, dynamic=False)
+                FlexBackend._compiled = torch.compile(flex_attention)  # dynamic after the first new shape
             fn = FlexBackend._compiled
         block_mask = None
         if causal:
@@ -409,9 +408,9 @@ class FlexBackend(AttentionBackend):
 
 
 def _triton_usable(x: torch.Tensor) -> bool:
-    import os
-
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    """Kernels run on CUDA; on the CPU the backends take their PyTorch path (the kernels' own tests run them
+    in Triton's interpreter directly)."""
+    return x.is_cuda
 
 
 @register_backend
@@ -491,7 +490,7 @@ class FlaBackend(LinearBackend):
 class WersaBackend(AttentionBackend):
     name = "wersa"
     description = ("WERSA: content-adaptive Haar filter on q/k + random features + normalised linear attention "
-                   "+ LayerNorm (L = 2, m = 256); plain PyTorch")
+                   "+ LayerNorm (L = 2, m = 256); fused Triton passes on CUDA, plain PyTorch on the CPU")
     constraints = Constraints(max_head_dim=256, mask=False)
     changes_math = True
     levels = 2
@@ -509,15 +508,20 @@ class WersaBackend(AttentionBackend):
             return "causal WERSA needs as many queries as keys"
         return super().unsupported(q, k, v, causal=causal, mask=mask)
 
-    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+    def _prepare(self, q: torch.Tensor, k: torch.Tensor, causal: bool,
+                 hidden_states: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Filter sources (the host's hidden states, or q / k with heads merged) and the layer's parameters."""
         import zlib
 
-        from mmchar.kernels.wersa.reference import WersaParams, merge_heads, wersa_ref
+        from mmchar.kernels.wersa.reference import WersaParams, merge_heads
 
+        # wersa.md "Inputs": self-attention filters q and k by the host's hidden states; when those do not cover
+        # the tokens (joint text+image attention, added key/values) q and k each use their own heads merged
         x = hidden_states
-        host = x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]
+        same = k.shape[2] == q.shape[2]
+        host = same and x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]
         x_q = x if host else merge_heads(q)
-        x_k = None if host and k.shape[2] == q.shape[2] else (x_q if k.shape[2] == q.shape[2] else merge_heads(k))
+        x_k = None if host else merge_heads(k)
         if self.params is None:  # per-layer parameters, seeded from the module path
             layer_seed = zlib.crc32(self.module_path.encode()) ^ self.seed
             self.params = WersaParams(x_q.shape[-1], q.shape[-1], levels=self.levels, features=self.features,
@@ -525,10 +529,36 @@ class WersaBackend(AttentionBackend):
             self.notes = {"filter_source": "hidden_states" if host else "q with heads merged",
                           "levels": self.params.levels, "features": self.features,
                           "wersa_causal_wavelet": False if causal else None}
+        return x_q, x_k
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        x_q, x_k = self._prepare(q, k, causal, hidden_states)
+        if _triton_usable(q):
+            from mmchar.kernels.wersa.kernel import wersa
+
+            return wersa(q, k, v, self.params, x_q=x_q, x_k=x_k)
+        from mmchar.kernels.wersa.reference import wersa_ref
+
         return wersa_ref(q, k, v, self.params, x_q=x_q, x_k=x_k)
 
     def reference(self, q, k, v, *, causal=False):
-        return None  # the PyTorch implementation is the specification itself (wersa.md); fused kernels come later
+        from mmchar.kernels.wersa.reference import wersa_ref
+
+        import copy
+
+        x_q, x_k = self._prepare(q, k, causal, None)
+        params = copy.deepcopy(self.params).float()  # the layer's own parameters stay in their dtype
+        return wersa_ref(q.float(), k.float(), v.float(), params, x_q=x_q.float(),
+                         x_k=None if x_k is None else x_k.float())
+
+    def eager(self):
+        from mmchar.kernels.wersa.reference import wersa_ref
+
+        def run(q, k, v, *, causal=False):
+            x_q, x_k = self._prepare(q, k, causal, None)
+            return wersa_ref(q, k, v, self.params, x_q=x_q, x_k=x_k)
+
+        return run
 
     def cost(self, q, k, v, *, causal):
         from mmchar.flops import wersa_cost

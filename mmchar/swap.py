@@ -88,10 +88,10 @@ class SwapState:
         they keep their own code (recorded as ``native:<processor>``); a chosen backend cannot take them."""
         for p in processors:
             if p.called and p.backend is None:
-                name = type(p.inner).__name__
+                name = p.native_reason or type(p.inner).__name__
                 self.layer_backend[p.module_path] = f"native:{name}"
                 if self.backend != "sdpa":
-                    self.unsupported[p.module_path] = f"{name} computes attention without F.scaled_dot_product_attention"
+                    self.unsupported[p.module_path] = f"{name}: computed without a route to the backend"
 
     def raise_if_unsupported(self) -> None:
         if not self.unsupported:
@@ -122,11 +122,15 @@ class LayerRoute:
         self.called = False
         self._hidden_states: torch.Tensor | None = None
         self.inner: Any = None
+        self.native_reason: str | None = None  # why calls of this layer kept the library's own attention
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                scale: float | None) -> torch.Tensor:
         if self.backend is None:
             self._bind(q, k, v, mask, causal)
+        elif mask is not None and not self.backend.constraints.mask:  # the first call had none
+            raise BackendUnsupportedError(f"backend {self.backend_name!r} takes no attention mask, and a later call of "
+                                          f"{self.module_path} has one; pass --fallback BACKEND or another backend")
         calls = self.state.calls
         calls[self.module_path] = calls.get(self.module_path, 0) + 1
         if self.state.annotate:
@@ -203,6 +207,16 @@ def _transformers_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
     """transformers' attention-interface function for ``attn_implementation="mmchar"``: q, k, v [B, H, S, d] in,
     (out [B, S, H, d], None) out; the module's route decides the backend."""
     route = _active_transformers.get(id(module))
+    if route is not None and any(kwargs.get(a) is not None for a in ("position_bias", "softcap", "s_aux")):
+        # relative position biases (T5), logit soft-capping, attention sinks: no backend of the registry takes
+        # them, so the layer keeps transformers' own SDPA path; check_routed records it (or refuses it when a
+        # backend was chosen)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        route.called = True
+        route.native_reason = "transformers attention with a position bias / soft-cap / sinks"
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
     if key.shape[1] != query.shape[1]:  # grouped-query attention: one k/v head per query head for the backends
         rep = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)

@@ -124,7 +124,7 @@ def test_layers_that_never_call_sdpa_are_named():
     with swap as state:
         attn(x)
         state.check_routed(swap.processors)
-    with pytest.raises(BackendUnsupportedError, match="AttnProcessor computes attention without"):
+    with pytest.raises(BackendUnsupportedError, match="AttnProcessor: computed without a route"):
         state.raise_if_unsupported()
     swap = swap_attention(pipe, ["m"], "sdpa", CPU)  # the default keeps the layer's own code, and says so
     with swap as state:
@@ -178,3 +178,53 @@ def test_transformers_text_encoder_routes_through_the_attention_interface():
     assert state.layer_backend and set(state.layer_backend.values()) == {"math"}
     assert set(state.layer_site.values()) == {"text"}
     assert all(p.startswith("text_encoder.") for p in state.layer_backend)
+
+
+def test_t5_position_bias_keeps_transformers_own_attention():
+    """T5 passes its relative position bias to the attention function: no backend takes it, so those layers keep
+    transformers' SDPA path (recorded), and a chosen backend is refused for them rather than silently wrong."""
+    import types
+
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)).eval()
+    pipe = types.SimpleNamespace(text_encoder_2=t5)
+    ids = torch.randint(0, 64, (2, 11))
+    with torch.inference_mode():
+        ref = t5(ids).last_hidden_state
+        swap = swap_attention(pipe, ["text_encoder_2"], "sdpa", CPU)
+        with swap as state:
+            out = t5(ids).last_hidden_state
+            state.check_routed(swap.processors)
+    torch.testing.assert_close(out, ref)
+    assert state.layer_backend and all(b.startswith("native:") for b in state.layer_backend.values())
+    swap = swap_attention(pipe, ["text_encoder_2"], "math", CPU)
+    with torch.inference_mode(), swap as state:
+        t5(ids)
+        state.check_routed(swap.processors)
+    with pytest.raises(BackendUnsupportedError, match="position bias"):
+        state.raise_if_unsupported()
+
+
+def test_a_mask_arriving_after_the_first_call_is_refused():
+    from mmchar.swap import LayerRoute, SwapState
+    from mmchar.backends import get_backend
+
+    route = LayerRoute("m", SwapState(backend="linear", fallback=None), get_backend("linear"), None, [], 0)
+    q = torch.randn(1, 2, 8, 16)
+    route.attend(q, q, q, None, False, None)
+    with pytest.raises(BackendUnsupportedError, match="takes no attention mask"):
+        route.attend(q, q, q, torch.ones(1, 1, 8, 8, dtype=torch.bool), False, None)
+
+
+def test_wersa_joint_attention_filters_q_and_k_by_their_own_tokens():
+    from mmchar.backends import get_backend
+    from mmchar.kernels.wersa.reference import merge_heads, wersa_ref
+
+    b = get_backend("wersa")("joint")
+    q, k = torch.randn(1, 2, 12, 16), torch.randn(1, 2, 12, 16)
+    hidden = torch.randn(1, 8, 40)  # image tokens only: 8 of q's 12 (text joined in): not a filter source
+    out = b(q, k, k, hidden_states=hidden)
+    torch.testing.assert_close(out, wersa_ref(q, k, k, b.params, x_q=merge_heads(q), x_k=merge_heads(k)))
+    assert b.notes["filter_source"] == "q with heads merged"

@@ -34,8 +34,8 @@ def _linear_attn_state_kernel(K, V, U, Z, SKV,
                               stride_vb, stride_vh, stride_vn, stride_vd,
                               H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                               FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, TOKENS_PER_PROGRAM: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
+    pid_n = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_d = tl.arange(0, BD)
@@ -64,8 +64,8 @@ def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps,
                             stride_ob, stride_oh, stride_om, stride_od,
                             H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                             FEATURE: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -166,11 +166,11 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     block_n = 16 if _interpreting() else 64
     # enough programs to fill the GPU, few enough that the atomics stay cheap
     per_program = max(block_n, triton.cdiv(triton.cdiv(skv, max(1, 1024 // (b * h))), block_n) * block_n)
-    grid1 = (triton.cdiv(skv, per_program), b * h)
+    grid1 = (b * h, triton.cdiv(skv, per_program))
     _linear_attn_state_kernel[grid1](k, v, u, z, skv, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd, BDV=bdv,
                                      FEATURE=f, BLOCK_N=block_n, TOKENS_PER_PROGRAM=per_program)
     block_m = 16 if _interpreting() else 64
-    grid2 = (triton.cdiv(sq, block_m), b * h)
+    grid2 = (b * h, triton.cdiv(sq, block_m))
     _linear_attn_out_kernel[grid2](q, u, z, o, sq, eps, *q.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, BDV=bdv,
                                    FEATURE=f, BLOCK_M=block_m)
     return o

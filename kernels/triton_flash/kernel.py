@@ -34,8 +34,8 @@ def _triton_flash_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # batch·head on axis 0: temporal attention has B·H·W·... > 65 535 programs
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -157,10 +157,10 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, _bucket(sq), _bucket(skv))
     if _interpreting():
         bm = 16
-        grid = (triton.cdiv(sq, bm), b * h)
+        grid = (b * h, triton.cdiv(sq, bm))
         _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=16)
     else:
-        grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * h)  # noqa: E731
+        grid = lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]))  # noqa: E731
         _triton_flash_fwd_tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
     return o
 

@@ -95,11 +95,12 @@ def test_backend_swaps_into_a_diffusers_attention_module():
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     torch.manual_seed(0)
-    attn = Attention(query_dim=48, heads=2, dim_head=24, cross_attention_dim=16).to(device)
-    x, ctx = torch.randn(2, 40, 48, device=device), torch.randn(2, 7, 16, device=device)
+    attn = Attention(query_dim=48, heads=2, dim_head=24, cross_attention_dim=16).to(device, torch.float16)
+    x = torch.randn(2, 40, 48, device=device, dtype=torch.float16)
+    ctx = torch.randn(2, 7, 16, device=device, dtype=torch.float16)
     with torch.inference_mode():
         ref = attn(x, encoder_hidden_states=ctx)
         with swap_attention(types.SimpleNamespace(m=attn), ["m"], "triton-flash", device) as state:
             out = attn(x, encoder_hidden_states=ctx)
     assert state.layer_backend == {"m": "triton-flash"} and state.layer_site == {"m": "cross"}
-    assert _rel(out, ref) < 1e-4
+    assert _rel(out, ref) < 2e-3

@@ -106,3 +106,34 @@ def test_wersa_backend_in_a_video_unet(tmp_path):
     assert all(backends[p] == ("math" if s == "cross" else "wersa") for p, s in sites.items())
     notes = run.meta["backend_notes"]
     assert notes and all(n["filter_source"] == "hidden_states" for n in notes.values())
+
+
+INTERPRET = not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("b,h,n,nk,d,m,causal", [(1, 2, 37, 37, 16, 32, False), (2, 1, 50, 50, 24, 40, False),
+                                                 (1, 2, 21, 30, 16, 32, False), (1, 2, 33, 33, 16, 32, True)],
+                         ids=lambda x: str(x))
+def test_fused_kernel_matches_reference(b, h, n, nk, d, m, causal):
+    """GELU + block Haar filter + features + state, then output + LayerNorm, fused (wersa.md, "Cost")."""
+    from mmchar.kernels.wersa.kernel import wersa
+
+    g = torch.Generator().manual_seed(0)
+    q, (k, v) = torch.randn(b, h, n, d, generator=g), (torch.randn(b, h, nk, d, generator=g) for _ in range(2))
+    p = WersaParams(h * d, d, features=m, seed=3, causal=causal)
+    x_q = torch.randn(b, n, h * d, generator=g)
+    x_k = None if nk == n else merge_heads(k)  # joint attention: k's tokens filter by k's own gains
+    with torch.no_grad():
+        out, ref = wersa(q, k, v, p, x_q=x_q, x_k=x_k), wersa_ref(q, k, v, p, x_q=x_q, x_k=x_k)
+    assert float((out - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_mixing_rows_reproduce_the_filter():
+    from mmchar.kernels.wersa.kernel import mixing_rows
+
+    g, y = torch.rand(2, 37, 3), torch.randn(2, 1, 37, 5)
+    rows = mixing_rows(g, 37, 2).view(2, 10, 4, 4)
+    blocks = torch.nn.functional.pad(y, (0, 0, 0, 3))[:, 0].view(2, 10, 4, 5)
+    mixed = torch.einsum("bkij,bkjd->bkid", rows, blocks).reshape(2, 40, 5)[:, :37]
+    torch.testing.assert_close(mixed, haar_filter(y, g, 2)[:, 0], rtol=1e-5, atol=1e-5)
