@@ -82,17 +82,24 @@ def _time_ms(fn: Any, device: torch.device) -> float:
 
 
 def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, rows: int) -> float | None:
-    """Relative error of the backend against its own fp32 reference on the first ``rows`` queries (their keys:
-    all of them, or the first ``rows`` when causal), or None when the backend is its own reference."""
-    qs = q[: min(2, q.shape[0]), :, :rows]
-    ks, vs = k[: qs.shape[0]], v[: qs.shape[0]]
-    if causal:
-        ks, vs = ks[:, :, :rows], vs[:, :, :rows]
-    ref = backend.reference(qs, ks, vs, causal=causal)
-    if ref is None:
-        return None
-    got = backend(qs.contiguous(), ks.contiguous(), vs.contiguous(), causal=causal).float()
-    return float((got - ref.float()).norm() / ref.float().norm())
+    """Worst relative error, per query row, of the backend against its own fp32 reference on the first ``rows``
+    queries (their keys: all, or the first ``rows`` when causal) of the first and the last batch entries, and,
+    non-causal, on the last ``rows`` queries too (the last, partial tile); None when it is its own reference."""
+    worst = 0.0
+    picks = [slice(0, rows)] + ([slice(max(q.shape[2] - rows, 0), q.shape[2])] if not causal else [])
+    for bi in sorted({0, q.shape[0] - 1}):
+        for sl in picks:
+            qs = q[bi:bi + 1, :, sl]
+            ks, vs = k[bi:bi + 1], v[bi:bi + 1]
+            if causal:
+                ks, vs = ks[:, :, :rows], vs[:, :, :rows]
+            ref = backend.reference(qs, ks, vs, causal=causal)
+            if ref is None:
+                return None
+            got = backend(qs.contiguous(), ks.contiguous(), vs.contiguous(), causal=causal).float()
+            err = (got - ref.float()).norm(dim=-1) / ref.float().norm(dim=-1).clamp_min(1e-6)
+            worst = max(worst, float(err.max()))
+    return worst
 
 
 def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:

@@ -123,14 +123,20 @@ class LayerRoute:
         self._hidden_states: torch.Tensor | None = None
         self.inner: Any = None
         self.native_reason: str | None = None  # why calls of this layer kept the library's own attention
+        self._kind: tuple[bool, bool, bool] | None = None  # (no mask, causal, Sq == Skv) of the calls checked
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                scale: float | None) -> torch.Tensor:
+        kind = (mask is None, causal, q.shape[-2] == k.shape[-2])
         if self.backend is None:
             self._bind(q, k, v, mask, causal)
-        elif mask is not None and not self.backend.constraints.mask:  # the first call had none
-            raise BackendUnsupportedError(f"backend {self.backend_name!r} takes no attention mask, and a later call of "
-                                          f"{self.module_path} has one; pass --fallback BACKEND or another backend")
+            self._kind = kind
+        elif kind != self._kind:  # a later call of another kind (a mask, decode after prefill ...): check again
+            reason = self.backend.unsupported(q, k, v, causal=causal, mask=mask)
+            if reason is not None:
+                raise BackendUnsupportedError(f"backend {self.backend_name!r} cannot take a later call of "
+                                              f"{self.module_path}: {reason}; pass --fallback BACKEND or another backend")
+            self._kind = kind
         calls = self.state.calls
         calls[self.module_path] = calls.get(self.module_path, 0) + 1
         if self.state.annotate:
