@@ -158,6 +158,7 @@ def wersa_cost(b: int, h: int, sq: int, skv: int, d: int, m: int, c: int, levels
     per_q = 2 * d * m + 2 * m * d + 2 * m + 4 * (levels + 1) * d + 8 * d
     per_k = 2 * d * m + 2 * m * d + 4 * (levels + 1) * d
     gains = 2 * 33 * c + 2 * c * (c // 4) + 2 * (c // 4) * (levels + 1)
-    flops = b * h * (sq * per_q + skv * per_k) + b * (sq + (skv if skv != sq else 0)) * gains
-    moved = b * h * (sq * d + skv * d + skv * d + sq * d)
+    filtered_tokens = sq + (skv if skv != sq else 0)
+    flops = b * h * (sq * per_q + skv * per_k) + b * filtered_tokens * gains
+    moved = b * h * (sq * d + skv * d + skv * d + sq * d) + b * filtered_tokens * c  # + the filter source x
     return float(flops), float(moved * elem)

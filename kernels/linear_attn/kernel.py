@@ -29,11 +29,11 @@ def _phi(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
-def _linear_attn_state_kernel(K, V, U, Z, SKV,
+def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program,
                               stride_kb, stride_kh, stride_kn, stride_kd,
                               stride_vb, stride_vh, stride_vn, stride_vd,
                               H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                              FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, TOKENS_PER_PROGRAM: tl.constexpr):
+                              FEATURE: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
     pid_n = tl.program_id(1)
     b = pid_bh // H
@@ -42,8 +42,8 @@ def _linear_attn_state_kernel(K, V, U, Z, SKV,
     offs_e = tl.arange(0, BDV)
     u = tl.zeros([BD, BDV], dtype=tl.float32)
     z = tl.zeros([BD], dtype=tl.float32)
-    start = pid_n * TOKENS_PER_PROGRAM
-    for s in range(start, start + TOKENS_PER_PROGRAM, BLOCK_N):
+    start = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
+    for s in range(start, start + tokens_per_program, BLOCK_N):
         offs_n = s + tl.arange(0, BLOCK_N)
         n_ok = offs_n < SKV
         kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
@@ -167,8 +167,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     # enough programs to fill the GPU, few enough that the atomics stay cheap
     per_program = max(block_n, triton.cdiv(triton.cdiv(skv, max(1, 1024 // (b * h))), block_n) * block_n)
     grid1 = (b * h, triton.cdiv(skv, per_program))
-    _linear_attn_state_kernel[grid1](k, v, u, z, skv, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd, BDV=bdv,
-                                     FEATURE=f, BLOCK_N=block_n, TOKENS_PER_PROGRAM=per_program)
+    _linear_attn_state_kernel[grid1](k, v, u, z, skv, per_program, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
+                                     BDV=bdv, FEATURE=f, BLOCK_N=block_n)
     block_m = 16 if _interpreting() else 64
     grid2 = (b * h, triton.cdiv(sq, block_m))
     _linear_attn_out_kernel[grid2](q, u, z, o, sq, eps, *q.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, BDV=bdv,

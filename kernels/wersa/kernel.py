@@ -57,11 +57,11 @@ def _filtered_tile(X, W, base_x, stride_xn, stride_xd, b, start, N, offs_d, D: t
 
 
 @triton.jit
-def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m,
+def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tokens_per_program,
                         stride_kb, stride_kh, stride_kn, stride_kd,
                         stride_vb, stride_vh, stride_vn, stride_vd,
                         H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, TOKENS_PER_PROGRAM: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
     pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
     pid_f = tl.program_id(1)
     pid_n = tl.program_id(2)
@@ -74,8 +74,8 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m,
     u = tl.zeros([BLOCK_F, BD], dtype=tl.float32)
     z = tl.zeros([BLOCK_F], dtype=tl.float32)
     base_k = b * stride_kb + h * stride_kh
-    first = pid_n * TOKENS_PER_PROGRAM
-    for start in range(first, first + TOKENS_PER_PROGRAM, BLOCK_N):
+    first = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
+    for start in range(first, first + tokens_per_program, BLOCK_N):
         kf = _filtered_tile(K, WK, base_k, stride_kn, stride_kd, b, start, N, offs_d, D, P, BLOCK_N, NPAD)
         phi = tl.maximum(tl.dot(kf * inv_tau, omega), 0.0) * inv_sqrt_m
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -170,9 +170,8 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     omega_q = params.omega_q.float().contiguous()
     per_program = max(block_n, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), block_n) * block_n)
     grid1 = (b * h, triton.cdiv(m, block_f), triton.cdiv(nk, per_program))
-    _wersa_state_kernel[grid1](k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m),
-                               *k.stride(), *v.stride(), h, m, D=d, BD=bd, P=p, BLOCK_N=block_n, BLOCK_F=block_f,
-                               TOKENS_PER_PROGRAM=per_program)
+    _wersa_state_kernel[grid1](k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), per_program,
+                               *k.stride(), *v.stride(), h, m, D=d, BD=bd, P=p, BLOCK_N=block_n, BLOCK_F=block_f)
     o = torch.empty_like(q)
     grid2 = (b * h, triton.cdiv(n, block_n))
     _wersa_out_kernel[grid2](q, wq, omega_q, u, z, params.norm.weight.float().contiguous(),
