@@ -37,7 +37,7 @@ from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, 
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
 from mmchar.schema import SCHEMA_VERSION
 from mmchar.store import Run, unique_run_id, write_run
-from mmchar.swap import SwapState, measure_dispatch_overhead_us, swap_attention
+from mmchar.swap import measure_dispatch_overhead_us, swap_attention
 from mmchar.target import Target
 from mmchar.trace import parse_trace
 
@@ -77,7 +77,6 @@ class Measurement:
     attribution: Any = None
     trace_file: Path | None = None
     latents: torch.Tensor | None = None
-    swap: SwapState | None = None
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -149,7 +148,6 @@ class _Session:
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
                                    seed=int(target.config.get("params", {}).get("seed", 0)),
                                    cross_backend=options.cross_backend)
-        self.m.swap = self.swap.state
 
     def warmup(self) -> None:
         """Warm-up, then one untimed generation of full length that records peak memory per stage and the

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,16 +154,3 @@ def run_folders(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 def load_runs(paths: Iterable[str | os.PathLike[str]], *, kernels: bool = True) -> list[Run]:
     return [load_run(f, kernels=kernels) for f in run_folders(paths)]
-
-
-def iter_completed(store: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """meta.json of every completed run in a store (used by sweeps to skip finished points)."""
-    store = Path(store)
-    if not store.is_dir():
-        return
-    for q in sorted(store.iterdir()):
-        if is_run_folder(q):
-            try:
-                yield read_meta(q)
-            except (RunNotFoundError, SchemaMismatchError):
-                continue
