@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention"))
     a = ap.parse_args()
     print(bench_attn.benchmark(resolve_device(a.device), a.only, a.backends.split(",") if a.backends else None,
-                               a.max_seq, Path(a.out)))
+                               a.max_seq, Path(a.out), progress=lambda m: print(m, flush=True)))
 
 
 if __name__ == "__main__":

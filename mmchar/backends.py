@@ -394,6 +394,11 @@ class FlexBackend(AttentionBackend):
         fn = flex_attention
         if q.is_cuda:
             if FlexBackend._compiled is None:  # one compiled kernel family per process, as FlexAttention intends
+                import torch._dynamo
+
+                # one graph per head dim, mask kind and dtype (a sweep or a UNet has several): more than dynamo's
+                # default of 8 before it silently falls back to the unfused eager path
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
                 FlexBackend._compiled = torch.compile(flex_attention)  # dynamic after the first new shape
             fn = FlexBackend._compiled
         block_mask = None
@@ -552,11 +557,11 @@ class WersaBackend(AttentionBackend):
                          x_k=None if x_k is None else x_k.float())
 
     def eager(self):
-        from mmchar.kernels.wersa.reference import wersa_ref
+        from mmchar.kernels.wersa.reference import wersa_eager
 
         def run(q, k, v, *, causal=False):
             x_q, x_k = self._prepare(q, k, causal, None)
-            return wersa_ref(q, k, v, self.params, x_q=x_q, x_k=x_k)
+            return wersa_eager(q, k, v, self.params, x_q=x_q, x_k=x_k)
 
         return run
 

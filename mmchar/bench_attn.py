@@ -51,18 +51,23 @@ WORKLOAD_SHAPES = [
 
 
 def sweep_shapes() -> list[Shape]:
-    """S = 1k ... 64k at d = 64 and 128, H·d = 2048, B·S = 16 384 (B = 1 beyond 16k)."""
+    """S = 1k ... 64k at d = 64 and 128, H·d = 2048, B·S = 16 384 (B = 1 beyond 16k); non-causal (diffusion
+    models) and causal (autoregressive token models: where linear meets FLA's chunk kernel)."""
     out = []
-    for d in (64, 128):
-        for s in (1024, 2048, 4096, 8192, 16384, 32768, 65536):
-            out.append(Shape(f"sweep d{d} S{s // 1024}k", max(16384 // s, 1), 2048 // d, s, s, d))
+    for causal in (False, True):
+        for d in (64, 128):
+            for s in (1024, 2048, 4096, 8192, 16384, 32768, 65536):
+                out.append(Shape(f"sweep{' causal' if causal else ''} d{d} S{s // 1024}k", max(16384 // s, 1),
+                                 2048 // d, s, s, d, causal))
     return out
 
 
 def _inputs(shape: Shape, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Inference tensors, like every tensor the checks and timed calls make (compiled backends see one kind)."""
     g = torch.Generator(device=device).manual_seed(0)
-    return tuple(torch.randn(shape.b, shape.h, s, shape.d, device=device, dtype=dtype, generator=g)
-                 for s in (shape.sq, shape.skv, shape.skv))
+    with torch.inference_mode():
+        return tuple(torch.randn(shape.b, shape.h, s, shape.d, device=device, dtype=dtype, generator=g)
+                     for s in (shape.sq, shape.skv, shape.skv))
 
 
 def _time_ms(fn: Any, device: torch.device) -> float:
@@ -102,6 +107,13 @@ def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
     return worst
 
 
+def _failed(row: dict[str, Any], e: Exception, device: torch.device) -> None:
+    row["note"] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
     ms = _time_ms(fn, device)
     row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9)
@@ -111,7 +123,7 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
         memory_budget_bytes: float = 16e9) -> list[dict[str, Any]]:
     """One row per shape × backend (plus an ``<name> (eager)`` row for backends that change the maths): ms,
     TFLOP/s and GB/s by the backend's own cost model, its error against its own reference, or why not timed."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for shape in shapes:
         q, k, v = _inputs(shape, device, dtype)
         for name in backends:
@@ -129,41 +141,47 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                 rows.append(row)
                 continue
             flops, nbytes = backend.cost(q, k, v, causal=shape.causal)
-            try:
-                with torch.inference_mode():
+            with torch.inference_mode():
+                try:
                     rel = _check(backend, q, k, v, shape.causal, 128)
                     row["rel_err"] = rel
                     if rel is not None and not rel < 2e-2:
                         row["note"] = "refused: output disagrees with the reference"
-                        rows.append(row)
-                        continue
-                    if rel is None:
-                        row["note"] = "its own reference (not checked)"
-                    _timed_row(row, lambda: backend(q, k, v, causal=shape.causal), flops, nbytes, device)
-                    rows.append(row)
-                    eager = backend.eager()
-                    if eager is not None:
-                        erow = dict(row, backend=f"{name} (eager)", rel_err=None, note="plain PyTorch, same dtype")
-                        _timed_row(erow, lambda: eager(q, k, v, causal=shape.causal), flops, nbytes, device)
-                        rows.append(erow)
-            except (RuntimeError, ValueError) as e:  # includes CUDA out of memory
-                row["note"] = f"failed: {str(e).splitlines()[0][:100]}"
+                    else:
+                        row["note"] = "its own reference (not checked)" if rel is None else ""
+                        _timed_row(row, lambda: backend(q, k, v, causal=shape.causal), flops, nbytes, device)
+                except Exception as e:  # noqa: BLE001 - out of memory, a kernel out of resources: noted, sweep goes on
+                    _failed(row, e, device)
                 rows.append(row)
-                synchronize(device)
-                torch.cuda.empty_cache() if device.type == "cuda" else None
+                eager = backend.eager() if row["ms"] else None
+                if eager is not None:
+                    erow = dict(row, backend=f"{name} (eager)", rel_err=None, note="plain PyTorch, same dtype")
+                    try:
+                        _timed_row(erow, lambda: eager(q, k, v, causal=shape.causal), flops, nbytes, device)
+                    except Exception as e:  # noqa: BLE001
+                        erow.update(ms=None, tflops=None, gbps=None)
+                        _failed(erow, e, device)
+                    rows.append(erow)
     return rows
 
 
-def crossover(df: pd.DataFrame, backend: str, baseline: str = "cudnn") -> dict[int, int | None]:
-    """Per head dim of the sweep: the smallest S from which ``backend`` beats ``baseline`` (None: never)."""
-    out: dict[int, int | None] = {}
+def crossover(df: pd.DataFrame, backend: str, baseline: str = "cudnn") -> dict[str, int | None]:
+    """Per head dim (and causal or not) of the sweep: the smallest S from which ``backend`` beats ``baseline``
+    at every longer S measured (None: never)."""
+    out: dict[str, int | None] = {}
     sweep = df[df["name"].str.startswith("sweep")]
-    for d, part in sweep.groupby("d"):
-        t = part.pivot_table(index="sq", columns="backend", values="ms")
+    for (causal, d), part in sweep.groupby(["causal", "d"]):
+        t = part.pivot_table(index="sq", columns="backend", values="ms").sort_index()
         if backend not in t or baseline not in t:
             continue
-        wins = t.index[(t[backend] < t[baseline]).to_numpy()]
-        out[int(d)] = int(wins.min()) if len(wins) else None
+        t = t[[backend, baseline]].dropna()
+        wins = (t[backend] < t[baseline]).to_numpy()
+        first = None
+        for i in range(len(wins) - 1, -1, -1):  # the start of the final run of wins
+            if not wins[i]:
+                break
+            first = int(t.index[i])
+        out[f"d={int(d)}{' causal' if causal else ''}"] = first
     return out
 
 
@@ -183,13 +201,27 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def benchmark(device: torch.device, only: str | None, backends: list[str] | None, max_seq: int, out: Path) -> str:
-    """Run the benchmark, write ``out/attention.{md,json}`` and return the printed table."""
+def benchmark(device: torch.device, only: str | None, backends: list[str] | None, max_seq: int, out: Path,
+              progress: Any = None) -> str:
+    """Run the benchmark shape by shape, rewriting ``out/attention.{md,json}`` after each (an interrupted run
+    keeps what it measured), and return the printed table."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = ([] if only == "sweep" else WORKLOAD_SHAPES) + ([] if only == "workloads" else sweep_shapes())
     shapes = [s for s in shapes if max(s.sq, s.skv) <= max_seq]
     backends = backends or available_backends(device)
-    rows = run(shapes, backends, device, dtype)
+    rows: list[dict[str, Any]] = []
+    text = ""
+    for i, shape in enumerate(shapes):
+        new = run([shape], backends, device, dtype)
+        rows += new
+        text = _write_tables(rows, device, dtype, Path(out))
+        if progress is not None:
+            progress(f"[{i + 1}/{len(shapes)}] {shape.name}: " + ", ".join(
+                f"{r['backend']} {r['ms']:.3g} ms" if r["ms"] else f"{r['backend']} -" for r in new))
+    return text
+
+
+def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch.dtype, out: Path) -> str:
     df = pd.DataFrame(rows)
     for base in ("cudnn", "flash"):
         ref = df[df["backend"] == base].set_index("name")["ms"]
@@ -199,8 +231,8 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
     if roofs:
         peak = roofs["matmul_tflops"].get("bf16" if dtype == torch.bfloat16 else "fp32")
         df["pct_of_matmul_roof"] = df["tflops"] / peak * 100 if peak else None
+        df["pct_of_copy_roof"] = df["gbps"] / roofs["copy_gbps"] * 100
     stamp = datetime.now(timezone.utc)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     v = environment.versions()
     head = (f"# Attention backends on {dev['name']} ({stamp:%Y-%m-%d}), {str(dtype).removeprefix('torch.')} forward\n\n"
@@ -210,18 +242,14 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
             f"(> 1: faster), "
             f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
             f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")
-    if roofs:
-        df["pct_of_copy_roof"] = df["gbps"] / roofs["copy_gbps"] * 100
     cross = {b: crossover(df, b) for b in df["backend"].unique() if get_backend(b.split(" ")[0]).changes_math}
-    if cross:
+    if any(cross.values()):
         head += "Sequence length from which a backend beats SDPA cuDNN (per head dim): " + "; ".join(
-            f"{b}: {c}" for b, c in cross.items()) + "\n\n"
+            f"{b}: {c}" for b, c in cross.items() if c) + "\n\n"
     cols = [c for c in ["name", "b", "h", "sq", "skv", "d", "causal", "backend", "ms", "tflops", "gbps", "vs_cudnn",
                         "vs_flash", "pct_of_matmul_roof", "pct_of_copy_roof", "rel_err", "note"] if c in df.columns]
-    table = _markdown(df[cols])
-    (out / "attention.md").write_text(head + table + "\n")
+    (out / "attention.md").write_text(head + _markdown(df[cols]) + "\n")
     (out / "attention.json").write_text(json.dumps({"device": dev, "versions": v, "roofs": roofs,
                                                   "date": stamp.isoformat(), "rows": df.to_dict("records")},
                                                  indent=1, default=str))
     return head + df[cols].to_string(index=False)
-

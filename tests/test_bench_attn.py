@@ -57,3 +57,15 @@ def test_linear_is_checked_against_its_own_maths_and_timed_beside_eager():
         assert lin["rel_err"] < 1e-5 and lin["ms"] > 0 and lin["gbps"] > 0
         assert eager["ms"] > 0 and eager["note"] == "plain PyTorch, same dtype"
         assert rows[(name, "wersa")]["rel_err"] < 1e-4 and rows[(name, "wersa (eager)")]["ms"] > 0
+
+
+def test_crossover_is_the_start_of_the_final_run_of_wins():
+    import pandas as pd
+
+    rows = []
+    for causal in (False, True):
+        for s, lin in ((1024, 0.5), (2048, 2.0), (4096, 1.0), (8192, 1.0)):  # a lucky win at 1k, then from 4k
+            for backend, ms in (("cudnn", 1.5 if s < 4096 else 2.0), ("linear", lin if not causal else 9.0)):
+                rows.append({"name": f"sweep d64 S{s}", "sq": s, "d": 64, "causal": causal, "backend": backend,
+                             "ms": ms})
+    assert bench_attn.crossover(pd.DataFrame(rows), "linear") == {"d=64": 4096, "d=64 causal": None}

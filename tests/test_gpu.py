@@ -55,3 +55,27 @@ def test_cuda_profile_attributes_kernels(tmp_path):
     assert run.meta["busy"]["denoiser_step"]["busy_ms"] > 0
     other = den[den["op_class"] == "other"]["share"].sum()
     assert other < 0.02, run.meta["unmatched_kernels"]
+
+
+@pytest.mark.parametrize("name", ["linear", "wersa", "fla"])
+@pytest.mark.parametrize("b,h,n,d,causal", [(2, 8, 4096, 64, False), (1, 16, 8192, 128, False),
+                                            (2, 5, 1024, 40, False), (1, 16, 8192, 64, True),
+                                            (2, 8, 4097, 128, True)], ids=lambda s: str(s))
+def test_changed_math_backend_matches_its_reference_bf16(name, b, h, n, d, causal):
+    """Linear, WERSA and FLA backends in bf16 at real shapes against their own fp32 references (the check
+    bench-attn makes before timing), causal and not, odd lengths included."""
+    dev = torch.device("cuda")
+    cls = get_backend(name)
+    if cls.unavailable_reason(dev):
+        pytest.skip(cls.unavailable_reason(dev))
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(b, h, n, d, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(3))
+    backend = cls("test.layer")
+    why = backend.unsupported(q, k, v, causal=causal, mask=None)
+    if why:
+        pytest.skip(f"{name}: {why}")
+    with torch.inference_mode():
+        out = backend(q, k, v, causal=causal).float()
+        ref = backend.reference(q, k, v, causal=causal).float()
+    rel = ((out - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-6)).max().item()
+    assert rel < 2e-2, f"{name} worst per-row relative error {rel:.3g}"

@@ -5,13 +5,18 @@ fused passes. Pass 1 splits the tokens over programs; each reduces φ(K)ᵀV (d 
 in fp32 and adds them into one state per (batch, head) with atomics. Pass 2 recomputes φ(Q) per query block
 and writes φ(Q)U / (φ(Q)·z + ε). The feature maps are applied on load, so φ(K) and φ(Q) never reach memory.
 
-Causal (autoregressive token models): one program per (batch, head, dv block) walks the sequence in chunks,
-keeping the running state in registers: intra-chunk (φQ φKᵀ ⊙ mask) V plus φQ S, then S += φKᵀ V. Only
-the final outputs are written; no per-chunk state is materialised.
+Causal (autoregressive token models), chunkwise with two levels of tiling (the TFLA idea): large chunks of 256
+tokens, so only one state per 256 tokens is materialised, and inside a chunk query and key tiles of 64. The state
+pass walks groups of chunks (S += φKᵀ V, writing S at each chunk start); the output pass gives every query tile
+its own program: φQ·S_chunk plus Σ over the chunk's key tiles up to the diagonal of (φQ φKᵀ ⊙ mask) V.
+
+Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get exact fp32 products (not TF32).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 
 import torch
@@ -29,17 +34,18 @@ def _phi(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
-def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program,
+def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program, NB,
                               stride_kb, stride_kh, stride_kn, stride_kd,
                               stride_vb, stride_vh, stride_vn, stride_vd,
-                              H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                              FEATURE: tl.constexpr, BLOCK_N: tl.constexpr):
+                              H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
+                              FEATURE: tl.constexpr, PREC: tl.constexpr, BDV: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
     pid_n = tl.program_id(1)
+    pid_e = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
     offs_d = tl.arange(0, BD)
-    offs_e = tl.arange(0, BDV)
+    offs_e = pid_e * BDV + tl.arange(0, BDV)
     u = tl.zeros([BD, BDV], dtype=tl.float32)
     z = tl.zeros([BD], dtype=tl.float32)
     start = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
@@ -50,34 +56,34 @@ def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program,
                      mask=n_ok[None, :] & (offs_d[:, None] < D), other=0.0).to(tl.float32)
         kt = tl.where(n_ok[None, :] & (offs_d[:, None] < D), _phi(kt, FEATURE), 0.0)
         v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
-                    mask=n_ok[:, None] & (offs_e[None, :] < DV), other=0.0).to(tl.float32)
-        u += tl.dot(kt, v)
+                    mask=n_ok[:, None] & (offs_e[None, :] < DV), other=0.0)
+        u += tl.dot(kt.to(V.dtype.element_ty), v, input_precision=PREC)
         z += tl.sum(kt, 1)
-    base = pid_bh * BD * BDV
-    tl.atomic_add(U + base + offs_d[:, None] * BDV + offs_e[None, :], u)
-    tl.atomic_add(Z + pid_bh * BD + offs_d, z)
+    tl.atomic_add(U + pid_bh * BD * DVP + offs_d[:, None] * DVP + offs_e[None, :], u)
+    tl.atomic_add(Z + pid_bh * BD + offs_d, z, mask=offs_d + pid_e * BD < BD)  # the first dv block adds Σφ(k)
 
 
 @triton.jit
-def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps,
+def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, NB,
                             stride_qb, stride_qh, stride_qm, stride_qd,
                             stride_ob, stride_oh, stride_om, stride_od,
-                            H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                            FEATURE: tl.constexpr, BLOCK_M: tl.constexpr):
+                            H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
+                            FEATURE: tl.constexpr, PREC: tl.constexpr, BDV: tl.constexpr, BLOCK_M: tl.constexpr):
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
+    pid_e = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BD)
-    offs_e = tl.arange(0, BDV)
+    offs_e = pid_e * BDV + tl.arange(0, BDV)
     m_ok = offs_m < SQ
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=m_ok[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
     q = tl.where(offs_d[None, :] < D, _phi(q, FEATURE), 0.0)
-    u = tl.load(U + pid_bh * BD * BDV + offs_d[:, None] * BDV + offs_e[None, :])
+    u = tl.load(U + pid_bh * BD * DVP + offs_d[:, None] * DVP + offs_e[None, :])
     z = tl.load(Z + pid_bh * BD + offs_d)
-    num = tl.dot(q, u)
+    num = tl.dot(q.to(Q.dtype.element_ty), u.to(Q.dtype.element_ty), input_precision=PREC)
     den = tl.sum(q * z[None, :], 1) + eps
     out = num / den[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
@@ -85,43 +91,160 @@ def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps,
 
 
 @triton.jit
-def _linear_attn_causal_kernel(Q, K, V, O, N, eps,
-                               stride_qb, stride_qh, stride_qm, stride_qd,
-                               stride_kb, stride_kh, stride_kn, stride_kd,
-                               stride_vb, stride_vh, stride_vn, stride_vd,
-                               stride_ob, stride_oh, stride_om, stride_od,
-                               H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                               FEATURE: tl.constexpr, CHUNK: tl.constexpr):
+def _causal_state_kernel(K, V, HS, HZ, GS, GZ, N, NC, chunks_per_group, NB,
+                         stride_kb, stride_kh, stride_kn, stride_kd,
+                         stride_vb, stride_vh, stride_vn, stride_vd,
+                         H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
+                         FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                         BDV: tl.constexpr):
+    """Per (batch·head, dv block, group of chunks): the state at the start of each chunk, relative to the
+    group's start (written to HS / HZ), and the group's total (GS / GZ)."""
     pid_bh = tl.program_id(0)
     pid_e = tl.program_id(1)
+    pid_g = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
     offs_d = tl.arange(0, BD)
     offs_e = pid_e * BDV + tl.arange(0, BDV)
-    offs_c = tl.arange(0, CHUNK)
     d_ok = offs_d < D
     e_ok = offs_e < DV
+    dt = K.dtype.element_ty
     state = tl.zeros([BD, BDV], dtype=tl.float32)
     zsum = tl.zeros([BD], dtype=tl.float32)
-    tri = offs_c[:, None] >= offs_c[None, :]
-    for s in range(0, N, CHUNK):
-        offs_n = s + offs_c
+    c0 = pid_g * chunks_per_group
+    c1 = tl.minimum(c0 + chunks_per_group, NC)
+    z_mine = offs_d + pid_e * BD < BD  # only the first dv block writes the normaliser state
+    for c in range(c0, c1):
+        tl.store(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :], state)
+        tl.store(HZ + (pid_bh * NC + c) * BD + offs_d, zsum, mask=z_mine)
+        for s in range(c * CHUNK, c * CHUNK + CHUNK, BLOCK_N):
+            offs_n = s + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < N
+            kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn
+                         + offs_d[:, None] * stride_kd, mask=n_ok[None, :] & d_ok[:, None], other=0.0).to(tl.float32)
+            kt = tl.where(n_ok[None, :] & d_ok[:, None], _phi(kt, FEATURE), 0.0)
+            v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
+                        mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+            state += tl.dot(kt.to(dt), v, input_precision=PREC)
+            zsum += tl.sum(kt, 1)
+    ng = tl.num_programs(2)
+    tl.store(GS + ((pid_bh * ng + pid_g) * BD + offs_d[:, None]) * DVP + offs_e[None, :], state)
+    tl.store(GZ + (pid_bh * ng + pid_g) * BD + offs_d, zsum, mask=z_mine)
+
+
+@triton.jit
+def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps, NB,
+                       stride_qb, stride_qh, stride_qm, stride_qd,
+                       stride_kb, stride_kh, stride_kn, stride_kd,
+                       stride_vb, stride_vh, stride_vn, stride_vd,
+                       stride_ob, stride_oh, stride_om, stride_od,
+                       H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
+                       FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
+                       PREC: tl.constexpr, BDV: tl.constexpr):
+    """Per (batch·head, query tile, dv block): φq·(state at the chunk's start) plus the causal part inside the
+    chunk, walked in key tiles of the query tile's size (the second level of tiling)."""
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_e = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    m0 = pid_m * BLOCK
+    c = m0 // CHUNK
+    offs_m = m0 + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BD)
+    offs_e = pid_e * BDV + tl.arange(0, BDV)
+    offs_t = tl.arange(0, BLOCK)
+    d_ok = offs_d < D
+    e_ok = offs_e < DV
+    m_ok = offs_m < N
+    dt = Q.dtype.element_ty
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
+    st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])
+    zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
+    if GROUPS:
+        g = c // chunks_per_group
+        ng = tl.cdiv(NC, chunks_per_group)
+        st += tl.load(GP + ((pid_bh * ng + g) * BD + offs_d[:, None]) * DVP + offs_e[None, :])
+        zs += tl.load(GZP + (pid_bh * ng + g) * BD + offs_d)
+    qd = q.to(dt)
+    num = tl.dot(qd, st.to(dt), input_precision=PREC)
+    den = tl.sum(q * zs[None, :], 1)
+    base_k = K + b * stride_kb + h * stride_kh
+    base_v = V + b * stride_vb + h * stride_vh
+    for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # key tiles of the chunk up to and including the diagonal one
+        offs_n = s + offs_t
         n_ok = offs_n < N
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_n[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
-        kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+        kt = tl.load(base_k + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                      mask=n_ok[None, :] & d_ok[:, None], other=0.0).to(tl.float32)
         kt = tl.where(n_ok[None, :] & d_ok[:, None], _phi(kt, FEATURE), 0.0)
-        v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
-                    mask=n_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32)
-        a = tl.where(tri, tl.dot(q, kt), 0.0)
-        num = tl.dot(a, v) + tl.dot(q, state)
-        den = tl.sum(a, 1) + tl.sum(q * zsum[None, :], 1) + eps
-        tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_om + offs_e[None, :] * stride_od,
-                 (num / den[:, None]).to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
-        state += tl.dot(kt, v)
-        zsum += tl.sum(kt, 1)
+        a = tl.dot(qd, kt.to(dt), input_precision=PREC)
+        a = tl.where(offs_m[:, None] >= offs_n[None, :], a, 0.0)
+        v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
+                    mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+        num += tl.dot(a.to(dt), v, input_precision=PREC)
+        den += tl.sum(a, 1)
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
+             (num / (den + eps)[:, None]).to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
+
+
+# Autotuning (GPU only; the interpreter runs the first config of each list): a few configs per kernel, pruned to
+# the problem's head dims, keyed by head dims and a power-of-two bucket of batch·heads·tokens, cached per machine.
+_STATE_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3)]
+_OUT_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 128, 4, 3)]
+_CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2)]
+_CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3), (128, 8, 1), (32, 4, 3),
+                       (64, 8, 1)]
+
+
+def _fits(named_args: dict, bdv: int, stages: int) -> bool:
+    if bdv > named_args["DVP"]:
+        return False
+    return named_args["BD"] < 256 or (bdv <= 64 and stages <= 2)
+
+
+def _prune(configs: list, named_args: dict, **kwargs) -> list:
+    named_args = {**named_args, **kwargs}
+    keep = [c for c in configs if _fits(named_args, c.kwargs["BDV"], c.num_stages)]
+    return keep or [triton.Config({**configs[0].kwargs, "BDV": named_args["DVP"]}, num_warps=4, num_stages=2)]
+
+
+def _tuned(fn, configs: list, reset: list[str] | None = None):
+    kw: dict = {"configs": configs, "key": ["D", "DV", "NB"], "prune_configs_by": {"early_config_prune": _prune}}
+    if reset:
+        kw["reset_to_zero"] = reset  # the state pass accumulates with atomics: zeroed before each trial
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kw["cache_results"] = True
+    return triton.autotune(**kw)(fn)
+
+
+def _cfg(meta: dict, warps: int, stages: int) -> triton.Config:
+    return triton.Config(meta, num_warps=warps, num_stages=stages)
+
+
+_state_tuned = _tuned(_linear_attn_state_kernel, [_cfg({"BLOCK_N": n, "BDV": e}, w, s)
+                                                  for n, e, w, s in _STATE_CONFIGS], reset=["U", "Z"])
+_out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, s) for m, e, w, s in _OUT_CONFIGS])
+_causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS])
+_causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS])
+
+
+def _launch(raw, tuned, grid, *args, **kwargs) -> None:
+    """The autotuned kernel on a GPU; under the interpreter the raw kernel with fixed small tiles."""
+    if _interpreting():
+        meta = {"BDV": 16}
+        if "BLOCK_N" in tuned.fn.arg_names and "BLOCK_N" not in kwargs:
+            meta["BLOCK_N"] = 16
+        if "BLOCK_M" in tuned.fn.arg_names:
+            meta["BLOCK_M"] = 16
+        raw[grid(meta)](*args, **kwargs, **meta)
+    else:
+        tuned[grid](*args, **kwargs)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(4, math.ceil(math.log2(max(n, 1))))
 
 
 def _interpreting() -> bool:
@@ -129,7 +252,7 @@ def _interpreting() -> bool:
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, feature: str = "relu",
-                eps: float = 1e-6) -> torch.Tensor:
+                eps: float = 1e-6, chunks_per_group: int | None = None) -> torch.Tensor:
     """Linear attention forward.
 
     Args:
@@ -137,6 +260,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
         causal: prefix sums over tokens (needs Sq == Skv).
         feature: ``relu`` or ``elu1``.
         eps: added to the normaliser.
+        chunks_per_group: causal only; how many chunks one program of the state pass walks (default: enough
+            groups to fill the GPU). Exposed for tests.
 
     Returns:
         [B, H, Sq, Dv] in q's dtype.
@@ -152,25 +277,53 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
     o = torch.empty((b, h, sq, dv), dtype=q.dtype, device=q.device)
     f = FEATURES[feature]
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 in, fp32 maths (no silent TF32)
     if causal:
         if sq != skv:
             raise ValueError("causal linear attention needs as many queries as keys")
-        bdv_c = min(bdv, 64)
-        grid = (b * h, triton.cdiv(dv, bdv_c))
-        _linear_attn_causal_kernel[grid](q, k, v, o, sq, eps, *q.stride(), *k.stride(), *v.stride(), *o.stride(), h,
-                                         D=d, DV=dv, BD=bd, BDV=bdv_c, FEATURE=f,
-                                         CHUNK=16 if _interpreting() else 64, num_warps=4)
-        return o
+        return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group)
     u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)
     z = torch.zeros((b * h, bd), dtype=torch.float32, device=q.device)
-    block_n = 16 if _interpreting() else 64
-    # enough programs to fill the GPU, few enough that the atomics stay cheap
-    per_program = max(block_n, triton.cdiv(triton.cdiv(skv, max(1, 1024 // (b * h))), block_n) * block_n)
-    grid1 = (b * h, triton.cdiv(skv, per_program))
-    _linear_attn_state_kernel[grid1](k, v, u, z, skv, per_program, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
-                                     BDV=bdv, FEATURE=f, BLOCK_N=block_n)
-    block_m = 16 if _interpreting() else 64
-    grid2 = (b * h, triton.cdiv(sq, block_m))
-    _linear_attn_out_kernel[grid2](q, u, z, o, sq, eps, *q.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, BDV=bdv,
-                                   FEATURE=f, BLOCK_M=block_m)
+    # enough token slices to fill the GPU, few enough that the atomics stay cheap (a multiple of every BLOCK_N)
+    per_program = max(128, triton.cdiv(triton.cdiv(skv, max(1, 1024 // (b * h))), 128) * 128)
+    nb = _bucket(b * h * skv)
+    _launch(_linear_attn_state_kernel, _state_tuned,
+            lambda meta: (b * h, triton.cdiv(skv, per_program), bdv // meta["BDV"]),
+            k, v, u, z, skv, per_program, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f,
+            PREC=prec)
+    _launch(_linear_attn_out_kernel, _out_tuned,
+            lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]), bdv // meta["BDV"]),
+            q, u, z, o, sq, eps, _bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv,
+            FEATURE=f, PREC=prec)
+    return o
+
+
+def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group):
+    """Chunks of CHUNK tokens: pass 1 walks each group of chunks and writes the state at every chunk start
+    (relative to its group) and the group's total; the exclusive prefix over groups is one cumsum; pass 2 runs
+    every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
+    interp = _interpreting()
+    chunk, block = (32, 16) if interp else (256, 64)
+    nc = triton.cdiv(n, chunk)
+    if chunks_per_group is None:  # about two programs per SM in the state pass (dv in blocks of 64)
+        groups = max(1, min(nc, triton.cdiv(264, b * h * triton.cdiv(bdv, 64))))
+        chunks_per_group = triton.cdiv(nc, groups)
+    ng = triton.cdiv(nc, chunks_per_group)
+    dev = q.device
+    hs = torch.empty((b * h, nc, bd, bdv), dtype=torch.float32, device=dev)
+    hz = torch.empty((b * h, nc, bd), dtype=torch.float32, device=dev)
+    gs = torch.empty((b * h, ng, bd, bdv), dtype=torch.float32, device=dev)
+    gz = torch.empty((b * h, ng, bd), dtype=torch.float32, device=dev)
+    nb = _bucket(b * h * n)
+    _launch(_causal_state_kernel, _causal_state_tuned, lambda meta: (b * h, bdv // meta["BDV"], ng),
+            k, v, hs, hz, gs, gz, n, nc, chunks_per_group, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
+            DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec)
+    if ng > 1:  # exclusive prefix over groups (ng is small: a few per batch·head)
+        gs, gz = gs.cumsum(1) - gs, gz.cumsum(1) - gz
+    _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
+            q, k, v, o, hs, hz, gs, gz, n, nc, chunks_per_group, eps, nb, *q.stride(), *k.stride(), *v.stride(),
+            *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
+            PREC=prec)
     return o

@@ -13,6 +13,7 @@ Causal mode (L = 0, per-token gains) uses materialised features and linear_attn'
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -24,8 +25,9 @@ import triton.language as tl
 from mmchar.kernels.wersa.reference import WersaParams, haar_filter
 
 
-def mixing_rows(gains: torch.Tensor, n: int, levels: int) -> torch.Tensor:
-    """[B, n_pad, P] fp32: row t holds the weights of the P tokens of t's block in t's filtered value."""
+def _mixing_rows_direct(gains: torch.Tensor, n: int, levels: int) -> torch.Tensor:
+    """[B, n_pad, P] fp32 by filtering the P unit vectors: the definition (used once per level count to build the
+    basis below, and by the tests)."""
     p = 1 << levels
     n_pad = -(-n // p) * p
     # channel s of the basis is 1 on the s-th token of every block: filtering it (the filter is linear and
@@ -36,6 +38,39 @@ def mixing_rows(gains: torch.Tensor, n: int, levels: int) -> torch.Tensor:
     return F.pad(rows, (0, 0, 0, n_pad - rows.shape[2]))[:, 0].contiguous()
 
 
+_TERMS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _terms(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The filter of one block is Σ over its P Haar coefficients of (that coefficient's gain) × (a fixed P×P
+    matrix): level j's i-th detail takes the gain of token i·2^(j+1) at level j, the approximation the gain of
+    token 0 at level L. Returns (token offset [P], level [P], matrices [P, P·P]), built once per level count."""
+    key = (levels, str(device))
+    if key not in _TERMS:
+        p = 1 << levels
+        terms = [(i << (j + 1), j) for j in range(levels) for i in range(p >> (j + 1))] + [(0, levels)]
+        mats = []
+        for tok, lvl in terms:
+            onehot = torch.zeros(1, p, levels + 1)
+            onehot[0, tok, lvl] = 1.0
+            mats.append(_mixing_rows_direct(onehot, p, levels)[0].reshape(-1))
+        _TERMS[key] = (torch.tensor([t for t, _ in terms], device=device), torch.tensor([lv for _, lv in terms],
+                       device=device), torch.stack(mats).to(device))
+    return _TERMS[key]
+
+
+def mixing_rows(gains: torch.Tensor, n: int, levels: int) -> torch.Tensor:
+    """[B, n_pad, P] fp32: row t holds the weights of the P tokens of t's block in t's filtered value. One gather
+    of the P gains of every block and one product with the fixed term matrices (a handful of kernels, where
+    filtering the unit vectors takes dozens of small launches)."""
+    p = 1 << levels
+    nb = -(-n // p)
+    tok, lvl, mats = _terms(levels, gains.device)
+    idx = (torch.arange(nb, device=gains.device)[:, None] * p + tok[None, :]).clamp(max=n - 1)  # [nb, P]
+    g = gains.float()[:, idx, lvl[None, :].expand(nb, p)]  # [B, nb, P]
+    return (g @ mats).view(gains.shape[0], nb * p, p)
+
+
 @triton.jit
 def _gelu(x):
     return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
@@ -43,7 +78,7 @@ def _gelu(x):
 
 @triton.jit
 def _filtered_tile(X, W, base_x, stride_xn, stride_xd, b, start, N, offs_d, D: tl.constexpr,
-                   P: tl.constexpr, BLOCK_N: tl.constexpr, NPAD):
+                   P: tl.constexpr, BLOCK_N: tl.constexpr, NPAD, PREC: tl.constexpr):
     """GELU then the block filter of one aligned tile of tokens: [BLOCK_N, BD] fp32."""
     offs_n = start + tl.arange(0, BLOCK_N)
     x = tl.load(X + base_x + offs_n[:, None] * stride_xn + offs_d[None, :] * stride_xd,
@@ -53,16 +88,18 @@ def _filtered_tile(X, W, base_x, stride_xn, stride_xd, b, start, N, offs_d, D: t
     same_block = (offs_n[:, None] // P) == ((start + cols)[None, :] // P)
     w = tl.load(W + b * NPAD * P + offs_n[:, None] * P + (cols[None, :] % P),
                 mask=same_block & (offs_n[:, None] < NPAD), other=0.0)
-    return tl.dot(w, x)
+    dt = X.dtype.element_ty
+    return tl.dot(w.to(dt), x.to(dt), input_precision=PREC)
 
 
 @triton.jit
-def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tokens_per_program,
+def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tokens_per_program, NB,
                         stride_kb, stride_kh, stride_kn, stride_kd,
                         stride_vb, stride_vh, stride_vn, stride_vd,
-                        H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
+                        H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
     pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
+    dt = K.dtype.element_ty
     pid_f = tl.program_id(1)
     pid_n = tl.program_id(2)
     b = pid_bh // H
@@ -70,48 +107,50 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tok
     offs_d = tl.arange(0, BD)
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     omega = tl.load(OMEGA + offs_d[:, None] * M + offs_f[None, :], mask=(offs_d[:, None] < D) & (offs_f[None, :] < M),
-                    other=0.0)
+                    other=0.0).to(dt)
     u = tl.zeros([BLOCK_F, BD], dtype=tl.float32)
     z = tl.zeros([BLOCK_F], dtype=tl.float32)
     base_k = b * stride_kb + h * stride_kh
     first = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
     for start in range(first, first + tokens_per_program, BLOCK_N):
-        kf = _filtered_tile(K, WK, base_k, stride_kn, stride_kd, b, start, N, offs_d, D, P, BLOCK_N, NPAD)
-        phi = tl.maximum(tl.dot(kf * inv_tau, omega), 0.0) * inv_sqrt_m
+        kf = _filtered_tile(K, WK, base_k, stride_kn, stride_kd, b, start, N, offs_d, D, P, BLOCK_N, NPAD, PREC)
+        phi = tl.maximum(tl.dot((kf * inv_tau).to(dt), omega, input_precision=PREC), 0.0) * inv_sqrt_m
         offs_n = start + tl.arange(0, BLOCK_N)
         phi = tl.where((offs_n < N)[:, None], phi, 0.0)
         v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0).to(tl.float32)
-        u += tl.dot(tl.trans(phi), v)
+                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+        u += tl.dot(tl.trans(phi.to(dt)), v, input_precision=PREC)
         z += tl.sum(phi, 0)
     tl.atomic_add(U + pid_bh * M * BD + offs_f[:, None] * BD + offs_d[None, :], u, mask=offs_f[:, None] < M)
     tl.atomic_add(Z + pid_bh * M + offs_f, z, mask=offs_f < M)
 
 
 @triton.jit
-def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_sqrt_m, eps, ln_eps,
+def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_sqrt_m, eps, ln_eps, NB,
                       stride_qb, stride_qh, stride_qn, stride_qd,
                       stride_ob, stride_oh, stride_on, stride_od,
-                      H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
+                      H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
+    dt = Q.dtype.element_ty
     b = pid_bh // H
     h = pid_bh % H
     offs_d = tl.arange(0, BD)
     start = pid_n * BLOCK_N
     qf = _filtered_tile(Q, WQ, b * stride_qb + h * stride_qh, stride_qn, stride_qd, b, start, N, offs_d, D, P,
-                        BLOCK_N, NPAD)
+                        BLOCK_N, NPAD, PREC)
+    qs = (qf * inv_tau).to(dt)
     num = tl.zeros([BLOCK_N, BD], dtype=tl.float32)
     den = tl.zeros([BLOCK_N], dtype=tl.float32)
     for f0 in range(0, M, BLOCK_F):
         offs_f = f0 + tl.arange(0, BLOCK_F)
         omega = tl.load(OMEGA + offs_d[:, None] * M + offs_f[None, :],
-                        mask=(offs_d[:, None] < D) & (offs_f[None, :] < M), other=0.0)
-        phi = tl.maximum(tl.dot(qf * inv_tau, omega), 0.0) * inv_sqrt_m
+                        mask=(offs_d[:, None] < D) & (offs_f[None, :] < M), other=0.0).to(dt)
+        phi = tl.maximum(tl.dot(qs, omega, input_precision=PREC), 0.0) * inv_sqrt_m
         u = tl.load(U + pid_bh * M * BD + offs_f[:, None] * BD + offs_d[None, :], mask=offs_f[:, None] < M, other=0.0)
         z = tl.load(Z + pid_bh * M + offs_f, mask=offs_f < M, other=0.0)
-        num += tl.dot(phi, u)
+        num += tl.dot(phi.to(dt), u.to(dt), input_precision=PREC)
         den += tl.sum(phi * z[None, :], 1)
     out = num / (den + eps)[:, None]
     d_ok = offs_d < D
@@ -124,6 +163,38 @@ def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_s
     offs_n = start + tl.arange(0, BLOCK_N)
     tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_on + offs_d[None, :] * stride_od,
              y.to(O.dtype.element_ty), mask=(offs_n[:, None] < N) & d_ok[None, :])
+
+
+# (BLOCK_N, BLOCK_F, warps, stages), pruned to the block size and head dim, autotuned on the GPU (keyed by head
+# dim, m and a bucket of batch·heads·tokens; cached); the interpreter runs fixed 16-wide tiles.
+_STATE_CONFIGS = [(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (32, 64, 4, 3)]
+_OUT_CONFIGS = [(64, 64, 4, 3), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3)]
+
+
+def _prune(configs: list, named_args: dict, **kwargs) -> list:
+    a = {**named_args, **kwargs}
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] >= a["P"]
+            and (a["BD"] < 256 or (c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_F"] <= 64 and c.num_stages <= 2))]
+    return keep or [triton.Config({"BLOCK_N": max(64, a["P"]), "BLOCK_F": 32}, num_warps=8, num_stages=1)]
+
+
+def _tuned(fn, configs: list, reset: list[str] | None = None):
+    kw: dict = {"configs": [triton.Config({"BLOCK_N": n, "BLOCK_F": f}, num_warps=w, num_stages=st)
+                            for n, f, w, st in configs],
+                "key": ["D", "M", "P", "NB"], "prune_configs_by": {"early_config_prune": _prune}}
+    if reset:
+        kw["reset_to_zero"] = reset  # atomics accumulate: zeroed before each trial
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kw["cache_results"] = True
+    return triton.autotune(**kw)(fn)
+
+
+_state_tuned = _tuned(_wersa_state_kernel, _STATE_CONFIGS, reset=["U", "Z"])
+_out_tuned = _tuned(_wersa_out_kernel, _OUT_CONFIGS)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(4, math.ceil(math.log2(max(n, 1))))
 
 
 def _interpreting() -> bool:
@@ -161,21 +232,26 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     wq = mixing_rows(g_q, n, params.levels)
     wk = wq if g_k is g_q and nk == n else mixing_rows(g_k, nk, params.levels)
     bd = max(16, triton.next_power_of_2(d))
-    block_n = 16 if _interpreting() else 64
-    block_n = max(block_n, p)
-    block_f = 16 if _interpreting() else 64
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"  # products in the input dtype; fp32 stays exact
     u = torch.zeros((b * h, m, bd), dtype=torch.float32, device=q.device)
     z = torch.zeros((b * h, m), dtype=torch.float32, device=q.device)
     omega_k = params.omega_k.float().contiguous()
     omega_q = params.omega_q.float().contiguous()
-    per_program = max(block_n, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), block_n) * block_n)
-    grid1 = (b * h, triton.cdiv(m, block_f), triton.cdiv(nk, per_program))
-    _wersa_state_kernel[grid1](k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), per_program,
-                               *k.stride(), *v.stride(), h, m, D=d, BD=bd, P=p, BLOCK_N=block_n, BLOCK_F=block_f)
+    # token slices: a multiple of every BLOCK_N, enough programs to fill the GPU
+    per_program = max(128, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), 128) * 128)
+    state_args = (k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), per_program,
+                  _bucket(b * h * nk), *k.stride(), *v.stride(), h, m)
     o = torch.empty_like(q)
-    grid2 = (b * h, triton.cdiv(n, block_n))
-    _wersa_out_kernel[grid2](q, wq, omega_q, u, z, params.norm.weight.float().contiguous(),
-                             params.norm.bias.float().contiguous(), o, n, wq.shape[1], 1.0 / tau, 1.0 / math.sqrt(m),
-                             eps, params.norm.eps, *q.stride(), *o.stride(), h, m, D=d, BD=bd, P=p, BLOCK_N=block_n,
-                             BLOCK_F=block_f)
+    out_args = (q, wq, omega_q, u, z, params.norm.weight.float().contiguous(), params.norm.bias.float().contiguous(),
+                o, n, wq.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), eps, params.norm.eps, _bucket(b * h * n),
+                *q.stride(), *o.stride(), h, m)
+    const = {"D": d, "BD": bd, "P": p, "PREC": prec}
+    if _interpreting():
+        tiles = {"BLOCK_N": max(16, p), "BLOCK_F": 16}
+        _wersa_state_kernel[(b * h, triton.cdiv(m, 16), triton.cdiv(nk, per_program))](*state_args, **const, **tiles)
+        _wersa_out_kernel[(b * h, triton.cdiv(n, tiles["BLOCK_N"]))](*out_args, **const, **tiles)
+    else:
+        _state_tuned[lambda meta: (b * h, triton.cdiv(m, meta["BLOCK_F"]), triton.cdiv(nk, per_program))](
+            *state_args, **const)
+        _out_tuned[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_N"]))](*out_args, **const)
     return o

@@ -55,9 +55,15 @@ class WersaParams(nn.Module):
 
     def gains(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C]."""
-        u = x.transpose(1, 2)
-        u = F.pad(u, (32, 0)) if self.causal else F.pad(u, (16, 16))
-        u = self.conv(u).transpose(1, 2)
+        # x [B, n, C] is, without a copy, a channels-last [B, C, 1, n] image: the depthwise conv over tokens runs
+        # as cuDNN's NHWC depthwise kernel with no transposes (wersa.md: "leave it to cuDNN/cuBLAS"). Causal:
+        # 32 zero tokens on the left, so token t sees x[t-32 .. t].
+        if self.causal:
+            x = F.pad(x, (0, 0, 32, 0))
+        img = x.transpose(1, 2).unsqueeze(2)
+        u = F.conv2d(img, self.conv.weight.unsqueeze(2), self.conv.bias, padding=(0, 0 if self.causal else 16),
+                     groups=x.shape[-1])
+        u = u.squeeze(2).transpose(1, 2)
         f = torch.sigmoid(self.fc2(F.relu(self.fc1(u))))
         return f * self.s
 
@@ -133,6 +139,29 @@ def wersa_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaPa
         den = torch.einsum("bhtm,bhm->bht", fq.float(), z)
     out = (num / (den.unsqueeze(-1) + eps)).to(q.dtype)
     return params.norm(out)  # step 8
+
+
+def wersa_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams, *,
+                x_q: torch.Tensor, x_k: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """The same maths as `wersa_ref`, in the input dtype, as a PyTorch user would write it: the baseline the fused
+    kernels are measured against. Causal prefix sums go chunk by chunk (linear_attn_eager) instead of the
+    reference's n × m × d cumsum, which does not fit in memory at real sizes."""
+    from mmchar.kernels.linear_attn.reference import linear_attn_eager
+
+    x_k = x_q if x_k is None else x_k
+    g_q = params.gains(x_q)
+    g_k = g_q if x_k is x_q else params.gains(x_k)
+    tau = (F.softplus(params.lam) + 0.1).to(q.dtype)
+    fq = _phi(haar_filter(F.gelu(q), g_q, params.levels), params.omega_q, tau, params.features)
+    fk = _phi(haar_filter(F.gelu(k), g_k, params.levels), params.omega_k, tau, params.features)
+    if params.causal:  # features are ReLU outputs already: relu is the identity on them
+        out = linear_attn_eager(fq, fk, v, causal=True, feature="relu", eps=eps)
+    else:
+        u = torch.einsum("bhsm,bhse->bhme", fk, v)
+        num = torch.einsum("bhtm,bhme->bhte", fq, u)
+        den = torch.einsum("bhtm,bhm->bht", fq, fk.sum(2))
+        out = num / (den.unsqueeze(-1) + eps)
+    return params.norm(out)
 
 
 def merge_heads(t: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,8 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
     names = [b.strip() for b in backends.split(",")] if backends else None
     for n in names or []:
         get_backend(n)
-    say(ba.benchmark(resolve_device(device), only, names, max_seq, output))
+    say(ba.benchmark(resolve_device(device), only, names, max_seq, output,
+                     progress=lambda m: print(m, file=sys.stderr, flush=True)))
     say(f"tables: {output / 'attention.md'}, {output / 'attention.json'}")
 
 

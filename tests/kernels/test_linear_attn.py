@@ -20,6 +20,7 @@ CASES = [  # B, H, Sq, Skv, D, Dv, causal, feature, dtype
     (1, 2, 45, 45, 32, 48, True, "relu", torch.float32),
     (1, 1, 70, 70, 64, 64, True, "elu1", torch.float16),
     (3, 2, 16, 16, 72, 72, False, "relu", torch.float16),
+    (2, 1, 150, 150, 16, 128, True, "relu", torch.float32),  # five chunks; dv over two blocks of the state pass
 ]
 
 
@@ -43,6 +44,19 @@ def test_triton_matches_reference(case):
     out = linear_attn(q, k, v, causal=causal, feature=feature)
     assert out.shape == (b, h, sq, dv) and out.dtype == dt
     assert _rel(out, linear_attn_ref(q, k, v, causal=causal, feature=feature)) < (1e-5 if dt == torch.float32 else 3e-3)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("per_group", [1, 2, 5])
+def test_causal_groups_of_chunks(per_group):
+    """The state pass's groups (one program walks `per_group` chunks; groups joined by a prefix sum) change
+    nothing: every split gives the reference."""
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 161, 32, generator=g) for _ in range(3))
+    out = linear_attn(q, k, v, causal=True, feature="elu1", chunks_per_group=per_group)
+    assert _rel(out, linear_attn_ref(q, k, v, causal=True, feature="elu1")) < 1e-5
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[8] == torch.float32], ids=_ids)

@@ -137,3 +137,43 @@ def test_mixing_rows_reproduce_the_filter():
     blocks = torch.nn.functional.pad(y, (0, 0, 0, 3))[:, 0].view(2, 10, 4, 5)
     mixed = torch.einsum("bkij,bkjd->bkid", rows, blocks).reshape(2, 40, 5)[:, :37]
     torch.testing.assert_close(mixed, haar_filter(y, g, 2)[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_eager_baseline_matches_reference(causal):
+    """The eager baseline bench-attn times (input dtype, chunked causal prefix sums) computes the reference's maths."""
+    from mmchar.kernels.wersa.reference import wersa_eager
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 70, 16, generator=g) for _ in range(3))
+    p = WersaParams(32, 16, features=32, seed=1, causal=causal)
+    x = torch.randn(2, 70, 32, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(wersa_eager(q, k, v, p, x_q=x), wersa_ref(q, k, v, p, x_q=x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gain_conv_is_the_specified_depthwise_conv(causal):
+    """gains() runs the conv as a channels-last 2-D conv; it equals the spec's padded Conv1d over tokens."""
+    import torch.nn.functional as F
+
+    p = WersaParams(24, 8, seed=2, causal=causal)
+    x = torch.randn(2, 50, 24)
+    u = F.pad(x.transpose(1, 2), (32, 0) if causal else (16, 16))
+    u = p.conv(u).transpose(1, 2)
+    want = torch.sigmoid(p.fc2(F.relu(p.fc1(u)))) * p.s
+    with torch.no_grad():
+        torch.testing.assert_close(p.gains(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels,n", [(1, 9), (2, 37), (3, 40), (2, 4)])
+def test_mixing_rows_closed_form_equals_filtering_unit_vectors(levels, n):
+    from mmchar.kernels.wersa.kernel import _mixing_rows_direct, mixing_rows
+
+    g = torch.rand(3, n, levels + 1)
+    got, want = mixing_rows(g, n, levels), _mixing_rows_direct(g, n, levels)
+    p = 1 << levels
+    t = torch.arange(got.shape[1])
+    real = (t[:, None] < n) & ((t[:, None] // p) * p + torch.arange(p)[None, :] < n)  # tokens that exist
+    assert got.shape == want.shape
+    torch.testing.assert_close(got[:, real], want[:, real], rtol=1e-6, atol=1e-6)

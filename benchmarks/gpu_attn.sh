@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU evidence of the attention-kernels issue, run on the device machine from the repo root:
+#   PHASES="tests sweep workloads ncu" (default: all) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
+#   S sweep and on the workload shapes, Nsight Compute on chosen kernels. Results packed into $OUT/results.tgz.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT" /tmp/pack
+PHASES=${PHASES:-tests sweep workloads}
+REPO=$PWD
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
+python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee /tmp/pack/gpu.txt
+mmchar calibrate 2>&1 | tail -6 | tee /tmp/pack/calibrate.txt
+for phase in $PHASES; do
+  t0=$(date +%s)
+  case $phase in
+    tests)
+      (cd /tmp && timeout "${TEST_S:-200}" python3 -P -m pytest -v -m gpu ${TESTS:-"$REPO/tests/test_gpu.py" "$REPO/tests/kernels"} \
+        -p no:cacheprovider -rfEs --tb=short --durations=12 > /tmp/pack/pytest-gpu.txt 2>&1) ;;
+    sweep|workloads)
+      timeout "${BENCH_S:-330}" mmchar bench-attn --only "$phase" ${BACKENDS:+--backends $BACKENDS} -o "/tmp/pack/$phase" \
+        > "/tmp/pack/$phase.txt" 2> "/tmp/pack/$phase-progress.txt" ;;
+    wersa)
+      timeout "${WERSA_S:-120}" python3 -u benchmarks/profile_wersa.py --out /tmp/pack/wersa-parts.md > /tmp/pack/wersa.txt 2>&1 ;;
+    ncu)
+      timeout "${NCU_S:-200}" bash benchmarks/ncu_attn.sh /tmp/pack/ncu > /tmp/pack/ncu.txt 2>&1 ;;
+  esac
+  echo "$phase: $(( $(date +%s) - t0 )) s" | tee -a /tmp/pack/phases.txt
+  tar czf "$OUT/results.tgz" -C /tmp/pack .
+done
+ls -la "$OUT"

@@ -1,0 +1,66 @@
+"""Where WERSA's time goes on the GPU: the whole backend call against its parts (gain generator, mixing rows,
+the two fused passes), and the top kernels of one call. Prints a table; --out writes it as markdown.
+
+    python benchmarks/profile_wersa.py [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from mmchar.backends import get_backend
+from mmchar.kernels.wersa.kernel import mixing_rows
+from mmchar.kernels.wersa.reference import merge_heads
+
+
+def conv1d_gains(p, x):
+    """The spec's literal form (transpose, pad, Conv1d), for comparison with gains()' channels-last conv."""
+    u = F.pad(x.transpose(1, 2), (32, 0) if p.causal else (16, 16))
+    u = p.conv(u).transpose(1, 2)
+    return torch.sigmoid(p.fc2(F.relu(p.fc1(u)))) * p.s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    lines = ["| B, H, n, d | causal | backend call ms | eager ms | gains ms (channels-last) | gains ms (Conv1d) | "
+             "mixing rows ms | rest (fused passes) ms |", "|" + "---|" * 8]
+    for b, h, n, d, causal in [(16, 32, 1024, 64, False), (4, 16, 4096, 128, False), (1, 16, 16384, 128, False),
+                               (1, 32, 65536, 64, False), (1, 16, 16384, 128, True)]:
+        g = torch.Generator(device=dev).manual_seed(0)
+        with torch.inference_mode():
+            q, k, v = (torch.randn(b, h, n, d, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(3))
+            be = get_backend("wersa")("profile.layer")
+            be(q, k, v, causal=causal)
+            p, x = be.params, merge_heads(q)
+            t_call = do_bench(lambda: be(q, k, v, causal=causal), return_mode="median")
+            t_eager = do_bench(lambda: be.eager()(q, k, v, causal=causal), return_mode="median")
+            t_g = do_bench(lambda: p.gains(x), return_mode="median")
+            t_g1 = do_bench(lambda: conv1d_gains(p, x), return_mode="median")
+            gq = p.gains(x)
+            t_mix = 0.0 if causal else do_bench(lambda: mixing_rows(gq, n, p.levels), return_mode="median")
+            t_merge = do_bench(lambda: merge_heads(q), return_mode="median")
+        rest = t_call - 2 * (t_g + t_mix + t_merge)
+        lines.append(f"| {b}, {h}, {n}, {d} | {causal} | {t_call:.3f} | {t_eager:.3f} | {t_g:.3f} | {t_g1:.3f} | "
+                     f"{t_mix:.3f} | {rest:.3f} |")
+        print(lines[-1], flush=True)
+        if (b, n) == (4, 4096):
+            with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    be(q, k, v, causal=causal)
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        open(a.out, "w").write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
