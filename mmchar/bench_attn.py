@@ -202,23 +202,44 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def benchmark(device: torch.device, only: str | None, backends: list[str] | None, max_seq: int, out: Path,
-              progress: Any = None) -> str:
+              progress: Any = None, match: str | None = None, resume: bool = False) -> str:
     """Run the benchmark shape by shape, rewriting ``out/attention.{md,json}`` after each (an interrupted run
-    keeps what it measured), and return the printed table."""
+    keeps what it measured), and return the printed table. ``resume``: keep the rows already in
+    ``out/attention.json`` (same device) and measure only the shapes that lack one of the backends."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = ([] if only == "sweep" else WORKLOAD_SHAPES) + ([] if only == "workloads" else sweep_shapes())
-    shapes = [s for s in shapes if max(s.sq, s.skv) <= max_seq]
+    shapes = [s for s in shapes if max(s.sq, s.skv) <= max_seq and (match is None or match in s.name)]
+    if not shapes:
+        raise ValueError(f"no shape of {only or 'workloads and sweep'} matches {match!r} up to {max_seq} tokens")
     backends = backends or available_backends(device)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = _previous_rows(Path(out), device) if resume else []
+    done = {(r["name"], r["backend"]) for r in rows}
     text = ""
     for i, shape in enumerate(shapes):
-        new = run([shape], backends, device, dtype)
+        todo = [b for b in backends if (shape.name, b) not in done]
+        if not todo:
+            continue
+        rows = [r for r in rows if r["name"] != shape.name or r["backend"].split(" (")[0] not in todo]
+        new = run([shape], todo, device, dtype)
         rows += new
         text = _write_tables(rows, device, dtype, Path(out))
         if progress is not None:
             progress(f"[{i + 1}/{len(shapes)}] {shape.name}: " + ", ".join(
                 f"{r['backend']} {r['ms']:.3g} ms" if r["ms"] else f"{r['backend']} -" for r in new))
     return text
+
+
+def _previous_rows(out: Path, device: torch.device) -> list[dict[str, Any]]:
+    """Measured rows of an earlier run into the same folder on the same device (derived columns dropped)."""
+    f = out / "attention.json"
+    if not f.exists():
+        return []
+    data = json.loads(f.read_text())
+    if data.get("device", {}).get("name") != environment.device_info(device)["name"]:
+        raise ValueError(f"{f} was measured on {data.get('device', {}).get('name')}, not on this device; "
+                         f"use another --output folder")
+    keep = set(asdict(Shape("", 0, 0, 0, 0, 0))) | {"backend", "ms", "tflops", "gbps", "rel_err", "note"}
+    return [{k: v for k, v in r.items() if k in keep} for r in data["rows"]]
 
 
 def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch.dtype, out: Path) -> str:

@@ -69,3 +69,19 @@ def test_crossover_is_the_start_of_the_final_run_of_wins():
                 rows.append({"name": f"sweep d64 S{s}", "sq": s, "d": 64, "causal": causal, "backend": backend,
                              "ms": ms})
     assert bench_attn.crossover(pd.DataFrame(rows), "linear") == {"d=64": 4096, "d=64 causal": None}
+
+
+def test_resume_measures_only_what_is_missing(tmp_path, monkeypatch):
+    out = tmp_path / "ba"
+    args = ["bench-attn", "--device", "cpu", "--only", "workloads", "--max-seq", "20", "-o", str(out)]
+    assert main(args + ["--backends", "math"]) == 0
+    calls = []
+    real_run = bench_attn.run
+    monkeypatch.setattr(bench_attn, "run", lambda shapes, backends, *a, **k: calls.append(backends) or
+                        real_run(shapes, backends, *a, **k))
+    assert main(args + ["--backends", "math,linear", "--resume"]) == 0
+    assert calls == [["linear"]]  # math was measured already
+    rows = json.loads((out / "attention.json").read_text())["rows"]
+    assert sorted(r["backend"] for r in rows) == ["linear", "linear (eager)", "math"]
+    assert main(args + ["--backends", "math,linear", "--resume"]) == 0 and calls == [["linear"]]
+    assert main(args[:-2] + ["--match", "no-such-shape"]) == 1

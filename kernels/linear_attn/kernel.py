@@ -284,8 +284,10 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
         return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group)
     u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)
     z = torch.zeros((b * h, bd), dtype=torch.float32, device=q.device)
-    # enough token slices to fill the GPU, few enough that the atomics stay cheap (a multiple of every BLOCK_N)
-    per_program = max(128, triton.cdiv(triton.cdiv(skv, max(1, 1024 // (b * h))), 128) * 128)
+    # enough token slices to fill the GPU, few enough that the atomics stay cheap: each slice adds a bd × bdv fp32
+    # state, so at most ~1/8 of the bytes read go to atomics (a multiple of every BLOCK_N)
+    slices = max(1, min(1024 // (b * h), skv * (d + dv) // (16 * bd * bdv)))
+    per_program = max(128, triton.cdiv(triton.cdiv(skv, slices), 128) * 128)
     nb = _bucket(b * h * skv)
     _launch(_linear_attn_state_kernel, _state_tuned,
             lambda meta: (b * h, triton.cdiv(skv, per_program), bdv // meta["BDV"]),

@@ -78,6 +78,8 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
                only: Annotated[Optional[str], typer.Option(help="workloads or sweep (default: both).")] = None,
                backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: all available).")] = None,
                max_seq: Annotated[int, typer.Option("--max-seq", help="Skip shapes with longer sequences.")] = 65536,
+               match: Annotated[Optional[str], typer.Option(help="Only shapes whose name contains this text (e.g. 'causal', 'sd15').")] = None,
+               resume: Annotated[bool, typer.Option("--resume", help="Keep the rows already in the output folder; measure only what is missing.")] = False,
                output: Annotated[Path, typer.Option("-o", "--output", help="Folder for attention.md / attention.json.")] = Path("bench-attn")) -> None:
     """Time every attention backend on real workloads' attention shapes and an S sweep, with ratios."""
     from mmchar import bench_attn as ba
@@ -89,8 +91,13 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
     names = [b.strip() for b in backends.split(",")] if backends else None
     for n in names or []:
         get_backend(n)
-    say(ba.benchmark(resolve_device(device), only, names, max_seq, output,
-                     progress=lambda m: print(m, file=sys.stderr, flush=True)))
+    try:
+        text = ba.benchmark(resolve_device(device), only, names, max_seq, output,
+                            progress=lambda m: print(m, file=sys.stderr, flush=True), match=match,
+                            resume=resume)
+    except ValueError as e:
+        raise InvalidParameterError(str(e)) from None
+    say(text)
     say(f"tables: {output / 'attention.md'}, {output / 'attention.json'}")
 
 
