@@ -309,6 +309,53 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     return 0 if any(r.status == "ok" for r in result.runs) else 1
 
 
+@app.command()
+def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar workloads`).", show_default=False)],
+          vary: Annotated[Optional[list[str]], typer.Option(help="NAME=V1,V2,...: a parameter's values (repeatable: height, width, frames, steps, batch, guidance, seed).")] = None,
+          backends: Annotated[str, typer.Option(help="Comma-separated attention backends; every point runs under each.")] = "sdpa",
+          preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
+          frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
+          seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
+          fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+          repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+          store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+    """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmchar import sweep as sw
+
+    _check_format(fmt)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    fixed = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
+                 prompt=prompt)
+    options = {"fallback": fallback, "cross_backend": cross_backend, "scope": scope, "repeat": repeat,
+               "profile_steps": profile_steps, "keep_trace": not no_trace}
+    plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
+                   device=device, dtype=dtype, weights=str(weights) if weights else None)
+    _warn_changed_math(names)
+    todo = plan.todo
+    say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {len(plan.points) - len(todo)} already in "
+        f"{store}, {len(todo)} to run")
+    folders = dict(plan.done)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=len(todo))
+        for point in todo:
+            bar.update(task, description=point.label())
+            folders[point.config_hash] = sw.run_point(plan, point, store)
+            row = sw.summary_row(point, folders[point.config_hash])
+            bar.console.print(f"{point.label()}: {row['status']}" + (f", {row['e2e_ms']} ms per generation"
+                              if row["status"] == "ok" else f" ({row['error']})"))
+            bar.advance(task)
+    rows = [sw.summary_row(p, folders[p.config_hash]) for p in plan.points]
+    table = pd.DataFrame(rows)
+    print_frame(table, title=f"sweep of {workload} ({store})", fmt=fmt)
+    failed = int((table["status"] != "ok").sum())
+    if failed:
+        warn(f"{failed} of {len(rows)} points failed (stored with their status); the rest are in {store}")
+    return 0 if failed < len(rows) else 1
+
+
 # --- export / dashboard / tensorboard ---------------------------------------------------------------------
 
 @app.command()

@@ -1,0 +1,193 @@
+"""`mmchar sweep`: the product of parameter values × backends, each point profiled in a fresh subprocess.
+
+A fresh process per point keeps points independent: an out-of-memory error, a crashed kernel or a leaked CUDA
+context in one point cannot change the next one's figures. A point is identified by the config hash that ends
+its run id (the resolved configuration plus the attention path), so a re-run finds the points already in the
+store, whatever their status, and runs only the missing ones. A child that dies without writing its run
+(killed, segfault) is recorded by the parent as a failed run, so every point ends up in the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmchar.errors import InvalidParameterError, UnknownNameError
+from mmchar.store import is_run_folder, read_meta
+
+# what --vary may name, with the type its values parse to (prompt is not a sweep axis)
+VARY_TYPES: dict[str, type] = {"height": int, "width": int, "frames": int, "steps": int, "batch": int,
+                               "guidance": float, "seed": int}
+
+
+def parse_vary(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """``["height=256,512", "frames=8"]`` -> ``{"height": [256, 512], "frames": [8]}``, checked."""
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise InvalidParameterError(f"--vary {spec!r}: write NAME=V1,V2,... (e.g. --vary height=256,512)")
+        if key not in VARY_TYPES:
+            raise UnknownNameError("sweep parameter", key, VARY_TYPES)
+        if key in out:
+            raise InvalidParameterError(f"--vary {key} is given twice; list all its values in one --vary {key}=...")
+        try:
+            parsed = [VARY_TYPES[key](v.strip()) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise InvalidParameterError(f"--vary {spec!r}: {key} takes {VARY_TYPES[key].__name__} values") from None
+        out[key] = list(dict.fromkeys(parsed))
+    return out
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of a sweep: parameter overrides, a backend, and the hash its run will carry."""
+
+    params: dict[str, Any]
+    backend: str
+    config_hash: str
+
+    def label(self) -> str:
+        return " ".join([f"{k}={v}" for k, v in self.params.items()] + [f"backend={self.backend}"])
+
+
+@dataclass
+class SweepPlan:
+    workload: str
+    preset: str
+    points: list[Point]
+    fixed: dict[str, Any]  # parameter overrides shared by every point
+    options: dict[str, Any]  # ProfileOptions fields shared by every point (backend aside)
+    device: str | None
+    dtype: str | None
+    weights: str | None
+    done: dict[str, Path] = field(default_factory=dict)  # config hash -> run folder already in the store
+
+    @property
+    def todo(self) -> list[Point]:
+        return [p for p in self.points if p.config_hash not in self.done]
+
+
+def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], store: str | os.PathLike[str], *,
+         preset: str = "tiny", fixed: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+         device: str | None = None, dtype: str | None = None, weights: str | None = None) -> SweepPlan:
+    """Resolve and check every point before anything runs (a bad value fails the sweep up front, not at point 7)."""
+    from mmchar.api import run_config_hash
+    from mmchar.backends import require_backend
+    from mmchar.devices import resolve_device
+    from mmchar.runner import ProfileOptions
+    from mmchar.workloads import get_workload
+
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    clash = set(fixed) & set(vary)
+    if clash:
+        raise InvalidParameterError(f"--{sorted(clash)[0]} is fixed and varied at once; give it only as --vary")
+    if not backends:
+        raise InvalidParameterError("--backends names no backend; e.g. --backends sdpa,math")
+    w = get_workload(workload)
+    dev = resolve_device(device)
+    for b in backends:
+        require_backend(b, dev)
+    options = dict(options or {})
+    for extra in (options.get("fallback"), options.get("cross_backend")):
+        if extra:
+            require_backend(extra, dev)
+    keys = list(vary)
+    points = []
+    for values in itertools.product(*(vary[k] for k in keys)):
+        params = dict(zip(keys, values))
+        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, **fixed, **params)
+        for b in backends:
+            opts = ProfileOptions(backend=b, **options)
+            points.append(Point(params, b, run_config_hash(config, opts)))
+    if len({p.config_hash for p in points}) != len(points):
+        raise InvalidParameterError("two points of this sweep resolve to the same configuration (a repeated value?)")
+    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights)
+    sweep.done = stored_points(store, {p.config_hash for p in points})
+    return sweep
+
+
+def stored_points(store: str | os.PathLike[str], hashes: set[str]) -> dict[str, Path]:
+    """Run folders of ``store`` whose config hash is one of ``hashes`` (any status: a point is run once)."""
+    found: dict[str, Path] = {}
+    root = Path(store)
+    if not root.is_dir():
+        return found
+    for folder in sorted(root.iterdir()):
+        h = folder.name.rsplit("-", 1)[-1]
+        if h in hashes and is_run_folder(folder):
+            if read_meta(folder).get("config_hash") == h:
+                found[h] = folder
+    return found
+
+
+def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str]) -> list[str]:
+    """The `mmchar profile` command line of one point."""
+    cmd = [sys.executable, "-m", "mmchar", "profile", sweep.workload, "--preset", sweep.preset,
+           "--backend", point.backend, "--store", str(store)]
+    for k, v in {**sweep.fixed, **point.params}.items():
+        cmd += [f"--{k}", str(v)]
+    for opt in ("device", "dtype", "weights"):
+        if getattr(sweep, opt) is not None:
+            cmd += [f"--{opt}", str(getattr(sweep, opt))]
+    o = sweep.options
+    for k in ("fallback", "cross_backend", "scope", "repeat", "profile_steps"):
+        if o.get(k) is not None:
+            cmd += ["--" + k.replace("_", "-"), str(o[k])]
+    if o.get("keep_trace") is False:
+        cmd.append("--no-trace")
+    return cmd
+
+
+def run_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
+              command: Callable[[SweepPlan, Point, str | os.PathLike[str]], list[str]] = child_command) -> Path:
+    """Profile one point in a fresh process; returns its run folder (written by the parent if the child died
+    without writing one)."""
+    proc = subprocess.run(command(sweep, point, store), capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    found = stored_points(store, {point.config_hash})
+    if point.config_hash in found:
+        return found[point.config_hash]
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else "no output"
+    killed = proc.returncode < 0 or proc.returncode in (137, 9)  # a signal: the kernel's OOM killer, a crash
+    return record_dead_child(sweep, point, store, proc.returncode, last, oom=killed and "Killed" in last or
+                             "out of memory" in last.lower())
+
+
+def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[str], code: int, last: str,
+                      oom: bool) -> Path:
+    from mmchar.devices import resolve_device
+    from mmchar.runner import ProfileOptions, base_meta, new_run_id
+    from mmchar.store import Run, unique_run_id, write_run
+    from mmchar.workloads import get_workload
+
+    dev = resolve_device(sweep.device)
+    config = get_workload(sweep.workload).resolve(sweep.preset, dtype=sweep.dtype, device=str(dev),
+                                                  weights=sweep.weights, **sweep.fixed, **point.params)
+    options = ProfileOptions(backend=point.backend, **sweep.options)
+    run_id = unique_run_id(store, new_run_id(sweep.workload, point.backend, point.config_hash))
+    meta = base_meta(config, dev, options, run_id, point.config_hash)
+    meta.update(status="oom" if oom else "error",
+                error=f"the profiling process exited with code {code} without writing its run: {last[:300]}")
+    return write_run(store, Run(meta=meta))
+
+
+def summary_row(point: Point, folder: Path) -> dict[str, Any]:
+    """What the summary table shows of one point's run."""
+    meta = read_meta(folder)
+    t = meta.get("timings") or {}
+    e2e, step = (t.get("e2e") or {}).get("median_ms"), (t.get("denoiser_step") or {}).get("median_ms")
+    busy = ((meta.get("busy") or {}).get("denoiser_step") or {}).get("busy_frac")
+    return {**point.params, "backend": point.backend, "status": meta["status"],
+            "e2e_ms": None if e2e is None else round(e2e, 2),
+            "denoiser_step_ms": None if step is None else round(step, 3),
+            "denoiser_busy": None if busy is None else round(busy, 3),
+            "run": folder.name, "error": (meta.get("error") or "")[:80]}
