@@ -67,9 +67,13 @@ def git_commit() -> str | None:
         return None
 
 
+def cache_dir() -> Path:
+    """Per-user cache of measured or derived facts (roofs, parameter counts); $MMCHAR_CACHE overrides it."""
+    return Path(os.environ.get("MMCHAR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmchar"))
+
+
 def roofs_cache_path() -> Path:
-    base = os.environ.get("MMCHAR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmchar")
-    return Path(base) / "roofs.json"
+    return cache_dir() / "roofs.json"
 
 
 def roofs(device: dict[str, Any]) -> dict[str, Any] | None:

@@ -17,6 +17,12 @@ def _load_builtin() -> None:
     # Imported lazily: each module registers itself; importing diffusers is slow.
     from mmchar.workloads.modelscope_t2v import workload as _m  # noqa: F401
     from mmchar.workloads.sd15 import workload as _s  # noqa: F401
+    from mmchar.workloads.sdxl import workload as _sdxl  # noqa: F401
+    from mmchar.workloads.pixart_sigma import workload as _pixart  # noqa: F401
+    from mmchar.workloads.cogvideox import workload as _cogvideox  # noqa: F401
+    from mmchar.workloads.wan import workload as _wan  # noqa: F401
+    from mmchar.workloads.sd3 import workload as _sd3  # noqa: F401
+    from mmchar.workloads.flux import workload as _flux  # noqa: F401
 
 
 def workload_names() -> list[str]:

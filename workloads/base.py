@@ -54,17 +54,18 @@ class Workload(ABC):
     stages: ClassVar[tuple[str, ...]]
     attention_sites: ClassVar[tuple[str, ...]]
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
-    config_package: ClassVar[str]  # the package holding configs/
+    config_package: ClassVar[str]  # the package holding the preset folder
+    config_folder: ClassVar[str] = "configs"  # several sizes of one family share a package: configs/<size>
     spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
 
     def presets(self) -> list[str]:
-        folder = resources.files(self.config_package) / "configs"
+        folder = resources.files(self.config_package).joinpath(*self.config_folder.split("/"))
         return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
     def preset_config(self, preset: str) -> dict[str, Any]:
         if preset not in self.presets():
             raise UnknownNameError("preset", preset, self.presets(), context=f" of {self.name}")
-        path = resources.files(self.config_package) / "configs" / f"{preset}.json"
+        path = resources.files(self.config_package).joinpath(*self.config_folder.split("/"), f"{preset}.json")
         return json.loads(path.read_text())
 
     def resolve(self, preset: str = "tiny", *, dtype: str | None = None, device: str | None = None,
@@ -90,7 +91,8 @@ class Workload(ABC):
         dev = resolve_device(device)  # recorded resolved, so a default and its explicit spelling hash alike
         return {"workload": self.name, "preset": preset, "params": p.to_dict(), "device": str(dev),
                 "dtype": DTYPE_NAMES[resolve_dtype(dtype, dev)],
-                "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {})}
+                "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {}),
+                **({"call": cfg["call"]} if "call" in cfg else {})}
 
     def check(self, p: Params) -> None:
         f = self.spatial_factor

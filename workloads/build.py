@@ -26,7 +26,7 @@ def parameters_on_meta() -> Iterator[None]:
 
     def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         original(module, name, param)
-        if param is not None:
+        if param is not None and not param.is_meta:  # a meta parameter registered again is a tie: keep it
             p = module._parameters[name]
             module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
 
@@ -46,12 +46,21 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
+    made: dict[int, nn.Parameter] = {}  # meta parameter -> its real one: tied weights stay one tensor
     for module in model.modules():
         own = [(n, p) for n, p in module._parameters.items() if p is not None]
         if not own or not any(p.is_meta for _, p in own):
             continue
+        if all(id(p) in made for _, p in own if p.is_meta):  # every one of them is a tie, initialised already
+            for n, p in own:
+                module._parameters[n] = made.get(id(p), p)
+            continue
         for n, p in own:
-            module._parameters[n] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=False)
+            if p.is_meta:
+                real = made.get(id(p))
+                if real is None:
+                    real = made[id(p)] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=False)
+                module._parameters[n] = real
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             with torch.no_grad():
@@ -74,11 +83,36 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
     return model.eval()
 
 
-def build_module(cls: Any, config: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
-    """Construct ``cls(**config)`` (or ``cls(config_obj)`` for transformers Config classes) offline, seeded."""
+def model_class(spec: str) -> Any:
+    """``"diffusers:UNet2DConditionModel"`` / ``"transformers:T5EncoderModel"`` -> the class."""
+    import importlib
+
+    library, _, name = spec.partition(":")
+    if library not in ("diffusers", "transformers") or not name:
+        raise ValueError(f"component spec {spec!r}: write 'diffusers:Class' or 'transformers:Class'")
+    return getattr(importlib.import_module(library), name)
+
+
+def _construct(cls: Any, config: Any) -> nn.Module:
+    """``cls(**config)`` for diffusers models; transformers models take their Config object (built from a dict)."""
+    if isinstance(config, dict) and getattr(cls, "config_class", None) is not None and hasattr(cls, "from_pretrained") \
+            and cls.__module__.startswith("transformers"):
+        config = cls.config_class(**config)
+    return cls(config) if hasattr(config, "to_dict") else cls(**config)
+
+
+def build_module(cls: Any, config: Any, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
+    """Construct the model (`_construct`) offline with parameters on the meta device, then materialise it, seeded."""
     with parameters_on_meta():
-        model = cls(**config) if not hasattr(config, "to_dict") else cls(config)
+        model = _construct(cls, config)
     return materialize(model, device, dtype, seed)
+
+
+def count_parameters(cls: Any, config: Any) -> int:
+    """Parameters of ``cls`` built from ``config``, counted on the meta device (nothing allocated)."""
+    with parameters_on_meta():
+        model = _construct(cls, config)
+    return sum(p.numel() for p in model.parameters())
 
 
 # CLIP's byte-level alphabet (GPT-2's bytes_to_unicode), so any prompt tokenizes to known ids with no files.

@@ -28,7 +28,7 @@ def _check_format(fmt: str) -> None:
 
 @app.command()
 def workloads(fmt: Fmt = "table") -> None:
-    """List the workloads: task, presets, stages, attention sites."""
+    """List the workloads: paradigm, modality, task, parameters, default size, attention sites, presets."""
     from mmchar.workloads import get_workload, workload_names
 
     _check_format(fmt)
@@ -37,10 +37,14 @@ def workloads(fmt: Fmt = "table") -> None:
         w = get_workload(name)
         full = w.preset_config("full")["defaults"] if "full" in w.presets() else {}
         res = f"{full.get('height')}x{full.get('width')}" + (f"x{full['frames']}f" if full.get("frames") else "")
-        rows.append({"name": name, "task": w.task, "paradigm": w.paradigm, "architecture": w.architecture,
-                     "default (full)": f"{res}, {full.get('steps')} steps", "presets": ", ".join(w.presets()),
-                     "stages": ", ".join(w.stages), "attention sites": ", ".join(w.attention_sites),
-                     "description": w.description})
+        counts = w.parameter_count("full") if "full" in w.presets() else {}
+        denoiser = {c: n for c, n in counts.items() if c in ("unet", "transformer", "prior")}
+        rows.append({"name": name, "paradigm": w.paradigm, "modality": w.modality, "task": w.task,
+                     "architecture": w.architecture,
+                     "parameters": (f"{sum(counts.values()) / 1e9:.2f}B" + "".join(
+                         f" ({c} {n / 1e9:.2f}B)" for c, n in denoiser.items())) if counts else "",
+                     "default (full)": f"{res}, {full.get('steps')} steps", "attention sites": ", ".join(w.attention_sites),
+                     "presets": ", ".join(w.presets()), "stages": ", ".join(w.stages), "description": w.description})
     print_frame(pd.DataFrame(rows), title="workloads", fmt=fmt)
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mmchar.workloads import register_workload
-from mmchar.workloads.base import Params
 from mmchar.workloads.latent_diffusion import LatentDiffusionWorkload
 
 
@@ -19,8 +16,3 @@ class ModelScopeT2V(LatentDiffusionWorkload):
     config_package = "mmchar.workloads.modelscope_t2v"
     unet_class = "UNet3DConditionModel"
     pipeline_class = "TextToVideoSDPipeline"
-
-    def call_kwargs(self, p: Params, steps: int) -> dict[str, Any]:
-        kw = super().call_kwargs(p, steps)
-        kw["num_frames"] = p.frames
-        return kw

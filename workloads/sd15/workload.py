@@ -19,5 +19,5 @@ class SD15(LatentDiffusionWorkload):
     unet_class = "UNet2DConditionModel"
     pipeline_class = "StableDiffusionPipeline"
 
-    def _extra_components(self) -> dict[str, Any]:
+    def extra_components(self, config: dict[str, Any]) -> dict[str, Any]:
         return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,0 +1,46 @@
+"""CogVideoX 2B and 5B: an expert-adaLN DiT whose one attention per block runs over all video and text tokens
+together (joint attention over 17 550 video + 226 text tokens at 49 frames, 480x720)."""
+
+from __future__ import annotations
+
+from mmchar.target import SiteRule
+from mmchar.workloads import register_workload
+from mmchar.workloads.pipeline import PipelineWorkload
+
+
+class _CogVideoX(PipelineWorkload):
+    task = "text-to-video"
+    modality = "video"
+    paradigm = "diffusion"
+    architecture = "dit"
+    stages = ("text_encoder", "denoiser", "scheduler", "decoder")
+    attention_sites = ("joint", "text")
+    site_rules = (SiteRule(r"^transformer\.transformer_blocks\.\d+\.attn1$", "joint"),)
+    config_package = "mmchar.workloads.cogvideox"
+    spatial_factor = 16  # VAE 8 × patch 2
+    pipeline_class = "CogVideoXPipeline"
+    components = {"transformer": "diffusers:CogVideoXTransformer3DModel", "vae": "diffusers:AutoencoderKLCogVideoX",
+                  "text_encoder": "transformers:T5EncoderModel"}
+    tokenizers = {"tokenizer": "t5"}
+
+    def check(self, p):  # type: ignore[no-untyped-def]
+        super().check(p)
+        from mmchar.errors import InvalidParameterError
+
+        if (p.frames - 1) % 4:
+            raise InvalidParameterError(f"frames={p.frames}: {self.name}'s VAE compresses time 4x; use 4k+1 frames "
+                                        f"(e.g. {(p.frames - 1) // 4 * 4 + 1} or 49)")
+
+
+@register_workload
+class CogVideoX2B(_CogVideoX):
+    name = "cogvideox-2b"
+    description = "CogVideoX-2B: 30-layer DiT, joint attention over video + 226 T5 tokens (d = 64), 3D VAE"
+    config_folder = "configs/2b"
+
+
+@register_workload
+class CogVideoX5B(_CogVideoX):
+    name = "cogvideox-5b"
+    description = "CogVideoX-5B: 42-layer DiT with 3D RoPE, joint attention over video + 226 T5 tokens (d = 64)"
+    config_folder = "configs/5b"

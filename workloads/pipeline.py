@@ -1,0 +1,121 @@
+"""Workloads that are a diffusers pipeline assembled from parts: the one mechanism every such model family uses.
+
+A subclass names the pipeline class, its model components ("diffusers:UNet2DConditionModel",
+"transformers:T5EncoderModel", ...), its tokenizers and how a `Params` becomes call arguments; the preset JSON
+holds one config per component (and the scheduler's). Building is offline: each model is constructed with
+parameters on the meta device and materialised, seeded, on the target device; tokenizers need no files.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from mmchar.devices import resolve_device, resolve_dtype
+from mmchar.target import StageRoot, Target, discover_stage_roots
+from mmchar.workloads.base import Params, Workload
+from mmchar.workloads.build import build_module, clip_tokenizer, count_parameters, load_pipeline, model_class
+
+
+class PipelineWorkload(Workload):
+    pipeline_class: ClassVar[str]  # a diffusers pipeline class name
+    components: ClassVar[dict[str, str]]  # component -> "diffusers:Class" or "transformers:Class"
+    tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> "clip" or "t5"
+
+    def build(self, config: dict[str, Any]) -> Target:
+        import diffusers
+
+        device = resolve_device(config["device"])
+        dtype = resolve_dtype(config["dtype"], device)
+        params = Params.from_dict(config["params"])
+        pipe_cls = getattr(diffusers, self.pipeline_class)
+        if config.get("weights"):
+            pipe = load_pipeline(pipe_cls, config["weights"], dtype, device, **self.extra_components(config))
+        else:
+            models, seed = config["models"], params.seed
+            parts: dict[str, Any] = {}
+            for name, spec in self.components.items():
+                parts[name] = build_module(model_class(spec), models[name], device, dtype, seed)
+            for name, kind in self.tokenizers.items():
+                parts[name] = self._tokenizer(kind, name, models)
+            if "scheduler" in models:
+                sched_cfg = dict(models["scheduler"])
+                parts["scheduler"] = getattr(diffusers, sched_cfg.pop("_class_name")).from_config(sched_cfg)
+            pipe = pipe_cls(**parts, **self.extra_components(config))
+            pipe = self.after_build(pipe, config)
+        pipe.set_progress_bar_config(disable=True)
+
+        def run(steps: int) -> Any:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+            with torch.inference_mode():
+                return pipe(**self.call_kwargs(params, steps), **config.get("call", {}), generator=generator)
+
+        return Target(name=self.name, pipe=pipe, run=run, steps=params.steps, config=config, device=device,
+                      dtype=dtype, stage_roots=self.stage_roots(pipe, params), site_rules=list(self.site_rules))
+
+    def _tokenizer(self, kind: str, name: str, models: dict[str, Any]) -> Any:
+        if kind == "clip":
+            encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
+            return clip_tokenizer(encoder.get("max_position_embeddings", 77))
+        if kind == "t5":
+            from transformers import T5Tokenizer
+
+            return T5Tokenizer()  # no files: ids < 104, so tiny T5 encoders need a vocabulary of at least 104
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+    def stage_roots(self, pipe: Any, params: Params) -> list[StageRoot]:
+        """The pipeline's own components (`discover_stage_roots`); the VAE's encoder only where a task takes an
+        image, and the denoiser's calls per step where the pipeline runs it more than once per step."""
+        roots = []
+        for r in discover_stage_roots(pipe):
+            if r.stage == "image_encoder" and r.method == "encode" and self.task != "image-to-video":
+                continue
+            if r.stage == "denoiser":
+                r = StageRoot(r.stage, r.component, r.method, self.denoiser_calls_per_step(params))
+            roots.append(r)
+        return roots
+
+    def denoiser_calls_per_step(self, params: Params) -> int:
+        return 1
+
+    def call_kwargs(self, p: Params, steps: int) -> dict[str, Any]:
+        """Call arguments from the user's parameters; the preset's fixed ones (``"call"`` in its JSON, e.g. the
+        text length) are added to these."""
+        kw: dict[str, Any] = dict(prompt=[p.prompt] * p.batch, height=p.height, width=p.width,
+                                  num_inference_steps=steps, guidance_scale=p.guidance, output_type="pt")
+        if self.modality == "video":
+            kw["num_frames"] = p.frames
+        return kw
+
+    def extra_components(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Pipeline arguments besides the built parts (also passed when loading ``--weights``)."""
+        return {}
+
+    def after_build(self, pipe: Any, config: dict[str, Any]) -> Any:
+        return pipe
+
+    def parameter_count(self, preset: str = "full") -> dict[str, int]:
+        """Parameters per model component of a preset, counted on the meta device (no memory, no weights) and
+        cached per configuration: listing every workload stays fast."""
+        import hashlib
+        import json
+
+        from mmchar.environment import cache_dir
+
+        models = self.preset_config(preset)["models"]
+        specs = {name: [spec, models[name]] for name, spec in self.components.items()}
+        key = f"{self.name}/{preset}/" + hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:12]
+        path = cache_dir() / "parameters.json"
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        if key not in cache:
+            cache[key] = {name: count_parameters(model_class(spec), cfg) for name, (spec, cfg) in specs.items()}
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            except OSError:
+                pass  # a read-only home: counted again next time
+        return cache[key]
