@@ -23,6 +23,8 @@ def _load_builtin() -> None:
     from mmchar.workloads.wan import workload as _wan  # noqa: F401
     from mmchar.workloads.sd3 import workload as _sd3  # noqa: F401
     from mmchar.workloads.flux import workload as _flux  # noqa: F401
+    from mmchar.workloads.svd import workload as _svd  # noqa: F401
+    from mmchar.workloads.animatediff import workload as _animatediff  # noqa: F401
 
 
 def workload_names() -> list[str]:
