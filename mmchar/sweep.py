@@ -68,6 +68,7 @@ class SweepPlan:
     device: str | None
     dtype: str | None
     weights: str | None
+    memory: dict[str, bool] = field(default_factory=dict)
     done: dict[str, Path] = field(default_factory=dict)  # config hash -> run folder already in the store
 
     @property
@@ -77,7 +78,8 @@ class SweepPlan:
 
 def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], store: str | os.PathLike[str], *,
          preset: str = "tiny", fixed: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
-         device: str | None = None, dtype: str | None = None, weights: str | None = None) -> SweepPlan:
+         device: str | None = None, dtype: str | None = None, weights: str | None = None,
+         memory: dict[str, bool] | None = None) -> SweepPlan:
     """Resolve and check every point before anything runs (a bad value fails the sweep up front, not at point 7)."""
     from mmchar.api import run_config_hash
     from mmchar.backends import require_backend
@@ -103,13 +105,14 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     points = []
     for values in itertools.product(*(vary[k] for k in keys)):
         params = dict(zip(keys, values))
-        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, **fixed, **params)
+        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, memory=memory, **fixed, **params)
         for b in backends:
             opts = ProfileOptions(backend=b, **options)
             points.append(Point(params, b, run_config_hash(config, opts)))
     if len({p.config_hash for p in points}) != len(points):
         raise InvalidParameterError("two points of this sweep resolve to the same configuration (a repeated value?)")
-    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights)
+    memory = {k: True for k, v in (memory or {}).items() if v}
+    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights, memory)
     sweep.done = stored_points(store, {p.config_hash for p in points})
     return sweep
 
@@ -143,6 +146,7 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
             cmd += ["--" + k.replace("_", "-"), str(o[k])]
     if o.get("keep_trace") is False:
         cmd.append("--no-trace")
+    cmd += [f"--{k.replace('_', '-')}" for k in sweep.memory]
     return cmd
 
 
@@ -171,7 +175,8 @@ def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[s
 
     dev = resolve_device(sweep.device)
     config = get_workload(sweep.workload).resolve(sweep.preset, dtype=sweep.dtype, device=str(dev),
-                                                  weights=sweep.weights, **sweep.fixed, **point.params)
+                                                  weights=sweep.weights, memory=sweep.memory, **sweep.fixed,
+                                                  **point.params)
     options = ProfileOptions(backend=point.backend, **sweep.options)
     run_id = unique_run_id(store, new_run_id(sweep.workload, point.backend, point.config_hash))
     meta = base_meta(config, dev, options, run_id, point.config_hash)

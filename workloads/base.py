@@ -41,6 +41,9 @@ class Params:
 
 PARAM_NAMES = tuple(f.name for f in fields(Params))
 
+# The memory options users reach for (diffusers' own switches); recorded in the config only when one is on.
+MEMORY_OPTIONS = ("vae_tiling", "vae_slicing", "cpu_offload")
+
 
 class Workload(ABC):
     """Base of every workload. Subclasses set the class attributes and implement `build`."""
@@ -69,7 +72,8 @@ class Workload(ABC):
         return json.loads(path.read_text())
 
     def resolve(self, preset: str = "tiny", *, dtype: str | None = None, device: str | None = None,
-                weights: str | None = None, **overrides: Any) -> dict[str, Any]:
+                weights: str | None = None, memory: dict[str, bool] | None = None,
+                **overrides: Any) -> dict[str, Any]:
         """The full configuration of a run: preset model configs plus checked parameters.
 
         Raises:
@@ -89,10 +93,16 @@ class Workload(ABC):
         p = Params.from_dict(params)
         self.check(p)
         dev = resolve_device(device)  # recorded resolved, so a default and its explicit spelling hash alike
+        memory = {k: True for k, v in (memory or {}).items() if v}
+        bad = set(memory) - set(MEMORY_OPTIONS)
+        if bad:
+            raise UnknownNameError("memory option", sorted(bad)[0], MEMORY_OPTIONS)
+        if memory.get("cpu_offload") and dev.type != "cuda":
+            raise InvalidParameterError("--cpu-offload moves models between the CPU and a GPU; it needs --device cuda")
         return {"workload": self.name, "preset": preset, "params": p.to_dict(), "device": str(dev),
                 "dtype": DTYPE_NAMES[resolve_dtype(dtype, dev)],
                 "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {}),
-                **({"call": cfg["call"]} if "call" in cfg else {})}
+                **({"call": cfg["call"]} if "call" in cfg else {}), **({"memory": memory} if memory else {})}
 
     def check(self, p: Params) -> None:
         f = self.spatial_factor

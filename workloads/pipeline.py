@@ -18,6 +18,20 @@ from mmchar.workloads.base import Params, Workload
 from mmchar.workloads.build import build_module, clip_tokenizer, count_parameters, load_pipeline, model_class
 
 
+def apply_memory_options(pipe: Any, memory: dict[str, bool], device: torch.device) -> None:
+    """VAE tiling / slicing and model CPU offload, through the pipeline's own switches (what users turn on)."""
+    vae = getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
+    for option, method in (("vae_tiling", "enable_tiling"), ("vae_slicing", "enable_slicing")):
+        if memory.get(option):
+            if vae is None or not hasattr(vae, method):
+                from mmchar.errors import InvalidParameterError
+
+                raise InvalidParameterError(f"--{option.replace('_', '-')}: this pipeline's VAE has no {method}()")
+            getattr(vae, method)()
+    if memory.get("cpu_offload"):
+        pipe.enable_model_cpu_offload(device=device)
+
+
 class PipelineWorkload(Workload):
     pipeline_class: ClassVar[str]  # a diffusers pipeline class name
     components: ClassVar[dict[str, str]]  # component -> "diffusers:Class" or "transformers:Class"
@@ -45,6 +59,7 @@ class PipelineWorkload(Workload):
             pipe = pipe_cls(**parts, **self.extra_components(config))
             pipe = self.after_build(pipe, config)
         pipe.set_progress_bar_config(disable=True)
+        apply_memory_options(pipe, config.get("memory", {}), device)
 
         def run(steps: int) -> Any:
             generator = torch.Generator(device=device).manual_seed(params.seed)

@@ -126,7 +126,7 @@ def _warn_changed_math(backends: list[str]) -> None:
 
 def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Path | None, device: str | None,
            dtype: str | None, backends: list[str], fallback: str | None, params: dict[str, Any],
-           cross_backend: str | None = None) -> Any:
+           cross_backend: str | None = None, memory: dict[str, bool] | None = None) -> Any:
     """Check everything a user typed, then build the Target (nothing is written before this returns)."""
     from mmchar.backends import require_backend
     from mmchar.devices import resolve_device, resolve_dtype
@@ -139,7 +139,8 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
         from mmchar.workloads import get_workload
 
         w = get_workload(workload)
-        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=str(weights) if weights else None, **params)
+        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=str(weights) if weights else None,
+                           memory=memory, **params)
         if weights is not None and not weights.is_dir():
             raise WeightsError(f"weights folder {str(weights)!r} does not exist; pass a local diffusers pipeline folder")
     for b in backends:
@@ -149,8 +150,9 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
             require_backend(extra, dev)
     if workload is not None:
         return w.build(config)
-    if preset != "tiny" or weights is not None:
-        raise InvalidParameterError("--preset and --weights apply to workloads; a --pipeline folder is profiled as it is")
+    if preset != "tiny" or weights is not None or any((memory or {}).values()):
+        raise InvalidParameterError("--preset, --weights and the memory options apply to workloads; a --pipeline "
+                                    "folder is profiled as it is")
     return _pipeline_target(pipeline, dev, dtype, params)
 
 
@@ -206,6 +208,9 @@ Scope = Annotated[str, typer.Option(help="Whose attention the backend replaces: 
 Repeat = Annotated[int, typer.Option(help="Timed generations (median, min and max are reported).")]
 ProfileSteps = Annotated[int, typer.Option("--profile-steps", help="Denoising steps under the full profiler.")]
 NoTrace = Annotated[bool, typer.Option("--no-trace", help="Do not keep the trace file in the run folder.")]
+VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode (and encode) with the VAE in tiles.")]
+VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode the batch one latent at a time.")]
+CpuOffload = Annotated[bool, typer.Option("--cpu-offload", help="Model CPU offload: each model on the GPU only while it runs.")]
 
 
 @app.command()
@@ -216,6 +221,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+            vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             store: Store = Path("runs")) -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar.runner import run_and_store
@@ -223,7 +229,9 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
     options = _options(backend, fallback, cross_backend, scope, repeat, profile_steps, no_trace)
-    target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend)
+    memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
+    target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
+                    memory)
     _warn_changed_math([backend])
     say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on {target.device} "
         f"with backend {backend}: {options.repeat} timed generations of {target.steps} steps ...")
@@ -285,6 +293,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+            vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     from mmchar.compare import compare as run_compare
@@ -296,7 +305,9 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
     options = _options(names[0], fallback, cross_backend, scope, repeat, profile_steps, no_trace)
-    target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params, cross_backend)
+    memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
+    target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params, cross_backend,
+                    memory)
     _warn_changed_math(names)
     say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
     result = run_compare(target, names, options, store, _hash_for(target))
@@ -322,6 +333,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
           repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+          vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
           store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -334,8 +346,9 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
                  prompt=prompt)
     options = {"fallback": fallback, "cross_backend": cross_backend, "scope": scope, "repeat": repeat,
                "profile_steps": profile_steps, "keep_trace": not no_trace}
+    memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
     plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
-                   device=device, dtype=dtype, weights=str(weights) if weights else None)
+                   device=device, dtype=dtype, weights=str(weights) if weights else None, memory=memory)
     _warn_changed_math(names)
     todo = plan.todo
     say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {len(plan.points) - len(todo)} already in "

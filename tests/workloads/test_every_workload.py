@@ -62,3 +62,21 @@ def test_full_preset_is_the_published_model(name, tmp_path, monkeypatch):
     component, size = PUBLISHED[name]
     assert w.parameter_count("full")[component] == pytest.approx(size, rel=0.02)
     assert (tmp_path / "parameters.json").is_file()  # counted once, cached
+
+
+def test_memory_options_are_applied_recorded_and_checked(tmp_path, capsys):
+    from mmchar import sweep as sw
+
+    code = main(["profile", "sd15", "--vae-tiling", "--vae-slicing", *FAST, "--store", str(tmp_path / "s")])
+    assert code == 0, capsys.readouterr().err
+    meta = _only_run(tmp_path / "s")
+    assert meta["status"] == "ok" and meta["config"]["memory"] == {"vae_tiling": True, "vae_slicing": True}
+    w = get_workload("sd15")
+    pipe = w.build(w.resolve("tiny", device="cpu", memory={"vae_tiling": True})).pipe
+    assert pipe.vae.use_tiling and not pipe.vae.use_slicing
+    assert "memory" not in w.resolve("tiny", device="cpu", memory={"vae_tiling": False})  # off: the hash is unchanged
+    assert main(["profile", "sd15", "--cpu-offload", "--device", "cpu", "--store", str(tmp_path / "x")]) == 1
+    assert "needs --device cuda" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    plan = sw.plan("sd15", {"height": [64]}, ["math"], tmp_path / "p", memory={"vae_slicing": True, "vae_tiling": False})
+    cmd = sw.child_command(plan, plan.points[0], tmp_path / "p")
+    assert "--vae-slicing" in cmd and "--vae-tiling" not in cmd
