@@ -38,7 +38,7 @@ def workloads(fmt: Fmt = "table") -> None:
         full = w.preset_config("full")["defaults"] if "full" in w.presets() else {}
         res = f"{full.get('height')}x{full.get('width')}" + (f"x{full['frames']}f" if full.get("frames") else "")
         counts = w.parameter_count("full") if "full" in w.presets() else {}
-        denoiser = {c: n for c, n in counts.items() if c in ("unet", "transformer", "prior")}
+        denoiser = {c: n for c, n in counts.items() if c in ("unet", "transformer", "prior", "motion_adapter")}
         rows.append({"name": name, "paradigm": w.paradigm, "modality": w.modality, "task": w.task,
                      "architecture": w.architecture,
                      "parameters": (f"{sum(counts.values()) / 1e9:.2f}B" + "".join(
