@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmchar.schema import BREAKDOWN_COLUMNS, TIMING_KEYS
+from mmchar.schema import BREAKDOWN_COLUMNS, STEP_STAGES, TIMING_KEYS, step_key
 from mmchar.store import Run
 
 PARAM_KEYS = ("height", "width", "frames", "steps", "batch")
@@ -218,11 +218,16 @@ def _attention_us_per_step(run: Run) -> float:
     k = run.kernels
     if k is None or k.empty:
         return np.nan
-    den = k[(k["stage"].astype(str) == "denoiser")]
+    den = k[k["stage"].astype(str).isin(STEP_STAGES)]
     steps = den["step"].nunique()
     if not steps:
         return np.nan
     return float(den.loc[den["op_class"].astype(str) == "attention", "dur_us"].sum()) / steps
+
+
+def _step(run: Run) -> str:
+    """The timing key of the run's step (a token model's generator step stands where a denoiser step would)."""
+    return step_key(run.meta.get("timings") or {})
 
 
 def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -259,13 +264,13 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             "group": cmp.get("group"), "run_id": run.run_id, "workload": run.workload, "backend": run.backend,
             "baseline_run_id": cmp.get("baseline_run_id"), "baseline_backend": cmp.get("baseline_backend"),
             "is_baseline": run.run_id == cmp.get("baseline_run_id"), "status": run.status,
-            "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, "denoiser_step"),
-            "denoiser_busy_ms": _busy_ms(run.meta, "denoiser_step"), "attention_us_per_step": _attention_us_per_step(run),
+            "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, _step(run)),
+            "denoiser_busy_ms": _busy_ms(run.meta, _step(run)), "attention_us_per_step": _attention_us_per_step(run),
             "max_abs_diff": cmp.get("max_abs_diff", np.nan), "cosine": cmp.get("cosine", np.nan),
             "agrees": cmp.get("agrees"),
         }
-        base_values = ((_median_ms(base.meta, "e2e"), _median_ms(base.meta, "denoiser_step"),
-                        _busy_ms(base.meta, "denoiser_step"), _attention_us_per_step(base))
+        base_values = ((_median_ms(base.meta, "e2e"), _median_ms(base.meta, _step(base)),
+                        _busy_ms(base.meta, _step(base)), _attention_us_per_step(base))
                        if base is not None else (np.nan,) * 4)
         for name, b, value in zip(("e2e_speedup", "step_speedup", "busy_speedup", "attention_speedup"), base_values,
                                   (row["e2e_ms"], row["denoiser_step_ms"], row["denoiser_busy_ms"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from mmchar.schema import ATTN_SITES
+from mmchar.schema import ATTN_SITES, STEP_STAGES
 
 from .palette import attn_site_color, style
 
@@ -24,8 +24,8 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
     Returns:
         A figure with one bar trace per attention site.
     """
-    if (sites["stage"] == "denoiser").any():
-        sites = sites[sites["stage"] == "denoiser"]
+    if sites["stage"].isin(STEP_STAGES).any():  # the denoiser's (or a token model's generator's) attention
+        sites = sites[sites["stage"].isin(STEP_STAGES)]
     agg = sites.groupby(["attn_site", "run_id"], sort=False)["time_us"].sum().reset_index()
     runs = list(dict.fromkeys(sites["run_id"]))
     total = agg.groupby("run_id")["time_us"].transform("sum")

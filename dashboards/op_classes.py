@@ -9,11 +9,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from mmchar.schema import OP_CLASSES, STAGES
+from mmchar.schema import OP_CLASSES, STAGES, STEP_STAGES
 
 from .palette import MENU_POSITION, op_class_color, style
 
-DEFAULT_STAGE = "denoiser"
+DEFAULT_STAGES = STEP_STAGES  # the denoiser (or a token model's generator) by default: it dominates generation
 
 
 def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
@@ -32,7 +32,7 @@ def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
     present = set(agg["stage"])
     stages = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
     classes = [c for c in OP_CLASSES if c in set(agg["op_class"])] + sorted(set(agg["op_class"]) - set(OP_CLASSES))
-    default = DEFAULT_STAGE if DEFAULT_STAGE in stages else (stages[0] if stages else None)
+    default = next((s for s in DEFAULT_STAGES if s in stages), stages[0] if stages else None)
     fig = go.Figure()
     owner: list[str] = []
     for stage in stages:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mmchar.schema import STEP_STAGES
 from mmchar.target import Target
 
 STAGE_SCOPE_PREFIX = "mmchar.stage::"
@@ -31,6 +32,7 @@ class StageCall:
     step: int
     start: Any  # torch.cuda.Event or float seconds
     end: Any
+    phase: str | None = None
 
 
 @dataclass
@@ -46,8 +48,10 @@ class GenerationTiming:
 
     e2e_ms: float
     stage_ms: dict[str, float]  # summed over calls
-    step_ms: list[float]  # one per denoiser step
+    step_ms: list[float]  # one per step of the step stage (denoiser or generator)
     calls: dict[str, int]
+    step_stage: str | None = None
+    phase_ms: dict[str, list[float]] | None = None  # generator phases: one entry per call
 
 
 class StageTimer:
@@ -91,7 +95,7 @@ class StageTimer:
         self._restore.clear()
 
     def _wrap(self, index: int, root: Any, orig: Any, comp: Any) -> Any:
-        stage, per_step = root.stage, root.calls_per_step
+        stage, per_step, phases = root.stage, root.calls_per_step, root.phases
         if self.measure_memory and stage not in self.memory:
             self.memory[stage] = StageMemory(weights_bytes=0)
         if self.measure_memory and isinstance(comp, torch.nn.Module):
@@ -101,7 +105,10 @@ class StageTimer:
         def timed(*args: Any, **kwargs: Any) -> Any:
             n = self.counts[index]
             self.counts[index] = n + 1
-            step = n // per_step if stage == "denoiser" else -1
+            step = n // per_step if stage in STEP_STAGES else -1
+            phase = None
+            if phases:
+                phase = phases[0] if len(phases) == 1 or step == 0 else phases[1]
             if self.capture and stage == "decoder" and self.decoder_input is None and args and torch.is_tensor(args[0]):
                 self.decoder_input = args[0].detach().float().cpu()
             handle = _rf_enter(f"{STAGE_SCOPE_PREFIX}{stage}::{step}", None) if self.annotate else None
@@ -112,7 +119,7 @@ class StageTimer:
             try:
                 return orig(*args, **kwargs)
             finally:
-                self.calls.append(StageCall(stage, step, start, self._mark()))
+                self.calls.append(StageCall(stage, step, start, self._mark(), phase))
                 if handle is not None:
                     _rf_exit(handle)
                 if self.measure_memory:
@@ -128,13 +135,19 @@ class StageTimer:
         stage_ms: dict[str, float] = defaultdict(float)
         calls: dict[str, int] = defaultdict(int)
         steps: dict[int, float] = defaultdict(float)
+        phase_ms: dict[str, list[float]] = defaultdict(list)
+        step_stage = None
         for c in self.calls:
             ms = c.start.elapsed_time(c.end) if self.cuda else (c.end - c.start) * 1e3
             stage_ms[c.stage] += ms
             calls[c.stage] += 1
-            if c.stage == "denoiser":
+            if c.stage in STEP_STAGES:
+                step_stage = c.stage
                 steps[c.step] += ms
-        return GenerationTiming(e2e_ms, dict(stage_ms), [steps[k] for k in sorted(steps)], dict(calls))
+            if c.phase is not None:
+                phase_ms[c.phase].append(ms)
+        return GenerationTiming(e2e_ms, dict(stage_ms), [steps[k] for k in sorted(steps)], dict(calls), step_stage,
+                                dict(phase_ms) or None)
 
 
 class ModuleAnnotator:

@@ -35,7 +35,7 @@ from mmchar.backends import get_backend
 from mmchar.devices import synchronize
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, first_line
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
-from mmchar.schema import SCHEMA_VERSION
+from mmchar.schema import SCHEMA_VERSION, STEP_STAGES, step_key
 from mmchar.store import Run, unique_run_id, write_run
 from mmchar.swap import measure_dispatch_overhead_us, swap_attention
 from mmchar.target import Target
@@ -104,7 +104,7 @@ def _timed_generation(target: Target, steps: int, **timer_kwargs: Any) -> tuple[
 def _swap_components(target: Target, scope: str) -> list[str]:
     if scope == "all":
         return list(dict.fromkeys(r.component for r in target.stage_roots))
-    return [r.component for r in target.stage_roots if r.stage == "denoiser"]
+    return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]  # the generating model
 
 
 @contextlib.contextmanager
@@ -175,7 +175,7 @@ class _Session:
         self.timings.append(timing)
 
     def _denoiser_calls_per_step(self) -> float:
-        prefixes = tuple(f"{r.component}." for r in self.target.stage_roots if r.stage == "denoiser")
+        prefixes = tuple(f"{r.component}." for r in self.target.stage_roots if r.stage in STEP_STAGES)
         calls = sum(n for path, n in self.swap.state.calls.items() if path.startswith(prefixes))
         return calls / max(len(self.timings), 1) / max(self.target.steps, 1)
 
@@ -216,7 +216,12 @@ class _Session:
                     shutil.copyfileobj(src, dst)
 
         t = meta["timings"]
-        step_ms = t.get("denoiser_step", {}).get("median_ms")
+        step_ms = t.get(step_key(t), {}).get("median_ms")
+        if "generator_decode" in t:  # an autoregressive model: image tokens per second of one sequence and of the batch
+            batch = int(target.config.get("params", {}).get("batch") or 1)
+            per_token = t["generator_decode"]["median_ms"]
+            meta["throughput"] = {"decode_ms_per_token": per_token, "tokens_per_s": 1e3 / per_token,
+                                  "tokens_per_s_batch": batch * 1e3 / per_token}
         equiv = t["e2e"]["median_ms"] - (step_ms or 0.0) * (target.steps - psteps)
         meta["profile_overhead"] = {"light_wall_ms": light_wall, "full_wall_ms": full_wall,
                                     "uninstrumented_equivalent_ms": equiv,
@@ -232,7 +237,7 @@ class _Session:
                                            "step is benchmarks/bench_swap_overhead.py"}
         att = self.m.attribution
         meta["unmatched_kernels"] = att.unmatched
-        den = att.kernels[(att.kernels["stage"] == "denoiser") & (att.kernels["op_class"] == "attention")]
+        den = att.kernels[att.kernels["stage"].isin(STEP_STAGES) & (att.kernels["op_class"] == "attention")]
         meta["attention_time_us_per_step"] = float(den["dur_us"].sum()) / psteps if psteps else None
         return self.m
 
@@ -284,8 +289,12 @@ def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
     for s in stages:
         out[s] = _stats([r.stage_ms.get(s, 0.0) for r in runs])
     steps = [x for r in runs for x in r.step_ms]
+    step_stage = next((r.step_stage for r in runs if r.step_stage), "denoiser")
     if steps:
-        out["denoiser_step"] = _stats(steps)
+        out[f"{step_stage}_step"] = _stats(steps)
+    for phase in sorted({p for r in runs for p in (r.phase_ms or {})}):
+        if phase != "step":  # a masked model's steps are its generator_step already
+            out[f"generator_{phase}"] = _stats([x for r in runs for x in (r.phase_ms or {}).get(phase, [])])
     out["scheduler"] = _stats([max(r.e2e_ms - sum(r.stage_ms.values()), 0.0) for r in runs])
     return out
 
@@ -319,8 +328,8 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
         busy[stage] = busy.get(stage, 0.0) + total + (cur_e - cur_s)
     out = {}
     for stage, b in busy.items():
-        n_calls = len(calls[stage]) if stage == "denoiser" else 1
-        key = "denoiser_step" if stage == "denoiser" else stage
+        n_calls = len(calls[stage]) if stage in STEP_STAGES else 1
+        key = f"{stage}_step" if stage in STEP_STAGES else stage
         wall = timings.get(key, {}).get("median_ms")
         busy_ms = float(b) / 1e3 / n_calls
         out[key] = {"wall_ms": wall, "busy_ms": busy_ms, "idle_ms": max(wall - busy_ms, 0.0) if wall else None,

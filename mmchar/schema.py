@@ -9,6 +9,10 @@ from __future__ import annotations
 SCHEMA_VERSION = 1
 
 STAGES = ("text_encoder", "image_encoder", "denoiser", "generator", "decoder", "scheduler")
+# Stages whose calls are steps (one row per step): a diffusion model's denoiser, a token model's generator.
+STEP_STAGES = ("denoiser", "generator")
+# Phases of the generator: an autoregressive model's prefill (first call) and decode calls; a masked model's steps.
+PHASES = ("prefill", "decode", "step")
 OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "other")
 ATTN_SITES = ("spatial", "temporal", "joint", "cross", "causal", "text")
 
@@ -23,7 +27,7 @@ COMPARISONS_DIR = "comparisons"
 # kernels.parquet: one row per GPU kernel / memcpy / memset (per op with self time on a CPU run).
 KERNEL_COLUMNS = {
     "stage": "category",  # a STAGES name ("" when the kernel ran outside every stage)
-    "step": "int32",  # denoising step (-1 outside the denoiser)
+    "step": "int32",  # denoising / generation step (-1 outside the denoiser and the generator)
     "module_path": "category",  # innermost module, dotted from the pipeline root ("unet.down_blocks.0...")
     "op_class": "category",
     "attn_site": "category",  # set for attention, and for the q/k/v/out projections of attention modules
@@ -41,4 +45,10 @@ KERNEL_COLUMNS = {
 BREAKDOWN_COLUMNS = ("stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes")
 
 # meta.json "timings" keys: median/min/max over the timed pass (ms).
-TIMING_KEYS = ("e2e", "text_encoder", "image_encoder", "denoiser", "denoiser_step", "generator", "decoder", "scheduler")
+TIMING_KEYS = ("e2e", "text_encoder", "image_encoder", "denoiser", "denoiser_step", "generator", "generator_step",
+               "generator_prefill", "generator_decode", "decoder", "scheduler")
+
+
+def step_key(timings: dict) -> str:
+    """The timing key of one step of a run: ``denoiser_step``, or ``generator_step`` for token models."""
+    return "generator_step" if "generator_step" in timings else "denoiser_step"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mmchar.schema import ATTN_SITES, STAGES
+from mmchar.schema import ATTN_SITES, PHASES, STAGES
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,13 @@ class StageRoot:
     component: str
     method: str = "forward"
     calls_per_step: int = 1
+    phases: tuple[str, ...] = ()  # generator: ("prefill", "decode") (first call, the rest) or ("step",)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
+        if self.phases and (self.stage != "generator" or not set(self.phases) <= set(PHASES)):
+            raise ValueError(f"phases {self.phases} apply to the generator stage only, from {PHASES}")
 
 
 @dataclass(frozen=True)

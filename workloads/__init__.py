@@ -25,6 +25,8 @@ def _load_builtin() -> None:
     from mmchar.workloads.flux import workload as _flux  # noqa: F401
     from mmchar.workloads.svd import workload as _svd  # noqa: F401
     from mmchar.workloads.animatediff import workload as _animatediff  # noqa: F401
+    from mmchar.workloads.amused import workload as _amused  # noqa: F401
+    from mmchar.workloads.llamagen import workload as _llamagen  # noqa: F401
 
 
 def workload_names() -> list[str]:

@@ -59,6 +59,7 @@ class Workload(ABC):
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
     config_package: ClassVar[str]  # the package holding the preset folder
     config_folder: ClassVar[str] = "configs"  # several sizes of one family share a package: configs/<size>
+    components: ClassVar[dict[str, str]] = {}  # model component -> "diffusers:Class" or "transformers:Class"
     spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
 
     def presets(self) -> list[str]:
@@ -102,7 +103,7 @@ class Workload(ABC):
         return {"workload": self.name, "preset": preset, "params": p.to_dict(), "device": str(dev),
                 "dtype": DTYPE_NAMES[resolve_dtype(dtype, dev)],
                 "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {}),
-                **({"call": cfg["call"]} if "call" in cfg else {}), **({"memory": memory} if memory else {})}
+                **{k: cfg[k] for k in ("call", "generation") if k in cfg}, **({"memory": memory} if memory else {})}
 
     def check(self, p: Params) -> None:
         f = self.spatial_factor
@@ -116,6 +117,29 @@ class Workload(ABC):
         for name in ("steps", "batch"):
             if getattr(p, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(p, name)} must be at least 1")
+
+    def parameter_count(self, preset: str = "full") -> dict[str, int]:
+        """Parameters per model component of a preset, counted on the meta device (no memory, no weights) and
+        cached per configuration: listing every workload stays fast."""
+        from mmchar.environment import cache_dir
+        from mmchar.workloads.build import count_parameters, model_class
+
+        models = self.preset_config(preset)["models"]
+        specs = {name: [spec, models[name]] for name, spec in self.components.items()}
+        key = f"{self.name}/{preset}/" + hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:12]
+        path = cache_dir() / "parameters.json"
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        if key not in cache:
+            cache[key] = {name: count_parameters(model_class(spec), cfg) for name, (spec, cfg) in specs.items()}
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            except OSError:
+                pass  # a read-only home: counted again next time
+        return cache[key]
 
     @abstractmethod
     def build(self, config: dict[str, Any]) -> Target:

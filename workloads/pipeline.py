@@ -15,7 +15,7 @@ import torch
 from mmchar.devices import resolve_device, resolve_dtype
 from mmchar.target import StageRoot, Target, discover_stage_roots
 from mmchar.workloads.base import Params, Workload
-from mmchar.workloads.build import build_module, clip_tokenizer, count_parameters, load_pipeline, model_class
+from mmchar.workloads.build import build_module, clip_tokenizer, load_pipeline, model_class
 
 
 def apply_memory_options(pipe: Any, memory: dict[str, bool], device: torch.device) -> None:
@@ -34,7 +34,6 @@ def apply_memory_options(pipe: Any, memory: dict[str, bool], device: torch.devic
 
 class PipelineWorkload(Workload):
     pipeline_class: ClassVar[str]  # a diffusers pipeline class name
-    components: ClassVar[dict[str, str]]  # component -> "diffusers:Class" or "transformers:Class"
     tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> "clip" or "t5"
 
     def build(self, config: dict[str, Any]) -> Target:
@@ -109,28 +108,3 @@ class PipelineWorkload(Workload):
 
     def after_build(self, pipe: Any, config: dict[str, Any]) -> Any:
         return pipe
-
-    def parameter_count(self, preset: str = "full") -> dict[str, int]:
-        """Parameters per model component of a preset, counted on the meta device (no memory, no weights) and
-        cached per configuration: listing every workload stays fast."""
-        import hashlib
-        import json
-
-        from mmchar.environment import cache_dir
-
-        models = self.preset_config(preset)["models"]
-        specs = {name: [spec, models[name]] for name, spec in self.components.items()}
-        key = f"{self.name}/{preset}/" + hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:12]
-        path = cache_dir() / "parameters.json"
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cache = {}
-        if key not in cache:
-            cache[key] = {name: count_parameters(model_class(spec), cfg) for name, (spec, cfg) in specs.items()}
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(cache, indent=1, sort_keys=True))
-            except OSError:
-                pass  # a read-only home: counted again next time
-        return cache[key]

@@ -257,21 +257,33 @@ def _report(run: Any) -> None:
             if c in st.columns]
     unit = "GPU" if run.meta.get("device", {}).get("type") == "cuda" else "CPU op"
     print_frame(st[cols], title=f"{run.run_id}: latency per stage (timed pass) and {unit} busy/idle (light profile)")
+    from mmchar.schema import STEP_STAGES, step_key
+
     bd = run.breakdown
-    den = bd[bd["stage"] == "denoiser"] if "denoiser" in set(bd["stage"]) else bd
+    name = next((s for s in STEP_STAGES if s in set(bd["stage"])), None)  # denoiser, or a token model's generator
+    den = bd[bd["stage"] == name] if name else bd
+    name = name or "generation"
     if not den.empty:
         shares = den.groupby("op_class", observed=True)["share"].sum().sort_values(ascending=False)
-        say("denoiser op-class shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+        say(f"{name} op-class shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
         att = den[den["op_class"] == "attention"]
         if not att.empty and att["time_us"].sum() > 0:
             sites = att.groupby("attn_site")["time_us"].sum() / att["time_us"].sum()
-            say("denoiser attention by site: " + ", ".join(f"{k} {v:.1%}" for k, v in sites.items()))
-    den_busy = (run.meta.get("busy") or {}).get("denoiser_step") or {}
+            say(f"{name} attention by site: " + ", ".join(f"{k} {v:.1%}" for k, v in sites.items()))
+    timings = run.meta.get("timings") or {}
+    for phase in ("generator_prefill", "generator_decode"):
+        if phase in timings:
+            say(f"{phase.removeprefix('generator_')}: {timings[phase]['median_ms']:.2f} ms per call (median of "
+                f"{timings[phase]['n']})")
+    tp = run.meta.get("throughput")
+    if tp:
+        say(f"decode: {tp['tokens_per_s']:.1f} tokens/s per sequence, {tp['tokens_per_s_batch']:.1f} for the batch")
+    den_busy = (run.meta.get("busy") or {}).get(step_key(timings)) or {}
     if run.meta.get("device", {}).get("type") == "cuda" and den_busy.get("busy_frac") is not None:
         frac = den_busy["busy_frac"]
         verdict = ("launch-bound: the host cannot feed the GPU, so faster kernels barely change the step latency"
                    if frac < 0.6 else "GPU-bound")
-        say(f"denoiser step: GPU busy {den_busy['busy_ms']:.2f} of {den_busy['wall_ms']:.2f} ms ({frac:.0%}): {verdict}")
+        say(f"{name} step: GPU busy {den_busy['busy_ms']:.2f} of {den_busy['wall_ms']:.2f} ms ({frac:.0%}): {verdict}")
     unmatched = run.meta.get("unmatched_kernels") or []
     if unmatched:
         total = run.kernels["dur_us"].sum() if len(run.kernels) else 0.0
@@ -281,7 +293,7 @@ def _report(run: Any) -> None:
     so = run.meta.get("swap_overhead") or {}
     if so.get("pct_of_denoiser_step_estimate") is not None:
         say(f"attention swap overhead (estimate): {so['per_call_us_estimate']:.2f} µs per call, "
-            f"{so['pct_of_denoiser_step_estimate']:.2f}% of a denoiser step")
+            f"{so['pct_of_denoiser_step_estimate']:.2f}% of a {name} step")
     say(f"run folder: {run.path}")
 
 
