@@ -133,7 +133,8 @@ def stored_points(store: str | os.PathLike[str], hashes: set[str]) -> dict[str, 
 
 def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str]) -> list[str]:
     """The `mmchar profile` command line of one point."""
-    cmd = [sys.executable, "-m", "mmchar", "profile", sweep.workload, "--preset", sweep.preset,
+    # -P: the child must import the installed mmchar, not a source folder that happens to be the working directory
+    cmd = [sys.executable, "-P", "-m", "mmchar", "profile", sweep.workload, "--preset", sweep.preset,
            "--backend", point.backend, "--store", str(store)]
     for k, v in {**sweep.fixed, **point.params}.items():
         cmd += [f"--{k}", str(v)]
