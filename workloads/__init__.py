@@ -27,6 +27,7 @@ def _load_builtin() -> None:
     from mmchar.workloads.animatediff import workload as _animatediff  # noqa: F401
     from mmchar.workloads.amused import workload as _amused  # noqa: F401
     from mmchar.workloads.llamagen import workload as _llamagen  # noqa: F401
+    from mmchar.workloads.phenaki import workload as _phenaki  # noqa: F401
 
 
 def workload_names() -> list[str]:

@@ -84,12 +84,14 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
 
 
 def model_class(spec: str) -> Any:
-    """``"diffusers:UNet2DConditionModel"`` / ``"transformers:T5EncoderModel"`` -> the class."""
+    """``"diffusers:UNet2DConditionModel"`` / ``"transformers:T5EncoderModel"`` / a model of our own
+    (``"mmchar.workloads.phenaki.pipeline:MaskedVideoTransformer"``) -> the class."""
     import importlib
 
     library, _, name = spec.partition(":")
-    if library not in ("diffusers", "transformers") or not name:
-        raise ValueError(f"component spec {spec!r}: write 'diffusers:Class' or 'transformers:Class'")
+    if not (library in ("diffusers", "transformers") or library.startswith("mmchar.workloads.")) or not name:
+        raise ValueError(f"component spec {spec!r}: write 'diffusers:Class', 'transformers:Class' or "
+                         "'mmchar.workloads.<family>.<module>:Class'")
     return getattr(importlib.import_module(library), name)
 
 
