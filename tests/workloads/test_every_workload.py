@@ -102,3 +102,22 @@ def test_autoregressive_phases_are_timed_apart(tmp_path, capsys):
     assert meta["throughput"]["tokens_per_s"] == pytest.approx(1e3 / t["generator_decode"]["median_ms"])
     assert set(meta["attention_layers"].values()) == {"causal"}
     assert "tokens/s" in capsys.readouterr().out
+
+
+def test_suite_summary_table(tmp_path, capsys):
+    """benchmarks/summarize_workloads.py: one row per run, token models per token, failures with their status."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "summarize_workloads.py"
+    spec = importlib.util.spec_from_file_location("summarize_workloads", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in ("sd15", "llamagen"):
+        assert main(["profile", name, *FAST, "--store", str(tmp_path)]) == 0
+    assert main(["profile", "sd15", "--height", "64", "--cpu-offload", "--store", str(tmp_path)]) == 1  # refused
+    text = mod.summary([str(tmp_path)])
+    rows = [line for line in text.splitlines() if line.startswith("| sd15") or line.startswith("| llamagen")]
+    assert len(rows) == 2
+    assert "/token" in rows[0] and "causal 100%" in rows[0]
+    assert "spatial" in rows[1] and "cross" in rows[1]

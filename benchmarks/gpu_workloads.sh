@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# GPU evidence of the workload suite, run on the device machine from the repo root (wheels: gpu-wheels.sh and
+# benchmarks/extra_wheels.sh): every workload's full preset at its published default size, 2 steps (tokens for
+# llamagen), one timed generation, one profiled step, each in its own process through `mmchar sweep` (an OOM is
+# recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into $OUT/results.tgz after each.
+#   WORKLOADS="sd15 sdxl ..." (default: all, smallest first)  BUDGET_S=540 (stop starting new ones after it)
+set -u
+OUT=${OUT:-gpu-out}
+STORE=${STORE:-/tmp/wl-runs}
+BUDGET_S=${BUDGET_S:-540}
+mkdir -p "$OUT" "$STORE"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
+python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+mmchar calibrate > /dev/null 2>&1
+WORKLOADS=${WORKLOADS:-"sd15 amused llamagen pixart-sigma sdxl modelscope-t2v animatediff svd sd3-medium phenaki-like cogvideox-2b wan2.1-1.3b flux-dev cogvideox-5b wan2.1-14b"}
+t0=$(date +%s)
+for w in $WORKLOADS; do
+  [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: $w and later not started"; break; }
+  steps=2; [ "$w" = llamagen ] && steps=32  # tokens: 1 prefill + 31 decode calls
+  timeout "${PER_WORKLOAD_S:-300}" mmchar sweep "$w" --preset full --steps $steps --repeat 1 --profile-steps 1 \
+    --no-trace --device cuda --store "$STORE" 2>&1 | tail -4 | tee -a "$OUT/log.txt"
+  tar czf "$OUT/results.tgz" -C "$(dirname "$STORE")" "$(basename "$STORE")"
+done
+python3 -P benchmarks/summarize_workloads.py "$STORE" -o "$OUT/README.md" > /dev/null 2>&1
+ls -la "$OUT"
