@@ -23,6 +23,40 @@ MAX_HEAD_DIM = 256
 
 
 @triton.jit
+def _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d, stride_kn, stride_kd,
+                          stride_vn, stride_vd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+    """One key/value block of the online softmax. MASKED blocks (the last partial block, the causal diagonal)
+    check key bounds and causality; every other block runs without a single compare."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if MASKED:
+        kv_mask = offs_n < SKV
+    else:
+        kv_mask = offs_n >= 0  # all true: folded away
+    if BLOCK_D != HEAD_DIM:  # padded head dim: the pad columns load as zeros
+        kt_mask = kv_mask[None, :] & (offs_d[:, None] < HEAD_DIM)
+        v_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+    else:
+        kt_mask = kv_mask[None, :]
+        v_mask = kv_mask[:, None]
+    kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kt_mask, other=0.0)
+    qk = tl.dot(q, kt)
+    if MASKED:
+        keep = kv_mask[None, :]
+        if CAUSAL:
+            keep = keep & (offs_m[:, None] >= offs_n[None, :])
+        qk = tl.where(keep, qk, float("-inf"))
+    # the scale (log2(e) folded in) is applied after the max, in the same multiply-add as the max's subtraction
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=v_mask, other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _triton_flash_fwd_kernel(
     Q, K, V, O, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -49,27 +83,21 @@ def _triton_flash_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # keys [0, full) need no mask: whole blocks, all in bounds, all at or before this query block's first row
     hi = SKV
     if CAUSAL:
         hi = tl.minimum(SKV, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < SKV
-        kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, kt) * qk_scale
-        keep = n_ok[None, :]
-        if CAUSAL:
-            keep = keep & (offs_m[:, None] >= offs_n[None, :])
-        qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        full = tl.minimum(SKV, pid_m * BLOCK_M) // BLOCK_N * BLOCK_N
+    else:
+        full = SKV // BLOCK_N * BLOCK_N
+    for start_n in range(0, full, BLOCK_N):
+        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d,
+                                              stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL)
+    for start_n in range(full, hi, BLOCK_N):  # the partial last block and the causal diagonal blocks
+        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d,
+                                              stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL)
     acc = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < SQ) & d_ok[None, :])
