@@ -37,7 +37,8 @@ _MEMORY_OPS = (r"copy_|contiguous|clone|cat|stack|_to_copy|to|permute|transpose|
                r"replication_pad\w*|upsample\w*|_upsample\w*|interpolate|fill_|zero_|zeros\w*|ones\w*|full\w*|empty\w*|"
                r"new_\w+|index\w*|gather|scatter\w*|repeat\w*|repeat_interleave|expand\w*|narrow|slice|split\w*|chunk|"
                r"as_strided\w*|view\w*|reshape|flatten|unflatten|unsqueeze|squeeze|_unsafe_view|t|select|unbind|roll|"
-               r"flip|embedding|embedding_bag|masked_select|nonzero|is_nonzero|item|equal|detach_|_local_scalar_dense|resize_|set_|detach|alias|lift_fresh|pin_memory")
+               r"flip|embedding|embedding_bag|masked_select|nonzero|is_nonzero|item|equal|detach_|_local_scalar_dense|resize_|set_|detach|alias|lift_fresh|pin_memory|"
+               r"concat|concatenate|resolve_conj|resolve_neg|type_as|broadcast_to|view_as|expand_as|reshape_as")
 
 RULES: list[Rule] = [
     # communication first: collectives launched from any op.
@@ -60,7 +61,9 @@ RULES: list[Rule] = [
                              r"rand\w*|normal_|uniform_|bernoulli_|dropout|eq|ne|lt|le|gt|ge|logical_\w+|bitwise_\w+|"
                              r"ceil|floor|round|sign|reciprocal|erf|erfinv|baddbmm_|fmod|remainder|square|cumprod|"
                              r"topk|sort|all|any|isnan|isinf|nan_to_num|sigmoid_|silu_|gelu_|relu_|tril|triu|"
-                             r"masked_fill\w*|one_hot|searchsorted|bucketize|_softmax_backward_data)_?$"),
+                             r"masked_fill\w*|one_hot|searchsorted|bucketize|_softmax_backward_data|"
+                             # token sampling (autoregressive and masked-token generators)
+                             r"multinomial|clip|aminmax|__and__|__or__|__xor__|__invert__|isin|unique\w*)_?$"),
     # kernel names, for kernels whose launching op is generic (or absent: Triton, custom extensions).
     Rule("attention", kernel=r"flash_?(attn|fwd|bwd)|fmha|attention|_attn_fwd|sdpa|mha_fwd|cudnn_generated_fort_native_sdpa"),
     Rule("conv", kernel=r"conv|fprop|dgrad|wgrad|winograd|implicit_?gemm|precomputed_convolve|depthwise"),

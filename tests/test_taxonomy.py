@@ -24,6 +24,8 @@ CASES = [
     ("aten::cat", "aten::cat", "memory"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>", "aten::silu", "elementwise"),
     ("aten::mul", "aten::mul", "elementwise"),
+    ("aten::aminmax", "aten::multinomial", "elementwise"),  # a token generator's sampling
+    ("aten::cat", "aten::concat", "memory"),
     # kernel-name rules, for kernels no aten op launched (Triton, custom extensions)
     ("_attn_fwd", "", "attention"),
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0", "", "attention"),
