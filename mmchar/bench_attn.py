@@ -19,7 +19,6 @@ import torch
 
 from mmchar import environment
 from mmchar.backends import backend_names, get_backend
-from mmchar.devices import synchronize
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Workload(ABC):
     config_folder: ClassVar[str] = "configs"  # several sizes of one family share a package: configs/<size>
     components: ClassVar[dict[str, str]] = {}  # model component -> "diffusers:Class" or "transformers:Class"
     spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
+    temporal_factor: ClassVar[int] = 1  # a video VAE compressing time k-fold takes k·n + 1 frames
 
     def presets(self) -> list[str]:
         folder = resources.files(self.config_package).joinpath(*self.config_folder.split("/"))
@@ -114,6 +115,10 @@ class Workload(ABC):
                                             f"use e.g. {max(f, round(v / f) * f)}")
         if self.modality == "video" and (p.frames is None or p.frames < 1):
             raise InvalidParameterError(f"frames={p.frames} must be at least 1")
+        k = self.temporal_factor
+        if self.modality == "video" and k > 1 and (p.frames - 1) % k:
+            raise InvalidParameterError(f"frames={p.frames}: {self.name}'s VAE compresses time {k}x; use {k}n+1 frames "
+                                        f"(e.g. {(p.frames - 1) // k * k + 1} or {(p.frames - 1) // k * k + 1 + k})")
         for name in ("steps", "batch"):
             if getattr(p, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(p, name)} must be at least 1")

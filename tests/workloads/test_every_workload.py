@@ -121,3 +121,14 @@ def test_suite_summary_table(tmp_path, capsys):
     assert len(rows) == 2
     assert "/token" in rows[0] and "causal 100%" in rows[0]
     assert "spatial" in rows[1] and "cross" in rows[1]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_workload(n).temporal_factor > 1])
+def test_time_compressing_vaes_take_kn_plus_one_frames(name):
+    from mmchar.errors import InvalidParameterError
+
+    w = get_workload(name)
+    k = w.temporal_factor
+    assert w.resolve("tiny", device="cpu", frames=2 * k + 1)["params"]["frames"] == 2 * k + 1
+    with pytest.raises(InvalidParameterError, match=f"{k}n\\+1 frames"):
+        w.resolve("tiny", device="cpu", frames=2 * k)

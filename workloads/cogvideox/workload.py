@@ -18,18 +18,11 @@ class _CogVideoX(PipelineWorkload):
     site_rules = (SiteRule(r"^transformer\.transformer_blocks\.\d+\.attn1$", "joint"),)
     config_package = "mmchar.workloads.cogvideox"
     spatial_factor = 16  # VAE 8 × patch 2
+    temporal_factor = 4
     pipeline_class = "CogVideoXPipeline"
     components = {"transformer": "diffusers:CogVideoXTransformer3DModel", "vae": "diffusers:AutoencoderKLCogVideoX",
                   "text_encoder": "transformers:T5EncoderModel"}
     tokenizers = {"tokenizer": "t5"}
-
-    def check(self, p):  # type: ignore[no-untyped-def]
-        super().check(p)
-        from mmchar.errors import InvalidParameterError
-
-        if (p.frames - 1) % 4:
-            raise InvalidParameterError(f"frames={p.frames}: {self.name}'s VAE compresses time 4x; use 4k+1 frames "
-                                        f"(e.g. {(p.frames - 1) // 4 * 4 + 1} or 49)")
 
 
 @register_workload

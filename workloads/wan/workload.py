@@ -19,6 +19,7 @@ class _Wan(PipelineWorkload):
     site_rules = (SiteRule(r"^transformer\.blocks\.\d+\.attn1$", "joint"),)
     config_package = "mmchar.workloads.wan"
     spatial_factor = 16  # VAE 8 × patch 2
+    temporal_factor = 4
     pipeline_class = "WanPipeline"
     components = {"transformer": "diffusers:WanTransformer3DModel", "vae": "diffusers:AutoencoderKLWan",
                   "text_encoder": "transformers:UMT5EncoderModel"}
@@ -26,14 +27,6 @@ class _Wan(PipelineWorkload):
 
     def denoiser_calls_per_step(self, params: Params) -> int:
         return 2 if params.guidance > 1 else 1  # WanPipeline runs the conditional and unconditional passes apart
-
-    def check(self, p: Params) -> None:
-        super().check(p)
-        from mmchar.errors import InvalidParameterError
-
-        if (p.frames - 1) % 4:
-            raise InvalidParameterError(f"frames={p.frames}: {self.name}'s VAE compresses time 4x; use 4k+1 frames "
-                                        f"(e.g. {(p.frames - 1) // 4 * 4 + 1} or 81)")
 
 
 @register_workload
