@@ -22,8 +22,10 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
     """The hash in a run's id: the resolved configuration plus what selects the attention path."""
     from mmchar.workloads.base import config_hash
 
-    return config_hash({"config": config, "backend": options.backend, "fallback": options.fallback,
-                        "scope": options.scope})
+    path = {"config": config, "backend": options.backend, "fallback": options.fallback, "scope": options.scope}
+    if options.cross_backend:  # cross attention's backend under linear / WERSA changes what runs
+        path["cross_backend"] = options.cross_backend
+    return config_hash(path)
 
 
 def pipeline_target(pipe: Any, *, steps: int, call_kwargs: dict[str, Any], seed: int = 0,

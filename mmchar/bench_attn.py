@@ -212,8 +212,8 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
         raise ValueError(f"no shape of {only or 'workloads and sweep'} matches {match!r} up to {max_seq} tokens")
     backends = backends or available_backends(device)
     rows: list[dict[str, Any]] = _previous_rows(Path(out), device) if resume else []
-    done = {(r["name"], r["backend"]) for r in rows}
-    text = ""
+    # measured rows are kept; failed, refused and skipped ones are tried again (a fixed kernel, a new package)
+    done = {(r["name"], r["backend"]) for r in rows if r.get("ms") is not None and r["ms"] == r["ms"]}
     for i, shape in enumerate(shapes):
         todo = [b for b in backends if (shape.name, b) not in done]
         if not todo:
@@ -221,11 +221,11 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
         rows = [r for r in rows if r["name"] != shape.name or r["backend"].split(" (")[0] not in todo]
         new = run([shape], todo, device, dtype)
         rows += new
-        text = _write_tables(rows, device, dtype, Path(out))
+        _write_tables(rows, device, dtype, Path(out))
         if progress is not None:
             progress(f"[{i + 1}/{len(shapes)}] {shape.name}: " + ", ".join(
                 f"{r['backend']} {r['ms']:.3g} ms" if r["ms"] else f"{r['backend']} -" for r in new))
-    return text
+    return _write_tables(rows, device, dtype, Path(out)) if rows else ""
 
 
 def _previous_rows(out: Path, device: torch.device) -> list[dict[str, Any]]:

@@ -306,8 +306,11 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
     spans: dict[tuple[str, int], list[tuple[float, float]]] = {}
     counts: dict[str, int] = {}
     calls: dict[str, set[int]] = {}
+    phased = "generator_decode" in timings  # an autoregressive generator: its prefill (step 0) is reported apart
     for name, ts, dur, ctx in zip(trace.name, trace.ts, trace.dur, trace.ctx):
         stage = ctx.stage or "scheduler"
+        if phased and stage == "generator" and ctx.step == 0:
+            stage = "generator_prefill"
         spans.setdefault((stage, ctx.step), []).append((ts, ts + dur))
         counts[stage] = counts.get(stage, 0) + 1
         calls.setdefault(stage, set()).add(ctx.step)
@@ -330,7 +333,8 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
     for stage, b in busy.items():
         n_calls = len(calls[stage]) if stage in STEP_STAGES else 1
         key = f"{stage}_step" if stage in STEP_STAGES else stage
-        wall = timings.get(key, {}).get("median_ms")
+        # an autoregressive generator's steps are its decode calls (against their wall time), the prefill apart
+        wall = timings.get("generator_decode" if phased and stage == "generator" else key, {}).get("median_ms")
         busy_ms = float(b) / 1e3 / n_calls
         out[key] = {"wall_ms": wall, "busy_ms": busy_ms, "idle_ms": max(wall - busy_ms, 0.0) if wall else None,
                     "busy_frac": min(busy_ms / wall, 1.0) if wall else None, "kernels": counts[stage] / n_calls}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmchar.errors import InvalidParameterError, UnknownNameError
+from mmchar.schema import step_key
 from mmchar.store import is_run_folder, read_meta
 
 # what --vary may name, with the type its values parse to (prompt is not a sweep axis)
@@ -162,9 +164,12 @@ def run_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
         return found[point.config_hash]
     lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
     last = lines[-1].strip() if lines else "no output"
-    killed = proc.returncode < 0 or proc.returncode in (137, 9)  # a signal: the kernel's OOM killer, a crash
-    return record_dead_child(sweep, point, store, proc.returncode, last, oom=killed and "Killed" in last or
-                             "out of memory" in last.lower())
+    # SIGKILL is what the kernel's out-of-memory killer sends (a child never prints "Killed": a shell does)
+    killed = proc.returncode == -signal.SIGKILL
+    if killed:
+        last = f"killed by SIGKILL (most often the out-of-memory killer); last output: {last}"
+    return record_dead_child(sweep, point, store, proc.returncode, last,
+                             oom=killed or "out of memory" in last.lower())
 
 
 def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[str], code: int, last: str,
@@ -190,10 +195,11 @@ def summary_row(point: Point, folder: Path) -> dict[str, Any]:
     """What the summary table shows of one point's run."""
     meta = read_meta(folder)
     t = meta.get("timings") or {}
-    e2e, step = (t.get("e2e") or {}).get("median_ms"), (t.get("denoiser_step") or {}).get("median_ms")
-    busy = ((meta.get("busy") or {}).get("denoiser_step") or {}).get("busy_frac")
+    key = step_key(t)  # a denoiser step, or a token model's generator step
+    e2e, step = (t.get("e2e") or {}).get("median_ms"), (t.get(key) or {}).get("median_ms")
+    busy = ((meta.get("busy") or {}).get(key) or {}).get("busy_frac")
     return {**point.params, "backend": point.backend, "status": meta["status"],
             "e2e_ms": None if e2e is None else round(e2e, 2),
-            "denoiser_step_ms": None if step is None else round(step, 3),
-            "denoiser_busy": None if busy is None else round(busy, 3),
+            "step_ms": None if step is None else round(step, 3),
+            "step_busy": None if busy is None else round(busy, 3),
             "run": folder.name, "error": (meta.get("error") or "")[:80]}

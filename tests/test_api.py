@@ -35,3 +35,13 @@ def test_bad_options_are_refused_before_running(pipe, tmp_path, kwargs, error):
     with pytest.raises(error):
         mmchar.profile(pipe, **kw)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_cross_backend_is_part_of_a_runs_identity():
+    from mmchar.api import run_config_hash
+    from mmchar.runner import ProfileOptions
+
+    cfg = {"workload": "x"}
+    a, b = (run_config_hash(cfg, ProfileOptions(backend="linear", cross_backend=c)) for c in ("math", "flash"))
+    assert a != b
+    assert run_config_hash(cfg, ProfileOptions(backend="linear")) == run_config_hash(cfg, ProfileOptions(backend="linear"))

@@ -85,3 +85,15 @@ def test_resume_measures_only_what_is_missing(tmp_path, monkeypatch):
     assert sorted(r["backend"] for r in rows) == ["linear", "linear (eager)", "math"]
     assert main(args + ["--backends", "math,linear", "--resume"]) == 0 and calls == [["linear"]]
     assert main(args[:-2] + ["--match", "no-such-shape"]) == 1
+
+
+def test_resume_tries_failed_rows_again(tmp_path):
+    out = tmp_path / "ba"
+    args = ["bench-attn", "--device", "cpu", "--only", "workloads", "--max-seq", "20", "-o", str(out)]
+    assert main(args + ["--backends", "math"]) == 0
+    data = json.loads((out / "attention.json").read_text())
+    data["rows"][0].update(ms=None, note="failed: OutOfResources: shared memory")  # as a kernel that failed there
+    (out / "attention.json").write_text(json.dumps(data))
+    assert main(args + ["--backends", "math", "--resume"]) == 0
+    (row,) = json.loads((out / "attention.json").read_text())["rows"]
+    assert row["ms"] > 0 and row["note"] == ""

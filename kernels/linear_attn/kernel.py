@@ -64,7 +64,7 @@ def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program, NB,
 
 
 @triton.jit
-def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, NB,
+def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, state_scale, NB,
                             stride_qb, stride_qh, stride_qm, stride_qd,
                             stride_ob, stride_oh, stride_om, stride_od,
                             H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
@@ -83,7 +83,10 @@ def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, NB,
     q = tl.where(offs_d[None, :] < D, _phi(q, FEATURE), 0.0)
     u = tl.load(U + pid_bh * BD * DVP + offs_d[:, None] * DVP + offs_e[None, :])
     z = tl.load(Z + pid_bh * BD + offs_d)
-    num = tl.dot(q.to(Q.dtype.element_ty), u.to(Q.dtype.element_ty), input_precision=PREC)
+    # the state enters the product scaled by 1/tokens (an fp16 copy of a sum over 64k tokens would overflow) and
+    # the product is scaled back in fp32
+    num = tl.dot(q.to(Q.dtype.element_ty), (u * state_scale).to(Q.dtype.element_ty), input_precision=PREC)
+    num = num / state_scale
     den = tl.sum(q * z[None, :], 1) + eps
     out = num / den[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
@@ -133,7 +136,7 @@ def _causal_state_kernel(K, V, HS, HZ, GS, GZ, N, NC, chunks_per_group, NB,
 
 
 @triton.jit
-def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps, NB,
+def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps, state_scale, NB,
                        stride_qb, stride_qh, stride_qm, stride_qd,
                        stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_vb, stride_vh, stride_vn, stride_vd,
@@ -169,7 +172,7 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
         st += tl.load(GP + ((pid_bh * ng + g) * BD + offs_d[:, None]) * DVP + offs_e[None, :])
         zs += tl.load(GZP + (pid_bh * ng + g) * BD + offs_d)
     qd = q.to(dt)
-    num = tl.dot(qd, st.to(dt), input_precision=PREC)
+    num = tl.dot(qd, (st * state_scale).to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
     den = tl.sum(q * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
@@ -199,16 +202,22 @@ _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 
                        (64, 8, 1)]
 
 
-def _fits(named_args: dict, bdv: int, stages: int) -> bool:
-    if bdv > named_args["DVP"]:
+def _fits(named_args: dict, config: triton.Config) -> bool:
+    """Register budget: a d = 256 state or query tile leaves room for 64-wide value blocks and 64-row tiles only."""
+    kw = config.kwargs
+    if kw["BDV"] > named_args["DVP"]:
         return False
-    return named_args["BD"] < 256 or (bdv <= 64 and stages <= 2)
+    return named_args["BD"] < 256 or (kw["BDV"] <= 64 and config.num_stages <= 2
+                                      and kw.get("BLOCK_M", 64) <= 64 and kw.get("BLOCK_N", 64) <= 64)
 
 
 def _prune(configs: list, named_args: dict, **kwargs) -> list:
     named_args = {**named_args, **kwargs}
-    keep = [c for c in configs if _fits(named_args, c.kwargs["BDV"], c.num_stages)]
-    return keep or [triton.Config({**configs[0].kwargs, "BDV": named_args["DVP"]}, num_warps=4, num_stages=2)]
+    keep = [c for c in configs if _fits(named_args, c)]
+    if keep:
+        return keep
+    small = {k: (min(64, named_args["DVP"]) if k == "BDV" else 64) for k in configs[0].kwargs}
+    return [triton.Config(small, num_warps=8, num_stages=1)]
 
 
 def _tuned(fn, configs: list, reset: list[str] | None = None):
@@ -296,8 +305,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
             PREC=prec)
     _launch(_linear_attn_out_kernel, _out_tuned,
             lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]), bdv // meta["BDV"]),
-            q, u, z, o, sq, eps, _bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv,
-            FEATURE=f, PREC=prec)
+            q, u, z, o, sq, eps, 1.0 / max(skv, 1), _bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,
+            BD=bd, DVP=bdv, FEATURE=f, PREC=prec)
     return o
 
 
@@ -323,10 +332,11 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group):
     _launch(_causal_state_kernel, _causal_state_tuned, lambda meta: (b * h, bdv // meta["BDV"], ng),
             k, v, hs, hz, gs, gz, n, nc, chunks_per_group, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
             DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec)
-    if ng > 1:  # exclusive prefix over groups (ng is small: a few per batch·head)
-        gs, gz = gs.cumsum(1) - gs, gz.cumsum(1) - gz
+    if ng > 1:  # exclusive prefix over groups (ng is small: a few per batch·head), shifted, not cumsum - x
+        gs = torch.cat([torch.zeros_like(gs[:, :1]), gs[:, :-1].cumsum(1)], 1)
+        gz = torch.cat([torch.zeros_like(gz[:, :1]), gz[:, :-1].cumsum(1)], 1)
     _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
-            q, k, v, o, hs, hz, gs, gz, n, nc, chunks_per_group, eps, nb, *q.stride(), *k.stride(), *v.stride(),
-            *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
+            q, k, v, o, hs, hz, gs, gz, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
+            *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
             PREC=prec)
     return o

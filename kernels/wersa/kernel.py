@@ -126,7 +126,7 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tok
 
 
 @triton.jit
-def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_sqrt_m, eps, ln_eps, NB,
+def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_sqrt_m, eps, ln_eps, state_scale, NB,
                       stride_qb, stride_qh, stride_qn, stride_qd,
                       stride_ob, stride_oh, stride_on, stride_od,
                       H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
@@ -150,7 +150,8 @@ def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_s
         phi = tl.maximum(tl.dot(qs, omega, input_precision=PREC), 0.0) * inv_sqrt_m
         u = tl.load(U + pid_bh * M * BD + offs_f[:, None] * BD + offs_d[None, :], mask=offs_f[:, None] < M, other=0.0)
         z = tl.load(Z + pid_bh * M + offs_f, mask=offs_f < M, other=0.0)
-        num += tl.dot(phi.to(dt), u.to(dt), input_precision=PREC)
+        # the state scaled by 1/keys for the product (fp16 range), scaled back in fp32
+        num += tl.dot(phi.to(dt), (u * state_scale).to(dt), input_precision=PREC) / state_scale
         den += tl.sum(phi * z[None, :], 1)
     out = num / (den + eps)[:, None]
     d_ok = offs_d < D
@@ -238,12 +239,14 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     omega_k = params.omega_k.float().contiguous()
     omega_q = params.omega_q.float().contiguous()
     # token slices: a multiple of every BLOCK_N, enough programs to fill the GPU
-    per_program = max(128, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), 128) * 128)
+    unit = max(128, p)  # a multiple of every BLOCK_N, and of the Haar block (P > 128 takes BLOCK_N = P)
+    per_program = max(unit, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), unit) * unit)
     state_args = (k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), per_program,
                   _bucket(b * h * nk), *k.stride(), *v.stride(), h, m)
     o = torch.empty_like(q)
     out_args = (q, wq, omega_q, u, z, params.norm.weight.float().contiguous(), params.norm.bias.float().contiguous(),
-                o, n, wq.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), eps, params.norm.eps, _bucket(b * h * n),
+                o, n, wq.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), eps, params.norm.eps, 1.0 / max(nk, 1),
+                _bucket(b * h * n),
                 *q.stride(), *o.stride(), h, m)
     const = {"D": d, "BD": bd, "P": p, "PREC": prec}
     if _interpreting():

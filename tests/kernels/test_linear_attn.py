@@ -114,3 +114,27 @@ def test_gpu_fla_backend_matches_linear(n, d):
     q, k, v = (torch.randn(2, 8, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     fla_out = cls("t")(q, k, v, causal=True)
     assert _rel(fla_out, linear_attn_ref(q, k, v, causal=True)) < 2e-2
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("causal", [False, True])
+def test_fp16_states_beyond_fp16_range_do_not_overflow(causal):
+    """Σφ(k)vᵀ over 300 tokens of value 300 is 90 000 > fp16's 65 504: the state enters the fp16 product scaled."""
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    q = k = torch.ones(1, 1, 300, 16, dtype=torch.float16)
+    v = torch.full((1, 1, 300, 16), 300.0, dtype=torch.float16)
+    out = linear_attn(q, k, v, causal=causal)
+    assert torch.isfinite(out).all()
+    assert _rel(out, linear_attn_ref(q, k, v, causal=causal)) < 3e-3
+
+
+def test_autotune_pruning_keeps_configs_the_registers_can_hold():
+    """d = 256: only 64-wide value blocks and 64-row tiles survive; when none does, the fallback is small too."""
+    from mmchar.kernels.linear_attn import kernel as K
+
+    out = K._prune(K._out_tuned.configs, {"DVP": 256}, BD=256)
+    assert out and all(c.kwargs["BDV"] <= 64 and c.kwargs["BLOCK_M"] <= 64 for c in out)
+    state = K._prune(K._state_tuned.configs, {"DVP": 256}, BD=256)
+    assert all(c.kwargs["BDV"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in state)
+    assert all(c.kwargs["BDV"] <= 16 for c in K._prune(K._causal_out_tuned.configs, {"DVP": 16}, BD=16))

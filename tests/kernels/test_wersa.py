@@ -177,3 +177,16 @@ def test_mixing_rows_closed_form_equals_filtering_unit_vectors(levels, n):
     real = (t[:, None] < n) & ((t[:, None] // p) * p + torch.arange(p)[None, :] < n)  # tokens that exist
     assert got.shape == want.shape
     torch.testing.assert_close(got[:, real], want[:, real], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+def test_haar_blocks_wider_than_the_token_tile():
+    """levels = 8: 256-token Haar blocks, wider than every tuned token tile: the slices follow the block size."""
+    from mmchar.kernels.wersa.kernel import wersa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 300, 16, generator=g) for _ in range(3))
+    p = WersaParams(32, 16, levels=8, features=16, seed=1)
+    with torch.no_grad():
+        out, ref = wersa(q, k, v, p, x_q=merge_heads(q)), wersa_ref(q, k, v, p, x_q=merge_heads(q))
+    assert float((out - ref).norm() / ref.norm()) < 1e-5

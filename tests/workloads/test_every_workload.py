@@ -132,3 +132,19 @@ def test_time_compressing_vaes_take_kn_plus_one_frames(name):
     assert w.resolve("tiny", device="cpu", frames=2 * k + 1)["params"]["frames"] == 2 * k + 1
     with pytest.raises(InvalidParameterError, match=f"{k}n\\+1 frames"):
         w.resolve("tiny", device="cpu", frames=2 * k)
+
+
+@pytest.mark.parametrize("name", ["llamagen", "phenaki-like"])
+def test_guidance_off_runs_one_sequence(name, tmp_path, capsys):
+    """guidance <= 1: no unconditional sequence beside the prompt's (the token pipelines batch it only when used)."""
+    w = get_workload(name)
+    target = w.build(w.resolve("tiny", device="cpu", guidance=1.0, steps=2))
+    calls = []
+    hook = target.pipe.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((args[0] if args else kwargs.get("inputs_embeds")).shape[0]),
+        with_kwargs=True)
+    try:
+        target.run(2)
+    finally:
+        hook.remove()
+    assert calls and set(calls) == {1}

@@ -50,8 +50,7 @@ class LlamaGenPipeline:
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_text_tokens, truncation=True,
                              return_tensors="pt").input_ids.to(device)
         hidden = self.text_encoder(input_ids=ids).last_hidden_state
-        cond = self.caption_projection(hidden.to(dtype))
-        return torch.cat([cond, torch.zeros_like(cond)])  # the unconditional prefix: a null caption
+        return self.caption_projection(hidden.to(dtype))
 
     @torch.inference_mode()
     def __call__(self, prompt: list[str], height: int, width: int, num_tokens: int | None = None,
@@ -63,21 +62,23 @@ class LlamaGenPipeline:
         total = gh * gw
         n = total if num_tokens is None else min(num_tokens, total)
         embed = self.transformer.get_input_embeddings()
-        inputs: dict[str, Any] = {"inputs_embeds": self._prefix(prompt, device, dtype)}
+        cond = self._prefix(prompt, device, dtype)
+        guided = guidance_scale > 1  # classifier-free guidance: a null-caption sequence beside each prompt's
+        inputs: dict[str, Any] = {"inputs_embeds": torch.cat([cond, torch.zeros_like(cond)]) if guided else cond}
         cache = None
         codes = torch.zeros(b, total, dtype=torch.long, device=device)
         for i in range(n):
             out = self.transformer(**inputs, use_cache=True, **({self._cache_kw: cache} if cache is not None else {}))
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
-            cond, uncond = logits[:b], logits[b:]
-            logits = uncond + guidance_scale * (cond - uncond)
+            if guided:
+                logits = logits[b:] + guidance_scale * (logits[:b] - logits[b:])
             if self.top_k and self.top_k < logits.shape[-1]:
                 kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
             codes[:, i] = token[:, 0]
-            inputs = {"inputs_embeds": embed(torch.cat([token, token]))}
+            inputs = {"inputs_embeds": embed(torch.cat([token, token]) if guided else token)}
         latent_channels = self.vqvae.config.vq_embed_dim or self.vqvae.config.latent_channels
         image = self.vqvae.decode(codes.view(b, gh, gw), force_not_quantize=True,
                                   shape=(b, gh, gw, latent_channels)).sample

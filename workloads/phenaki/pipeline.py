@@ -65,12 +65,15 @@ class MaskedVideoPipeline:
         ids = self.tokenizer(prompt, padding="max_length", max_length=self.max_text_tokens, truncation=True,
                              return_tensors="pt").input_ids.to(device)
         text = self.text_encoder(input_ids=ids).last_hidden_state.to(dtype)
-        text = torch.cat([text, torch.zeros_like(text)])  # unconditional: a null text
+        guided = guidance_scale > 1  # classifier-free guidance: a null text beside each prompt's
+        if guided:
+            text = torch.cat([text, torch.zeros_like(text)])
         mask_id = self.transformer.config.codebook_size
         codes = torch.full((b, n), mask_id, dtype=torch.long, device=device)
         for i in range(steps):
-            logits = self.transformer(torch.cat([codes, codes]), text).float()
-            logits = logits[b:] + guidance_scale * (logits[:b] - logits[b:])
+            logits = self.transformer(torch.cat([codes, codes]) if guided else codes, text).float()
+            if guided:
+                logits = logits[b:] + guidance_scale * (logits[:b] - logits[b:])
             probs = torch.softmax(logits, -1)
             sampled = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(b, n)
             confidence = torch.gather(probs, -1, sampled[..., None])[..., 0]
