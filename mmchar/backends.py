@@ -511,6 +511,9 @@ class WersaBackend(AttentionBackend):
             return f"value head dim {v.shape[-1]} differs from the query's {q.shape[-1]} (WERSA's LayerNorm is over d)"
         if causal and q.shape[-2] != k.shape[-2]:
             return "causal WERSA needs as many queries as keys"
+        if self.params is not None and self.params.causal and (not causal or q.shape[-2] != k.shape[-2]):
+            return (f"a causal WERSA layer takes whole sequences; this call has {q.shape[-2]} queries against "
+                    f"{k.shape[-2]} keys (a KV-cache decode step), which WERSA has no recurrent form for")
         return super().unsupported(q, k, v, causal=causal, mask=mask)
 
     def _prepare(self, q: torch.Tensor, k: torch.Tensor, causal: bool,

@@ -163,6 +163,8 @@ class _Session:
         self.m.latents = timer.decoder_input
         self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
         self.meta["backend_per_layer"] = dict(sorted(state.layer_backend.items()))
+        if state.later_fallback:  # layers whose later calls of another kind (decode steps ...) took the fallback
+            self.meta["backend_later_calls"] = dict(sorted(state.later_fallback.items()))
         notes = {p.module_path: p.backend.notes for p in self.swap.processors if getattr(p.backend, "notes", None)}
         if notes:  # what stateful backends chose per layer (WERSA's filter source ...)
             self.meta["backend_notes"] = dict(sorted(notes.items()))

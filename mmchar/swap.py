@@ -81,6 +81,8 @@ class SwapState:
     layer_site: dict[str, str] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)  # attention-core calls per module path
+    # layers whose later calls of another kind (decode after prefill, a mask) went to the fallback, and why
+    later_fallback: dict[str, str] = field(default_factory=dict)
 
     def check_routed(self, processors: list[RoutedProcessor]) -> None:
         """Layers whose processor ran but never called F.scaled_dot_product_attention compute attention their
@@ -123,7 +125,8 @@ class LayerRoute:
         self._hidden_states: torch.Tensor | None = None
         self.inner: Any = None
         self.native_reason: str | None = None  # why calls of this layer kept the library's own attention
-        self._kind: tuple[bool, bool, bool] | None = None  # (no mask, causal, Sq == Skv) of the calls checked
+        self._kind: tuple[bool, bool, bool] | None = None  # (no mask, causal, Sq == Skv) of the first call
+        self._by_kind: dict[tuple[bool, bool, bool], tuple[AttentionBackend, str]] = {}  # later kinds' routes
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                scale: float | None) -> torch.Tensor:
@@ -131,19 +134,36 @@ class LayerRoute:
         if self.backend is None:
             self._bind(q, k, v, mask, causal)
             self._kind = kind
-        elif kind != self._kind:  # a later call of another kind (a mask, decode after prefill ...): check again
-            reason = self.backend.unsupported(q, k, v, causal=causal, mask=mask)
-            if reason is not None:
-                raise BackendUnsupportedError(f"backend {self.backend_name!r} cannot take a later call of "
-                                              f"{self.module_path}: {reason}; pass --fallback BACKEND or another backend")
-            self._kind = kind
+        backend, name = self.backend, self.backend_name
+        if kind != self._kind:  # a later call of another kind (a mask, decode after prefill ...): its own route
+            route = self._by_kind.get(kind)
+            if route is None:
+                route = self._kind_route(q, k, v, mask, causal)
+                self._by_kind[kind] = route
+            backend, name = route
         calls = self.state.calls
         calls[self.module_path] = calls.get(self.module_path, 0) + 1
         if self.state.annotate:
-            label = attention_scope_label(self.site, self.module_path, self.backend_name, q, k, v, causal)
+            label = attention_scope_label(self.site, self.module_path, name, q, k, v, causal)
             with torch.profiler.record_function(label):
-                return self.backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
-        return self.backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+                return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+        return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+
+    def _kind_route(self, q, k, v, mask, causal) -> tuple[AttentionBackend, str]:
+        """The layer's backend when it takes this kind of call, else the fallback (recorded), else an error."""
+        reason = self.backend.unsupported(q, k, v, causal=causal, mask=mask)
+        if reason is None:
+            return self.backend, self.backend_name
+        if self._fallback_cls is not None:
+            fallback = self._fallback_cls(self.module_path, self._seed)
+            why = fallback.unsupported(q, k, v, causal=causal, mask=mask)
+            if why is None:
+                self.state.later_fallback[self.module_path] = f"{fallback.name} for calls {self.backend_name} " \
+                                                              f"cannot take: {reason}"
+                return fallback, fallback.name
+            reason = f"{reason}; fallback {fallback.name}: {why}"
+        raise BackendUnsupportedError(f"backend {self.backend_name!r} cannot take a later call of {self.module_path}: "
+                                      f"{reason}; pass --fallback BACKEND or another backend")
 
     def _bind(self, q, k, v, mask, causal) -> None:
         self.site = attention_site(self.module_path, self._rules, cross=q.shape[-2] != k.shape[-2])

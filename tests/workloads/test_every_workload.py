@@ -148,3 +148,16 @@ def test_guidance_off_runs_one_sequence(name, tmp_path, capsys):
     finally:
         hook.remove()
     assert calls and set(calls) == {1}
+
+
+def test_decode_steps_a_backend_cannot_take_go_to_the_fallback(tmp_path, capsys):
+    """Causal WERSA has no KV-cache form: without --fallback the run stops naming the decode call, with it the
+    decode calls take the fallback and meta.json says so."""
+    args = ["profile", "llamagen", "--backend", "wersa", "--steps", "3", "--repeat", "1", "--no-trace"]
+    assert main(args + ["--store", str(tmp_path / "a")]) == 1
+    assert "KV-cache decode step" in capsys.readouterr().err and _only_run(tmp_path / "a")["status"] == "error"
+    assert main(args + ["--fallback", "sdpa", "--store", str(tmp_path / "b")]) == 0
+    meta = _only_run(tmp_path / "b")
+    later = meta["backend_later_calls"]
+    assert later and all(v.startswith("sdpa for calls wersa cannot take") for v in later.values())
+    assert set(meta["backend_per_layer"].values()) == {"wersa"}
