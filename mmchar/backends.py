@@ -116,7 +116,8 @@ class AttentionBackend:
 
     def eager(self) -> Any:
         """A plain-PyTorch implementation of the same maths in the input dtype (benchmarks time it as the
-        baseline of kernels that change the maths), or None."""
+        baseline of kernels that change the maths), called as ``fn(q, k, v, causal=..., hidden_states=...)``,
+        or None."""
         return None
 
     def cost(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> tuple[float, float]:
@@ -448,11 +449,12 @@ class LinearBackend(AttentionBackend):
         return linear_attn_ref(q, k, v, causal=causal, feature=self.feature, eps=self.eps)
 
     def eager(self):
-        from functools import partial
-
         from mmchar.kernels.linear_attn.reference import linear_attn_eager
 
-        return partial(linear_attn_eager, feature=self.feature, eps=self.eps)
+        def run(q, k, v, *, causal=False, hidden_states=None):
+            return linear_attn_eager(q, k, v, causal=causal, feature=self.feature, eps=self.eps)
+
+        return run
 
     def cost(self, q, k, v, *, causal):
         from mmchar.flops import linear_attention_cost
@@ -562,8 +564,8 @@ class WersaBackend(AttentionBackend):
     def eager(self):
         from mmchar.kernels.wersa.reference import wersa_eager
 
-        def run(q, k, v, *, causal=False):
-            x_q, x_k = self._prepare(q, k, causal, None)
+        def run(q, k, v, *, causal=False, hidden_states=None):
+            x_q, x_k = self._prepare(q, k, causal, hidden_states)
             return wersa_eager(q, k, v, self.params, x_q=x_q, x_k=x_k)
 
         return run

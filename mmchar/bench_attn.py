@@ -125,6 +125,13 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
     rows: list[dict[str, Any]] = []
     for shape in shapes:
         q, k, v = _inputs(shape, device, dtype)
+        # a self-attention layer hands its backend the host's hidden states (WERSA filters by them: one gain
+        # generator for q and k, as in a model); the reference checks run on query slices without them
+        host = None
+        if shape.sq == shape.skv:
+            with torch.inference_mode():
+                g = torch.Generator(device=device).manual_seed(1)
+                host = torch.randn(shape.b, shape.sq, shape.h * shape.d, device=device, dtype=dtype, generator=g)
         for name in backends:
             row: dict[str, Any] = {**asdict(shape), "backend": name, "ms": None, "tflops": None, "gbps": None,
                                    "rel_err": None, "note": ""}
@@ -148,7 +155,8 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         row["note"] = "refused: output disagrees with the reference"
                     else:
                         row["note"] = "its own reference (not checked)" if rel is None else ""
-                        _timed_row(row, lambda: backend(q, k, v, causal=shape.causal), flops, nbytes, device)
+                        _timed_row(row, lambda: backend(q, k, v, causal=shape.causal, hidden_states=host), flops,
+                                   nbytes, device)
                 except Exception as e:  # noqa: BLE001 - out of memory, a kernel out of resources: noted, sweep goes on
                     _failed(row, e, device)
                 rows.append(row)
@@ -156,7 +164,8 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                 if eager is not None:
                     erow = dict(row, backend=f"{name} (eager)", rel_err=None, note="plain PyTorch, same dtype")
                     try:
-                        _timed_row(erow, lambda: eager(q, k, v, causal=shape.causal), flops, nbytes, device)
+                        _timed_row(erow, lambda: eager(q, k, v, causal=shape.causal, hidden_states=host), flops,
+                                   nbytes, device)
                     except Exception as e:  # noqa: BLE001
                         erow.update(ms=None, tflops=None, gbps=None)
                         _failed(erow, e, device)
@@ -259,7 +268,8 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
             f"torch {v['torch']}, triton {v['triton']}, cuDNN {v['cudnn']}. ms = median (triton.testing.do_bench); "
             f"TFLOP/s and GB/s by each backend's cost model (softmax 4·B·H·Sq·Skv·d, half for causal; linear and "
             f"WERSA: feature maps, state and output passes; mmchar/flops.py); vs_X = X's ms / this backend's ms "
-            f"(> 1: faster), "
+            f"(> 1: faster); self-attention shapes hand the backends the host layer's hidden states [B, S, H·d] "
+            f"as a model does (WERSA's filter source, one gain generator for q and k), "
             f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
             f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")
     cross = {b: crossover(df, b) for b in df["backend"].unique() if get_backend(b.split(" ")[0]).changes_math}
