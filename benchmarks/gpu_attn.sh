@@ -2,11 +2,16 @@
 # GPU evidence of the attention-kernels issue, run on the device machine from the repo root:
 #   PHASES="tests sweep workloads ncu" (default: all) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
 #   S sweep and on the workload shapes, Nsight Compute on chosen kernels. Results packed into $OUT/results.tgz.
+# Autotuning dominates a fresh machine's time: the tuned choices (Triton's *.autotune.json, a few KB) come back in
+# $OUT/autotune.tgz; unpack it into .triton-cache/ here and pass carry=[".whl", ".triton-cache"] next time, and
+# the kernels skip their tuning (same Triton, same kernel source, same GPU).
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT" /tmp/pack
 PHASES=${PHASES:-tests sweep workloads}
 REPO=$PWD
+export TRITON_CACHE_DIR=$REPO/.triton-cache
+mkdir -p "$TRITON_CACHE_DIR"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
 python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
@@ -28,5 +33,6 @@ for phase in $PHASES; do
   esac
   echo "$phase: $(( $(date +%s) - t0 )) s" | tee -a /tmp/pack/phases.txt
   tar czf "$OUT/results.tgz" -C /tmp/pack .
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -)
 done
 ls -la "$OUT"
