@@ -5,7 +5,8 @@ fused passes. Pass 1 splits the tokens over programs; each reduces φ(K)ᵀV (d 
 in fp32 and adds them into one state per (batch, head) with atomics. Pass 2 recomputes φ(Q) per query block
 and writes φ(Q)U / (φ(Q)·z + ε). The feature maps are applied on load, so φ(K) and φ(Q) never reach memory.
 
-Causal (autoregressive token models), chunkwise with two levels of tiling (the TFLA idea): large chunks of 256
+Causal (autoregressive token models): with many sequences (batch·heads fill the GPU) one pass per sequence keeps
+the state in registers; otherwise chunkwise with two levels of tiling (the TFLA idea): large chunks of 256
 tokens, so only one state per 256 tokens is materialised, and inside a chunk query and key tiles of 64. The state
 pass walks groups of chunks (S += φKᵀ V, writing S at each chunk start); the output pass gives every query tile
 its own program: φQ·S_chunk plus Σ over the chunk's key tiles up to the diagonal of (φQ φKᵀ ⊙ mask) V.
@@ -91,6 +92,51 @@ def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, state_scale, NB,
     out = num / den[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & (offs_e[None, :] < DV))
+
+
+@triton.jit
+def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
+                        stride_qb, stride_qh, stride_qm, stride_qd,
+                        stride_kb, stride_kh, stride_kn, stride_kd,
+                        stride_vb, stride_vh, stride_vn, stride_vd,
+                        stride_ob, stride_oh, stride_om, stride_od,
+                        H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, PREC: tl.constexpr):
+    """One pass per (batch·head, dv block) with the running state in registers: the fastest form when
+    batch·heads alone fill the GPU (no state reaches memory)."""
+    pid_bh = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_d = tl.arange(0, BD)
+    offs_e = pid_e * BDV + tl.arange(0, BDV)
+    offs_c = tl.arange(0, CHUNK)
+    d_ok = offs_d < D
+    e_ok = offs_e < DV
+    dt = Q.dtype.element_ty
+    state = tl.zeros([BD, BDV], dtype=tl.float32)
+    zsum = tl.zeros([BD], dtype=tl.float32)
+    tri = offs_c[:, None] >= offs_c[None, :]
+    for s in range(0, N, CHUNK):
+        offs_n = s + offs_c
+        n_ok = offs_n < N
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_n[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
+        kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=n_ok[None, :] & d_ok[:, None], other=0.0).to(tl.float32)
+        kt = tl.where(n_ok[None, :] & d_ok[:, None], _phi(kt, FEATURE), 0.0)
+        v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
+                    mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+        qd, ktd = q.to(dt), kt.to(dt)
+        a = tl.where(tri, tl.dot(qd, ktd, input_precision=PREC), 0.0)
+        num = tl.dot(a.to(dt), v, input_precision=PREC)
+        num += tl.dot(qd, (state * state_scale).to(dt), input_precision=PREC) / state_scale  # fp16-safe state
+        den = tl.sum(a, 1) + tl.sum(q * zsum[None, :], 1) + eps
+        tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_om + offs_e[None, :] * stride_od,
+                 (num / den[:, None]).to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
+        state += tl.dot(ktd, v, input_precision=PREC)
+        zsum += tl.sum(kt, 1)
 
 
 @triton.jit
@@ -262,7 +308,8 @@ def _interpreting() -> bool:
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, feature: str = "relu",
-                eps: float = 1e-6, chunks_per_group: int | None = None) -> torch.Tensor:
+                eps: float = 1e-6, chunks_per_group: int | None = None,
+                causal_path: str | None = None) -> torch.Tensor:
     """Linear attention forward.
 
     Args:
@@ -272,6 +319,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
         eps: added to the normaliser.
         chunks_per_group: causal only; how many chunks one program of the state pass walks (default: enough
             groups to fill the GPU). Exposed for tests.
+        causal_path: ``scan`` (one pass per batch·head, state in registers) or ``chunked`` (two levels of
+            tiling); default: scan when batch·heads alone fill the GPU, else chunked. Exposed for tests.
 
     Returns:
         [B, H, Sq, Dv] in q's dtype.
@@ -291,6 +340,13 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     if causal:
         if sq != skv:
             raise ValueError("causal linear attention needs as many queries as keys")
+        many = b * h * triton.cdiv(dv, 64) >= 264  # about two programs per SM from batch·heads alone
+        if causal_path == "scan" or (causal_path is None and many and chunks_per_group is None):
+            grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
+            _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),
+                                      *o.stride(), h, D=d, DV=dv, BD=bd, BDV=min(bdv, 64), FEATURE=f,
+                                      CHUNK=16 if _interpreting() else 64, PREC=prec, num_warps=4)
+            return o
         return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group)
     u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)
     z = torch.zeros((b * h, bd), dtype=torch.float32, device=q.device)

@@ -47,6 +47,18 @@ def test_triton_matches_reference(case):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("path", ["scan", "chunked"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16])
+def test_both_causal_paths_match_the_reference(path, dt):
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 83, 24, generator=g).to(dt) for _ in range(3))
+    out = linear_attn(q, k, v, causal=True, causal_path=path)
+    assert _rel(out, linear_attn_ref(q, k, v, causal=True)) < (1e-5 if dt == torch.float32 else 3e-3)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("per_group", [1, 2, 5])
 def test_causal_groups_of_chunks(per_group):
     """The state pass's groups (one program walks `per_group` chunks; groups joined by a prefix sum) change
@@ -92,12 +104,13 @@ def test_linear_backend_keeps_softmax_for_cross_attention():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("n,d", [(4096, 32), (16384, 64), (8192, 128)])
-def test_gpu_bf16(n, d, causal):
+@pytest.mark.parametrize("b,h,n,d", [(2, 8, 4096, 32), (2, 8, 16384, 64), (2, 8, 8192, 128), (16, 32, 1024, 64)])
+def test_gpu_bf16(b, h, n, d, causal):
+    """The last shape has enough batch·heads for the one-pass causal scan; the others take the chunked path."""
     from mmchar.kernels.linear_attn.kernel import linear_attn
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, 8, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     assert _rel(linear_attn(q, k, v, causal=causal), linear_attn_ref(q, k, v, causal=causal)) < 2e-2
 
 
@@ -124,8 +137,10 @@ def test_fp16_states_beyond_fp16_range_do_not_overflow(causal):
 
     q = k = torch.ones(1, 1, 300, 16, dtype=torch.float16)
     v = torch.full((1, 1, 300, 16), 300.0, dtype=torch.float16)
-    out = linear_attn(q, k, v, causal=causal)
+    out = linear_attn(q, k, v, causal=causal, causal_path="scan" if causal else None)
     assert torch.isfinite(out).all()
+    if causal:
+        assert torch.isfinite(linear_attn(q, k, v, causal=True, causal_path="chunked")).all()
     assert _rel(out, linear_attn_ref(q, k, v, causal=causal)) < 3e-3
 
 
