@@ -1,7 +1,8 @@
 """Analyses: pure functions from loaded runs to tidy DataFrames (no torch, no printing, no plotting)."""
 
+from .diff import diff_table, regressions
 from .tables import (attention_site_table, breakdown_table, comparison_table, run_table, stage_table,
                      top_kernels_table)
 
-__all__ = ["attention_site_table", "breakdown_table", "comparison_table", "run_table", "stage_table",
-           "top_kernels_table"]
+__all__ = ["attention_site_table", "breakdown_table", "comparison_table", "diff_table", "regressions", "run_table",
+           "stage_table", "top_kernels_table"]

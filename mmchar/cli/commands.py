@@ -402,6 +402,62 @@ def export(runs: RunsArg,
 
 
 @app.command()
+def runs(paths: RunsArg,
+         workload: Annotated[Optional[str], typer.Option(help="Only runs of this workload.")] = None,
+         backend: Annotated[Optional[str], typer.Option(help="Only runs under this attention backend.")] = None,
+         status: Annotated[Optional[str], typer.Option(help="Only runs with this status: ok, oom or error.")] = None,
+         fmt: Fmt = "table") -> None:
+    """List runs with their key parameters and status (filter by workload, backend, status)."""
+    from mmchar.analysis import run_table
+    from mmchar.schema import RUN_STATUSES
+    from mmchar.store import load_runs
+
+    _check_format(fmt)
+    if status is not None and status not in RUN_STATUSES:
+        raise UnknownNameError("status", status, RUN_STATUSES)
+    table = run_table(load_runs(paths, kernels=False))
+    for col, value in (("workload", workload), ("backend", backend), ("status", status)):
+        if value is not None:
+            table = table[table[col] == value]
+    print_frame(table.drop(columns=["created"]), title=f"{len(table)} runs", fmt=fmt)
+
+
+@app.command()
+def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a store.", show_default=False)],
+         b: Annotated[Path, typer.Argument(help="New side: a run folder or a store.", show_default=False)],
+         fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="Exit 1 when a latency or class time grew by more than this percentage (CI gating).")] = None,
+         top: Annotated[int, typer.Option(help="Modules shown per pair (largest changes).")] = 10,
+         output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write every difference as CSV.")] = None,
+         fmt: Fmt = "table") -> int:
+    """Diff two runs (or two stores, run by run) by latency, op class and module."""
+    from mmchar.analysis import diff_table, regressions
+    from mmchar.store import load_runs
+
+    _check_format(fmt)
+    table = diff_table(load_runs([a]), load_runs([b]))
+    if table.empty:
+        raise InvalidParameterError(f"no run of {b} ran what a run of {a} ran (same workload, preset, backend and "
+                                    "parameters, both ok): nothing to diff")
+    if output is not None:
+        _write_atomic(output, lambda p: table.to_csv(p, index=False))
+    for pair, part in table.groupby("pair"):
+        title = f"{part['run_a'].iloc[0]} -> {part['run_b'].iloc[0]}"
+        shown = part[part["level"] != "module"]
+        mods = part[part["level"] == "module"]
+        mods = mods.reindex((mods["b"] - mods["a"]).abs().sort_values(ascending=False).index).head(top)
+        print_frame(pd.concat([shown, mods]).drop(columns=["pair", "run_a", "run_b"]).round(3), title=title, fmt=fmt)
+    if fail_above is not None:
+        bad = regressions(table, fail_above)
+        if not bad.empty:
+            worst = bad.sort_values("change_pct", ascending=False).iloc[0]
+            raise MmcharError(f"{len(bad)} latencies or class times regressed by more than {fail_above:g}% (worst: "
+                              f"{worst['level']} {worst['stage'] or ''} {worst['key']} +{worst['change_pct']:.1f}%, "
+                              f"{worst['run_a']} -> {worst['run_b']})")
+        say(f"no latency or class time regressed by more than {fail_above:g}%")
+    return 0
+
+
+@app.command()
 def dashboard(runs: RunsArg,
               output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
               title: Annotated[str, typer.Option(help="Page title.")] = "mmchar report") -> None:
