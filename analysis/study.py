@@ -1,0 +1,166 @@
+"""The study's analyses over run stores (roofline, launch-bound, prefill/decode, scaling): each a function from
+loaded runs to one tidy DataFrame. Rates come from kernel times and the FLOPs / bytes recorded per kernel
+(conventions.md formulas, so custom kernels count); roofs from each run's meta.json (`mmchar calibrate`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmchar.schema import STEP_STAGES, step_key
+from mmchar.store import Run
+
+from .tables import PARAM_KEYS, _ids
+
+_DTYPE_ROOF = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+
+
+def _roofs(run: Run) -> tuple[float, float]:
+    """(matmul TFLOP/s of the run's dtype, copy GB/s), NaN where the device was never calibrated."""
+    roofs = run.meta.get("roofs") or {}
+    dtype = (run.meta.get("config") or {}).get("dtype") or "bf16"
+    peak = (roofs.get("matmul_tflops") or {}).get(_DTYPE_ROOF.get(dtype, dtype), np.nan)
+    return float(peak if peak is not None else np.nan), float(roofs.get("copy_gbps") or np.nan)
+
+
+def _phase(stage: str, step: int, phased: bool) -> str:
+    if stage == "generator" and phased:
+        return "prefill" if step == 0 else "decode"
+    return "step" if stage in STEP_STAGES else "once"
+
+
+def roofline_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per run × stage × op class: FLOPs and bytes of the kernels that have them, achieved rates, arithmetic
+    intensity, the attainable rate under the run's roofs (min(peak, intensity × bandwidth)) and the share of it
+    achieved.
+
+    Returns:
+        Columns ``run_id, workload, backend, device, stage, op_class, time_us, flops, bytes, tflops, gbps,
+        intensity, roof_tflops, roof_gbps, attainable_tflops, pct_of_attainable``; op classes with no FLOPs and
+        no bytes recorded are left out.
+    """
+    cols = ["run_id", "workload", "backend", "device", "stage", "op_class", "time_us", "flops", "bytes", "tflops",
+            "gbps", "intensity", "roof_tflops", "roof_gbps", "attainable_tflops", "pct_of_attainable"]
+    parts = []
+    for run in runs:
+        k = run.kernels
+        if run.status != "ok" or k is None or k.empty:
+            continue
+        k = k[k["flops"].notna() | k["bytes"].notna()]
+        if k.empty:
+            continue
+        g = k.groupby(["stage", "op_class"], observed=True).agg(
+            time_us=("dur_us", "sum"), flops=("flops", "sum"), bytes=("bytes", "sum")).reset_index()
+        peak, bw = _roofs(run)
+        ids = _ids(run)
+        g["run_id"], g["workload"], g["backend"], g["device"] = ids["run_id"], ids["workload"], ids["backend"], ids["device"]
+        sec = g["time_us"] * 1e-6
+        g["tflops"] = g["flops"] / sec / 1e12
+        g["gbps"] = g["bytes"] / sec / 1e9
+        g["intensity"] = g["flops"] / g["bytes"].where(g["bytes"] > 0)
+        g["roof_tflops"], g["roof_gbps"] = peak, bw
+        g["attainable_tflops"] = np.minimum(peak, g["intensity"] * bw / 1e3)
+        g["pct_of_attainable"] = g["tflops"] / g["attainable_tflops"] * 100
+        parts.append(g[cols])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def launch_table(runs: Sequence[Run], short_us: float = 10.0) -> pd.DataFrame:
+    """Per run × stage: wall, busy and idle time of one call (meta's busy table: the light profile against the
+    timed pass), kernels per call, median kernel length and the share of kernels shorter than ``short_us`` from the
+    full profile: a stage whose GPU idles while its kernels are short is launch-bound.
+
+    Returns:
+        Columns ``run_id, workload, backend, device, stage, wall_ms, busy_ms, idle_ms, busy_frac,
+        kernels_per_call, median_kernel_us, short_kernel_share``.
+    """
+    cols = ["run_id", "workload", "backend", "device", "stage", "wall_ms", "busy_ms", "idle_ms", "busy_frac",
+            "kernels_per_call", "median_kernel_us", "short_kernel_share"]
+    rows = []
+    for run in runs:
+        if run.status != "ok":
+            continue
+        ids = _ids(run)
+        k = run.kernels if run.kernels is not None else pd.DataFrame(columns=["stage", "dur_us"])
+        for key, b in (run.meta.get("busy") or {}).items():
+            stage = key.removesuffix("_step") if key.endswith("_step") else key
+            stage = "generator" if key == "generator_prefill" else stage
+            durs = k.loc[k["stage"].astype(str) == stage, "dur_us"]
+            rows.append({"run_id": ids["run_id"], "workload": ids["workload"], "backend": ids["backend"],
+                         "device": ids["device"], "stage": key, "wall_ms": b.get("wall_ms"), "busy_ms": b.get("busy_ms"),
+                         "idle_ms": b.get("idle_ms"), "busy_frac": b.get("busy_frac"),
+                         "kernels_per_call": b.get("kernels"),
+                         "median_kernel_us": float(durs.median()) if len(durs) else np.nan,
+                         "short_kernel_share": float((durs < short_us).mean()) if len(durs) else np.nan})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """The prefill/decode analogy: per run × phase × op class (gemm and attention) of the step stage, FLOPs, bytes,
+    arithmetic intensity and achieved TFLOP/s. A diffusion denoiser's phase is ``step``; an autoregressive
+    generator's step 0 is ``prefill`` and its other steps ``decode``; a masked generator's are ``step``.
+
+    Returns:
+        Columns ``run_id, workload, backend, paradigm_stage, phase, op_class, time_us, flops, bytes, intensity,
+        tflops``.
+    """
+    cols = ["run_id", "workload", "backend", "paradigm_stage", "phase", "op_class", "time_us", "flops", "bytes",
+            "intensity", "tflops"]
+    parts = []
+    for run in runs:
+        k = run.kernels
+        if run.status != "ok" or k is None or k.empty:
+            continue
+        k = k[k["stage"].astype(str).isin(STEP_STAGES) & k["op_class"].astype(str).isin(["gemm", "attention"])]
+        if k.empty:
+            continue
+        phased = "generator_decode" in (run.meta.get("timings") or {})
+        k = k.assign(phase=[_phase(str(s), int(t), phased) for s, t in zip(k["stage"], k["step"])])
+        g = k.groupby(["stage", "phase", "op_class"], observed=True).agg(
+            time_us=("dur_us", "sum"), flops=("flops", "sum"), bytes=("bytes", "sum")).reset_index()
+        g = g.rename(columns={"stage": "paradigm_stage"})
+        g["run_id"], g["workload"], g["backend"] = run.run_id, run.workload, run.backend
+        g["intensity"] = g["flops"] / g["bytes"].where(g["bytes"] > 0)
+        g["tflops"] = g["flops"] / (g["time_us"] * 1e-6) / 1e12
+        parts.append(g[cols])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Latency against each parameter (height, width, frames, steps, batch) that varies while the others hold,
+    per workload × backend, with the fitted exponent of latency ∝ parameter^k (least squares in log-log).
+
+    Returns:
+        Columns ``workload, backend, param, metric, n_points, values, exponent, r2``; ``metric`` is ``e2e`` or the
+        run's step key; groups with fewer than two distinct values are left out.
+    """
+    cols = ["workload", "backend", "param", "metric", "n_points", "values", "exponent", "r2"]
+    ok = [r for r in runs if r.status == "ok" and r.meta.get("timings")]
+    rows = []
+    for param in PARAM_KEYS:
+        groups: dict[tuple, list[Run]] = {}
+        for r in ok:
+            ids = _ids(r)
+            if ids.get(param) is None:
+                continue
+            rest = tuple(ids.get(p) for p in PARAM_KEYS if p != param)
+            groups.setdefault((ids["workload"], ids["backend"], ids["preset"], rest), []).append(r)
+        for (workload, backend, _, _), members in groups.items():
+            xs = sorted({float(_ids(r)[param]) for r in members})
+            if len(xs) < 2 or min(xs) <= 0:
+                continue
+            for metric in ("e2e", step_key(members[0].meta["timings"])):
+                pts = [(float(_ids(r)[param]), r.meta["timings"].get(metric, {}).get("median_ms")) for r in members]
+                pts = [(x, y) for x, y in pts if y]
+                if len({x for x, _ in pts}) < 2:
+                    continue
+                lx, ly = np.log([x for x, _ in pts]), np.log([y for _, y in pts])
+                k, c = np.polyfit(lx, ly, 1)
+                resid = ly - (k * lx + c)
+                ss = float(((ly - ly.mean()) ** 2).sum())
+                rows.append({"workload": workload, "backend": backend, "param": param, "metric": metric,
+                             "n_points": len(pts), "values": ",".join(f"{x:g}" for x in xs), "exponent": float(k),
+                             "r2": 1 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0})
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,87 @@
+"""analysis.study on hand-made runs with known numbers: roofline rates, launch-bound figures, prefill/decode
+phases and fitted scaling exponents."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mmchar.analysis import launch_table, phase_table, roofline_table, scaling_table
+from mmchar.store import Run
+
+ROOFS = {"matmul_tflops": {"bf16": 800.0, "fp32": 50.0}, "copy_gbps": 3000.0}
+
+
+def kernels(rows):
+    """rows: (stage, step, op_class, dur_us, flops, bytes)."""
+    df = pd.DataFrame(rows, columns=["stage", "step", "op_class", "dur_us", "flops", "bytes"])
+    df["step"] = df["step"].astype("int32")
+    for c in ("module_path", "attn_site", "aten_op", "launch_op", "kernel", "input_shapes"):
+        df[c] = ""
+    df["ts_us"] = 0.0
+    return df
+
+
+def run(run_id, k=None, *, timings=None, busy=None, height=512, workload="sd15", backend="flash", steps=20):
+    params = {"height": height, "width": 512, "frames": None, "steps": steps, "batch": 1}
+    meta = {"run_id": run_id, "status": "ok", "workload": workload, "preset": "full", "backend": backend,
+            "config": {"params": params, "dtype": "bf16"}, "device": {"name": "H100"}, "roofs": ROOFS,
+            "timings": timings or {"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": 5.0}},
+            "busy": busy or {}}
+    return Run(meta=meta, kernels=k if k is not None else kernels([]))
+
+
+def test_roofline_rates_intensity_and_attainable():
+    # gemm: 4e12 FLOP over 10 ms = 400 TFLOP/s, 4e9 B -> intensity 1000 (compute-bound: attainable = 800)
+    # elementwise: 3e9 B over 2 ms = 1500 GB/s, 3e9 FLOP -> intensity 1 (memory-bound: attainable 3 TFLOP/s)
+    r = run("r", kernels([("denoiser", 0, "gemm", 4000.0, 2e12, 2e9), ("denoiser", 1, "gemm", 6000.0, 2e12, 2e9),
+                          ("denoiser", 0, "elementwise", 2000.0, 3e9, 3e9),
+                          ("denoiser", 0, "other", 5.0, float("nan"), float("nan"))]))
+    t = roofline_table([r]).set_index("op_class")
+    assert set(t.index) == {"gemm", "elementwise"}  # no FLOPs, no bytes: left out
+    assert t.loc["gemm", "tflops"] == pytest.approx(400.0) and t.loc["gemm", "intensity"] == pytest.approx(1000.0)
+    assert t.loc["gemm", "attainable_tflops"] == pytest.approx(800.0)
+    assert t.loc["gemm", "pct_of_attainable"] == pytest.approx(50.0)
+    assert t.loc["elementwise", "gbps"] == pytest.approx(1500.0)
+    assert t.loc["elementwise", "attainable_tflops"] == pytest.approx(3.0)
+    assert t.loc["elementwise", "pct_of_attainable"] == pytest.approx(50.0)
+
+
+def test_launch_table_joins_busy_and_kernel_lengths():
+    busy = {"denoiser_step": {"wall_ms": 10.0, "busy_ms": 4.0, "idle_ms": 6.0, "busy_frac": 0.4, "kernels": 500}}
+    r = run("r", kernels([("denoiser", 0, "gemm", d, 0.0, 0.0) for d in (2.0, 4.0, 30.0, 50.0)]), busy=busy)
+    (row,) = launch_table([r]).to_dict("records")
+    assert row["stage"] == "denoiser_step" and row["busy_frac"] == 0.4 and row["kernels_per_call"] == 500
+    assert row["median_kernel_us"] == 17.0 and row["short_kernel_share"] == 0.5
+
+
+def test_phases_split_prefill_from_decode_and_leave_diffusion_steps_whole():
+    ar = run("ar", kernels([("generator", 0, "gemm", 1000.0, 1e12, 1e9), ("generator", 1, "gemm", 100.0, 1e9, 1e9),
+                            ("generator", 2, "gemm", 100.0, 1e9, 1e9), ("generator", 1, "attention", 10.0, 1e6, 1e7),
+                            ("decoder", -1, "gemm", 50.0, 1e9, 1e6)]),
+             timings={"e2e": {"median_ms": 1.0}, "generator_step": {"median_ms": 0.1},
+                      "generator_prefill": {"median_ms": 1.0}, "generator_decode": {"median_ms": 0.1}},
+             workload="llamagen")
+    diff = run("dm", kernels([("denoiser", 0, "gemm", 100.0, 1e11, 1e8), ("denoiser", 1, "gemm", 100.0, 1e11, 1e8)]))
+    t = phase_table([ar, diff]).set_index(["run_id", "phase", "op_class"])
+    assert t.loc[("ar", "prefill", "gemm"), "intensity"] == pytest.approx(1000.0)
+    assert t.loc[("ar", "decode", "gemm"), ["time_us", "intensity"]].tolist() == [200.0, pytest.approx(1.0)]
+    assert t.loc[("ar", "decode", "attention"), "intensity"] == pytest.approx(0.1)
+    assert t.loc[("dm", "step", "gemm"), "tflops"] == pytest.approx(1000.0)  # 2e11 FLOP in 200 µs
+    assert ("ar", "once", "gemm") not in t.index  # the decoder is not a phase of generation
+
+
+def test_scaling_exponents_from_runs_that_differ_in_one_parameter():
+    def lat(h):  # e2e ∝ h^2, step ∝ h^1.5
+        return {"e2e": {"median_ms": 1e-3 * h ** 2}, "denoiser_step": {"median_ms": 1e-2 * h ** 1.5}}
+
+    runs = [run(f"h{h}", timings=lat(h), height=h) for h in (256, 512, 1024)]
+    runs.append(run("other-backend", timings=lat(512), height=512, backend="math"))  # one point: no fit
+    t = scaling_table(runs).set_index(["param", "metric"])
+    assert t.loc[("height", "e2e"), "exponent"] == pytest.approx(2.0)
+    assert t.loc[("height", "denoiser_step"), "exponent"] == pytest.approx(1.5)
+    assert t.loc[("height", "e2e"), "n_points"] == 3 and t.loc[("height", "e2e"), "values"] == "256,512,1024"
+    assert math.isclose(t.loc[("height", "e2e"), "r2"], 1.0)
+    assert set(scaling_table(runs)["backend"]) == {"flash"}
