@@ -85,3 +85,21 @@ def test_scaling_exponents_from_runs_that_differ_in_one_parameter():
     assert t.loc[("height", "e2e"), "n_points"] == 3 and t.loc[("height", "e2e"), "values"] == "256,512,1024"
     assert math.isclose(t.loc[("height", "e2e"), "r2"], 1.0)
     assert set(scaling_table(runs)["backend"]) == {"flash"}
+
+
+def test_sequence_table_one_row_per_attention_call_with_its_level():
+    from mmchar.analysis import sequence_table
+
+    k = kernels([("denoiser", 0, "attention", 10.0, 1e9, 1e6), ("denoiser", 0, "attention", 5.0, float("nan"), 0.0),
+                 ("denoiser", 0, "attention", 10.0, 1e9, 1e6), ("denoiser", 0, "gemm", 10.0, 1e9, 1e6)])
+    k["module_path"] = ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"] * 2 + \
+        ["unet.mid_block.attentions.0.transformer_blocks.0.attn2", "unet.down_blocks.0.attentions.0.proj_in"]
+    k["attn_site"] = ["spatial", "spatial", "cross", ""]
+    k["input_shapes"] = ["[[2, 8, 4096, 40], [2, 8, 4096, 40], [2, 8, 4096, 40]]"] * 2 + \
+        ["[[2, 8, 64, 160], [2, 8, 77, 160], [2, 8, 77, 160], [], []]", ""]
+    t = sequence_table([run("r", k)])
+    assert len(t) == 2  # the second kernel of the first call (no FLOPs) and the gemm are not calls
+    first, mid = t.to_dict("records")
+    assert (first["level"], first["q_len"], first["kv_len"], first["head_dim"]) == ("down.0", 4096, 4096, 40)
+    assert first["score_bytes"] == 2 * 8 * 4096 * 4096 * 2  # bf16
+    assert (mid["level"], mid["attn_site"], mid["q_len"], mid["kv_len"]) == ("mid", "cross", 64, 77)
