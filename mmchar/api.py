@@ -22,6 +22,7 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
     """The hash in a run's id: the resolved configuration plus what selects the attention path."""
     from mmchar.workloads.base import config_hash
 
+    config = {k: v for k, v in config.items() if k != "family"}  # descriptive only: runs before it hash alike
     path = {"config": config, "backend": options.backend, "fallback": options.fallback, "scope": options.scope}
     if options.cross_backend:  # cross attention's backend under linear / WERSA changes what runs
         path["cross_backend"] = options.cross_backend

@@ -104,6 +104,9 @@ class Workload(ABC):
         return {"workload": self.name, "preset": preset, "params": p.to_dict(), "device": str(dev),
                 "dtype": DTYPE_NAMES[resolve_dtype(dtype, dev)],
                 "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {}),
+                # what kind of model this is, for analyses over many runs (not part of a run's identity)
+                "family": {"paradigm": self.paradigm, "modality": self.modality, "task": self.task,
+                           "architecture": self.architecture},
                 **{k: cfg[k] for k in ("call", "generation") if k in cfg}, **({"memory": memory} if memory else {})}
 
     def check(self, p: Params) -> None:

@@ -458,6 +458,31 @@ def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a sto
 
 
 @app.command()
+def study(paths: RunsArg,
+          output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the tables, findings and dashboard.")] = Path("study")) -> None:
+    """Every analysis of the study as CSV, the findings summary and the dashboard, from run stores only."""
+    from mmchar import analysis as an
+    from mmchar.dashboards import write_dashboard
+    from mmchar.store import load_runs
+
+    loaded = load_runs(paths)
+    tables = {"runs": an.run_table, "breakdown": an.breakdown_table, "stages": an.stage_table,
+              "comparison": an.comparison_table, "attention_sites": an.attention_site_table,
+              "sequence": an.sequence_table, "roofline": an.roofline_table, "launch": an.launch_table,
+              "phases": an.phase_table, "scaling": an.scaling_table}
+    output.mkdir(parents=True, exist_ok=True)
+    for name, fn in tables.items():
+        table = fn(loaded)
+        _write_atomic(output / f"{name}.csv", lambda p, t=table: t.to_csv(p, index=False))
+    found = an.findings(loaded)
+    text = an.findings_markdown(found)
+    _write_atomic(output / "findings.md", lambda p: p.write_text(text))
+    _write_atomic(output / "dashboard.html", lambda p: write_dashboard(loaded, p, title="mmchar study"))
+    print_frame(found[["question", "answer"]], title=f"findings ({len(loaded)} runs)")
+    say(f"wrote {len(tables)} tables, findings.md and dashboard.html to {output}")
+
+
+@app.command()
 def dashboard(runs: RunsArg,
               output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
               title: Annotated[str, typer.Option(help="Page title.")] = "mmchar report") -> None:

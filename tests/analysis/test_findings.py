@@ -1,0 +1,54 @@
+"""The findings summary and `mmchar study` on hand-made runs with known answers."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mmchar.analysis import findings
+from mmchar.cli import main
+from mmchar.store import Run, load_runs, write_run
+
+FAMILY = {"paradigm": "diffusion", "modality": "image", "task": "text-to-image", "architecture": "unet"}
+
+
+def bd(rows):
+    return pd.DataFrame(rows, columns=["stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes"])
+
+
+def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None):
+    meta = {"run_id": run_id, "created": "2025-01-01", "status": "ok", "workload": "w", "preset": "full",
+            "backend": backend, "config": {"params": {"height": 512}, "family": family},
+            "timings": {"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": step_ms}}}
+    if compare:
+        meta["compare"] = compare
+    return Run(meta=meta, breakdown=breakdown)
+
+
+def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
+    den = bd([("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0), ("denoiser", "attention", "spatial", 400.0, 0.4, 1, 0, 0)])
+    video = dict(FAMILY, modality="video", task="text-to-video")
+    vid = bd([("denoiser", "attention", "temporal", 300.0, 0.3, 1, 0, 0),
+              ("denoiser", "attention", "spatial", 100.0, 0.1, 1, 0, 0),
+              ("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
+    cmp = {"group": "g", "baseline_run_id": "m", "baseline_backend": "math"}
+    runs = [run("m", "math", FAMILY, den, step_ms=30.0), run("f", "flash", FAMILY, den, step_ms=10.0, compare=cmp),
+            run("v", "flash", video, vid)]
+    for r in runs:
+        write_run(tmp_path / "s", r)
+    f = findings(load_runs([tmp_path / "s"])).set_index("question")
+    conv = f.loc["Share of conv in a diffusion text-to-image denoiser step after flash attention"]
+    assert conv["answer"] == "60.0%" and conv["runs"] == "f"  # the math run is not "after flash attention"
+    speed = f.loc["Step speedup of flash attention over unfused attention, diffusion models"]
+    assert speed["value"] == 3.0 and speed["runs"] == "f"
+    assert f.loc["Share of temporal attention in a video denoiser's attention time", "value"] == 0.75
+    assert f.loc["Share of gemm (linear layers) in a transformer text-to-image generation step",
+                 "answer"] == "not covered by these runs"
+    assert f.loc["Step speedup of flash attention over unfused attention, transformer models",
+                 "answer"] == "not covered by these runs"
+
+    out = tmp_path / "study"
+    assert main(["study", str(tmp_path / "s"), "-o", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"findings.md", "dashboard.html", "breakdown.csv", "roofline.csv", "scaling.csv", "sequence.csv"} <= names
+    assert "| Share of temporal attention" in (out / "findings.md").read_text()
+    assert len(pd.read_csv(out / "runs.csv")) == 3
