@@ -44,22 +44,21 @@ def _profiled_steps(run: Run) -> int:
     return max(int((run.meta.get("passes") or {}).get("profile_steps") or 1), 1)
 
 
-def _class_times(run: Run) -> dict[tuple[str, str], float]:
-    bd = run.breakdown
-    if bd is None or bd.empty:
+def _times(run: Run, frame: pd.DataFrame | None, key: str, col: str) -> dict[tuple[str, str], float]:
+    """Time per (stage, ``key``): per profiled step for step stages, per generation for the others."""
+    if frame is None or frame.empty:
         return {}
-    per = bd.groupby(["stage", "op_class"], observed=True)["time_us"].sum()
     steps = _profiled_steps(run)
-    return {(s, c): float(t) / (steps if s in STEP_STAGES else 1) for (s, c), t in per.items()}
+    per = frame.groupby(["stage", key], observed=True)[col].sum()
+    return {(str(s), str(x)): float(t) / (steps if s in STEP_STAGES else 1) for (s, x), t in per.items() if str(x)}
+
+
+def _class_times(run: Run) -> dict[tuple[str, str], float]:
+    return _times(run, run.breakdown, "op_class", "time_us")
 
 
 def _module_times(run: Run) -> dict[tuple[str, str], float]:
-    k = run.kernels
-    if k is None or k.empty:
-        return {}
-    per = k.groupby(["stage", "module_path"], observed=True)["dur_us"].sum()
-    steps = _profiled_steps(run)
-    return {(str(s), str(m)): float(t) / (steps if s in STEP_STAGES else 1) for (s, m), t in per.items() if str(m)}
+    return _times(run, run.kernels, "module_path", "dur_us")
 
 
 def diff_table(a: Sequence[Run], b: Sequence[Run]) -> pd.DataFrame:

@@ -55,6 +55,7 @@ class Point:
     params: dict[str, Any]
     backend: str
     config_hash: str
+    config: dict[str, Any] = field(default_factory=dict, compare=False)  # the resolved configuration
 
     def label(self) -> str:
         return " ".join([f"{k}={v}" for k, v in self.params.items()] + [f"backend={self.backend}"])
@@ -110,7 +111,7 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
         config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, memory=memory, **fixed, **params)
         for b in backends:
             opts = ProfileOptions(backend=b, **options)
-            points.append(Point(params, b, run_config_hash(config, opts)))
+            points.append(Point(params, b, run_config_hash(config, opts), config))
     if len({p.config_hash for p in points}) != len(points):
         raise InvalidParameterError("two points of this sweep resolve to the same configuration (a repeated value?)")
     memory = {k: True for k, v in (memory or {}).items() if v}
@@ -177,15 +178,10 @@ def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[s
     from mmchar.devices import resolve_device
     from mmchar.runner import ProfileOptions, base_meta, new_run_id
     from mmchar.store import Run, unique_run_id, write_run
-    from mmchar.workloads import get_workload
 
-    dev = resolve_device(sweep.device)
-    config = get_workload(sweep.workload).resolve(sweep.preset, dtype=sweep.dtype, device=str(dev),
-                                                  weights=sweep.weights, memory=sweep.memory, **sweep.fixed,
-                                                  **point.params)
     options = ProfileOptions(backend=point.backend, **sweep.options)
     run_id = unique_run_id(store, new_run_id(sweep.workload, point.backend, point.config_hash))
-    meta = base_meta(config, dev, options, run_id, point.config_hash)
+    meta = base_meta(point.config, resolve_device(sweep.device), options, run_id, point.config_hash)
     meta.update(status="oom" if oom else "error",
                 error=f"the profiling process exited with code {code} without writing its run: {last[:300]}")
     return write_run(store, Run(meta=meta))

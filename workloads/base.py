@@ -149,6 +149,20 @@ class Workload(ABC):
                 pass  # a read-only home: counted again next time
         return cache[key]
 
+    def runtime(self, config: dict[str, Any]) -> tuple[Any, Any, Params]:
+        """(torch device, torch dtype, Params) of a resolved configuration."""
+        device = resolve_device(config["device"])
+        return device, resolve_dtype(config["dtype"], device), Params.from_dict(config["params"])
+
+    def build_components(self, config: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
+        """Every model component of the preset, built offline on the meta device and materialised, seeded, on
+        ``device`` (`build.build_module`)."""
+        from mmchar.workloads.build import build_module, model_class
+
+        seed = config["params"]["seed"]
+        return {name: build_module(model_class(spec), config["models"][name], device, dtype, seed)
+                for name, spec in self.components.items()}
+
     @abstractmethod
     def build(self, config: dict[str, Any]) -> Target:
         """Build the pipeline on ``config["device"]`` (random weights, or ``config["weights"]``) as a Target."""

@@ -12,10 +12,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from mmchar.devices import resolve_device, resolve_dtype
 from mmchar.target import StageRoot, Target, discover_stage_roots
 from mmchar.workloads.base import Params, Workload
-from mmchar.workloads.build import build_module, clip_tokenizer, load_pipeline, model_class
+from mmchar.workloads.build import clip_tokenizer, load_pipeline
 
 
 def apply_memory_options(pipe: Any, memory: dict[str, bool], device: torch.device) -> None:
@@ -39,24 +38,19 @@ class PipelineWorkload(Workload):
     def build(self, config: dict[str, Any]) -> Target:
         import diffusers
 
-        device = resolve_device(config["device"])
-        dtype = resolve_dtype(config["dtype"], device)
-        params = Params.from_dict(config["params"])
+        device, dtype, params = self.runtime(config)
         pipe_cls = getattr(diffusers, self.pipeline_class)
         if config.get("weights"):
             pipe = load_pipeline(pipe_cls, config["weights"], dtype, device, **self.extra_components(config))
         else:
-            models, seed = config["models"], params.seed
-            parts: dict[str, Any] = {}
-            for name, spec in self.components.items():
-                parts[name] = build_module(model_class(spec), models[name], device, dtype, seed)
+            models = config["models"]
+            parts = self.build_components(config, device, dtype)
             for name, kind in self.tokenizers.items():
                 parts[name] = self._tokenizer(kind, name, models)
             if "scheduler" in models:
                 sched_cfg = dict(models["scheduler"])
                 parts["scheduler"] = getattr(diffusers, sched_cfg.pop("_class_name")).from_config(sched_cfg)
             pipe = pipe_cls(**parts, **self.extra_components(config))
-            pipe = self.after_build(pipe, config)
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, config.get("memory", {}), device)
 
@@ -106,5 +100,3 @@ class PipelineWorkload(Workload):
         """Pipeline arguments besides the built parts (also passed when loading ``--weights``)."""
         return {}
 
-    def after_build(self, pipe: Any, config: dict[str, Any]) -> Any:
-        return pipe

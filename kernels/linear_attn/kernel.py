@@ -16,13 +16,11 @@ Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get e
 
 from __future__ import annotations
 
-import inspect
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from mmchar.kernels.tuning import autotune, bucket, interpreting
 
 FEATURES = {"relu": 0, "elu1": 1}
 
@@ -267,12 +265,7 @@ def _prune(configs: list, named_args: dict, **kwargs) -> list:
 
 
 def _tuned(fn, configs: list, reset: list[str] | None = None):
-    kw: dict = {"configs": configs, "key": ["D", "DV", "NB"], "prune_configs_by": {"early_config_prune": _prune}}
-    if reset:
-        kw["reset_to_zero"] = reset  # the state pass accumulates with atomics: zeroed before each trial
-    if "cache_results" in inspect.signature(triton.autotune).parameters:
-        kw["cache_results"] = True
-    return triton.autotune(**kw)(fn)
+    return autotune(fn, configs, ["D", "DV", "NB"], _prune, reset)  # reset: the atomic state pass
 
 
 def _cfg(meta: dict, warps: int, stages: int) -> triton.Config:
@@ -288,7 +281,7 @@ _causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w,
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
     """The autotuned kernel on a GPU; under the interpreter the raw kernel with fixed small tiles."""
-    if _interpreting():
+    if interpreting():
         meta = {"BDV": 16}
         if "BLOCK_N" in tuned.fn.arg_names and "BLOCK_N" not in kwargs:
             meta["BLOCK_N"] = 16
@@ -297,14 +290,6 @@ def _launch(raw, tuned, grid, *args, **kwargs) -> None:
         raw[grid(meta)](*args, **kwargs, **meta)
     else:
         tuned[grid](*args, **kwargs)
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(4, math.ceil(math.log2(max(n, 1))))
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, feature: str = "relu",
@@ -345,7 +330,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
             _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),
                                       *o.stride(), h, D=d, DV=dv, BD=bd, BDV=min(bdv, 64), FEATURE=f,
-                                      CHUNK=16 if _interpreting() else 64, PREC=prec, num_warps=4)
+                                      CHUNK=16 if interpreting() else 64, PREC=prec, num_warps=4)
             return o
         return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group)
     u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)
@@ -354,14 +339,14 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     # state, so at most ~1/8 of the bytes read go to atomics (a multiple of every BLOCK_N)
     slices = max(1, min(1024 // (b * h), skv * (d + dv) // (16 * bd * bdv)))
     per_program = max(128, triton.cdiv(triton.cdiv(skv, slices), 128) * 128)
-    nb = _bucket(b * h * skv)
+    nb = bucket(b * h * skv)
     _launch(_linear_attn_state_kernel, _state_tuned,
             lambda meta: (b * h, triton.cdiv(skv, per_program), bdv // meta["BDV"]),
             k, v, u, z, skv, per_program, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f,
             PREC=prec)
     _launch(_linear_attn_out_kernel, _out_tuned,
             lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]), bdv // meta["BDV"]),
-            q, u, z, o, sq, eps, 1.0 / max(skv, 1), _bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,
+            q, u, z, o, sq, eps, 1.0 / max(skv, 1), bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,
             BD=bd, DVP=bdv, FEATURE=f, PREC=prec)
     return o
 
@@ -372,7 +357,7 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group):
     every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    interp = _interpreting()
+    interp = interpreting()
     chunk, block = (32, 16) if interp else (256, 64)
     nc = triton.cdiv(n, chunk)
     if chunks_per_group is None:  # about two programs per SM in the state pass (dv in blocks of 64)
@@ -384,7 +369,7 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group):
     hz = torch.empty((b * h, nc, bd), dtype=torch.float32, device=dev)
     gs = torch.empty((b * h, ng, bd, bdv), dtype=torch.float32, device=dev)
     gz = torch.empty((b * h, ng, bd), dtype=torch.float32, device=dev)
-    nb = _bucket(b * h * n)
+    nb = bucket(b * h * n)
     _launch(_causal_state_kernel, _causal_state_tuned, lambda meta: (b * h, bdv // meta["BDV"], ng),
             k, v, hs, hz, gs, gz, n, nc, chunks_per_group, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
             DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec)

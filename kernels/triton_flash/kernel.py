@@ -10,13 +10,11 @@ runs; on a GPU an autotuned, pruned config list keyed by (sequence buckets, head
 
 from __future__ import annotations
 
-import inspect
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from mmchar.kernels.tuning import autotune, bucket, interpreting
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -135,19 +133,8 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return keep or configs[:1]
 
 
-_autotune_kwargs = {"configs": _configs(), "key": ["SQ_BUCKET", "SKV_BUCKET", "BLOCK_D", "CAUSAL"],
-                    "prune_configs_by": {"early_config_prune": _prune}}
-if "cache_results" in inspect.signature(triton.autotune).parameters:
-    _autotune_kwargs["cache_results"] = True  # tuned once per machine, reused across processes
-_triton_flash_fwd_tuned = triton.autotune(**_autotune_kwargs)(_triton_flash_fwd_kernel)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(4, math.ceil(math.log2(max(n, 1))))
+_triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(),
+                                   ["SQ_BUCKET", "SKV_BUCKET", "BLOCK_D", "CAUSAL"], _prune)
 
 
 def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -182,8 +169,8 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
     o = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
     block_d = max(16, triton.next_power_of_2(d))
     args = (q, k, v, o, scale * 1.4426950408889634,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, _bucket(sq), _bucket(skv))
-    if _interpreting():
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, bucket(sq), bucket(skv))
+    if interpreting():
         bm = 16
         grid = (b * h, triton.cdiv(sq, bm))
         _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=16)

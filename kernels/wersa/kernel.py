@@ -13,15 +13,14 @@ Causal mode (L = 0, per-token gains) uses materialised features and linear_attn'
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from mmchar.kernels.tuning import autotune, bucket, interpreting
 from mmchar.kernels.wersa.reference import WersaParams, haar_filter
 
 
@@ -180,26 +179,12 @@ def _prune(configs: list, named_args: dict, **kwargs) -> list:
 
 
 def _tuned(fn, configs: list, reset: list[str] | None = None):
-    kw: dict = {"configs": [triton.Config({"BLOCK_N": n, "BLOCK_F": f}, num_warps=w, num_stages=st)
-                            for n, f, w, st in configs],
-                "key": ["D", "M", "P", "NB"], "prune_configs_by": {"early_config_prune": _prune}}
-    if reset:
-        kw["reset_to_zero"] = reset  # atomics accumulate: zeroed before each trial
-    if "cache_results" in inspect.signature(triton.autotune).parameters:
-        kw["cache_results"] = True
-    return triton.autotune(**kw)(fn)
+    return autotune(fn, [triton.Config({"BLOCK_N": n, "BLOCK_F": f}, num_warps=w, num_stages=st)
+                         for n, f, w, st in configs], ["D", "M", "P", "NB"], _prune, reset)  # reset: atomics
 
 
 _state_tuned = _tuned(_wersa_state_kernel, _STATE_CONFIGS, reset=["U", "Z"])
 _out_tuned = _tuned(_wersa_out_kernel, _OUT_CONFIGS)
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(4, math.ceil(math.log2(max(n, 1))))
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams, *, x_q: torch.Tensor,
@@ -242,14 +227,14 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     unit = max(128, p)  # a multiple of every BLOCK_N, and of the Haar block (P > 128 takes BLOCK_N = P)
     per_program = max(unit, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), unit) * unit)
     state_args = (k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), per_program,
-                  _bucket(b * h * nk), *k.stride(), *v.stride(), h, m)
+                  bucket(b * h * nk), *k.stride(), *v.stride(), h, m)
     o = torch.empty_like(q)
     out_args = (q, wq, omega_q, u, z, params.norm.weight.float().contiguous(), params.norm.bias.float().contiguous(),
                 o, n, wq.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), eps, params.norm.eps, 1.0 / max(nk, 1),
-                _bucket(b * h * n),
+                bucket(b * h * n),
                 *q.stride(), *o.stride(), h, m)
     const = {"D": d, "BD": bd, "P": p, "PREC": prec}
-    if _interpreting():
+    if interpreting():
         tiles = {"BLOCK_N": max(16, p), "BLOCK_F": 16}
         _wersa_state_kernel[(b * h, triton.cdiv(m, 16), triton.cdiv(nk, per_program))](*state_args, **const, **tiles)
         _wersa_out_kernel[(b * h, triton.cdiv(n, tiles["BLOCK_N"]))](*out_args, **const, **tiles)

@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 
-from mmchar.devices import resolve_device, resolve_dtype
 from mmchar.errors import InvalidParameterError, WeightsError
 from mmchar.target import SiteRule, StageRoot, Target
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Params, Workload
-from mmchar.workloads.build import build_module, model_class
+from mmchar.workloads.build import build_module
 
 
 @register_workload
@@ -46,12 +45,9 @@ class LlamaGen(Workload):
         if config.get("weights"):
             raise WeightsError("llamagen builds from its configuration only: its checkpoints are not a diffusers "
                                "pipeline folder (--weights applies to diffusers workloads)")
-        device = resolve_device(config["device"])
-        dtype = resolve_dtype(config["dtype"], device)
-        params = Params.from_dict(config["params"])
+        device, dtype, params = self.runtime(config)
         models, seed, gen = config["models"], params.seed, config["generation"]
-        parts = {name: build_module(model_class(spec), models[name], device, dtype, seed)
-                 for name, spec in self.components.items()}
+        parts = self.build_components(config, device, dtype)
         proj = build_module(CaptionProjection, {"in_dim": models["text_encoder"]["d_model"],
                                                 "dim": models["transformer"]["hidden_size"]}, device, dtype, seed)
         pipe = LlamaGenPipeline(T5Tokenizer(), parts["text_encoder"], proj, parts["transformer"], parts["vqvae"],

@@ -7,12 +7,10 @@ from typing import Any
 
 import torch
 
-from mmchar.devices import resolve_device, resolve_dtype
 from mmchar.errors import InvalidParameterError, WeightsError
 from mmchar.target import SiteRule, StageRoot, Target
 from mmchar.workloads import register_workload
-from mmchar.workloads.base import Params, Workload
-from mmchar.workloads.build import build_module, model_class
+from mmchar.workloads.base import Workload
 
 
 @register_workload
@@ -47,11 +45,8 @@ class MaskedVideo(Workload):
 
         if config.get("weights"):
             raise WeightsError(f"{self.name} builds from its configuration only (--weights applies to diffusers workloads)")
-        device = resolve_device(config["device"])
-        dtype = resolve_dtype(config["dtype"], device)
-        params = Params.from_dict(config["params"])
-        parts = {name: build_module(model_class(spec), config["models"][name], device, dtype, params.seed)
-                 for name, spec in self.components.items()}
+        device, dtype, params = self.runtime(config)
+        parts = self.build_components(config, device, dtype)
         pipe = MaskedVideoPipeline(T5Tokenizer(), parts["text_encoder"], parts["transformer"], parts["vqvae"],
                                    max_text_tokens=config["generation"]["max_text_tokens"],
                                    downsample=self.spatial_factor)
