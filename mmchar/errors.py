@@ -18,7 +18,8 @@ class UnknownNameError(MmcharError):
 
     def __init__(self, kind: str, name: str, valid: Iterable[str], context: str = ""):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
-        super().__init__(f"unknown {kind} {name!r}{context}; valid {kind}s{context}: {', '.join(self.valid) or '(none)'}")
+        kinds = kind + ("es" if kind.endswith(("s", "x", "ch", "sh")) else "s")
+        super().__init__(f"unknown {kind} {name!r}{context}; valid {kinds}{context}: {', '.join(self.valid) or '(none)'}")
 
 
 class InvalidParameterError(MmcharError):
