@@ -50,11 +50,17 @@ def roofline_table(runs: Sequence[Run]) -> pd.DataFrame:
         k = run.kernels
         if run.status != "ok" or k is None or k.empty:
             continue
-        k = k[k["flops"].notna() | k["bytes"].notna()]
-        if k.empty:
+        # an op's cost sits on its first kernel (attribution costs each op once); its other kernels (a conv's
+        # transform, a split-K reduction, every kernel of an attention scope) share the time, so the time is
+        # every kernel of a costed aten op, and every attention kernel (scopes are costed whole)
+        costed = k["flops"].notna() | k["bytes"].notna()
+        ops = set(k.loc[costed, "aten_op"]) - {""}
+        k = k[costed | (k["op_class"] == "attention") | k["aten_op"].isin(ops)]
+        if not costed.any():
             continue
         g = k.groupby(["stage", "op_class"], observed=True).agg(
             time_us=("dur_us", "sum"), flops=("flops", "sum"), bytes=("bytes", "sum")).reset_index()
+        g = g[(g["flops"] > 0) | (g["bytes"] > 0)]  # attention kernels of a run whose scopes carry no cost
         peak, bw = _roofs(run)
         ids = _ids(run)
         g["run_id"], g["workload"], g["backend"], g["device"] = ids["run_id"], ids["workload"], ids["backend"], ids["device"]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU evidence of the attention-kernels issue, run on the device machine from the repo root:
-#   PHASES="tests sweep workloads ncu" (default: all) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
+#   PHASES="tests sweep workloads wersa tune ncu" (default: tests sweep workloads) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
 #   S sweep and on the workload shapes, Nsight Compute on chosen kernels. Results packed into $OUT/results.tgz.
 # Autotuning dominates a fresh machine's time: the tuned choices (Triton's *.autotune.json, a few KB) come back in
 # $OUT/autotune.tgz; unpack it into .triton-cache/ here and pass carry=[".whl", ".triton-cache"] next time, and
-# the kernels skip their tuning (same Triton, same kernel source, same GPU).
+# the kernels skip their tuning (same Triton, same kernel source, same GPU). tune: every triton_flash candidate
+# config timed against SDPA cuDNN/flash (benchmarks/tune_flash.py).
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT" /tmp/pack
@@ -28,6 +29,8 @@ for phase in $PHASES; do
         > "/tmp/pack/$phase.txt" 2> "/tmp/pack/$phase-progress.txt" ;;
     wersa)
       timeout "${WERSA_S:-120}" python3 -u benchmarks/profile_wersa.py --out /tmp/pack/wersa-parts.md > /tmp/pack/wersa.txt 2>&1 ;;
+    tune)
+      timeout "${TUNE_S:-300}" python3 -u benchmarks/tune_flash.py --out /tmp/pack/tune > /tmp/pack/tune.txt 2>&1 ;;
     ncu)
       timeout "${NCU_S:-200}" bash benchmarks/ncu_attn.sh /tmp/pack/ncu > /tmp/pack/ncu.txt 2>&1 ;;
   esac

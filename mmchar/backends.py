@@ -544,9 +544,14 @@ class WersaBackend(AttentionBackend):
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
         x_q, x_k = self._prepare(q, k, causal, hidden_states)
         if _triton_usable(q):
-            from mmchar.kernels.wersa.kernel import wersa
+            from mmchar.kernels.wersa.kernel import MAX_HEAD_DIM, wersa
 
-            return wersa(q, k, v, self.params, x_q=x_q, x_k=x_k)
+            if q.shape[-1] <= MAX_HEAD_DIM:
+                return wersa(q, k, v, self.params, x_q=x_q, x_k=x_k)
+            from mmchar.kernels.wersa.reference import wersa_eager
+
+            self.notes["path"] = f"plain PyTorch (head dim {q.shape[-1]} > {MAX_HEAD_DIM}, the fused kernels' limit)"
+            return wersa_eager(q, k, v, self.params, x_q=x_q, x_k=x_k)
         from mmchar.kernels.wersa.reference import wersa_ref
 
         return wersa_ref(q, k, v, self.params, x_q=x_q, x_k=x_k)

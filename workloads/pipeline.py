@@ -51,6 +51,10 @@ class PipelineWorkload(Workload):
                 sched_cfg = dict(models["scheduler"])
                 parts["scheduler"] = getattr(diffusers, sched_cfg.pop("_class_name")).from_config(sched_cfg)
             pipe = pipe_cls(**parts, **self.extra_components(config))
+            if not config.get("memory", {}).get("cpu_offload"):
+                # a pipeline may build a model of its own from the parts, on the CPU (AnimateDiff's
+                # UNetMotionModel.from_unet2d): everything goes where the parts went
+                pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, config.get("memory", {}), device)
 

@@ -325,7 +325,10 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     if causal:
         if sq != skv:
             raise ValueError("causal linear attention needs as many queries as keys")
-        many = b * h * triton.cdiv(dv, 64) >= 264  # about two programs per SM from batch·heads alone
+        # the one-pass scan as soon as batch·heads fill half an H100's SMs: it measured 0.13 ms at 512 programs ×
+        # 1k tokens, where the two-level path took 0.72 ms at 256 × 2k and 0.47 ms at 128 × 4k (same tokens;
+        # bench-attn 2026-11-25), so the scan's ceil(programs / SMs) × S steps win down to about 64 programs
+        many = b * h * triton.cdiv(dv, 64) >= 64
         if causal_path == "scan" or (causal_path is None and many and chunks_per_group is None):
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
             _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),

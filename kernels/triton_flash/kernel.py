@@ -1,4 +1,4 @@
-"""triton_flash: softmax attention forward, one program per (query block, batch·head).
+"""triton_flash: softmax attention forward, one program per (query block, batch·head), query blocks fastest.
 
 Each program keeps a block of queries in registers and streams key/value blocks through an online softmax
 (running max and sum in fp32, exp2 with log2(e) folded into the scale), so the score matrix never reaches
@@ -21,24 +21,27 @@ MAX_HEAD_DIM = 256
 
 
 @triton.jit
-def _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d, stride_kn, stride_kd,
+def _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d, stride_kn, stride_kd,
                           stride_vn, stride_vd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+                          BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, TMA: tl.constexpr):
     """One key/value block of the online softmax. MASKED blocks (the last partial block, the causal diagonal)
-    check key bounds and causality; every other block runs without a single compare."""
+    check key bounds and causality; every other block runs without a single compare. With TMA, ``k_src`` and
+    ``v_src`` are tensor descriptors (the copy engine zero-fills rows past the keys and the pad columns);
+    without, they are the head's base pointers."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if MASKED:
         kv_mask = offs_n < SKV
     else:
         kv_mask = offs_n >= 0  # all true: folded away
-    if BLOCK_D != HEAD_DIM:  # padded head dim: the pad columns load as zeros
-        kt_mask = kv_mask[None, :] & (offs_d[:, None] < HEAD_DIM)
-        v_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+    if TMA:
+        qk = tl.dot(q, tl.trans(k_src.load([start_n, 0])))
     else:
-        kt_mask = kv_mask[None, :]
-        v_mask = kv_mask[:, None]
-    kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kt_mask, other=0.0)
-    qk = tl.dot(q, kt)
+        if BLOCK_D != HEAD_DIM:  # padded head dim: the pad columns load as zeros
+            kt_mask = kv_mask[None, :] & (offs_d[:, None] < HEAD_DIM)
+        else:
+            kt_mask = kv_mask[None, :]
+        kt = tl.load(k_src + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kt_mask, other=0.0)
+        qk = tl.dot(q, kt)
     if MASKED:
         keep = kv_mask[None, :]
         if CAUSAL:
@@ -49,7 +52,14 @@ def _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, off
     p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=v_mask, other=0.0)
+    if TMA:
+        v = v_src.load([start_n, 0])
+    else:
+        if BLOCK_D != HEAD_DIM:
+            v_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+        else:
+            v_mask = kv_mask[:, None]
+        v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=v_mask, other=0.0)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_new
 
@@ -62,21 +72,42 @@ def _triton_flash_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     H, SQ, SKV,
-    SQ_BUCKET, SKV_BUCKET,  # autotune keys only
+    SQ_BUCKET, SKV_BUCKET, TMA_OK,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)  # batch·head on axis 0: temporal attention has B·H·W·... > 65 535 programs
-    pid_m = tl.program_id(1)
+    # one flat grid, query blocks fastest: the programs resident at once then work on the same head, so its
+    # keys and values come from L2 instead of DRAM (ncu on the H100, d = 64, S = 4k: with heads fastest the
+    # kernel ran DRAM-bound at 88% of peak with a 3% L2 hit rate). A flat axis also takes temporal attention's
+    # B·H·W·... > 65 535 heads. Causal: the longest rows (last query blocks) start first, the short ones fill in.
+    n_m = tl.cdiv(SQ, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_bh = pid // n_m
+    pid_m = pid % n_m
+    if CAUSAL:
+        pid_m = n_m - 1 - pid_m
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    if TMA:  # one 2-D descriptor per head: bounds are the head's own rows and head dim, so no mask anywhere
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[SQ, HEAD_DIM], strides=[stride_qm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        k_src = tl.make_tensor_descriptor(k_base, shape=[SKV, HEAD_DIM], strides=[stride_kn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(v_base, shape=[SKV, HEAD_DIM], strides=[stride_vn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        q = q_desc.load([pid_m * BLOCK_M, 0])
+    else:
+        k_src = k_base
+        v_src = v_base
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -89,16 +120,21 @@ def _triton_flash_fwd_kernel(
     else:
         full = SKV // BLOCK_N * BLOCK_N
     for start_n in range(0, full, BLOCK_N):
-        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d,
+        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d,
                                               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
-                                              HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL)
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, TMA)
     for start_n in range(full, hi, BLOCK_N):  # the partial last block and the causal diagonal blocks
-        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d,
+        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d,
                                               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
-                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL)
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, TMA)
     acc = acc / l_i[:, None]
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < SQ) & d_ok[None, :])
+    if TMA:
+        o_desc = tl.make_tensor_descriptor(o_base, shape=[SQ, HEAD_DIM], strides=[stride_om, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        o_desc.store([pid_m * BLOCK_M, 0], acc.to(O.dtype.element_ty))
+    else:
+        tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, acc.to(O.dtype.element_ty),
+                 mask=(offs_m[:, None] < SQ) & d_ok[None, :])
 
 
 # (BLOCK_M, BLOCK_N, warps, stages): a short list known to suit Hopper for d = 32..256, plus 16-row blocks
@@ -106,21 +142,34 @@ def _triton_flash_fwd_kernel(
 _CONFIGS = [(16, 16, 4, 2), (16, 32, 4, 2), (16, 64, 4, 3),
             (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
             (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 4), (64, 32, 4, 2)]
+# the same kernel with key/value blocks brought in by the Hopper copy engine (TMA): fewer registers spent on
+# addresses and masks, asynchronous copies the pipeliner can run ahead. benchmarks/tune_flash.py on the H100
+# (2026-11-25): 128x128 tiles with 4 warps and 3 stages best at d = 64 (0.80-0.94x cuDNN), 128x64 with 4 warps
+# and 2 stages at d = 128 (0.77-0.83x), both ahead of every pointer config; pointers stay better for short
+# sequences (descriptors are built per program) and the autotuner chooses per shape.
+_TMA_CONFIGS = [(128, 128, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 4, 2), (64, 64, 4, 3),
+                (128, 64, 8, 3), (128, 128, 8, 2)]
 
 
 def _configs() -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in _CONFIGS]
+    return ([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TMA": False}, num_warps=w, num_stages=s)
+             for bm, bn, w, s in _CONFIGS]
+            + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TMA": True}, num_warps=w, num_stages=s)
+               for bm, bn, w, s in _TMA_CONFIGS])
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep the configs that fit the problem: tiny sequences (temporal attention: 16-25 frames) get 16-row
-    blocks; big head dims drop the largest tiles (registers); each key-block no longer than the keys."""
+    blocks; big head dims drop the largest tiles (registers, shared memory); each key-block no longer than the
+    keys; TMA only where the inputs allow descriptors."""
     d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
     sq = named_args["SQ_BUCKET"]
     skv = named_args["SKV_BUCKET"]
     keep = []
     for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        bm, bn, tma = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["TMA"]
+        if tma and not named_args["TMA_OK"]:
+            continue
         if (sq <= 32) != (bm == 16):
             continue
         if bn > max(32, skv):
@@ -133,12 +182,44 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return keep or configs[:1]
 
 
-_triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(),
-                                   ["SQ_BUCKET", "SKV_BUCKET", "BLOCK_D", "CAUSAL"], _prune)
+# HEAD_DIM, not only its padded BLOCK_D, keys the tuning: d = 40 and 64 share a tile width but not the best
+# config (the pad columns are masked loads on the pointer path)
+_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "TMA_OK"]
+_triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(), _KEY, _prune)
+
+
+def tma_allowed(*tensors: torch.Tensor) -> bool:
+    """Whether per-head 2-D tensor descriptors can address these [B, H, S, D] tensors: a Hopper-or-newer GPU,
+    a contiguous head dim, and a 16-byte aligned base and row stride (what the copy engine requires)."""
+    if not hasattr(tl, "make_tensor_descriptor") or interpreting():
+        return False
+    t0 = tensors[0]
+    if t0.device.type != "cuda" or torch.cuda.get_device_capability(t0.device)[0] < 9:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if size != 2:  # fp16/bf16 only: fp32 tiles of 128+ columns exceed what the tuned list was chosen for
+            return False
+        if t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any(n > 1 and (st * size) % 16 for n, st in zip(t.shape[:-1], t.stride()[:-1])):
+            return False
+    return True
+
+
+_ALLOCATOR_SET = False
+
+
+def _ensure_descriptor_scratch() -> None:
+    """Descriptors made inside a kernel live in a small global scratch buffer that Triton asks the host for."""
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET and hasattr(triton, "set_allocator"):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _ALLOCATOR_SET = True
 
 
 def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                 scale: float | None = None) -> torch.Tensor:
+                 scale: float | None = None, tma: bool | None = None) -> torch.Tensor:
     """Softmax attention forward.
 
     Args:
@@ -147,6 +228,8 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
         v: [B, H, Skv, D] values (same head dim as q).
         causal: mask keys after each query (top-left aligned).
         scale: softmax scale, default 1/sqrt(D).
+        tma: None lets the autotuner choose between pointer and descriptor loads where descriptors are
+            allowed; True/False forces one (tests; under the interpreter True runs the descriptor path).
 
     Returns:
         [B, H, Sq, D] in q's dtype, contiguous.
@@ -168,16 +251,36 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
     scale = d ** -0.5 if scale is None else scale
     o = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
     block_d = max(16, triton.next_power_of_2(d))
+    if interpreting():
+        use_tma = bool(tma)
+        if use_tma:
+            triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8))
+    else:
+        use_tma = tma_allowed(q, k, v, o) if tma is None else tma
+        if tma and not tma_allowed(q, k, v, o):
+            raise ValueError("triton_flash: tma=True needs a Hopper GPU, a contiguous head dim and 16-byte "
+                             "aligned rows")
+        if use_tma:
+            _ensure_descriptor_scratch()
     args = (q, k, v, o, scale * 1.4426950408889634,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, bucket(sq), bucket(skv))
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, bucket(sq), bucket(skv), int(use_tma))
     if interpreting():
         bm = 16
-        grid = (b * h, triton.cdiv(sq, bm))
-        _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=16)
-    else:
-        grid = lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]))  # noqa: E731
+        grid = (b * h * triton.cdiv(sq, bm),)
+        _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=16,
+                                       TMA=use_tma)
+    elif tma is None:
+        grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
         _triton_flash_fwd_tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
+    else:  # forced path: tune over that path's configs only
+        grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
+        _FORCED[use_tma][grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
     return o
+
+
+_FORCED = {flag: autotune(_triton_flash_fwd_kernel, [c for c in _configs() if c.kwargs["TMA"] == flag], _KEY,
+                          _prune)
+           for flag in (False, True)}
 
 
 def attention_flops(b: int, h: int, sq: int, skv: int, d: int, causal: bool) -> float:

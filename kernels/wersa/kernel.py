@@ -187,6 +187,12 @@ _state_tuned = _tuned(_wersa_state_kernel, _STATE_CONFIGS, reset=["U", "Z"])
 _out_tuned = _tuned(_wersa_out_kernel, _OUT_CONFIGS)
 
 
+# Head dims up to 128 (tiles of 16..128 columns). d = 160 (SD 1.5's deepest level) pads to 256 and the only
+# config the registers hold there faulted on the GPU (bench-attn, 2026-11-25) while the interpreter computed it
+# right: refused until it is understood, and the backend runs those layers in plain PyTorch.
+MAX_HEAD_DIM = 128
+
+
 def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams, *, x_q: torch.Tensor,
           x_k: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """WERSA forward (same contract as `wersa_ref`), the filter, features, state and output fused in Triton.
@@ -201,6 +207,9 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     nk = k.shape[2]
     if v.shape[-1] != d:
         raise ValueError("wersa: v's head dim must equal q's")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"wersa: head dim {d} > {MAX_HEAD_DIM} (the fused passes' 256-wide tiles hit an illegal "
+                         "memory access on the H100 with Triton 3.6); wersa_eager computes the same maths")
     x_k = x_q if x_k is None else x_k
     g_q = params.gains(x_q)
     g_k = g_q if x_k is x_q else params.gains(x_k)

@@ -15,10 +15,13 @@ def bd(rows):
     return pd.DataFrame(rows, columns=["stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes"])
 
 
-def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None):
+def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_frac=None):
     meta = {"run_id": run_id, "created": "2025-01-01", "status": "ok", "workload": "w", "preset": "full",
             "backend": backend, "config": {"params": {"height": 512}, "family": family},
             "timings": {"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": step_ms}}}
+    if busy_frac is not None:
+        meta["busy"] = {"denoiser_step": {"wall_ms": step_ms, "busy_ms": step_ms * busy_frac,
+                                          "idle_ms": step_ms * (1 - busy_frac), "busy_frac": busy_frac}}
     if compare:
         meta["compare"] = compare
     return Run(meta=meta, breakdown=breakdown)
@@ -31,13 +34,23 @@ def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
               ("denoiser", "attention", "spatial", 100.0, 0.1, 1, 0, 0),
               ("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
     cmp = {"group": "g", "baseline_run_id": "m", "baseline_backend": "math"}
-    runs = [run("m", "math", FAMILY, den, step_ms=30.0), run("f", "flash", FAMILY, den, step_ms=10.0, compare=cmp),
-            run("v", "flash", video, vid)]
+    dit = dict(FAMILY, architecture="dit")
+    dit_bd = bd([("denoiser", "conv", "", 10.0, 0.01, 1, 0, 0), ("denoiser", "attention", "joint", 540.0, 0.54, 1, 0, 0),
+                 ("denoiser", "gemm", "", 450.0, 0.45, 1, 0, 0)])
+    runs = [run("m", "math", FAMILY, den, step_ms=30.0), run("f", "flash", FAMILY, den, step_ms=10.0, compare=cmp,
+                                                             busy_frac=0.3),
+            run("v", "flash", video, vid, busy_frac=0.9), run("d", "cudnn", dit, dit_bd),
+            run("dv", "sdpa", dict(video, architecture="dit"), dit_bd)]
     for r in runs:
         write_run(tmp_path / "s", r)
     f = findings(load_runs([tmp_path / "s"])).set_index("question")
-    conv = f.loc["Share of conv in a diffusion text-to-image denoiser step after flash attention"]
+    conv = f.loc["Share of conv in a UNet text-to-image denoiser step after flash attention"]
     assert conv["answer"] == "60.0%" and conv["runs"] == "f"  # the math run is not "after flash attention"
+    dit_conv = f.loc["Share of conv in a diffusion-transformer (DiT) text-to-image denoiser step after flash attention"]
+    assert dit_conv["answer"] == "1.0%" and dit_conv["runs"] == "d"  # DiTs are asked apart from UNets
+    assert f.loc["Share of attention in a video diffusion-transformer denoiser step", "runs"] == "dv"
+    busy = f.loc["GPU busy share of a denoiser step or generated token's wall time"]
+    assert busy["answer"] == "60% (median of 2: 30% to 90%)" and busy["runs"] == "f, v"
     speed = f.loc["Step speedup of flash attention over unfused attention, diffusion models"]
     assert speed["value"] == 3.0 and speed["runs"] == "f"
     assert f.loc["Share of temporal attention in a video denoiser's attention time", "value"] == 0.75
@@ -51,4 +64,4 @@ def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"findings.md", "dashboard.html", "breakdown.csv", "roofline.csv", "scaling.csv", "sequence.csv"} <= names
     assert "| Share of temporal attention" in (out / "findings.md").read_text()
-    assert len(pd.read_csv(out / "runs.csv")) == 3
+    assert len(pd.read_csv(out / "runs.csv")) == 5

@@ -49,6 +49,20 @@ def test_roofline_rates_intensity_and_attainable():
     assert t.loc["elementwise", "pct_of_attainable"] == pytest.approx(50.0)
 
 
+def test_roofline_counts_every_kernel_of_a_costed_op():
+    """An op's FLOPs sit on its first kernel: its other kernels' time counts too (a conv's weight transform,
+    an attention scope's softmax), or the rate would come out above the device's peak."""
+    k = kernels([("denoiser", 0, "conv", 1000.0, 8e11, 1e9), ("denoiser", 0, "conv", 1000.0, float("nan"), float("nan")),
+                 ("denoiser", 0, "attention", 500.0, 4e11, 1e8),
+                 ("denoiser", 0, "attention", 1500.0, float("nan"), float("nan")),
+                 ("denoiser", 0, "elementwise", 50.0, float("nan"), float("nan"))])
+    k["aten_op"] = ["aten::convolution", "aten::convolution", "", "", "aten::add"]
+    t = roofline_table([run("r", k)]).set_index("op_class")
+    assert set(t.index) == {"conv", "attention"}
+    assert t.loc["conv", "time_us"] == 2000.0 and t.loc["conv", "tflops"] == pytest.approx(400.0)
+    assert t.loc["attention", "time_us"] == 2000.0 and t.loc["attention", "tflops"] == pytest.approx(200.0)
+
+
 def test_launch_table_joins_busy_and_kernel_lengths():
     busy = {"denoiser_step": {"wall_ms": 10.0, "busy_ms": 4.0, "idle_ms": 6.0, "busy_frac": 0.4, "kernels": 500}}
     r = run("r", kernels([("denoiser", 0, "gemm", d, 0.0, 0.0) for d in (2.0, 4.0, 30.0, 50.0)]), busy=busy)

@@ -49,7 +49,10 @@ def make_run(run_id, backend, status="ok", compare=None, workload="sd15"):
         "module_path": "unet", "op_class": ["conv", "gemm", "attention", "attention", "conv"],
         "attn_site": ["", "", "spatial", "cross", ""], "aten_op": "aten::x", "launch_op": "aten::x",
         "kernel": ["conv_k", "gemm_k", "fmha_k", "fmha_k", "conv_k"], "ts_us": [0.0, 1.0, 2.0, 3.0, 4.0],
-        "dur_us": [400.0, 300.0, 200.0, 100.0, 90.0], "input_shapes": "", "flops": np.nan, "bytes": np.nan})
+        "dur_us": [400.0, 300.0, 200.0, 100.0, 90.0], "input_shapes": "",
+        "flops": [1.6e11, 1.2e11, np.nan, np.nan, 3.6e10], "bytes": [4e8, 3e8, np.nan, np.nan, 1e8]})
+    meta["roofs"] = {"matmul_tflops": {"bf16": 800.0}, "copy_gbps": 3000.0}
+    meta["config"]["dtype"] = "bf16"
     return Run(meta=meta, kernels=kernels, breakdown=breakdown)
 
 
@@ -106,6 +109,15 @@ def test_op_class_view_defaults_to_denoiser_with_shared_colours(runs):
     assert all(t.marker.color == OP_CLASS_COLORS[t.name] for t in fig.data)
     assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["denoiser", "decoder"]
     assert set(OP_CLASS_COLORS) == set(OP_CLASSES)
+
+
+def test_roofline_view_puts_each_op_class_under_the_recorded_roof(runs):
+    fig = build_figures(runs)["roofline"]
+    roof = next(t for t in fig.data if t.name.startswith("roof"))
+    assert max(roof.y) == pytest.approx(800.0) and roof.name == "roof: NVIDIA H100 80GB HBM3"
+    conv = next(t for t in fig.data if t.name == "conv")  # 1.6e11 FLOP in 400 us = 400 TFLOP/s at 400 FLOP/B
+    assert sorted(conv.y) == pytest.approx([400.0, 400.0, 400.0, 400.0]) and set(conv.x) == {400.0, 360.0}
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
 
 
 def test_comparison_view_absent_without_comparisons(runs):

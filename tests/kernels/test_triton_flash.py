@@ -11,7 +11,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from mmchar.kernels.triton_flash import triton_flash_ref  # noqa: E402
-from mmchar.kernels.triton_flash.kernel import triton_flash  # noqa: E402
+from mmchar.kernels.triton_flash.kernel import tma_allowed, triton_flash  # noqa: E402
 
 CPU_CASES = [  # B, H, Sq, Skv, D, causal, dtype: odd lengths, non-power-of-two head dims, cross lengths
     (2, 2, 33, 33, 40, False, torch.float32),
@@ -40,12 +40,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
                     reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
 @pytest.mark.parametrize("case", CPU_CASES, ids=_ids)
-def test_interpreter_matches_reference(case):
+def test_interpreter_matches_reference(case, tma):
     b, h, sq, skv, d, causal, dt = case
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, h, s, d, generator=g).to(dt) for s in (sq, skv, skv))
-    out = triton_flash(q, k, v, causal=causal)
+    out = triton_flash(q, k, v, causal=causal, tma=tma)
     assert out.shape == q.shape and out.dtype == dt
     tol = 1e-5 if dt == torch.float32 else 2e-3
     assert _rel(out, triton_flash_ref(q, k, v, causal=causal)) < tol
@@ -56,8 +57,9 @@ def test_strided_inputs_and_scale():
         pytest.skip("interpreter run")
     x = torch.randn(2, 24, 3, 40)  # [B, S, H, D] viewed as [B, H, S, D], as diffusers processors pass it
     q = x.transpose(1, 2)
-    out = triton_flash(q, q, q, scale=0.3)
-    assert _rel(out, triton_flash_ref(q, q, q, scale=0.3)) < 1e-5
+    for tma in (False, True):
+        out = triton_flash(q, q, q, scale=0.3, tma=tma)
+        assert _rel(out, triton_flash_ref(q, q, q, scale=0.3)) < 1e-5
 
 
 @pytest.mark.parametrize("bad,match", [((1, 1, 8, 300), "head dim 300"), ((1, 1, 8), "B, H, S, D")])
@@ -75,12 +77,27 @@ GPU_CASES = [(2, 8, 4096, 4096, 40, False), (2, 8, 1024, 77, 80, False), (2, 8, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"B{c[0]}-H{c[1]}-S{c[2]}x{c[3]}-D{c[4]}-{'causal' if c[5] else 'full'}")
-def test_gpu_bf16_matches_reference(case):
+@pytest.mark.parametrize("tma", [None, False, True], ids=["tuned", "pointers", "descriptors"])
+def test_gpu_bf16_matches_reference(case, tma):
     b, h, sq, skv, d, causal = case
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(b, h, s, d, generator=g, device="cuda", dtype=torch.bfloat16) for s in (sq, skv, skv))
-    out = triton_flash(q, k, v, causal=causal)
+    if tma and not tma_allowed(q, k, v):
+        pytest.skip("descriptors need a Hopper GPU")
+    out = triton_flash(q, k, v, causal=causal, tma=tma)
     assert _rel(out, triton_flash_ref(q, k, v, causal=causal)) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_descriptors_on_diffusers_strided_views():
+    """[B, S, H, D] projections viewed as [B, H, S, D] (what diffusers processors hand over) take the descriptor
+    path: row stride H·D, head stride D."""
+    x = torch.randn(2, 1000, 3 * 10 * 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (t.unflatten(-1, (10, 64)).transpose(1, 2) for t in x.chunk(3, dim=-1))
+    if not tma_allowed(q, k, v):
+        pytest.skip("descriptors need a Hopper GPU")
+    out = triton_flash(q, k, v, tma=True)
+    assert _rel(out, triton_flash_ref(q, k, v)) < 1e-2
 
 
 def test_backend_swaps_into_a_diffusers_attention_module():

@@ -190,3 +190,24 @@ def test_haar_blocks_wider_than_the_token_tile():
     with torch.no_grad():
         out, ref = wersa(q, k, v, p, x_q=merge_heads(q)), wersa_ref(q, k, v, p, x_q=merge_heads(q))
     assert float((out - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_head_dims_past_the_fused_limit_are_refused_by_the_kernel_and_run_eager_in_the_backend(monkeypatch):
+    """d = 160 (SD 1.5's deepest level): the fused kernel refuses it with a one-line reason; the backend computes
+    those layers with the plain PyTorch form of the same maths and says so in its notes."""
+    import mmchar.backends as backends
+    from mmchar.backends import get_backend
+    from mmchar.kernels.wersa.kernel import MAX_HEAD_DIM, wersa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 24, 160, generator=g) for _ in range(3))
+    p = WersaParams(2 * 160, 160, features=32, seed=3)
+    with pytest.raises(ValueError, match=f"head dim 160 > {MAX_HEAD_DIM}"):
+        wersa(q, k, v, p, x_q=merge_heads(q))
+    monkeypatch.setattr(backends, "_triton_usable", lambda t: True)  # the CUDA route, on the CPU
+    be = get_backend("wersa")("down.2.attn1")
+    with torch.no_grad():
+        out = be(q, k, v)
+        ref = be.reference(q, k, v)
+    assert "head dim 160" in be.notes["path"]
+    assert float((out - ref).norm() / ref.norm()) < 1e-4

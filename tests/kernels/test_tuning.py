@@ -1,0 +1,26 @@
+"""The autotuner's timing (kernels/tuning.py): GPU time per launch, not the Python launch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmchar.kernels.tuning import bucket
+
+
+def test_bucket_is_the_next_power_of_two_from_16():
+    assert [bucket(n) for n in (0, 1, 16, 17, 77, 4096, 4097)] == [16, 16, 16, 32, 128, 4096, 8192]
+
+
+@pytest.mark.gpu
+def test_gpu_time_measures_the_gpu_not_the_launch():
+    """A 16-element add takes ~2 us on the GPU and more to launch from Python: the timing must see the former;
+    and a 64x larger matmul must time well over 20x the smaller one (both timed as GPU work)."""
+    from mmchar.kernels.tuning import gpu_time
+
+    x = torch.zeros(16, device="cuda")
+    tiny = gpu_time(lambda: x.add_(1.0))
+    assert len(tiny) == 3 and tiny[0] < 0.004
+    a, b = torch.randn(1024, 1024, device="cuda"), torch.randn(4096, 4096, device="cuda")
+    small, big = gpu_time(lambda: a @ a)[0], gpu_time(lambda: b @ b)[0]
+    assert big > 20 * small
