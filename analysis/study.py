@@ -52,7 +52,9 @@ def roofline_table(runs: Sequence[Run]) -> pd.DataFrame:
             continue
         # an op's cost sits on its first kernel (attribution costs each op once); its other kernels (a conv's
         # transform, a split-K reduction, every kernel of an attention scope) share the time, so the time is
-        # every kernel of a costed aten op, and every attention kernel (scopes are costed whole)
+        # every kernel of a costed aten op, and every attention kernel (scopes are costed whole). Matched by op
+        # name, not op instance: an instance whose shapes had no cost still adds its time (a lower rate, never
+        # one above the roof)
         costed = k["flops"].notna() | k["bytes"].notna()
         ops = set(k.loc[costed, "aten_op"]) - {""}
         k = k[costed | (k["op_class"] == "attention") | k["aten_op"].isin(ops)]

@@ -148,7 +148,8 @@ _CONFIGS = [(16, 16, 4, 2), (16, 32, 4, 2), (16, 64, 4, 3),
 # and 2 stages at d = 128 (0.77-0.83x), both ahead of every pointer config; pointers stay better for short
 # sequences (descriptors are built per program) and the autotuner chooses per shape.
 _TMA_CONFIGS = [(128, 128, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 4, 2), (64, 64, 4, 3),
-                (128, 64, 8, 3), (128, 128, 8, 2)]
+                (128, 64, 8, 3), (128, 128, 8, 2),
+                (64, 64, 4, 2), (64, 32, 4, 2), (16, 32, 4, 2)]  # what d = 129..256 and 16-row blocks can hold
 
 
 def _configs() -> list[triton.Config]:
@@ -179,7 +180,8 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
         if d >= 128 and bm == 128 and bn == 128 and c.num_stages > 2:
             continue
         keep.append(c)
-    return keep or configs[:1]
+    # nothing fits (a forced load path at an odd size): the smallest tile, never the largest
+    return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
 
 
 # HEAD_DIM, not only its padded BLOCK_D, keys the tuning: d = 40 and 64 share a tile width but not the best
@@ -202,20 +204,21 @@ def tma_allowed(*tensors: torch.Tensor) -> bool:
             return False
         if t.stride(-1) != 1 or t.data_ptr() % 16:
             return False
-        if any(n > 1 and (st * size) % 16 for n, st in zip(t.shape[:-1], t.stride()[:-1])):
+        # the row stride always goes into the descriptor; batch and head strides only offset its base
+        if (t.stride(2) * size) % 16 or any(n > 1 and (st * size) % 16 for n, st in zip(t.shape[:2], t.stride()[:2])):
             return False
     return True
 
 
-_ALLOCATOR_SET = False
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def _ensure_descriptor_scratch() -> None:
-    """Descriptors made inside a kernel live in a small global scratch buffer that Triton asks the host for."""
-    global _ALLOCATOR_SET
-    if not _ALLOCATOR_SET and hasattr(triton, "set_allocator"):
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        _ALLOCATOR_SET = True
+    """Descriptors made inside a kernel live in a small global scratch buffer that Triton asks the host for.
+    Triton keeps the allocator in a context variable (per thread), so it is set on every call that needs it."""
+    if hasattr(triton, "set_allocator"):
+        triton.set_allocator(_scratch)
 
 
 def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,

@@ -485,14 +485,19 @@ def study(paths: RunsArg,
 @app.command()
 def dashboard(runs: RunsArg,
               output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
-              title: Annotated[str, typer.Option(help="Page title.")] = "mmchar report") -> None:
+              title: Annotated[str, typer.Option(help="Page title.")] = "mmchar report",
+              png: Annotated[Optional[Path], typer.Option("--png", help="Also write one PNG per view into this folder "
+                                                          "(needs kaleido and a Chromium).")] = None) -> None:
     """Write an interactive, self-contained offline HTML dashboard of runs."""
-    from mmchar.dashboards import write_dashboard
+    from mmchar.dashboards import write_dashboard, write_pngs
     from mmchar.store import load_runs
 
     loaded = load_runs(runs)
     _write_atomic(output, lambda p: write_dashboard(loaded, p, title=title))
     say(f"dashboard of {len(loaded)} runs: {output.resolve()}")
+    if png is not None:
+        written = write_pngs(loaded, png)
+        say(f"{len(written)} PNGs ({', '.join(p.stem for p in written)}): {png.resolve()}")
 
 
 @app.command()

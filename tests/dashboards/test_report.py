@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
-import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
@@ -17,54 +15,7 @@ from mmchar.dashboards.report import SECTIONS
 from mmchar.schema import OP_CLASSES
 from mmchar.store import Run, load_runs, write_run
 
-OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB"
-
-
-def make_run(run_id, backend, status="ok", compare=None, workload="sd15"):
-    meta = {"run_id": run_id, "created": "2025-01-01T12:00:00", "status": status,
-            "error": None if status == "ok" else (OOM_MESSAGE if status == "oom" else "RuntimeError: <bad> & co"),
-            "workload": workload, "preset": "full", "backend": backend, "config_hash": "abc123",
-            "config": {"params": {"height": 512, "width": 512, "frames": 1, "steps": 20, "batch": 1}},
-            "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "versions": {"torch": "2.11"}}
-    if status != "ok":
-        return Run(meta=meta)
-    meta["timings"] = {"e2e": {"median_ms": 1000.0, "min_ms": 990.0, "max_ms": 1010.0, "n": 3},
-                       "denoiser": {"median_ms": 800.0, "min_ms": 790.0, "max_ms": 810.0, "n": 3},
-                       "denoiser_step": {"median_ms": 40.0, "min_ms": 39.0, "max_ms": 41.0, "n": 3},
-                       "decoder": {"median_ms": 150.0, "min_ms": 149.0, "max_ms": 151.0, "n": 3}}
-    meta["busy"] = {"denoiser": {"wall_ms": 800.0, "busy_ms": 700.0, "idle_ms": 100.0, "busy_frac": 0.875,
-                                 "kernels": 5000},
-                    "decoder": {"wall_ms": 150.0, "busy_ms": 149.0, "idle_ms": 1.0, "busy_frac": 149 / 150,
-                                "kernels": 300}}
-    meta["attention_time_us_per_step"] = 400.0 if backend == "math" else 100.0
-    if compare:
-        meta["compare"] = compare
-    breakdown = pd.DataFrame([
-        ("denoiser", "conv", "", 400.0, 0.4, 4), ("denoiser", "gemm", "", 300.0, 0.3, 3),
-        ("denoiser", "attention", "spatial", 200.0, 0.2, 2), ("denoiser", "attention", "cross", 100.0, 0.1, 1),
-        ("decoder", "conv", "", 90.0, 0.9, 9), ("decoder", "attention", "spatial", 10.0, 0.1, 1),
-    ], columns=["stage", "op_class", "attn_site", "time_us", "share", "calls"])
-    kernels = pd.DataFrame({
-        "stage": ["denoiser"] * 4 + ["decoder"], "step": np.array([0, 0, 1, 1, -1], dtype="int32"),
-        "module_path": "unet", "op_class": ["conv", "gemm", "attention", "attention", "conv"],
-        "attn_site": ["", "", "spatial", "cross", ""], "aten_op": "aten::x", "launch_op": "aten::x",
-        "kernel": ["conv_k", "gemm_k", "fmha_k", "fmha_k", "conv_k"], "ts_us": [0.0, 1.0, 2.0, 3.0, 4.0],
-        "dur_us": [400.0, 300.0, 200.0, 100.0, 90.0], "input_shapes": "",
-        "flops": [1.6e11, 1.2e11, np.nan, np.nan, 3.6e10], "bytes": [4e8, 3e8, np.nan, np.nan, 1e8]})
-    meta["roofs"] = {"matmul_tflops": {"bf16": 800.0}, "copy_gbps": 3000.0}
-    meta["config"]["dtype"] = "bf16"
-    return Run(meta=meta, kernels=kernels, breakdown=breakdown)
-
-
-@pytest.fixture
-def runs(tmp_path):
-    store = tmp_path / "runs"
-    cmp = {"group": "sd15-512", "baseline_run_id": "sd15-math", "baseline_backend": "math", "max_abs_diff": 0.02,
-           "cosine": 0.9999, "agrees": True}
-    for run in (make_run("sd15-math", "math"), make_run("sd15-flash", "flash", compare=cmp),
-                make_run("sd15-oom", "math", status="oom"), make_run("sd15-err", "flash", status="error")):
-        write_run(store, run)
-    return load_runs([store])
+OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB"  # as conftest.py's OOM run records it
 
 
 def test_page_is_self_contained_and_offline(runs, tmp_path):
@@ -120,12 +71,20 @@ def test_roofline_view_puts_each_op_class_under_the_recorded_roof(runs):
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
 
 
+def test_sequence_view_shows_one_steps_calls_of_the_chosen_run(runs):
+    fig = build_figures(runs)["sequence"]
+    q, kv = fig.data[0], fig.data[1]
+    assert list(q.y) == [4096, 4096] and list(kv.y) == [4096, 77]  # one step: its spatial and its cross call
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["sd15-flash", "sd15-math"]
+    assert fig.layout.yaxis.type == "log" and {t.name for t in fig.data[2:]} == {"spatial", "cross"}
+
+
 def test_comparison_view_absent_without_comparisons(runs):
     figures = build_figures([r for r in runs if "compare" not in r.meta])
     assert "comparison" not in figures and "op_classes" in figures
 
 
-def test_hundred_runs_keep_trace_counts_small(tmp_path):
+def test_hundred_runs_keep_trace_counts_small(tmp_path, make_run):
     runs = [make_run(f"sd15-{i:03d}", "flash") for i in range(100)]
     figures = build_figures(runs)
     assert len(figures["op_classes"].data) == 3 + 2  # denoiser: conv, gemm, attention; decoder: conv, attention
@@ -138,7 +97,6 @@ def test_hundred_runs_keep_trace_counts_small(tmp_path):
 
 def test_backends_that_change_the_maths_are_flagged(tmp_path):
     from mmchar.dashboards import write_dashboard
-    from mmchar.store import Run, load_runs, write_run
 
     write_run(tmp_path / "s", Run(meta={"run_id": "w-linear-x", "status": "ok", "workload": "w", "backend": "linear",
                                         "backend_changes_math": True}))

@@ -1,0 +1,67 @@
+"""Hand-made runs shared by the dashboard tests: two ok SD 1.5 runs (math, flash with a comparison), an OOM and an
+error run, with kernels that carry FLOPs and bytes and a calibrated roof."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmchar.store import Run, load_runs, write_run
+
+OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB"
+
+
+def _make_run(run_id, backend, status="ok", compare=None, workload="sd15"):
+    meta = {"run_id": run_id, "created": "2025-01-01T12:00:00", "status": status,
+            "error": None if status == "ok" else (OOM_MESSAGE if status == "oom" else "RuntimeError: <bad> & co"),
+            "workload": workload, "preset": "full", "backend": backend, "config_hash": "abc123",
+            "config": {"params": {"height": 512, "width": 512, "frames": 1, "steps": 20, "batch": 1}},
+            "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "versions": {"torch": "2.11"}}
+    if status != "ok":
+        return Run(meta=meta)
+    meta["timings"] = {"e2e": {"median_ms": 1000.0, "min_ms": 990.0, "max_ms": 1010.0, "n": 3},
+                       "denoiser": {"median_ms": 800.0, "min_ms": 790.0, "max_ms": 810.0, "n": 3},
+                       "denoiser_step": {"median_ms": 40.0, "min_ms": 39.0, "max_ms": 41.0, "n": 3},
+                       "decoder": {"median_ms": 150.0, "min_ms": 149.0, "max_ms": 151.0, "n": 3}}
+    meta["busy"] = {"denoiser": {"wall_ms": 800.0, "busy_ms": 700.0, "idle_ms": 100.0, "busy_frac": 0.875,
+                                 "kernels": 5000},
+                    "decoder": {"wall_ms": 150.0, "busy_ms": 149.0, "idle_ms": 1.0, "busy_frac": 149 / 150,
+                                "kernels": 300}}
+    meta["attention_time_us_per_step"] = 400.0 if backend == "math" else 100.0
+    if compare:
+        meta["compare"] = compare
+    breakdown = pd.DataFrame([
+        ("denoiser", "conv", "", 400.0, 0.4, 4), ("denoiser", "gemm", "", 300.0, 0.3, 3),
+        ("denoiser", "attention", "spatial", 200.0, 0.2, 2), ("denoiser", "attention", "cross", 100.0, 0.1, 1),
+        ("decoder", "conv", "", 90.0, 0.9, 9), ("decoder", "attention", "spatial", 10.0, 0.1, 1),
+    ], columns=["stage", "op_class", "attn_site", "time_us", "share", "calls"])
+    kernels = pd.DataFrame({
+        "stage": ["denoiser"] * 4 + ["decoder"], "step": np.array([0, 0, 1, 1, -1], dtype="int32"),
+        "module_path": "unet", "op_class": ["conv", "gemm", "attention", "attention", "conv"],
+        "attn_site": ["", "", "spatial", "cross", ""], "aten_op": "aten::x", "launch_op": "aten::x",
+        "kernel": ["conv_k", "gemm_k", "fmha_k", "fmha_k", "conv_k"], "ts_us": [0.0, 1.0, 2.0, 3.0, 4.0],
+        "dur_us": [400.0, 300.0, 200.0, 100.0, 90.0],
+        "input_shapes": ["", "", "[[2, 8, 4096, 40], [2, 8, 4096, 40], [2, 8, 4096, 40]]",
+                         "[[2, 8, 4096, 40], [2, 8, 77, 40], [2, 8, 77, 40]]", ""],
+        "flops": [1.6e11, 1.2e11, 4e10, 8e8, 3.6e10], "bytes": [4e8, 3e8, 8e7, 6e6, 1e8]})
+    meta["roofs"] = {"matmul_tflops": {"bf16": 800.0}, "copy_gbps": 3000.0}
+    meta["config"]["dtype"] = "bf16"
+    return Run(meta=meta, kernels=kernels, breakdown=breakdown)
+
+
+@pytest.fixture
+def make_run():
+    """The run factory itself (tests that build their own sets of runs)."""
+    return _make_run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    store = tmp_path / "runs"
+    cmp = {"group": "sd15-512", "baseline_run_id": "sd15-math", "baseline_backend": "math", "max_abs_diff": 0.02,
+           "cosine": 0.9999, "agrees": True}
+    for run in (_make_run("sd15-math", "math"), _make_run("sd15-flash", "flash", compare=cmp),
+                _make_run("sd15-oom", "math", status="oom"), _make_run("sd15-err", "flash", status="error")):
+        write_run(store, run)
+    return load_runs([store])
