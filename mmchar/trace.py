@@ -5,6 +5,10 @@ per thread by a single stack sweep over events sorted by (start, -duration); eve
 parent's context (stage, step, module, attention scope, top-level op) and overrides what it is itself. GPU
 activities (kernels, memcpy, memset) take the context of the runtime call that launched them
 (``args.correlation``). On a CPU-only trace the "kernels" are the aten ops themselves, weighted by self time.
+
+A foreign trace (one mmchar did not record: `mmchar analyze`) has none of mmchar's ranges; there the profiler's
+own structure stands in: ``ProfilerStep#N`` ranges give the step, and the ``nn.Module: Class_i`` events that
+``with_stack=True, with_modules=True`` records give a module path of class-instance names.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def gc_paused() -> Iterator[None]:
 _GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 _RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "runtime", "driver"}
 _OP, _ANNOT, _RUNTIME = 0, 1, 2
+PROFILER_STEP_PREFIX = "ProfilerStep#"
+PY_MODULE_PREFIX = "nn.Module: "
 
 
 @dataclass
@@ -87,15 +93,21 @@ def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def parse_trace(data: dict[str, Any] | str | os.PathLike[str]) -> Trace:
-    """Parse a trace (dict or path) into a `Trace`; see the module docstring."""
+def parse_trace(data: dict[str, Any] | str | os.PathLike[str], foreign_stage: str | None = None) -> Trace:
+    """Parse a trace (dict or path) into a `Trace`; see the module docstring.
+
+    Args:
+        data: the trace dict, or a ``.json`` / ``.json.gz`` path.
+        foreign_stage: for traces mmchar did not record: the stage every event belongs to, with steps from
+            ``ProfilerStep#N`` and modules from ``nn.Module:`` events.
+    """
     if not isinstance(data, dict):
         data = load_events(data)
     with gc_paused():
-        return _parse(data)
+        return _parse(data, foreign_stage)
 
 
-def _parse(data: dict[str, Any]) -> Trace:
+def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
     events = data["traceEvents"]
     trace = Trace(n_events=len(events))
 
@@ -115,7 +127,8 @@ def _parse(data: dict[str, Any]) -> Trace:
             continue
         if cat == "cpu_op":
             kind = _OP
-        elif cat == "user_annotation":
+        elif cat == "user_annotation" or (foreign_stage is not None and cat == "python_function"
+                                          and e.get("name", "").startswith(PY_MODULE_PREFIX)):
             kind = _ANNOT
         elif cat in _RUNTIME_CATS:
             kind = _RUNTIME
@@ -140,7 +153,7 @@ def _parse(data: dict[str, Any]) -> Trace:
     trace.on_gpu = bool(gpu)
     launch_ctx: dict[int, Context] = {}
     op_rows: list[tuple[int, Context, float]] = []  # CPU trace: (cpu index, context, self time)
-    empty = Context()
+    empty = Context() if foreign_stage is None else Context(stage=foreign_stage, step=0)
     for items in cpu.values():
         items.sort()
         stack: list[tuple[float, Context, int]] = []  # (end, context of the event, cpu index if op else -1)
@@ -175,6 +188,14 @@ def _parse(data: dict[str, Any]) -> Trace:
                               parent.attn_id, parent.top_op, parent.leaf_op)
             elif name.startswith(ATTN_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op)
+            elif foreign_stage is not None and name.startswith(PY_MODULE_PREFIX):
+                inst = name[len(PY_MODULE_PREFIX):]
+                ctx = Context(parent.stage, parent.step, f"{parent.module}.{inst}" if parent.module else inst,
+                              parent.attn, parent.attn_id, parent.top_op, parent.leaf_op)
+            elif foreign_stage is not None and name.startswith(PROFILER_STEP_PREFIX):
+                step = name[len(PROFILER_STEP_PREFIX):]
+                ctx = Context(parent.stage, int(step) if step.isdigit() else parent.step, parent.module, parent.attn,
+                              parent.attn_id, parent.top_op, parent.leaf_op)
             else:
                 ctx = parent
             stack.append((end, ctx, -1))

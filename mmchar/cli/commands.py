@@ -423,6 +423,35 @@ def runs(paths: RunsArg,
 
 
 @app.command()
+def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler traces (.json or .json.gz) that mmchar "
+                                                         "did not record.", show_default=False)],
+            store: Store = Path("runs"),
+            stage: Annotated[str, typer.Option(help="The stage the traced code stands for (the step views read "
+                                                    "denoiser or generator).")] = "denoiser",
+            name: Annotated[Optional[str], typer.Option(help="Workload name of the run (default: from the file "
+                                                             "name).")] = None) -> None:
+    """Attribute foreign profiler traces (by aten op, and by module where the trace holds nn.Module events) into
+    run folders that export, study, diff and the dashboard read."""
+    from mmchar.analyze import analyze_trace
+
+    for path in traces:
+        run = analyze_trace(path, store, stage=stage, name=name)
+        k = run.kernels
+        unit = "GPU kernels" if run.meta["device"]["type"] == "cuda" else "CPU ops (self time)"
+        total = float(k["dur_us"].sum()) if len(k) else 0.0
+        say(f"{run.run_id}: {len(k)} {unit}, {total / 1e3:.2f} ms over {len(run.meta['profiled_steps'])} step(s)")
+        if total > 0:
+            shares = k.groupby("op_class", observed=True)["dur_us"].sum().sort_values(ascending=False) / total
+            say("op-class shares: " + ", ".join(f"{c} {v:.1%}" for c, v in shares.items() if v >= 0.001))
+            top = k.groupby("aten_op", observed=True)["dur_us"].sum().sort_values(ascending=False).head(5)
+            say("top aten ops: " + ", ".join(f"{op or '(none)'} {t / 1e3:.2f} ms" for op, t in top.items()))
+        if not run.meta["has_module_events"]:
+            warn("the trace holds no nn.Module events: module paths are empty (record with with_stack=True, "
+                 "with_modules=True for them)")
+        say(f"run folder: {run.path}")
+
+
+@app.command()
 def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a store.", show_default=False)],
          b: Annotated[Path, typer.Argument(help="New side: a run folder or a store.", show_default=False)],
          fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="Exit 1 when a latency or class time grew by more than this percentage (CI gating).")] = None,
