@@ -138,15 +138,15 @@ def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
-def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """Latency against each parameter (height, width, frames, steps, batch) that varies while the others hold,
-    per workload × backend, with the fitted exponent of latency ∝ parameter^k (least squares in log-log).
+def scaling_points(runs: Sequence[Run]) -> pd.DataFrame:
+    """The latencies behind :func:`scaling_table`: runs that differ in one parameter (height, width, frames, steps,
+    batch) while the others hold, per workload × backend.
 
     Returns:
-        Columns ``workload, backend, param, metric, n_points, values, exponent, r2``; ``metric`` is ``e2e`` or the
-        run's step key; groups with fewer than two distinct values are left out.
+        Columns ``workload, backend, param, metric, value, median_ms, run_id``; ``metric`` is ``e2e`` or the runs'
+        step key; series with fewer than two distinct values are left out.
     """
-    cols = ["workload", "backend", "param", "metric", "n_points", "values", "exponent", "r2"]
+    cols = ["workload", "backend", "param", "metric", "value", "median_ms", "run_id"]
     ok = [r for r in runs if r.status == "ok" and r.meta.get("timings")]
     rows = []
     for param in PARAM_KEYS:
@@ -158,21 +158,37 @@ def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
             rest = tuple(ids.get(p) for p in PARAM_KEYS if p != param)
             groups.setdefault((ids["workload"], ids["backend"], ids["preset"], rest), []).append(r)
         for (workload, backend, _, _), members in groups.items():
-            xs = sorted({float(_ids(r)[param]) for r in members})
-            if len(xs) < 2 or min(xs) <= 0:
+            if len({float(_ids(r)[param]) for r in members}) < 2 or min(float(_ids(r)[param]) for r in members) <= 0:
                 continue
             for metric in ("e2e", step_key(members[0].meta["timings"])):
-                pts = [(float(_ids(r)[param]), r.meta["timings"].get(metric, {}).get("median_ms")) for r in members]
-                pts = [(x, y) for x, y in pts if y]
-                if len({x for x, _ in pts}) < 2:
+                pts = [(float(_ids(r)[param]), r.meta["timings"].get(metric, {}).get("median_ms"), r.run_id)
+                       for r in members]
+                pts = [p for p in pts if p[1]]
+                if len({x for x, _, _ in pts}) < 2:
                     continue
-                lx, ly = np.log([x for x, _ in pts]), np.log([y for _, y in pts])
-                k, c = np.polyfit(lx, ly, 1)
-                resid = ly - (k * lx + c)
-                ss = float(((ly - ly.mean()) ** 2).sum())
-                rows.append({"workload": workload, "backend": backend, "param": param, "metric": metric,
-                             "n_points": len(pts), "values": ",".join(f"{x:g}" for x in xs), "exponent": float(k),
-                             "r2": 1 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0})
+                rows += [{"workload": workload, "backend": backend, "param": param, "metric": metric, "value": x,
+                          "median_ms": y, "run_id": rid} for x, y, rid in sorted(pts)]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Latency against each parameter that varies while the others hold (:func:`scaling_points`), with the fitted
+    exponent of latency ∝ parameter^k (least squares in log-log).
+
+    Returns:
+        Columns ``workload, backend, param, metric, n_points, values, exponent, r2``.
+    """
+    cols = ["workload", "backend", "param", "metric", "n_points", "values", "exponent", "r2"]
+    pts = scaling_points(runs)
+    rows = []
+    for (workload, backend, param, metric), g in pts.groupby(["workload", "backend", "param", "metric"], sort=False):
+        lx, ly = np.log(g["value"].to_numpy(float)), np.log(g["median_ms"].to_numpy(float))
+        k, c = np.polyfit(lx, ly, 1)
+        resid = ly - (k * lx + c)
+        ss = float(((ly - ly.mean()) ** 2).sum())
+        rows.append({"workload": workload, "backend": backend, "param": param, "metric": metric,
+                     "n_points": len(g), "values": ",".join(f"{x:g}" for x in sorted(set(g["value"]))),
+                     "exponent": float(k), "r2": 1 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -215,3 +231,47 @@ def sequence_table(runs: Sequence[Run]) -> pd.DataFrame:
                          "attn_site": str(r.attn_site), "batch": b, "heads": h, "q_len": sq, "kv_len": skv,
                          "head_dim": d, "score_bytes": float(b) * h * sq * skv * elem})
     return pd.DataFrame(rows, columns=cols)
+
+
+def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
+    """Kernel time of the step stage (the denoiser, or a token model's generator; else every stage) rolled up the
+    module hierarchy, per run: one row per module-path prefix down to ``max_depth`` levels, with its inclusive
+    time and its parent, as a sunburst or treemap takes it.
+
+    Returns:
+        Columns ``run_id, stage, id, parent, label, time_us, share, top_class``; ``id`` is the path prefix (the
+        stage name at the root), ``share`` its part of the stage's kernel time, ``top_class`` the op class with
+        most time under it. Kernels outside every module count at the root.
+    """
+    cols = ["run_id", "stage", "id", "parent", "label", "time_us", "share", "top_class"]
+    parts = []
+    for run in runs:
+        k = run.kernels
+        if run.status != "ok" or k is None or k.empty:
+            continue
+        stages = k["stage"].astype(str)
+        step = [s for s in STEP_STAGES if (stages == s).any()]
+        k = k[stages == step[0]] if step else k
+        root = step[0] if step else "all stages"
+        total = float(k["dur_us"].sum())
+        times: dict[str, float] = {root: total}
+        by_class: dict[str, dict[str, float]] = {root: {}}
+        grouped = k.groupby([k["module_path"].astype(str), k["op_class"].astype(str)], observed=True)["dur_us"].sum()
+        for (path, op_class), t in grouped.items():
+            segs = [p for p in str(path).split(".") if p][:max_depth]
+            for key in [root] + [root + "/" + ".".join(segs[:i]) for i in range(1, len(segs) + 1)]:
+                if key != root:
+                    times[key] = times.get(key, 0.0) + float(t)
+                cls = by_class.setdefault(key, {})
+                cls[op_class] = cls.get(op_class, 0.0) + float(t)
+        rows = []
+        for key, t in times.items():
+            parent = "" if key == root else (key.rsplit(".", 1)[0] if "." in key.split("/", 1)[1] else root)
+            segs = key.split("/", 1)[-1].split(".")
+            label = root if key == root else (".".join(segs[-2:]) if segs[-1].isdigit() else segs[-1])  # up_blocks.3
+            cls = by_class.get(key) or {"": 0.0}
+            rows.append({"run_id": run.run_id, "stage": root, "id": key, "parent": parent, "label": label,
+                         "time_us": t, "share": t / total if total > 0 else np.nan,
+                         "top_class": max(cls, key=cls.get)})
+        parts.append(pd.DataFrame(rows, columns=cols))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)

@@ -23,10 +23,12 @@ from mmchar.store import Run
 from .attention_sites import attention_sites_figure
 from .busy_idle import busy_idle_figure
 from .comparison import comparison_figure
+from .modules import modules_figure
 from .op_classes import op_class_figure
 from .overview import overview_html
 from .palette import PLOTLY_CONFIG
 from .roofline import roofline_figure
+from .scaling import scaling_figure
 from .sequence import sequence_figure
 from .stage_times import stage_times_figure
 from .top_kernels import top_kernels_figure
@@ -39,8 +41,12 @@ SECTIONS = (
     ("top_kernels", "Top kernels", "Kernels with the most total time in the chosen run."),
     ("busy_idle", "Busy vs idle", "GPU busy and idle time per stage; idle is launch/host overhead."),
     ("comparison", "Backend comparison", "Speedup of each backend over its group's baseline, with output agreement."),
+    ("modules", "Modules", "One step's kernel time rolled up the model's module hierarchy (click a ring to zoom); "
+                           "pick the run."),
     ("sequence", "Sequence lengths", "Query and key length of every attention call of one step, in call order "
                                      "(a UNet's levels, text tokens of cross attention); pick the run."),
+    ("scaling", "Scaling", "Step latency against each parameter a sweep varied (log-log), with the fitted "
+                           "exponent of latency ∝ parameter^k per workload and backend."),
     ("roofline", "Roofline", "Achieved TFLOP/s per op class against arithmetic intensity, under each run's "
                              "calibrated roofs (FLOPs and bytes from the recorded shapes)."),
 )
@@ -77,7 +83,9 @@ def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
         "top_kernels": (tables.top_kernels_table(runs), top_kernels_figure),
         "busy_idle": (stages.dropna(subset=["busy_ms"]), busy_idle_figure),
         "comparison": (tables.comparison_table(runs), comparison_figure),
+        "modules": (study.module_tree(runs), modules_figure),
         "sequence": (study.sequence_table(runs), sequence_figure),
+        "scaling": (study.scaling_points(runs), lambda pts: scaling_figure(pts, study.scaling_table(runs))),
         "roofline": (study.roofline_table(runs).dropna(subset=["intensity", "tflops"]), roofline_figure),
     }
     return {key: view(table) for key, (table, view) in inputs.items() if not table.empty}

@@ -26,6 +26,8 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
     path = {"config": config, "backend": options.backend, "fallback": options.fallback, "scope": options.scope}
     if options.cross_backend:  # cross attention's backend under linear / WERSA changes what runs
         path["cross_backend"] = options.cross_backend
+    if options.compile:  # a compiled run is another point of a sweep, not a repeat of the eager one
+        path["compile"] = True
     return config_hash(path)
 
 

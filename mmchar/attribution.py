@@ -19,9 +19,12 @@ from mmchar.flops import attention_label_cost, op_cost
 from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS
 from mmchar.swap import ATTN_SCOPE_PREFIX, attention_site
 from mmchar.taxonomy import classify, is_attention_op
-from mmchar.trace import Trace, gc_paused
+from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
 
 OUTSIDE_STAGES = "scheduler"
+# torch.compile's host-side runtime events (guard checks, graph entry) in a CPU trace: known, so class "other"
+# without a "matched no rule" warning
+HOST_RUNTIME_EVENTS = tuple(w for w in COMPILE_WRAPPERS if w != "Torch-Compiled Region")
 
 
 @dataclass
@@ -146,7 +149,8 @@ def breakdown(kernels: pd.DataFrame) -> pd.DataFrame:
 
 def unmatched(kernels: pd.DataFrame, limit: int = 50) -> list[dict[str, object]]:
     """Kernels no rule matched (class ``other``), most time first: name, calls, time."""
-    other = kernels[kernels["op_class"].astype(str) == "other"]
+    other = kernels[(kernels["op_class"].astype(str) == "other")
+                    & ~kernels["kernel"].astype(str).str.startswith(HOST_RUNTIME_EVENTS)]
     if other.empty:
         return []
     g = other.groupby(other["kernel"].astype(str)).agg(calls=("dur_us", "size"), time_us=("dur_us", "sum"))

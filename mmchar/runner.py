@@ -56,11 +56,15 @@ class ProfileOptions:
     profile_steps: int = 2
     warmup: int = 1
     keep_trace: bool = True
+    compile: bool = False  # torch.compile the generating model (denoiser / generator); warm-up pays the compile
 
     def __post_init__(self) -> None:
         """One check for the CLI and the Python API alike."""
         if self.scope not in SWAP_SCOPES:
             raise UnknownNameError("scope", self.scope, SWAP_SCOPES)
+        if self.compile and self.backend != "sdpa":
+            raise InvalidParameterError(f"--compile runs the model's own attention (backend sdpa), not {self.backend!r}: "
+                                        "the backend swap is not traced into a compiled graph; drop --backend or --compile")
         for name in ("repeat", "profile_steps", "warmup"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(self, name)} must be at least 1")
@@ -104,7 +108,11 @@ def _timed_generation(target: Target, steps: int, **timer_kwargs: Any) -> tuple[
 def _swap_components(target: Target, scope: str) -> list[str]:
     if scope == "all":
         return list(dict.fromkeys(r.component for r in target.stage_roots))
-    return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]  # the generating model
+    return _step_components(target)  # the generating model
+
+
+def _step_components(target: Target) -> list[str]:
+    return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]
 
 
 @contextlib.contextmanager
@@ -134,6 +142,28 @@ def _profiler(activities: list[ProfilerActivity], **kwargs: Any) -> Iterator[pro
             prof.stop()
 
 
+def compile_step_models(target: Target) -> dict[str, Any]:
+    """``torch.compile`` the forward of each generating model (the stage roots of STEP_STAGES), in place.
+
+    Only ``forward`` is compiled, not the module call: the stage timer's hooks on the root stay outside the
+    graph, so latency, busy/idle and kernel counts are measured as for an eager run. Inside the graph, the
+    module ranges and attention-core scopes the full profile relies on are not recorded (Dynamo traces through
+    them), so kernels there are classed by name rules and have no module path: the run says so.
+    """
+    compiled: list[str] = []
+    for root in target.stage_roots:
+        if root.stage not in STEP_STAGES or root.component in compiled:
+            continue
+        module = getattr(target.pipe, root.component)
+        method = getattr(module, root.method)
+        if not hasattr(method, "_torchdynamo_orig_callable"):  # compare: the second backend reuses the wrapper
+            setattr(module, root.method, torch.compile(method))
+        compiled.append(root.component)
+    return {"components": compiled, "mode": "default", "torch": torch.__version__,
+            "attribution": "partial: inside compiled graphs kernels are classed by name rules, with no module path "
+                           "or attention site; latency, busy/idle and kernel counts are complete"}
+
+
 class _Session:
     """One backend's measurement of a target, in phases, so several backends can interleave their timed passes."""
 
@@ -144,10 +174,16 @@ class _Session:
                                                 "steps": target.steps, "profile_steps": self.psteps}}
         self.m = Measurement(meta=self.meta)
         self.timings: list[GenerationTiming] = []
-        self.swap = swap_attention(target.pipe, _swap_components(target, options.scope), options.backend,
+        # compiled models keep their own processors: Dynamo cannot trace the routing wrapper (it would graph-break
+        # at every attention layer), and under --compile the backend is the model's own sdpa anyway
+        swapped = [c for c in _swap_components(target, options.scope)
+                   if not (options.compile and c in _step_components(target))]
+        self.swap = swap_attention(target.pipe, swapped, options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
                                    seed=int(target.config.get("params", {}).get("seed", 0)),
                                    cross_backend=options.cross_backend)
+        if options.compile:
+            self.meta["compile"] = compile_step_models(target)
 
     def warmup(self) -> None:
         """Warm-up, then one untimed generation of full length that records peak memory per stage and the
@@ -201,7 +237,9 @@ class _Session:
             swap.annotate = True
             try:
                 t0 = time.perf_counter()
-                with ModuleAnnotator(target), _profiler(activities, record_shapes=True) as prof:
+                # compiled: no module ranges (new hooks would re-guard and recompile the graph inside the profile)
+                annotator = contextlib.nullcontext() if self.options.compile else ModuleAnnotator(target)
+                with annotator, _profiler(activities, record_shapes=True) as prof:
                     _timed_generation(target, psteps, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3
             finally:

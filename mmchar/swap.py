@@ -32,6 +32,9 @@ _install_count = 0
 
 
 def _routed_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if torch.compiler.is_compiling():  # --compile: a compiled model keeps its own attention (never routed)
+        return ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, enable_gqa=enable_gqa)
     proc = getattr(_local, "current", None)
     if proc is None or dropout_p:  # outside wrapped modules, or training-time dropout no backend takes
         return ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,

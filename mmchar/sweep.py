@@ -150,6 +150,8 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
             cmd += ["--" + k.replace("_", "-"), str(o[k])]
     if o.get("keep_trace") is False:
         cmd.append("--no-trace")
+    if o.get("compile"):
+        cmd.append("--compile")
     cmd += [f"--{k.replace('_', '-')}" for k in sweep.memory]
     return cmd
 

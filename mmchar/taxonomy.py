@@ -64,6 +64,10 @@ RULES: list[Rule] = [
                              r"masked_fill\w*|one_hot|searchsorted|bucketize|_softmax_backward_data|"
                              # token sampling (autoregressive and masked-token generators)
                              r"multinomial|clip|aminmax|__and__|__or__|__xor__|__invert__|isin|unique\w*)_?$"),
+    # a CPU trace of a torch.compile'd model: the compiled region's own time is Inductor's fused C++ kernels
+    # (pointwise and reduction fusions; convolutions and matmuls run as the aten ops inside it, recorded apart),
+    # as the Triton kernels of a GPU trace are (triton_poi/red/per below)
+    Rule("elementwise", kernel=r"^Torch-Compiled Region"),
     # kernel names, for kernels whose launching op is generic (or absent: Triton, custom extensions).
     Rule("attention", kernel=r"flash_?(attn|fwd|bwd)|fmha|attention|_attn_fwd|sdpa|mha_fwd|cudnn_generated_fort_native_sdpa"),
     Rule("conv", kernel=r"conv|fprop|dgrad|wgrad|winograd|implicit_?gemm|precomputed_convolve|depthwise"),

@@ -44,6 +44,10 @@ _GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 _RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "runtime", "driver"}
 _OP, _ANNOT, _RUNTIME = 0, 1, 2
 PROFILER_STEP_PREFIX = "ProfilerStep#"
+# torch.compile's runtime wraps a compiled graph in op-like events; the aten ops inside are the real ones, so
+# these never become an event's top-level op (their own host time still counts, on CPU traces)
+COMPILE_WRAPPERS = ("Torch-Compiled Region", "TorchDynamo Cache Lookup", "CompiledFunction", "Pregraph bytecode",
+                    "AOTDispatcher")
 PY_MODULE_PREFIX = "nn.Module: "
 
 
@@ -168,8 +172,11 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                 continue
             if kind == _OP:
                 op = cpu_corr[i]
-                ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
-                              parent.top_op if parent.top_op >= 0 else op, op)
+                if cpu_name[i].startswith(COMPILE_WRAPPERS):
+                    ctx = parent
+                else:
+                    ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
+                                  parent.top_op if parent.top_op >= 0 else op, op)
                 if not trace.on_gpu:
                     for s in reversed(stack):  # charge this op's time to its nearest enclosing op
                         if s[2] >= 0:

@@ -36,6 +36,7 @@ CASES = [
     ("Memset (Device)", "", "memory"),
     ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<float, unsigned int, 4, 64, 64>", "", "memory"),
     ("triton_poi_fused_add_mul_0", "", "elementwise"),
+    ("Torch-Compiled Region: 0/0", "", "elementwise"),  # a CPU trace's compiled graph: Inductor's fused C++ kernels
     ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>>>", "", "elementwise"),
     ("some_unknown_vendor_kernel", "", "other"),
     ("aten::_nonsense_op", "aten::_nonsense_op", "other"),

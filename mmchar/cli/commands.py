@@ -108,11 +108,11 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
 # --- profile / compare -----------------------------------------------------------------------------------
 
 def _options(backend: str, fallback: str | None, cross_backend: str | None, scope: str, repeat: int,
-             profile_steps: int, no_trace: bool) -> Any:
+             profile_steps: int, no_trace: bool, compile: bool = False) -> Any:
     from mmchar.runner import ProfileOptions
 
     return ProfileOptions(backend=backend, fallback=fallback, cross_backend=cross_backend, scope=scope, repeat=repeat,
-                          profile_steps=profile_steps, keep_trace=not no_trace)
+                          profile_steps=profile_steps, keep_trace=not no_trace, compile=compile)
 
 
 def _warn_changed_math(backends: list[str]) -> None:
@@ -211,6 +211,7 @@ NoTrace = Annotated[bool, typer.Option("--no-trace", help="Do not keep the trace
 VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode (and encode) with the VAE in tiles.")]
 VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode the batch one latent at a time.")]
 CpuOffload = Annotated[bool, typer.Option("--cpu-offload", help="Model CPU offload: each model on the GPU only while it runs.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser / generator (warm-up pays the compile; module attribution inside the graph is partial).")]
 
 
 @app.command()
@@ -222,13 +223,13 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-            store: Store = Path("runs")) -> int:
+            compile: Compile = False, store: Store = Path("runs")) -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar.runner import run_and_store
 
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
-    options = _options(backend, fallback, cross_backend, scope, repeat, profile_steps, no_trace)
+    options = _options(backend, fallback, cross_backend, scope, repeat, profile_steps, no_trace, compile)
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
     target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
                     memory)
@@ -306,7 +307,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-            store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+            compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     from mmchar.compare import compare as run_compare
 
@@ -316,7 +317,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
-    options = _options(names[0], fallback, cross_backend, scope, repeat, profile_steps, no_trace)
+    options = _options(names[0], fallback, cross_backend, scope, repeat, profile_steps, no_trace, compile)
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
     target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params, cross_backend,
                     memory)
@@ -346,7 +347,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
           repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-          store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+          compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -357,7 +358,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     fixed = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                  prompt=prompt)
     options = {"fallback": fallback, "cross_backend": cross_backend, "scope": scope, "repeat": repeat,
-               "profile_steps": profile_steps, "keep_trace": not no_trace}
+               "profile_steps": profile_steps, "keep_trace": not no_trace, "compile": compile}
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
     plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
                    device=device, dtype=dtype, weights=str(weights) if weights else None, memory=memory)

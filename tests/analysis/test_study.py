@@ -117,3 +117,18 @@ def test_sequence_table_one_row_per_attention_call_with_its_level():
     assert (first["level"], first["q_len"], first["kv_len"], first["head_dim"]) == ("down.0", 4096, 4096, 40)
     assert first["score_bytes"] == 2 * 8 * 4096 * 4096 * 2  # bf16
     assert (mid["level"], mid["attn_site"], mid["q_len"], mid["kv_len"]) == ("mid", "cross", 64, 77)
+
+
+def test_module_tree_rolls_step_time_up_the_hierarchy():
+    from mmchar.analysis import module_tree
+
+    k = kernels([("denoiser", 0, "conv", 100.0, 0.0, 0.0), ("denoiser", 0, "attention", 50.0, 0.0, 0.0),
+                 ("denoiser", 0, "elementwise", 10.0, 0.0, 0.0), ("text_encoder", -1, "gemm", 999.0, 0.0, 0.0)])
+    k["module_path"] = ["unet.down_blocks.0.resnets.0", "unet.down_blocks.0.attentions.0", "", "text_encoder.x"]
+    t = module_tree([run("r", k)]).set_index("id")
+    assert t.loc["denoiser", "time_us"] == 160.0 and t.loc["denoiser", "parent"] == ""  # the step stage only
+    assert t.loc["denoiser/unet", "time_us"] == 150.0 and t.loc["denoiser/unet", "parent"] == "denoiser"
+    row = t.loc["denoiser/unet.down_blocks.0"]
+    assert row["time_us"] == 150.0 and row["label"] == "down_blocks.0" and row["parent"] == "denoiser/unet.down_blocks"
+    assert t.loc["denoiser/unet.down_blocks.0.resnets.0", "share"] == pytest.approx(100 / 160)
+    assert not any(i.startswith("denoiser/text_encoder") for i in t.index)

@@ -12,17 +12,17 @@ from mmchar.store import Run, load_runs, write_run
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB"
 
 
-def _make_run(run_id, backend, status="ok", compare=None, workload="sd15"):
+def _make_run(run_id, backend, status="ok", compare=None, workload="sd15", height=512, step_ms=40.0):
     meta = {"run_id": run_id, "created": "2025-01-01T12:00:00", "status": status,
             "error": None if status == "ok" else (OOM_MESSAGE if status == "oom" else "RuntimeError: <bad> & co"),
             "workload": workload, "preset": "full", "backend": backend, "config_hash": "abc123",
-            "config": {"params": {"height": 512, "width": 512, "frames": 1, "steps": 20, "batch": 1}},
+            "config": {"params": {"height": height, "width": 512, "frames": 1, "steps": 20, "batch": 1}},
             "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "versions": {"torch": "2.11"}}
     if status != "ok":
         return Run(meta=meta)
     meta["timings"] = {"e2e": {"median_ms": 1000.0, "min_ms": 990.0, "max_ms": 1010.0, "n": 3},
                        "denoiser": {"median_ms": 800.0, "min_ms": 790.0, "max_ms": 810.0, "n": 3},
-                       "denoiser_step": {"median_ms": 40.0, "min_ms": 39.0, "max_ms": 41.0, "n": 3},
+                       "denoiser_step": {"median_ms": step_ms, "min_ms": step_ms - 1, "max_ms": step_ms + 1, "n": 3},
                        "decoder": {"median_ms": 150.0, "min_ms": 149.0, "max_ms": 151.0, "n": 3}}
     meta["busy"] = {"denoiser": {"wall_ms": 800.0, "busy_ms": 700.0, "idle_ms": 100.0, "busy_frac": 0.875,
                                  "kernels": 5000},
@@ -62,6 +62,7 @@ def runs(tmp_path):
     cmp = {"group": "sd15-512", "baseline_run_id": "sd15-math", "baseline_backend": "math", "max_abs_diff": 0.02,
            "cosine": 0.9999, "agrees": True}
     for run in (_make_run("sd15-math", "math"), _make_run("sd15-flash", "flash", compare=cmp),
-                _make_run("sd15-oom", "math", status="oom"), _make_run("sd15-err", "flash", status="error")):
+                _make_run("sd15-oom", "math", status="oom"), _make_run("sd15-err", "flash", status="error"),
+                _make_run("sd15-flash-1024", "flash", height=1024, step_ms=160.0)):
         write_run(store, run)
     return load_runs([store])

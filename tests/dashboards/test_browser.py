@@ -50,9 +50,11 @@ def test_dashboard_in_headless_chromium(runs, tmp_path, browser):
     page.on("request", lambda r: requests.append(r.url))
     page.goto(page_path.as_uri())
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length > 0")
-    # points per figure as plotly.js drew them (_fullData: arrays decoded, _length: the trace's point count)
+    # points per figure as plotly.js drew them (_fullData: arrays decoded; _length: a cartesian trace's point
+    # count, ids / labels: a sunburst's sectors)
     drawn = page.evaluate("""() => Object.fromEntries(Array.from(document.querySelectorAll('.js-plotly-plot')).map(
-        d => [d.id, (d._fullData || []).reduce((n, t) => n + (t.visible === false ? 0 : (t._length || 0)), 0)]))""")
+        d => [d.id, (d._fullData || []).reduce((n, t) => n + (t.visible === false ? 0
+              : (t._length || (t.ids || t.labels || []).length || 0)), 0)]))""")
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")

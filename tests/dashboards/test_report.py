@@ -36,7 +36,7 @@ def test_every_view_has_data_and_is_in_the_page(runs, tmp_path):
     assert list(figures) == [key for key, *_ in SECTIONS]
     for key, fig in figures.items():
         data = json.loads(fig.to_json())["data"]
-        assert data and any(len(t.get("x") or []) for t in data), key
+        assert data and any(len(t.get("x") or t.get("ids") or []) for t in data), key
     page = write_dashboard(runs, tmp_path / "dash.html").read_text()
     for key in figures:
         assert f'id="fig-{key}"' in page
@@ -56,7 +56,7 @@ def test_op_class_view_defaults_to_denoiser_with_shared_colours(runs):
     visible = [t for t in fig.data if t.visible]
     assert {t.name for t in visible} == {"conv", "gemm", "attention"}
     attention = next(t for t in visible if t.name == "attention")
-    assert list(attention.y) == pytest.approx([0.3, 0.3])  # spatial + cross summed per run
+    assert list(attention.y) == pytest.approx([0.3, 0.3, 0.3])  # spatial + cross summed per run
     assert all(t.marker.color == OP_CLASS_COLORS[t.name] for t in fig.data)
     assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["denoiser", "decoder"]
     assert set(OP_CLASS_COLORS) == set(OP_CLASSES)
@@ -67,7 +67,7 @@ def test_roofline_view_puts_each_op_class_under_the_recorded_roof(runs):
     roof = next(t for t in fig.data if t.name.startswith("roof"))
     assert max(roof.y) == pytest.approx(800.0) and roof.name == "roof: NVIDIA H100 80GB HBM3"
     conv = next(t for t in fig.data if t.name == "conv")  # 1.6e11 FLOP in 400 us = 400 TFLOP/s at 400 FLOP/B
-    assert sorted(conv.y) == pytest.approx([400.0, 400.0, 400.0, 400.0]) and set(conv.x) == {400.0, 360.0}
+    assert sorted(conv.y) == pytest.approx([400.0] * 6) and set(conv.x) == {400.0, 360.0}  # 3 runs × 2 stages
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
 
 
@@ -75,8 +75,25 @@ def test_sequence_view_shows_one_steps_calls_of_the_chosen_run(runs):
     fig = build_figures(runs)["sequence"]
     q, kv = fig.data[0], fig.data[1]
     assert list(q.y) == [4096, 4096] and list(kv.y) == [4096, 77]  # one step: its spatial and its cross call
-    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["sd15-flash", "sd15-math"]
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["sd15-flash", "sd15-flash-1024", "sd15-math"]
     assert fig.layout.yaxis.type == "log" and {t.name for t in fig.data[2:]} == {"spatial", "cross"}
+
+
+def test_scaling_view_draws_each_varied_parameter_with_its_exponent(runs):
+    fig = build_figures(runs)["scaling"]
+    (line,) = fig.data  # sd15 · flash at height 512 and 1024: 40 -> 160 ms per step, k = 2
+    assert list(line.x) == [512.0, 1024.0] and list(line.y) == [40.0, 160.0] and "k = 2.00" in line.name
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["height"]
+
+
+def test_modules_view_is_a_sunburst_coloured_by_op_class(runs):
+    fig = build_figures(runs)["modules"]
+    sb = fig.data[0]
+    assert sb.type == "sunburst" and list(sb.ids[:2]) == ["denoiser", "denoiser/unet"]
+    assert sb.values[0] == pytest.approx(1.0)  # 400 + 300 + 200 + 100 us of the denoiser, in ms
+    assert sb.marker.colors[1] == OP_CLASS_COLORS["conv"]  # conv has the most time under unet
+    assert {t.name for t in fig.data[1:]} == {"conv"}
+    assert len(fig.layout.updatemenus[0].buttons) == 3
 
 
 def test_comparison_view_absent_without_comparisons(runs):
