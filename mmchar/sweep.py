@@ -157,11 +157,12 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
 
 
 def run_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
-              command: Callable[[SweepPlan, Point, str | os.PathLike[str]], list[str]] = child_command) -> Path:
+              command: Callable[[SweepPlan, Point, str | os.PathLike[str]], list[str]] = child_command,
+              env: dict[str, str] | None = None) -> Path:
     """Profile one point in a fresh process; returns its run folder (written by the parent if the child died
-    without writing one)."""
+    without writing one). ``env``: extra environment of the child (a sharded sweep's GPU pinning)."""
     proc = subprocess.run(command(sweep, point, store), capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     found = stored_points(store, {point.config_hash})
     if point.config_hash in found:
         return found[point.config_hash]

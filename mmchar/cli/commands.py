@@ -347,11 +347,19 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
           repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-          compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+          compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table",
+          distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: split the points across "
+                                                    "ranks, one GPU each; the summary prints once.")] = False) -> int:
     """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mmchar import distributed as dd
     from mmchar import sweep as sw
+
+    rank = dd.rank_from_env() if distributed else None
+    if rank is not None and device is not None and device.startswith("cuda:"):
+        raise InvalidParameterError(f"--device {device} with --distributed: each rank takes its own GPU; "
+                                    "pass --device cuda (or leave it out)")
 
     _check_format(fmt)
     names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -362,21 +370,34 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
     plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
                    device=device, dtype=dtype, weights=str(weights) if weights else None, memory=memory)
-    _warn_changed_math(names)
     todo = plan.todo
-    say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {len(plan.points) - len(todo)} already in "
-        f"{store}, {len(todo)} to run")
+    if rank is not None:
+        dd.init()
+        todo = rank.shard(todo)
+    lead = rank is None or rank.leader
+    tag = f"(rank {rank.rank}/{rank.world}) " if rank is not None else ""
+    if lead:
+        _warn_changed_math(names)
+        say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {len(plan.points) - len(plan.todo)} already "
+            f"in {store}, {len(plan.todo)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
+    env = dd.child_env(rank, device) if rank is not None else None
     folders = dict(plan.done)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
+                  transient=True, disable=not lead) as bar:
         task = bar.add_task("starting", total=len(todo))
         for point in todo:
             bar.update(task, description=point.label())
-            folders[point.config_hash] = sw.run_point(plan, point, store)
+            folders[point.config_hash] = sw.run_point(plan, point, store, env=env)
             row = sw.summary_row(point, folders[point.config_hash])
-            bar.console.print(f"{point.label()}: {row['status']}" + (f", {row['e2e_ms']} ms per generation"
+            bar.console.print(f"{tag}{point.label()}: {row['status']}" + (f", {row['e2e_ms']} ms per generation"
                               if row["status"] == "ok" else f" ({row['error']})"))
             bar.advance(task)
+    if rank is not None:  # every rank's folders, on rank 0 (the barrier: all points are stored before the summary)
+        shards = dd.gather_to_leader({h: str(f) for h, f in folders.items()}, rank)
+        dd.finish()
+        if not rank.leader:
+            return 0
+        folders = {h: Path(f) for shard in shards for h, f in shard.items()}
     rows = [sw.summary_row(p, folders[p.config_hash]) for p in plan.points]
     table = pd.DataFrame(rows)
     print_frame(table, title=f"sweep of {workload} ({store})", fmt=fmt)

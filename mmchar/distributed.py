@@ -1,0 +1,81 @@
+"""Sharded sweeps: `torchrun --nproc-per-node N -m mmchar sweep ... --distributed`.
+
+PyTorch's own launcher and process group, nothing home-made: torchrun starts N ranks and sets RANK, WORLD_SIZE
+and LOCAL_RANK; each rank plans the same sweep (same order, same config hashes), takes every N-th missing point
+and profiles it in a fresh child process pinned to its own GPU (CUDA_VISIBLE_DEVICES, so the child's device string
+and the point's config hash stay what a one-GPU sweep would write). Run folders are written atomically under
+unique names, so ranks never clobber each other in the shared store; a rank that dies leaves the finished folders
+of every rank intact, and a re-run (any number of ranks) finds them and runs only the missing points. The process
+group (gloo: coordination only, whatever the device) carries one barrier and the gather of the summary rows, which
+rank 0 prints once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from mmchar.errors import InvalidParameterError
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int
+    world: int
+    local_rank: int
+
+    def shard(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's share: every ``world``-th item from position ``rank`` (balanced across ranks)."""
+        return list(items[self.rank::self.world])
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def rank_from_env() -> Rank:
+    """The rank torchrun gave this process; a one-line error outside torchrun."""
+    try:
+        return Rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    except (KeyError, ValueError):
+        raise InvalidParameterError("--distributed needs torchrun's RANK and WORLD_SIZE; launch with "
+                                    "`torchrun --nproc-per-node N -m mmchar sweep ... --distributed`") from None
+
+
+def init(timeout_s: float = 6 * 3600) -> Rank:
+    """Join torchrun's process group (gloo: the ranks only coordinate; each point's child owns its GPU)."""
+    import torch.distributed as dist
+
+    rank = rank_from_env()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    return rank
+
+
+def gather_to_leader(obj: Any, rank: Rank) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (``None`` elsewhere), after all ranks arrive."""
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * rank.world if rank.leader else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def finish() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def child_env(rank: Rank, device: str | None) -> dict[str, str]:
+    """The environment of this rank's profiling children: its own GPU as the only visible one."""
+    env = {}
+    if device is None or device.startswith("cuda"):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = [g for g in visible.split(",") if g.strip()] if visible else None
+        env["CUDA_VISIBLE_DEVICES"] = gpus[rank.local_rank % len(gpus)] if gpus else str(rank.local_rank)
+    return env

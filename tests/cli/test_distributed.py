@@ -1,0 +1,60 @@
+"""Sharded sweeps under torchrun (2 processes, gloo, on the CPU): the same points, parameters and op classes as a
+one-process sweep, the summary printed once, a re-run resuming; outside torchrun, a one-line error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmchar.cli import main
+from mmchar.store import load_runs
+
+ARGS = ["sweep", "sd15", "--vary", "height=64,96,128", "--backends", "math", "--device", "cpu", "--repeat", "1",
+        "--profile-steps", "1", "--steps", "2", "--no-trace"]
+
+
+def _torchrun(store: Path) -> subprocess.CompletedProcess:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not installed beside this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29531", "-m", "mmchar", *ARGS,
+                           "--store", str(store), "--distributed"], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _points(store: Path) -> dict[str, tuple]:
+    out = {}
+    for r in load_runs([store]):
+        classes = tuple(sorted(set(r.breakdown["op_class"].astype(str))))
+        out[r.run_id.rsplit("-", 1)[1]] = (r.status, r.meta["config"]["params"]["height"], classes)
+    return out
+
+
+def test_two_ranks_store_what_one_process_stores(tmp_path, capsys):
+    proc = _torchrun(tmp_path / "two")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("sweep of sd15 (") == 2  # the plan line and the summary title, from rank 0 only
+    assert "(rank 0/2)" in proc.stdout and "(rank 1/2)" in proc.stdout  # both ranks ran points
+    assert main([*ARGS, "--store", str(tmp_path / "one")]) == 0
+    two, one = _points(tmp_path / "two"), _points(tmp_path / "one")
+    assert two == one and len(two) == 3 and {s for s, _, _ in two.values()} == {"ok"}
+    again = _torchrun(tmp_path / "two")  # a re-run finds every point and runs none
+    assert again.returncode == 0 and "3 already in" in again.stdout and "0 to run" in again.stdout
+    assert len(load_runs([tmp_path / "two"])) == 3
+
+
+def test_distributed_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert main([*ARGS, "--store", str(tmp_path), "--distributed"]) == 1
+    assert "--distributed needs torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", "sd15", "--device", "cuda:1", "--store", str(tmp_path), "--distributed"]) == 1
+    assert "each rank takes its own GPU" in capsys.readouterr().err
