@@ -31,6 +31,7 @@ from .roofline import roofline_figure
 from .scaling import scaling_figure
 from .sequence import sequence_figure
 from .stage_times import stage_times_figure
+from .timeline import timeline_figure
 from .top_kernels import top_kernels_figure
 
 # (key, section heading, one-line explanation shown under the heading)
@@ -47,6 +48,9 @@ SECTIONS = (
                                      "(a UNet's levels, text tokens of cross attention); pick the run."),
     ("scaling", "Scaling", "Step latency against each parameter a sweep varied (log-log), with the fitted "
                            "exponent of latency ∝ parameter^k per workload and backend."),
+    ("timeline", "Step timeline", "One denoising step kernel by kernel, a lane per op class, from the full "
+                                  "profile: kernel lengths are true, the host gaps between them are widened by the "
+                                  "profiler (the timed pass's step latency is in Stage times); first 12 runs."),
     ("roofline", "Roofline", "Achieved TFLOP/s per op class against arithmetic intensity, under each run's "
                              "calibrated roofs (FLOPs and bytes from the recorded shapes)."),
 )
@@ -86,6 +90,7 @@ def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
         "modules": (study.module_tree(runs), modules_figure),
         "sequence": (study.sequence_table(runs), sequence_figure),
         "scaling": (study.scaling_points(runs), lambda pts: scaling_figure(pts, study.scaling_table(runs))),
+        "timeline": (study.step_timeline(runs), timeline_figure),
         "roofline": (study.roofline_table(runs).dropna(subset=["intensity", "tflops"]), roofline_figure),
     }
     return {key: view(table) for key, (table, view) in inputs.items() if not table.empty}

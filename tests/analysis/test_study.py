@@ -132,3 +132,15 @@ def test_module_tree_rolls_step_time_up_the_hierarchy():
     assert row["time_us"] == 150.0 and row["label"] == "down_blocks.0" and row["parent"] == "denoiser/unet.down_blocks"
     assert t.loc["denoiser/unet.down_blocks.0.resnets.0", "share"] == pytest.approx(100 / 160)
     assert not any(i.startswith("denoiser/text_encoder") for i in t.index)
+
+
+def test_step_timeline_is_the_first_profiled_step_in_launch_order():
+    from mmchar.analysis import step_timeline
+
+    k = kernels([("denoiser", 1, "conv", 100.0, 0.0, 0.0), ("denoiser", 0, "gemm", 50.0, 0.0, 0.0),
+                 ("denoiser", 0, "conv", 20.0, 0.0, 0.0), ("decoder", -1, "conv", 999.0, 0.0, 0.0)])
+    k["ts_us"] = [5000.0, 1300.0, 1000.0, 9000.0]
+    t = step_timeline([run("r", k)])
+    assert list(t["op_class"]) == ["conv", "gemm"] and list(t["start_ms"]) == [0.0, 0.3]  # step 0, by start
+    assert list(t["dur_ms"]) == [0.02, 0.05] and set(t["stage"]) == {"denoiser"}
+    assert step_timeline([run(f"r{i}", k) for i in range(20)], max_runs=3)["run_id"].nunique() == 3

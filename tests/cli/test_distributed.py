@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,18 @@ ARGS = ["sweep", "sd15", "--vary", "height=64,96,128", "--backends", "math", "--
         "--profile-steps", "1", "--steps", "2", "--no-trace"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun(store: Path) -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not installed beside this Python")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29531", "-m", "mmchar", *ARGS,
+    return subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "mmchar", *ARGS,
                            "--store", str(store), "--distributed"], capture_output=True, text=True, env=env,
                           timeout=600)
 
@@ -38,7 +45,7 @@ def _points(store: Path) -> dict[str, tuple]:
 
 def test_two_ranks_store_what_one_process_stores(tmp_path, capsys):
     proc = _torchrun(tmp_path / "two")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[:3000]
     assert proc.stdout.count("sweep of sd15 (") == 2  # the plan line and the summary title, from rank 0 only
     assert "(rank 0/2)" in proc.stdout and "(rank 1/2)" in proc.stdout  # both ranks ran points
     assert main([*ARGS, "--store", str(tmp_path / "one")]) == 0

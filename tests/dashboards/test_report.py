@@ -96,6 +96,14 @@ def test_modules_view_is_a_sunburst_coloured_by_op_class(runs):
     assert len(fig.layout.updatemenus[0].buttons) == 3
 
 
+def test_timeline_view_has_a_lane_per_op_class_of_one_step(runs):
+    fig = build_figures(runs)["timeline"]
+    assert [t.name for t in fig.data] == ["conv", "gemm"]  # step 0 of the fixture's denoiser: a conv, then a gemm
+    conv, gemm = fig.data
+    assert list(conv.base) == [0.0] and list(gemm.base) == [0.001] and list(gemm.x) == [0.3]
+    assert len(fig.layout.updatemenus[0].buttons) == 3
+
+
 def test_comparison_view_absent_without_comparisons(runs):
     figures = build_figures([r for r in runs if "compare" not in r.meta])
     assert "comparison" not in figures and "op_classes" in figures
