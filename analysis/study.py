@@ -310,3 +310,64 @@ def step_timeline(runs: Sequence[Run], max_runs: int = 12) -> pd.DataFrame:
             "op_class": k["op_class"].astype(str).to_numpy(), "attn_site": k["attn_site"].astype(str).to_numpy(),
             "kernel": k["kernel"].astype(str).to_numpy(), "module_path": k["module_path"].astype(str).to_numpy()}))
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def _union(intervals: np.ndarray) -> list[tuple[float, float]]:
+    """Merged [start, end) intervals, sorted."""
+    out: list[list[float]] = []
+    for a, b in sorted(map(tuple, intervals)):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _overlap(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted, merged interval lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(xs) and j < len(ys):
+        lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+        total += max(0.0, hi - lo)
+        if xs[i][1] < ys[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def communication_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per run × stage: time in communication kernels, their payload bytes (collective inputs, read once), and how
+    much of that time compute kernels ran at the same moment (other streams): communication hidden behind work.
+
+    Returns:
+        Columns ``run_id, workload, backend, device, stage, comm_us, comm_kernels, payload_bytes, compute_us,
+        overlap_us, overlap_share``; runs with no communication kernels are left out.
+    """
+    cols = ["run_id", "workload", "backend", "device", "stage", "comm_us", "comm_kernels", "payload_bytes",
+            "compute_us", "overlap_us", "overlap_share"]
+    rows = []
+    for run in runs:
+        k = run.kernels
+        if run.status != "ok" or k is None or k.empty:
+            continue
+        comm = k["op_class"].astype(str) == "communication"
+        if not comm.any():
+            continue
+        ids = _ids(run)
+        for stage, g in k.groupby(k["stage"].astype(str), sort=False):
+            c = comm.loc[g.index]
+            if not c.any():
+                continue
+            spans = np.stack([g["ts_us"].to_numpy(float), (g["ts_us"] + g["dur_us"]).to_numpy(float)], axis=1)
+            comm_u, work_u = _union(spans[c.to_numpy()]), _union(spans[~c.to_numpy()])
+            comm_us = float(g.loc[c, "dur_us"].sum())
+            overlap = _overlap(comm_u, work_u)
+            union_us = sum(b - a for a, b in comm_u)
+            rows.append({"run_id": ids["run_id"], "workload": ids["workload"], "backend": ids["backend"],
+                         "device": ids["device"], "stage": stage, "comm_us": comm_us, "comm_kernels": int(c.sum()),
+                         "payload_bytes": float(g.loc[c, "bytes"].sum(min_count=1)),
+                         "compute_us": float(g.loc[~c, "dur_us"].sum()), "overlap_us": overlap,
+                         "overlap_share": overlap / union_us if union_us > 0 else np.nan})
+    return pd.DataFrame(rows, columns=cols)

@@ -11,6 +11,8 @@ import ast
 import math
 from typing import Any
 
+from mmchar.taxonomy import classify
+
 _ELEM = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "BFloat16": 2, "Half": 2,
          "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1, "long int": 8, "int": 4}
 
@@ -118,6 +120,9 @@ def op_cost(name: str, dims: Any, concrete: Any, types: Any) -> Cost:
             return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 4, False)), elem)
         if name in ("aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention"):
             return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 6, False)), elem)
+        if classify("", name) == "communication":  # a collective: its payload, read once (no FLOPs counted)
+            sizes = [_prod(d) for d in dims if isinstance(d, list) and d]
+            return (0.0, float(max(sizes) * elem)) if sizes else _UNKNOWN
     except (IndexError, TypeError, ValueError, ZeroDivisionError):
         return _UNKNOWN
     return _UNKNOWN

@@ -64,3 +64,10 @@ def test_wersa_cost_is_linear_in_tokens():
     assert f2 == pytest.approx(2 * f1)
     per_token_head = f1 / (4 * 1000)
     assert 8 * 64 * 256 <= per_token_head < 12 * 64 * 256  # ≈ 8·d·m (wersa.md), plus gains and norms
+
+
+def test_collectives_cost_their_payload_and_no_flops():
+    from mmchar.flops import op_cost
+
+    assert op_cost("c10d::allreduce_", [[1024, 1024]], None, ["c10::BFloat16"]) == (0.0, 2.0 * 1024 * 1024)
+    assert op_cost("_c10d_functional::all_to_all_single", [[8, 64], [], []], None, ["float"]) == (0.0, 4.0 * 8 * 64)

@@ -520,7 +520,8 @@ def study(paths: RunsArg,
     tables = {"runs": an.run_table, "breakdown": an.breakdown_table, "stages": an.stage_table,
               "comparison": an.comparison_table, "attention_sites": an.attention_site_table,
               "sequence": an.sequence_table, "roofline": an.roofline_table, "launch": an.launch_table,
-              "phases": an.phase_table, "scaling": an.scaling_table}
+              "phases": an.phase_table, "scaling": an.scaling_table, "modules": an.module_tree,
+              "communication": an.communication_table}
     output.mkdir(parents=True, exist_ok=True)
     for name, fn in tables.items():
         table = fn(loaded)

@@ -144,3 +144,17 @@ def test_step_timeline_is_the_first_profiled_step_in_launch_order():
     assert list(t["op_class"]) == ["conv", "gemm"] and list(t["start_ms"]) == [0.0, 0.3]  # step 0, by start
     assert list(t["dur_ms"]) == [0.02, 0.05] and set(t["stage"]) == {"denoiser"}
     assert step_timeline([run(f"r{i}", k) for i in range(20)], max_runs=3)["run_id"].nunique() == 3
+
+
+def test_communication_time_payload_and_overlap_with_compute():
+    from mmchar.analysis import communication_table
+
+    # an all-to-all from 0 to 100 us while a GEMM runs 50..150 on another stream: 50 of its 100 us hidden
+    k = kernels([("denoiser", 0, "communication", 100.0, 0.0, 4e6), ("denoiser", 0, "gemm", 100.0, 1e9, 1e6),
+                 ("denoiser", 0, "communication", 20.0, 0.0, 1e6), ("decoder", -1, "conv", 10.0, 0.0, 0.0)])
+    k["ts_us"] = [0.0, 50.0, 200.0, 300.0]
+    (row,) = communication_table([run("r", k)]).to_dict("records")
+    assert row["stage"] == "denoiser" and row["comm_us"] == 120.0 and row["comm_kernels"] == 2
+    assert row["payload_bytes"] == 5e6 and row["compute_us"] == 100.0
+    assert row["overlap_us"] == 50.0 and row["overlap_share"] == pytest.approx(50 / 120)
+    assert communication_table([run("q", kernels([("denoiser", 0, "gemm", 1.0, 0.0, 0.0)]))]).empty
