@@ -29,7 +29,9 @@ def _torchrun(store: Path) -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not installed beside this Python")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONSAFEPATH (python -P): `-m mmchar` must import the installed package, not the source folder of a
+    # checkout that happens to be the working directory (its workloads/ installs as mmchar.workloads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
     return subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "mmchar", *ARGS,
                            "--store", str(store), "--distributed"], capture_output=True, text=True, env=env,
                           timeout=600)
