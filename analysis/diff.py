@@ -16,12 +16,14 @@ import pandas as pd
 from mmchar.schema import STEP_STAGES
 from mmchar.store import Run
 
+from .tables import backend_label
+
 DIFF_COLUMNS = ("pair", "run_a", "run_b", "level", "stage", "key", "a", "b", "change_pct")
 
 
 def _what(run: Run) -> tuple:
     params = (run.meta.get("config") or {}).get("params") or {}
-    return (run.workload, run.meta.get("preset"), run.backend,
+    return (run.workload, run.meta.get("preset"), backend_label(run.meta),
             tuple(sorted((k, v) for k, v in params.items() if k != "prompt")))
 
 

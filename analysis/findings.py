@@ -99,6 +99,8 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
 
     busy = []  # the GPU's busy share of one step's wall time: below 1, the host (launches, Python) is the limit
     for r in ok:
+        if (r.meta.get("device") or {}).get("type") != "cuda":  # a CPU run is always "busy": no GPU to idle
+            continue
         key = step_key(r.meta.get("timings") or {})
         frac = ((r.meta.get("busy") or {}).get(key) or {}).get("busy_frac") if key else None
         if frac is not None:

@@ -143,10 +143,11 @@ def scaling_points(runs: Sequence[Run]) -> pd.DataFrame:
     batch) while the others hold, per workload × backend.
 
     Returns:
-        Columns ``workload, backend, param, metric, value, median_ms, run_id``; ``metric`` is ``e2e`` or the runs'
+        Columns ``workload, backend, param, series, metric, value, median_ms, run_id``; ``series`` names what the
+        other parameters held (a 2-D sweep has one height series per width); ``metric`` is ``e2e`` or the runs'
         step key; series with fewer than two distinct values are left out.
     """
-    cols = ["workload", "backend", "param", "metric", "value", "median_ms", "run_id"]
+    cols = ["workload", "backend", "param", "series", "metric", "value", "median_ms", "run_id"]
     ok = [r for r in runs if r.status == "ok" and r.meta.get("timings")]
     rows = []
     for param in PARAM_KEYS:
@@ -157,17 +158,19 @@ def scaling_points(runs: Sequence[Run]) -> pd.DataFrame:
                 continue
             rest = tuple(ids.get(p) for p in PARAM_KEYS if p != param)
             groups.setdefault((ids["workload"], ids["backend"], ids["preset"], rest), []).append(r)
-        for (workload, backend, _, _), members in groups.items():
+        for (workload, backend, preset, rest), members in groups.items():
             if len({float(_ids(r)[param]) for r in members}) < 2 or min(float(_ids(r)[param]) for r in members) <= 0:
                 continue
+            held = [f"{p}={v}" for p, v in zip([p for p in PARAM_KEYS if p != param], rest) if v is not None]
+            series = ", ".join([str(preset)] + held) if preset else ", ".join(held)
             for metric in ("e2e", step_key(members[0].meta["timings"])):
                 pts = [(float(_ids(r)[param]), r.meta["timings"].get(metric, {}).get("median_ms"), r.run_id)
                        for r in members]
                 pts = [p for p in pts if p[1]]
                 if len({x for x, _, _ in pts}) < 2:
                     continue
-                rows += [{"workload": workload, "backend": backend, "param": param, "metric": metric, "value": x,
-                          "median_ms": y, "run_id": rid} for x, y, rid in sorted(pts)]
+                rows += [{"workload": workload, "backend": backend, "param": param, "series": series,
+                          "metric": metric, "value": x, "median_ms": y, "run_id": rid} for x, y, rid in sorted(pts)]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -176,17 +179,18 @@ def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
     exponent of latency ∝ parameter^k (least squares in log-log).
 
     Returns:
-        Columns ``workload, backend, param, metric, n_points, values, exponent, r2``.
+        Columns ``workload, backend, param, series, metric, n_points, values, exponent, r2``: one fit per series.
     """
-    cols = ["workload", "backend", "param", "metric", "n_points", "values", "exponent", "r2"]
+    cols = ["workload", "backend", "param", "series", "metric", "n_points", "values", "exponent", "r2"]
     pts = scaling_points(runs)
     rows = []
-    for (workload, backend, param, metric), g in pts.groupby(["workload", "backend", "param", "metric"], sort=False):
+    for (workload, backend, param, series, metric), g in pts.groupby(
+            ["workload", "backend", "param", "series", "metric"], sort=False):
         lx, ly = np.log(g["value"].to_numpy(float)), np.log(g["median_ms"].to_numpy(float))
         k, c = np.polyfit(lx, ly, 1)
         resid = ly - (k * lx + c)
         ss = float(((ly - ly.mean()) ** 2).sum())
-        rows.append({"workload": workload, "backend": backend, "param": param, "metric": metric,
+        rows.append({"workload": workload, "backend": backend, "param": param, "series": series, "metric": metric,
                      "n_points": len(g), "values": ",".join(f"{x:g}" for x in sorted(set(g["value"]))),
                      "exponent": float(k), "r2": 1 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0})
     return pd.DataFrame(rows, columns=cols)

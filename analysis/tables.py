@@ -32,6 +32,13 @@ def _params(meta: dict[str, Any]) -> dict[str, Any]:
     return (meta.get("config") or {}).get("params") or {}
 
 
+def backend_label(meta: dict[str, Any]) -> Any:
+    """The backend as tables show it: ``sdpa+compile`` for a torch.compile'd run, so analyses never mix it
+    with the eager run of the same backend."""
+    backend = meta.get("backend")
+    return f"{backend}+compile" if (meta.get("options") or {}).get("compile") else backend
+
+
 def _ids(run: Run) -> dict[str, Any]:
     """The identifying columns of one run: who ran what, where, with which shape parameters."""
     meta = run.meta
@@ -40,7 +47,7 @@ def _ids(run: Run) -> dict[str, Any]:
         "run_id": run.run_id,
         "workload": meta.get("workload"),
         "preset": meta.get("preset"),
-        "backend": meta.get("backend"),
+        "backend": backend_label(meta),
         "device": _device_name(meta),
         "status": meta.get("status"),
     }

@@ -14,7 +14,7 @@ from .palette import MENU_POSITION, style
 
 
 def scaling_figure(points: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
-    """Step latency against each varied parameter.
+    """Step latency against each varied parameter, one line per series (what the other parameters held).
 
     Args:
         points: ``analysis.study.scaling_points`` output.
@@ -26,13 +26,14 @@ def scaling_figure(points: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
     step = points[points["metric"] != "e2e"]
     if step.empty:  # runs with no step timing: end to end
         step = points
-    k = {(r.param, r.workload, r.backend, r.metric): r.exponent for r in fits.itertuples()}
+    k = {(r.param, r.workload, r.backend, r.series, r.metric): r.exponent for r in fits.itertuples()}
     fig = go.Figure()
     params = list(dict.fromkeys(step["param"]))
     owner = []
-    for (param, workload, backend, metric), g in step.groupby(["param", "workload", "backend", "metric"], sort=False):
-        exp = k.get((param, workload, backend, metric))
-        label = f"{workload} · {backend}" + (f" (k = {exp:.2f})" if exp is not None else "")
+    for (param, workload, backend, series, metric), g in step.groupby(
+            ["param", "workload", "backend", "series", "metric"], sort=False):
+        exp = k.get((param, workload, backend, series, metric))
+        label = f"{workload} · {backend} · {series}" + (f" (k = {exp:.2f})" if exp is not None else "")
         fig.add_trace(go.Scatter(
             x=g["value"], y=g["median_ms"], mode="lines+markers", name=label, visible=param == params[0],
             customdata=g["run_id"],

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from mmchar.attribution import attribute
-from mmchar.errors import InvalidParameterError
+from mmchar.errors import InvalidParameterError, TraceError
 from mmchar.schema import STAGES
 from mmchar.store import Run, unique_run_id, write_run
 from mmchar.trace import load_events, parse_trace
 
 
 def _name_from(path: Path) -> str:
-    stem = path.name.removesuffix(".gz").removesuffix(".json").removesuffix(".pt.trace")
+    stem = str(path).replace("/", "-") if not path.suffix else path.name
+    stem = stem.removesuffix(".gz").removesuffix(".json").removesuffix(".pt.trace")
     return re.sub(r"[^a-z0-9.]+", "-", stem.lower()).strip("-") or "trace"
 
 
@@ -57,10 +58,15 @@ def analyze_trace(path: str | os.PathLike[str], store: str | os.PathLike[str], *
         raise InvalidParameterError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
     path = Path(path)
     data = load_events(path)
-    trace = parse_trace(data, foreign_stage=stage)
+    try:
+        trace = parse_trace(data, foreign_stage=stage)
+    except (KeyError, TypeError, ValueError) as e:  # an event without a start time, a non-numeric field ...
+        raise TraceError(f"{path} is not a well-formed profiler trace ({type(e).__name__}: {e})") from None
+    if not trace.name:
+        raise TraceError(f"{path} holds no CPU ops or GPU kernels to attribute (an empty or unfinished profile?)")
     att = attribute(trace)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:6]
-    workload = name or _name_from(path)
+    workload = _name_from(Path(name)) if name else _name_from(path)  # a run id is a folder name: no slashes
     run_id = unique_run_id(store, f"{workload}-foreign-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}")
     steps = sorted({int(s) for s in att.kernels["step"].unique()}) if len(att.kernels) else []
     meta = {

@@ -27,9 +27,12 @@ class Rank:
     world: int
     local_rank: int
 
-    def shard(self, items: Sequence[Any]) -> list[Any]:
-        """This rank's share: every ``world``-th item from position ``rank`` (balanced across ranks)."""
-        return list(items[self.rank::self.world])
+    def shard(self, items: Sequence[Any], key: Any = None) -> list[Any]:
+        """This rank's share: every ``world``-th item from position ``rank`` after ordering by ``key`` (a sweep
+        passes the config hash: backends and sizes mix across ranks instead of one rank taking every point of
+        one backend), the same order on every rank."""
+        ordered = sorted(items, key=key) if key is not None else list(items)
+        return ordered[self.rank::self.world]
 
     @property
     def leader(self) -> bool:
@@ -72,10 +75,22 @@ def finish() -> None:
 
 
 def child_env(rank: Rank, device: str | None) -> dict[str, str]:
-    """The environment of this rank's profiling children: its own GPU as the only visible one."""
-    env = {}
-    if device is None or device.startswith("cuda"):
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = [g for g in visible.split(",") if g.strip()] if visible else None
-        env["CUDA_VISIBLE_DEVICES"] = gpus[rank.local_rank % len(gpus)] if gpus else str(rank.local_rank)
-    return env
+    """The environment of this rank's profiling children: its own GPU as the only visible one.
+
+    Raises:
+        InvalidParameterError: more ranks on this node than GPUs (two ranks sharing a GPU skew each other's
+            timings; a rank with none would profile on the CPU under a CUDA sweep's hashes).
+    """
+    if device is not None and not device.startswith("cuda"):
+        return {}
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}  # no GPU on this node: the children run where --device says (cpu) or fail with its message
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if rank.local_rank >= len(gpus):
+        raise InvalidParameterError(f"rank {rank.rank} is local rank {rank.local_rank} but this node has "
+                                    f"{len(gpus)} GPU(s); launch at most {len(gpus)} processes per node")
+    return {"CUDA_VISIBLE_DEVICES": gpus[rank.local_rank]}

@@ -153,15 +153,17 @@ class StageTimer:
 class ModuleAnnotator:
     """Context manager opening a ``mmchar.module::<path>`` profiler range around every module forward."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, skip: tuple[str, ...] = ()) -> None:
+        """``skip``: components left unannotated (compiled ones: new hooks would re-guard their graphs)."""
         self.target = target
+        self.skip = skip
         self._handles: list[Any] = []
 
     def __enter__(self) -> ModuleAnnotator:
         seen: set[int] = set()
         for root in self.target.stage_roots:
             comp = self.target.component(root.component)
-            if not isinstance(comp, torch.nn.Module) or id(comp) in seen:
+            if root.component in self.skip or not isinstance(comp, torch.nn.Module) or id(comp) in seen:
                 continue
             seen.add(id(comp))
             for path, module in comp.named_modules(prefix=root.component):

@@ -237,9 +237,10 @@ class _Session:
             swap.annotate = True
             try:
                 t0 = time.perf_counter()
-                # compiled: no module ranges (new hooks would re-guard and recompile the graph inside the profile)
-                annotator = contextlib.nullcontext() if self.options.compile else ModuleAnnotator(target)
-                with annotator, _profiler(activities, record_shapes=True) as prof:
+                # compiled components get no module ranges (new hooks would re-guard and recompile their graphs
+                # inside the profile); the eager ones keep theirs
+                skip = tuple((self.meta.get("compile") or {}).get("components", ()))
+                with ModuleAnnotator(target, skip=skip), _profiler(activities, record_shapes=True) as prof:
                     _timed_generation(target, psteps, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3
             finally:

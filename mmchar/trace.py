@@ -157,7 +157,11 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
     trace.on_gpu = bool(gpu)
     launch_ctx: dict[int, Context] = {}
     op_rows: list[tuple[int, Context, float]] = []  # CPU trace: (cpu index, context, self time)
-    empty = Context() if foreign_stage is None else Context(stage=foreign_stage, step=0)
+    if foreign_stage is None:
+        empty = Context()
+    else:  # outside every ProfilerStep range (where the trace has them): no step, not step 0
+        stepped = any(cpu_name[i].startswith(PROFILER_STEP_PREFIX) for i in range(len(cpu_name)))
+        empty = Context(stage=foreign_stage, step=-1 if stepped else 0)
     for items in cpu.values():
         items.sort()
         stack: list[tuple[float, Context, int]] = []  # (end, context of the event, cpu index if op else -1)

@@ -63,6 +63,13 @@ def test_without_module_events_it_says_so_and_bad_input_is_one_line(tmp_path, ca
     (tmp_path / "cut.json").write_bytes(trace.read_bytes()[:200])
     assert main(["analyze", str(tmp_path / "cut.json"), "--store", str(tmp_path / "s")]) == 1
     assert main(["analyze", str(trace), "--stage", "nope", "--store", str(tmp_path / "s")]) == 1
+    (tmp_path / "empty.json").write_text('{"traceEvents": []}')
+    assert main(["analyze", str(tmp_path / "empty.json"), "--store", str(tmp_path / "s")]) == 1
+    (tmp_path / "bad.json").write_text('{"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm"}]}')
+    assert main(["analyze", str(tmp_path / "bad.json"), "--store", str(tmp_path / "s")]) == 1
     err = capsys.readouterr().err
     assert "truncated or not JSON" in err and "valid stages: text_encoder" in err
+    assert "holds no CPU ops or GPU kernels" in err and "not a well-formed profiler trace" in err
+    assert main(["analyze", str(trace), "--name", "team/model v2", "--store", str(tmp_path / "n")]) == 0
+    assert load_runs([tmp_path / "n"])[0].workload == "team-model-v2"  # a run id is a folder name
     assert len(load_runs([tmp_path / "s"])) == 1  # the failures left no run folder behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import shutil
 import subprocess
@@ -371,33 +372,45 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
                    device=device, dtype=dtype, weights=str(weights) if weights else None, memory=memory)
     todo = plan.todo
+    env = dd.child_env(rank, device) if rank is not None else None
     if rank is not None:
         dd.init()
-        todo = rank.shard(todo)
+        todo = rank.shard(todo, key=lambda p: p.config_hash)
     lead = rank is None or rank.leader
     tag = f"(rank {rank.rank}/{rank.world}) " if rank is not None else ""
     if lead:
         _warn_changed_math(names)
         say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {len(plan.points) - len(plan.todo)} already "
             f"in {store}, {len(plan.todo)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
-    env = dd.child_env(rank, device) if rank is not None else None
     folders = dict(plan.done)
+    failure: BaseException | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True, disable=not lead) as bar:
         task = bar.add_task("starting", total=len(todo))
-        for point in todo:
-            bar.update(task, description=point.label())
-            folders[point.config_hash] = sw.run_point(plan, point, store, env=env)
-            row = sw.summary_row(point, folders[point.config_hash])
-            bar.console.print(f"{tag}{point.label()}: {row['status']}" + (f", {row['e2e_ms']} ms per generation"
-                              if row["status"] == "ok" else f" ({row['error']})"))
-            bar.advance(task)
+        try:
+            for point in todo:
+                bar.update(task, description=point.label())
+                folders[point.config_hash] = sw.run_point(plan, point, store, env=env)
+                row = sw.summary_row(point, folders[point.config_hash])
+                bar.console.print(f"{tag}{point.label()}: {row['status']}" + (
+                    f", {row['e2e_ms']} ms per generation" if row["status"] == "ok" else f" ({row['error']})"))
+                bar.advance(task)
+        except BaseException as e:  # a sharded rank still joins the gather below, so the others do not hang
+            if rank is None:
+                raise
+            failure = e
     if rank is not None:  # every rank's folders, on rank 0 (the barrier: all points are stored before the summary)
         shards = dd.gather_to_leader({h: str(f) for h, f in folders.items()}, rank)
         dd.finish()
+        if failure is not None:
+            raise failure
         if not rank.leader:
             return 0
         folders = {h: Path(f) for shard in shards for h, f in shard.items()}
+        missing = [p for p in plan.points if p.config_hash not in folders]  # a rank that failed mid-way
+        if missing:
+            folders.update(sw.stored_points(store, {p.config_hash for p in missing}))
+            plan = dataclasses.replace(plan, points=[p for p in plan.points if p.config_hash in folders])
     rows = [sw.summary_row(p, folders[p.config_hash]) for p in plan.points]
     table = pd.DataFrame(rows)
     print_frame(table, title=f"sweep of {workload} ({store})", fmt=fmt)

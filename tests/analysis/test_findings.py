@@ -19,7 +19,8 @@ def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_fra
     meta = {"run_id": run_id, "created": "2025-01-01", "status": "ok", "workload": "w", "preset": "full",
             "backend": backend, "config": {"params": {"height": 512}, "family": family},
             "timings": {"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": step_ms}}}
-    if busy_frac is not None:
+    if busy_frac is not None:  # a GPU run (a CPU run's busy share says nothing)
+        meta["device"] = {"type": "cuda", "name": "H100"}
         meta["busy"] = {"denoiser_step": {"wall_ms": step_ms, "busy_ms": step_ms * busy_frac,
                                           "idle_ms": step_ms * (1 - busy_frac), "busy_frac": busy_frac}}
     if compare:

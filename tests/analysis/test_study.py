@@ -158,3 +158,15 @@ def test_communication_time_payload_and_overlap_with_compute():
     assert row["payload_bytes"] == 5e6 and row["compute_us"] == 100.0
     assert row["overlap_us"] == 50.0 and row["overlap_share"] == pytest.approx(50 / 120)
     assert communication_table([run("q", kernels([("denoiser", 0, "gemm", 1.0, 0.0, 0.0)]))]).empty
+
+
+def test_scaling_fits_each_series_of_a_two_dimensional_sweep_apart():
+    """latency ∝ height · width over a height × width sweep: one height series per width, each with k = 1."""
+    runs = [run(f"h{h}w{w}", timings={"e2e": {"median_ms": 1e-3 * h * w}, "denoiser_step": {"median_ms": 1e-4 * h * w}},
+                height=h) for h, w in ((256, 256), (512, 256), (512, 1024), (1024, 1024))]
+    for r, (_, w) in zip(runs, ((256, 256), (512, 256), (512, 1024), (1024, 1024))):
+        r.meta["config"]["params"]["width"] = w
+    t = scaling_table(runs)
+    h = t[(t["param"] == "height") & (t["metric"] == "e2e")]
+    assert len(h) == 2 and list(h["exponent"]) == pytest.approx([1.0, 1.0])
+    assert {s.split("width=")[1].split(",")[0] for s in h["series"]} == {"256", "1024"}

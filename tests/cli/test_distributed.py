@@ -67,3 +67,13 @@ def test_distributed_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["sweep", "sd15", "--device", "cuda:1", "--store", str(tmp_path), "--distributed"]) == 1
     assert "each rank takes its own GPU" in capsys.readouterr().err
+
+
+def test_shards_mix_backends_and_cover_every_point_once():
+    from mmchar.distributed import Rank
+
+    items = [f"{b}-{h}" for b in ("math", "flash") for h in range(6)]  # a sweep's order: one backend, then the other
+    shards = [Rank(r, 2, r).shard(items, key=lambda s: hash(s) % 97) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(items) and not set(shards[0]) & set(shards[1])
+    plain = [Rank(r, 2, r).shard(items) for r in range(2)]
+    assert plain[0] == items[0::2]  # without a key: positions rank, rank + world, ...

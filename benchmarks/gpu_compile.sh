@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# GPU evidence of the study issue's launch-bound analysis: eager and --compile runs of sd15, cogvideox-2b and
+# llamagen at their full presets, one process each (`mmchar sweep` resumes a cut-off slot), slim stores packed
+# into $OUT/results.tgz after each. Run on the device machine from the repo root (wheels: gpu-wheels.sh and
+# benchmarks/extra_wheels.sh). Then, here: `mmchar study STORE... -o DIR` and `mmchar dashboard ... --png DIR`.
+#   WORKLOADS="sd15 llamagen cogvideox-2b"  BUDGET_S=540
+set -u
+OUT=${OUT:-gpu-out}
+STORE=${STORE:-/tmp/compile-runs}
+BUDGET_S=${BUDGET_S:-540}
+mkdir -p "$OUT" "$STORE"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5 PYTHONSAFEPATH=1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+mmchar calibrate > /dev/null 2>&1
+t0=$(date +%s)
+for w in ${WORKLOADS:-sd15 llamagen cogvideox-2b}; do
+  steps=4; [ "$w" = llamagen ] && steps=32
+  for mode in "" "--compile"; do
+    [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: $w $mode and later not started"; break 2; }
+    timeout "${PER_RUN_S:-300}" mmchar sweep "$w" --preset full --steps $steps --repeat 3 --profile-steps 1 --no-trace \
+      --device cuda --store "$STORE" $mode 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+    tar czf "$OUT/results.tgz" -C "$(dirname "$STORE")" "$(basename "$STORE")"
+  done
+done
+ls -la "$OUT"
