@@ -201,6 +201,9 @@ class _Session:
         self.meta["backend_per_layer"] = dict(sorted(state.layer_backend.items()))
         if state.later_fallback:  # layers whose later calls of another kind (decode steps ...) took the fallback
             self.meta["backend_later_calls"] = dict(sorted(state.later_fallback.items()))
+        if state.math_changed:  # SANA's linear self-attention under a softmax backend
+            self.meta["math_changed_layers"] = dict(sorted(state.math_changed.items()))
+            self.meta["backend_changes_math"] = True
         notes = {p.module_path: p.backend.notes for p in self.swap.processors if getattr(p.backend, "notes", None)}
         if notes:  # what stateful backends chose per layer (WERSA's filter source ...)
             self.meta["backend_notes"] = dict(sorted(notes.items()))

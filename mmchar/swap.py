@@ -86,6 +86,8 @@ class SwapState:
     calls: dict[str, int] = field(default_factory=dict)  # attention-core calls per module path
     # layers whose later calls of another kind (decode after prefill, a mask) went to the fallback, and why
     later_fallback: dict[str, str] = field(default_factory=dict)
+    # layers whose native linear attention (SANA) a softmax backend replaced: the model's maths changed there
+    math_changed: dict[str, str] = field(default_factory=dict)
 
     def check_routed(self, processors: list[RoutedProcessor]) -> None:
         """Layers whose processor ran but never called F.scaled_dot_product_attention compute attention their
@@ -221,10 +223,35 @@ class RoutedProcessor(LayerRoute):
         self.called = True
         self._hidden_states = hidden_states
         try:
+            if type(self.inner).__name__ in LINEAR_CORE_PROCESSORS and self.state.backend != "sdpa":
+                return self._linear_core(attn, hidden_states, *args, **kwargs)
             return self.inner(attn, hidden_states, *args, **kwargs)
         finally:
             _local.current = prev
             self._hidden_states = None
+
+    def _linear_core(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """SANA's linear self-attention (diffusers' SanaLinearAttnProcessor2_0) with its core — relu features,
+        φ(q)·(φ(K)ᵀV) / φ(q)·Σφ(k), computed by the processor itself without F.sdpa — sent to the layer's backend:
+        ``linear`` computes the same maths; a softmax backend replaces it (the run records the layer's backend)."""
+        src = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(src), attn.to_v(src)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        b, n, _ = q.shape
+        q, k, v = (t.unflatten(-1, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+        out = self.attend(q, k, v, None, False, None)
+        if not self.backend.changes_math:  # a softmax backend in place of the model's own linear attention
+            self.state.math_changed[self.module_path] = (f"{type(self.inner).__name__}'s linear attention replaced "
+                                                         f"by {self.backend_name}'s softmax attention")
+        out = out.transpose(1, 2).reshape(b, n, -1).to(hidden_states.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+# processors that compute a linear-attention core themselves (no F.sdpa call): routed by RoutedProcessor._linear_core
+LINEAR_CORE_PROCESSORS = ("SanaLinearAttnProcessor2_0",)
 
 TRANSFORMERS_IMPLEMENTATION = "mmchar"
 _active_transformers: dict[int, LayerRoute] = {}  # id(attention module) -> its route, while a swap is open

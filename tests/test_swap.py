@@ -228,3 +228,36 @@ def test_wersa_joint_attention_filters_q_and_k_by_their_own_tokens():
     out = b(q, k, k, hidden_states=hidden)
     torch.testing.assert_close(out, wersa_ref(q, k, k, b.params, x_q=merge_heads(q), x_k=merge_heads(k)))
     assert b.notes["filter_source"] == "q with heads merged"
+
+
+def test_sana_linear_self_attention_gets_a_backend_route():
+    """SANA's self-attention computes linear attention without F.sdpa: under `linear` the route computes the same
+    maths (relu features); a softmax backend replaces it and the run says the maths changed; under the default
+    `sdpa` the layer keeps its own code, recorded as native."""
+    import types
+
+    import torch
+    from diffusers import SanaTransformer2DModel
+
+    from mmchar.swap import swap_attention
+
+    torch.manual_seed(0)
+    m = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+                               num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=8,
+                               cross_attention_dim=16, caption_channels=8, sample_size=8, patch_size=1).eval()
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 5, 8)
+    self_attn = "transformer.transformer_blocks.0.attn1"
+    with torch.no_grad():
+        ref = m(x, ctx, t, return_dict=False)[0]
+        outs, states = {}, {}
+        for backend in ("sdpa", "linear", "math"):
+            swap = swap_attention(types.SimpleNamespace(transformer=m), ["transformer"], backend, torch.device("cpu"))
+            with swap as state:
+                outs[backend] = m(x, ctx, t, return_dict=False)[0]
+                state.check_routed(swap.processors)
+            states[backend] = state
+    assert states["sdpa"].layer_backend[self_attn] == "native:SanaLinearAttnProcessor2_0"
+    assert states["linear"].layer_backend[self_attn] == "linear" and states["linear"].layer_site[self_attn] == "spatial"
+    assert torch.allclose(outs["linear"], ref, atol=1e-5) and not states["linear"].math_changed
+    assert states["math"].layer_backend[self_attn] == "math" and not states["math"].unsupported
+    assert self_attn in states["math"].math_changed and not torch.allclose(outs["math"], ref, atol=1e-3)
