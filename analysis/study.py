@@ -181,8 +181,12 @@ def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
     Returns:
         Columns ``workload, backend, param, series, metric, n_points, values, exponent, r2``: one fit per series.
     """
+    return scaling_fits(scaling_points(runs))
+
+
+def scaling_fits(pts: pd.DataFrame) -> pd.DataFrame:
+    """:func:`scaling_table` from points already gathered (the dashboard draws the points and their fits)."""
     cols = ["workload", "backend", "param", "series", "metric", "n_points", "values", "exponent", "r2"]
-    pts = scaling_points(runs)
     rows = []
     for (workload, backend, param, series, metric), g in pts.groupby(
             ["workload", "backend", "param", "series", "metric"], sort=False):
@@ -237,6 +241,12 @@ def sequence_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _step_stage(kernels: pd.DataFrame) -> str | None:
+    """The stage holding a run's steps: the denoiser, or a token model's generator; None for neither."""
+    stages = set(kernels["stage"].astype(str))
+    return next((s for s in STEP_STAGES if s in stages), None)
+
+
 def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
     """Kernel time of the step stage (the denoiser, or a token model's generator; else every stage) rolled up the
     module hierarchy, per run: one row per module-path prefix down to ``max_depth`` levels, with its inclusive
@@ -253,10 +263,9 @@ def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
         k = run.kernels
         if run.status != "ok" or k is None or k.empty:
             continue
-        stages = k["stage"].astype(str)
-        step = [s for s in STEP_STAGES if (stages == s).any()]
-        k = k[stages == step[0]] if step else k
-        root = step[0] if step else "all stages"
+        step = _step_stage(k)
+        k = k[k["stage"].astype(str) == step] if step else k
+        root = step or "all stages"
         total = float(k["dur_us"].sum())
         times: dict[str, float] = {root: total}
         by_class: dict[str, dict[str, float]] = {root: {}}
@@ -299,11 +308,10 @@ def step_timeline(runs: Sequence[Run], max_runs: int = 12) -> pd.DataFrame:
         k = run.kernels
         if run.status != "ok" or k is None or k.empty:
             continue
-        stages = k["stage"].astype(str)
-        step_stage = next((s for s in STEP_STAGES if (stages == s).any()), None)
+        step_stage = _step_stage(k)
         if step_stage is None:
             continue
-        k = k[(stages == step_stage) & (k["step"] >= 0)]
+        k = k[(k["stage"].astype(str) == step_stage) & (k["step"] >= 0)]
         if k.empty:
             continue
         k = k[k["step"] == k["step"].min()].sort_values("ts_us")

@@ -89,7 +89,7 @@ def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
         "comparison": (tables.comparison_table(runs), comparison_figure),
         "modules": (study.module_tree(runs), modules_figure),
         "sequence": (study.sequence_table(runs), sequence_figure),
-        "scaling": (study.scaling_points(runs), lambda pts: scaling_figure(pts, study.scaling_table(runs))),
+        "scaling": (study.scaling_points(runs), lambda pts: scaling_figure(pts, study.scaling_fits(pts))),
         "timeline": (study.step_timeline(runs), timeline_figure),
         "roofline": (study.roofline_table(runs).dropna(subset=["intensity", "tflops"]), roofline_figure),
     }

@@ -26,10 +26,13 @@ from mmchar.store import Run, unique_run_id, write_run
 from mmchar.trace import load_events, parse_trace
 
 
+def _slug(text: str) -> str:
+    """A workload name fit for a run id (a folder name): lowercase letters, digits and dots, hyphen-joined."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "trace"
+
+
 def _name_from(path: Path) -> str:
-    stem = str(path).replace("/", "-") if not path.suffix else path.name
-    stem = stem.removesuffix(".gz").removesuffix(".json").removesuffix(".pt.trace")
-    return re.sub(r"[^a-z0-9.]+", "-", stem.lower()).strip("-") or "trace"
+    return _slug(path.name.removesuffix(".gz").removesuffix(".json").removesuffix(".pt.trace"))
 
 
 def _device(data: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
@@ -66,7 +69,7 @@ def analyze_trace(path: str | os.PathLike[str], store: str | os.PathLike[str], *
         raise TraceError(f"{path} holds no CPU ops or GPU kernels to attribute (an empty or unfinished profile?)")
     att = attribute(trace)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:6]
-    workload = _name_from(Path(name)) if name else _name_from(path)  # a run id is a folder name: no slashes
+    workload = _slug(name) if name else _name_from(path)
     run_id = unique_run_id(store, f"{workload}-foreign-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}")
     steps = sorted({int(s) for s in att.kernels["step"].unique()}) if len(att.kernels) else []
     meta = {

@@ -26,3 +26,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """Run ``torchrun --nproc-per-node N ARGS...`` on a free port, the installed mmchar imported (PYTHONSAFEPATH:
+    a checkout's source folder in the working directory must not shadow it); skips where torchrun is missing."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if exe is None:
+        pytest.skip("torchrun not installed beside this Python")
+
+    def run(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
+        return subprocess.run([exe, "--nproc-per-node", str(nproc), "--master-port", str(port), *args],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+
+    return run

@@ -4,11 +4,7 @@ the ranks) and ring (any heads), causal and not, cross-checked against F.scaled_
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -50,15 +46,10 @@ dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, torchrun):
     out = tmp_path_factory.mktemp("sp")
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not installed beside this Python")
     (out / "worker.py").write_text(WORKER)
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()),
-                           str(out / "worker.py"), str(out), repr(CASES)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun(2, str(out / "worker.py"), str(out), repr(CASES), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

@@ -3,38 +3,13 @@ one-process sweep, the summary printed once, a re-run resuming; outside torchrun
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from mmchar.cli import main
 from mmchar.store import load_runs
 
 ARGS = ["sweep", "sd15", "--vary", "height=64,96,128", "--backends", "math", "--device", "cpu", "--repeat", "1",
         "--profile-steps", "1", "--steps", "2", "--no-trace"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(store: Path) -> subprocess.CompletedProcess:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not installed beside this Python")
-    # PYTHONSAFEPATH (python -P): `-m mmchar` must import the installed package, not the source folder of a
-    # checkout that happens to be the working directory (its workloads/ installs as mmchar.workloads)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
-    return subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "mmchar", *ARGS,
-                           "--store", str(store), "--distributed"], capture_output=True, text=True, env=env,
-                          timeout=600)
 
 
 def _points(store: Path) -> dict[str, tuple]:
@@ -45,15 +20,18 @@ def _points(store: Path) -> dict[str, tuple]:
     return out
 
 
-def test_two_ranks_store_what_one_process_stores(tmp_path, capsys):
-    proc = _torchrun(tmp_path / "two")
+def test_two_ranks_store_what_one_process_stores(tmp_path, capsys, torchrun):
+    def sharded(store: Path):
+        return torchrun(2, "-m", "mmchar", *ARGS, "--store", str(store), "--distributed")
+
+    proc = sharded(tmp_path / "two")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[:3000]
     assert proc.stdout.count("sweep of sd15 (") == 2  # the plan line and the summary title, from rank 0 only
     assert "(rank 0/2)" in proc.stdout and "(rank 1/2)" in proc.stdout  # both ranks ran points
     assert main([*ARGS, "--store", str(tmp_path / "one")]) == 0
     two, one = _points(tmp_path / "two"), _points(tmp_path / "one")
     assert two == one and len(two) == 3 and {s for s, _, _ in two.values()} == {"ok"}
-    again = _torchrun(tmp_path / "two")  # a re-run finds every point and runs none
+    again = sharded(tmp_path / "two")  # a re-run finds every point and runs none
     assert again.returncode == 0 and "3 already in" in again.stdout and "0 to run" in again.stdout
     assert len(load_runs([tmp_path / "two"])) == 3
 
