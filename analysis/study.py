@@ -383,3 +383,53 @@ def communication_table(runs: Sequence[Run]) -> pd.DataFrame:
                          "compute_us": float(g.loc[~c, "dur_us"].sum()), "overlap_us": overlap,
                          "overlap_share": overlap / union_us if union_us > 0 else np.nan})
     return pd.DataFrame(rows, columns=cols)
+
+
+def sequence_parallel_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Denoiser step latency over 1, 2, 4 ... GPUs: runs of one configuration that differ only in the ranks their
+    sequence was split over, with the speedup and parallel efficiency against the one-GPU run of the same
+    configuration (when present) and what each step spent in communication kernels (time, payload, share of the
+    step, hidden behind compute) from the full profile.
+
+    Returns:
+        Columns ``workload, backend, device, series, gpus, scheme, step_ms, speedup, efficiency, comm_ms_per_step,
+        comm_share, payload_mb_per_step, overlap_share, run_id``; configurations without a sequence-parallel run
+        are left out.
+    """
+    cols = ["workload", "backend", "device", "series", "gpus", "scheme", "step_ms", "speedup", "efficiency",
+            "comm_ms_per_step", "comm_share", "payload_mb_per_step", "overlap_share", "run_id"]
+    comm = communication_table(runs)
+    comm = comm[comm["stage"].isin(STEP_STAGES)].groupby("run_id")[["comm_us", "payload_bytes", "overlap_us"]].sum()
+    groups: dict[tuple, list[tuple[Run, dict]]] = {}
+    for run in runs:
+        t = run.meta.get("timings") or {}
+        if run.status != "ok" or not t:
+            continue
+        ids = _ids(run)
+        rest = tuple(ids.get(p) for p in PARAM_KEYS if p != "gpus")
+        groups.setdefault((ids["workload"], ids["backend"], ids["device"], ids["preset"], rest), []).append((run, ids))
+    rows = []
+    for (workload, backend, device, preset, rest), members in groups.items():
+        if all(ids["gpus"] == 1 for _, ids in members):
+            continue
+        held = ", ".join([str(preset)] + [f"{p}={v}" for p, v in zip([p for p in PARAM_KEYS if p != "gpus"], rest)
+                                          if v is not None])
+        step = {r.run_id: (r.meta["timings"].get(step_key(r.meta["timings"])) or {}).get("median_ms")
+                for r, _ in members}
+        ones = [step[r.run_id] for r, ids in members if ids["gpus"] == 1 and step[r.run_id]]
+        base = min(ones) if ones else None
+        for r, ids in sorted(members, key=lambda m: m[1]["gpus"]):
+            ms, gpus = step[r.run_id], ids["gpus"]
+            psteps = max(int((r.meta.get("passes") or {}).get("profile_steps") or 1), 1)
+            c = comm.loc[r.run_id] if r.run_id in comm.index else None
+            comm_ms = float(c["comm_us"]) / 1e3 / psteps if c is not None else 0.0
+            sp = r.meta.get("sequence_parallel") or {}
+            rows.append({"workload": workload, "backend": backend, "device": device, "series": held, "gpus": gpus,
+                         "scheme": "+".join(sorted(sp.get("schemes") or {})) or ("one device" if gpus == 1 else ""),
+                         "step_ms": ms, "speedup": base / ms if base and ms else np.nan,
+                         "efficiency": base / ms / gpus if base and ms else np.nan, "comm_ms_per_step": comm_ms,
+                         "comm_share": comm_ms / ms if ms else np.nan,
+                         "payload_mb_per_step": float(c["payload_bytes"]) / 1e6 / psteps if c is not None else 0.0,
+                         "overlap_share": float(c["overlap_us"]) / float(c["comm_us"])
+                         if c is not None and c["comm_us"] > 0 else np.nan, "run_id": r.run_id})
+    return pd.DataFrame(rows, columns=cols)

@@ -17,7 +17,8 @@ import pandas as pd
 from mmchar.schema import BREAKDOWN_COLUMNS, STEP_STAGES, TIMING_KEYS, step_key
 from mmchar.store import Run
 
-PARAM_KEYS = ("height", "width", "frames", "steps", "batch")
+# shape parameters, and ``gpus``: the ranks a sequence-parallel run split the denoiser over (1 on one device)
+PARAM_KEYS = ("height", "width", "frames", "steps", "batch", "gpus")
 ID_COLUMNS = ("run_id", "workload", "preset", "backend", "device", "status")
 MEASURE_COLUMNS = ("time_us", "share", "calls", "flops", "bytes")
 BUSY_KEYS = ("wall_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
@@ -52,6 +53,7 @@ def _ids(run: Run) -> dict[str, Any]:
         "status": meta.get("status"),
     }
     ids.update({k: params.get(k) for k in PARAM_KEYS})
+    ids["gpus"] = int((meta.get("options") or {}).get("sequence_parallel") or 1)
     return ids
 
 
@@ -66,7 +68,7 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
         runs: loaded runs, any status.
 
     Returns:
-        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch,
+        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch, gpus,
         created, error, changes_math`` (the backend replaced self-attention with other maths: linear, WERSA);
         one row per run in input order.
     """
@@ -85,7 +87,7 @@ def breakdown_table(runs: Sequence[Run]) -> pd.DataFrame:
         runs: loaded runs, any status.
 
     Returns:
-        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch,
+        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch, gpus,
         stage, op_class, attn_site, time_us, share, calls, flops, bytes``; ``attn_site`` is ``""`` outside
         attention.
     """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU evidence of the attention-kernels issue, run on the device machine from the repo root:
-#   PHASES="tests sweep workloads wersa tune ncu" (default: tests sweep workloads) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
+#   PHASES="tests sweep workloads wersa tune ncu" (default: tests sweep workloads; per-phase limits SWEEP_S, WORKLOADS_S, else BENCH_S; shape filters SWEEP_MATCH, WORKLOADS_MATCH) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
 #   S sweep and on the workload shapes, Nsight Compute on chosen kernels. Results packed into $OUT/results.tgz.
 # Autotuning dominates a fresh machine's time: the tuned choices (Triton's *.autotune.json, a few KB) come back in
 # $OUT/autotune.tgz; unpack it into .triton-cache/ here and pass carry=[".whl", ".triton-cache"] next time, and
@@ -25,7 +25,8 @@ for phase in $PHASES; do
       (cd /tmp && timeout "${TEST_S:-200}" python3 -P -m pytest -v -m gpu ${TESTS:-"$REPO/tests/test_gpu.py" "$REPO/tests/kernels"} \
         -p no:cacheprovider -rfEs --tb=short --durations=12 > /tmp/pack/pytest-gpu.txt 2>&1) ;;
     sweep|workloads)
-      timeout "${BENCH_S:-330}" mmchar bench-attn --only "$phase" ${BACKENDS:+--backends $BACKENDS} -o "/tmp/pack/$phase" \
+      limit_var="${phase^^}_S" match_var="${phase^^}_MATCH"
+      timeout "${!limit_var:-${BENCH_S:-330}}" mmchar bench-attn --only "$phase" ${BACKENDS:+--backends $BACKENDS} ${!match_var:+--match "${!match_var}"} -o "/tmp/pack/$phase" \
         > "/tmp/pack/$phase.txt" 2> "/tmp/pack/$phase-progress.txt" ;;
     wersa)
       timeout "${WERSA_S:-120}" python3 -u benchmarks/profile_wersa.py --out /tmp/pack/wersa-parts.md > /tmp/pack/wersa.txt 2>&1 ;;

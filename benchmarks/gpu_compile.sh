@@ -3,7 +3,9 @@
 # llamagen at their full presets, one process each (`mmchar sweep` resumes a cut-off slot), slim stores packed
 # into $OUT/results.tgz after each. Run on the device machine from the repo root (wheels: gpu-wheels.sh and
 # benchmarks/extra_wheels.sh). Then, here: `mmchar study STORE... -o DIR` and `mmchar dashboard ... --png DIR`.
-#   WORKLOADS="sd15 llamagen cogvideox-2b"  BUDGET_S=540
+# Then, while the budget lasts, `mmchar compare W --backends math,flash` of the token models (COMPARE) for the
+# study's flash-vs-math question on transformer families.
+#   WORKLOADS="sd15 llamagen cogvideox-2b"  COMPARE="llamagen amused"  BUDGET_S=540
 set -u
 OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/compile-runs}
@@ -22,5 +24,12 @@ for w in ${WORKLOADS:-sd15 llamagen cogvideox-2b}; do
       --device cuda --store "$STORE" $mode 2>&1 | tail -3 | tee -a "$OUT/log.txt"
     tar czf "$OUT/results.tgz" -C "$(dirname "$STORE")" "$(basename "$STORE")"
   done
+done
+for w in ${COMPARE:-llamagen amused}; do
+  [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: compare $w and later not started"; break; }
+  steps=4; [ "$w" = llamagen ] && steps=32
+  timeout "${PER_RUN_S:-300}" mmchar compare "$w" --backends math,flash --preset full --steps $steps --repeat 3 \
+    --profile-steps 1 --no-trace --device cuda --store "$STORE" 2>&1 | tail -4 | tee -a "$OUT/log.txt"
+  tar czf "$OUT/results.tgz" -C "$(dirname "$STORE")" "$(basename "$STORE")"
 done
 ls -la "$OUT"

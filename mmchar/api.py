@@ -28,6 +28,10 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
         path["cross_backend"] = options.cross_backend
     if options.compile:  # a compiled run is another point of a sweep, not a repeat of the eager one
         path["compile"] = True
+    if options.sequence_parallel > 1:  # the same step over more GPUs: another point, not a repeat
+        path["sequence_parallel"] = options.sequence_parallel
+        if options.sp_scheme != "auto":
+            path["sp_scheme"] = options.sp_scheme
     return config_hash(path)
 
 

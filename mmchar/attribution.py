@@ -83,7 +83,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
         launch[r] = ops[c.leaf_op][0] if c.leaf_op >= 0 else ""
         if top is not None and top[1]:
             shapes[r] = str(top[1])
-        if c.attn:
+        if c.attn and classify(trace.name[r], top_name) != "communication":  # a ring's sends stay communication
             op_class[r] = "attention"
             s, path = scope_cache.get(c.attn) or scope_cache.setdefault(c.attn, _parse_scope(c.attn))
             site[r] = s
@@ -104,6 +104,9 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
             op_class[r] = classify(trace.name[r], top_name)
         if c.top_op >= 0 and c.top_op not in costed_ops:
             costed_ops.add(c.top_op)
+            if op_class[r] == "communication" and "TensorList" in (top[3] or ()) and c.leaf_op >= 0:
+                # c10d records no dtype for tensor lists (P2P sends): the process group's own op under it does
+                top = (*top[:3], ops[c.leaf_op][3])
             flops[r], nbytes[r] = op_cost(*top)
 
     # the projections of attention modules: gemm kernels under an attention module carry its site

@@ -39,13 +39,13 @@ class Rank:
         return self.rank == 0
 
 
-def rank_from_env() -> Rank:
+def rank_from_env(flag: str = "--distributed", command: str = "sweep") -> Rank:
     """The rank torchrun gave this process; a one-line error outside torchrun."""
     try:
         return Rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     except (KeyError, ValueError):
-        raise InvalidParameterError("--distributed needs torchrun's RANK and WORLD_SIZE; launch with "
-                                    "`torchrun --nproc-per-node N -m mmchar sweep ... --distributed`") from None
+        raise InvalidParameterError(f"{flag} needs torchrun's RANK and WORLD_SIZE; launch with "
+                                    f"`torchrun --nproc-per-node N -m mmchar {command} ... {flag}`") from None
 
 
 def init(timeout_s: float = 6 * 3600) -> Rank:
@@ -55,6 +55,32 @@ def init(timeout_s: float = 6 * 3600) -> Rank:
     rank = rank_from_env()
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    return rank
+
+
+def init_sequence_parallel(device: str | None, timeout_s: float = 1800) -> Rank:
+    """Join torchrun's process group for one sequence-parallel run: NCCL with GPU ``LOCAL_RANK`` as this rank's
+    device (the ranks exchange activations), gloo on the CPU.
+
+    Raises:
+        InvalidParameterError: outside torchrun, a ``cuda:N`` device (each rank takes its own), or more ranks on
+            this node than GPUs.
+    """
+    import torch
+    import torch.distributed as dist
+
+    rank = rank_from_env("--sequence-parallel", "profile WORKLOAD")
+    if device not in (None, "cpu", "cuda"):
+        raise InvalidParameterError(f"--device {device} with --sequence-parallel: each rank takes GPU LOCAL_RANK; "
+                                    "pass --device cuda or cpu")
+    cuda = device == "cuda" or (device is None and torch.cuda.is_available())
+    if cuda:
+        if rank.local_rank >= torch.cuda.device_count():
+            raise InvalidParameterError(f"rank {rank.rank} is local rank {rank.local_rank} but this node has "
+                                        f"{torch.cuda.device_count()} GPU(s); launch at most that many processes")
+        torch.cuda.set_device(rank.local_rank)  # "cuda" means this rank's GPU from here on
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return rank
 
 

@@ -121,7 +121,9 @@ def op_cost(name: str, dims: Any, concrete: Any, types: Any) -> Cost:
         if name in ("aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention"):
             return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 6, False)), elem)
         if classify("", name) == "communication":  # a collective: its payload, read once (no FLOPs counted)
-            sizes = [_prod(d) for d in dims if isinstance(d, list) and d]
+            tensors = [t for d in dims if isinstance(d, list) and d
+                       for t in (d if isinstance(d[0], list) else [d])]  # tensor lists (c10d P2P) flattened
+            sizes = [_prod(t) for t in tensors if t]
             return (0.0, float(max(sizes) * elem)) if sizes else _UNKNOWN
     except (IndexError, TypeError, ValueError, ZeroDivisionError):
         return _UNKNOWN

@@ -57,6 +57,10 @@ class ProfileOptions:
     warmup: int = 1
     keep_trace: bool = True
     compile: bool = False  # torch.compile the generating model (denoiser / generator); warm-up pays the compile
+    # ranks of torch.distributed's default group the denoiser's token sequence is split over (torchrun, one GPU
+    # each; mmchar.sequence_shard); 1: one device
+    sequence_parallel: int = 1
+    sp_scheme: str = "auto"  # auto (Ulysses where the ranks divide the heads, else ring), ulysses or ring
 
     def __post_init__(self) -> None:
         """One check for the CLI and the Python API alike."""
@@ -65,7 +69,14 @@ class ProfileOptions:
         if self.compile and self.backend != "sdpa":
             raise InvalidParameterError(f"--compile runs the model's own attention (backend sdpa), not {self.backend!r}: "
                                         "the backend swap is not traced into a compiled graph; drop --backend or --compile")
-        for name in ("repeat", "profile_steps", "warmup"):
+        from mmchar.sequence_shard import SCHEMES
+
+        if self.sp_scheme not in SCHEMES:
+            raise UnknownNameError("sequence-parallel scheme", self.sp_scheme, SCHEMES)
+        if self.sequence_parallel > 1 and self.compile:
+            raise InvalidParameterError("--compile and --sequence-parallel do not combine: the sequence split hooks "
+                                        "into the eager model; drop one of them")
+        for name in ("repeat", "profile_steps", "warmup", "sequence_parallel"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(self, name)} must be at least 1")
 
@@ -113,6 +124,25 @@ def _swap_components(target: Target, scope: str) -> list[str]:
 
 def _step_components(target: Target) -> list[str]:
     return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]
+
+
+def _sequence_shard(target: Target, ranks: int, scheme: str = "auto") -> Any:
+    """The denoiser's sequence split over torch.distributed's default group (``ranks`` of them), or None."""
+    if ranks == 1:
+        return None
+    import torch.distributed as dist
+
+    from mmchar.sequence_shard import SequenceShard
+
+    if not dist.is_initialized() or dist.get_world_size() != ranks:
+        have = dist.get_world_size() if dist.is_initialized() else "no"
+        raise InvalidParameterError(f"sequence_parallel={ranks} needs a process group of {ranks} ranks ({have} "
+                                    "joined); launch with `torchrun --nproc-per-node N -m mmchar profile ... "
+                                    "--sequence-parallel`")
+    models = [getattr(target.pipe, c) for c in _step_components(target)]
+    if len(models) != 1:
+        raise InvalidParameterError(f"sequence parallelism splits one denoiser; this target steps {len(models)} models")
+    return SequenceShard(models[0], scheme=scheme)
 
 
 @contextlib.contextmanager
@@ -178,10 +208,11 @@ class _Session:
         # at every attention layer), and under --compile the backend is the model's own sdpa anyway
         swapped = [c for c in _swap_components(target, options.scope)
                    if not (options.compile and c in _step_components(target))]
+        self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme)
         self.swap = swap_attention(target.pipe, swapped, options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
                                    seed=int(target.config.get("params", {}).get("seed", 0)),
-                                   cross_backend=options.cross_backend)
+                                   cross_backend=options.cross_backend, shard=self.shard)
         if options.compile:
             self.meta["compile"] = compile_step_models(target)
 
@@ -208,6 +239,8 @@ class _Session:
         if notes:  # what stateful backends chose per layer (WERSA's filter source ...)
             self.meta["backend_notes"] = dict(sorted(notes.items()))
         self.meta["attention_layers"] = dict(sorted(state.layer_site.items()))
+        if self.shard is not None:
+            self.meta["sequence_parallel"] = self.shard.describe()
         state.calls.clear()
 
     def timed(self, i: int) -> None:

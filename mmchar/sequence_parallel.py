@@ -29,45 +29,91 @@ from mmchar.errors import InvalidParameterError
 Attend = Callable[..., torch.Tensor]
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def chunk_sizes(length: int, ranks: int) -> list[int]:
+    """Contiguous shard lengths of a ``length``-token sequence over ``ranks``: the first ``length % ranks`` ranks
+    hold one token more (torch.tensor_split's rule), so any length splits, not only multiples of the ranks."""
+    return [length // ranks + (1 if r < length % ranks else 0) for r in range(ranks)]
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: list[int], rank: int, prefix: int) -> None:
     if q.dim() != 4 or k.shape[:3] != q.shape[:3] or v.shape[:3] != q.shape[:3]:
         raise InvalidParameterError(f"sequence-parallel attention takes q, k, v as [B, H, S/P, D] chunks of one "
                                     f"self-attention; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] != prefix + sizes[rank]:
+        raise InvalidParameterError(f"rank {rank}'s chunk has {q.shape[2]} tokens; the shard sizes {sizes} and a "
+                                    f"replicated prefix of {prefix} say {prefix + sizes[rank]}")
+
+
+def _sizes(q: torch.Tensor, p: int, sizes: list[int] | None, prefix: int) -> list[int]:
+    return list(sizes) if sizes is not None else [q.shape[2] - prefix] * p
+
+
+def _seq_to_heads(x: torch.Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> torch.Tensor:
+    """[B, H, s_r, D] sequence shards -> [B, H/P, S, D] head shards (one all-to-all; shards may differ in length)."""
+    p, (b, h, s, d) = len(sizes), x.shape
+    hp = h // p
+    send = x.reshape(b, p, hp, s, d).transpose(0, 1).reshape(-1)  # [P, B, H/P, s, D]: part i goes to rank i
+    recv = x.new_empty(b * hp * d * sum(sizes))
+    unit = b * hp * d
+    dist.all_to_all_single(recv, send, output_split_sizes=[unit * n for n in sizes],
+                           input_split_sizes=[unit * s] * p, group=group)
+    parts = recv.split([unit * n for n in sizes])  # rank i's tokens of my heads
+    return torch.cat([t.view(b, hp, n, d) for t, n in zip(parts, sizes)], dim=2)
+
+
+def _heads_to_seq(x: torch.Tensor, sizes: list[int], rank: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """[B, H/P, S, D] head shards -> [B, H, s_r, D] sequence shards (the inverse all-to-all)."""
+    p, (b, hp, _, d) = len(sizes), x.shape
+    unit = b * hp * d
+    send = torch.cat([t.reshape(-1) for t in x.split(sizes, dim=2)])  # rank i's tokens, for rank i
+    recv = x.new_empty(p * unit * sizes[rank])
+    dist.all_to_all_single(recv, send, output_split_sizes=[unit * sizes[rank]] * p,
+                           input_split_sizes=[unit * n for n in sizes], group=group)
+    return recv.view(p, b, hp, sizes[rank], d).transpose(0, 1).reshape(b, p * hp, sizes[rank], d)
 
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dist.ProcessGroup | None = None, *,
                       causal: bool = False, scale: float | None = None,
-                      attend: Attend = F.scaled_dot_product_attention) -> torch.Tensor:
+                      attend: Attend = F.scaled_dot_product_attention, sizes: list[int] | None = None,
+                      prefix: int = 0) -> torch.Tensor:
     """Attention of this rank's sequence chunk by all-to-all over heads (P must divide H).
 
     Args:
-        q, k, v: [B, H, S/P, D], this rank's contiguous chunk (rank r holds positions r·S/P ... (r+1)·S/P - 1).
+        q, k, v: [B, H, prefix + s_r, D]: ``prefix`` tokens every rank holds alike (the text tokens of a joint
+            text+video attention, first in the sequence), then this rank's contiguous chunk of the sharded tokens
+            (rank r holds sharded positions sum(sizes[:r]) ... sum(sizes[:r+1]) - 1).
         group: the process group (default: the world).
-        causal, scale: as F.scaled_dot_product_attention.
-        attend: the attention run on [B, H/P, S, D] (any backend with SDPA's signature).
+        causal, scale: as F.scaled_dot_product_attention (causal only without a prefix).
+        attend: the attention run on [B, H/P, prefix + S, D] (any backend with SDPA's signature).
+        sizes: every rank's chunk length (default: all equal to this rank's).
+        prefix: the replicated leading tokens: each rank attends with its own heads of them, and their output
+            rows are gathered over heads, so every rank again holds all of them.
 
     Returns:
-        [B, H, S/P, D], this rank's rows of the full attention.
+        [B, H, prefix + s_r, Dv], this rank's rows of the full attention.
     """
-    _check(q, k, v)
-    p = dist.get_world_size(group)
-    b, h, s, d = q.shape
+    p, rank = dist.get_world_size(group), dist.get_rank(group)
+    sizes = _sizes(q, p, sizes, prefix)
+    _check(q, k, v, sizes, rank, prefix)
+    h = q.shape[1]
     if h % p:
         raise InvalidParameterError(f"Ulysses attention needs the head count ({h}) divisible by the ranks ({p}); "
                                     "use ring_attention (sequence_parallel_attention chooses)")
+    if causal and prefix:
+        raise InvalidParameterError("causal sequence-parallel attention takes no replicated prefix")
+    mine = slice(rank * (h // p), (rank + 1) * (h // p))
 
-    def to_heads(x: torch.Tensor) -> torch.Tensor:  # [B, H, s, D] -> [B, H/P, P·s, D]
-        send = x.reshape(b, p, h // p, s, x.shape[-1]).transpose(0, 1).contiguous()
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=group)  # recv[i]: rank i's chunk of my heads
-        return recv.permute(1, 2, 0, 3, 4).reshape(b, h // p, p * s, x.shape[-1])
+    def to_heads(x: torch.Tensor) -> torch.Tensor:
+        sharded = _seq_to_heads(x[:, :, prefix:].contiguous(), sizes, group)
+        return torch.cat([x[:, mine, :prefix], sharded], dim=2) if prefix else sharded
 
     out = attend(to_heads(q), to_heads(k), to_heads(v), is_causal=causal, scale=scale)
-    dv = out.shape[-1]
-    send = out.reshape(b, h // p, p, s, dv).permute(2, 0, 1, 3, 4).contiguous()  # [P, B, H/P, s, Dv]
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)  # recv[i]: head group i of my chunk
-    return recv.transpose(0, 1).reshape(b, h, s, dv)
+    rows = _heads_to_seq(out[:, :, prefix:].contiguous(), sizes, rank, group)
+    if not prefix:
+        return rows
+    heads = [torch.empty_like(out[:, :, :prefix]) for _ in range(p)]  # the prefix rows of every rank's heads
+    dist.all_gather(heads, out[:, :, :prefix].contiguous(), group=group)
+    return torch.cat([torch.cat(heads, dim=1), rows], dim=2)
 
 
 def _chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -88,35 +134,49 @@ def _chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dist.ProcessGroup | None = None, *,
-                   causal: bool = False, scale: float | None = None) -> torch.Tensor:
+                   causal: bool = False, scale: float | None = None, sizes: list[int] | None = None,
+                   prefix: int = 0) -> torch.Tensor:
     """Attention of this rank's sequence chunk with the key/value chunks passed around the ring.
 
-    Args: as :func:`ulysses_attention` (any head count).
+    Args: as :func:`ulysses_attention` (any head count); the replicated prefix's keys are folded in locally, and
+    its query rows are computed on every rank alike.
 
     Returns:
-        [B, H, S/P, Dv] in q's dtype.
+        [B, H, prefix + s_r, Dv] in q's dtype.
     """
-    _check(q, k, v)
     p, rank = dist.get_world_size(group), dist.get_rank(group)
+    sizes = _sizes(q, p, sizes, prefix)
+    _check(q, k, v, sizes, rank, prefix)
+    if causal and prefix:
+        raise InvalidParameterError("causal sequence-parallel attention takes no replicated prefix")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:-1], -math.inf, dtype=torch.float32, device=q.device)
-    kv = torch.cat([k, v], dim=-1).contiguous()  # one message per step
+
+    def fold(key: torch.Tensor, value: torch.Tensor, diagonal: bool) -> None:
+        nonlocal out, lse
+        blk_out, blk_lse = _chunk_attention(q, key, value, scale, diagonal=diagonal)
+        new = torch.logaddexp(lse, blk_lse)
+        out = out * torch.exp(lse - new)[..., None] + blk_out * torch.exp(blk_lse - new)[..., None]
+        lse = new
+
+    if prefix:
+        fold(k[:, :, :prefix], v[:, :, :prefix], False)
+    dk = k.shape[-1]
+    kv = torch.cat([k[:, :, prefix:], v[:, :, prefix:]], dim=-1).contiguous()  # one message per step
     nxt, prv = (rank + 1) % p, (rank - 1) % p
     peer = (lambda r: dist.get_global_rank(group, r)) if group is not None else (lambda r: r)
     for step in range(p):
         j = (rank - step) % p  # whose chunk this rank holds now
         pending = []
         if step < p - 1:  # pass it on while this one is folded in
-            incoming = torch.empty_like(kv)
+            shape = list(kv.shape)
+            shape[2] = sizes[(j - 1) % p]  # the chunk arriving next: the previous rank's current one
+            incoming = kv.new_empty(shape)
             pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, peer(nxt), group),
                                               dist.P2POp(dist.irecv, incoming, peer(prv), group)])
-        if not causal or j <= rank:
-            blk_out, blk_lse = _chunk_attention(q, kv[..., :k.shape[-1]], kv[..., k.shape[-1]:], scale,
-                                                diagonal=causal and j == rank)
-            new = torch.logaddexp(lse, blk_lse)
-            out = out * torch.exp(lse - new)[..., None] + blk_out * torch.exp(blk_lse - new)[..., None]
-            lse = new
+        if (not causal or j <= rank) and kv.shape[2]:
+            fold(kv[..., :dk], kv[..., dk:], causal and j == rank)
         for work in pending:
             work.wait()
         if step < p - 1:
@@ -124,10 +184,17 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
     return out.to(q.dtype)
 
 
+def scheme_for(heads: int, ranks: int) -> str:
+    """Ulysses where the ranks divide the heads, ring otherwise."""
+    return "ulysses" if heads % ranks == 0 else "ring"
+
+
 def sequence_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                 group: dist.ProcessGroup | None = None, *, causal: bool = False,
-                                scale: float | None = None) -> tuple[torch.Tensor, str]:
+                                scale: float | None = None, sizes: list[int] | None = None,
+                                prefix: int = 0) -> tuple[torch.Tensor, str]:
     """Ulysses where the ranks divide the heads, ring otherwise; returns the output and the scheme's name."""
-    if q.shape[1] % dist.get_world_size(group) == 0:
-        return ulysses_attention(q, k, v, group, causal=causal, scale=scale), "ulysses"
-    return ring_attention(q, k, v, group, causal=causal, scale=scale), "ring"
+    scheme = scheme_for(q.shape[1], dist.get_world_size(group))
+    if scheme == "ulysses":
+        return ulysses_attention(q, k, v, group, causal=causal, scale=scale, sizes=sizes, prefix=prefix), scheme
+    return ring_attention(q, k, v, group, causal=causal, scale=scale, sizes=sizes, prefix=prefix), scheme

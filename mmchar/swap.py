@@ -11,6 +11,7 @@ torch call inside the processor (projections, reshapes: ~20 per attention call),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -66,11 +67,13 @@ def _uninstall() -> None:
 
 
 def attention_scope_label(site: str, module_path: str, backend: str, q: torch.Tensor, k: torch.Tensor,
-                          v: torch.Tensor, causal: bool) -> str:
-    """The profiler label of one attention-core call; `mmchar.trace` parses it back (site, shapes, FLOPs)."""
+                          v: torch.Tensor, causal: bool, key_tokens: int | None = None) -> str:
+    """The profiler label of one attention-core call; `mmchar.trace` parses it back (site, shapes, FLOPs).
+    ``key_tokens``: the keys the call attends to when they are not all in ``k`` (a sequence-parallel ring)."""
     b, h, sq, d = q.shape
+    skv = k.shape[-2] if key_tokens is None else key_tokens
     return (f"{ATTN_SCOPE_PREFIX}{site}::{module_path}::{backend}::"
-            f"{b},{h},{sq},{k.shape[-2]},{d},{v.shape[-1]}::{int(causal)}::{q.element_size()}")
+            f"{b},{h},{sq},{skv},{d},{v.shape[-1]}::{int(causal)}::{q.element_size()}")
 
 
 @dataclass
@@ -88,6 +91,9 @@ class SwapState:
     later_fallback: dict[str, str] = field(default_factory=dict)
     # layers whose native linear attention (SANA) a softmax backend replaced: the model's maths changed there
     math_changed: dict[str, str] = field(default_factory=dict)
+    # the denoiser's token sequence split over ranks (mmchar.sequence_shard.SequenceShard), self-attention
+    # computed across them; None on one device
+    shard: Any = None
 
     def check_routed(self, processors: list[RoutedProcessor]) -> None:
         """Layers whose processor ran but never called F.scaled_dot_product_attention compute attention their
@@ -148,11 +154,29 @@ class LayerRoute:
             backend, name = route
         calls = self.state.calls
         calls[self.module_path] = calls.get(self.module_path, 0) + 1
-        if self.state.annotate:
-            label = attention_scope_label(self.site, self.module_path, name, q, k, v, causal)
-            with torch.profiler.record_function(label):
-                return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
-        return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+        shard = self.state.shard
+        if shard is not None and shard.active and self.site != "cross" and q.shape[-2] == k.shape[-2]:
+            # self-attention of a sequence-parallel forward: over every rank's tokens, this rank's rows back
+            def local(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor, is_causal: bool = False,
+                      scale: float | None = None) -> torch.Tensor:
+                return self._core(backend, name, q_, k_, v_, None, is_causal, scale)
+
+            return shard.attend(self.module_path, q, k, v, mask, causal, scale, local,
+                                lambda skv: self._scope(name, q, k, v, causal, skv), backend.changes_math)
+        return self._core(backend, name, q, k, v, mask, causal, scale)
+
+    def _scope(self, name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+               key_tokens: int | None = None) -> Any:
+        """The attention-core profiler scope of one call while the swap annotates (full profile), else nothing."""
+        if not self.state.annotate:
+            return contextlib.nullcontext()
+        return torch.profiler.record_function(
+            attention_scope_label(self.site, self.module_path, name, q, k, v, causal, key_tokens))
+
+    def _core(self, backend: AttentionBackend, name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None, causal: bool, scale: float | None) -> torch.Tensor:
+        with self._scope(name, q, k, v, causal):
+            return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
 
     def _kind_route(self, q, k, v, mask, causal) -> tuple[AttentionBackend, str]:
         """The layer's backend when it takes this kind of call, else the fallback (recorded), else an error."""
@@ -351,15 +375,18 @@ class AttentionSwap:
         seed: seeds per-layer backend state (with the module path).
         cross_backend: softmax backend of cross attention under backends that change the maths (linear,
             WERSA); default the best softmax backend available.
+        shard: a `mmchar.sequence_shard.SequenceShard` of one swapped model: while entered, its token sequence
+            is split over the process group's ranks and its self-attention computed across them.
     """
 
     def __init__(self, pipe: Any, components: list[str], backend: str, device: torch.device, *,
                  fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                 seed: int = 0, cross_backend: str | None = None) -> None:
+                 seed: int = 0, cross_backend: str | None = None, shard: Any = None) -> None:
         backend_cls = require_backend(backend, device)
         fallback_cls = require_backend(fallback, device) if fallback else None
         cross_cls = require_backend(cross_backend or default_softmax_backend(device), device)
-        self.state = SwapState(backend=backend, fallback=fallback)
+        self.state = SwapState(backend=backend, fallback=fallback, shard=shard)
+        self._shard_hooks: Any = None
         rules = compile_site_rules() if site_rules is None else site_rules
         hf = transformers_models(pipe, components)
         hf_names = {n for n, _ in hf}
@@ -386,11 +413,15 @@ class AttentionSwap:
             for model, _ in self._hf_models:
                 model.set_attn_implementation(TRANSFORMERS_IMPLEMENTATION)
             _active_transformers.update(self._hf_routes)
+            if self.state.shard is not None:
+                self._shard_hooks = self.state.shard.hooked()
+                self._shard_hooks.__enter__()
             _install()
         except BaseException:
             for module, original in done:
                 module.set_processor(original)
             self._restore_transformers()
+            self._unhook_shard()
             raise
         self._active = True
         return self.state
@@ -407,9 +438,15 @@ class AttentionSwap:
             if previous is not None:
                 model.set_attn_implementation(previous)
 
+    def _unhook_shard(self) -> None:
+        if self._shard_hooks is not None:
+            self._shard_hooks.__exit__(None, None, None)
+            self._shard_hooks = None
+
     def __exit__(self, *exc: Any) -> None:
         self._active = False
         _uninstall()
+        self._unhook_shard()
         for module, original, _ in self._modules:
             module.set_processor(original)
         self._restore_transformers()
@@ -417,10 +454,10 @@ class AttentionSwap:
 
 def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,
                    fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                   seed: int = 0, cross_backend: str | None = None) -> AttentionSwap:
+                   seed: int = 0, cross_backend: str | None = None, shard: Any = None) -> AttentionSwap:
     """``with swap_attention(pipe, ["unet"], "flash", device) as state:`` (see `AttentionSwap`)."""
     return AttentionSwap(pipe, components, backend, device, fallback=fallback, site_rules=site_rules, seed=seed,
-                         cross_backend=cross_backend)
+                         cross_backend=cross_backend, shard=shard)
 
 
 def measure_dispatch_overhead_us(calls: int = 300, rounds: int = 9) -> float:

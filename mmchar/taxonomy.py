@@ -42,7 +42,8 @@ _MEMORY_OPS = (r"copy_|contiguous|clone|cat|stack|_to_copy|to|permute|transpose|
 
 RULES: list[Rule] = [
     # communication first: collectives launched from any op.
-    Rule("communication", kernel=r"nccl|ncclDevKernel|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|sendrecv"),
+    Rule("communication", kernel=r"nccl|ncclDevKernel|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|sendrecv|"
+                                 r"^c10d::|^gloo:"),
     Rule("communication", aten=r"^(c10d|_c10d_functional)::|nccl|::(all_reduce|all_gather|reduce_scatter|all_to_all)"),
     # the user-level call decides for the heavy ops: everything a convolution launches (layout transforms, bias
     # add) is conv time, everything a linear launches is gemm time.

@@ -41,6 +41,16 @@ for heads, causal in cases:
         refused = str(e)
     torch.save({"out": out, "ring": ring, "scheme": scheme, "refused": refused},
                f"{out_dir}/r{rank}-h{heads}-c{int(causal)}.pt")
+# uneven chunks (25 tokens: 13 + 12) after a replicated prefix of 7 tokens (joint text+video attention)
+sizes = [13, 12]
+for heads in (4, 3):
+    g = torch.Generator().manual_seed(heads)
+    q, k, v = (torch.randn(2, heads, 7 + 25, 16, generator=g) for _ in range(3))
+    start = 7 + sum(sizes[:rank])
+    pick = lambda t: torch.cat([t[:, :, :7], t[:, :, start:start + sizes[rank]]], dim=2)
+    out, scheme = sequence_parallel_attention(pick(q), pick(k), pick(v), sizes=sizes, prefix=7)
+    ring = ring_attention(pick(q), pick(k), pick(v), sizes=sizes, prefix=7)
+    torch.save({"out": out, "ring": ring, "scheme": scheme}, f"{out_dir}/r{rank}-h{heads}-prefix.pt")
 dist.destroy_process_group()
 """
 
@@ -64,6 +74,22 @@ def test_sequence_parallel_equals_one_process(results, heads, causal):
     for key in ("out", "ring"):  # the chosen scheme, and the ring on every case
         got = torch.cat([p[key] for p in parts], dim=2)
         assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), (key, (got - ref).abs().max())
+
+
+@pytest.mark.parametrize("heads", [4, 3])
+def test_uneven_chunks_after_a_replicated_prefix(results, heads):
+    """Every rank returns the whole prefix's rows (gathered over heads) and its own chunk's rows, exact."""
+    g = torch.Generator().manual_seed(heads)
+    q, k, v = (torch.randn(2, heads, 7 + 25, 16, generator=g) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v)
+    parts = [torch.load(results / f"r{r}-h{heads}-prefix.pt") for r in range(2)]
+    assert {p["scheme"] for p in parts} == {"ulysses" if heads % 2 == 0 else "ring"}
+    for key in ("out", "ring"):
+        for p in parts:
+            assert torch.allclose(p[key][:, :, :7], ref[:, :, :7], atol=1e-5, rtol=1e-4)
+        got = torch.cat([p[key][:, :, 7:] for p in parts], dim=2)
+        assert got.shape[2] == 25
+        assert torch.allclose(got, ref[:, :, 7:], atol=1e-5, rtol=1e-4), (key, (got - ref[:, :, 7:]).abs().max())
 
 
 def test_ulysses_refuses_heads_the_ranks_do_not_divide(results):

@@ -109,11 +109,13 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
 # --- profile / compare -----------------------------------------------------------------------------------
 
 def _options(backend: str, fallback: str | None, cross_backend: str | None, scope: str, repeat: int,
-             profile_steps: int, no_trace: bool, compile: bool = False) -> Any:
+             profile_steps: int, no_trace: bool, compile: bool = False, sequence_parallel: int = 1,
+             sp_scheme: str = "auto") -> Any:
     from mmchar.runner import ProfileOptions
 
     return ProfileOptions(backend=backend, fallback=fallback, cross_backend=cross_backend, scope=scope, repeat=repeat,
-                          profile_steps=profile_steps, keep_trace=not no_trace, compile=compile)
+                          profile_steps=profile_steps, keep_trace=not no_trace, compile=compile,
+                          sequence_parallel=sequence_parallel, sp_scheme=sp_scheme)
 
 
 def _warn_changed_math(backends: list[str]) -> None:
@@ -224,20 +226,42 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-            compile: Compile = False, store: Store = Path("runs")) -> int:
+            compile: Compile = False, store: Store = Path("runs"),
+            sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="Under torchrun: split the "
+                "denoiser's token sequence over the ranks (one GPU each; self-attention across them, Ulysses or "
+                "ring); rank 0 writes the run.")] = False,
+            sp_scheme: Annotated[str, typer.Option("--sp-scheme", help="With --sequence-parallel: auto (Ulysses "
+                "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto") -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
-    from mmchar.runner import run_and_store
+    from mmchar import distributed as dd
+    from mmchar.runner import discard, measure_backends, run_and_store
 
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
-    options = _options(backend, fallback, cross_backend, scope, repeat, profile_steps, no_trace, compile)
-    memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
-    target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
-                    memory)
-    _warn_changed_math([backend])
-    say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on {target.device} "
-        f"with backend {backend}: {options.repeat} timed generations of {target.steps} steps ...")
-    run = run_and_store(target, options, store, _hash_for(target)(options))
+    rank = dd.init_sequence_parallel(device) if sequence_parallel else None
+    try:
+        if sp_scheme != "auto" and rank is None:
+            raise InvalidParameterError("--sp-scheme applies with --sequence-parallel under torchrun")
+        options = _options(backend, fallback, cross_backend, scope, repeat, profile_steps, no_trace, compile,
+                           rank.world if rank else 1, sp_scheme)
+        memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
+        target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
+                        memory)
+        if rank is not None and not rank.leader:  # the same passes in lockstep; rank 0 writes the run
+            outcome = measure_backends(target, [options])[0]
+            discard(outcome)
+            if isinstance(outcome, BaseException):
+                raise MmcharError(f"rank {rank.rank}: {type(outcome).__name__}: {str(outcome).splitlines()[0][:300]}")
+            return 0
+        _warn_changed_math([backend])
+        over = f" split over {rank.world} ranks" if rank else ""
+        say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
+            f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of {target.steps} "
+            "steps ...")
+        run = run_and_store(target, options, store, _hash_for(target)(options))
+    finally:
+        if rank is not None:
+            dd.finish()
     _report(run)
     if run.status != "ok":
         raise _RunFailed(run)
@@ -534,7 +558,7 @@ def study(paths: RunsArg,
               "comparison": an.comparison_table, "attention_sites": an.attention_site_table,
               "sequence": an.sequence_table, "roofline": an.roofline_table, "launch": an.launch_table,
               "phases": an.phase_table, "scaling": an.scaling_table, "modules": an.module_tree,
-              "communication": an.communication_table}
+              "communication": an.communication_table, "sequence_parallel": an.sequence_parallel_table}
     output.mkdir(parents=True, exist_ok=True)
     for name, fn in tables.items():
         table = fn(loaded)

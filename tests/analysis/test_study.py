@@ -170,3 +170,34 @@ def test_scaling_fits_each_series_of_a_two_dimensional_sweep_apart():
     h = t[(t["param"] == "height") & (t["metric"] == "e2e")]
     assert len(h) == 2 and list(h["exponent"]) == pytest.approx([1.0, 1.0])
     assert {s.split("width=")[1].split(",")[0] for s in h["series"]} == {"256", "1024"}
+
+
+def test_sequence_parallel_table_speedup_efficiency_and_communication():
+    from mmchar.analysis import sequence_parallel_table
+
+    one = run("one", timings={"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": 10.0}})
+    k = kernels([("denoiser", 0, "communication", 1000.0, float("nan"), 4e6), ("denoiser", 0, "gemm", 3000.0, 1e9, 1e6),
+                 ("denoiser", 1, "communication", 1000.0, float("nan"), 4e6)])
+    k["ts_us"] = [0.0, 500.0, 10000.0]  # the first collective runs half beside the gemm, the second alone
+    two = run("two", k, timings={"e2e": {"median_ms": 80.0}, "denoiser_step": {"median_ms": 6.0}})
+    two.meta.update(options={"sequence_parallel": 2}, passes={"profile_steps": 2},
+                    sequence_parallel={"ranks": 2, "schemes": {"ulysses": 30}})
+    alone = run("alone", timings={"e2e": {"median_ms": 1.0}, "denoiser_step": {"median_ms": 1.0}}, height=1024)
+    t = sequence_parallel_table([one, two, alone]).set_index("gpus")
+    assert list(t.index) == [1, 2]  # the 1024 px run has no sequence-parallel sibling: left out
+    assert t.loc[1, "scheme"] == "one device" and t.loc[1, "speedup"] == pytest.approx(1.0)
+    assert t.loc[2, "scheme"] == "ulysses"
+    assert t.loc[2, "speedup"] == pytest.approx(10 / 6) and t.loc[2, "efficiency"] == pytest.approx(10 / 12)
+    assert t.loc[2, "comm_ms_per_step"] == pytest.approx(1.0) and t.loc[2, "comm_share"] == pytest.approx(1 / 6)
+    assert t.loc[2, "payload_mb_per_step"] == pytest.approx(4.0)
+    assert t.loc[2, "overlap_share"] == pytest.approx(0.25)  # 500 of 2000 µs of communication hidden
+
+
+def test_gpus_is_a_scaling_parameter():
+    runs = [run(f"g{g}", timings={"e2e": {"median_ms": 100.0 / g}, "denoiser_step": {"median_ms": 10.0 / g}})
+            for g in (1, 2, 4)]
+    for r, g in zip(runs, (1, 2, 4)):
+        r.meta["options"] = {"sequence_parallel": g}
+    t = scaling_table(runs).set_index(["param", "metric"])
+    assert t.loc[("gpus", "denoiser_step"), "exponent"] == pytest.approx(-1.0)
+    assert list(t.index.get_level_values("param").unique()) == ["gpus"]

@@ -86,7 +86,7 @@ def runs(tmp_path):
 def test_breakdown_table_prepends_ids_and_keeps_failed_runs(runs):
     bd = breakdown_table(runs)
     assert list(bd.columns) == ["run_id", "workload", "preset", "backend", "device", "status", "height", "width",
-                                "frames", "steps", "batch", "stage", "op_class", "attn_site", "time_us", "share",
+                                "frames", "steps", "batch", "gpus", "stage", "op_class", "attn_site", "time_us", "share",
                                 "calls", "flops", "bytes"]
     assert len(bd) == 7 + 7 + 1
     a = bd[bd["run_id"] == "a-math"]

@@ -1,0 +1,183 @@
+"""Sequence-parallel denoiser steps: a video DiT's token sequence split over the ranks of a process group.
+
+Everything in a DiT block but self-attention works token by token, so each rank can hold one contiguous chunk of
+the video tokens from the first block to the output norm; only self-attention needs the other ranks' tokens, and
+it gets them through `mmchar.sequence_parallel` (Ulysses all-to-all where the ranks divide the heads, ring
+otherwise). A plan per model class names where the chunk is cut (the inputs of every transformer block: hidden
+states, and position embeddings computed for the whole sequence) and where it is joined again (the input of the
+output norm); hooks do both, so the model's own code runs unchanged. Text tokens of joint attention (CogVideoX
+concatenates them before the video tokens inside the processor) stay whole on every rank: they are the
+attention's replicated prefix. The same split as diffusers' own context parallelism (its ``_cp_plan``), built on
+plain torch.distributed so it runs on gloo (CPU tests) and for models diffusers gives no plan (CogVideoX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mmchar.errors import InvalidParameterError, UnknownNameError
+from mmchar.sequence_parallel import (
+    chunk_sizes,
+    ring_attention,
+    scheme_for,
+    ulysses_attention,
+)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Where one model class's token sequence is split and joined.
+
+    Attributes:
+        blocks: the ModuleList of transformer blocks; each block's ``split`` arguments are cut to this rank's chunk
+            when they still span the whole sequence (the first block's hidden states; per-token embeddings the
+            model computes once and hands to every block).
+        split: block argument name -> its token dimension (a tensor, or a tuple of tensors such as RoPE's cos/sin).
+        gather: the module whose first input (the last block's hidden states) is joined back to the whole sequence.
+        text_prefix: joint attention puts the text tokens, whole on every rank, before the video chunk.
+    """
+
+    blocks: str
+    split: dict[str, int]
+    gather: str
+    text_prefix: bool = False
+
+
+SHARD_PLANS: dict[str, ShardPlan] = {
+    "WanTransformer3DModel": ShardPlan("blocks", {"hidden_states": 1, "rotary_emb": 1}, "norm_out"),
+    "CogVideoXTransformer3DModel": ShardPlan("transformer_blocks", {"hidden_states": 1, "image_rotary_emb": 0},
+                                             "norm_out", text_prefix=True),
+}
+
+Attend = Callable[..., torch.Tensor]
+SCHEMES = ("auto", "ulysses", "ring")
+
+
+class SequenceShard:
+    """This rank's share of a model's token sequence while hooked in (`hooked`); the attention routes of the
+    swap call :meth:`attend` for self-attention while a forward pass is sharded (:attr:`active`)."""
+
+    def __init__(self, model: torch.nn.Module, group: dist.ProcessGroup | None = None, scheme: str = "auto") -> None:
+        """``scheme``: ``auto`` (Ulysses where the ranks divide the heads, ring otherwise), or one of them forced
+        (to compare the two on one model; Ulysses still needs divisible heads)."""
+        if scheme not in SCHEMES:
+            raise UnknownNameError("sequence-parallel scheme", scheme, SCHEMES)
+        self.scheme = scheme
+        cls = type(model).__name__
+        if cls not in SHARD_PLANS:
+            raise UnknownNameError("sequence-parallel model", cls, sorted(SHARD_PLANS))
+        self.plan = SHARD_PLANS[cls]
+        self.model_class = cls
+        self.model = model
+        self.group = group
+        self.ranks, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.blocks = model.get_submodule(self.plan.blocks)
+        self.gather_module = model.get_submodule(self.plan.gather)
+        self._signature = inspect.signature(self.blocks[0].forward)
+        self.full: int | None = None  # tokens of the sequence being sharded; None outside a sharded forward
+        self.sizes: list[int] = []
+        self.tokens: int | None = None  # the last sharded sequence's length and text prefix (for the run record)
+        self.prefix: int = 0
+        self.schemes: dict[str, str] = {}  # attention module path -> ulysses / ring
+
+    @property
+    def active(self) -> bool:
+        return self.full is not None
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[SequenceShard]:
+        handles = [self.model.register_forward_pre_hook(self._reset)]
+        handles += [b.register_forward_pre_hook(self._split, with_kwargs=True) for b in self.blocks]
+        handles.append(self.gather_module.register_forward_pre_hook(self._gather))
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.full = None
+
+    def _reset(self, module: Any, args: Any) -> None:  # a forward that raised mid-way left its state behind
+        self.full = None
+
+    def _split(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        bound = self._signature.bind_partial(*args, **kwargs)
+        if self.full is None:
+            hs = bound.arguments["hidden_states"]
+            n = hs.shape[self.plan.split["hidden_states"]]
+            if n < self.ranks:
+                raise InvalidParameterError(f"sequence parallelism over {self.ranks} ranks needs at least as many "
+                                            f"tokens; this sequence has {n}")
+            self.full, self.sizes = n, chunk_sizes(n, self.ranks)
+            self.tokens = n
+        start, size = sum(self.sizes[:self.rank]), self.sizes[self.rank]
+
+        def cut(x: Any, dim: int) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x.narrow(dim, start, size).contiguous() if x.dim() > dim and x.shape[dim] == self.full else x
+            if isinstance(x, tuple):
+                return tuple(cut(t, dim) for t in x)
+            return x
+
+        for name, dim in self.plan.split.items():
+            if name in bound.arguments:
+                bound.arguments[name] = cut(bound.arguments[name], dim)
+        return bound.args, bound.kwargs
+
+    def _gather(self, module: Any, args: tuple) -> tuple | None:
+        if self.full is None:
+            return None
+        x, dim = args[0], self.plan.split["hidden_states"]
+        pad = max(self.sizes) - x.shape[dim]
+        if pad:  # all_gather takes equal shapes: shorter chunks travel padded
+            x = torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim=dim)
+        parts = [torch.empty_like(x) for _ in range(self.ranks)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        self.full = None
+        return (torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, self.sizes)], dim=dim), *args[1:])
+
+    def attend(self, module_path: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               causal: bool, scale: float | None, attend: Attend, scoped: Callable[[int], Any],
+               changes_math: bool) -> torch.Tensor:
+        """One self-attention call of a sharded forward over the whole sequence.
+
+        Args:
+            q, k, v: [B, H, prefix + s_r, D] of this rank's tokens (text prefix first, if the plan has one).
+            attend: the layer's backend with SDPA's signature, run on the Ulysses head shard.
+            scoped: ``scoped(key_tokens)`` opens the layer's attention-core profiler scope for a ring call (the
+                ring folds key chunks with its own flash calls, so the scope carries the whole key length).
+            changes_math: the backend is not softmax attention (linear, WERSA), which the ring cannot merge.
+        """
+        local = self.sizes[self.rank]
+        prefix = q.shape[2] - local
+        if mask is not None or prefix < 0 or (prefix and not self.plan.text_prefix):
+            why = "an attention mask" if mask is not None else f"{q.shape[2]} query tokens for a {local}-token chunk"
+            raise InvalidParameterError(f"sequence parallelism cannot take {module_path}: {why}")
+        scheme = scheme_for(q.shape[1], self.ranks) if self.scheme == "auto" else self.scheme
+        self.schemes[module_path] = scheme
+        self.prefix = prefix
+        if scheme == "ulysses":
+            return ulysses_attention(q, k, v, self.group, causal=causal, scale=scale, attend=attend, sizes=self.sizes,
+                                     prefix=prefix)
+        if changes_math:
+            raise InvalidParameterError(f"{module_path} has {q.shape[1]} heads, which {self.ranks} ranks do not "
+                                        "divide: ring attention merges softmax chunks only; use a softmax backend "
+                                        "or a rank count that divides the heads")
+        with scoped(prefix + self.full):
+            return ring_attention(q, k, v, self.group, causal=causal, scale=scale, sizes=self.sizes, prefix=prefix)
+
+    def describe(self) -> dict[str, Any]:
+        """What the run records: ranks, the plan, the sequence and its chunks, the scheme of each layer."""
+        counts: dict[str, int] = {}
+        for s in self.schemes.values():
+            counts[s] = counts.get(s, 0) + 1
+        return {"ranks": self.ranks, "stored_rank": self.rank, "process_group": dist.get_backend(self.group),
+                "model": self.model_class, "tokens": self.tokens, "chunk_tokens": chunk_sizes(self.tokens, self.ranks)
+                if self.tokens else None, "text_prefix_tokens": self.prefix, "schemes": counts,
+                "split_at": f"{self.plan.blocks}.* ({', '.join(self.plan.split)})", "gathered_at": self.plan.gather}
