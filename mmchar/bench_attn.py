@@ -19,6 +19,7 @@ import torch
 
 from mmchar import environment
 from mmchar.backends import backend_names, get_backend
+from mmchar.errors import MmcharError
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,26 @@ def _failed(row: dict[str, Any], e: Exception, device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+class BenchmarkCrashed(MmcharError):
+    """A backend broke the CUDA context mid-benchmark; the rows so far are written."""
+
+
+class ContextLost(Exception):
+    """A kernel broke the CUDA context (an illegal address, a device-side assert): nothing more can run in this
+    process. Carries the rows measured so far, the crashed one last."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(rows[-1]["note"])
+        self.rows = rows
+
+
+def _context_lost(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return type(e).__name__ == "AcceleratorError" or any(
+        s in msg for s in ("illegal memory access", "unspecified launch failure", "device-side assert",
+                           "misaligned address", "illegal instruction"))
+
+
 def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
     ms = _time_ms(fn, device)
     row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9)
@@ -158,6 +179,9 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         _timed_row(row, lambda: backend(q, k, v, causal=shape.causal, hidden_states=host), flops,
                                    nbytes, device)
                 except Exception as e:  # noqa: BLE001 - out of memory, a kernel out of resources: noted, sweep goes on
+                    if _context_lost(e):
+                        row["note"] = f"crashed: {type(e).__name__}: {str(e).strip().splitlines()[0][:100]}"
+                        raise ContextLost([*rows, row]) from None
                     _failed(row, e, device)
                 rows.append(row)
                 eager = backend.eager() if row["ms"] else None
@@ -221,14 +245,23 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
         raise ValueError(f"no shape of {only or 'workloads and sweep'} matches {match!r} up to {max_seq} tokens")
     backends = backends or available_backends(device)
     rows: list[dict[str, Any]] = _previous_rows(Path(out), device) if resume else []
-    # measured rows are kept; failed, refused and skipped ones are tried again (a fixed kernel, a new package)
-    done = {(r["name"], r["backend"]) for r in rows if r.get("ms") is not None and r["ms"] == r["ms"]}
+    # measured rows are kept, and crashed ones (they would break the context again); failed, refused and skipped
+    # ones are tried again (a fixed kernel, a new package)
+    done = {(r["name"], r["backend"]) for r in rows
+            if (r.get("ms") is not None and r["ms"] == r["ms"]) or str(r.get("note", "")).startswith("crashed:")}
     for i, shape in enumerate(shapes):
         todo = [b for b in backends if (shape.name, b) not in done]
         if not todo:
             continue
         rows = [r for r in rows if r["name"] != shape.name or r["backend"].split(" (")[0] not in todo]
-        new = run([shape], todo, device, dtype)
+        try:
+            new = run([shape], todo, device, dtype)
+        except ContextLost as lost:  # record it, keep every row so far, and say how to go on
+            rows += lost.rows
+            _write_tables(rows, device, dtype, Path(out))
+            raise BenchmarkCrashed(f"{lost.rows[-1]['backend']} broke the CUDA context at {shape.name} "
+                                   f"({lost.rows[-1]['note'].removeprefix('crashed: ')}); its row is recorded in "
+                                   f"{Path(out) / 'attention.json'}: re-run with --resume to measure the rest") from None
         rows += new
         _write_tables(rows, device, dtype, Path(out))
         if progress is not None:

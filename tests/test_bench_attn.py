@@ -97,3 +97,40 @@ def test_resume_tries_failed_rows_again(tmp_path):
     assert main(args + ["--backends", "math", "--resume"]) == 0
     (row,) = json.loads((out / "attention.json").read_text())["rows"]
     assert row["ms"] > 0 and row["note"] == ""
+
+
+def test_a_backend_that_breaks_the_cuda_context_is_recorded_and_resume_goes_on(tmp_path, capsys):
+    """An illegal memory access poisons the process: the row is recorded as crashed, the tables so far written,
+    and a --resume re-run measures the rest without trying the crashed row again."""
+    calls = []
+
+    @register_backend
+    class Crashing(AttentionBackend):
+        name = "crash-test"
+        description = "an illegal memory access at 16 tokens"
+
+        def __call__(self, q, k, v, causal=False, scale=None, **kw):
+            calls.append(q.shape[2])
+            if q.shape[2] == 16:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+    out = tmp_path / "ba"
+    args = ["bench-attn", "--device", "cpu", "--only", "workloads", "--max-seq", "30", "--backends", "math,crash-test",
+            "-o", str(out)]
+    try:
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "crash-test broke the CUDA context at unet3d temporal" in err and "--resume" in err
+        rows = json.loads((out / "attention.json").read_text())["rows"]
+        crashed = [r for r in rows if r["backend"] == "crash-test"]
+        assert len(crashed) == 1 and crashed[0]["note"].startswith("crashed: RuntimeError")
+        assert [r["backend"] for r in rows if r["name"] == "unet3d temporal"] == ["math", "crash-test"]
+        calls.clear()
+        assert main(args + ["--resume"]) == 0
+        assert 16 not in calls and 25 in calls  # the crashed row is kept, the next shape measured
+        rows = json.loads((out / "attention.json").read_text())["rows"]
+        assert {(r["name"], r["backend"]) for r in rows} == {(n, b) for n in ("unet3d temporal", "svd temporal")
+                                                             for b in ("math", "crash-test")}
+    finally:
+        _REGISTRY.pop("crash-test")
