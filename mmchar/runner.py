@@ -98,7 +98,12 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values), "n": len(values)}
 
 
-def _timed_generation(target: Target, steps: int, **timer_kwargs: Any) -> tuple[GenerationTiming, StageTimer]:
+def _timed_generation(target: Target, steps: int, align: Callable[[], None] | None = None,
+                      **timer_kwargs: Any) -> tuple[GenerationTiming, StageTimer]:
+    """One generation under the stage timers; ``align`` lines the ranks of a sequence-parallel run up first, so
+    the first collective does not absorb another rank's late start (a profiler's start-up, say)."""
+    if align is not None:
+        align()
     synchronize(target.device)
     timer = StageTimer(target, **timer_kwargs)
     with timer:
@@ -209,6 +214,7 @@ class _Session:
         swapped = [c for c in _swap_components(target, options.scope)
                    if not (options.compile and c in _step_components(target))]
         self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme)
+        self._align = self.shard.align if self.shard is not None else None
         self.swap = swap_attention(target.pipe, swapped, options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
                                    seed=int(target.config.get("params", {}).get("seed", 0)),
@@ -225,7 +231,7 @@ class _Session:
             synchronize(self.target.device)
             state.check_routed(self.swap.processors)
             state.raise_if_unsupported()
-            _, timer = _timed_generation(self.target, self.target.steps, measure_memory=True,
+            _, timer = _timed_generation(self.target, self.target.steps, self._align, measure_memory=True,
                                          capture_decoder_input=True)
         self.m.latents = timer.decoder_input
         self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
@@ -245,7 +251,7 @@ class _Session:
 
     def timed(self, i: int) -> None:
         with self.swap:
-            timing, _ = _timed_generation(self.target, self.target.steps)
+            timing, _ = _timed_generation(self.target, self.target.steps, self._align)
         self.timings.append(timing)
 
     def _denoiser_calls_per_step(self) -> float:
@@ -263,7 +269,7 @@ class _Session:
             light_json = Path(tmp) / "light.json"
             t0 = time.perf_counter()
             with _profiler(activities) as prof:
-                _timed_generation(target, target.steps, annotate=True)
+                _timed_generation(target, target.steps, self._align, annotate=True)
             light_wall = (time.perf_counter() - t0) * 1e3
             prof.export_chrome_trace(str(light_json))
             del prof
@@ -277,7 +283,7 @@ class _Session:
                 # inside the profile); the eager ones keep theirs
                 skip = tuple((self.meta.get("compile") or {}).get("components", ()))
                 with ModuleAnnotator(target, skip=skip), _profiler(activities, record_shapes=True) as prof:
-                    _timed_generation(target, psteps, annotate=True)
+                    _timed_generation(target, psteps, self._align, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3
             finally:
                 swap.annotate = False

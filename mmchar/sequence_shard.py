@@ -86,6 +86,14 @@ class SequenceShard:
         self.tokens: int | None = None  # the last sharded sequence's length and text prefix (for the run record)
         self.prefix: int = 0
         self.schemes: dict[str, str] = {}  # attention module path -> ulysses / ring
+        # host-side barrier (no GPU kernel in the traces): every rank of `group` creates it here, together
+        self._sync_group = dist.new_group(backend="gloo") if dist.get_backend(group) != "gloo" else group
+
+    def align(self) -> None:
+        """Line the ranks up (device work done, then a host barrier) before a timed or profiled generation."""
+        if next(self.model.parameters()).is_cuda:
+            torch.cuda.synchronize()
+        dist.barrier(group=self._sync_group)
 
     @property
     def active(self) -> bool:
