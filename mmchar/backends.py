@@ -544,13 +544,14 @@ class WersaBackend(AttentionBackend):
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
         x_q, x_k = self._prepare(q, k, causal, hidden_states)
         if _triton_usable(q):
-            from mmchar.kernels.wersa.kernel import MAX_HEAD_DIM, wersa
+            from mmchar.kernels.wersa.kernel import fused_unsupported, wersa
 
-            if q.shape[-1] <= MAX_HEAD_DIM:
+            why = fused_unsupported(q.shape[-1], q.is_cuda)
+            if why is None:
                 return wersa(q, k, v, self.params, x_q=x_q, x_k=x_k)
             from mmchar.kernels.wersa.reference import wersa_eager
 
-            self.notes["path"] = f"plain PyTorch (head dim {q.shape[-1]} > {MAX_HEAD_DIM}, the fused kernels' limit)"
+            self.notes["path"] = f"plain PyTorch (fused kernels: {why})"
             return wersa_eager(q, k, v, self.params, x_q=x_q, x_k=x_k)
         from mmchar.kernels.wersa.reference import wersa_ref
 

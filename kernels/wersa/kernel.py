@@ -189,8 +189,21 @@ _out_tuned = _tuned(_wersa_out_kernel, _OUT_CONFIGS)
 
 # Head dims up to 128 (tiles of 16..128 columns). d = 160 (SD 1.5's deepest level) pads to 256 and the only
 # config the registers hold there faulted on the GPU (bench-attn, 2026-11-25) while the interpreter computed it
-# right: refused until it is understood, and the backend runs those layers in plain PyTorch.
+# right: refused until it is understood, and the backend runs those layers in plain PyTorch. d = 32 (SANA; 32-wide
+# tiles) faulted the same way on the H100 in the output pass's autotuning (bench-attn and benchmarks/probe_shape.py,
+# 2026-11-25, B·H = 140, 1024 queries, 300 keys) while d = 40 ... 128 ran right: refused on CUDA likewise.
 MAX_HEAD_DIM = 128
+MIN_CUDA_HEAD_DIM = 33
+
+
+def fused_unsupported(d: int, cuda: bool) -> str | None:
+    """Why the fused passes do not take head dim ``d`` (on CUDA when ``cuda``), or None."""
+    if d > MAX_HEAD_DIM:
+        return (f"head dim {d} > {MAX_HEAD_DIM} (the fused passes' 256-wide tiles hit an illegal memory access on "
+                "the H100 with Triton 3.6)")
+    if cuda and d < MIN_CUDA_HEAD_DIM:
+        return f"head dim {d} < {MIN_CUDA_HEAD_DIM} on CUDA (32-wide tiles hit an illegal memory access on the H100)"
+    return None
 
 
 def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams, *, x_q: torch.Tensor,
@@ -207,9 +220,9 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     nk = k.shape[2]
     if v.shape[-1] != d:
         raise ValueError("wersa: v's head dim must equal q's")
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"wersa: head dim {d} > {MAX_HEAD_DIM} (the fused passes' 256-wide tiles hit an illegal "
-                         "memory access on the H100 with Triton 3.6); wersa_eager computes the same maths")
+    why = fused_unsupported(d, q.is_cuda)
+    if why is not None:
+        raise ValueError(f"wersa: {why}; wersa_eager computes the same maths")
     x_k = x_q if x_k is None else x_k
     g_q = params.gains(x_q)
     g_k = g_q if x_k is x_q else params.gains(x_k)

@@ -211,3 +211,13 @@ def test_head_dims_past_the_fused_limit_are_refused_by_the_kernel_and_run_eager_
         ref = be.reference(q, k, v)
     assert "head dim 160" in be.notes["path"]
     assert float((out - ref).norm() / ref.norm()) < 1e-4
+
+
+def test_head_dims_that_faulted_on_the_gpu_are_refused_there_only():
+    """d = 32 (SANA) faulted in the fused output pass on the H100: refused on CUDA (the backend runs it eager),
+    still computed by the interpreter's tests; d > 128 refused everywhere."""
+    from mmchar.kernels.wersa.kernel import fused_unsupported
+
+    assert "32-wide tiles" in fused_unsupported(32, cuda=True)
+    assert fused_unsupported(32, cuda=False) is None and fused_unsupported(40, cuda=True) is None
+    assert fused_unsupported(128, cuda=True) is None and "> 128" in fused_unsupported(160, cuda=False)
