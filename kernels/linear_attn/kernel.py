@@ -241,7 +241,10 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
 _STATE_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3)]
 _OUT_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 128, 4, 3),
                 (256, 64, 8, 2)]  # large query tiles read the fp32 state from L2 fewer times per token (d = 128)
-_CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2)]
+# single-stage entries: with 256-wide features (causal WERSA, m = 256) every two-stage state config asked for
+# 248 KiB of shared memory on the H100 (227 KiB there; bench-attn 2026-11-25, S = 1k-8k)
+_CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2), (64, 4, 1),
+                         (32, 4, 1)]
 _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3), (128, 8, 1), (32, 4, 3),
                        (64, 8, 1)]
 
