@@ -11,8 +11,8 @@ import pandas as pd
 from mmchar.schema import step_key
 from mmchar.store import Run
 
-from .study import sequence_table
-from .tables import comparison_table
+from .study import sequence_parallel_table, sequence_table
+from .tables import PARAM_KEYS, _ids, comparison_table
 
 NOT_COVERED = "not covered by these runs"
 FUSED_SOFTMAX = ("flash", "cudnn", "efficient", "sdpa", "triton-flash", "flex")
@@ -21,6 +21,42 @@ FINDING_COLUMNS = ("question", "answer", "value", "runs")
 
 def _family(run: Run) -> dict:
     return (run.meta.get("config") or {}).get("family") or {}
+
+
+def _one_device_eager(run: Run) -> bool:
+    """A run the share questions may use: one device, the eager model (a compiled graph's attribution is partial;
+    a sequence-parallel step's shares are per rank and hold communication)."""
+    options = run.meta.get("options") or {}
+    return not options.get("compile") and int(options.get("sequence_parallel") or 1) == 1
+
+
+def _step_ms(run: Run) -> float | None:
+    t = run.meta.get("timings") or {}
+    return (t.get(step_key(t)) or {}).get("median_ms") if t else None
+
+
+def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[float]]:
+    """(eager step / compiled step, the compiled run) for each compiled run with an eager sdpa run of the same
+    workload, preset, parameters and device; and the ratio of their kernel counts per step."""
+    def key(r: Run) -> tuple:
+        ids = _ids(r)
+        return (ids["workload"], ids["preset"], ids["device"], *(ids[p] for p in PARAM_KEYS))
+
+    eager = {}
+    for r in ok:
+        if r.backend == "sdpa" and not (r.meta.get("options") or {}).get("compile") and _step_ms(r):
+            eager.setdefault(key(r), r)
+    speed, kernels = [], []
+    for r in ok:
+        base = eager.get(key(r))
+        if not (r.meta.get("options") or {}).get("compile") or base is None or not _step_ms(r):
+            continue
+        speed.append((_step_ms(base) / _step_ms(r), r.run_id))
+        sk = step_key(r.meta["timings"])
+        kb, kc = ((x.meta.get("busy") or {}).get(sk) or {} for x in (base, r))
+        if kb.get("kernels") and kc.get("kernels"):
+            kernels.append(kb["kernels"] / kc["kernels"])
+    return speed, kernels
 
 
 def _share(run: Run, stage: str, op_class: str) -> float | None:
@@ -42,8 +78,10 @@ def _row(question: str, values: list[tuple[float, str]], fmt: str) -> dict:
 
 
 def findings(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per headline question: ``question, answer, value, runs``."""
-    ok = [r for r in runs if r.status == "ok"]
+    """One row per headline question: ``question, answer, value, runs``. Shares and the busy fraction come from
+    one-device eager runs; compiled and sequence-parallel runs answer their own questions."""
+    every = [r for r in runs if r.status == "ok"]
+    ok = [r for r in every if _one_device_eager(r)]
     rows = []
 
     # the 2023 claim is about UNet denoisers; diffusion transformers have almost no conv, so they are asked apart
@@ -106,6 +144,23 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         if frac is not None:
             busy.append((float(frac), r.run_id))
     rows.append(_row("GPU busy share of a denoiser step or generated token's wall time", busy, "{:.0%}"))
+
+    speed, kernels = _compile_speedups(every)
+    row = _row("Step speedup of torch.compile over the eager model (default SDPA)", speed, "{:.2f}x")
+    if kernels and row["value"] is not None:
+        row["answer"] += f"; {median(kernels):.2f}x fewer kernels per step"
+    rows.append(row)
+
+    sp = sequence_parallel_table(every)
+    sp = sp[(sp["gpus"] > 1) & sp["speedup"].notna()] if len(sp) else sp
+    best = sp.loc[sp.groupby(["workload", "series", "gpus"])["speedup"].idxmax()] if len(sp) else sp
+    gpus = sorted({int(g) for g in best["gpus"]}) if len(best) else []
+    row = _row("Denoiser step speedup of sequence parallelism over one GPU (best scheme)",
+               [(float(x), rid) for x, rid in zip(best.get("speedup", []), best.get("run_id", []))], "{:.2f}x")
+    if gpus and row["value"] is not None:
+        schemes = ", ".join(sorted(set(best["scheme"])))
+        row["answer"] += f" at {'/'.join(map(str, gpus))} GPUs ({schemes}; efficiency {median(best['efficiency']):.0%})"
+    rows.append(row)
     return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
 
 

@@ -66,3 +66,28 @@ def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
     assert {"findings.md", "dashboard.html", "breakdown.csv", "roofline.csv", "scaling.csv", "sequence.csv"} <= names
     assert "| Share of temporal attention" in (out / "findings.md").read_text()
     assert len(pd.read_csv(out / "runs.csv")) == 5
+
+
+def test_compiled_and_sequence_parallel_runs_answer_their_own_questions():
+    """Shares come from one-device eager runs only; a compiled run pairs with the eager sdpa run of the same
+    configuration, a sequence-parallel run with the one-GPU run."""
+    video_dit = dict(FAMILY, modality="video", task="text-to-video", architecture="dit")
+    den = bd([("denoiser", "attention", "joint", 500.0, 0.5, 1, 0, 0), ("denoiser", "gemm", "", 500.0, 0.5, 1, 0, 0)])
+    skewed = bd([("denoiser", "attention", "joint", 100.0, 0.1, 1, 0, 0),
+                 ("denoiser", "communication", "", 900.0, 0.9, 1, 0, 0)])
+    eager = run("eager", "sdpa", video_dit, den, step_ms=12.0, busy_frac=0.5)
+    eager.meta["busy"]["denoiser_step"]["kernels"] = 1500
+    compiled = run("compiled", "sdpa", video_dit, skewed, step_ms=10.0, busy_frac=0.99)
+    compiled.meta.update(options={"compile": True})
+    compiled.meta["busy"]["denoiser_step"]["kernels"] = 750
+    split = run("split", "sdpa", video_dit, skewed, step_ms=8.0, busy_frac=0.99)
+    split.meta.update(options={"sequence_parallel": 2}, sequence_parallel={"ranks": 2, "schemes": {"ulysses": 30}})
+    for r in (eager, compiled, split):
+        r.meta["device"]["name"] = "H100"
+    f = findings([eager, compiled, split]).set_index("question")
+    assert f.loc["Share of attention in a video diffusion-transformer denoiser step", "runs"] == "eager"
+    assert f.loc["GPU busy share of a denoiser step or generated token's wall time", "runs"] == "eager"
+    comp = f.loc["Step speedup of torch.compile over the eager model (default SDPA)"]
+    assert comp["value"] == 1.2 and comp["runs"] == "compiled" and "2.00x fewer kernels per step" in comp["answer"]
+    sp = f.loc["Denoiser step speedup of sequence parallelism over one GPU (best scheme)"]
+    assert sp["value"] == 1.5 and sp["runs"] == "split" and "at 2 GPUs (ulysses; efficiency 75%)" in sp["answer"]
