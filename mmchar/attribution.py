@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mmchar.flops import attention_label_cost, op_cost
+from mmchar.flops import attention_label_cost, comm_label_bytes, op_cost
 from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS
 from mmchar.swap import ATTN_SCOPE_PREFIX, attention_site
 from mmchar.taxonomy import classify, is_attention_op
@@ -69,6 +69,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
     nbytes = np.full(n, math.nan)
     costed_ops: set[int] = set()
     costed_scopes: set[int] = set()
+    costed_comms: set[int] = set()
     attn_modules: dict[str, str] = {}
     scope_cache: dict[str, tuple[str, str]] = {}
 
@@ -83,6 +84,12 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
         launch[r] = ops[c.leaf_op][0] if c.leaf_op >= 0 else ""
         if top is not None and top[1]:
             shapes[r] = str(top[1])
+        if c.comm:  # a collective mmchar issued (sequence parallelism): its scope carries the payload
+            op_class[r] = "communication"
+            if c.comm_id not in costed_comms:
+                costed_comms.add(c.comm_id)
+                flops[r], nbytes[r] = 0.0, comm_label_bytes(c.comm)
+            continue
         if c.attn and classify(trace.name[r], top_name) != "communication":  # a ring's sends stay communication
             op_class[r] = "attention"
             s, path = scope_cache.get(c.attn) or scope_cache.setdefault(c.attn, _parse_scope(c.attn))

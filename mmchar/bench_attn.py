@@ -107,11 +107,21 @@ def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
     return worst
 
 
-def _failed(row: dict[str, Any], e: Exception, device: torch.device) -> None:
-    row["note"] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
+def _failed(row: dict[str, Any], e: Exception, device: torch.device) -> bool:
+    """Note why ``row`` failed; True when the error broke the CUDA context (nothing more can run here)."""
+    first = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
+    if _context_lost(e):
+        row["note"] = f"crashed: {type(e).__name__}: {first}"
+        return True
+    row["note"] = f"failed: {type(e).__name__}: {first}"
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        except Exception as lost:  # noqa: BLE001 - it broke the context after all
+            row["note"] = f"crashed: {type(lost).__name__}: {str(lost).strip().splitlines()[0][:100]}"
+            return True
+    return False
 
 
 class BenchmarkCrashed(MmcharError):
@@ -128,10 +138,9 @@ class ContextLost(Exception):
 
 
 def _context_lost(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return type(e).__name__ == "AcceleratorError" or any(
-        s in msg for s in ("illegal memory access", "unspecified launch failure", "device-side assert",
-                           "misaligned address", "illegal instruction"))
+    msg = str(e).lower()  # the sticky errors only: a launch refused for resources leaves the context usable
+    return any(s in msg for s in ("illegal memory access", "unspecified launch failure", "device-side assert",
+                                  "misaligned address", "illegal instruction", "illegal address"))
 
 
 def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
@@ -179,10 +188,8 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         _timed_row(row, lambda: backend(q, k, v, causal=shape.causal, hidden_states=host), flops,
                                    nbytes, device)
                 except Exception as e:  # noqa: BLE001 - out of memory, a kernel out of resources: noted, sweep goes on
-                    if _context_lost(e):
-                        row["note"] = f"crashed: {type(e).__name__}: {str(e).strip().splitlines()[0][:100]}"
+                    if _failed(row, e, device):
                         raise ContextLost([*rows, row]) from None
-                    _failed(row, e, device)
                 rows.append(row)
                 eager = backend.eager() if row["ms"] else None
                 if eager is not None:
@@ -192,7 +199,8 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                                    nbytes, device)
                     except Exception as e:  # noqa: BLE001
                         erow.update(ms=None, tflops=None, gbps=None)
-                        _failed(erow, e, device)
+                        if _failed(erow, e, device):
+                            raise ContextLost([*rows, erow]) from None
                     rows.append(erow)
     return rows
 

@@ -58,7 +58,7 @@ def init(timeout_s: float = 6 * 3600) -> Rank:
     return rank
 
 
-def init_sequence_parallel(device: str | None, timeout_s: float = 1800) -> Rank:
+def init_sequence_parallel(device: str | None, timeout_s: float = 900) -> Rank:
     """Join torchrun's process group for one sequence-parallel run: NCCL with GPU ``LOCAL_RANK`` as this rank's
     device (the ranks exchange activations), gloo on the CPU.
 
@@ -79,9 +79,65 @@ def init_sequence_parallel(device: str | None, timeout_s: float = 1800) -> Rank:
             raise InvalidParameterError(f"rank {rank.rank} is local rank {rank.local_rank} but this node has "
                                         f"{torch.cuda.device_count()} GPU(s); launch at most that many processes")
         torch.cuda.set_device(rank.local_rank)  # "cuda" means this rank's GPU from here on
+    global _coordination
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    # a group of its own, even on the CPU: a collective that timed out leaves the default group's pairs closed
+    # (and twice its timeout: a rank that failed on its own waits here while the others' collective times out)
+    _coordination = dist.new_group(backend="gloo", timeout=timedelta(seconds=2 * timeout_s + 30))
     return rank
+
+
+_coordination: Any = None  # the gloo group of a sequence-parallel run (host-side agreement, no GPU kernels)
+
+
+def agree_on_outcome(outcome: Any, rank: Rank) -> Any:
+    """Every rank's measurement outcome shared: this rank's own, or, where it succeeded and another rank failed,
+    that rank's failure (so rank 0 records the run as failed, with the rank and its error). Measurements are
+    kept for the leader to store; a failure replaces them (and their temporary trace is removed)."""
+    import torch.distributed as dist
+
+    from mmchar.errors import first_line
+    from mmchar.runner import discard, is_oom
+
+    failed = isinstance(outcome, BaseException)
+    mine = (f"rank {rank.rank}: {type(outcome).__name__}: {first_line(outcome)}", is_oom(outcome),
+            _waited_on_peer(outcome)) if failed else None
+    every: list[Any] = [None] * rank.world
+    dist.all_gather_object(every, mine, group=_coordination)
+    # the cause, not its echo: a rank that failed on its own beats one whose collective timed out waiting for it
+    causes = sorted((f for f in every if f is not None), key=lambda f: f[2])
+    if not causes or (failed and not mine[2]) or (failed and causes[0][2]):
+        return outcome
+    discard(outcome)
+    message, oom, _ = causes[0]
+    return torch_oom(message) if oom else RankFailed(message)
+
+
+def _waited_on_peer(exc: BaseException) -> bool:
+    """A collective that failed because another rank never came (timeout, closed connection)."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(s in text for s in ("timed out", "timeout", "connection closed",
+                                                                      "connection reset", "broken pipe"))
+
+
+class RankFailed(InvalidParameterError):
+    """Another rank of a sequence-parallel run failed: this run is recorded with its error."""
+
+
+def torch_oom(message: str) -> BaseException:
+    import torch
+
+    return torch.OutOfMemoryError(f"out of memory on {message}")
+
+
+def leader_done(rank: Rank) -> None:
+    """All ranks wait here until rank 0 has written the run."""
+    import torch.distributed as dist
+
+    dist.barrier(group=_coordination)
 
 
 def gather_to_leader(obj: Any, rank: Rank) -> list[Any] | None:

@@ -121,8 +121,11 @@ def op_cost(name: str, dims: Any, concrete: Any, types: Any) -> Cost:
         if name in ("aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention"):
             return attention_cost(dims[0], dims[1], dims[2], bool(_concrete(concrete, 6, False)), elem)
         if classify("", name) == "communication":  # a collective: its payload, read once (no FLOPs counted)
+            nested = any(isinstance(d, list) and d and isinstance(d[0], list) for d in dims)
+            if nested and not any(t in _ELEM for t in (types or ())):
+                return _UNKNOWN  # a tensor list (c10d P2P, all_gather) records no dtype: unknown, not a guess
             tensors = [t for d in dims if isinstance(d, list) and d
-                       for t in (d if isinstance(d[0], list) else [d])]  # tensor lists (c10d P2P) flattened
+                       for t in (d if isinstance(d[0], list) else [d])]  # tensor lists flattened
             sizes = [_prod(t) for t in tensors if t]
             return (0.0, float(max(sizes) * elem)) if sizes else _UNKNOWN
     except (IndexError, TypeError, ValueError, ZeroDivisionError):
@@ -137,6 +140,14 @@ def attention_cost(q: list[int], k: list[int], v: list[int], causal: bool, elem:
     flops = 2.0 * b * h * sq * skv * (d + dv) * (0.5 if causal else 1.0)
     moved = b * h * (sq * d + skv * d + skv * dv + sq * dv)
     return flops, float(moved * elem)
+
+
+def comm_label_bytes(label: str) -> float:
+    """The payload a communication scope label (``mmchar.comm::KIND::BYTES``) carries; NaN if it carries none."""
+    try:
+        return float(label.rsplit("::", 1)[1])
+    except (IndexError, ValueError):
+        return math.nan
 
 
 def attention_label_cost(label: str) -> Cost:

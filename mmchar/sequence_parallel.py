@@ -28,6 +28,19 @@ from mmchar.errors import InvalidParameterError
 
 Attend = Callable[..., torch.Tensor]
 
+# The profiler label of one collective this module issues; `mmchar.trace` / `mmchar.attribution` read it back: the
+# kernels inside are communication and the scope carries its payload (bytes this rank sends), which the NCCL
+# kernels' own records lack (a coalesced P2P batch launches with no enclosing op; tensor lists record no dtype).
+COMM_SCOPE_PREFIX = "mmchar.comm::"
+
+
+def comm_scope(kind: str, nbytes: int) -> torch.profiler.record_function:
+    return torch.profiler.record_function(f"{COMM_SCOPE_PREFIX}{kind}::{int(nbytes)}")
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
 
 def chunk_sizes(length: int, ranks: int) -> list[int]:
     """Contiguous shard lengths of a ``length``-token sequence over ``ranks``: the first ``length % ranks`` ranks
@@ -55,8 +68,9 @@ def _seq_to_heads(x: torch.Tensor, sizes: list[int], group: dist.ProcessGroup | 
     send = x.reshape(b, p, hp, s, d).transpose(0, 1).reshape(-1)  # [P, B, H/P, s, D]: part i goes to rank i
     recv = x.new_empty(b * hp * d * sum(sizes))
     unit = b * hp * d
-    dist.all_to_all_single(recv, send, output_split_sizes=[unit * n for n in sizes],
-                           input_split_sizes=[unit * s] * p, group=group)
+    with comm_scope("all_to_all", _nbytes(send)):
+        dist.all_to_all_single(recv, send, output_split_sizes=[unit * n for n in sizes],
+                               input_split_sizes=[unit * s] * p, group=group)
     parts = recv.split([unit * n for n in sizes])  # rank i's tokens of my heads
     return torch.cat([t.view(b, hp, n, d) for t, n in zip(parts, sizes)], dim=2)
 
@@ -67,8 +81,9 @@ def _heads_to_seq(x: torch.Tensor, sizes: list[int], rank: int, group: dist.Proc
     unit = b * hp * d
     send = torch.cat([t.reshape(-1) for t in x.split(sizes, dim=2)])  # rank i's tokens, for rank i
     recv = x.new_empty(p * unit * sizes[rank])
-    dist.all_to_all_single(recv, send, output_split_sizes=[unit * sizes[rank]] * p,
-                           input_split_sizes=[unit * n for n in sizes], group=group)
+    with comm_scope("all_to_all", _nbytes(send)):
+        dist.all_to_all_single(recv, send, output_split_sizes=[unit * sizes[rank]] * p,
+                               input_split_sizes=[unit * n for n in sizes], group=group)
     return recv.view(p, b, hp, sizes[rank], d).transpose(0, 1).reshape(b, p * hp, sizes[rank], d)
 
 
@@ -112,7 +127,9 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: 
     if not prefix:
         return rows
     heads = [torch.empty_like(out[:, :, :prefix]) for _ in range(p)]  # the prefix rows of every rank's heads
-    dist.all_gather(heads, out[:, :, :prefix].contiguous(), group=group)
+    mine_rows = out[:, :, :prefix].contiguous()
+    with comm_scope("all_gather", _nbytes(mine_rows)):
+        dist.all_gather(heads, mine_rows, group=group)
     return torch.cat([torch.cat(heads, dim=1), rows], dim=2)
 
 
@@ -173,8 +190,9 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
             shape = list(kv.shape)
             shape[2] = sizes[(j - 1) % p]  # the chunk arriving next: the previous rank's current one
             incoming = kv.new_empty(shape)
-            pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, peer(nxt), group),
-                                              dist.P2POp(dist.irecv, incoming, peer(prv), group)])
+            with comm_scope("sendrecv", _nbytes(kv)):
+                pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, peer(nxt), group),
+                                                  dist.P2POp(dist.irecv, incoming, peer(prv), group)])
         if (not causal or j <= rank) and kv.shape[2]:
             fold(kv[..., :dk], kv[..., dk:], causal and j == rank)
         for work in pending:

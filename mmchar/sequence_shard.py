@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from mmchar.errors import InvalidParameterError, UnknownNameError
 from mmchar.sequence_parallel import (
+    comm_scope,
     chunk_sizes,
     ring_attention,
     scheme_for,
@@ -87,7 +88,8 @@ class SequenceShard:
         self.prefix: int = 0
         self.schemes: dict[str, str] = {}  # attention module path -> ulysses / ring
         # host-side barrier (no GPU kernel in the traces): every rank of `group` creates it here, together
-        self._sync_group = dist.new_group(backend="gloo") if dist.get_backend(group) != "gloo" else group
+        self._sync_group = group if dist.get_backend(group) == "gloo" else dist.new_group(
+            ranks=None if group is None else dist.get_process_group_ranks(group), backend="gloo")
 
     def align(self) -> None:
         """Line the ranks up (device work done, then a host barrier) before a timed or profiled generation."""
@@ -146,9 +148,19 @@ class SequenceShard:
         if pad:  # all_gather takes equal shapes: shorter chunks travel padded
             x = torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim=dim)
         parts = [torch.empty_like(x) for _ in range(self.ranks)]
-        dist.all_gather(parts, x.contiguous(), group=self.group)
+        x = x.contiguous()
+        with comm_scope("all_gather", x.numel() * x.element_size()):
+            dist.all_gather(parts, x, group=self.group)
         self.full = None
         return (torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, self.sizes)], dim=dim), *args[1:])
+
+    def takes(self, q: torch.Tensor, k: torch.Tensor, has_context: bool) -> bool:
+        """Whether an attention call of a sharded forward is self-attention over the split sequence: queries and
+        keys alike, and not a cross attention whose text happens to be as long as this rank's chunk (queries
+        exactly the chunk while the processor was handed encoder states)."""
+        if self.full is None or q.shape[-2] != k.shape[-2]:
+            return False
+        return not (has_context and q.shape[-2] == self.sizes[self.rank])
 
     def attend(self, module_path: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                causal: bool, scale: float | None, attend: Attend, scoped: Callable[[int], Any],

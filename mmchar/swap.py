@@ -134,6 +134,7 @@ class LayerRoute:
         self.site = ""
         self.called = False
         self._hidden_states: torch.Tensor | None = None
+        self._has_context = False  # the processor was handed encoder states (cross or joint attention)
         self.inner: Any = None
         self.native_reason: str | None = None  # why calls of this layer kept the library's own attention
         self._kind: tuple[bool, bool, bool] | None = None  # (no mask, causal, Sq == Skv) of the first call
@@ -155,7 +156,7 @@ class LayerRoute:
         calls = self.state.calls
         calls[self.module_path] = calls.get(self.module_path, 0) + 1
         shard = self.state.shard
-        if shard is not None and shard.active and self.site != "cross" and q.shape[-2] == k.shape[-2]:
+        if shard is not None and self.site != "cross" and shard.takes(q, k, self._has_context):
             # self-attention of a sequence-parallel forward: over every rank's tokens, this rank's rows back
             def local(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor, is_causal: bool = False,
                       scale: float | None = None) -> torch.Tensor:
@@ -246,6 +247,8 @@ class RoutedProcessor(LayerRoute):
         _local.current = self
         self.called = True
         self._hidden_states = hidden_states
+        context = kwargs.get("encoder_hidden_states", args[0] if args else None)
+        self._has_context = isinstance(context, torch.Tensor)
         try:
             if type(self.inner).__name__ in LINEAR_CORE_PROCESSORS and self.state.backend != "sdpa":
                 return self._linear_core(attn, hidden_states, *args, **kwargs)

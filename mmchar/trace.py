@@ -19,12 +19,13 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mmchar.errors import TraceError
 from mmchar.instrument import MODULE_SCOPE_PREFIX, STAGE_SCOPE_PREFIX
+from mmchar.sequence_parallel import COMM_SCOPE_PREFIX
 from mmchar.swap import ATTN_SCOPE_PREFIX
 
 
@@ -62,6 +63,8 @@ class Context:
     attn_id: int = -1  # which attention-core call (one id per scope instance)
     top_op: int = -1  # index (into Trace.ops) of the outermost enclosing aten op
     leaf_op: int = -1  # index of the innermost enclosing aten op
+    comm: str = ""  # the communication scope label (mmchar.sequence_parallel.comm_scope), "" outside one
+    comm_id: int = -1  # which collective call
 
 
 @dataclass
@@ -179,8 +182,7 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                 if cpu_name[i].startswith(COMPILE_WRAPPERS):
                     ctx = parent
                 else:
-                    ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
-                                  parent.top_op if parent.top_op >= 0 else op, op)
+                    ctx = replace(parent, top_op=parent.top_op if parent.top_op >= 0 else op, leaf_op=op)
                 if not trace.on_gpu:
                     for s in reversed(stack):  # charge this op's time to its nearest enclosing op
                         if s[2] >= 0:
@@ -192,21 +194,19 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             name = cpu_name[i]
             if name.startswith(STAGE_SCOPE_PREFIX):
                 stage, _, step = name[len(STAGE_SCOPE_PREFIX):].partition("::")
-                ctx = Context(stage, int(step or -1), parent.module, parent.attn, parent.attn_id, parent.top_op,
-                              parent.leaf_op)
+                ctx = replace(parent, stage=stage, step=int(step or -1))
             elif name.startswith(MODULE_SCOPE_PREFIX):
-                ctx = Context(parent.stage, parent.step, name[len(MODULE_SCOPE_PREFIX):], parent.attn,
-                              parent.attn_id, parent.top_op, parent.leaf_op)
+                ctx = replace(parent, module=name[len(MODULE_SCOPE_PREFIX):])
             elif name.startswith(ATTN_SCOPE_PREFIX):
-                ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op)
+                ctx = replace(parent, attn=name, attn_id=i)
+            elif name.startswith(COMM_SCOPE_PREFIX):
+                ctx = replace(parent, comm=name, comm_id=i)
             elif foreign_stage is not None and name.startswith(PY_MODULE_PREFIX):
                 inst = name[len(PY_MODULE_PREFIX):]
-                ctx = Context(parent.stage, parent.step, f"{parent.module}.{inst}" if parent.module else inst,
-                              parent.attn, parent.attn_id, parent.top_op, parent.leaf_op)
+                ctx = replace(parent, module=f"{parent.module}.{inst}" if parent.module else inst)
             elif foreign_stage is not None and name.startswith(PROFILER_STEP_PREFIX):
                 step = name[len(PROFILER_STEP_PREFIX):]
-                ctx = Context(parent.stage, int(step) if step.isdigit() else parent.step, parent.module, parent.attn,
-                              parent.attn_id, parent.top_op, parent.leaf_op)
+                ctx = replace(parent, step=int(step) if step.isdigit() else parent.step)
             else:
                 ctx = parent
             stack.append((end, ctx, -1))

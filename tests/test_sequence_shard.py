@@ -111,3 +111,49 @@ def test_models_without_a_plan_are_refused_by_name():
 
     with pytest.raises(UnknownNameError, match="WanTransformer3DModel"):
         SequenceShard(torch.nn.Linear(2, 2))
+
+
+FAILING_WORKER = """
+import sys
+from mmchar import distributed as dd
+from mmchar.api import run_config_hash
+from mmchar.runner import ProfileOptions, measure_backends, store_outcome
+from mmchar.workloads import get_workload
+rank = dd.init_sequence_parallel("cpu", timeout_s=15)
+w = get_workload("wan2.1-1.3b")
+target = w.build(w.resolve("tiny", device="cpu"))
+if rank.rank == 1:  # fails on its own; rank 0 then waits in its first all-to-all until the group's timeout
+    def boom(steps):
+        raise RuntimeError("injected failure on rank 1")
+    target.run = boom
+options = ProfileOptions(repeat=1, profile_steps=1, keep_trace=False, sequence_parallel=2)
+outcome = dd.agree_on_outcome(measure_backends(target, [options])[0], rank)
+if rank.leader:
+    store_outcome(target, options, outcome, sys.argv[1], run_config_hash(target.config, options))
+dd.leader_done(rank)
+dd.finish()
+"""
+
+
+def test_a_rank_that_fails_is_recorded_by_rank_0_with_its_own_error(tmp_path, torchrun):
+    (tmp_path / "worker.py").write_text(FAILING_WORKER)
+    proc = torchrun(2, str(tmp_path / "worker.py"), str(tmp_path / "runs"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["status"] == "error"
+    assert meta["error"] == "rank 1: RuntimeError: injected failure on rank 1"  # the cause, not rank 0's timeout
+
+
+def test_a_cross_attention_as_long_as_the_chunk_is_not_taken_for_self_attention():
+    from types import SimpleNamespace
+
+    from mmchar.sequence_shard import SequenceShard
+
+    shard = SimpleNamespace(full=48, sizes=[24, 24], rank=0)
+    chunk, text = torch.zeros(1, 2, 24, 8), torch.zeros(1, 2, 24, 8)  # 24 text tokens against a 24-token chunk
+    joint = torch.zeros(1, 2, 24 + 7, 8)
+    assert SequenceShard.takes(shard, chunk, chunk, False)  # self-attention of the chunk
+    assert not SequenceShard.takes(shard, chunk, text, True)  # cross attention (the processor got encoder states)
+    assert SequenceShard.takes(shard, joint, joint, True)  # joint: text prefix + chunk
+    assert not SequenceShard.takes(SimpleNamespace(full=None, sizes=[], rank=0), chunk, chunk, False)  # not sharded

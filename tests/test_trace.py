@@ -88,3 +88,25 @@ def test_truncated_and_foreign_files(tmp_path):
         parse_trace(other)
     with pytest.raises(TraceError, match="does not exist"):
         parse_trace(tmp_path / "missing.json")
+
+
+def test_a_ring_send_inside_an_attention_scope_is_communication_with_its_scopes_payload():
+    """A coalesced NCCL P2P batch launches with no enclosing aten op and tensor lists record no dtype: the
+    communication scope mmchar opens around each collective carries the class and the payload."""
+    trace = {"traceEvents": [
+        _x("user_annotation", "mmchar.stage::denoiser::0", 0, 100),
+        _x("user_annotation", "mmchar.module::transformer.blocks.0.attn1", 1, 90),
+        _x("user_annotation", "mmchar.attn::joint::transformer.blocks.0.attn1::sdpa::1,2,8,16,4,4::0::2", 2, 80),
+        _x("user_annotation", "mmchar.comm::sendrecv::4096", 3, 5),
+        _x("cuda_runtime", "cudaLaunchKernelExC", 4, 1, correlation=1),
+        _x("cuda_runtime", "cudaLaunchKernel", 10, 1, correlation=2),
+        _x("user_annotation", "mmchar.comm::sendrecv::4096", 20, 5),  # the next step's send: its own payload
+        _x("cuda_runtime", "cudaLaunchKernelExC", 21, 1, correlation=3),
+        _x("kernel", "ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)", 5, 30, tid=7, correlation=1),
+        _x("kernel", "pytorch_flash::flash_fwd_kernel", 12, 10, tid=8, correlation=2),
+        _x("kernel", "ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)", 40, 3, tid=7, correlation=3),
+    ]}
+    k = attribute(parse_trace(trace)).kernels.sort_values("ts_us")
+    assert k["op_class"].tolist() == ["communication", "attention", "communication"]
+    assert k["bytes"].tolist()[0::2] == [4096.0, 4096.0]
+    assert k["attn_site"].tolist() == ["", "joint", ""]

@@ -15,7 +15,7 @@ import typer
 
 from mmchar.cli import app
 from mmchar.cli.output import FORMATS, print_frame, say, warn
-from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, WeightsError
+from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, WeightsError, first_line
 
 Store = Annotated[Path, typer.Option("--store", help="Run store folder (created if missing).")]
 Fmt = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
@@ -234,7 +234,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
                 "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto") -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar import distributed as dd
-    from mmchar.runner import discard, measure_backends, run_and_store
+    from mmchar.runner import measure_backends, store_outcome
 
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
@@ -247,21 +247,26 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
         memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
         target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
                         memory)
-        if rank is not None and not rank.leader:  # the same passes in lockstep; rank 0 writes the run
-            outcome = measure_backends(target, [options])[0]
-            discard(outcome)
-            if isinstance(outcome, BaseException):
-                raise MmcharError(f"rank {rank.rank}: {type(outcome).__name__}: {str(outcome).splitlines()[0][:300]}")
-            return 0
-        _warn_changed_math([backend])
-        over = f" split over {rank.world} ranks" if rank else ""
-        say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
-            f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of {target.steps} "
-            "steps ...")
-        run = run_and_store(target, options, store, _hash_for(target)(options))
+        if rank is None or rank.leader:
+            _warn_changed_math([backend])
+            over = f" split over {rank.world} ranks" if rank else ""
+            say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
+                f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
+                f"{target.steps} steps ...")
+        outcome = measure_backends(target, [options])[0]
+        if rank is not None:  # every rank measured in lockstep: rank 0 writes one run, failed if any rank failed
+            outcome = dd.agree_on_outcome(outcome, rank)
+        run = store_outcome(target, options, outcome, store, _hash_for(target)(options)) \
+            if rank is None or rank.leader else None
+        if rank is not None:
+            dd.leader_done(rank)  # the others wait until the run is written (torchrun ends the group on an exit)
     finally:
         if rank is not None:
             dd.finish()
+    if run is None:  # a non-leader rank: the leader reports
+        if isinstance(outcome, BaseException):
+            raise MmcharError(f"rank {rank.rank}: {first_line(outcome)}")
+        return 0
     _report(run)
     if run.status != "ok":
         raise _RunFailed(run)
