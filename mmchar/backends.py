@@ -61,6 +61,9 @@ class AttentionBackend:
     description: ClassVar[str]
     constraints: ClassVar[Constraints] = Constraints()
     changes_math: ClassVar[bool] = False  # True for linear attention, WERSA: a speed study, not a quality claim
+    # reads the host layer's hidden states over the whole sequence (WERSA's filter source); a sequence-parallel
+    # layer holds only its rank's chunk of them
+    reads_hidden_states: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 
@@ -500,6 +503,7 @@ class WersaBackend(AttentionBackend):
                    "+ LayerNorm (L = 2, m = 256); fused Triton passes on CUDA, plain PyTorch on the CPU")
     constraints = Constraints(max_head_dim=256, mask=False)
     changes_math = True
+    reads_hidden_states = True
     levels = 2
     features = 256
 

@@ -73,6 +73,10 @@ class ProfileOptions:
 
         if self.sp_scheme not in SCHEMES:
             raise UnknownNameError("sequence-parallel scheme", self.sp_scheme, SCHEMES)
+        if self.sequence_parallel > 1 and get_backend(self.backend).reads_hidden_states:
+            raise InvalidParameterError(f"{self.backend} filters q and k by each layer's hidden states over the whole "
+                                        "sequence, which --sequence-parallel splits over the ranks: use a softmax "
+                                        "backend or linear")
         if self.sequence_parallel > 1 and self.compile:
             raise InvalidParameterError("--compile and --sequence-parallel do not combine: the sequence split hooks "
                                         "into the eager model; drop one of them")

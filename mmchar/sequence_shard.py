@@ -164,7 +164,7 @@ class SequenceShard:
 
     def attend(self, module_path: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                causal: bool, scale: float | None, attend: Attend, scoped: Callable[[int], Any],
-               changes_math: bool) -> torch.Tensor:
+               backend: Any) -> torch.Tensor:
         """One self-attention call of a sharded forward over the whole sequence.
 
         Args:
@@ -172,8 +172,13 @@ class SequenceShard:
             attend: the layer's backend with SDPA's signature, run on the Ulysses head shard.
             scoped: ``scoped(key_tokens)`` opens the layer's attention-core profiler scope for a ring call (the
                 ring folds key chunks with its own flash calls, so the scope carries the whole key length).
-            changes_math: the backend is not softmax attention (linear, WERSA), which the ring cannot merge.
+            backend: the layer's backend: the ring merges softmax chunks only (not linear attention, WERSA), and
+                a backend that filters by the layer's hidden states (WERSA) would see only this rank's chunk.
         """
+        if getattr(backend, "reads_hidden_states", False):
+            raise InvalidParameterError(f"{backend.name} filters q and k by the layer's hidden states over the whole "
+                                        f"sequence; under sequence parallelism {module_path} holds only its "
+                                        "rank's chunk: use softmax or linear attention")
         local = self.sizes[self.rank]
         prefix = q.shape[2] - local
         if mask is not None or prefix < 0 or (prefix and not self.plan.text_prefix):
@@ -185,7 +190,7 @@ class SequenceShard:
         if scheme == "ulysses":
             return ulysses_attention(q, k, v, self.group, causal=causal, scale=scale, attend=attend, sizes=self.sizes,
                                      prefix=prefix)
-        if changes_math:
+        if backend.changes_math:
             raise InvalidParameterError(f"{module_path} has {q.shape[1]} heads, which {self.ranks} ranks do not "
                                         "divide: ring attention merges softmax chunks only; use a softmax backend "
                                         "or a rank count that divides the heads")

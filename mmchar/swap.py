@@ -163,7 +163,7 @@ class LayerRoute:
                 return self._core(backend, name, q_, k_, v_, None, is_causal, scale)
 
             return shard.attend(self.module_path, q, k, v, mask, causal, scale, local,
-                                lambda skv: self._scope(name, q, k, v, causal, skv), backend.changes_math)
+                                lambda skv: self._scope(name, q, k, v, causal, skv), backend)
         return self._core(backend, name, q, k, v, mask, causal, scale)
 
     def _scope(self, name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,

@@ -157,3 +157,12 @@ def test_a_cross_attention_as_long_as_the_chunk_is_not_taken_for_self_attention(
     assert not SequenceShard.takes(shard, chunk, text, True)  # cross attention (the processor got encoder states)
     assert SequenceShard.takes(shard, joint, joint, True)  # joint: text prefix + chunk
     assert not SequenceShard.takes(SimpleNamespace(full=None, sizes=[], rank=0), chunk, chunk, False)  # not sharded
+
+
+def test_backends_that_read_the_whole_sequences_hidden_states_are_refused_up_front():
+    from mmchar.errors import InvalidParameterError
+    from mmchar.runner import ProfileOptions
+
+    with pytest.raises(InvalidParameterError, match="wersa filters q and k by each layer's hidden states"):
+        ProfileOptions(backend="wersa", sequence_parallel=2)
+    assert ProfileOptions(backend="linear", sequence_parallel=2).sequence_parallel == 2
