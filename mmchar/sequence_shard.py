@@ -1,14 +1,14 @@
 """Sequence-parallel denoiser steps: a video DiT's token sequence split over the ranks of a process group.
 
 Everything in a DiT block but self-attention works token by token, so each rank can hold one contiguous chunk of
-the video tokens from the first block to the output norm; only self-attention needs the other ranks' tokens, and
-it gets them through `mmchar.sequence_parallel` (Ulysses all-to-all where the ranks divide the heads, ring
-otherwise). A plan per model class names where the chunk is cut (the inputs of every transformer block: hidden
-states, and position embeddings computed for the whole sequence) and where it is joined again (the input of the
-output norm); hooks do both, so the model's own code runs unchanged. Text tokens of joint attention (CogVideoX
-concatenates them before the video tokens inside the processor) stay whole on every rank: they are the
-attention's replicated prefix. The same split as diffusers' own context parallelism (its ``_cp_plan``), built on
-plain torch.distributed so it runs on gloo (CPU tests) and for models diffusers gives no plan (CogVideoX).
+the video tokens from the first block to the last; only self-attention needs the other ranks' tokens, and it gets
+them through `mmchar.sequence_parallel` (Ulysses all-to-all where the ranks divide the heads, ring otherwise). A
+plan per model class names where the chunk is cut: the inputs of every transformer block (hidden states, and
+per-token embeddings computed for the whole sequence); the last block's output is joined again. Hooks do both, so
+the model's own code runs unchanged. Text tokens of joint attention (CogVideoX concatenates them before the video
+tokens inside the processor) stay whole on every rank: they are the attention's replicated prefix. The same split
+as diffusers' own context parallelism (its ``_cp_plan``), built on plain torch.distributed so it runs on gloo (CPU
+tests) and for models diffusers gives no plan (CogVideoX).
 """
 
 from __future__ import annotations
@@ -41,20 +41,19 @@ class ShardPlan:
             when they still span the whole sequence (the first block's hidden states; per-token embeddings the
             model computes once and hands to every block).
         split: block argument name -> its token dimension (a tensor, or a tuple of tensors such as RoPE's cos/sin).
-        gather: the module whose first input (the last block's hidden states) is joined back to the whole sequence.
         text_prefix: joint attention puts the text tokens, whole on every rank, before the video chunk.
     """
 
     blocks: str
     split: dict[str, int]
-    gather: str
     text_prefix: bool = False
 
 
 SHARD_PLANS: dict[str, ShardPlan] = {
-    "WanTransformer3DModel": ShardPlan("blocks", {"hidden_states": 1, "rotary_emb": 1}, "norm_out"),
+    # Wan 2.2's per-token timestep embedding (temb [B, S, 6, C]) is cut too; Wan 2.1's [B, 6, C] is left whole
+    "WanTransformer3DModel": ShardPlan("blocks", {"hidden_states": 1, "rotary_emb": 1, "temb": 1}),
     "CogVideoXTransformer3DModel": ShardPlan("transformer_blocks", {"hidden_states": 1, "image_rotary_emb": 0},
-                                             "norm_out", text_prefix=True),
+                                             text_prefix=True),
 }
 
 Attend = Callable[..., torch.Tensor]
@@ -80,7 +79,6 @@ class SequenceShard:
         self.group = group
         self.ranks, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.blocks = model.get_submodule(self.plan.blocks)
-        self.gather_module = model.get_submodule(self.plan.gather)
         self._signature = inspect.signature(self.blocks[0].forward)
         self.full: int | None = None  # tokens of the sequence being sharded; None outside a sharded forward
         self.sizes: list[int] = []
@@ -105,7 +103,7 @@ class SequenceShard:
     def hooked(self) -> Iterator[SequenceShard]:
         handles = [self.model.register_forward_pre_hook(self._reset)]
         handles += [b.register_forward_pre_hook(self._split, with_kwargs=True) for b in self.blocks]
-        handles.append(self.gather_module.register_forward_pre_hook(self._gather))
+        handles.append(self.blocks[-1].register_forward_hook(self._gather))
         try:
             yield self
         finally:
@@ -140,10 +138,12 @@ class SequenceShard:
                 bound.arguments[name] = cut(bound.arguments[name], dim)
         return bound.args, bound.kwargs
 
-    def _gather(self, module: Any, args: tuple) -> tuple | None:
+    def _gather(self, module: Any, args: tuple, output: Any) -> Any:
+        """The last block's hidden states (its output, or the output's first element) joined to the whole
+        sequence, in the model's dtype (later modules may upcast)."""
         if self.full is None:
             return None
-        x, dim = args[0], self.plan.split["hidden_states"]
+        x, dim = (output[0] if isinstance(output, tuple) else output), self.plan.split["hidden_states"]
         pad = max(self.sizes) - x.shape[dim]
         if pad:  # all_gather takes equal shapes: shorter chunks travel padded
             x = torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim=dim)
@@ -152,7 +152,8 @@ class SequenceShard:
         with comm_scope("all_gather", x.numel() * x.element_size()):
             dist.all_gather(parts, x, group=self.group)
         self.full = None
-        return (torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, self.sizes)], dim=dim), *args[1:])
+        whole = torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, self.sizes)], dim=dim)
+        return (whole, *output[1:]) if isinstance(output, tuple) else whole
 
     def takes(self, q: torch.Tensor, k: torch.Tensor, has_context: bool) -> bool:
         """Whether an attention call of a sharded forward is self-attention over the split sequence: queries and
@@ -205,4 +206,5 @@ class SequenceShard:
         return {"ranks": self.ranks, "stored_rank": self.rank, "process_group": dist.get_backend(self.group),
                 "model": self.model_class, "tokens": self.tokens, "chunk_tokens": chunk_sizes(self.tokens, self.ranks)
                 if self.tokens else None, "text_prefix_tokens": self.prefix, "schemes": counts,
-                "split_at": f"{self.plan.blocks}.* ({', '.join(self.plan.split)})", "gathered_at": self.plan.gather}
+                "split_at": f"{self.plan.blocks}.* ({', '.join(self.plan.split)})",
+                "gathered_at": f"{self.plan.blocks}.{len(self.blocks) - 1} (output)"}
