@@ -153,7 +153,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
 
     sp = sequence_parallel_table(every)
     sp = sp[(sp["gpus"] > 1) & sp["speedup"].notna()] if len(sp) else sp
-    best = sp.loc[sp.groupby(["workload", "series", "gpus"])["speedup"].idxmax()] if len(sp) else sp
+    best = sp.loc[sp.groupby(["workload", "backend", "device", "series", "gpus"])["speedup"].idxmax()] if len(sp) else sp
     gpus = sorted({int(g) for g in best["gpus"]}) if len(best) else []
     row = _row("Denoiser step speedup of sequence parallelism over one GPU (best scheme)",
                [(float(x), rid) for x, rid in zip(best.get("speedup", []), best.get("run_id", []))], "{:.2f}x")

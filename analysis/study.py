@@ -148,7 +148,9 @@ def scaling_points(runs: Sequence[Run]) -> pd.DataFrame:
         step key; series with fewer than two distinct values are left out.
     """
     cols = ["workload", "backend", "param", "series", "metric", "value", "median_ms", "run_id"]
-    ok = [r for r in runs if r.status == "ok" and r.meta.get("timings")]
+    # a forced sequence-parallel scheme is a comparison (sequence_parallel_table), not a point of a series
+    ok = [r for r in runs if r.status == "ok" and r.meta.get("timings")
+          and (r.meta.get("options") or {}).get("sp_scheme", "auto") == "auto"]
     rows = []
     for param in PARAM_KEYS:
         groups: dict[tuple, list[Run]] = {}

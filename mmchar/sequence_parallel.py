@@ -170,15 +170,24 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
     out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:-1], -math.inf, dtype=torch.float32, device=q.device)
 
-    def fold(key: torch.Tensor, value: torch.Tensor, diagonal: bool) -> None:
+    # the prefix rows' partial results by chunk (-1: the prefix's own keys), merged in one order at the end: every
+    # rank then holds bit-identical prefix rows (an online merge in each rank's arrival order would let the
+    # replicated text stream drift apart across ranks)
+    prefix_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def merge(o: torch.Tensor, m: torch.Tensor, blk_o: torch.Tensor, blk_m: torch.Tensor):
+        new = torch.logaddexp(m, blk_m)
+        return o * torch.exp(m - new)[..., None] + blk_o * torch.exp(blk_m - new)[..., None], new
+
+    def fold(key: torch.Tensor, value: torch.Tensor, diagonal: bool, chunk: int) -> None:
         nonlocal out, lse
         blk_out, blk_lse = _chunk_attention(q, key, value, scale, diagonal=diagonal)
-        new = torch.logaddexp(lse, blk_lse)
-        out = out * torch.exp(lse - new)[..., None] + blk_out * torch.exp(blk_lse - new)[..., None]
-        lse = new
+        if prefix:
+            prefix_parts[chunk] = (blk_out[:, :, :prefix], blk_lse[:, :, :prefix])
+        out, lse = merge(out, lse, blk_out, blk_lse)
 
     if prefix:
-        fold(k[:, :, :prefix], v[:, :, :prefix], False)
+        fold(k[:, :, :prefix], v[:, :, :prefix], False, -1)
     dk = k.shape[-1]
     kv = torch.cat([k[:, :, prefix:], v[:, :, prefix:]], dim=-1).contiguous()  # one message per step
     nxt, prv = (rank + 1) % p, (rank - 1) % p
@@ -194,11 +203,16 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
                 pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, peer(nxt), group),
                                                   dist.P2POp(dist.irecv, incoming, peer(prv), group)])
         if (not causal or j <= rank) and kv.shape[2]:
-            fold(kv[..., :dk], kv[..., dk:], causal and j == rank)
+            fold(kv[..., :dk], kv[..., dk:], causal and j == rank, j)
         for work in pending:
             work.wait()
         if step < p - 1:
             kv = incoming
+    if prefix:
+        o, m = prefix_parts[-1]
+        for chunk in sorted(c for c in prefix_parts if c >= 0):
+            o, m = merge(o, m, *prefix_parts[chunk])
+        out[:, :, :prefix] = o
     return out.to(q.dtype)
 
 
