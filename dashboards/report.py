@@ -24,6 +24,7 @@ from .attention_sites import attention_sites_figure
 from .busy_idle import busy_idle_figure
 from .comparison import comparison_figure
 from .modules import modules_figure
+from .multi_gpu import multi_gpu_figure
 from .op_classes import op_class_figure
 from .overview import overview_html
 from .palette import PLOTLY_CONFIG
@@ -51,6 +52,8 @@ SECTIONS = (
     ("timeline", "Step timeline", "One denoising step kernel by kernel, a lane per op class, from the full "
                                   "profile: kernel lengths are true, the host gaps between them are widened by the "
                                   "profiler (the timed pass's step latency is in Stage times); first 12 runs."),
+    ("multi_gpu", "Multi-GPU", "Denoiser step latency on one GPU and with its sequence split over several "
+                               "(Ulysses or ring attention), the step's communication stacked on the rest."),
     ("roofline", "Roofline", "Achieved TFLOP/s per op class against arithmetic intensity, under each run's "
                              "calibrated roofs (FLOPs and bytes from the recorded shapes)."),
 )
@@ -91,6 +94,7 @@ def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
         "sequence": (study.sequence_table(runs), sequence_figure),
         "scaling": (study.scaling_points(runs), lambda pts: scaling_figure(pts, study.scaling_fits(pts))),
         "timeline": (study.step_timeline(runs), timeline_figure),
+        "multi_gpu": (study.sequence_parallel_table(runs), multi_gpu_figure),
         "roofline": (study.roofline_table(runs).dropna(subset=["intensity", "tflops"]), roofline_figure),
     }
     return {key: view(table) for key, (table, view) in inputs.items() if not table.empty}

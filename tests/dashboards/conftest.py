@@ -12,7 +12,7 @@ from mmchar.store import Run, load_runs, write_run
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB"
 
 
-def _make_run(run_id, backend, status="ok", compare=None, workload="sd15", height=512, step_ms=40.0):
+def _make_run(run_id, backend, status="ok", compare=None, workload="sd15", height=512, step_ms=40.0, gpus=1):
     meta = {"run_id": run_id, "created": "2025-01-01T12:00:00", "status": status,
             "error": None if status == "ok" else (OOM_MESSAGE if status == "oom" else "RuntimeError: <bad> & co"),
             "workload": workload, "preset": "full", "backend": backend, "config_hash": "abc123",
@@ -45,6 +45,14 @@ def _make_run(run_id, backend, status="ok", compare=None, workload="sd15", heigh
         "input_shapes": ["", "", "[[2, 8, 4096, 40], [2, 8, 4096, 40], [2, 8, 4096, 40]]",
                          "[[2, 8, 4096, 40], [2, 8, 77, 40], [2, 8, 77, 40]]", ""],
         "flops": [1.6e11, 1.2e11, 4e10, 8e8, 3.6e10], "bytes": [4e8, 3e8, 8e7, 6e6, 1e8]})
+    if gpus > 1:  # sequence parallel: the step split over GPUs, with its collectives
+        meta["options"] = {"sequence_parallel": gpus}
+        meta["sequence_parallel"] = {"ranks": gpus, "schemes": {"ulysses": 16}}
+        comm = kernels.iloc[[2]].assign(op_class="communication", attn_site="", kernel="ncclDevKernel_AllToAll",
+                                        dur_us=50.0, flops=0.0, bytes=1e6)
+        kernels = pd.concat([kernels, comm], ignore_index=True)
+        breakdown = pd.concat([breakdown, pd.DataFrame([("denoiser", "communication", "", 50.0, 0.05, 1)],
+                                                       columns=breakdown.columns)], ignore_index=True)
     meta["roofs"] = {"matmul_tflops": {"bf16": 800.0}, "copy_gbps": 3000.0}
     meta["config"]["dtype"] = "bf16"
     return Run(meta=meta, kernels=kernels, breakdown=breakdown)
@@ -56,13 +64,26 @@ def make_run():
     return _make_run
 
 
+def _standard_runs() -> list[Run]:
+    cmp = {"group": "sd15-512", "baseline_run_id": "sd15-math", "baseline_backend": "math", "max_abs_diff": 0.02,
+           "cosine": 0.9999, "agrees": True}
+    return [_make_run("sd15-math", "math"), _make_run("sd15-flash", "flash", compare=cmp),
+            _make_run("sd15-oom", "math", status="oom"), _make_run("sd15-err", "flash", status="error"),
+            _make_run("sd15-flash-1024", "flash", height=1024, step_ms=160.0)]
+
+
 @pytest.fixture
 def runs(tmp_path):
     store = tmp_path / "runs"
-    cmp = {"group": "sd15-512", "baseline_run_id": "sd15-math", "baseline_backend": "math", "max_abs_diff": 0.02,
-           "cosine": 0.9999, "agrees": True}
-    for run in (_make_run("sd15-math", "math"), _make_run("sd15-flash", "flash", compare=cmp),
-                _make_run("sd15-oom", "math", status="oom"), _make_run("sd15-err", "flash", status="error"),
-                _make_run("sd15-flash-1024", "flash", height=1024, step_ms=160.0)):
+    for run in _standard_runs():
+        write_run(store, run)
+    return load_runs([store])
+
+
+@pytest.fixture
+def every_view_runs(tmp_path):
+    """The standard runs plus a sequence-parallel one (2 GPUs): a set for which every dashboard view has data."""
+    store = tmp_path / "every-view"
+    for run in [*_standard_runs(), _make_run("sd15-flash-2gpu", "flash", step_ms=25.0, gpus=2)]:
         write_run(store, run)
     return load_runs([store])

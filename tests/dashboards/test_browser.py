@@ -41,8 +41,8 @@ def browser():
         b.close()
 
 
-def test_dashboard_in_headless_chromium(runs, tmp_path, browser):
-    page_path = write_dashboard(runs, tmp_path / "dash.html")
+def test_dashboard_in_headless_chromium(every_view_runs, tmp_path, browser):
+    page_path = write_dashboard(every_view_runs, tmp_path / "dash.html")
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors, requests = [], []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -66,13 +66,13 @@ def test_dashboard_in_headless_chromium(runs, tmp_path, browser):
     assert shot.stat().st_size > 50_000
 
 
-def test_png_per_view_from_the_cli(runs, tmp_path, capsys):
+def test_png_per_view_from_the_cli(every_view_runs, tmp_path, capsys):
     _need("a Chromium (Debian's chromium)", find_browser() is not None)
     try:
         import kaleido  # noqa: F401
     except ImportError:
         _need("kaleido (the test extra)", False)
-    store = runs[0].path.parent
+    store = every_view_runs[0].path.parent
     out = tmp_path / "png"
     assert main(["dashboard", str(store), "-o", str(tmp_path / "d.html"), "--png", str(out)]) == 0
     assert "PNGs" in capsys.readouterr().out

@@ -31,13 +31,17 @@ def test_page_is_self_contained_and_offline(runs, tmp_path):
     assert "My study" in rest and f"mmchar {mmchar.__version__}" in rest and "generated 20" in rest
 
 
-def test_every_view_has_data_and_is_in_the_page(runs, tmp_path):
+def test_every_view_has_data_and_is_in_the_page(every_view_runs, tmp_path):
+    runs = every_view_runs
     figures = build_figures(runs)
     assert list(figures) == [key for key, *_ in SECTIONS]
     for key, fig in figures.items():
         data = json.loads(fig.to_json())["data"]
         assert data and any(len(t.get("x") or t.get("ids") or []) for t in data), key
     page = write_dashboard(runs, tmp_path / "dash.html").read_text()
+    multi = figures["multi_gpu"].data
+    assert [t.name for t in multi] == ["communication", "compute and the rest"]
+    assert list(multi[0].y) == [0.0, 0.05] and list(multi[1].y) == [40.0, 24.95]  # 1 GPU, then 2 GPUs
     for key in figures:
         assert f'id="fig-{key}"' in page
     assert page.count("Plotly.newPlot(") == len(figures)
