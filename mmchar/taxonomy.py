@@ -38,7 +38,8 @@ _MEMORY_OPS = (r"copy_|contiguous|clone|cat|stack|_to_copy|to|permute|transpose|
                r"new_\w+|index\w*|gather|scatter\w*|repeat\w*|repeat_interleave|expand\w*|narrow|slice|split\w*|chunk|"
                r"as_strided\w*|view\w*|reshape|flatten|unflatten|unsqueeze|squeeze|_unsafe_view|t|select|unbind|roll|"
                r"flip|embedding|embedding_bag|masked_select|nonzero|is_nonzero|item|equal|detach_|_local_scalar_dense|resize_|set_|detach|alias|lift_fresh|pin_memory|"
-               r"concat|concatenate|resolve_conj|resolve_neg|type_as|broadcast_to|view_as|expand_as|reshape_as")
+               r"concat|concatenate|resolve_conj|resolve_neg|type_as|broadcast_to|view_as|expand_as|reshape_as|"
+               r"pixel_shuffle|pixel_unshuffle|channel_shuffle|movedim|moveaxis")
 
 RULES: list[Rule] = [
     # communication first: collectives launched from any op.

@@ -11,6 +11,7 @@ CASES = [
     ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevComm*, unsigned long, ncclWork*)", "", "communication"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "c10d::allreduce_", "communication"),
     ("c10d::send", "c10d::send", "communication"), ("gloo:recv", "", "communication"),  # a ring's P2P on the CPU
+    ("aten::as_strided", "aten::pixel_shuffle", "memory"), ("aten::movedim", "aten::movedim", "memory"),  # DC-AE
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false, false, cutlass::bfloat16_t>>",
      "aten::_scaled_dot_product_flash_attention", "attention"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention", "attention"),

@@ -19,6 +19,7 @@ def _load_builtin() -> None:
     from mmchar.workloads.sd15 import workload as _s  # noqa: F401
     from mmchar.workloads.sdxl import workload as _sdxl  # noqa: F401
     from mmchar.workloads.pixart_sigma import workload as _pixart  # noqa: F401
+    from mmchar.workloads.sana import workload as _sana  # noqa: F401
     from mmchar.workloads.cogvideox import workload as _cogvideox  # noqa: F401
     from mmchar.workloads.wan import workload as _wan  # noqa: F401
     from mmchar.workloads.sd3 import workload as _sd3  # noqa: F401

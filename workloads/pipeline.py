@@ -33,7 +33,7 @@ def apply_memory_options(pipe: Any, memory: dict[str, bool], device: torch.devic
 
 class PipelineWorkload(Workload):
     pipeline_class: ClassVar[str]  # a diffusers pipeline class name
-    tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> "clip" or "t5"
+    tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> "clip", "t5" or "gemma"
 
     def build(self, config: dict[str, Any]) -> Target:
         import diffusers
@@ -74,6 +74,12 @@ class PipelineWorkload(Workload):
             from transformers import T5Tokenizer
 
             return T5Tokenizer()  # no files: ids < 104, so tiny T5 encoders need a vocabulary of at least 104
+        if kind == "gemma":  # no files: its special tokens only (ids < 5); a prompt pads to max_sequence_length
+            from transformers import GemmaTokenizer
+
+            tok = GemmaTokenizer()
+            tok.padding_side = "right"  # as SANA's conversion script sets it
+            return tok
         raise ValueError(f"unknown tokenizer kind {kind!r}")
 
     def stage_roots(self, pipe: Any, params: Params) -> list[StageRoot]:
