@@ -13,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
 python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
 mmchar calibrate > /dev/null 2>&1
-WORKLOADS=${WORKLOADS:-"sd15 amused llamagen pixart-sigma sdxl modelscope-t2v animatediff svd sd3-medium phenaki-like cogvideox-2b wan2.1-1.3b flux-dev cogvideox-5b wan2.1-14b"}
+WORKLOADS=${WORKLOADS:-"sd15 amused llamagen pixart-sigma sana-1.6b sdxl modelscope-t2v animatediff svd sd3-medium phenaki-like cogvideox-2b wan2.1-1.3b flux-dev cogvideox-5b wan2.1-14b"}
 t0=$(date +%s)
 for w in $WORKLOADS; do
   [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: $w and later not started"; break; }
