@@ -23,12 +23,13 @@ def multi_gpu_figure(sp: pd.DataFrame) -> go.Figure:
         A figure with two bar traces on a two-level (workload, GPUs · scheme) x axis.
     """
     # one bar per configuration × GPUs × scheme: the fastest run where several measured it (the speedup's baseline)
-    sp = sp.sort_values("step_ms").drop_duplicates(["workload", "backend", "series", "gpus", "scheme"])
-    sp = sp.sort_values(["workload", "series", "gpus", "scheme"])
+    sp = sp.sort_values("step_ms").drop_duplicates(["workload", "backend", "device", "series", "gpus", "scheme"])
+    sp = sp.sort_values(["workload", "device", "series", "gpus", "scheme"])
     one_series = sp.groupby("workload")["series"].nunique().le(1)
     outer = [w if one_series[w] else f"{w} ({s})" for w, s in zip(sp["workload"], sp["series"])]
-    if sp["backend"].nunique() > 1:
-        outer = [f"{o} · {b}" for o, b in zip(outer, sp["backend"])]
+    for col in ("backend", "device"):  # named where the runs differ in it
+        if sp[col].nunique() > 1:
+            outer = [f"{o} · {v}" for o, v in zip(outer, sp[col])]
     comm = sp["comm_ms_per_step"].fillna(0.0).clip(upper=sp["step_ms"])
     x = [outer, [f"{g} GPU{'s' if g > 1 else ''} · {s}" for g, s in zip(sp["gpus"], sp["scheme"])]]
     hover = list(zip(sp["speedup"], sp["efficiency"], sp["payload_mb_per_step"], sp["overlap_share"], sp["run_id"]))

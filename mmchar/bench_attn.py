@@ -44,7 +44,7 @@ WORKLOAD_SHAPES = [
     Shape("sdxl-1024 spatial", 2, 10, 4096, 4096, 64), Shape("sdxl-1024 cross", 2, 10, 4096, 77, 64),
     Shape("pixart-1024 self", 2, 16, 4096, 4096, 72), Shape("pixart-1024 cross", 2, 16, 4096, 300, 72),
     # SANA 1.6B: linear self-attention 70 heads x 32 over the DC-AE's 1024 tokens; softmax cross 20 x 112 to 300
-    Shape("sana-1024 self", 2, 70, 1024, 1024, 32), Shape("sana-1024 cross", 2, 20, 1024, 300, 112),
+    Shape("sana-1024 self", 2, 70, 1024, 1024, 32), Shape("sana-1024 cross-attn", 2, 20, 1024, 300, 112),
     Shape("sd3-1024 joint", 2, 24, 4429, 4429, 64),
     Shape("flux-1024 joint", 1, 24, 4608, 4608, 128), Shape("cogvideox-480p joint", 2, 30, 17776, 17776, 64),
     Shape("wan-480p self", 1, 12, 32760, 32760, 128), Shape("wan-720p self", 1, 40, 75600, 75600, 128),

@@ -79,7 +79,11 @@ def init_sequence_parallel(device: str | None, timeout_s: float = 900) -> Rank:
             raise InvalidParameterError(f"rank {rank.rank} is local rank {rank.local_rank} but this node has "
                                         f"{torch.cuda.device_count()} GPU(s); launch at most that many processes")
         torch.cuda.set_device(rank.local_rank)  # "cuda" means this rank's GPU from here on
-    global _coordination
+    global _coordination, _timeout_s
+    # a collective whose peer failed raises on this rank after the timeout (torchrun's default, 1 = TearDown,
+    # would kill the process instead, and the failed rank's error would never be recorded)
+    os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "2"  # CleanUpOnly
+    _timeout_s = timeout_s
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     # a group of its own, even on the CPU: a collective that timed out leaves the default group's pairs closed
@@ -89,6 +93,13 @@ def init_sequence_parallel(device: str | None, timeout_s: float = 900) -> Rank:
 
 
 _coordination: Any = None  # the gloo group of a sequence-parallel run (host-side agreement, no GPU kernels)
+_timeout_s: float | None = None  # the process group's timeout, set by init_sequence_parallel
+
+
+def group_timeout() -> timedelta | None:
+    """The timeout `init_sequence_parallel` gave the process group (None outside one): host-side groups made
+    later use it, so they give up before the coordination group (twice as long) does."""
+    return None if _timeout_s is None else timedelta(seconds=_timeout_s)
 
 
 def agree_on_outcome(outcome: Any, rank: Rank) -> Any:

@@ -151,7 +151,9 @@ def _sequence_shard(target: Target, ranks: int, scheme: str = "auto") -> Any:
     models = [getattr(target.pipe, c) for c in _step_components(target)]
     if len(models) != 1:
         raise InvalidParameterError(f"sequence parallelism splits one denoiser; this target steps {len(models)} models")
-    return SequenceShard(models[0], scheme=scheme)
+    from mmchar.distributed import group_timeout
+
+    return SequenceShard(models[0], scheme=scheme, sync_timeout=group_timeout())
 
 
 @contextlib.contextmanager

@@ -183,7 +183,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
         nonlocal out, lse
         blk_out, blk_lse = _chunk_attention(q, key, value, scale, diagonal=diagonal)
         if prefix:
-            prefix_parts[chunk] = (blk_out[:, :, :prefix], blk_lse[:, :, :prefix])
+            prefix_parts[chunk] = (blk_out[:, :, :prefix].clone(), blk_lse[:, :, :prefix].clone())  # not a view
         out, lse = merge(out, lse, blk_out, blk_lse)
 
     if prefix:

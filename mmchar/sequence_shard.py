@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -42,16 +43,20 @@ class ShardPlan:
             model computes once and hands to every block).
         split: block argument name -> its token dimension (a tensor, or a tuple of tensors such as RoPE's cos/sin).
         text_prefix: joint attention puts the text tokens, whole on every rank, before the video chunk.
+        split_ndim: arguments cut only when they have this many dimensions (Wan 2.2's per-token temb is 4-D;
+            Wan 2.1's [B, 6, C] stays whole even when the sequence has 6 tokens).
     """
 
     blocks: str
     split: dict[str, int]
     text_prefix: bool = False
+    split_ndim: dict[str, int] = field(default_factory=dict)
 
 
 SHARD_PLANS: dict[str, ShardPlan] = {
     # Wan 2.2's per-token timestep embedding (temb [B, S, 6, C]) is cut too; Wan 2.1's [B, 6, C] is left whole
-    "WanTransformer3DModel": ShardPlan("blocks", {"hidden_states": 1, "rotary_emb": 1, "temb": 1}),
+    "WanTransformer3DModel": ShardPlan("blocks", {"hidden_states": 1, "rotary_emb": 1, "temb": 1},
+                                       split_ndim={"temb": 4}),
     "CogVideoXTransformer3DModel": ShardPlan("transformer_blocks", {"hidden_states": 1, "image_rotary_emb": 0},
                                              text_prefix=True),
 }
@@ -64,7 +69,8 @@ class SequenceShard:
     """This rank's share of a model's token sequence while hooked in (`hooked`); the attention routes of the
     swap call :meth:`attend` for self-attention while a forward pass is sharded (:attr:`active`)."""
 
-    def __init__(self, model: torch.nn.Module, group: dist.ProcessGroup | None = None, scheme: str = "auto") -> None:
+    def __init__(self, model: torch.nn.Module, group: dist.ProcessGroup | None = None, scheme: str = "auto",
+                 sync_timeout: timedelta | None = None) -> None:
         """``scheme``: ``auto`` (Ulysses where the ranks divide the heads, ring otherwise), or one of them forced
         (to compare the two on one model; Ulysses still needs divisible heads)."""
         if scheme not in SCHEMES:
@@ -86,8 +92,13 @@ class SequenceShard:
         self.prefix: int = 0
         self.schemes: dict[str, str] = {}  # attention module path -> ulysses / ring
         # host-side barrier (no GPU kernel in the traces): every rank of `group` creates it here, together
-        self._sync_group = group if dist.get_backend(group) == "gloo" else dist.new_group(
-            ranks=None if group is None else dist.get_process_group_ranks(group), backend="gloo")
+        if dist.get_backend(group) == "gloo":
+            self._sync_group = group
+        elif group is None:
+            self._sync_group = dist.new_group(backend="gloo", timeout=sync_timeout)
+        else:  # only the subgroup's ranks take part in making it
+            self._sync_group = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo",
+                                              timeout=sync_timeout, use_local_synchronization=True)
 
     def align(self) -> None:
         """Line the ranks up (device work done, then a host barrier) before a timed or profiled generation."""
@@ -134,8 +145,11 @@ class SequenceShard:
             return x
 
         for name, dim in self.plan.split.items():
-            if name in bound.arguments:
-                bound.arguments[name] = cut(bound.arguments[name], dim)
+            arg = bound.arguments.get(name)
+            if arg is None or (name in self.plan.split_ndim and getattr(arg, "dim", lambda: -1)()
+                                                                   != self.plan.split_ndim[name]):
+                continue
+            bound.arguments[name] = cut(arg, dim)
         return bound.args, bound.kwargs
 
     def _gather(self, module: Any, args: tuple, output: Any) -> Any:

@@ -19,7 +19,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ PY_MODULE_PREFIX = "nn.Module: "
 
 @dataclass
 class Context:
-    """What encloses an event on the CPU side."""
+    """What encloses an event on the CPU side (built positionally in the parser's hot loop: a field added here
+    is passed on in every constructor there)."""
 
     stage: str = ""
     step: int = -1
@@ -182,7 +183,8 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                 if cpu_name[i].startswith(COMPILE_WRAPPERS):
                     ctx = parent
                 else:
-                    ctx = replace(parent, top_op=parent.top_op if parent.top_op >= 0 else op, leaf_op=op)
+                    ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
+                                  parent.top_op if parent.top_op >= 0 else op, op, parent.comm, parent.comm_id)
                 if not trace.on_gpu:
                     for s in reversed(stack):  # charge this op's time to its nearest enclosing op
                         if s[2] >= 0:
@@ -194,19 +196,26 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             name = cpu_name[i]
             if name.startswith(STAGE_SCOPE_PREFIX):
                 stage, _, step = name[len(STAGE_SCOPE_PREFIX):].partition("::")
-                ctx = replace(parent, stage=stage, step=int(step or -1))
+                ctx = Context(stage, int(step or -1), parent.module, parent.attn, parent.attn_id, parent.top_op,
+                              parent.leaf_op, parent.comm, parent.comm_id)
             elif name.startswith(MODULE_SCOPE_PREFIX):
-                ctx = replace(parent, module=name[len(MODULE_SCOPE_PREFIX):])
+                ctx = Context(parent.stage, parent.step, name[len(MODULE_SCOPE_PREFIX):], parent.attn,
+                              parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id)
             elif name.startswith(ATTN_SCOPE_PREFIX):
-                ctx = replace(parent, attn=name, attn_id=i)
+                ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op,
+                              parent.comm, parent.comm_id)
             elif name.startswith(COMM_SCOPE_PREFIX):
-                ctx = replace(parent, comm=name, comm_id=i)
+                ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id, parent.top_op,
+                              parent.leaf_op, name, i)
             elif foreign_stage is not None and name.startswith(PY_MODULE_PREFIX):
                 inst = name[len(PY_MODULE_PREFIX):]
-                ctx = replace(parent, module=f"{parent.module}.{inst}" if parent.module else inst)
+                ctx = Context(parent.stage, parent.step, f"{parent.module}.{inst}" if parent.module else inst,
+                              parent.attn, parent.attn_id, parent.top_op, parent.leaf_op, parent.comm,
+                              parent.comm_id)
             elif foreign_stage is not None and name.startswith(PROFILER_STEP_PREFIX):
                 step = name[len(PROFILER_STEP_PREFIX):]
-                ctx = replace(parent, step=int(step) if step.isdigit() else parent.step)
+                ctx = Context(parent.stage, int(step) if step.isdigit() else parent.step, parent.module, parent.attn,
+                              parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id)
             else:
                 ctx = parent
             stack.append((end, ctx, -1))

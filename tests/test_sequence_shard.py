@@ -166,3 +166,17 @@ def test_backends_that_read_the_whole_sequences_hidden_states_are_refused_up_fro
     with pytest.raises(InvalidParameterError, match="wersa filters q and k by each layer's hidden states"):
         ProfileOptions(backend="wersa", sequence_parallel=2)
     assert ProfileOptions(backend="linear", sequence_parallel=2).sequence_parallel == 2
+
+
+def test_only_rank_0_keeps_a_trace(tmp_path, torchrun, monkeypatch):
+    """The other ranks profile in lockstep but keep nothing: no trace file is left in the temporary folder."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    store = tmp_path / "runs"
+    proc = torchrun(2, "-m", "mmchar", "profile", "wan2.1-1.3b", "--sequence-parallel", "--device", "cpu",
+                    "--store", str(store), "--repeat", "1", "--profile-steps", "1", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = [p for p in store.iterdir() if p.is_dir()]
+    assert (folder / "trace.pt.trace.json.gz").is_file()
+    assert not list(scratch.glob("mmchar-trace-*")), list(scratch.iterdir())

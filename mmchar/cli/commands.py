@@ -234,7 +234,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
                 "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto") -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar import distributed as dd
-    from mmchar.runner import measure_backends, store_outcome
+    from mmchar.runner import discard, measure_backends, store_outcome
 
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
@@ -253,9 +253,12 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
                 f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
                 f"{target.steps} steps ...")
-        outcome = measure_backends(target, [options])[0]
+        mine = options if rank is None or rank.leader else dataclasses.replace(options, keep_trace=False)
+        outcome = measure_backends(target, [mine])[0]
         if rank is not None:  # every rank measured in lockstep: rank 0 writes one run, failed if any rank failed
             outcome = dd.agree_on_outcome(outcome, rank)
+            if not rank.leader:
+                discard(outcome)
         run = store_outcome(target, options, outcome, store, _hash_for(target)(options)) \
             if rank is None or rank.leader else None
         if rank is not None:
