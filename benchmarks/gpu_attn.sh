@@ -17,9 +17,7 @@ for phase in sweep workloads; do
 done
 export TRITON_CACHE_DIR=$REPO/.triton-cache
 mkdir -p "$TRITON_CACHE_DIR"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+. benchmarks/gpu_install.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee /tmp/pack/gpu.txt
 mmchar calibrate 2>&1 | tail -6 | tee /tmp/pack/calibrate.txt
 for phase in $PHASES; do

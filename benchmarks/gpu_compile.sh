@@ -11,9 +11,8 @@ OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/compile-runs}
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT" "$STORE"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5 PYTHONSAFEPATH=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+. benchmarks/gpu_install.sh
+export PYTHONSAFEPATH=1  # `-m mmchar` / torchrun import the installed package, not ./mmchar
 mmchar calibrate > /dev/null 2>&1
 t0=$(date +%s)
 for w in ${WORKLOADS:-sd15 llamagen cogvideox-2b}; do

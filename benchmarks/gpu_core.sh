@@ -6,9 +6,7 @@ set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 STEPS=${STEPS:-4}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+. benchmarks/gpu_install.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 S=/tmp/gpu-runs
 mmchar backends --device cuda | tee "$OUT/backends.txt"

@@ -10,9 +10,8 @@ OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/sp-runs}
 PACK=/tmp/sp-pack
 mkdir -p "$OUT" "$STORE" "$PACK"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5 PYTHONSAFEPATH=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+. benchmarks/gpu_install.sh
+export PYTHONSAFEPATH=1  # `-m mmchar` / torchrun import the installed package, not ./mmchar
 NPROC=${NPROC:-$(nvidia-smi -L | wc -l)}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$PACK/gpu.txt"
 nvidia-smi topo -m > "$PACK/topo.txt" 2>&1

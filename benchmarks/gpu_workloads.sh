@@ -9,9 +9,7 @@ OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/wl-runs}
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT" "$STORE"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+. benchmarks/gpu_install.sh
 mmchar calibrate > /dev/null 2>&1
 WORKLOADS=${WORKLOADS:-"sd15 amused llamagen pixart-sigma sana-1.6b sdxl modelscope-t2v animatediff svd sd3-medium phenaki-like cogvideox-2b wan2.1-1.3b flux-dev cogvideox-5b wan2.1-14b"}
 t0=$(date +%s)

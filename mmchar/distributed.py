@@ -122,7 +122,7 @@ def agree_on_outcome(outcome: Any, rank: Rank) -> Any:
         return outcome
     discard(outcome)
     message, oom, _ = causes[0]
-    return torch_oom(message) if oom else RankFailed(message)
+    return _oom(message) if oom else RankFailed(message)
 
 
 def _waited_on_peer(exc: BaseException) -> bool:
@@ -138,7 +138,7 @@ class RankFailed(InvalidParameterError):
     """Another rank of a sequence-parallel run failed: this run is recorded with its error."""
 
 
-def torch_oom(message: str) -> BaseException:
+def _oom(message: str) -> BaseException:
     import torch
 
     return torch.OutOfMemoryError(f"out of memory on {message}")

@@ -34,12 +34,9 @@ Attend = Callable[..., torch.Tensor]
 COMM_SCOPE_PREFIX = "mmchar.comm::"
 
 
-def comm_scope(kind: str, nbytes: int) -> torch.profiler.record_function:
-    return torch.profiler.record_function(f"{COMM_SCOPE_PREFIX}{kind}::{int(nbytes)}")
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+def comm_scope(kind: str, sent: torch.Tensor) -> torch.profiler.record_function:
+    """The scope of one collective whose payload is ``sent`` (this rank's send buffer)."""
+    return torch.profiler.record_function(f"{COMM_SCOPE_PREFIX}{kind}::{sent.numel() * sent.element_size()}")
 
 
 def chunk_sizes(length: int, ranks: int) -> list[int]:
@@ -68,7 +65,7 @@ def _seq_to_heads(x: torch.Tensor, sizes: list[int], group: dist.ProcessGroup | 
     send = x.reshape(b, p, hp, s, d).transpose(0, 1).reshape(-1)  # [P, B, H/P, s, D]: part i goes to rank i
     recv = x.new_empty(b * hp * d * sum(sizes))
     unit = b * hp * d
-    with comm_scope("all_to_all", _nbytes(send)):
+    with comm_scope("all_to_all", send):
         dist.all_to_all_single(recv, send, output_split_sizes=[unit * n for n in sizes],
                                input_split_sizes=[unit * s] * p, group=group)
     parts = recv.split([unit * n for n in sizes])  # rank i's tokens of my heads
@@ -81,7 +78,7 @@ def _heads_to_seq(x: torch.Tensor, sizes: list[int], rank: int, group: dist.Proc
     unit = b * hp * d
     send = torch.cat([t.reshape(-1) for t in x.split(sizes, dim=2)])  # rank i's tokens, for rank i
     recv = x.new_empty(p * unit * sizes[rank])
-    with comm_scope("all_to_all", _nbytes(send)):
+    with comm_scope("all_to_all", send):
         dist.all_to_all_single(recv, send, output_split_sizes=[unit * sizes[rank]] * p,
                                input_split_sizes=[unit * n for n in sizes], group=group)
     return recv.view(p, b, hp, sizes[rank], d).transpose(0, 1).reshape(b, p * hp, sizes[rank], d)
@@ -128,7 +125,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: 
         return rows
     heads = [torch.empty_like(out[:, :, :prefix]) for _ in range(p)]  # the prefix rows of every rank's heads
     mine_rows = out[:, :, :prefix].contiguous()
-    with comm_scope("all_gather", _nbytes(mine_rows)):
+    with comm_scope("all_gather", mine_rows):
         dist.all_gather(heads, mine_rows, group=group)
     return torch.cat([torch.cat(heads, dim=1), rows], dim=2)
 
@@ -199,7 +196,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
             shape = list(kv.shape)
             shape[2] = sizes[(j - 1) % p]  # the chunk arriving next: the previous rank's current one
             incoming = kv.new_empty(shape)
-            with comm_scope("sendrecv", _nbytes(kv)):
+            with comm_scope("sendrecv", kv):
                 pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, peer(nxt), group),
                                                   dist.P2POp(dist.irecv, incoming, peer(prv), group)])
         if (not causal or j <= rank) and kv.shape[2]:

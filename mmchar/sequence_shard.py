@@ -87,9 +87,8 @@ class SequenceShard:
         self.blocks = model.get_submodule(self.plan.blocks)
         self._signature = inspect.signature(self.blocks[0].forward)
         self.full: int | None = None  # tokens of the sequence being sharded; None outside a sharded forward
-        self.sizes: list[int] = []
-        self.tokens: int | None = None  # the last sharded sequence's length and text prefix (for the run record)
-        self.prefix: int = 0
+        self.sizes: list[int] = []  # chunk lengths of the last sharded sequence (kept for the run record)
+        self.prefix: int = 0  # its text prefix
         self.schemes: dict[str, str] = {}  # attention module path -> ulysses / ring
         # host-side barrier (no GPU kernel in the traces): every rank of `group` creates it here, together
         if dist.get_backend(group) == "gloo":
@@ -134,7 +133,6 @@ class SequenceShard:
                 raise InvalidParameterError(f"sequence parallelism over {self.ranks} ranks needs at least as many "
                                             f"tokens; this sequence has {n}")
             self.full, self.sizes = n, chunk_sizes(n, self.ranks)
-            self.tokens = n
         start, size = sum(self.sizes[:self.rank]), self.sizes[self.rank]
 
         def cut(x: Any, dim: int) -> Any:
@@ -163,7 +161,7 @@ class SequenceShard:
             x = torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim=dim)
         parts = [torch.empty_like(x) for _ in range(self.ranks)]
         x = x.contiguous()
-        with comm_scope("all_gather", x.numel() * x.element_size()):
+        with comm_scope("all_gather", x):
             dist.all_gather(parts, x, group=self.group)
         self.full = None
         whole = torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, self.sizes)], dim=dim)
@@ -218,7 +216,6 @@ class SequenceShard:
         for s in self.schemes.values():
             counts[s] = counts.get(s, 0) + 1
         return {"ranks": self.ranks, "stored_rank": self.rank, "process_group": dist.get_backend(self.group),
-                "model": self.model_class, "tokens": self.tokens, "chunk_tokens": chunk_sizes(self.tokens, self.ranks)
-                if self.tokens else None, "text_prefix_tokens": self.prefix, "schemes": counts,
+                "model": self.model_class, "tokens": sum(self.sizes) or None, "chunk_tokens": self.sizes or None, "text_prefix_tokens": self.prefix, "schemes": counts,
                 "split_at": f"{self.plan.blocks}.* ({', '.join(self.plan.split)})",
                 "gathered_at": f"{self.plan.blocks}.{len(self.blocks) - 1} (output)"}

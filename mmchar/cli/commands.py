@@ -234,7 +234,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
                 "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto") -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar import distributed as dd
-    from mmchar.runner import discard, measure_backends, store_outcome
+    from mmchar.runner import measure_backends, store_outcome
 
     params = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                   prompt=prompt)
@@ -247,20 +247,18 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
         memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
         target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
                         memory)
-        if rank is None or rank.leader:
+        leader = rank is None or rank.leader
+        if leader:
             _warn_changed_math([backend])
             over = f" split over {rank.world} ranks" if rank else ""
             say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
                 f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
                 f"{target.steps} steps ...")
-        mine = options if rank is None or rank.leader else dataclasses.replace(options, keep_trace=False)
-        outcome = measure_backends(target, [mine])[0]
-        if rank is not None:  # every rank measured in lockstep: rank 0 writes one run, failed if any rank failed
+        # the other ranks measure in lockstep and keep no trace; rank 0 writes one run, failed if any rank failed
+        outcome = measure_backends(target, [options if leader else dataclasses.replace(options, keep_trace=False)])[0]
+        if rank is not None:
             outcome = dd.agree_on_outcome(outcome, rank)
-            if not rank.leader:
-                discard(outcome)
-        run = store_outcome(target, options, outcome, store, _hash_for(target)(options)) \
-            if rank is None or rank.leader else None
+        run = store_outcome(target, options, outcome, store, _hash_for(target)(options)) if leader else None
         if rank is not None:
             dd.leader_done(rank)  # the others wait until the run is written (torchrun ends the group on an exit)
     finally:
