@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU evidence of the attention-kernels issue, run on the device machine from the repo root:
-#   PHASES="tests sweep workloads wersa tune ncu probe" (default: tests sweep workloads; per-phase limits SWEEP_S, WORKLOADS_S, else BENCH_S; shape filters SWEEP_MATCH, WORKLOADS_MATCH) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
+#   PHASES="tests sweep workloads wersa tune ncu probe launch" (default: tests sweep workloads; per-phase limits SWEEP_S, WORKLOADS_S, else BENCH_S; shape filters SWEEP_MATCH, WORKLOADS_MATCH) — gpu-marked kernel/backend tests, `mmchar bench-attn` on the
 #   S sweep and on the workload shapes, Nsight Compute on chosen kernels. Results packed into $OUT/results.tgz.
 # Autotuning dominates a fresh machine's time: the tuned choices (Triton's *.autotune.json, a few KB) come back in
 # $OUT/autotune.tgz; unpack it into .triton-cache/ here and pass carry=[".whl", ".triton-cache"] next time, and
@@ -44,6 +44,8 @@ for phase in $PHASES; do
         CUDA_LAUNCH_BLOCKING=1 timeout 120 python3 -u benchmarks/probe_shape.py "$b" ${PROBE_SHAPE:-2,70,1024,300,32} \
           >> /tmp/pack/probe.txt 2>&1 || echo "$b: exit $?" >> /tmp/pack/probe.txt
       done ;;
+    launch)  # host cost per call of the small attention calls (benchmarks/probe_launch.py)
+      timeout "${LAUNCH_S:-120}" python3 -u benchmarks/probe_launch.py --out /tmp/pack/launch.md > /tmp/pack/launch.txt 2>&1 ;;
     wersa)
       timeout "${WERSA_S:-120}" python3 -u benchmarks/profile_wersa.py --out /tmp/pack/wersa-parts.md > /tmp/pack/wersa.txt 2>&1 ;;
     tune)

@@ -5,7 +5,8 @@
 # benchmarks/extra_wheels.sh). Then, here: `mmchar study STORE... -o DIR` and `mmchar dashboard ... --png DIR`.
 # Then, while the budget lasts, `mmchar compare W --backends math,flash` of the token models (COMPARE) for the
 # study's flash-vs-math question on transformer families.
-#   WORKLOADS="sd15 llamagen cogvideox-2b"  COMPARE="llamagen amused"  BUDGET_S=540
+#   WORKLOADS="sd15 llamagen cogvideox-2b"  MODES="eager compile"  COMPARE="llamagen amused"  BUDGET_S=540
+# (MODES=compile when the eager run of a workload is already committed.)
 set -u
 OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/compile-runs}
@@ -17,7 +18,8 @@ mmchar calibrate > /dev/null 2>&1
 t0=$(date +%s)
 for w in ${WORKLOADS:-sd15 llamagen cogvideox-2b}; do
   steps=4; [ "$w" = llamagen ] && steps=32
-  for mode in "" "--compile"; do
+  for m in ${MODES:-eager compile}; do
+    mode=""; [ "$m" = compile ] && mode="--compile"
     [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: $w $mode and later not started"; break 2; }
     timeout "${PER_RUN_S:-300}" mmchar sweep "$w" --preset full --steps $steps --repeat 3 --profile-steps 1 --no-trace \
       --device cuda --store "$STORE" $mode 2>&1 | tail -3 | tee -a "$OUT/log.txt"

@@ -145,9 +145,21 @@ def _context_lost(e: BaseException) -> bool:
                                   "misaligned address", "illegal instruction", "illegal address"))
 
 
+def _gpu_ms(fn: Any, device: torch.device) -> float | None:
+    """GPU time per call with the launches queued ahead of the GPU (mmchar.kernels.tuning.gpu_time): what the
+    call costs inside a model whose host runs ahead. ``ms`` (do_bench) launches one call at a time, so for a call
+    shorter than its own launch it measures the host; both are reported, neither replaces the other."""
+    if device.type != "cuda":
+        return None
+    from mmchar.kernels.tuning import gpu_time
+
+    return float(gpu_time(fn, quantiles=(0.5,))[0])
+
+
 def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
     ms = _time_ms(fn, device)
-    row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9)
+    row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9,
+               gpu_ms=_gpu_ms(fn, device))
 
 
 def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: torch.dtype,
@@ -166,7 +178,7 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                 host = torch.randn(shape.b, shape.sq, shape.h * shape.d, device=device, dtype=dtype, generator=g)
         for name in backends:
             row: dict[str, Any] = {**asdict(shape), "backend": name, "ms": None, "tflops": None, "gbps": None,
-                                   "rel_err": None, "note": ""}
+                                   "gpu_ms": None, "rel_err": None, "note": ""}
             cls = get_backend(name)
             why = cls.unavailable_reason(device)
             backend = cls(f"bench.{shape.name}") if why is None else None
@@ -200,7 +212,7 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         _timed_row(erow, lambda: eager(q, k, v, causal=shape.causal, hidden_states=host), flops,
                                    nbytes, device)
                     except Exception as e:  # noqa: BLE001
-                        erow.update(ms=None, tflops=None, gbps=None)
+                        erow.update(ms=None, tflops=None, gbps=None, gpu_ms=None)
                         if _failed(erow, e, device):
                             raise ContextLost([*rows, erow]) from None
                     rows.append(erow)
@@ -289,15 +301,19 @@ def _previous_rows(out: Path, device: torch.device) -> list[dict[str, Any]]:
     if data.get("device", {}).get("name") != environment.device_info(device)["name"]:
         raise ValueError(f"{f} was measured on {data.get('device', {}).get('name')}, not on this device; "
                          f"use another --output folder")
-    keep = set(asdict(Shape("", 0, 0, 0, 0, 0))) | {"backend", "ms", "tflops", "gbps", "rel_err", "note"}
+    keep = set(asdict(Shape("", 0, 0, 0, 0, 0))) | {"backend", "ms", "tflops", "gbps", "gpu_ms", "rel_err", "note"}
     return [{k: v for k, v in r.items() if k in keep} for r in data["rows"]]
 
 
 def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch.dtype, out: Path) -> str:
     df = pd.DataFrame(rows)
-    for base in ("cudnn", "flash"):
-        ref = df[df["backend"] == base].set_index("name")["ms"]
-        df[f"vs_{base}"] = [ref.get(n) / ms if ms and ref.get(n) else None for n, ms in zip(df["name"], df["ms"])]
+    if "gpu_ms" not in df:  # rows of a run before the column existed
+        df["gpu_ms"] = None
+    for col, prefix in (("ms", "vs_"), ("gpu_ms", "gpu_vs_")):
+        for base in ("cudnn", "flash"):
+            ref = df[df["backend"] == base].set_index("name")[col]
+            df[f"{prefix}{base}"] = [ref.get(n) / ms if ms and ref.get(n) else None
+                                     for n, ms in zip(df["name"], df[col])]
     dev = environment.device_info(device)
     roofs = environment.roofs(dev)
     if roofs:
@@ -308,7 +324,9 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
     out.mkdir(parents=True, exist_ok=True)
     v = environment.versions()
     head = (f"# Attention backends on {dev['name']} ({stamp:%Y-%m-%d}), {str(dtype).removeprefix('torch.')} forward\n\n"
-            f"torch {v['torch']}, triton {v['triton']}, cuDNN {v['cudnn']}. ms = median (triton.testing.do_bench); "
+            f"torch {v['torch']}, triton {v['triton']}, cuDNN {v['cudnn']}. ms = median (triton.testing.do_bench: one "
+            f"call at a time, so a call shorter than its launch measures the host); gpu_ms = median GPU time with the "
+            f"launches queued ahead (the call inside a model whose host runs ahead), L2 flushed before each in both; "
             f"TFLOP/s and GB/s by each backend's cost model (softmax 4·B·H·Sq·Skv·d, half for causal; linear and "
             f"WERSA: feature maps, state and output passes; mmchar/flops.py); vs_X = X's ms / this backend's ms "
             f"(> 1: faster); self-attention shapes hand the backends the host layer's hidden states [B, S, H·d] "
@@ -320,7 +338,8 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
         head += "Sequence length from which a backend beats SDPA cuDNN (per head dim): " + "; ".join(
             f"{b}: {c}" for b, c in cross.items() if c) + "\n\n"
     cols = [c for c in ["name", "b", "h", "sq", "skv", "d", "causal", "backend", "ms", "tflops", "gbps", "vs_cudnn",
-                        "vs_flash", "pct_of_matmul_roof", "pct_of_copy_roof", "rel_err", "note"] if c in df.columns]
+                        "vs_flash", "gpu_ms", "gpu_vs_flash", "pct_of_matmul_roof", "pct_of_copy_roof", "rel_err",
+                        "note"] if c in df.columns]
     (out / "attention.md").write_text(head + _markdown(df[cols]) + "\n")
     (out / "attention.json").write_text(json.dumps({"device": dev, "versions": v, "roofs": roofs,
                                                   "date": stamp.isoformat(), "rows": df.to_dict("records")},

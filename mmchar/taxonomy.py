@@ -39,7 +39,8 @@ _MEMORY_OPS = (r"copy_|contiguous|clone|cat|stack|_to_copy|to|permute|transpose|
                r"as_strided\w*|view\w*|reshape|flatten|unflatten|unsqueeze|squeeze|_unsafe_view|t|select|unbind|roll|"
                r"flip|embedding|embedding_bag|masked_select|nonzero|is_nonzero|item|equal|detach_|_local_scalar_dense|resize_|set_|detach|alias|lift_fresh|pin_memory|"
                r"concat|concatenate|resolve_conj|resolve_neg|type_as|broadcast_to|view_as|expand_as|reshape_as|"
-               r"pixel_shuffle|pixel_unshuffle|channel_shuffle|movedim|moveaxis")
+               r"pixel_shuffle|pixel_unshuffle|channel_shuffle|movedim|moveaxis|nonzero_numpy|scalar_tensor|"
+               r"broadcast_tensors|is_same_size")
 
 RULES: list[Rule] = [
     # communication first: collectives launched from any op.
@@ -65,7 +66,11 @@ RULES: list[Rule] = [
                              r"topk|sort|all|any|isnan|isinf|nan_to_num|sigmoid_|silu_|gelu_|relu_|tril|triu|"
                              r"masked_fill\w*|one_hot|searchsorted|bucketize|_softmax_backward_data|"
                              # token sampling (autoregressive and masked-token generators)
-                             r"multinomial|clip|aminmax|__and__|__or__|__xor__|__invert__|isin|unique\w*)_?$"),
+                             r"multinomial|clip|aminmax|__and__|__or__|__xor__|__invert__|isin|unique\w*|"
+                             # pooling (IF's and SD-style resnet downsampling) and order statistics (IF's
+                             # dynamic thresholding takes a quantile of every sample each step)
+                             r"avg_pool\w*|max_pool\w*|adaptive_\w*pool\w*|quantile|nanquantile|median|nanmedian|"
+                             r"kthvalue)_?$"),
     # a CPU trace of a torch.compile'd model: the compiled region's own time is Inductor's fused C++ kernels
     # (pointwise and reduction fusions; convolutions and matmuls run as the aten ops inside it, recorded apart),
     # as the Triton kernels of a GPU trace are (triton_poi/red/per below)

@@ -18,6 +18,7 @@ def _load_builtin() -> None:
     from mmchar.workloads.modelscope_t2v import workload as _m  # noqa: F401
     from mmchar.workloads.sd15 import workload as _s  # noqa: F401
     from mmchar.workloads.sdxl import workload as _sdxl  # noqa: F401
+    from mmchar.workloads.if_stage1 import workload as _if  # noqa: F401
     from mmchar.workloads.pixart_sigma import workload as _pixart  # noqa: F401
     from mmchar.workloads.sana import workload as _sana  # noqa: F401
     from mmchar.workloads.cogvideox import workload as _cogvideox  # noqa: F401

@@ -58,6 +58,7 @@ PUBLISHED = {"sd15": ("unet", 0.86e9), "sdxl": ("unet", 2.57e9), "modelscope-t2v
              "flux-dev": ("transformer", 11.90e9), "svd": ("unet", 1.52e9), "animatediff": ("motion_adapter", 0.45e9),
              "llamagen": ("transformer", 0.775e9),  # GPT-XL 775M, its caption embedder (4 M) apart
              "amused": ("transformer", 0.608e9), "sana-1.6b": ("transformer", 1.60e9),  # Sana_1600M
+             "if-stage1": ("unet", 4.3e9),  # IF-I-XL model card: 4.3B
              "phenaki-like": ("transformer", 1.90e9)}  # our own configuration (documented in its full.json)  # the cited config's own count: no published per-part figure to hold it to
 
 
