@@ -252,11 +252,12 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
     Returns:
         Columns ``group, run_id, workload, backend, baseline_run_id, baseline_backend, is_baseline, status,
         e2e_ms, denoiser_step_ms, attention_us_per_step, e2e_speedup, step_speedup, attention_speedup,
-        max_abs_diff, cosine, agrees`` (nullable boolean: NA where not checked).
+        max_abs_diff, cosine, token_match, agrees`` (token_match: a token model's fraction of equal tokens, where
+        cosine means nothing; agrees is a nullable boolean: NA where not checked).
     """
     columns = ["group", "run_id", "workload", "backend", "baseline_run_id", "baseline_backend", "is_baseline",
                "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step", "e2e_speedup",
-               "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "agrees"]
+               "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "token_match", "agrees"]
     by_id = {r.run_id: r for r in runs}
     members: list[tuple[Run, dict[str, Any]]] = [(r, r.meta["compare"]) for r in runs if r.meta.get("compare")]
     seen = {r.run_id for r, _ in members}
@@ -276,7 +277,7 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, _step(run)),
             "denoiser_busy_ms": _busy_ms(run.meta, _step(run)), "attention_us_per_step": _attention_us_per_step(run),
             "max_abs_diff": cmp.get("max_abs_diff", np.nan), "cosine": cmp.get("cosine", np.nan),
-            "agrees": cmp.get("agrees"),
+            "token_match": cmp.get("token_match", np.nan), "agrees": cmp.get("agrees"),
         }
         base_values = ((_median_ms(base.meta, "e2e"), _median_ms(base.meta, _step(base)),
                         _busy_ms(base.meta, _step(base)), _attention_us_per_step(base))
@@ -287,7 +288,7 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             row[name] = b / value if value and not np.isnan(value) else np.nan
         rows.append(row)
     out = pd.DataFrame(rows, columns=columns)
-    for col in ("max_abs_diff", "cosine"):
+    for col in ("max_abs_diff", "cosine", "token_match"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     out["agrees"] = out["agrees"].astype("boolean")  # NA where not checked (the baseline itself)
     out["is_baseline"] = out["is_baseline"].astype(bool)

@@ -6,6 +6,7 @@ runs whose output does not agree with the baseline are labelled, since a fast wr
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -28,14 +29,17 @@ def comparison_figure(comparison: pd.DataFrame) -> go.Figure:
     x = [list(cmp["group"].astype(str)), list(cmp["backend"].astype(str))]
     verdict = ["baseline" if b else "not checked" if pd.isna(a) else "agrees" if a else "DIFFERS"
                for b, a in zip(cmp["is_baseline"], cmp["agrees"])]
-    custom = list(zip(cmp["run_id"], verdict, cmp["max_abs_diff"], cmp["cosine"]))
+    tokens = cmp["token_match"] if "token_match" in cmp else pd.Series(np.nan, index=cmp.index)
+    detail = [f"{t:.1%} of tokens equal" if t == t else f"max |diff| {d:.3g}, cosine {c:.5f}"
+              for d, c, t in zip(cmp["max_abs_diff"], cmp["cosine"], tokens)]
+    custom = list(zip(cmp["run_id"], verdict, detail))
     fig = go.Figure()
     for col, name, color in SPEEDUPS:
         fig.add_trace(go.Bar(
             x=x, y=cmp[col], name=name, marker_color=color, customdata=custom,
             text=["✗ differs" if v == "DIFFERS" else "" for v in verdict], textposition="outside",
             hovertemplate=f"%{{customdata[0]}}<br>{name}: %{{y:.2f}}×<br>%{{customdata[1]}} "
-                          "(max |diff| %{customdata[2]:.3g}, cosine %{customdata[3]:.5f})<extra></extra>"))
+                          "(%{customdata[2]})<extra></extra>"))
     fig.add_hline(y=1, line_dash="dash", line_color="#555")
     return style(fig, "Speedup over the group's baseline backend (> 1 is faster)", barmode="group",
                  yaxis={"title": "speedup (×)"})

@@ -110,7 +110,8 @@ class StageTimer:
             if phases:
                 phase = phases[0] if len(phases) == 1 or step == 0 else phases[1]
             if self.capture and stage == "decoder" and self.decoder_input is None and args and torch.is_tensor(args[0]):
-                self.decoder_input = args[0].detach().float().cpu()
+                x = args[0].detach()  # token ids stay integers: compare matches them, not their distance
+                self.decoder_input = (x.float() if x.is_floating_point() else x).cpu()
             handle = _rf_enter(f"{STAGE_SCOPE_PREFIX}{stage}::{step}", None) if self.annotate else None
             if self.measure_memory:
                 torch.cuda.reset_peak_memory_stats(self.target.device)

@@ -478,3 +478,28 @@ def test_error_messages_are_not_markup(weights, capsys):
     code = main(["profile", "sd15", "--weights", weights])
     err = capsys.readouterr().err
     assert code == 1 and weights in err
+
+
+def test_agreement_of_latents_and_of_tokens():
+    from mmchar.compare import agreement
+
+    x = torch.randn(2, 4, 8, 8)
+    same = agreement(x, x.clone())
+    assert same["agrees"] and same["cosine"] == pytest.approx(1.0) and same["max_abs_diff"] == 0.0
+    assert not agreement(x, -x)["agrees"]
+    ids = torch.arange(16).reshape(1, 16)
+    flipped = ids.clone()
+    flipped[0, 12:] += 1  # a flip at position 12 and every later token changed
+    tok = agreement(ids, flipped)
+    assert tok["token_match"] == pytest.approx(0.75) and tok["agrees"] is False
+    assert tok["cosine"] != tok["cosine"]  # NaN: ids have no meaningful distance
+    assert agreement(ids, ids.clone())["agrees"] is True
+
+
+def test_compare_of_a_token_model_reports_token_match(tmp_path):
+    code, out, err = cli(["compare", "llamagen", "--backends", "math,flash", "--preset", "tiny", "--steps", "4",
+                          "--repeat", "1", "--no-trace", "--store", tmp_path])
+    assert code == 0, err
+    table = pd.read_csv(next((tmp_path / COMPARISONS_DIR).glob("*.csv")))
+    assert table["token_match"].between(0, 1).all() and table["cosine"].isna().all()
+    assert "token_match" in out
