@@ -241,8 +241,8 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
 _STATE_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3)]
 _OUT_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 128, 4, 3),
                 (256, 64, 8, 2)]  # large query tiles read the fp32 state from L2 fewer times per token (d = 128)
-# single-stage entries: with 256-wide features (causal WERSA, m = 256) every two-stage state config asked for
-# 248 KiB of shared memory on the H100 (227 KiB there; bench-attn 2026-11-25, S = 1k-8k)
+# single-stage entries for 256-wide features (causal WERSA, m = 256) on the chunked path; the 248 KiB that
+# failed at S = 1k-8k on the H100 was the one-pass scan's (see linear_attn)
 _CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2), (64, 4, 1),
                          (32, 4, 1)]
 _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3), (128, 8, 1), (32, 4, 3),
@@ -334,9 +334,14 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
         many = b * h * triton.cdiv(dv, 64) >= 64
         if causal_path == "scan" or (causal_path is None and many and chunks_per_group is None):
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
+            # 256-wide features (causal WERSA, m = 256): 64-token chunks over the default 3 stages asked 248 KiB
+            # of shared memory on the H100 (227 KiB there; bench-attn 2026-11-26, S = 1k-8k), so half the
+            # chunk, one stage, the state spread over 8 warps
+            wide = bd >= 256
             _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),
                                       *o.stride(), h, D=d, DV=dv, BD=bd, BDV=min(bdv, 64), FEATURE=f,
-                                      CHUNK=16 if interpreting() else 64, PREC=prec, num_warps=4)
+                                      CHUNK=16 if interpreting() else 32 if wide else 64, PREC=prec,
+                                      num_warps=8 if wide else 4, num_stages=1 if wide else 3)
             return o
         return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group)
     u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)

@@ -104,13 +104,15 @@ def test_linear_backend_keeps_softmax_for_cross_attention():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("b,h,n,d", [(2, 8, 4096, 32), (2, 8, 16384, 64), (2, 8, 8192, 128), (16, 32, 1024, 64)])
-def test_gpu_bf16(b, h, n, d, causal):
-    """The last shape has enough batch·heads for the one-pass causal scan; the others take the chunked path."""
+@pytest.mark.parametrize("b,h,n,d,dv", [(2, 8, 4096, 32, 32), (2, 8, 16384, 64, 64), (2, 8, 8192, 128, 128),
+                                        (16, 32, 1024, 64, 64), (16, 32, 1024, 256, 64)])
+def test_gpu_bf16(b, h, n, d, dv, causal):
+    """The last two shapes have enough batch·heads for the one-pass causal scan (the last with causal WERSA's
+    256 features over 64-wide values); the others take the chunked path."""
     from mmchar.kernels.linear_attn.kernel import linear_attn
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(b, h, n, e, device="cuda", dtype=torch.bfloat16, generator=g) for e in (d, d, dv))
     assert _rel(linear_attn(q, k, v, causal=causal), linear_attn_ref(q, k, v, causal=causal)) < 2e-2
 
 
