@@ -67,12 +67,19 @@ def _share(run: Run, stage: str, op_class: str) -> float | None:
     return float(part.loc[part["op_class"] == op_class, "share"].sum()) if len(part) else None
 
 
-def _row(question: str, values: list[tuple[float, str]], fmt: str) -> dict:
+def _row(question: str, values: list[tuple[float, str]], fmt: str, workload_of: dict[str, str]) -> dict:
+    """The answer over workloads, not runs: each workload's runs (a sweep's points, several backends) give one
+    value, their median, so a swept model does not outvote the others; then the median over workloads."""
     if not values:
         return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
-    v = median(x for x, _ in values)
-    lo, hi = min(x for x, _ in values), max(x for x, _ in values)
-    spread = "" if len(values) == 1 else f" (median of {len(values)}: {fmt.format(lo)} to {fmt.format(hi)})"
+    per: dict[str, list[float]] = {}
+    for x, rid in values:
+        per.setdefault(workload_of.get(rid, rid), []).append(x)
+    each = [median(xs) for xs in per.values()]
+    v, lo, hi = median(each), min(each), max(each)
+    spread = "" if len(each) == 1 else f" (median of {len(each)} workloads: {fmt.format(lo)} to {fmt.format(hi)})"
+    if len(values) > len(each):
+        spread += f", from {len(values)} runs"
     return {"question": question, "answer": fmt.format(v) + spread, "value": v,
             "runs": ", ".join(r for _, r in values)}
 
@@ -82,6 +89,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
     one-device eager runs; compiled and sequence-parallel runs answer their own questions."""
     every = [r for r in runs if r.status == "ok"]
     ok = [r for r in every if _one_device_eager(r)]
+    workload_of = {r.run_id: r.workload for r in every}
     rows = []
 
     # the 2023 claim is about UNet denoisers; diffusion transformers have almost no conv, so they are asked apart
@@ -90,15 +98,17 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
                 and _family(r).get("architecture") == arch and _family(r).get("task") == "text-to-image"
                 and r.backend in FUSED_SOFTMAX and (s := _share(r, "denoiser", "conv")) is not None]
         rows.append(_row(f"Share of conv in a {label} text-to-image denoiser step after flash attention", conv,
-                         "{:.1%}"))
+                         "{:.1%}", workload_of))
 
     dit_video = [(s, r.run_id) for r in ok if _family(r).get("architecture") == "dit"
                  and _family(r).get("modality") == "video" and (s := _share(r, "denoiser", "attention")) is not None]
-    rows.append(_row("Share of attention in a video diffusion-transformer denoiser step", dit_video, "{:.1%}"))
+    rows.append(_row("Share of attention in a video diffusion-transformer denoiser step", dit_video, "{:.1%}",
+                     workload_of))
 
     gemm = [(s, r.run_id) for r in ok if _family(r).get("paradigm") == "transformer"
             and _family(r).get("task") == "text-to-image" and (s := _share(r, "generator", "gemm")) is not None]
-    rows.append(_row("Share of gemm (linear layers) in a transformer text-to-image generation step", gemm, "{:.1%}"))
+    rows.append(_row("Share of gemm (linear layers) in a transformer text-to-image generation step", gemm, "{:.1%}",
+                     workload_of))
 
     cmp = comparison_table(ok)
     by_id = {r.run_id: r for r in ok}
@@ -108,7 +118,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
             if len(sel) else sel
         row = _row(f"Step speedup of flash attention over unfused attention, {paradigm} models",
                    [(float(x), rid) for rid, x in zip(mine.get("run_id", []), mine.get("step_speedup", [])) if x == x],
-                   "{:.2f}x")
+                   "{:.2f}x", workload_of)
         busy = [float(x) for x in mine.get("busy_speedup", []) if x == x]
         if busy and row["value"] is not None:  # wall time hides kernel speedups when the host is the bottleneck
             row["answer"] += f"; GPU-busy time {median(busy):.2f}x"
@@ -123,7 +133,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
             if len(per) > 1:
                 levels.append((float(per.max() / per.min()), rid))
     rows.append(_row("Change of the spatial attention sequence length across a UNet's levels (largest / smallest)",
-                     levels, "{:.0f}x"))
+                     levels, "{:.0f}x", workload_of))
 
     temporal = []
     for r in ok:
@@ -133,7 +143,8 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         total = float(att["time_us"].sum())
         if total > 0 and (att["attn_site"] == "temporal").any():
             temporal.append((float(att.loc[att["attn_site"] == "temporal", "time_us"].sum()) / total, r.run_id))
-    rows.append(_row("Share of temporal attention in a video denoiser's attention time", temporal, "{:.1%}"))
+    rows.append(_row("Share of temporal attention in a video denoiser's attention time", temporal, "{:.1%}",
+                     workload_of))
 
     busy = []  # the GPU's busy share of one step's wall time: below 1, the host (launches, Python) is the limit
     for r in ok:
@@ -143,10 +154,11 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         frac = ((r.meta.get("busy") or {}).get(key) or {}).get("busy_frac") if key else None
         if frac is not None:
             busy.append((float(frac), r.run_id))
-    rows.append(_row("GPU busy share of a denoiser step or generated token's wall time", busy, "{:.0%}"))
+    rows.append(_row("GPU busy share of a denoiser step or generated token's wall time", busy, "{:.0%}",
+                     workload_of))
 
     speed, kernels = _compile_speedups(every)
-    row = _row("Step speedup of torch.compile over the eager model (default SDPA)", speed, "{:.2f}x")
+    row = _row("Step speedup of torch.compile over the eager model (default SDPA)", speed, "{:.2f}x", workload_of)
     if kernels and row["value"] is not None:
         row["answer"] += f"; {median(kernels):.2f}x fewer kernels per step"
     rows.append(row)
@@ -156,7 +168,8 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
     best = sp.loc[sp.groupby(["workload", "backend", "device", "series", "gpus"])["speedup"].idxmax()] if len(sp) else sp
     gpus = sorted({int(g) for g in best["gpus"]}) if len(best) else []
     row = _row("Denoiser step speedup of sequence parallelism over one GPU (best scheme)",
-               [(float(x), rid) for x, rid in zip(best.get("speedup", []), best.get("run_id", []))], "{:.2f}x")
+               [(float(x), rid) for x, rid in zip(best.get("speedup", []), best.get("run_id", []))], "{:.2f}x",
+               workload_of)
     if gpus and row["value"] is not None:
         schemes = ", ".join(sorted(set(best["scheme"])))
         row["answer"] += f" at {'/'.join(map(str, gpus))} GPUs ({schemes}; efficiency {median(best['efficiency']):.0%})"

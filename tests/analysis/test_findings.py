@@ -15,8 +15,8 @@ def bd(rows):
     return pd.DataFrame(rows, columns=["stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes"])
 
 
-def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_frac=None):
-    meta = {"run_id": run_id, "created": "2025-01-01", "status": "ok", "workload": "w", "preset": "full",
+def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_frac=None, workload="w"):
+    meta = {"run_id": run_id, "created": "2025-01-01", "status": "ok", "workload": workload, "preset": "full",
             "backend": backend, "config": {"params": {"height": 512}, "family": family},
             "timings": {"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": step_ms}}}
     if busy_frac is not None:  # a GPU run (a CPU run's busy share says nothing)
@@ -26,6 +26,18 @@ def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_fra
     if compare:
         meta["compare"] = compare
     return Run(meta=meta, breakdown=breakdown)
+
+
+def test_a_swept_workload_counts_once(tmp_path):
+    """Three points of one workload's sweep and one run of another: the answer is the median over the two
+    workloads (the sweep's own median, 30 %, and 90 %), not over the four runs (35 %)."""
+    den = bd([("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
+    runs = [run(f"a{i}", "flash", FAMILY, den, busy_frac=b, workload="a") for i, b in enumerate((0.2, 0.3, 0.4))]
+    runs.append(run("b", "flash", FAMILY, den, busy_frac=0.9, workload="b"))
+    f = findings(runs).set_index("question")
+    busy = f.loc["GPU busy share of a denoiser step or generated token's wall time"]
+    assert busy["value"] == 0.6 and busy["answer"] == "60% (median of 2 workloads: 30% to 90%), from 4 runs"
+    assert busy["runs"] == "a0, a1, a2, b"
 
 
 def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
@@ -40,7 +52,7 @@ def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
                  ("denoiser", "gemm", "", 450.0, 0.45, 1, 0, 0)])
     runs = [run("m", "math", FAMILY, den, step_ms=30.0), run("f", "flash", FAMILY, den, step_ms=10.0, compare=cmp,
                                                              busy_frac=0.3),
-            run("v", "flash", video, vid, busy_frac=0.9), run("d", "cudnn", dit, dit_bd),
+            run("v", "flash", video, vid, busy_frac=0.9, workload="wv"), run("d", "cudnn", dit, dit_bd),
             run("dv", "sdpa", dict(video, architecture="dit"), dit_bd)]
     for r in runs:
         write_run(tmp_path / "s", r)
@@ -51,7 +63,7 @@ def test_findings_answer_what_the_runs_cover_and_say_what_they_do_not(tmp_path):
     assert dit_conv["answer"] == "1.0%" and dit_conv["runs"] == "d"  # DiTs are asked apart from UNets
     assert f.loc["Share of attention in a video diffusion-transformer denoiser step", "runs"] == "dv"
     busy = f.loc["GPU busy share of a denoiser step or generated token's wall time"]
-    assert busy["answer"] == "60% (median of 2: 30% to 90%)" and busy["runs"] == "f, v"
+    assert busy["answer"] == "60% (median of 2 workloads: 30% to 90%)" and busy["runs"] == "f, v"
     speed = f.loc["Step speedup of flash attention over unfused attention, diffusion models"]
     assert speed["value"] == 3.0 and speed["runs"] == "f"
     assert f.loc["Share of temporal attention in a video denoiser's attention time", "value"] == 0.75
