@@ -6,10 +6,13 @@ from mmchar.errors import UnknownNameError
 from mmchar.workloads.base import Params, Workload, config_hash
 
 _REGISTRY: dict[str, type[Workload]] = {}
+_ALIASES: dict[str, str] = {}  # alias -> registered name
 
 
 def register_workload(cls: type[Workload]) -> type[Workload]:
     _REGISTRY[cls.name] = cls
+    for alias in cls.aliases:
+        _ALIASES[alias] = cls.name
     return cls
 
 
@@ -40,7 +43,7 @@ def workload_names() -> list[str]:
 def get_workload(name: str) -> Workload:
     _load_builtin()
     try:
-        return _REGISTRY[name]()
+        return _REGISTRY[_ALIASES.get(name, name)]()
     except KeyError:
         raise UnknownNameError("workload", name, _REGISTRY) from None
 

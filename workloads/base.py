@@ -49,6 +49,7 @@ class Workload(ABC):
     """Base of every workload. Subclasses set the class attributes and implement `build`."""
 
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names the CLI accepts (runs record ``name``)
     description: ClassVar[str]
     task: ClassVar[str]  # text-to-image, text-to-video, image-to-video
     modality: ClassVar[str]  # image, video

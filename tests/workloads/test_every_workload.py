@@ -162,3 +162,8 @@ def test_decode_steps_a_backend_cannot_take_go_to_the_fallback(tmp_path, capsys)
     later = meta["backend_later_calls"]
     assert later and all(v.startswith("sdpa for calls wersa cannot take") for v in later.values())
     assert set(meta["backend_per_layer"].values()) == {"wersa"}
+
+
+def test_an_alias_names_the_same_workload():
+    assert get_workload("sana").name == "sana-1.6b"
+    assert "sana" not in NAMES  # listed once, by its own name

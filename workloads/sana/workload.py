@@ -12,6 +12,7 @@ from mmchar.workloads.pipeline import PipelineWorkload
 @register_workload
 class Sana(PipelineWorkload):
     name = "sana-1.6b"
+    aliases = ("sana",)  # the and SANA's own short name; runs record sana-1.6b
     description = "SANA 1.6B 1024 px: linear-attention DiT (70 heads x 32), DC-AE f32c32, Gemma-2 2B text encoder"
     task = "text-to-image"
     modality = "image"
