@@ -35,7 +35,7 @@ def _step_ms(run: Run) -> float | None:
     return (t.get(step_key(t)) or {}).get("median_ms") if t else None
 
 
-def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[float]]:
+def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
     """(eager step / compiled step, the compiled run) for each compiled run with an eager sdpa run of the same
     workload, preset, parameters and device; and the ratio of their kernel counts per step."""
     def key(r: Run) -> tuple:
@@ -55,7 +55,7 @@ def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[floa
         sk = step_key(r.meta["timings"])
         kb, kc = ((x.meta.get("busy") or {}).get(sk) or {} for x in (base, r))
         if kb.get("kernels") and kc.get("kernels"):
-            kernels.append(kb["kernels"] / kc["kernels"])
+            kernels.append((kb["kernels"] / kc["kernels"], r.run_id))
     return speed, kernels
 
 
@@ -67,15 +67,20 @@ def _share(run: Run, stage: str, op_class: str) -> float | None:
     return float(part.loc[part["op_class"] == op_class, "share"].sum()) if len(part) else None
 
 
+def _per_workload(values: list[tuple[float, str]], workload_of: dict[str, str]) -> list[float]:
+    """One value per workload: the median of its runs' values."""
+    per: dict[str, list[float]] = {}
+    for x, rid in values:
+        per.setdefault(workload_of.get(rid, rid), []).append(x)
+    return [median(xs) for xs in per.values()]
+
+
 def _row(question: str, values: list[tuple[float, str]], fmt: str, workload_of: dict[str, str]) -> dict:
     """The answer over workloads, not runs: each workload's runs (a sweep's points, several backends) give one
     value, their median, so a swept model does not outvote the others; then the median over workloads."""
     if not values:
         return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
-    per: dict[str, list[float]] = {}
-    for x, rid in values:
-        per.setdefault(workload_of.get(rid, rid), []).append(x)
-    each = [median(xs) for xs in per.values()]
+    each = _per_workload(values, workload_of)
     v, lo, hi = median(each), min(each), max(each)
     spread = "" if len(each) == 1 else f" (median of {len(each)} workloads: {fmt.format(lo)} to {fmt.format(hi)})"
     if len(values) > len(each):
@@ -119,9 +124,9 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         row = _row(f"Step speedup of flash attention over unfused attention, {paradigm} models",
                    [(float(x), rid) for rid, x in zip(mine.get("run_id", []), mine.get("step_speedup", [])) if x == x],
                    "{:.2f}x", workload_of)
-        busy = [float(x) for x in mine.get("busy_speedup", []) if x == x]
+        busy = [(float(x), rid) for rid, x in zip(mine.get("run_id", []), mine.get("busy_speedup", [])) if x == x]
         if busy and row["value"] is not None:  # wall time hides kernel speedups when the host is the bottleneck
-            row["answer"] += f"; GPU-busy time {median(busy):.2f}x"
+            row["answer"] += f"; GPU-busy time {median(_per_workload(busy, workload_of)):.2f}x"
         rows.append(row)
 
     seq = sequence_table([r for r in ok if _family(r).get("architecture") == "unet"])
@@ -160,7 +165,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
     speed, kernels = _compile_speedups(every)
     row = _row("Step speedup of torch.compile over the eager model (default SDPA)", speed, "{:.2f}x", workload_of)
     if kernels and row["value"] is not None:
-        row["answer"] += f"; {median(kernels):.2f}x fewer kernels per step"
+        row["answer"] += f"; {median(_per_workload(kernels, workload_of)):.2f}x fewer kernels per step"
     rows.append(row)
 
     sp = sequence_parallel_table(every)
@@ -172,7 +177,8 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
                workload_of)
     if gpus and row["value"] is not None:
         schemes = ", ".join(sorted(set(best["scheme"])))
-        row["answer"] += f" at {'/'.join(map(str, gpus))} GPUs ({schemes}; efficiency {median(best['efficiency']):.0%})"
+        eff = median(_per_workload(list(zip(best["efficiency"], best["run_id"])), workload_of))
+        row["answer"] += f" at {'/'.join(map(str, gpus))} GPUs ({schemes}; efficiency {eff:.0%})"
     rows.append(row)
     return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
 

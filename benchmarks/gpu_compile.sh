@@ -19,7 +19,7 @@ t0=$(date +%s)
 for w in ${WORKLOADS:-sd15 llamagen cogvideox-2b}; do
   steps=4; [ "$w" = llamagen ] && steps=32
   for m in ${MODES:-eager compile}; do
-    mode=""; [ "$m" = compile ] && mode="--compile"
+    case $m in eager) mode="" ;; compile) mode="--compile" ;; *) echo "MODES: $m is not eager or compile"; exit 2 ;; esac
     [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: $w $mode and later not started"; break 2; }
     timeout "${PER_RUN_S:-300}" mmchar sweep "$w" --preset full --steps $steps --repeat 3 --profile-steps 1 --no-trace \
       --device cuda --store "$STORE" $mode 2>&1 | tail -3 | tee -a "$OUT/log.txt"

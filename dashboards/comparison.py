@@ -6,7 +6,6 @@ runs whose output does not agree with the baseline are labelled, since a fast wr
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -29,9 +28,8 @@ def comparison_figure(comparison: pd.DataFrame) -> go.Figure:
     x = [list(cmp["group"].astype(str)), list(cmp["backend"].astype(str))]
     verdict = ["baseline" if b else "not checked" if pd.isna(a) else "agrees" if a else "DIFFERS"
                for b, a in zip(cmp["is_baseline"], cmp["agrees"])]
-    tokens = cmp["token_match"] if "token_match" in cmp else pd.Series(np.nan, index=cmp.index)
-    detail = [f"{t:.1%} of tokens equal" if t == t else f"max |diff| {d:.3g}, cosine {c:.5f}"
-              for d, c, t in zip(cmp["max_abs_diff"], cmp["cosine"], tokens)]
+    detail = [f"{t:.1%} of tokens equal" if t == t else f"max |diff| {d:.3g}, cosine {c:.5f}" if c == c else "-"
+              for d, c, t in zip(cmp["max_abs_diff"], cmp["cosine"], cmp["token_match"])]
     custom = list(zip(cmp["run_id"], verdict, detail))
     fig = go.Figure()
     for col, name, color in SPEEDUPS:

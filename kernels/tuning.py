@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,13 +55,17 @@ def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5
     flush = torch.empty(64 * 2**20 // 4, dtype=torch.int32, device="cuda")  # more than the H100's 50 MB L2
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
+    t0 = time.perf_counter()
     kernel_call()
+    host_us = (time.perf_counter() - t0) * 1e6  # the host's share of one call (many launches for eager forms)
     end.record()
     torch.cuda.synchronize()
     n = int(min(100, max(5, 2.0 / max(start.elapsed_time(end), 1e-3))))  # about 2 ms of work
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    torch.cuda._sleep(n * 200_000)  # ~100 us of SM cycles per queued flush + launch: Python stays ahead
+    # per queued flush + launch, twice the host's time (and at least ~100 us) of SM cycles at ~2 GHz: Python
+    # stays ahead of the GPU even for a call that launches dozens of kernels
+    torch.cuda._sleep(n * max(200_000, int((host_us + 20.0) * 4_000)))
     for s, e in zip(starts, ends):
         flush.zero_()
         s.record()

@@ -147,8 +147,9 @@ def _context_lost(e: BaseException) -> bool:
 
 def _gpu_ms(fn: Any, device: torch.device) -> float | None:
     """GPU time per call with the launches queued ahead of the GPU (mmchar.kernels.tuning.gpu_time): what the
-    call costs inside a model whose host runs ahead. ``ms`` (do_bench) launches one call at a time, so for a call
-    shorter than its own launch it measures the host; both are reported, neither replaces the other."""
+    call costs inside a model whose host runs ahead. ``ms`` (do_bench) times each call between events around it
+    while the host launches it, so a call shorter than its own launch measures the host; both are reported,
+    neither replaces the other."""
     if device.type != "cuda":
         return None
     from mmchar.kernels.tuning import gpu_time
@@ -158,8 +159,13 @@ def _gpu_ms(fn: Any, device: torch.device) -> float | None:
 
 def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
     ms = _time_ms(fn, device)
-    row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9,
-               gpu_ms=_gpu_ms(fn, device))
+    row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9)
+    try:  # the second timing must not lose the first (its flush buffer can be the allocation that fails)
+        row["gpu_ms"] = _gpu_ms(fn, device)
+    except Exception as e:  # noqa: BLE001 - noted on the row; a context-breaking error is caught by the caller
+        if _context_lost(e):
+            raise
+        row["note"] = f"gpu_ms failed: {type(e).__name__}"
 
 
 def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: torch.dtype,
@@ -329,7 +335,8 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
             f"launches queued ahead (the call inside a model whose host runs ahead), L2 flushed before each in both; "
             f"TFLOP/s and GB/s by each backend's cost model (softmax 4·B·H·Sq·Skv·d, half for causal; linear and "
             f"WERSA: feature maps, state and output passes; mmchar/flops.py); vs_X = X's ms / this backend's ms "
-            f"(> 1: faster); self-attention shapes hand the backends the host layer's hidden states [B, S, H·d] "
+            f"(> 1: faster), gpu_vs_X the same of gpu_ms (gpu_vs_cudnn in attention.json); rows kept by --resume "
+            f"from a run before gpu_ms existed have none; self-attention shapes hand the backends the host layer's hidden states [B, S, H·d] "
             f"as a model does (WERSA's filter source, one gain generator for q and k), "
             f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
             f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")

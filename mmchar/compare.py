@@ -29,20 +29,23 @@ class Comparison:
 
 
 def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float | bool]:
-    """Max-abs difference and cosine similarity of two final latents (fp32, on the CPU).
+    """How two runs' outputs agree: max-abs difference and cosine similarity of final latents, or, for token
+    ids, ``token_match``; every key always present (NaN where it does not apply).
 
     A token model's decoder input is token ids: a distance between ids means nothing, so those get
     ``token_match``, the fraction of positions holding the same token (agrees only at 1). Sampled tokens are
     chaotic: one flipped token changes every later one, so a low match says the backends' rounding differs,
     not by how much."""
+    nan = float("nan")
     if reference.shape != other.shape:
-        return {"max_abs_diff": float("nan"), "cosine": float("nan"), "agrees": False}
+        return {"max_abs_diff": nan, "cosine": nan, "token_match": nan, "agrees": False}
     if not reference.is_floating_point():
         match = float((reference.flatten() == other.flatten()).double().mean())
-        return {"max_abs_diff": float("nan"), "cosine": float("nan"), "token_match": match, "agrees": match == 1.0}
+        return {"max_abs_diff": nan, "cosine": nan, "token_match": match, "agrees": match == 1.0}
     a, b = reference.double().flatten(), other.double().flatten()
     cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() > 0 and b.norm() > 0 else float(torch.equal(a, b))
-    return {"max_abs_diff": float((a - b).abs().max()), "cosine": cos, "agrees": bool(cos >= COSINE_MIN)}
+    return {"max_abs_diff": float((a - b).abs().max()), "cosine": cos, "token_match": nan,
+            "agrees": bool(cos >= COSINE_MIN)}
 
 
 def compare(target: Target, backends: list[str], base: ProfileOptions, store: str | os.PathLike[str],

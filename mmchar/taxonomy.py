@@ -67,8 +67,9 @@ RULES: list[Rule] = [
                              r"masked_fill\w*|one_hot|searchsorted|bucketize|_softmax_backward_data|"
                              # token sampling (autoregressive and masked-token generators)
                              r"multinomial|clip|aminmax|__and__|__or__|__xor__|__invert__|isin|unique\w*|"
-                             # pooling (IF's and SD-style resnet downsampling) and order statistics (IF's
-                             # dynamic thresholding takes a quantile of every sample each step)
+                             # pooling (IF's resnet downsampling averages) and order statistics (IF's dynamic
+                             # thresholding takes a quantile of every sample each step): reductions, as sum and
+                             # sort above
                              r"avg_pool\w*|max_pool\w*|adaptive_\w*pool\w*|quantile|nanquantile|median|nanmedian|"
                              r"kthvalue)_?$"),
     # a CPU trace of a torch.compile'd model: the compiled region's own time is Inductor's fused C++ kernels

@@ -28,6 +28,15 @@ CASES = [
     ("aten::mul", "aten::mul", "elementwise"),
     ("aten::aminmax", "aten::multinomial", "elementwise"),  # a token generator's sampling
     ("aten::cat", "aten::concat", "memory"),
+    # IF stage I: average-pool downsampling and the dynamic thresholding's per-sample quantile (a sort inside)
+    ("void at::native::(anonymous namespace)::avg_pool2d_out_cuda_frame<c10::BFloat16, float>", "aten::avg_pool2d", "elementwise"),
+    ("aten::sort", "aten::quantile", "elementwise"),
+    ("aten::max_pool2d_with_indices", "aten::max_pool2d", "elementwise"),
+    ("aten::adaptive_avg_pool2d", "aten::adaptive_avg_pool2d", "elementwise"),
+    ("aten::kthvalue", "aten::median", "elementwise"),
+    ("aten::nonzero", "aten::nonzero_numpy", "memory"),
+    ("aten::scalar_tensor", "aten::scalar_tensor", "memory"),
+    ("aten::broadcast_tensors", "aten::broadcast_tensors", "memory"),
     # kernel-name rules, for kernels no aten op launched (Triton, custom extensions)
     ("_attn_fwd", "", "attention"),
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0", "", "attention"),

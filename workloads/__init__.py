@@ -12,6 +12,8 @@ _ALIASES: dict[str, str] = {}  # alias -> registered name
 def register_workload(cls: type[Workload]) -> type[Workload]:
     _REGISTRY[cls.name] = cls
     for alias in cls.aliases:
+        if alias in _REGISTRY or _ALIASES.get(alias, cls.name) != cls.name:
+            raise ValueError(f"workload alias {alias!r} of {cls.name!r} is taken")
         _ALIASES[alias] = cls.name
     return cls
 

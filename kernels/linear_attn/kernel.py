@@ -334,10 +334,10 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
         many = b * h * triton.cdiv(dv, 64) >= 64
         if causal_path == "scan" or (causal_path is None and many and chunks_per_group is None):
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
-            # 256-wide features (causal WERSA, m = 256): 64-token chunks over the default 3 stages asked 248 KiB
-            # of shared memory on the H100 (227 KiB there; bench-attn 2026-11-26, S = 1k-8k), so half the
-            # chunk, one stage, the state spread over 8 warps
-            wide = bd >= 256
+            # 256-wide bf16 features (causal WERSA, m = 256): 64-token chunks over the default 3 stages asked
+            # 248 KiB of shared memory on the H100 (227 KiB there; bench-attn 2026-11-26, S = 1k-8k), so half
+            # the chunk, one stage, the state spread over 8 warps
+            wide = bd * q.element_size() >= 512  # fp32 tiles at d = 128 weigh what bf16 ones do at 256
             _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),
                                       *o.stride(), h, D=d, DV=dv, BD=bd, BDV=min(bdv, 64), FEATURE=f,
                                       CHUNK=16 if interpreting() else 32 if wide else 64, PREC=prec,

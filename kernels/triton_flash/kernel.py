@@ -282,12 +282,16 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                                        TMA=use_tma)
     else:
         tuned = _triton_flash_fwd_tuned if tma is None else _FORCED[use_tma]  # forced: that path's configs only
-        key = (tma, bucket(sq), bucket(skv), d, causal, use_tma, q.dtype)
+        named = {"SQ_BUCKET": args[-3], "SKV_BUCKET": args[-2], "TMA_OK": args[-1], "HEAD_DIM": d,
+                 "BLOCK_D": block_d, "CAUSAL": causal}
+        # the autotuner's own key (its _KEY values and the tensors' dtype, one for all four), per autotuner
+        key = (tma, *(named[k] for k in _KEY), q.dtype)
         chosen = _CHOSEN.get(key)
         if chosen is None:  # first call of this key: the autotuner tunes it (or reads its disk cache)
             grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
             tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
-            _CHOSEN[key] = tuned.best_config.all_kwargs()
+            if tuned.best_config.pre_hook is None:  # a direct launch would skip a hook: such configs stay tuned
+                _CHOSEN[key] = tuned.best_config.all_kwargs()
         else:  # later calls launch the chosen config directly: the autotuner's own lookup cost ~15 us a call
             _triton_flash_fwd_kernel[(b * h * triton.cdiv(sq, chosen["BLOCK_M"]),)](
                 *args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, **chosen)

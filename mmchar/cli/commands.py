@@ -365,7 +365,8 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             warn(f"{run.backend}: {run.status}: {run.meta.get('error')}")
         elif (run.meta.get("compare") or {}).get("agrees") is False:
             cmp = run.meta["compare"]
-            if cmp.get("token_match") == cmp.get("token_match"):  # token ids (not NaN)
+            match = cmp.get("token_match")
+            if match is not None and match == match:  # token ids (NaN or absent for latents)
                 warn(f"{run.backend}: generated tokens differ from {names[0]}'s at {1 - cmp['token_match']:.0%} "
                      f"of positions (sampling: one flipped token changes all later ones)")
             else:

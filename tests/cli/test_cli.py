@@ -503,3 +503,22 @@ def test_compare_of_a_token_model_reports_token_match(tmp_path):
     table = pd.read_csv(next((tmp_path / COMPARISONS_DIR).glob("*.csv")))
     assert table["token_match"].between(0, 1).all() and table["cosine"].isna().all()
     assert "token_match" in out
+
+
+def test_compare_warns_when_latents_diverge(tmp_path, monkeypatch):
+    """A latent model whose outputs fall under the cosine bar is warned about, not crashed on (a bar above 1
+    flags every backend, the baseline too)."""
+    monkeypatch.setattr("mmchar.compare.COSINE_MIN", 2.0)
+    code, out, err = cli(["compare", "sd15", "--backends", "math,flash", "--preset", "tiny", *FAST, "--no-trace",
+                          "--store", tmp_path])
+    assert code == 0, err
+    assert "final latents DIVERGE from math's" in err + out
+
+
+def test_compare_checks_a_model_without_a_decoder(tmp_path):
+    """IF stage I denoises pixels (no decoder stage): its denoiser's last output is what the backends must agree on."""
+    code, out, err = cli(["compare", "if-stage1", "--backends", "math,flash", "--preset", "tiny", *FAST,
+                          "--no-trace", "--store", tmp_path])
+    assert code == 0, err
+    table = pd.read_csv(next((tmp_path / COMPARISONS_DIR).glob("*.csv")))
+    assert table["agrees"].all() and (table["cosine"] > 0.99).all()
