@@ -89,6 +89,25 @@ def test_gpu_bf16_matches_reference(case, tma):
 
 
 @pytest.mark.gpu
+def test_gpu_later_calls_launch_the_tuned_config():
+    """The first call of a key tunes it; later calls launch the chosen config directly (no autotuner lookup):
+    the same output bit for bit, one entry per key, and fp16 and bf16 of one shape tuned apart."""
+    from mmchar.kernels.triton_flash import kernel
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k, v = (torch.randn(2, 8, 1000, 80, generator=g, device="cuda", dtype=dtype) for _ in range(3))
+        before = set(kernel._CHOSEN)
+        first = triton_flash(q, k, v)
+        new = set(kernel._CHOSEN) - before
+        assert len(new) <= 1 and all(key[-1] == dtype for key in new)
+        again = triton_flash(q, k, v)
+        assert torch.equal(first, again)
+        assert _rel(again, triton_flash_ref(q, k, v)) < 1e-2
+    assert {key[-1] for key in kernel._CHOSEN} >= {torch.bfloat16, torch.float16}
+
+
+@pytest.mark.gpu
 def test_gpu_descriptors_on_diffusers_strided_views():
     """[B, S, H, D] projections viewed as [B, H, S, D] (what diffusers processors hand over) take the descriptor
     path: row stride H·D, head stride D."""
