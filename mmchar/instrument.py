@@ -68,15 +68,16 @@ class StageTimer:
         self.counts: dict[int, int] = defaultdict(int)
         self.memory: dict[str, StageMemory] = {}
         # what compare checks backends by: the decoder's input (final latents, or token ids), or, for a model
-        # that denoises pixels directly (no decoder stage: IF stage I), its denoiser's output at the last step
-        self.decoder_input: torch.Tensor | None = None
+        # that denoises pixels directly (no decoder stage: IF stage I), its denoiser's output at the last step;
+        # held on the device while the generation runs, copied to the CPU once when read
+        self._captured: torch.Tensor | None = None
         self._has_decoder = any(r.stage == "decoder" for r in target.stage_roots)
         self._restore: list[tuple[Any, str, Any]] = []
 
-    def _keep(self, x: Any, overwrite: bool = False) -> None:
-        if torch.is_tensor(x) and (overwrite or self.decoder_input is None):
-            x = x.detach()  # token ids stay integers: compare matches them, not their distance
-            self.decoder_input = (x.float() if x.is_floating_point() else x).cpu()
+    @property
+    def decoder_input(self) -> torch.Tensor | None:
+        x = self._captured  # token ids stay integers: compare matches them, not their distance
+        return None if x is None else (x.float() if x.is_floating_point() else x).cpu()
 
     def _mark(self) -> Any:
         if self.cuda:
@@ -117,8 +118,8 @@ class StageTimer:
             phase = None
             if phases:
                 phase = phases[0] if len(phases) == 1 or step == 0 else phases[1]
-            if self.capture and stage == "decoder" and self.decoder_input is None and args:
-                self._keep(args[0])
+            if self.capture and stage == "decoder" and self._captured is None and args and torch.is_tensor(args[0]):
+                self._captured = args[0].detach()
             handle = _rf_enter(f"{STAGE_SCOPE_PREFIX}{stage}::{step}", None) if self.annotate else None
             if self.measure_memory:
                 torch.cuda.reset_peak_memory_stats(self.target.device)
@@ -127,7 +128,8 @@ class StageTimer:
             try:
                 out = orig(*args, **kwargs)
                 if self.capture and stage == "denoiser" and not self._has_decoder:
-                    self._keep(_first_tensor(out), overwrite=True)  # the last step's prediction
+                    x = out if torch.is_tensor(out) else out[0]  # a tuple or diffusers' output (``.sample``)
+                    self._captured = x.detach()  # each step replaces the last: the final prediction stays
                 return out
             finally:
                 self.calls.append(StageCall(stage, step, start, self._mark(), phase))
@@ -197,14 +199,3 @@ class ModuleAnnotator:
             h.remove()
         self._handles.clear()
 
-
-def _first_tensor(out: Any) -> torch.Tensor | None:
-    """A model's output tensor: the tensor itself, a tuple's first element, or an output object's first field."""
-    if torch.is_tensor(out):
-        return out
-    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-        return out[0]
-    if hasattr(out, "to_tuple"):  # diffusers' BaseOutput (UNet2DConditionOutput.sample)
-        first = out.to_tuple()
-        return first[0] if first and torch.is_tensor(first[0]) else None
-    return None

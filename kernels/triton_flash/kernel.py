@@ -188,7 +188,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 
 # HEAD_DIM, not only its padded BLOCK_D, keys the tuning: d = 40 and 64 share a tile width but not the best
 # config (the pad columns are masked loads on the pointer path)
-_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "TMA_OK"]
+_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "TMA_OK"]  # triton_flash's _CHOSEN key mirrors it
 _triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(), _KEY, _prune)
 
 
@@ -282,10 +282,9 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                                        TMA=use_tma)
     else:
         tuned = _triton_flash_fwd_tuned if tma is None else _FORCED[use_tma]  # forced: that path's configs only
-        named = {"SQ_BUCKET": args[-3], "SKV_BUCKET": args[-2], "TMA_OK": args[-1], "HEAD_DIM": d,
-                 "BLOCK_D": block_d, "CAUSAL": causal}
-        # the autotuner's own key (its _KEY values and the tensors' dtype, one for all four), per autotuner
-        key = (tma, *(named[k] for k in _KEY), q.dtype)
+        # the autotuner's own key (_KEY's values, in its order, and the tensors' dtype, one for all four), per
+        # autotuner; args ends with SQ_BUCKET, SKV_BUCKET, TMA_OK
+        key = (tma, args[-3], args[-2], d, block_d, causal, args[-1], q.dtype)
         chosen = _CHOSEN.get(key)
         if chosen is None:  # first call of this key: the autotuner tunes it (or reads its disk cache)
             grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
