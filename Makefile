@@ -32,6 +32,7 @@ demo: install
 	@echo "run store:  $(CURDIR)/$(DEMO)/runs   (one folder per run; comparisons/ holds the compare tables)"
 	@echo "breakdown:  $(CURDIR)/$(DEMO)/breakdown.csv"
 	@echo "dashboard:  $(CURDIR)/$(DEMO)/report.html   (open it in a browser; it works offline)"
+	@echo "the mmchar command: . .venv/bin/activate   (then e.g. mmchar runs $(DEMO)/runs)"
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

@@ -1,8 +1,14 @@
 """The study's headline questions, each answered from the given runs with the measured value and the runs it
-comes from, or "not covered by these runs" (Golden et al., 2023, asked them of 2023's models)."""
+comes from, or "not covered by these runs" (Golden et al., 2023, asked them of 2023's models).
+
+Runs the noise guard flagged are left out of every answer (their latencies are someone else's load), and an
+answer whose runs span several devices or dtypes says so: a median over an H100 and a CPU is not one number.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from statistics import median
 
@@ -12,7 +18,7 @@ from mmchar.schema import step_key
 from mmchar.store import Run
 
 from .study import sequence_parallel_table, sequence_table
-from .tables import PARAM_KEYS, _ids, comparison_table
+from .tables import comparison_table, device_short, is_noisy, work_key
 
 NOT_COVERED = "not covered by these runs"
 FUSED_SOFTMAX = ("flash", "cudnn", "efficient", "sdpa", "triton-flash", "flex")
@@ -36,11 +42,11 @@ def _step_ms(run: Run) -> float | None:
 
 
 def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
-    """(eager step / compiled step, the compiled run) for each compiled run with an eager sdpa run of the same
-    workload, preset, parameters and device; and the ratio of their kernel counts per step."""
+    """(eager step / compiled step, the compiled run) for each compiled run with an eager sdpa run of the same work
+    (every work field but the backend and compilation: an fp32 eager run says nothing of a bf16 compiled one); and
+    the ratio of their kernel counts per step."""
     def key(r: Run) -> tuple:
-        ids = _ids(r)
-        return (ids["workload"], ids["preset"], ids["device"], *(ids[p] for p in PARAM_KEYS))
+        return work_key(r, without=("backend", "compile", "config_hash"))
 
     eager = {}
     for r in ok:
@@ -67,34 +73,82 @@ def _share(run: Run, stage: str, op_class: str) -> float | None:
     return float(part.loc[part["op_class"] == op_class, "share"].sum()) if len(part) else None
 
 
-def _per_workload(values: list[tuple[float, str]], workload_of: dict[str, str]) -> list[float]:
+def _per_workload(values: list[tuple[float, str]], by_id: dict[str, Run]) -> list[float]:
     """One value per workload: the median of its runs' values."""
     per: dict[str, list[float]] = {}
     for x, rid in values:
-        per.setdefault(workload_of.get(rid, rid), []).append(x)
+        per.setdefault(by_id[rid].workload if rid in by_id else rid, []).append(x)
     return [median(xs) for xs in per.values()]
 
 
-def _row(question: str, values: list[tuple[float, str]], fmt: str, workload_of: dict[str, str]) -> dict:
+def _mixes(run_ids: Sequence[str], by_id: dict[str, Run]) -> str:
+    """`` (mixes devices H100, H200; dtypes bf16, fp32)`` when the runs behind an answer ran on more than one
+    device or dtype (runs that do not record one are not counted), else ""."""
+    runs = [by_id[rid] for rid in run_ids if rid in by_id]
+    devices = sorted({device_short(r.meta) for r in runs if r.meta.get("device")})
+    dtypes = sorted({str(d) for r in runs if (d := (r.meta.get("config") or {}).get("dtype"))})
+    parts = [f"{name} {', '.join(values)}" for name, values in (("devices", devices), ("dtypes", dtypes))
+             if len(values) > 1]
+    return f" (mixes {'; '.join(parts)})" if parts else ""
+
+
+def _row(question: str, values: list[tuple[float, str]], fmt: str, by_id: dict[str, Run]) -> dict:
     """The answer over workloads, not runs: each workload's runs (a sweep's points, several backends) give one
     value, their median, so a swept model does not outvote the others; then the median over workloads."""
     if not values:
         return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
-    each = _per_workload(values, workload_of)
+    each = _per_workload(values, by_id)
     v, lo, hi = median(each), min(each), max(each)
     spread = "" if len(each) == 1 else f" (median of {len(each)} workloads: {fmt.format(lo)} to {fmt.format(hi)})"
     if len(values) > len(each):
         spread += f", from {len(values)} runs"
+    spread += _mixes([rid for _, rid in values], by_id)
     return {"question": question, "answer": fmt.format(v) + spread, "value": v,
             "runs": ", ".join(r for _, r in values)}
 
 
+def _with_sweep_groups(runs: Sequence[Run]) -> list[Run]:
+    """``runs``, where sweep points (``meta["sweep"]``) of one configuration under math and other backends carry a
+    ``compare`` entry
+    against the math point, as `mmchar compare` would have written: `mmchar sweep --backends math,flash` measures
+    the flash-over-unfused question too. Runs already in a compare group (members and baselines) keep theirs, and
+    only the newest point of each configuration and backend takes part, so no run counts twice."""
+    compared = {r.run_id for r in runs if r.meta.get("compare")}
+    compared |= {r.meta["compare"].get("baseline_run_id") for r in runs if r.meta.get("compare")}
+    groups: dict[tuple, dict[str, Run]] = {}
+    for r in sorted(runs, key=lambda r: r.meta.get("created") or ""):
+        if r.run_id not in compared and r.meta.get("sweep"):  # sweep points only, not any two profiles
+            # the resolved configuration itself (model configs, prompt ...) must match: the config hash differs
+            # between backends, so it cannot say so
+            config = json.dumps(r.meta.get("config") or {}, sort_keys=True, default=str)
+            groups.setdefault((work_key(r, without=("backend", "config_hash")), config), {})[r.backend] = r
+    entries: dict[str, dict] = {}
+    for members in groups.values():
+        base = members.get("math")
+        if base is None or len(members) < 2:
+            continue
+        for r in members.values():
+            entries[r.run_id] = {"group": f"sweep-{base.run_id}", "baseline_run_id": base.run_id,
+                                 "baseline_backend": "math"}
+    return [dataclasses.replace(r, meta={**r.meta, "compare": entries[r.run_id]}) if r.run_id in entries else r
+            for r in runs]
+
+
+def _noisy_row(noisy: Sequence[Run]) -> dict:
+    ids = ", ".join(r.run_id for r in noisy)
+    return {"question": "Runs left out of every finding (the noise guard flagged their timed pass)",
+            "answer": f"{len(noisy)} noisy run{'s' if len(noisy) != 1 else ''} left out: {ids}",
+            "value": len(noisy), "runs": ids}
+
+
 def findings(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per headline question: ``question, answer, value, runs``. Shares and the busy fraction come from
-    one-device eager runs; compiled and sequence-parallel runs answer their own questions."""
-    every = [r for r in runs if r.status == "ok"]
+    one-device eager runs; compiled and sequence-parallel runs answer their own questions. Runs the noise guard
+    flagged answer none: a last row names them."""
+    noisy = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is True]
+    every = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is not True]
     ok = [r for r in every if _one_device_eager(r)]
-    workload_of = {r.run_id: r.workload for r in every}
+    run_of = {r.run_id: r for r in every}
     rows = []
 
     # the 2023 claim is about UNet denoisers; diffusion transformers have almost no conv, so they are asked apart
@@ -103,19 +157,19 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
                 and _family(r).get("architecture") == arch and _family(r).get("task") == "text-to-image"
                 and r.backend in FUSED_SOFTMAX and (s := _share(r, "denoiser", "conv")) is not None]
         rows.append(_row(f"Share of conv in a {label} text-to-image denoiser step after flash attention", conv,
-                         "{:.1%}", workload_of))
+                         "{:.1%}", run_of))
 
     dit_video = [(s, r.run_id) for r in ok if _family(r).get("architecture") == "dit"
                  and _family(r).get("modality") == "video" and (s := _share(r, "denoiser", "attention")) is not None]
     rows.append(_row("Share of attention in a video diffusion-transformer denoiser step", dit_video, "{:.1%}",
-                     workload_of))
+                     run_of))
 
     gemm = [(s, r.run_id) for r in ok if _family(r).get("paradigm") == "transformer"
             and _family(r).get("task") == "text-to-image" and (s := _share(r, "generator", "gemm")) is not None]
     rows.append(_row("Share of gemm (linear layers) in a transformer text-to-image generation step", gemm, "{:.1%}",
-                     workload_of))
+                     run_of))
 
-    cmp = comparison_table(ok)
+    cmp = comparison_table(_with_sweep_groups(ok))
     by_id = {r.run_id: r for r in ok}
     for paradigm in ("diffusion", "transformer"):
         sel = cmp[(cmp["backend"] == "flash") & (cmp["baseline_backend"] == "math")] if len(cmp) else cmp
@@ -123,10 +177,10 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
             if len(sel) else sel
         row = _row(f"Step speedup of flash attention over unfused attention, {paradigm} models",
                    [(float(x), rid) for rid, x in zip(mine.get("run_id", []), mine.get("step_speedup", [])) if x == x],
-                   "{:.2f}x", workload_of)
+                   "{:.2f}x", run_of)
         busy = [(float(x), rid) for rid, x in zip(mine.get("run_id", []), mine.get("busy_speedup", [])) if x == x]
         if busy and row["value"] is not None:  # wall time hides kernel speedups when the host is the bottleneck
-            row["answer"] += f"; GPU-busy time {median(_per_workload(busy, workload_of)):.2f}x"
+            row["answer"] += f"; GPU-busy time {median(_per_workload(busy, run_of)):.2f}x"
         rows.append(row)
 
     seq = sequence_table([r for r in ok if _family(r).get("architecture") == "unet"])
@@ -138,7 +192,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
             if len(per) > 1:
                 levels.append((float(per.max() / per.min()), rid))
     rows.append(_row("Change of the spatial attention sequence length across a UNet's levels (largest / smallest)",
-                     levels, "{:.0f}x", workload_of))
+                     levels, "{:.0f}x", run_of))
 
     temporal = []
     for r in ok:
@@ -149,7 +203,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         if total > 0 and (att["attn_site"] == "temporal").any():
             temporal.append((float(att.loc[att["attn_site"] == "temporal", "time_us"].sum()) / total, r.run_id))
     rows.append(_row("Share of temporal attention in a video denoiser's attention time", temporal, "{:.1%}",
-                     workload_of))
+                     run_of))
 
     busy = []  # the GPU's busy share of one step's wall time: below 1, the host (launches, Python) is the limit
     for r in ok:
@@ -160,12 +214,12 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         if frac is not None:
             busy.append((float(frac), r.run_id))
     rows.append(_row("GPU busy share of a denoiser step or generated token's wall time", busy, "{:.0%}",
-                     workload_of))
+                     run_of))
 
     speed, kernels = _compile_speedups(every)
-    row = _row("Step speedup of torch.compile over the eager model (default SDPA)", speed, "{:.2f}x", workload_of)
+    row = _row("Step speedup of torch.compile over the eager model (default SDPA)", speed, "{:.2f}x", run_of)
     if kernels and row["value"] is not None:
-        row["answer"] += f"; {median(_per_workload(kernels, workload_of)):.2f}x fewer kernels per step"
+        row["answer"] += f"; {median(_per_workload(kernels, run_of)):.2f}x fewer kernels per step"
     rows.append(row)
 
     sp = sequence_parallel_table(every)
@@ -174,12 +228,14 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
     gpus = sorted({int(g) for g in best["gpus"]}) if len(best) else []
     row = _row("Denoiser step speedup of sequence parallelism over one GPU (best scheme)",
                [(float(x), rid) for x, rid in zip(best.get("speedup", []), best.get("run_id", []))], "{:.2f}x",
-               workload_of)
+               run_of)
     if gpus and row["value"] is not None:
         schemes = ", ".join(sorted(set(best["scheme"])))
-        eff = median(_per_workload(list(zip(best["efficiency"], best["run_id"])), workload_of))
+        eff = median(_per_workload(list(zip(best["efficiency"], best["run_id"])), run_of))
         row["answer"] += f" at {'/'.join(map(str, gpus))} GPUs ({schemes}; efficiency {eff:.0%})"
     rows.append(row)
+    if noisy:
+        rows.append(_noisy_row(noisy))
     return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from mmchar.schema import STEP_STAGES, step_key
 from mmchar.store import Run
 
-from .tables import PARAM_KEYS, _ids
+from .tables import PARAM_KEYS, _ids, device_short, is_noisy, noise_reasons, run_labels, work_fields, work_key
 
 _DTYPE_ROOF = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
@@ -39,12 +39,13 @@ def roofline_table(runs: Sequence[Run]) -> pd.DataFrame:
     achieved.
 
     Returns:
-        Columns ``run_id, workload, backend, device, stage, op_class, time_us, flops, bytes, tflops, gbps,
-        intensity, roof_tflops, roof_gbps, attainable_tflops, pct_of_attainable``; op classes with no FLOPs and
-        no bytes recorded are left out.
+        Columns ``run_id, label, workload, backend, device, stage, op_class, time_us, flops, bytes, tflops, gbps,
+        intensity, roof_tflops, roof_gbps, attainable_tflops, pct_of_attainable`` (``label``: the run's short name,
+        :func:`~mmchar.analysis.tables.run_labels`); op classes with no FLOPs and no bytes recorded are left out.
     """
-    cols = ["run_id", "workload", "backend", "device", "stage", "op_class", "time_us", "flops", "bytes", "tflops",
-            "gbps", "intensity", "roof_tflops", "roof_gbps", "attainable_tflops", "pct_of_attainable"]
+    cols = ["run_id", "label", "workload", "backend", "device", "stage", "op_class", "time_us", "flops", "bytes",
+            "tflops", "gbps", "intensity", "roof_tflops", "roof_gbps", "attainable_tflops", "pct_of_attainable"]
+    labels = run_labels(runs)
     parts = []
     for run in runs:
         k = run.kernels
@@ -64,8 +65,9 @@ def roofline_table(runs: Sequence[Run]) -> pd.DataFrame:
             time_us=("dur_us", "sum"), flops=("flops", "sum"), bytes=("bytes", "sum")).reset_index()
         g = g[(g["flops"] > 0) | (g["bytes"] > 0)]  # attention kernels of a run whose scopes carry no cost
         peak, bw = _roofs(run)
-        ids = _ids(run)
-        g["run_id"], g["workload"], g["backend"], g["device"] = ids["run_id"], ids["workload"], ids["backend"], ids["device"]
+        ids = _ids(run, labels[run.run_id])
+        for col in ("run_id", "label", "workload", "backend", "device"):
+            g[col] = ids[col]
         sec = g["time_us"] * 1e-6
         g["tflops"] = g["flops"] / sec / 1e12
         g["gbps"] = g["bytes"] / sec / 1e9
@@ -83,25 +85,25 @@ def launch_table(runs: Sequence[Run], short_us: float = 10.0) -> pd.DataFrame:
     full profile: a stage whose GPU idles while its kernels are short is launch-bound.
 
     Returns:
-        Columns ``run_id, workload, backend, device, stage, wall_ms, busy_ms, idle_ms, busy_frac,
+        Columns ``run_id, label, workload, backend, device, stage, wall_ms, busy_ms, idle_ms, busy_frac,
         kernels_per_call, median_kernel_us, short_kernel_share``.
     """
-    cols = ["run_id", "workload", "backend", "device", "stage", "wall_ms", "busy_ms", "idle_ms", "busy_frac",
-            "kernels_per_call", "median_kernel_us", "short_kernel_share"]
+    cols = ["run_id", "label", "workload", "backend", "device", "stage", "wall_ms", "busy_ms", "idle_ms",
+            "busy_frac", "kernels_per_call", "median_kernel_us", "short_kernel_share"]
+    labels = run_labels(runs)
     rows = []
     for run in runs:
         if run.status != "ok":
             continue
-        ids = _ids(run)
+        ids = _ids(run, labels[run.run_id])
         k = run.kernels if run.kernels is not None else pd.DataFrame(columns=["stage", "dur_us"])
         for key, b in (run.meta.get("busy") or {}).items():
             stage = key.removesuffix("_step") if key.endswith("_step") else key
             stage = "generator" if key == "generator_prefill" else stage
             durs = k.loc[k["stage"].astype(str) == stage, "dur_us"]
-            rows.append({"run_id": ids["run_id"], "workload": ids["workload"], "backend": ids["backend"],
-                         "device": ids["device"], "stage": key, "wall_ms": b.get("wall_ms"), "busy_ms": b.get("busy_ms"),
-                         "idle_ms": b.get("idle_ms"), "busy_frac": b.get("busy_frac"),
-                         "kernels_per_call": b.get("kernels"),
+            rows.append({**{c: ids[c] for c in ("run_id", "label", "workload", "backend", "device")}, "stage": key,
+                         "wall_ms": b.get("wall_ms"), "busy_ms": b.get("busy_ms"), "idle_ms": b.get("idle_ms"),
+                         "busy_frac": b.get("busy_frac"), "kernels_per_call": b.get("kernels"),
                          "median_kernel_us": float(durs.median()) if len(durs) else np.nan,
                          "short_kernel_share": float((durs < short_us).mean()) if len(durs) else np.nan})
     return pd.DataFrame(rows, columns=cols)
@@ -138,41 +140,96 @@ def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
+# fewer distinct parameter values than this: a series is drawn but gets no exponent (two points always lie on a
+# line: its r² of 1 would say nothing)
+MIN_FIT_POINTS = 3
+# work fields that name a series where they differ between the series of one workload: an H100 series and a CPU
+# series (or bf16 and fp32) are two lines, and the reader must see which is which
+_SERIES_FIELDS = ("device", "dtype", "guidance", "seed", "compile", "memory", "fallback", "cross_backend", "scope",
+                  "weights")
+_BARE_FIELDS = ("device", "dtype", "memory", "weights")  # named by their value alone ("H100", "bf16")
+
+
+def _series_names(groups: dict[tuple, list[Run]], param: str) -> dict[tuple, str]:
+    """A short name per series of ``param``: its preset, the shape parameters it held, and whichever other work
+    fields differ between the series of its workload (the device by its short name); names that still collide
+    within a workload and backend get ``#2``, ``#3``."""
+    fields = {key: dict(key) for key in groups}
+    by_workload: dict[object, list[tuple]] = {}
+    for key in groups:
+        by_workload.setdefault(fields[key]["workload"], []).append(key)
+    names: dict[tuple, str] = {}
+    for keys in by_workload.values():
+        varied = [f for f in _SERIES_FIELDS if len({str(fields[k].get(f)) for k in keys}) > 1]
+        for key in keys:
+            f = dict(fields[key], device=device_short(groups[key][0].meta))
+            held = [f"{p}={f[p]}" for p in PARAM_KEYS
+                    if p != param and f.get(p) is not None and not (p == "gpus" and f[p] == 1)]
+            extra = [str(f[v]) if v in _BARE_FIELDS else f"{v}={f[v]}" for v in varied if f.get(v) not in (None, "")]
+            names[key] = ", ".join(str(x) for x in (f["preset"], *held, *extra) if x not in (None, ""))
+    counts: dict[tuple, int] = {}
+    for key in groups:
+        slot = (fields[key]["workload"], fields[key]["backend"], names[key])
+        counts[slot] = counts.get(slot, 0) + 1
+        if counts[slot] > 1:
+            names[key] = f"{names[key]} #{counts[slot]}"
+    return names
+
+
+def _point(pairs: list[tuple[Run, float]], labels: dict[str, str]) -> dict[str, object]:
+    """One configuration's point from every run of it: the median latency of its runs the noise guard did not flag
+    (a noisy re-measurement would drag a clean point), of all of them only where every run was flagged."""
+    pairs = list({r.run_id: (r, ms) for r, ms in pairs}.values())  # one run loaded from two stores counts once
+    clean = [(r, ms) for r, ms in pairs if not is_noisy(r.meta)]
+    used = clean or pairs
+    reasons = () if clean else dict.fromkeys(filter(None, (noise_reasons(r.meta) for r, _ in used)))
+    return {"median_ms": float(np.median([ms for _, ms in used])), "n_runs": len(used),
+            "n_left_out": len(pairs) - len(used), "noisy": not clean, "noise": "; ".join(reasons),
+            "label": ", ".join(labels.get(r.run_id, r.run_id) for r, _ in used),
+            "run_id": ", ".join(r.run_id for r, _ in used)}
+
+
 def scaling_points(runs: Sequence[Run]) -> pd.DataFrame:
     """The latencies behind :func:`scaling_table`: runs that differ in one parameter (height, width, frames, steps,
-    batch) while the others hold, per workload × backend.
+    batch, gpus) while everything else that changes the work holds (``work_key``: a series never mixes devices,
+    dtypes or presets), one point per configuration.
 
     Returns:
-        Columns ``workload, backend, param, series, metric, value, median_ms, run_id``; ``series`` names what the
-        other parameters held (a 2-D sweep has one height series per width); ``metric`` is ``e2e`` or the runs'
-        step key; series with fewer than two distinct values are left out.
+        Columns ``workload, backend, param, series, metric, value, median_ms, n_runs, n_left_out, noisy, noise,
+        label, run_id``: one row per series × value. ``series`` names what the series held (a 2-D sweep has one
+        height series per width); ``metric`` is ``e2e`` or the runs' step key. A configuration measured more than
+        once (a re-measured point, a sweep kept in two stores) is the median of its runs: of those the noise guard
+        did not flag when it has any (``n_left_out`` flagged duplicates left out), else of all of them (``noisy``,
+        with their reasons in ``noise``); ``label`` and ``run_id`` list the runs behind the point. Series with
+        fewer than two distinct values are left out.
     """
-    cols = ["workload", "backend", "param", "series", "metric", "value", "median_ms", "run_id"]
+    cols = ["workload", "backend", "param", "series", "metric", "value", "median_ms", "n_runs", "n_left_out",
+            "noisy", "noise", "label", "run_id"]
     # a forced sequence-parallel scheme is a comparison (sequence_parallel_table), not a point of a series
     ok = [r for r in runs if r.status == "ok" and r.meta.get("timings")
           and (r.meta.get("options") or {}).get("sp_scheme", "auto") == "auto"]
+    labels = run_labels(runs)
     rows = []
     for param in PARAM_KEYS:
         groups: dict[tuple, list[Run]] = {}
         for r in ok:
-            ids = _ids(r)
-            if ids.get(param) is None:
-                continue
-            rest = tuple(ids.get(p) for p in PARAM_KEYS if p != param)
-            groups.setdefault((ids["workload"], ids["backend"], ids["preset"], rest), []).append(r)
-        for (workload, backend, preset, rest), members in groups.items():
-            if len({float(_ids(r)[param]) for r in members}) < 2 or min(float(_ids(r)[param]) for r in members) <= 0:
-                continue
-            held = [f"{p}={v}" for p, v in zip([p for p in PARAM_KEYS if p != param], rest) if v is not None]
-            series = ", ".join([str(preset)] + held) if preset else ", ".join(held)
+            if work_fields(r).get(param) is not None:
+                groups.setdefault(work_key(r, without=(param, "config_hash")), []).append(r)
+        values = {key: {float(work_fields(r)[param]) for r in members} for key, members in groups.items()}
+        groups = {key: m for key, m in groups.items() if len(values[key]) >= 2 and min(values[key]) > 0}
+        names = _series_names(groups, param)
+        for key, members in groups.items():
+            f = dict(key)
             for metric in ("e2e", step_key(members[0].meta["timings"])):
-                pts = [(float(_ids(r)[param]), r.meta["timings"].get(metric, {}).get("median_ms"), r.run_id)
-                       for r in members]
-                pts = [p for p in pts if p[1]]
-                if len({x for x, _, _ in pts}) < 2:
+                by_value: dict[float, list[tuple[Run, float]]] = {}
+                for r in members:
+                    ms = (r.meta["timings"].get(metric) or {}).get("median_ms")
+                    if ms:
+                        by_value.setdefault(float(work_fields(r)[param]), []).append((r, float(ms)))
+                if len(by_value) < 2:
                     continue
-                rows += [{"workload": workload, "backend": backend, "param": param, "series": series,
-                          "metric": metric, "value": x, "median_ms": y, "run_id": rid} for x, y, rid in sorted(pts)]
+                rows += [{"workload": f["workload"], "backend": f["backend"], "param": param, "series": names[key],
+                          "metric": metric, "value": x, **_point(by_value[x], labels)} for x in sorted(by_value)]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -181,9 +238,18 @@ def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
     exponent of latency ∝ parameter^k (least squares in log-log).
 
     Returns:
-        Columns ``workload, backend, param, series, metric, n_points, values, exponent, r2``: one fit per series.
+        Columns ``workload, backend, param, series, metric, n_points, values, exponent, r2``: one row per series;
+        ``exponent`` and ``r2`` are NaN for a series of fewer than ``MIN_FIT_POINTS`` distinct values.
     """
     return scaling_fits(scaling_points(runs))
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(k, r²) of the least-squares line through log y against log x."""
+    lx, ly = np.log(x), np.log(y)
+    k, c = np.polyfit(lx, ly, 1)
+    ss = float(((ly - ly.mean()) ** 2).sum())
+    return float(k), 1 - float(((ly - (k * lx + c)) ** 2).sum()) / ss if ss > 0 else 1.0
 
 
 def scaling_fits(pts: pd.DataFrame) -> pd.DataFrame:
@@ -192,13 +258,11 @@ def scaling_fits(pts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (workload, backend, param, series, metric), g in pts.groupby(
             ["workload", "backend", "param", "series", "metric"], sort=False):
-        lx, ly = np.log(g["value"].to_numpy(float)), np.log(g["median_ms"].to_numpy(float))
-        k, c = np.polyfit(lx, ly, 1)
-        resid = ly - (k * lx + c)
-        ss = float(((ly - ly.mean()) ** 2).sum())
+        values = sorted(set(g["value"]))
+        k, r2 = (_fit(g["value"].to_numpy(float), g["median_ms"].to_numpy(float))
+                 if len(values) >= MIN_FIT_POINTS else (np.nan, np.nan))
         rows.append({"workload": workload, "backend": backend, "param": param, "series": series, "metric": metric,
-                     "n_points": len(g), "values": ",".join(f"{x:g}" for x in sorted(set(g["value"]))),
-                     "exponent": float(k), "r2": 1 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0})
+                     "n_points": len(values), "values": ",".join(f"{x:g}" for x in values), "exponent": k, "r2": r2})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -218,11 +282,12 @@ def sequence_table(runs: Sequence[Run]) -> pd.DataFrame:
     and the bytes an unfused score matrix (B·H·Sq·Skv in the run's dtype) would need.
 
     Returns:
-        Columns ``run_id, workload, backend, stage, step, module_path, level, attn_site, batch, heads, q_len,
+        Columns ``run_id, label, workload, backend, stage, step, module_path, level, attn_site, batch, heads, q_len,
         kv_len, head_dim, score_bytes``; one row per call (its first kernel carries the call's FLOPs).
     """
-    cols = ["run_id", "workload", "backend", "stage", "step", "module_path", "level", "attn_site", "batch", "heads",
-            "q_len", "kv_len", "head_dim", "score_bytes"]
+    cols = ["run_id", "label", "workload", "backend", "stage", "step", "module_path", "level", "attn_site", "batch",
+            "heads", "q_len", "kv_len", "head_dim", "score_bytes"]
+    labels = run_labels(runs)
     rows = []
     for run in runs:
         k = run.kernels
@@ -236,7 +301,8 @@ def sequence_table(runs: Sequence[Run]) -> pd.DataFrame:
                 (b, h, sq, d), (_, _, skv, _) = dims[0][:4], dims[1][:4]
             except (ValueError, TypeError, IndexError):
                 continue
-            rows.append({"run_id": run.run_id, "workload": run.workload, "backend": run.backend, "stage": str(r.stage),
+            rows.append({"run_id": run.run_id, "label": labels[run.run_id], "workload": run.workload,
+                         "backend": run.backend, "stage": str(r.stage),
                          "step": int(r.step), "module_path": str(r.module_path), "level": _level(str(r.module_path)),
                          "attn_site": str(r.attn_site), "batch": b, "heads": h, "q_len": sq, "kv_len": skv,
                          "head_dim": d, "score_bytes": float(b) * h * sq * skv * elem})
@@ -255,11 +321,13 @@ def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
     time and its parent, as a sunburst or treemap takes it.
 
     Returns:
-        Columns ``run_id, stage, id, parent, label, time_us, share, top_class``; ``id`` is the path prefix (the
-        stage name at the root), ``share`` its part of the stage's kernel time, ``top_class`` the op class with
-        most time under it. Kernels outside every module count at the root.
+        Columns ``run_id, run_label, stage, id, parent, label, time_us, share, top_class``; ``run_label`` is the
+        run's short name (``label`` already names the sector), ``id`` the path prefix (the stage name at the root),
+        ``share`` its part of the stage's kernel time, ``top_class`` the op class with most time under it. Kernels
+        outside every module count at the root.
     """
-    cols = ["run_id", "stage", "id", "parent", "label", "time_us", "share", "top_class"]
+    cols = ["run_id", "run_label", "stage", "id", "parent", "label", "time_us", "share", "top_class"]
+    labels = run_labels(runs)
     parts = []
     for run in runs:
         k = run.kernels
@@ -285,8 +353,8 @@ def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
             segs = key.split("/", 1)[-1].split(".")
             label = root if key == root else (".".join(segs[-2:]) if segs[-1].isdigit() else segs[-1])  # up_blocks.3
             cls = by_class.get(key) or {"": 0.0}
-            rows.append({"run_id": run.run_id, "stage": root, "id": key, "parent": parent, "label": label,
-                         "time_us": t, "share": t / total if total > 0 else np.nan,
+            rows.append({"run_id": run.run_id, "run_label": labels[run.run_id], "stage": root, "id": key,
+                         "parent": parent, "label": label, "time_us": t, "share": t / total if total > 0 else np.nan,
                          "top_class": max(cls, key=cls.get)})
         parts.append(pd.DataFrame(rows, columns=cols))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
@@ -300,9 +368,11 @@ def step_timeline(runs: Sequence[Run], max_runs: int = 12) -> pd.DataFrame:
         runs: loaded runs; the first ``max_runs`` that have a profiled step contribute (a page stays light).
 
     Returns:
-        Columns ``run_id, stage, step, start_ms, dur_ms, op_class, attn_site, kernel, module_path``.
+        Columns ``run_id, label, stage, step, start_ms, dur_ms, op_class, attn_site, kernel, module_path``.
     """
-    cols = ["run_id", "stage", "step", "start_ms", "dur_ms", "op_class", "attn_site", "kernel", "module_path"]
+    cols = ["run_id", "label", "stage", "step", "start_ms", "dur_ms", "op_class", "attn_site", "kernel",
+            "module_path"]
+    labels = run_labels(runs)
     parts = []
     for run in runs:
         if len(parts) >= max_runs:
@@ -319,7 +389,8 @@ def step_timeline(runs: Sequence[Run], max_runs: int = 12) -> pd.DataFrame:
         k = k[k["step"] == k["step"].min()].sort_values("ts_us")
         t0 = float(k["ts_us"].iloc[0])
         parts.append(pd.DataFrame({
-            "run_id": run.run_id, "stage": step_stage, "step": k["step"].astype(int).to_numpy(),
+            "run_id": run.run_id, "label": labels[run.run_id], "stage": step_stage,
+            "step": k["step"].astype(int).to_numpy(),
             "start_ms": (k["ts_us"].to_numpy(float) - t0) / 1e3, "dur_ms": k["dur_us"].to_numpy(float) / 1e3,
             "op_class": k["op_class"].astype(str).to_numpy(), "attn_site": k["attn_site"].astype(str).to_numpy(),
             "kernel": k["kernel"].astype(str).to_numpy(), "module_path": k["module_path"].astype(str).to_numpy()}))
@@ -388,10 +459,10 @@ def communication_table(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def sequence_parallel_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """Denoiser step latency over 1, 2, 4 ... GPUs: runs of one configuration that differ only in the ranks their
-    sequence was split over, with the speedup and parallel efficiency against the one-GPU run of the same
-    configuration (when present) and what each step spent in communication kernels (time, payload, share of the
-    step, hidden behind compute) from the full profile.
+    """Denoiser step latency over 1, 2, 4 ... GPUs: runs of one configuration (``work_key``: same device, dtype ...)
+    that differ only in the ranks their sequence was split over (and the scheme), with the speedup and parallel
+    efficiency against the one-GPU run of the same configuration (when present) and what each step spent in
+    communication kernels (time, payload, share of the step, hidden behind compute) from the full profile.
 
     Returns:
         Columns ``workload, backend, device, series, gpus, scheme, step_ms, speedup, efficiency, comm_ms_per_step,
@@ -407,15 +478,13 @@ def sequence_parallel_table(runs: Sequence[Run]) -> pd.DataFrame:
         t = run.meta.get("timings") or {}
         if run.status != "ok" or not t:
             continue
-        ids = _ids(run)
-        rest = tuple(ids.get(p) for p in PARAM_KEYS if p != "gpus")
-        groups.setdefault((ids["workload"], ids["backend"], ids["device"], ids["preset"], rest), []).append((run, ids))
+        # one configuration but for its ranks and scheme: never a bf16 run's speedup over an fp32 run's step
+        groups.setdefault(work_key(run, without=("gpus", "sp_scheme", "config_hash")), []).append((run, _ids(run)))
+    groups = {key: m for key, m in groups.items() if any(ids["gpus"] > 1 for _, ids in m)}
+    names = _series_names({key: [r for r, _ in m] for key, m in groups.items()}, "gpus")
     rows = []
-    for (workload, backend, device, preset, rest), members in groups.items():
-        if all(ids["gpus"] == 1 for _, ids in members):
-            continue
-        held = ", ".join([str(preset)] + [f"{p}={v}" for p, v in zip([p for p in PARAM_KEYS if p != "gpus"], rest)
-                                          if v is not None])
+    for key, members in groups.items():
+        f, held = dict(key), names[key]
         step = {r.run_id: (r.meta["timings"].get(step_key(r.meta["timings"])) or {}).get("median_ms")
                 for r, _ in members}
         ones = [step[r.run_id] for r, ids in members if ids["gpus"] == 1 and step[r.run_id]]
@@ -425,9 +494,9 @@ def sequence_parallel_table(runs: Sequence[Run]) -> pd.DataFrame:
             psteps = max(int((r.meta.get("passes") or {}).get("profile_steps") or 1), 1)
             c = comm.loc[r.run_id] if r.run_id in comm.index else None
             comm_ms = float(c["comm_us"]) / 1e3 / psteps if c is not None else 0.0
-            sp = r.meta.get("sequence_parallel") or {}
-            rows.append({"workload": workload, "backend": backend, "device": device, "series": held, "gpus": gpus,
-                         "scheme": "+".join(sorted(sp.get("schemes") or {})) or ("one device" if gpus == 1 else ""),
+            scheme = "+".join(sorted((r.meta.get("sequence_parallel") or {}).get("schemes") or {}))
+            rows.append({"workload": f["workload"], "backend": f["backend"], "device": f["device"], "series": held,
+                         "gpus": gpus, "scheme": scheme or ("one device" if gpus == 1 else ""),
                          "step_ms": ms, "speedup": base / ms if base and ms else np.nan,
                          "efficiency": base / ms / gpus if base and ms else np.nan, "comm_ms_per_step": comm_ms,
                          "comm_share": comm_ms / ms if ms else np.nan,

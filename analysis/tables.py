@@ -19,7 +19,10 @@ from mmchar.store import Run
 
 # shape parameters, and ``gpus``: the ranks a sequence-parallel run split the denoiser over (1 on one device)
 PARAM_KEYS = ("height", "width", "frames", "steps", "batch", "gpus")
-ID_COLUMNS = ("run_id", "workload", "preset", "backend", "device", "status")
+# who ran what, where, in which precision, and whether its timed pass can be trusted (``noisy``: the noise guard)
+ID_COLUMNS = ("run_id", "label", "workload", "preset", "backend", "device", "dtype", "status", "noisy")
+# what else changes the work besides the shape: shown by ``runs`` and ``export`` so such runs can be told apart
+EXTRA_KEYS = ("guidance", "compile")
 MEASURE_COLUMNS = ("time_us", "share", "calls", "flops", "bytes")
 BUSY_KEYS = ("wall_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
 
@@ -27,6 +30,15 @@ BUSY_KEYS = ("wall_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
 def _device_name(meta: dict[str, Any]) -> str:
     device = meta.get("device") or {}
     return str(device.get("name") or device.get("type") or "")
+
+
+def device_short(meta: dict[str, Any]) -> str:
+    """The device as a person names it: ``H100`` for "NVIDIA H100 80GB HBM3", ``cpu`` for any CPU."""
+    device = meta.get("device") or {}
+    if device.get("type", "cuda" if device.get("name") else "cpu") != "cuda":
+        return "cpu"
+    words = [w for w in str(device.get("name") or "cuda").split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE")]
+    return words[0] if words else "cuda"
 
 
 def _params(meta: dict[str, Any]) -> dict[str, Any]:
@@ -40,20 +52,109 @@ def backend_label(meta: dict[str, Any]) -> Any:
     return f"{backend}+compile" if (meta.get("options") or {}).get("compile") else backend
 
 
-def _ids(run: Run) -> dict[str, Any]:
+def is_noisy(meta: dict[str, Any]) -> bool | None:
+    """The noise guard's verdict on a run's timed pass (``meta["noise"]``): True, False, or None for a run
+    recorded before the guard (or a failed run, which has no timed pass)."""
+    verdict = (meta.get("noise") or {}).get("noisy")
+    return None if verdict is None else bool(verdict)
+
+
+def noise_reasons(meta: dict[str, Any]) -> str:
+    """Why the noise guard flagged a run, one line ("" when clean or unknown)."""
+    return "; ".join((meta.get("noise") or {}).get("reasons") or [])
+
+
+def work_fields(run: Run) -> dict[str, Any]:
+    """Everything that changes the work a run measured, by name: two runs with equal fields ran the same thing.
+
+    ``diff`` pairs runs on them (all of them, the config hash included: a changed model configuration is other
+    work), a sweep's points of one configuration under several backends pair on them without ``backend`` and
+    ``config_hash``, and findings never pool runs of different ``dtype`` or ``device`` silently.
+    """
+    meta = run.meta
+    cfg = meta.get("config") or {}
+    params = _params(meta)
+    opts = meta.get("options") or {}
+    return {
+        "workload": meta.get("workload"), "preset": meta.get("preset"), "backend": backend_label(meta),
+        "device": _device_name(meta), "dtype": cfg.get("dtype"),
+        **{k: params.get(k) for k in ("height", "width", "frames", "steps", "batch", "guidance", "seed")},
+        "compile": bool(opts.get("compile")), "memory": ",".join(sorted(cfg.get("memory") or {})),
+        "gpus": int(opts.get("sequence_parallel") or 1), "sp_scheme": opts.get("sp_scheme") or "auto",
+        "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),
+        "scope": opts.get("scope") or "denoiser", "weights": cfg.get("weights"),
+        "config_hash": meta.get("config_hash"),
+    }
+
+
+def work_key(run: Run, without: Sequence[str] = ()) -> tuple:
+    """:func:`work_fields` as a hashable key, leaving out the fields named in ``without``."""
+    return tuple((k, v) for k, v in work_fields(run).items() if k not in without)
+
+
+# how a varied field reads in a short label (None: its value alone, e.g. "fp16", "H100", "tiny")
+_LABEL_FIELDS = {"preset": None, "device": None, "dtype": None, "height": "h", "width": "w", "frames": "f",
+                 "steps": "steps", "batch": "b", "guidance": "g", "seed": "seed", "gpus": "gpus",
+                 "memory": None, "sp_scheme": "sp", "fallback": "fallback", "cross_backend": "cross",
+                 "scope": "scope", "weights": "weights"}
+
+
+def run_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """A short label per run, for everything that names a run to a person (terminal tables, dashboard axes, legends
+    and dropdowns): workload, backend, then only the fields that vary among the given runs of that workload
+    (``sd15 flash h=512``); runs that still collide (the same configuration measured twice) get ``#2``, ``#3`` in
+    the order they were created. Full run ids stay in CSVs and hover text."""
+    by_workload: dict[Any, list[Run]] = {}
+    for r in runs:
+        by_workload.setdefault(r.meta.get("workload"), []).append(r)
+    labels: dict[str, str] = {}
+    for workload, members in by_workload.items():
+        fields = {r.run_id: work_fields(r) for r in members}
+        for r in members:
+            fields[r.run_id]["device"] = device_short(r.meta)
+        varied = [k for k in _LABEL_FIELDS
+                  if len({str(f.get(k)) for f in fields.values()}) > 1]
+        for r in members:
+            f = fields[r.run_id]
+            parts = [str(workload), str(f["backend"])]
+            for k in varied:
+                v = f.get(k)
+                if v is None or v == "":
+                    continue
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                parts.append(str(v) if _LABEL_FIELDS[k] is None else f"{_LABEL_FIELDS[k]}={v}")
+            labels[r.run_id] = " ".join(parts)
+    seen: dict[str, list[Run]] = {}
+    # ok runs take the plain label before failed ones, then the order they were created in
+    for r in sorted(runs, key=lambda r: (r.meta.get("status") != "ok", r.meta.get("created") or "", r.run_id)):
+        seen.setdefault(labels[r.run_id], []).append(r)
+    for label, members in seen.items():
+        if len(members) > 1:
+            for i, r in enumerate(members[1:], start=2):
+                labels[r.run_id] = f"{label} #{i}"
+    return labels
+
+
+def _ids(run: Run, label: str | None = None) -> dict[str, Any]:
     """The identifying columns of one run: who ran what, where, with which shape parameters."""
     meta = run.meta
     params = _params(meta)
     ids = {
         "run_id": run.run_id,
+        "label": label if label is not None else run.run_id,
         "workload": meta.get("workload"),
         "preset": meta.get("preset"),
         "backend": backend_label(meta),
         "device": _device_name(meta),
+        "dtype": (meta.get("config") or {}).get("dtype"),
         "status": meta.get("status"),
+        "noisy": is_noisy(meta),
     }
     ids.update({k: params.get(k) for k in PARAM_KEYS})
     ids["gpus"] = int((meta.get("options") or {}).get("sequence_parallel") or 1)
+    ids["guidance"] = params.get("guidance")
+    ids["compile"] = bool((meta.get("options") or {}).get("compile"))
     return ids
 
 
@@ -62,19 +163,24 @@ def _has_rows(run: Run) -> bool:
 
 
 def run_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: identity, parameters, status and error message (the overview's source).
+    """One row per run: identity, parameters, status, the noise guard's verdict and error message (the overview's
+    source).
 
     Args:
         runs: loaded runs, any status.
 
     Returns:
-        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch, gpus,
-        created, error, changes_math`` (the backend replaced self-attention with other maths: linear, WERSA);
-        one row per run in input order.
+        Columns ``run_id, label, workload, preset, backend, device, dtype, status, noisy, height, width, frames,
+        steps, batch, gpus, guidance, compile, created, noise, error, changes_math`` (``label``: the short name of
+        :func:`run_labels`; ``noise``: why the guard flagged the run; ``changes_math``: the backend replaced
+        self-attention with other maths: linear, WERSA); one row per run in input order.
     """
-    rows = [dict(_ids(r), created=r.meta.get("created"), error=r.meta.get("error"),
-                 changes_math=bool(r.meta.get("backend_changes_math", False))) for r in runs]
-    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *PARAM_KEYS, "created", "error", "changes_math"])
+    labels = run_labels(runs)
+    rows = [dict(_ids(r, labels[r.run_id]), created=r.meta.get("created"), noise=noise_reasons(r.meta),
+                 error=r.meta.get("error"), changes_math=bool(r.meta.get("backend_changes_math", False)))
+            for r in runs]
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *PARAM_KEYS, *EXTRA_KEYS, "created", "noise", "error",
+                                       "changes_math"])
 
 
 def breakdown_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -87,14 +193,15 @@ def breakdown_table(runs: Sequence[Run]) -> pd.DataFrame:
         runs: loaded runs, any status.
 
     Returns:
-        Columns ``run_id, workload, preset, backend, device, status, height, width, frames, steps, batch, gpus,
-        stage, op_class, attn_site, time_us, share, calls, flops, bytes``; ``attn_site`` is ``""`` outside
-        attention.
+        Columns ``run_id, label, workload, preset, backend, device, dtype, status, noisy, height, width, frames,
+        steps, batch, gpus, guidance, compile, stage, op_class, attn_site, time_us, share, calls, flops, bytes``;
+        ``attn_site`` is ``""`` outside attention.
     """
-    columns = [*ID_COLUMNS, *PARAM_KEYS, *BREAKDOWN_COLUMNS]
+    columns = [*ID_COLUMNS, *PARAM_KEYS, *EXTRA_KEYS, *BREAKDOWN_COLUMNS]
+    labels = run_labels(runs)
     frames = []
     for run in runs:
-        ids = _ids(run)
+        ids = _ids(run, labels[run.run_id])
         if _has_rows(run):
             bd = run.breakdown.reindex(columns=list(BREAKDOWN_COLUMNS)).copy()
             bd["attn_site"] = bd["attn_site"].fillna("").astype(str)
@@ -122,25 +229,28 @@ def stage_table(runs: Sequence[Run]) -> pd.DataFrame:
         runs: loaded runs; runs without timings or busy data contribute no rows.
 
     Returns:
-        Columns ``run_id, workload, backend, device, status, stage, median_ms, min_ms, max_ms, n, wall_ms,
-        busy_ms, idle_ms, busy_frac, kernels``; rows ordered by run, then by ``schema.TIMING_KEYS``.
+        Columns ``run_id, label, workload, backend, device, status, stage, median_ms, min_ms, max_ms, n, cv,
+        spread, wall_ms, busy_ms, idle_ms, busy_frac, kernels`` (``cv``: the coefficient of variation of the timed
+        samples; ``spread``: their robust spread, what the noise guard judges; NaN for runs recorded before them);
+        rows ordered by run, then by ``schema.TIMING_KEYS``.
     """
-    columns = ["run_id", "workload", "backend", "device", "status", "stage",
-               "median_ms", "min_ms", "max_ms", "n", *BUSY_KEYS]
+    columns = ["run_id", "label", "workload", "backend", "device", "status", "stage",
+               "median_ms", "min_ms", "max_ms", "n", "cv", "spread", *BUSY_KEYS]
     order = {k: i for i, k in enumerate(TIMING_KEYS)}
+    labels = run_labels(runs)
     rows = []
     for run in runs:
         timings = run.meta.get("timings") or {}
         busy = run.meta.get("busy") or {}
         keys = sorted(set(timings) | set(busy), key=lambda k: (order.get(k, len(order)), k))
-        ids = {k: v for k, v in _ids(run).items() if k in columns}
+        ids = {k: v for k, v in _ids(run, labels[run.run_id]).items() if k in columns}
         for key in keys:
             t, b = timings.get(key) or {}, busy.get(key) or {}
             rows.append(dict(ids, stage=key,
-                             **{k: t.get(k, np.nan) for k in ("median_ms", "min_ms", "max_ms", "n")},
+                             **{k: t.get(k, np.nan) for k in ("median_ms", "min_ms", "max_ms", "n", "cv", "spread")},
                              **{k: b.get(k, np.nan) for k in BUSY_KEYS}))
     out = pd.DataFrame(rows, columns=columns)
-    for col in columns[6:]:
+    for col in columns[7:]:
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     return out
 
@@ -152,17 +262,18 @@ def attention_site_table(runs: Sequence[Run]) -> pd.DataFrame:
         runs: loaded runs; only ``ok`` runs with attention rows contribute.
 
     Returns:
-        Columns ``run_id, workload, backend, stage, attn_site, time_us, calls, attn_share, stage_share``:
-        ``attn_share`` = site time / attention time of the stage (sums to 1 per run × stage), ``stage_share`` =
-        site time / all kernel time of the stage (the breakdown's share).
+        Columns ``run_id, label, workload, backend, stage, attn_site, time_us, calls, attn_share, stage_share``:
+        ``label`` = the run's short name (:func:`run_labels`), ``attn_share`` = site time / attention time of the
+        stage (sums to 1 per run × stage), ``stage_share`` = site time / all kernel time of the stage (the
+        breakdown's share).
     """
-    columns = ["run_id", "workload", "backend", "stage", "attn_site", "time_us", "calls", "attn_share",
+    columns = ["run_id", "label", "workload", "backend", "stage", "attn_site", "time_us", "calls", "attn_share",
                "stage_share"]
     bd = breakdown_table(runs)
     att = bd[bd["op_class"] == "attention"]
     if att.empty:
         return pd.DataFrame(columns=columns)
-    keys = ["run_id", "workload", "backend", "stage", "attn_site"]
+    keys = ["run_id", "label", "workload", "backend", "stage", "attn_site"]
     out = (att.groupby(keys, sort=False, dropna=False)
               .agg(time_us=("time_us", "sum"), calls=("calls", "sum"), stage_share=("share", "sum"))
               .reset_index())
@@ -182,10 +293,12 @@ def top_kernels_table(runs: Sequence[Run], n: int = 15) -> pd.DataFrame:
         n: kernels kept per run.
 
     Returns:
-        Columns ``run_id, workload, backend, rank, kernel, op_class, calls, time_us, share`` with ``share`` =
-        kernel time / all kernel time of the run; ``rank`` starts at 1 (most time), ties broken by name.
+        Columns ``run_id, label, workload, backend, rank, kernel, op_class, calls, time_us, share`` with ``label``
+        = the run's short name (:func:`run_labels`) and ``share`` = kernel time / all kernel time of the run;
+        ``rank`` starts at 1 (most time), ties broken by name.
     """
-    columns = ["run_id", "workload", "backend", "rank", "kernel", "op_class", "calls", "time_us", "share"]
+    columns = ["run_id", "label", "workload", "backend", "rank", "kernel", "op_class", "calls", "time_us", "share"]
+    labels = run_labels(runs)
     frames = []
     for run in runs:
         k = run.kernels
@@ -202,7 +315,8 @@ def top_kernels_table(runs: Sequence[Run], n: int = 15) -> pd.DataFrame:
         agg["op_class"] = agg["kernel"].map(dominant)
         agg["share"] = agg["time_us"] / total if total > 0 else np.nan
         agg["rank"] = np.arange(1, len(agg) + 1)
-        agg["run_id"], agg["workload"], agg["backend"] = run.run_id, run.workload, run.backend
+        agg["run_id"], agg["label"] = run.run_id, labels[run.run_id]
+        agg["workload"], agg["backend"] = run.workload, run.backend
         frames.append(agg[columns])
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -250,12 +364,12 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
         runs: loaded runs, any mix.
 
     Returns:
-        Columns ``group, run_id, workload, backend, baseline_run_id, baseline_backend, is_baseline, status,
+        Columns ``group, run_id, label, workload, backend, baseline_run_id, baseline_backend, is_baseline, status,
         e2e_ms, denoiser_step_ms, attention_us_per_step, e2e_speedup, step_speedup, attention_speedup,
         max_abs_diff, cosine, token_match, agrees`` (token_match: a token model's fraction of equal tokens, where
         cosine means nothing; agrees is a nullable boolean: NA where not checked).
     """
-    columns = ["group", "run_id", "workload", "backend", "baseline_run_id", "baseline_backend", "is_baseline",
+    columns = ["group", "run_id", "label", "workload", "backend", "baseline_run_id", "baseline_backend", "is_baseline",
                "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step", "e2e_speedup",
                "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "token_match", "agrees"]
     by_id = {r.run_id: r for r in runs}
@@ -267,11 +381,13 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             seen.add(base.run_id)
             members.append((base, {"group": cmp.get("group"), "baseline_run_id": base.run_id,
                                    "baseline_backend": base.backend}))
+    labels = run_labels([r for r, _ in members])
     rows = []
     for run, cmp in members:
         base = by_id.get(cmp.get("baseline_run_id"))
         row = {
-            "group": cmp.get("group"), "run_id": run.run_id, "workload": run.workload, "backend": run.backend,
+            "group": cmp.get("group"), "run_id": run.run_id, "label": labels[run.run_id], "workload": run.workload,
+            "backend": run.backend,
             "baseline_run_id": cmp.get("baseline_run_id"), "baseline_backend": cmp.get("baseline_backend"),
             "is_baseline": run.run_id == cmp.get("baseline_run_id"), "status": run.status,
             "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, _step(run)),

@@ -26,8 +26,8 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
     """
     if sites["stage"].isin(STEP_STAGES).any():  # the denoiser's (or a token model's generator's) attention
         sites = sites[sites["stage"].isin(STEP_STAGES)]
-    agg = sites.groupby(["attn_site", "run_id"], sort=False)["time_us"].sum().reset_index()
-    runs = list(dict.fromkeys(sites["run_id"]))
+    agg = sites.groupby(["attn_site", "label", "run_id"], sort=False)["time_us"].sum().reset_index()
+    runs = list(dict.fromkeys(sites["label"]))
     total = agg.groupby("run_id")["time_us"].transform("sum")
     agg["share"] = agg["time_us"] / total.where(total > 0)
     present = list(dict.fromkeys(agg["attn_site"]))
@@ -35,8 +35,9 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
     for site in [s for s in ATTN_SITES if s in present] + [s for s in present if s not in ATTN_SITES]:
         part = agg[agg["attn_site"] == site]
         fig.add_trace(go.Bar(
-            x=part["run_id"], y=part["time_us"] / 1e3, name=site or "(none)", marker_color=attn_site_color(site),
-            customdata=part["share"],
-            hovertemplate=f"%{{x}}<br>{site}: %{{y:.2f}} ms (%{{customdata:.1%}} of attention)<extra></extra>"))
+            x=part["label"], y=part["time_us"] / 1e3, name=site or "(none)", marker_color=attn_site_color(site),
+            customdata=list(zip(part["share"], part["run_id"])),
+            hovertemplate=f"%{{x}}<br>{site}: %{{y:.2f}} ms (%{{customdata[0]:.1%}} of attention)<br>"
+                          "%{customdata[1]}<extra></extra>"))
     return style(fig, "Denoiser attention kernel time by site (profiled steps)", barmode="stack",
                  yaxis={"title": "ms"}, xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs})

@@ -10,14 +10,15 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .palette import FALLBACK_COLOR, op_class_color, style
+from .palette import FALLBACK_COLOR, noise_notes, noisy_bar_marker, noisy_flags, noisy_title, op_class_color, style
 
 
 def multi_gpu_figure(sp: pd.DataFrame) -> go.Figure:
     """Stacked step ms (communication, the rest) per workload × (GPUs, scheme).
 
     Args:
-        sp: ``analysis.study.sequence_parallel_table`` output.
+        sp: ``analysis.study.sequence_parallel_table`` output; optional ``noisy`` and ``noise`` columns (the noise
+            guard's verdict, joined by the report) hatch flagged runs' bars.
 
     Returns:
         A figure with two bar traces on a two-level (workload, GPUs · scheme) x axis.
@@ -32,14 +33,16 @@ def multi_gpu_figure(sp: pd.DataFrame) -> go.Figure:
             outer = [f"{o} · {v}" for o, v in zip(outer, sp[col])]
     comm = sp["comm_ms_per_step"].fillna(0.0).clip(upper=sp["step_ms"])
     x = [outer, [f"{g} GPU{'s' if g > 1 else ''} · {s}" for g, s in zip(sp["gpus"], sp["scheme"])]]
-    hover = list(zip(sp["speedup"], sp["efficiency"], sp["payload_mb_per_step"], sp["overlap_share"], sp["run_id"]))
+    hover = list(zip(sp["speedup"], sp["efficiency"], sp["payload_mb_per_step"], sp["overlap_share"], sp["run_id"],
+                     noise_notes(sp)))
+    flags = noisy_flags(sp)
     fig = go.Figure()
     for name, y, color in (("communication", comm, op_class_color("communication")),
                            ("compute and the rest", sp["step_ms"] - comm, FALLBACK_COLOR)):
         fig.add_trace(go.Bar(
-            x=x, y=y, name=name, marker_color=color, customdata=hover,
+            x=x, y=y, name=name, marker={"color": color, **noisy_bar_marker(flags)}, customdata=hover,
             hovertemplate=f"%{{x}}<br>{name}: %{{y:.1f}} ms per step<br>speedup %{{customdata[0]:.2f}}×, "
                           "efficiency %{customdata[1]:.0%}<br>payload %{customdata[2]:.0f} MB per step, "
-                          "hidden %{customdata[3]:.0%}<br>%{customdata[4]}<extra></extra>"))
-    return style(fig, "Denoiser step over GPUs (sequence parallel; timed pass, communication from the profile)",
-                 barmode="stack", yaxis={"title": "ms per step"})
+                          "hidden %{customdata[3]:.0%}<br>%{customdata[4]}%{customdata[5]}<extra></extra>"))
+    return style(fig, noisy_title("Denoiser step over GPUs (sequence parallel; timed pass, communication from the "
+                                  "profile)", flags), barmode="stack", yaxis={"title": "ms per step"})

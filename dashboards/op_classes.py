@@ -1,4 +1,5 @@
-"""Op-class breakdown view: share of kernel time per op class, one stacked bar per run, a button per stage.
+"""Op-class breakdown view: share of kernel time (op self time on a CPU run) per op class, one stacked bar per run
+(named by its short label; the run id is in the hover), a button per stage.
 
 Traces are one per stage × op class (not per run), so a page with 100 runs stays a few dozen traces; the
 buttons toggle which stage's traces are visible, the denoiser by default since it dominates generation.
@@ -26,9 +27,9 @@ def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
         A figure with one bar trace per stage × op class and a button per stage.
     """
     bd = breakdown[(breakdown["status"] == "ok") & (breakdown["stage"].astype(str) != "")]
-    agg = bd.groupby(["stage", "op_class", "run_id"], sort=False).agg(
+    agg = bd.groupby(["stage", "op_class", "label", "run_id"], sort=False).agg(
         share=("share", "sum"), time_us=("time_us", "sum")).reset_index()
-    runs = list(dict.fromkeys(bd["run_id"]))
+    runs = list(dict.fromkeys(bd["label"]))
     present = set(agg["stage"])
     stages = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
     classes = [c for c in OP_CLASSES if c in set(agg["op_class"])] + sorted(set(agg["op_class"]) - set(OP_CLASSES))
@@ -40,11 +41,12 @@ def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
             part = agg[(agg["stage"] == stage) & (agg["op_class"] == op_class)]
             if part.empty:
                 continue
-            part = part.set_index("run_id").reindex([r for r in runs if r in set(part["run_id"])])
+            part = part.set_index("label").reindex([r for r in runs if r in set(part["label"])])
             fig.add_trace(go.Bar(
                 x=list(part.index), y=part["share"], name=op_class, legendgroup=op_class,
-                marker_color=op_class_color(op_class), customdata=part["time_us"] / 1e3,
-                hovertemplate=f"%{{x}}<br>{stage} / {op_class}: %{{y:.1%}} (%{{customdata:.2f}} ms)<extra></extra>",
+                marker_color=op_class_color(op_class), customdata=list(zip(part["time_us"] / 1e3, part["run_id"])),
+                hovertemplate=f"%{{x}}<br>{stage} / {op_class}: %{{y:.1%}} (%{{customdata[0]:.2f}} ms)"
+                              "<br>%{customdata[1]}<extra></extra>",
                 visible=stage == default))
             owner.append(stage)
     buttons = [{"label": s, "method": "update",

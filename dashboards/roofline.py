@@ -37,13 +37,14 @@ def roofline_figure(roofline: pd.DataFrame) -> go.Figure:
             hovertemplate=(f"{r['device']}<br>{r['roof_tflops']:.0f} TFLOP/s, {r['roof_gbps']:.0f} GB/s"
                            "<extra></extra>")))
     for op_class, part in pts.groupby("op_class", observed=True, sort=False):
-        text = part["workload"].astype(str) + " · " + part["backend"].astype(str) + " · " + part["stage"].astype(str)
+        text = part["label"].astype(str) + " · " + part["stage"].astype(str)  # the label tells sweep points apart
         fig.add_trace(go.Scatter(
             x=part["intensity"], y=part["tflops"], mode="markers", name=str(op_class),
             marker={"color": op_class_color(str(op_class)), "size": 9, "line": {"width": 0.5, "color": "#333"}},
-            text=text, customdata=np.stack([part["time_us"] / 1e3, part["pct_of_attainable"]], axis=-1),
+            text=text, customdata=list(zip(part["time_us"] / 1e3, part["pct_of_attainable"], part["run_id"])),
             hovertemplate=("%{text}<br>" + str(op_class) + ": %{y:.1f} TFLOP/s at %{x:.1f} FLOP/B<br>"
-                           "%{customdata[0]:.2f} ms, %{customdata[1]:.0f}% of attainable<extra></extra>")))
+                           "%{customdata[0]:.2f} ms, %{customdata[1]:.0f}% of attainable<br>%{customdata[2]}"
+                           "<extra></extra>")))
     return style(fig, "Roofline: achieved rate per op class against the recorded roofs",
                  xaxis={"title": "arithmetic intensity (FLOP / byte)", "type": "log"},
                  yaxis={"title": "TFLOP/s", "type": "log"})

@@ -1,5 +1,6 @@
 """Sequence-length view: the query and key length of every attention layer of one denoiser step (or a token
-model's first generator call), in call order, coloured by attention site; a dropdown picks the run.
+model's first generator call), in call order, coloured by attention site; a dropdown picks the run by its short
+label (the run id is in the hover).
 
 This is where a UNet's levels show (4096 → 1024 → 256 → 64 query tokens at 512 px for SD 1.5) and where cross
 attention's 77 text tokens sit beside them. Two traces whose data the dropdown swaps keep the page light.
@@ -34,6 +35,7 @@ def sequence_figure(seq: pd.DataFrame) -> go.Figure:
         A figure with a bar trace and a marker trace (restyled by a run dropdown) plus legend-only site traces.
     """
     per_run = {}
+    run_labels = dict(zip(seq["run_id"], seq["label"]))
     for run_id, part in seq.groupby("run_id", sort=False):
         part = _one_step(part).reset_index(drop=True)
         labels = [f"{i + 1}. {p or '(top)'}" for i, p in enumerate(part["module_path"])]
@@ -47,24 +49,28 @@ def sequence_figure(seq: pd.DataFrame) -> go.Figure:
     first = per_run[order[0]] if order else {"x": [], "q": [], "kv": [], "color": [], "custom": [], "stage": ""}
     hover = ("%{x}<br>%{customdata[0]}, level %{customdata[5]}: batch %{customdata[1]}, %{customdata[2]} heads "
              "of %{customdata[3]}<br>unfused score matrix %{customdata[4]:.1f} MiB")
+
+    def hovers(run_id: str) -> list[str]:  # the query trace's and the key trace's, naming the run
+        return [f"{hover}<br>{what} length %{{y}}<br>{run_id}<extra></extra>" for what in ("query", "key")]
+
+    first_hover = hovers(order[0]) if order else hovers("")
     fig = go.Figure()
     fig.add_trace(go.Bar(x=first["x"], y=first["q"], marker_color=first["color"], customdata=first["custom"],
-                         name="query length", showlegend=False,
-                         hovertemplate=hover + "<br>query length %{y}<extra></extra>"))
+                         name="query length", showlegend=False, hovertemplate=first_hover[0]))
     fig.add_trace(go.Scatter(x=first["x"], y=first["kv"], mode="markers", name="key length",
                              marker={"symbol": "line-ew-open", "size": 14, "color": "#222"},
-                             customdata=first["custom"], hovertemplate=hover + "<br>key length %{y}<extra></extra>"))
+                             customdata=first["custom"], hovertemplate=first_hover[1]))
     sites = set(seq["attn_site"].astype(str))
     for site in [s for s in ATTN_SITES if s in sites]:
         fig.add_trace(go.Bar(x=[None], y=[None], name=site, marker_color=attn_site_color(site), hoverinfo="skip"))
 
     def title(run_id: str) -> str:
-        return f"Attention sequence lengths per call, {per_run[run_id]['stage']}: {run_id}"
+        return f"Attention sequence lengths per call, {per_run[run_id]['stage']}: {run_labels[run_id]}"
 
-    buttons = [{"label": r, "method": "update",
+    buttons = [{"label": run_labels[r], "method": "update",
                 "args": [{"x": [per_run[r]["x"], per_run[r]["x"]], "y": [per_run[r]["q"], per_run[r]["kv"]],
                           "marker.color": [per_run[r]["color"], "#222"],
-                          "customdata": [per_run[r]["custom"], per_run[r]["custom"]]},
+                          "customdata": [per_run[r]["custom"], per_run[r]["custom"]], "hovertemplate": hovers(r)},
                          {"title.text": title(r)}, [0, 1]]} for r in order]
     return style(fig, title(order[0]) if order else "Attention sequence lengths", barmode="overlay",
                  xaxis={"title": "attention call (module, in call order)", "type": "category", "showticklabels": False},

@@ -2,8 +2,8 @@
 
 Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
 (`mmchar.taxonomy`, with attention cores decided first) and, for attention and for the projections of
-attention modules, the attention site. Kernels launched outside every stage belong to the ``scheduler``
-stage (the time between model calls, conventions.md).
+attention modules, the attention site. Kernels launched outside every stage belong to the ``host`` stage
+(latent preparation, guidance arithmetic between model calls; conventions.md).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 
 from mmchar.flops import attention_label_cost, comm_label_bytes, op_cost
-from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS
+from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
 from mmchar.swap import ATTN_SCOPE_PREFIX, attention_site
 from mmchar.taxonomy import classify, is_attention_op
 from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
 
-OUTSIDE_STAGES = "scheduler"
 # torch.compile's host-side runtime events (guard checks, graph entry) in a CPU trace: known, so class "other"
 # without a "matched no rule" warning
 HOST_RUNTIME_EVENTS = tuple(w for w in COMPILE_WRAPPERS if w != "Torch-Compiled Region")

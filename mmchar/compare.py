@@ -59,7 +59,9 @@ def compare(target: Target, backends: list[str], base: ProfileOptions, store: st
         store: the run store.
         config_hash_for: ``options -> config hash``.
     """
-    group = f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # the second and process in the name: two compares started in one second keep their tables apart
+    group = (f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+             f"-{os.getpid() % 100000:05d}")
     options = [dataclasses.replace(base, backend=b) for b in backends]
     outcomes = measure_backends(target, options)
     ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None

@@ -58,13 +58,46 @@ def settings() -> dict[str, Any]:
             "math_backend_dtype": "input (mmchar's math backend: matmul, softmax, matmul in the input dtype)"}
 
 
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def mmchar_version() -> str:
+    """The version of the mmchar that ran (the package's own, installed or from a checkout)."""
+    import mmchar
+
+    return _version("mmchar") or mmchar.__version__
+
+
+def source_checkout() -> Path | None:
+    """The repository root when mmchar runs from its own source checkout (not an installed copy), else None."""
+    root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
+        project = (root / "pyproject.toml").read_text()
+    except OSError:
         return None
+    return root if 'name = "mmchar"' in project and (root / ".git").exists() else None
+
+
+def git_commit() -> str | None:
+    """mmchar's own commit: from its source checkout, or from the VCS record pip keeps for an install from a git
+    URL; None for an installed copy (never the commit of whatever repository happens to enclose site-packages)."""
+    root = source_checkout()
+    if root is not None:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+        if not commit:
+            return None
+        try:  # read-only: never takes the index lock a user's own git command may need
+            dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return commit
+        return commit + ("-dirty" if dirty else "")
+    try:
+        direct = json.loads(importlib.metadata.distribution("mmchar").read_text("direct_url.json") or "{}")
+    except (importlib.metadata.PackageNotFoundError, ValueError, OSError):
+        return None
+    return (direct.get("vcs_info") or {}).get("commit_id")
 
 
 def cache_dir() -> Path:

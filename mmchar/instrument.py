@@ -9,6 +9,7 @@ around every module forward for the full profile (integration.md: eager traces c
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ class StageTimer:
                     mem.peak_bytes = max(mem.peak_bytes, peak)
                     mem.activation_peak_bytes = max(mem.activation_peak_bytes, peak - base)
 
-        return timed
+        # pipelines read a root's parameters before calling it (diffusers passes ``generator`` and ``eta`` to
+        # ``scheduler.step`` only if its signature names them): the wrapper shows the original's signature
+        return functools.update_wrapper(timed, orig)
 
     def resolve(self, e2e_ms: float) -> GenerationTiming:
         """Milliseconds per stage (call this after synchronising)."""

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mmchar import environment
+from mmchar import environment, noise
 from mmchar.attribution import attribute
 from mmchar.backends import get_backend
 from mmchar.devices import synchronize
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, first_line
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
-from mmchar.schema import SCHEMA_VERSION, STEP_STAGES, step_key
+from mmchar.schema import OUTSIDE_STAGES, SCHEMA_VERSION, STEP_STAGES, step_key
 from mmchar.store import Run, unique_run_id, write_run
 from mmchar.swap import measure_dispatch_overhead_us, swap_attention
 from mmchar.target import Target
@@ -98,8 +98,10 @@ class Measurement:
     latents: torch.Tensor | None = None
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values), "n": len(values)}
+def _stats(values: list[float]) -> dict[str, float | None]:
+    """The spread of one timing key's samples: what the noise guard judges (`mmchar.noise`)."""
+    return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values), "n": len(values),
+            "cv": noise.cv(values), "spread": noise.spread(values)}
 
 
 def _timed_generation(target: Target, steps: int, align: Callable[[], None] | None = None,
@@ -215,6 +217,7 @@ class _Session:
                                                 "steps": target.steps, "profile_steps": self.psteps}}
         self.m = Measurement(meta=self.meta)
         self.timings: list[GenerationTiming] = []
+        self.timed_load: dict[str, Any] | None = None  # the host's load over the timed pass (mmchar.noise)
         # compiled models keep their own processors: Dynamo cannot trace the routing wrapper (it would graph-break
         # at every attention layer), and under --compile the backend is the model's own sdpa anyway
         swapped = [c for c in _swap_components(target, options.scope)
@@ -224,7 +227,8 @@ class _Session:
         self.swap = swap_attention(target.pipe, swapped, options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
                                    seed=int(target.config.get("params", {}).get("seed", 0)),
-                                   cross_backend=options.cross_backend, shard=self.shard)
+                                   cross_backend=options.cross_backend, shard=self.shard,
+                                   compile_safe=options.compile)
         if options.compile:
             self.meta["compile"] = compile_step_models(target)
 
@@ -253,7 +257,7 @@ class _Session:
         self.meta["attention_layers"] = dict(sorted(state.layer_site.items()))
         if self.shard is not None:
             self.meta["sequence_parallel"] = self.shard.describe()
-        state.calls.clear()
+        self.swap.reset_calls()
 
     def timed(self, i: int) -> None:
         with self.swap:
@@ -262,16 +266,25 @@ class _Session:
 
     def _denoiser_calls_per_step(self) -> float:
         prefixes = tuple(f"{r.component}." for r in self.target.stage_roots if r.stage in STEP_STAGES)
-        calls = sum(n for path, n in self.swap.state.calls.items() if path.startswith(prefixes))
+        calls = sum(n for path, n in self.swap.state.calls(self.swap.processors).items() if path.startswith(prefixes))
         return calls / max(len(self.timings), 1) / max(self.target.steps, 1)
 
     def profiles(self) -> Measurement:
+        probe = host_probe(self.target)
+        probe.start()
+        self._profiles()
+        windows = {"timed": self.timed_load, "profiles": probe.stop()}
+        verdict = noise.verdict(self.meta["timings"], windows, on_gpu=self.target.device.type == "cuda")
+        self.meta["noise"] = {**verdict, "windows": windows}
+        return self.m
+
+    def _profiles(self) -> None:
         target, meta, psteps = self.target, self.meta, self.psteps
         meta["timings"] = _timings(self.timings)
         calls_per_step = self._denoiser_calls_per_step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
         with self.swap as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
-            # 3. light profile: kernels only, the timed pass's step count (the scheduler residual grows per step)
+            # 3. light profile: kernels only, the timed pass's step count (the host residual grows per step)
             light_json = Path(tmp) / "light.json"
             t0 = time.perf_counter()
             with _profiler(activities) as prof:
@@ -317,7 +330,7 @@ class _Session:
                                     "light_overhead_x": light_wall / t["e2e"]["median_ms"],
                                     "full_overhead_x": full_wall / equiv if equiv > 0 else None,
                                     "trace_events": trace.n_events}
-        per_call = measure_dispatch_overhead_us()
+        per_call = measure_dispatch_overhead_us(compile_safe=self.options.compile)
         meta["swap_overhead"] = {"per_call_us_estimate": per_call, "denoiser_attention_calls_per_step": calls_per_step,
                                  "pct_of_denoiser_step_estimate": (100.0 * per_call * calls_per_step / (step_ms * 1e3))
                                  if step_ms else None,
@@ -328,10 +341,16 @@ class _Session:
         meta["unmatched_kernels"] = att.unmatched
         den = att.kernels[att.kernels["stage"].isin(STEP_STAGES) & (att.kernels["op_class"] == "attention")]
         meta["attention_time_us_per_step"] = float(den["dur_us"].sum()) / psteps if psteps else None
-        return self.m
 
 
 Outcome = Measurement | BaseException
+
+
+def host_probe(target: Target) -> noise.HostProbe:
+    """The noise guard's load probe for ``target``: a CPU run keeps its intra-op threads busy, a CUDA run the
+    thread that launches its kernels."""
+    needed = float(torch.get_num_threads()) if target.device.type == "cpu" else 1.0
+    return noise.HostProbe(target.device, needed_cores=needed)
 
 
 def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outcome]:
@@ -342,6 +361,17 @@ def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outc
     out of memory, error) gets its exception as outcome; the others go on.
     """
     outcomes: list[Outcome | None] = [None] * len(options)
+    try:
+        _measure(target, options, outcomes)
+    except BaseException:  # interrupted (Ctrl-C) or a failure no run records: no temporary trace is left behind
+        for outcome in outcomes:
+            if outcome is not None:
+                discard(outcome)
+        raise
+    return [o if o is not None else RuntimeError("not measured") for o in outcomes]
+
+
+def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outcome | None]) -> None:
     sessions: list[_Session | None] = [None] * len(options)
     for i, opt in enumerate(options):
         try:
@@ -351,6 +381,8 @@ def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outc
             outcomes[i], sessions[i] = exc, None
             release_memory(target.device)
     repeat = max((o.repeat for o in options), default=0)
+    probe = host_probe(target)
+    probe.start()
     for r in range(repeat):
         for i, sess in enumerate(sessions):
             if sess is None or r >= sess.options.repeat:
@@ -360,16 +392,21 @@ def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outc
             except _RECORDED as exc:
                 outcomes[i], sessions[i] = exc, None
                 release_memory(target.device)
+    timed_load = probe.stop()  # one window for every backend: their timed passes interleave
     for i, sess in enumerate(sessions):
         if sess is None:
             continue
+        sess.timed_load = timed_load
         try:
             outcomes[i] = sess.profiles()
         except _RECORDED as exc:
+            discard(sess.m)
             outcomes[i] = exc
+        except BaseException:
+            discard(sess.m)
+            raise
         sessions[i] = None
         release_memory(target.device)
-    return [o if o is not None else RuntimeError("not measured") for o in outcomes]
 
 
 def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
@@ -381,10 +418,15 @@ def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
     step_stage = next((r.step_stage for r in runs if r.step_stage), "denoiser")
     if steps:
         out[f"{step_stage}_step"] = _stats(steps)
+        # the noise guard judges steps that do the same work: a generation's first step may also move offloaded
+        # weights or fill caches, so it stays out of the step's spread where a generation has more than one
+        steady = [x for r in runs for x in (r.step_ms[1:] if len(r.step_ms) > 1 else r.step_ms)]
+        out[f"{step_stage}_step"]["spread"] = noise.spread(steady)
     for phase in sorted({p for r in runs for p in (r.phase_ms or {})}):
         if phase != "step":  # a masked model's steps are its generator_step already
             out[f"generator_{phase}"] = _stats([x for r in runs for x in (r.phase_ms or {}).get(phase, [])])
-    out["scheduler"] = _stats([max(r.e2e_ms - sum(r.stage_ms.values()), 0.0) for r in runs])
+    # everything outside the model and scheduler calls: tokenising, latent preparation, guidance arithmetic, Python
+    out[OUTSIDE_STAGES] = _stats([max(r.e2e_ms - sum(r.stage_ms.values()), 0.0) for r in runs])
     return out
 
 
@@ -397,7 +439,7 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
     calls: dict[str, set[int]] = {}
     phased = "generator_decode" in timings  # an autoregressive generator: its prefill (step 0) is reported apart
     for name, ts, dur, ctx in zip(trace.name, trace.ts, trace.dur, trace.ctx):
-        stage = ctx.stage or "scheduler"
+        stage = ctx.stage or OUTSIDE_STAGES
         if phased and stage == "generator" and ctx.step == 0:
             stage = "generator_prefill"
         spans.setdefault((stage, ctx.step), []).append((ts, ts + dur))
@@ -444,16 +486,22 @@ def base_meta(target_config: dict[str, Any], target_device: torch.device, option
             "swap_scope": options.scope, "config_hash": config_hash, "config": target_config,
             "options": options.to_dict(), "device": dev, "roofs": environment.roofs(dev),
             "versions": environment.versions(), "settings": environment.settings(),
-            "git_commit": environment.git_commit()}
+            "mmchar_version": environment.mmchar_version(), "git_commit": environment.git_commit()}
 
 
 # What a run records as its failure instead of raising: bad layers, OOM, errors inside the model's code.
-_RECORDED = (torch.OutOfMemoryError, RuntimeError, MmcharError, ValueError, TypeError, AssertionError, IndexError,
-             KeyError, NotImplementedError)
+_RECORDED = (torch.OutOfMemoryError, MemoryError, RuntimeError, MmcharError, ValueError, TypeError, AssertionError,
+             IndexError, KeyError, NotImplementedError)
+
+
+# how allocators say they ran out: CUDA's OutOfMemoryError, and the CPU allocator's RuntimeError ("DefaultCPUAllocator:
+# can't allocate memory: you tried to allocate 35184372088832 bytes")
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(t in text for t in _OOM_TEXT)
 
 
 def failed_run(meta: dict[str, Any], exc: BaseException) -> Run:

@@ -6,9 +6,13 @@ One place holds each decision: the stage names, op classes and attention sites, 
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+# 2: ``scheduler`` is the scheduler's own step calls and ``host`` the rest outside every stage (tokenising, latent
+# preparation, guidance arithmetic, Python); version 1 called that residual ``scheduler`` (store.py upgrades it)
+SCHEMA_VERSION = 2
 
-STAGES = ("text_encoder", "image_encoder", "denoiser", "generator", "decoder", "scheduler")
+# ``host``: kernels and time outside every stage root's calls (not a stage root itself)
+STAGES = ("text_encoder", "image_encoder", "denoiser", "generator", "decoder", "scheduler", "host")
+OUTSIDE_STAGES = "host"
 # Stages whose calls are steps (one row per step): a diffusion model's denoiser, a token model's generator.
 STEP_STAGES = ("denoiser", "generator")
 # Phases of the generator: an autoregressive model's prefill (first call) and decode calls; a masked model's steps.
@@ -46,7 +50,7 @@ BREAKDOWN_COLUMNS = ("stage", "op_class", "attn_site", "time_us", "share", "call
 
 # meta.json "timings" keys: median/min/max over the timed pass (ms).
 TIMING_KEYS = ("e2e", "text_encoder", "image_encoder", "denoiser", "denoiser_step", "generator", "generator_step",
-               "generator_prefill", "generator_decode", "decoder", "scheduler")
+               "generator_prefill", "generator_decode", "decoder", "scheduler", "host")
 
 
 def step_key(timings: dict) -> str:

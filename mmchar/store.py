@@ -7,22 +7,46 @@ reader never sees half a run and an interrupted run leaves nothing that looks fi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mmchar.errors import RunNotFoundError, SchemaMismatchError
+from mmchar.errors import MmcharError, RunNotFoundError, SchemaMismatchError
 from mmchar.schema import (BREAKDOWN_COLUMNS, BREAKDOWN_FILE, KERNEL_COLUMNS, KERNELS_FILE, META_FILE,
-                           SCHEMA_VERSION, TRACE_FILE)
+                           OUTSIDE_STAGES, SCHEMA_VERSION, TRACE_FILE)
 
 TMP_PREFIX = ".tmp-"
+# what every reader takes from meta.json without asking
+REQUIRED_META = ("schema_version", "run_id", "status", "workload", "backend")
+# schema versions this mmchar reads: older ones are upgraded in memory when loaded (`_upgrade`)
+READABLE_VERSIONS = (1, SCHEMA_VERSION)
+
+
+class StorePathError(MmcharError):
+    """A store or output path that cannot be written (a file where a folder should be, no permission)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: Path, mode: int) -> None:
+    """tempfile makes folders 0700 and files 0600; a team's shared store must be as readable as the user's
+    umask allows, like any file they write."""
+    try:
+        os.chmod(path, mode & ~_umask())
+    except OSError:
+        pass
 
 
 @dataclass
@@ -63,27 +87,71 @@ def empty_kernels() -> pd.DataFrame:
 
 
 def write_run(store: str | os.PathLike[str], run: Run, trace_file: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``run`` as ``store/<run_id>/`` atomically and return the folder. ``trace_file`` (gzip JSON) is moved in."""
+    """Write ``run`` as ``store/<run_id>/`` atomically and return the folder. ``trace_file`` (gzip JSON) is moved in.
+
+    Two processes writing the same configuration into one store in the same second both keep their run: the
+    rename that publishes a folder fails when the name is taken, and the later one takes the next free id.
+    """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
-    final = store / run.run_id
-    if final.exists():
-        raise FileExistsError(f"run folder {final} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + run.run_id + "-", dir=store))
     try:
-        meta = dict(run.meta, schema_version=SCHEMA_VERSION)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False, default=_json_default))
+        _follow_umask(tmp, 0o777)
         kernels = run.kernels if len(run.kernels.columns) else empty_kernels()
         kernels.to_parquet(tmp / KERNELS_FILE, index=False)
         run.breakdown.reindex(columns=list(BREAKDOWN_COLUMNS)).to_csv(tmp / BREAKDOWN_FILE, index=False)
         if trace_file is not None and Path(trace_file).exists():
             shutil.move(str(trace_file), tmp / TRACE_FILE)
-        os.rename(tmp, final)
+            _follow_umask(tmp / TRACE_FILE, 0o666)
+        base = run.run_id
+        while True:
+            meta = dict(run.meta, schema_version=SCHEMA_VERSION)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False, default=_json_default))
+            final = store / run.run_id
+            try:
+                if final.exists():
+                    raise FileExistsError(errno.EEXIST, "run folder exists", str(final))
+                os.rename(tmp, final)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                run.meta = _renamed(run.meta, unique_run_id(store, base))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     run.path = final
     return final
+
+
+def _renamed(meta: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """``meta`` under a new run id, a compare baseline's pointer to itself included."""
+    old, meta = meta["run_id"], dict(meta, run_id=run_id)
+    if (meta.get("compare") or {}).get("baseline_run_id") == old:
+        meta["compare"] = dict(meta["compare"], baseline_run_id=run_id)
+    return meta
+
+
+def check_writable(path: str | os.PathLike[str], flag: str = "--store") -> None:
+    """Fail now, not after a measurement, when ``path`` (a folder, made if missing) cannot be written: a file in
+    its place, a read-only or missing-permission parent. Probes by writing, which is what counts (root ignores
+    mode bits; a read-only file system does not)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == path else f" ({probe} is a file)"
+        raise StorePathError(f"{flag} {str(path)!r} is not a folder{where}; pass a folder path")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mmchar-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise StorePathError(f"{flag} {str(path)!r} cannot be written ({e.strerror or e}: {probe}); pass a "
+                             "folder you can write to") from None
 
 
 def unique_run_id(store: str | os.PathLike[str], run_id: str) -> str:
@@ -110,13 +178,40 @@ def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads((folder / META_FILE).read_text())
     except FileNotFoundError:
         raise RunNotFoundError(f"{folder} is not a run folder (no {META_FILE})") from None
-    except json.JSONDecodeError as e:
-        raise RunNotFoundError(f"{folder / META_FILE} is not valid JSON ({e.msg}); delete the folder and re-run") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunNotFoundError(f"{folder / META_FILE} is not valid JSON ({getattr(e, 'msg', e)}); delete the folder "
+                               "and re-run") from None
+    missing = [k for k in REQUIRED_META if k not in meta] if isinstance(meta, dict) else list(REQUIRED_META)
+    if missing:
+        raise RunNotFoundError(f"{folder / META_FILE} does not hold a run's metadata (no {', '.join(missing)}); "
+                               "delete the folder and re-run")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaMismatchError(f"run {folder} has schema_version {version}, this mmchar reads {SCHEMA_VERSION}; "
-                                  "re-run it with this version, or read it with the mmchar that wrote it")
+    if version not in READABLE_VERSIONS:
+        raise SchemaMismatchError(f"run {folder} has schema_version {version}, this mmchar reads "
+                                  f"{', '.join(map(str, READABLE_VERSIONS))}; re-run it with this version, or read "
+                                  "it with the mmchar that wrote it")
+    return _upgrade(meta)
+
+
+def _upgrade(meta: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 called the time outside every stage ``scheduler``; version 2 calls it ``host`` (``scheduler`` is
+    now the scheduler's own calls). A version-1 run is read as version 2, and says so in ``upgraded_from``."""
+    if meta.get("schema_version") == 1:
+        for table in ("timings", "busy"):
+            if isinstance(meta.get(table), dict) and "scheduler" in meta[table]:
+                meta[table][OUTSIDE_STAGES] = meta[table].pop("scheduler")
+        meta["upgraded_from"], meta["schema_version"] = 1, SCHEMA_VERSION
     return meta
+
+
+def _upgrade_stages(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """The ``stage`` column of a version-1 run's tables under version 2's names (see `_upgrade`)."""
+    if meta.get("upgraded_from") != 1 or "stage" not in frame.columns:
+        return frame
+    categorical = isinstance(frame["stage"].dtype, pd.CategoricalDtype)
+    stage = frame["stage"].astype(str).replace({"scheduler": OUTSIDE_STAGES})
+    frame["stage"] = stage.astype("category") if categorical else stage
+    return frame
 
 
 def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
@@ -126,9 +221,10 @@ def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
     run = Run(meta=meta, path=folder)
     bd = folder / BREAKDOWN_FILE
     if bd.exists() and bd.stat().st_size:
-        run.breakdown = pd.read_csv(bd, keep_default_na=False, na_values={"time_us": [""], "share": [""]})
+        run.breakdown = _upgrade_stages(pd.read_csv(bd, keep_default_na=False,
+                                                    na_values={"time_us": [""], "share": [""]}), meta)
     if kernels and (folder / KERNELS_FILE).exists():
-        run.kernels = pd.read_parquet(folder / KERNELS_FILE)
+        run.kernels = _upgrade_stages(pd.read_parquet(folder / KERNELS_FILE), meta)
     return run
 
 
@@ -152,5 +248,17 @@ def run_folders(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def load_runs(paths: Iterable[str | os.PathLike[str]], *, kernels: bool = True) -> list[Run]:
-    return [load_run(f, kernels=kernels) for f in run_folders(paths)]
+def load_runs(paths: Iterable[str | os.PathLike[str]], *, kernels: bool = True,
+              on_damaged: Callable[[Path, str], None] | None = None) -> list[Run]:
+    """Every run under ``paths``. A run folder that cannot be read (a truncated table, corrupted meta.json, another
+    schema) raises, unless ``on_damaged(folder, why)`` is given: then it is reported there and skipped, so one
+    damaged run does not take a whole store's analysis down with it."""
+    runs = []
+    for folder in run_folders(paths):
+        try:
+            runs.append(load_run(folder, kernels=kernels))
+        except Exception as e:  # noqa: BLE001 (pyarrow, pandas and json each raise their own)
+            if on_damaged is None:
+                raise
+            on_damaged(folder, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    return runs

@@ -7,6 +7,11 @@ installed only while a swap context is open, sends the processor's own core call
 wrapped modules the replacement defers to the original function at once. Leaving the context restores every
 processor and the original function. The wrapper is chosen over a TorchFunctionMode because a mode sees every
 torch call inside the processor (projections, reshapes: ~20 per attention call), not only the core.
+
+The routed call is on the hot path of launch-bound steps (SD 1.5: 32 attention calls in a 27 ms step on an
+H200), so the swap must cost under 1 % of a step: each layer resolves its backend once per kind of call (mask,
+causal, self or cross) and every later call costs one dict lookup and the backend call, with no profiler scope
+unless the full profile is annotating (benchmarks/bench_swap_overhead.py measures it per backend).
 """
 
 from __future__ import annotations
@@ -27,43 +32,80 @@ from mmchar.target import compile_site_rules
 
 ATTN_SCOPE_PREFIX = "mmchar.attn::"
 
-_local = threading.local()
+
+class _Current(threading.local):
+    """The route of the attention module whose processor is running on this thread (None outside them)."""
+
+    route: LayerRoute | None = None
+
+
+_local = _Current()
 _install_lock = threading.Lock()
-_install_count = 0
+_installed = {False: 0, True: 0}  # open swap contexts by whether a compiled model may call F.sdpa inside them
 
 
 def _routed_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    if torch.compiler.is_compiling():  # --compile: a compiled model keeps its own attention (never routed)
+    """F.sdpa while a swap is open: a wrapped module's core call goes to its layer's backend (one lookup of the
+    backend resolved for this kind of call), any other call to PyTorch's own function at once."""
+    route = _local.route
+    if route is None or dropout_p:  # outside wrapped modules, or training-time dropout no backend takes
         return ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                              scale=scale, enable_gqa=enable_gqa)
-    proc = getattr(_local, "current", None)
-    if proc is None or dropout_p:  # outside wrapped modules, or training-time dropout no backend takes
-        return ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                             scale=scale, enable_gqa=enable_gqa)
-    if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query: backends take one k/v head per q head
-        rep = query.shape[-3] // key.shape[-3]
-        key, value = key.repeat_interleave(rep, dim=-3), value.repeat_interleave(rep, dim=-3)
-    _local.current = None  # a backend that calls F.sdpa itself must reach the original
+    if enable_gqa:
+        key, value = _one_kv_head_per_query_head(query, key, value)
     try:
-        return proc.attend(query, key, value, attn_mask, is_causal, scale)
+        backend = route.routes[(attn_mask is None, is_causal, query.shape[-2] == key.shape[-2])]
+    except KeyError:
+        backend = route.resolve(query, key, value, attn_mask, is_causal)
+    route.ncalls += 1
+    _local.route = None  # a backend that calls F.sdpa itself must reach the original
+    try:
+        if route.state.instrumented:
+            return route.attend_instrumented(backend, query, key, value, attn_mask, is_causal, scale)
+        return backend(query, key, value, causal=is_causal, scale=scale, mask=attn_mask,
+                       hidden_states=route.hidden_states)
     finally:
-        _local.current = proc
+        _local.route = route
 
 
-def _install() -> None:
-    global _install_count
+def _routed_sdpa_compile_safe(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                              enable_gqa=False):
+    """The router while a torch.compile'd model may call F.sdpa: Dynamo traces it, and a compiled model keeps its
+    own attention (never routed), so it returns before touching the thread-local."""
+    if torch.compiler.is_compiling():
+        return ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, enable_gqa=enable_gqa)
+    return _routed_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def _one_kv_head_per_query_head(query: torch.Tensor, key: torch.Tensor,
+                                value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention's shared k/v heads repeated: backends take one k/v head per query head."""
+    if key.shape[-3] == query.shape[-3]:
+        return key, value
+    rep = query.shape[-3] // key.shape[-3]
+    return key.repeat_interleave(rep, dim=-3), value.repeat_interleave(rep, dim=-3)
+
+
+def _install(compile_safe: bool = False) -> None:
     with _install_lock:
-        if _install_count == 0:
-            F.scaled_dot_product_attention = _routed_sdpa
-        _install_count += 1
+        _installed[compile_safe] += 1
+        _set_router()
 
 
-def _uninstall() -> None:
-    global _install_count
+def _uninstall(compile_safe: bool = False) -> None:
     with _install_lock:
-        _install_count -= 1
-        if _install_count == 0:
-            F.scaled_dot_product_attention = ORIGINAL_SDPA
+        _installed[compile_safe] -= 1
+        _set_router()
+
+
+def _set_router() -> None:
+    if _installed[True]:
+        F.scaled_dot_product_attention = _routed_sdpa_compile_safe
+    elif _installed[False]:
+        F.scaled_dot_product_attention = _routed_sdpa
+    else:
+        F.scaled_dot_product_attention = ORIGINAL_SDPA
 
 
 def attention_scope_label(site: str, module_path: str, backend: str, q: torch.Tensor, k: torch.Tensor,
@@ -86,7 +128,6 @@ class SwapState:
     layer_backend: dict[str, str] = field(default_factory=dict)
     layer_site: dict[str, str] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)  # attention-core calls per module path
     # layers whose later calls of another kind (decode after prefill, a mask) went to the fallback, and why
     later_fallback: dict[str, str] = field(default_factory=dict)
     # layers whose native linear attention (SANA) a softmax backend replaced: the model's maths changed there
@@ -94,6 +135,19 @@ class SwapState:
     # the denoiser's token sequence split over ranks (mmchar.sequence_shard.SequenceShard), self-attention
     # computed across them; None on one device
     shard: Any = None
+    # calls leave the one-lookup path: the full profile's scopes, or a sequence-parallel split (kept as a plain
+    # attribute, read on every call, by __setattr__)
+    instrumented: bool = field(default=False, init=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in ("annotate", "shard"):
+            object.__setattr__(self, "instrumented", bool(getattr(self, "annotate", False)
+                                                          or getattr(self, "shard", None) is not None))
+
+    def calls(self, processors: list[LayerRoute]) -> dict[str, int]:
+        """Attention-core calls per module path since the routes' counters were last reset."""
+        return {p.module_path: p.ncalls for p in processors if p.ncalls}
 
     def check_routed(self, processors: list[RoutedProcessor]) -> None:
         """Layers whose processor ran but never called F.scaled_dot_product_attention compute attention their
@@ -133,28 +187,45 @@ class LayerRoute:
         self.backend_name = ""
         self.site = ""
         self.called = False
-        self._hidden_states: torch.Tensor | None = None
+        self.ncalls = 0  # attention-core calls routed (the runner reads them per step)
+        self.hidden_states: torch.Tensor | None = None  # the host layer's input (WERSA's filter source)
         self._has_context = False  # the processor was handed encoder states (cross or joint attention)
         self.inner: Any = None
         self.native_reason: str | None = None  # why calls of this layer kept the library's own attention
-        self._kind: tuple[bool, bool, bool] | None = None  # (no mask, causal, Sq == Skv) of the first call
-        self._by_kind: dict[tuple[bool, bool, bool], tuple[AttentionBackend, str]] = {}  # later kinds' routes
+        # (no mask, causal, Sq == Skv) of a call -> the backend instance that takes calls of that kind: resolved
+        # on the first call of each kind, then one lookup per call (here, and inlined in `_routed_sdpa`)
+        self.routes: dict[tuple[bool, bool, bool], AttentionBackend] = {}
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                scale: float | None) -> torch.Tensor:
+        """One core call of this layer (transformers' attention interface, SANA's linear core; diffusers'
+        F.sdpa calls take the same steps in `_routed_sdpa`)."""
+        try:
+            backend = self.routes[(mask is None, causal, q.shape[-2] == k.shape[-2])]
+        except KeyError:
+            backend = self.resolve(q, k, v, mask, causal)
+        self.ncalls += 1
+        if self.state.instrumented:
+            return self.attend_instrumented(backend, q, k, v, mask, causal, scale)
+        return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self.hidden_states)
+
+    def resolve(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                causal: bool) -> AttentionBackend:
+        """The backend of a kind of call not seen before: the layer's own (bound on its first call), else the
+        fallback for a later kind the backend cannot take (decode after prefill, a mask ...)."""
         kind = (mask is None, causal, q.shape[-2] == k.shape[-2])
         if self.backend is None:
             self._bind(q, k, v, mask, causal)
-            self._kind = kind
-        backend, name = self.backend, self.backend_name
-        if kind != self._kind:  # a later call of another kind (a mask, decode after prefill ...): its own route
-            route = self._by_kind.get(kind)
-            if route is None:
-                route = self._kind_route(q, k, v, mask, causal)
-                self._by_kind[kind] = route
-            backend, name = route
-        calls = self.state.calls
-        calls[self.module_path] = calls.get(self.module_path, 0) + 1
+            backend = self.backend
+        else:
+            backend = self._kind_route(q, k, v, mask, causal)
+        self.routes[kind] = backend
+        return backend
+
+    def attend_instrumented(self, backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             mask: torch.Tensor | None, causal: bool, scale: float | None) -> torch.Tensor:
+        """A call under the full profile's attention-core scope, or across a sequence-parallel group's ranks."""
+        name = backend.name
         shard = self.state.shard
         if shard is not None and self.site != "cross" and shard.takes(q, k, self._has_context):
             # self-attention of a sequence-parallel forward: over every rank's tokens, this rank's rows back
@@ -165,6 +236,9 @@ class LayerRoute:
             return shard.attend(self.module_path, q, k, v, mask, causal, scale, local,
                                 lambda skv: self._scope(name, q, k, v, causal, skv), backend)
         return self._core(backend, name, q, k, v, mask, causal, scale)
+
+    def reset_calls(self) -> None:
+        self.ncalls = 0
 
     def _scope(self, name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                key_tokens: int | None = None) -> Any:
@@ -177,20 +251,20 @@ class LayerRoute:
     def _core(self, backend: AttentionBackend, name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: torch.Tensor | None, causal: bool, scale: float | None) -> torch.Tensor:
         with self._scope(name, q, k, v, causal):
-            return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self._hidden_states)
+            return backend(q, k, v, causal=causal, scale=scale, mask=mask, hidden_states=self.hidden_states)
 
-    def _kind_route(self, q, k, v, mask, causal) -> tuple[AttentionBackend, str]:
+    def _kind_route(self, q, k, v, mask, causal) -> AttentionBackend:
         """The layer's backend when it takes this kind of call, else the fallback (recorded), else an error."""
         reason = self.backend.unsupported(q, k, v, causal=causal, mask=mask)
         if reason is None:
-            return self.backend, self.backend_name
+            return self.backend
         if self._fallback_cls is not None:
             fallback = self._fallback_cls(self.module_path, self._seed)
             why = fallback.unsupported(q, k, v, causal=causal, mask=mask)
             if why is None:
                 self.state.later_fallback[self.module_path] = f"{fallback.name} for calls {self.backend_name} " \
                                                               f"cannot take: {reason}"
-                return fallback, fallback.name
+                return fallback
             reason = f"{reason}; fallback {fallback.name}: {why}"
         raise BackendUnsupportedError(f"backend {self.backend_name!r} cannot take a later call of {self.module_path}: "
                                       f"{reason}; pass --fallback BACKEND or another backend")
@@ -224,14 +298,12 @@ class RoutedProcessor(LayerRoute):
                  cross_cls: type[AttentionBackend] | None = None):
         super().__init__(module_path, state, backend_cls, fallback_cls, site_rules, seed, cross_cls)
         self.inner = inner
-        # diffusers filters cross_attention_kwargs by inspect.signature(processor.__call__): show it the inner
-        # processor's signature (the instance attribute is what attribute access finds; calls use the class's).
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._forward(*args, **kwargs)
-
-        # __wrapped__, not a cached __signature__: diffusers then pays what it pays for the original processor
-        # (a cached signature would make swapped layers faster than the model's own, by ~15 µs per call)
-        self.__call__ = functools.update_wrapper(call, inner.__call__)
+        # diffusers filters cross_attention_kwargs by inspect.signature(processor.__call__) on every call: the
+        # instance attribute (what attribute access finds) is the inner processor's own bound __call__, so that
+        # costs exactly what it costs the original (a wrapper with __wrapped__ cost ~2 µs more to unwrap, a cached
+        # __signature__ ~15 µs less); calling the processor uses the class's __call__, the route
+        self.__call__ = inner.__call__
+        self._linear_core = type(inner).__name__ in LINEAR_CORE_PROCESSORS and state.backend != "sdpa"
 
     def __getattr__(self, name: str) -> Any:  # processors expose attributes some models read
         inner = self.__dict__.get("inner")
@@ -240,25 +312,24 @@ class RoutedProcessor(LayerRoute):
         return getattr(inner, name)
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self._forward(attn, hidden_states, *args, **kwargs)
-
-    def _forward(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        prev = getattr(_local, "current", None)
-        _local.current = self
+        prev = _local.route
+        _local.route = self
         self.called = True
-        self._hidden_states = hidden_states
-        context = kwargs.get("encoder_hidden_states", args[0] if args else None)
-        self._has_context = isinstance(context, torch.Tensor)
+        self.hidden_states = hidden_states
+        if self.state.shard is not None:  # which calls the sequence split takes
+            context = kwargs.get("encoder_hidden_states", args[0] if args else None)
+            self._has_context = isinstance(context, torch.Tensor)
         try:
-            if type(self.inner).__name__ in LINEAR_CORE_PROCESSORS and self.state.backend != "sdpa":
-                return self._linear_core(attn, hidden_states, *args, **kwargs)
+            if self._linear_core:
+                return self._linear_attention(attn, hidden_states, *args, **kwargs)
             return self.inner(attn, hidden_states, *args, **kwargs)
         finally:
-            _local.current = prev
-            self._hidden_states = None
+            _local.route = prev
+            self.hidden_states = None
 
-    def _linear_core(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _linear_attention(self, attn: Any, hidden_states: torch.Tensor,
+                          encoder_hidden_states: torch.Tensor | None = None,
+                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """SANA's linear self-attention (diffusers' SanaLinearAttnProcessor2_0) with its core — relu features,
         φ(q)·(φ(K)ᵀV) / φ(q)·Σφ(k), computed by the processor itself without F.sdpa — sent to the layer's backend:
         ``linear`` computes the same maths; a softmax backend replaces it (the run records the layer's backend)."""
@@ -277,7 +348,7 @@ class RoutedProcessor(LayerRoute):
         out = out.transpose(1, 2).reshape(b, n, -1).to(hidden_states.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 
-# processors that compute a linear-attention core themselves (no F.sdpa call): routed by RoutedProcessor._linear_core
+# processors that compute a linear-attention core themselves (no F.sdpa call): routed by RoutedProcessor._linear_attention
 LINEAR_CORE_PROCESSORS = ("SanaLinearAttnProcessor2_0",)
 
 TRANSFORMERS_IMPLEMENTATION = "mmchar"
@@ -380,12 +451,17 @@ class AttentionSwap:
             WERSA); default the best softmax backend available.
         shard: a `mmchar.sequence_shard.SequenceShard` of one swapped model: while entered, its token sequence
             is split over the process group's ranks and its self-attention computed across them.
+        compile_safe: a torch.compile'd model may call F.sdpa while the swap is open (``--compile``): the router
+            first asks whether it is being traced (two more calls per attention call), so compiled graphs keep
+            their own attention.
     """
 
     def __init__(self, pipe: Any, components: list[str], backend: str, device: torch.device, *,
                  fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                 seed: int = 0, cross_backend: str | None = None, shard: Any = None) -> None:
+                 seed: int = 0, cross_backend: str | None = None, shard: Any = None,
+                 compile_safe: bool = False) -> None:
         backend_cls = require_backend(backend, device)
+        self._compile_safe = compile_safe
         fallback_cls = require_backend(fallback, device) if fallback else None
         cross_cls = require_backend(cross_backend or default_softmax_backend(device), device)
         self.state = SwapState(backend=backend, fallback=fallback, shard=shard)
@@ -419,7 +495,7 @@ class AttentionSwap:
             if self.state.shard is not None:
                 self._shard_hooks = self.state.shard.hooked()
                 self._shard_hooks.__enter__()
-            _install()
+            _install(self._compile_safe)
         except BaseException:
             for module, original in done:
                 module.set_processor(original)
@@ -428,6 +504,13 @@ class AttentionSwap:
             raise
         self._active = True
         return self.state
+
+    def reset_calls(self) -> None:
+        """Start counting attention-core calls afresh (the runner counts the timed pass's)."""
+        for _, _, wrapped in self._modules:
+            wrapped.reset_calls()
+        for route in self._hf_routes.values():
+            route.reset_calls()
 
     @property
     def processors(self) -> list[LayerRoute]:
@@ -448,7 +531,7 @@ class AttentionSwap:
 
     def __exit__(self, *exc: Any) -> None:
         self._active = False
-        _uninstall()
+        _uninstall(self._compile_safe)
         self._unhook_shard()
         for module, original, _ in self._modules:
             module.set_processor(original)
@@ -457,21 +540,28 @@ class AttentionSwap:
 
 def swap_attention(pipe: Any, components: list[str], backend: str, device: torch.device, *,
                    fallback: str | None = None, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
-                   seed: int = 0, cross_backend: str | None = None, shard: Any = None) -> AttentionSwap:
+                   seed: int = 0, cross_backend: str | None = None, shard: Any = None,
+                   compile_safe: bool = False) -> AttentionSwap:
     """``with swap_attention(pipe, ["unet"], "flash", device) as state:`` (see `AttentionSwap`)."""
     return AttentionSwap(pipe, components, backend, device, fallback=fallback, site_rules=site_rules, seed=seed,
-                         cross_backend=cross_backend, shard=shard)
+                         cross_backend=cross_backend, shard=shard, compile_safe=compile_safe)
 
 
-def measure_dispatch_overhead_us(calls: int = 300, rounds: int = 9) -> float:
+@functools.lru_cache(maxsize=1)
+def measure_dispatch_overhead_us(compile_safe: bool = False, calls: int = 200, rounds: int = 9) -> float:
     """Host time the swap adds to one attention call: the module's forward with the wrapped (``sdpa``) minus
     with its original processor, per call.
 
     Measured on a tiny diffusers attention module, so the attention itself is negligible, and through the
     module's forward, so diffusers' own per-call work on the processor (it inspects the processor's signature)
     is counted as it happens in a model. In a launch-bound denoiser step this host time is latency: the step's
-    overhead is this times the attention calls per step.
+    overhead is this times the attention calls per step. Timed in the thread's CPU time, interleaved, median of
+    the rounds: other processes on the host change the wall time of a 100 µs call by more than the effect. Measured
+    once per process (it depends on the host and mmchar, not on the model): compare's backends share it. It is
+    the routing's cost (to `sdpa`, through the router a run installs: ``compile_safe`` under ``--compile``); a
+    fused backend adds its kernel switches (~1 µs), measured per backend by benchmarks/bench_swap_overhead.py.
     """
+    import statistics
     import time
 
     from diffusers.models.attention_processor import Attention
@@ -484,20 +574,23 @@ def measure_dispatch_overhead_us(calls: int = 300, rounds: int = 9) -> float:
 
     def per_call(proc: Any) -> float:
         attn.set_processor(proc)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(calls):
             attn(hs)
-        return (time.perf_counter() - t0) / calls * 1e6
+        return (time.thread_time() - t0) / calls * 1e6
 
-    wrapped_us, original_us = [], []
+    diffs = []
     with torch.inference_mode():
-        _install()
+        _install(compile_safe)
         try:
             per_call(wrapped), per_call(original)
-            for _ in range(rounds):  # interleaved, so drifts in machine load hit both alike
-                wrapped_us.append(per_call(wrapped))
-                original_us.append(per_call(original))
+            for r in range(rounds):  # interleaved, order alternating, so drifts hit both alike
+                if r % 2:
+                    w, o = per_call(wrapped), per_call(original)
+                else:
+                    o, w = per_call(original), per_call(wrapped)
+                diffs.append(w - o)
         finally:
-            _uninstall()
+            _uninstall(compile_safe)
             attn.set_processor(original)
-    return max(min(wrapped_us) - min(original_us), 0.0)
+    return max(statistics.median(diffs), 0.0)

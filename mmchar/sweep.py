@@ -3,14 +3,19 @@
 A fresh process per point keeps points independent: an out-of-memory error, a crashed kernel or a leaked CUDA
 context in one point cannot change the next one's figures. A point is identified by the config hash that ends
 its run id (the resolved configuration plus the attention path), so a re-run finds the points already in the
-store, whatever their status, and runs only the missing ones. A child that dies without writing its run
-(killed, segfault) is recorded by the parent as a failed run, so every point ends up in the store.
+store, whatever their status, and runs only the missing ones (``--retry-failed`` runs failed points again,
+``--retry-noisy N`` re-measures points the noise guard flagged, up to N times). How a point is measured
+(``--repeat``, ``--profile-steps``, ``--no-trace``) is not part of its identity: a re-run with other values keeps
+the stored points as they are and says so. A child that dies without writing its run (killed, segfault) is
+recorded by the parent as a failed run, so every point ends up in the store; a child interrupted by Ctrl-C is
+not (the point is simply not done).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +27,9 @@ from typing import Any
 from mmchar.errors import InvalidParameterError, UnknownNameError
 from mmchar.schema import step_key
 from mmchar.store import is_run_folder, read_meta
+
+# ProfileOptions fields that say how a point is measured, not what it is: not in its config hash
+MEASUREMENT_OPTIONS = ("repeat", "profile_steps", "keep_trace")
 
 # what --vary may name, with the type its values parse to (prompt is not a sweep axis)
 VARY_TYPES: dict[str, type] = {"height": int, "width": int, "frames": int, "steps": int, "batch": int,
@@ -73,10 +81,30 @@ class SweepPlan:
     weights: str | None
     memory: dict[str, bool] = field(default_factory=dict)
     done: dict[str, Path] = field(default_factory=dict)  # config hash -> run folder already in the store
+    retry_failed: bool = False  # points whose stored run failed (oom, error) are run again
+    retry_noisy: int = 0  # times a point the noise guard flagged is measured again (stored ones included)
 
     @property
     def todo(self) -> list[Point]:
-        return [p for p in self.points if p.config_hash not in self.done]
+        return [p for p in self.points if p.config_hash not in self.done or self.redo(self.done[p.config_hash])]
+
+    def redo(self, folder: Path) -> bool:
+        """Whether a stored point is measured again: failed with ``retry_failed``, noisy with ``retry_noisy``."""
+        meta = read_meta(folder)
+        if meta.get("status") != "ok":
+            return self.retry_failed
+        return self.retry_noisy > 0 and bool((meta.get("noise") or {}).get("noisy"))
+
+    def measured_otherwise(self) -> list[str]:
+        """How the stored points were measured where that differs from this sweep's options (``repeat 1 (asked
+        3)``): they are kept, and the user is told, since those options are not part of a point's identity."""
+        differ: dict[str, set[str]] = {}
+        for folder in self.done.values():
+            stored = read_meta(folder).get("options") or {}
+            for k in MEASUREMENT_OPTIONS:
+                if k in self.options and k in stored and stored[k] != self.options[k]:
+                    differ.setdefault(k, set()).add(str(stored[k]))
+        return [f"{k.replace('_', '-')} {'/'.join(sorted(v))} (asked {self.options[k]})" for k, v in differ.items()]
 
 
 def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], store: str | os.PathLike[str], *,
@@ -121,24 +149,44 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
 
 
 def stored_points(store: str | os.PathLike[str], hashes: set[str]) -> dict[str, Path]:
-    """Run folders of ``store`` whose config hash is one of ``hashes`` (any status: a point is run once)."""
-    found: dict[str, Path] = {}
+    """The run folder of ``store`` standing for each config hash of ``hashes`` (any status: a point is run once).
+    Where a point was measured more than once (a retry), the best run stands for it: ok and clean before ok and
+    noisy before failed, the newest first within each."""
+    found: dict[str, tuple[tuple, Path]] = {}
     root = Path(store)
     if not root.is_dir():
-        return found
+        return {}
     for folder in sorted(root.iterdir()):
-        h = folder.name.rsplit("-", 1)[-1]
-        if h in hashes and is_run_folder(folder):
-            if read_meta(folder).get("config_hash") == h:
-                found[h] = folder
-    return found
+        h = _hash_of(folder.name)
+        if h not in hashes or not is_run_folder(folder):
+            continue
+        try:
+            meta = read_meta(folder)
+        except Exception:  # noqa: BLE001 (a damaged folder stands for nothing: the point runs again)
+            continue
+        if meta.get("config_hash") != h:
+            continue
+        rank = (meta.get("status") == "ok", not (meta.get("noise") or {}).get("noisy"), meta.get("created") or "")
+        if h not in found or rank >= found[h][0]:
+            found[h] = (rank, folder)
+    return {h: folder for h, (_, folder) in found.items()}
+
+
+_RUN_NAME = re.compile(r"-\d{8}-\d{6}-([0-9a-f]{6})(?:-\d+)?$")
+
+
+def _hash_of(folder_name: str) -> str | None:
+    """The config hash in a run folder's name: ``...-<YYYYmmdd>-<HHMMSS>-<hash>``, or ``...-<hash>-2`` for a second
+    run of one configuration in one second (a hash may be all digits: only the position tells)."""
+    m = _RUN_NAME.search(folder_name)
+    return m.group(1) if m else None
 
 
 def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str]) -> list[str]:
     """The `mmchar profile` command line of one point."""
     # -P: the child must import the installed mmchar, not a source folder that happens to be the working directory
     cmd = [sys.executable, "-P", "-m", "mmchar", "profile", sweep.workload, "--preset", sweep.preset,
-           "--backend", point.backend, "--store", str(store)]
+           "--backend", point.backend, "--store", str(store), "--sweep-point"]
     for k, v in {**sweep.fixed, **point.params}.items():
         cmd += [f"--{k}", str(v)]
     for opt in ("device", "dtype", "weights"):
@@ -161,19 +209,48 @@ def run_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
               env: dict[str, str] | None = None) -> Path:
     """Profile one point in a fresh process; returns its run folder (written by the parent if the child died
     without writing one). ``env``: extra environment of the child (a sharded sweep's GPU pinning)."""
-    proc = subprocess.run(command(sweep, point, store), capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    found = stored_points(store, {point.config_hash})
-    if point.config_hash in found:
-        return found[point.config_hash]
-    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    before = set(os.listdir(store)) if Path(store).is_dir() else set()
+    stdout, stderr, code = _child(command(sweep, point, store), {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    new = [Path(store) / n for n in sorted(set(os.listdir(store)) - before)] if Path(store).is_dir() else []
+    written = [f for f in new if is_run_folder(f) and _meta_hash(f) == point.config_hash]
+    if written:
+        return written[-1]
+    if code in (130, -signal.SIGINT):  # Ctrl-C reached the child: the point is not done, nor failed
+        raise KeyboardInterrupt
+    lines = [ln for ln in (stderr + stdout).splitlines() if ln.strip()]
     last = lines[-1].strip() if lines else "no output"
     # SIGKILL is what the kernel's out-of-memory killer sends (a child never prints "Killed": a shell does)
-    killed = proc.returncode == -signal.SIGKILL
+    killed = code == -signal.SIGKILL
     if killed:
         last = f"killed by SIGKILL (most often the out-of-memory killer); last output: {last}"
-    return record_dead_child(sweep, point, store, proc.returncode, last,
-                             oom=killed or "out of memory" in last.lower())
+    return record_dead_child(sweep, point, store, code, last, oom=killed or "out of memory" in last.lower())
+
+
+# how long an interrupted child may take to clean up (its profiler, temporary traces, a half-written run folder)
+CHILD_CLEANUP_S = 60
+
+
+def _child(cmd: list[str], env: dict[str, str]) -> tuple[str, str, int]:
+    """Run one point's process; on Ctrl-C (which the terminal sends the child too) wait for it to clean up before
+    giving up on it, then interrupt the sweep."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate()
+    except KeyboardInterrupt:
+        try:  # the child got the terminal's SIGINT too (one process group); a second would cut its cleanup
+            proc.wait(timeout=CHILD_CLEANUP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    return out, err, proc.returncode
+
+
+def _meta_hash(folder: Path) -> str | None:
+    try:
+        return read_meta(folder).get("config_hash")
+    except Exception:  # noqa: BLE001 (a damaged folder stands for no point)
+        return None
 
 
 def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[str], code: int, last: str,
@@ -185,7 +262,7 @@ def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[s
     options = ProfileOptions(backend=point.backend, **sweep.options)
     run_id = unique_run_id(store, new_run_id(sweep.workload, point.backend, point.config_hash))
     meta = base_meta(point.config, resolve_device(sweep.device), options, run_id, point.config_hash)
-    meta.update(status="oom" if oom else "error",
+    meta.update(status="oom" if oom else "error", sweep=True,
                 error=f"the profiling process exited with code {code} without writing its run: {last[:300]}")
     return write_run(store, Run(meta=meta))
 
@@ -197,8 +274,11 @@ def summary_row(point: Point, folder: Path) -> dict[str, Any]:
     key = step_key(t)  # a denoiser step, or a token model's generator step
     e2e, step = (t.get("e2e") or {}).get("median_ms"), (t.get(key) or {}).get("median_ms")
     busy = ((meta.get("busy") or {}).get(key) or {}).get("busy_frac")
+    noise = meta.get("noise") or {}
     return {**point.params, "backend": point.backend, "status": meta["status"],
+            "noisy": None if noise.get("noisy") is None else ("yes" if noise["noisy"] else "no"),
             "e2e_ms": None if e2e is None else round(e2e, 2),
             "step_ms": None if step is None else round(step, 3),
             "step_busy": None if busy is None else round(busy, 3),
-            "run": folder.name, "error": (meta.get("error") or "")[:80]}
+            "run": folder.name, "error": (meta.get("error") or "")[:80],
+            "noise": "; ".join(noise.get("reasons") or [])[:80]}

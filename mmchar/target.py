@@ -88,12 +88,21 @@ class Target:
     dtype: torch.dtype
     site_rules: list[SiteRule] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Every target times its scheduler's steps as the ``scheduler`` stage when the pipeline has one (a
+        diffusers scheduler's ``step``), so ``host`` is only what lies outside the model and scheduler calls."""
+        scheduler = getattr(self.pipe, SCHEDULER_COMPONENT, None)
+        if callable(getattr(scheduler, "step", None)) and not any(r.stage == "scheduler" for r in self.stage_roots):
+            self.stage_roots = [*self.stage_roots, StageRoot("scheduler", SCHEDULER_COMPONENT, "step")]
+
     def component(self, name: str) -> Any:
         return getattr(self.pipe, name)
 
     def all_site_rules(self) -> list[tuple[re.Pattern[str], str]]:
         return compile_site_rules(self.site_rules)
 
+
+SCHEDULER_COMPONENT = "scheduler"  # diffusers pipelines keep their scheduler under this name
 
 # Component names of diffusers pipelines, by stage. Denoiser and decoder names come first in diffusers' own
 # pipelines; anything else that is an nn.Module is left out (safety checkers, feature extractors).

@@ -30,8 +30,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def torchrun():
-    """Run ``torchrun --nproc-per-node N ARGS...`` on a free port, the installed mmchar imported (PYTHONSAFEPATH:
-    a checkout's source folder in the working directory must not shadow it); skips where torchrun is missing."""
+    """Run ``torchrun --nproc-per-node N ARGS...`` on a free port, as the README writes it (``-m mmchar`` from the
+    checkout's root works: the checkout's folders are the package's); skips where torchrun is missing."""
     import socket
     import subprocess
     import sys
@@ -45,7 +45,7 @@ def torchrun():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}, "OMP_NUM_THREADS": "1"}
         return subprocess.run([exe, "--nproc-per-node", str(nproc), "--master-port", str(port), *args],
                               capture_output=True, text=True, env=env, timeout=timeout)
 

@@ -76,3 +76,21 @@ def test_stores_and_run_folders_mixed(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunNotFoundError, match="holds no runs"):
         run_folders([tmp_path / "empty"])
+
+
+def test_two_writers_of_one_run_id_both_keep_their_run(tmp_path):
+    """Same configuration, same second: the later writer takes the next free id (never `-2-2`), and a compare
+    baseline's pointer to itself follows its new id."""
+    from mmchar.store import Run, load_run, write_run
+
+    def meta():
+        return {"run_id": "sd15-math-20260101-120000-abc123", "status": "ok", "workload": "sd15", "backend": "math",
+                "created": "2026-01-01T12:00:00",
+                "compare": {"group": "g", "baseline_run_id": "sd15-math-20260101-120000-abc123"}}
+
+    paths = [write_run(tmp_path, Run(meta=meta())) for _ in range(3)]
+    assert [p.name for p in paths] == ["sd15-math-20260101-120000-abc123", "sd15-math-20260101-120000-abc123-2",
+                                       "sd15-math-20260101-120000-abc123-3"]
+    for p in paths:
+        m = load_run(p).meta
+        assert m["run_id"] == p.name and m["compare"]["baseline_run_id"] == p.name

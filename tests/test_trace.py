@@ -27,7 +27,7 @@ GPU_TRACE = {"traceEvents": [
     _x("cuda_runtime", "cudaLaunchKernel", 15, 2, correlation=8),
     _x("user_annotation", "mmchar.attn::cross::unet.attn2::flash::2,8,64,77,40,40::0::2", 40, 20),
     _x("cuda_runtime", "cudaLaunchKernel", 41, 2, correlation=9),
-    _x("cuda_runtime", "cudaLaunchKernel", 150, 2, correlation=10),  # outside every stage: the scheduler
+    _x("cuda_runtime", "cudaLaunchKernel", 150, 2, correlation=10),  # outside every stage: host
     _x("kernel", "sm90_xmma_fprop_implicit_gemm_bf16", 10, 5, tid=7, correlation=7),
     _x("kernel", "void at::native::elementwise_kernel<add>", 16, 1, tid=7, correlation=8),
     _x("kernel", "flash_fwd_kernel", 45, 3, tid=7, correlation=9),
@@ -40,7 +40,7 @@ def test_gpu_kernels_take_the_context_of_their_launch():
     assert t.on_gpu and t.name[0].startswith("sm90_xmma_fprop")
     a = attribute(t)
     k = a.kernels
-    assert k["stage"].tolist() == ["denoiser", "denoiser", "denoiser", "scheduler"]
+    assert k["stage"].tolist() == ["denoiser", "denoiser", "denoiser", "host"]
     assert k["step"].tolist() == [3, 3, 3, -1]
     assert k["module_path"].tolist() == ["unet.conv_in", "unet.conv_in", "", ""]
     assert k["op_class"].tolist() == ["conv", "conv", "attention", "elementwise"]

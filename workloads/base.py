@@ -95,6 +95,9 @@ class Workload(ABC):
             params["frames"] = None
         p = Params.from_dict(params)
         self.check(p)
+        from mmchar.workloads.build import check_steps
+
+        check_steps(cfg.get("models", {}).get("scheduler"), p.steps, self.name)
         dev = resolve_device(device)  # recorded resolved, so a default and its explicit spelling hash alike
         memory = {k: True for k, v in (memory or {}).items() if v}
         bad = set(memory) - set(MEMORY_OPTIONS)
@@ -126,6 +129,7 @@ class Workload(ABC):
         for name in ("steps", "batch"):
             if getattr(p, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(p, name)} must be at least 1")
+        check_guidance(p.guidance)
 
     def parameter_count(self, preset: str = "full") -> dict[str, int]:
         """Parameters per model component of a preset, counted on the meta device (no memory, no weights) and
@@ -167,6 +171,13 @@ class Workload(ABC):
     @abstractmethod
     def build(self, config: dict[str, Any]) -> Target:
         """Build the pipeline on ``config["device"]`` (random weights, or ``config["weights"]``) as a Target."""
+
+
+def check_guidance(guidance: float | None) -> None:
+    """Classifier-free guidance scales below 0 mean nothing (at most 1 turns guidance off)."""
+    if guidance is not None and not guidance >= 0:
+        raise InvalidParameterError(f"guidance={guidance:g} must be at least 0 (a scale of 1 or less turns "
+                                    "classifier-free guidance off; 7.5 is usual)")
 
 
 def config_hash(config: dict[str, Any]) -> str:

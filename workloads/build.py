@@ -168,3 +168,30 @@ def quiet_progress_bars() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+def check_steps(scheduler_config: dict[str, Any] | None, steps: int, owner: str) -> None:
+    """Refuse a step count the scheduler itself would refuse, before any model is built (a DDIM or DDPM
+    scheduler takes at most its ``num_train_timesteps``): the scheduler is made from its config and asked, which
+    is what the pipeline will do, in milliseconds. Schedulers that need more than the count to set their steps
+    (a flow-matching shift's ``mu``) are not asked."""
+    if not scheduler_config or "_class_name" not in scheduler_config:
+        return
+    import diffusers
+
+    from mmchar.errors import InvalidParameterError
+
+    cfg = dict(scheduler_config)
+    cls = getattr(diffusers, cfg.pop("_class_name"), None)
+    if cls is None or not hasattr(cls, "set_timesteps"):
+        return
+    try:
+        cls.from_config(cfg).set_timesteps(steps)
+    except ValueError as e:
+        text = " ".join(str(e).split())
+        if "num_inference_steps" in text or str(steps) in text:
+            limit = cfg.get("num_train_timesteps")
+            hint = f"; use at most {limit}" if limit else ""
+            raise InvalidParameterError(f"steps={steps}: {owner}'s {cls.__name__} refuses it ({text}){hint}") from None
+    except Exception:  # noqa: BLE001 (a scheduler that needs pipeline inputs to set its steps: not checked here)
+        return

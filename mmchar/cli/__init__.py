@@ -16,6 +16,9 @@ _EXIT = tuple({click.exceptions.Exit, typer.Exit})
 _ABORT = tuple({click.exceptions.Abort, typer.Abort})
 _USAGE = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
+INTERRUPTED = 130  # the shell's code for SIGINT
+INTERRUPTED_LINE = "interrupted; finished runs are in the store, a re-run starts the rest"
+
 app = typer.Typer(name="mmchar", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Where the time goes in text-to-image and text-to-video generation: profile, compare, view, export.")
 
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="mmchar", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == INTERRUPTED:  # typer turns Ctrl-C into Exit(130), which standalone_mode=False returns
+            error_line(INTERRUPTED_LINE)
     except MmcharError as e:
         if debug:
             raise
@@ -50,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     except _EXIT as e:
         code = getattr(e, "exit_code", 0)
+        if code == INTERRUPTED:  # typer turns Ctrl-C into Exit(130) before it reaches the handler below
+            error_line(INTERRUPTED_LINE)
     except _ABORT:
-        error_line("interrupted; finished runs are in the store, a re-run starts the rest")
-        code = 130
+        error_line(INTERRUPTED_LINE)
+        code = INTERRUPTED
     except _USAGE as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # the help has been printed
             return _exit(0, argv)
@@ -62,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         error_line(" ".join(message.split()) + " (see mmchar --help)")
         code = 1
     except KeyboardInterrupt:
-        error_line("interrupted; finished runs are in the store, a re-run starts the rest")
-        code = 130
+        error_line(INTERRUPTED_LINE)
+        code = INTERRUPTED
     except Exception as e:  # the edge: anything unexpected is still one line unless --debug
         if debug:
             raise

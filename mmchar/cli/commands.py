@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import typer
 from mmchar.cli import app
 from mmchar.cli.output import FORMATS, print_frame, say, warn
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, WeightsError, first_line
+
+MIN_US = 50.0  # diff's default --min-us; analysis.diff.MIN_US holds the same (a test checks they agree)
 
 Store = Annotated[Path, typer.Option("--store", help="Run store folder (created if missing).")]
 Fmt = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
@@ -109,12 +112,13 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
 # --- profile / compare -----------------------------------------------------------------------------------
 
 def _options(backend: str, fallback: str | None, cross_backend: str | None, scope: str, repeat: int,
-             profile_steps: int, no_trace: bool, compile: bool = False, sequence_parallel: int = 1,
+             profile_steps: int | None, no_trace: bool, compile: bool = False, sequence_parallel: int = 1,
              sp_scheme: str = "auto") -> Any:
     from mmchar.runner import ProfileOptions
 
+    steps = {} if profile_steps is None else {"profile_steps": profile_steps}  # else ProfileOptions' default
     return ProfileOptions(backend=backend, fallback=fallback, cross_backend=cross_backend, scope=scope, repeat=repeat,
-                          profile_steps=profile_steps, keep_trace=not no_trace, compile=compile,
+                          keep_trace=not no_trace, compile=compile, **steps,
                           sequence_parallel=sequence_parallel, sp_scheme=sp_scheme)
 
 
@@ -129,15 +133,18 @@ def _warn_changed_math(backends: list[str]) -> None:
 
 def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Path | None, device: str | None,
            dtype: str | None, backends: list[str], fallback: str | None, params: dict[str, Any],
-           cross_backend: str | None = None, memory: dict[str, bool] | None = None) -> Any:
-    """Check everything a user typed, then build the Target (nothing is written before this returns)."""
+           cross_backend: str | None = None, memory: dict[str, bool] | None = None, *, store: Path,
+           profile_steps: int | None) -> Any:
+    """Check everything a user typed, then build the Target (nothing is written before this returns): a store
+    that cannot be written fails here, not after the measurement."""
     from mmchar.backends import require_backend
-    from mmchar.devices import resolve_device, resolve_dtype
+    from mmchar.devices import resolve_device
+    from mmchar.store import check_writable
 
     if (workload is None) == (pipeline is None):
         raise InvalidParameterError("name a WORKLOAD or pass --pipeline DIR (one of them); `mmchar workloads` lists workloads")
     dev = resolve_device(device)
-    resolve_dtype(dtype, dev)
+    _check_precision(dtype, dev)
     if workload is not None:
         from mmchar.workloads import get_workload
 
@@ -151,20 +158,52 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
     for extra in (fallback, cross_backend):
         if extra:
             require_backend(extra, dev)
+    check_writable(store)
     if workload is not None:
+        _check_profile_steps(profile_steps, config["params"]["steps"])
         return w.build(config)
     if preset != "tiny" or weights is not None or any((memory or {}).values()):
         raise InvalidParameterError("--preset, --weights and the memory options apply to workloads; a --pipeline "
                                     "folder is profiled as it is")
-    return _pipeline_target(pipeline, dev, dtype, params)
+    target = _pipeline_target(pipeline, dev, dtype, params)
+    _check_profile_steps(profile_steps, target.steps)
+    return target
+
+
+def _check_precision(dtype: str | None, dev: Any) -> None:
+    """A valid dtype (half precision on the CPU runs, but says that its times stand for nothing a GPU does) and
+    valid noise thresholds in the environment: both before anything is built."""
+    from mmchar import noise
+    from mmchar.devices import resolve_dtype
+
+    import torch
+
+    noise.thresholds()
+    if dev.type == "cpu" and resolve_dtype(dtype, dev) == torch.float16:
+        warn(f"--dtype {dtype} on the CPU: CPU kernels in float16 are slow and unrepresentative of any GPU run; "
+             "fp32 (the CPU default) or a CUDA device measure what users run")
+
+
+def _check_profile_steps(profile_steps: int | None, steps: int) -> None:
+    """An explicit --profile-steps beyond the generation is clipped, and says so (the default clips quietly)."""
+    if profile_steps is not None and profile_steps > steps:
+        warn(f"--profile-steps {profile_steps} is more than the {steps} steps of a generation: profiling {steps}")
 
 
 def _pipeline_target(folder: Path, dev: Any, dtype: str | None, params: dict[str, Any]) -> Any:
     from mmchar.api import load_pipeline_dir, pipeline_dir_config, pipeline_target
 
+    from mmchar.workloads.base import check_guidance
+    from mmchar.workloads.build import check_steps
+
     steps = 20 if params.get("steps") is None else params["steps"]
     if steps < 1:
         raise InvalidParameterError(f"steps={steps} must be at least 1")
+    check_guidance(params.get("guidance"))
+    try:  # the scheduler's own limit, before the pipeline's models are loaded
+        check_steps(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), steps, folder.name)
+    except (OSError, ValueError):
+        pass
     pipe = load_pipeline_dir(str(folder), str(dev), dtype)
     factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
     for dim in ("height", "width"):
@@ -209,7 +248,7 @@ Fallback = Annotated[Optional[str], typer.Option(help="Backend for attention lay
 CrossBackend = Annotated[Optional[str], typer.Option("--cross-backend", help="Softmax backend of cross attention under linear / WERSA (default: the best available).")]
 Scope = Annotated[str, typer.Option(help="Whose attention the backend replaces: denoiser or all components.")]
 Repeat = Annotated[int, typer.Option(help="Timed generations (median, min and max are reported).")]
-ProfileSteps = Annotated[int, typer.Option("--profile-steps", help="Denoising steps under the full profiler.")]
+ProfileSteps = Annotated[Optional[int], typer.Option("--profile-steps", help="Denoising steps under the full profiler (default 2; every step of a shorter generation).", show_default=False)]
 NoTrace = Annotated[bool, typer.Option("--no-trace", help="Do not keep the trace file in the run folder.")]
 VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode (and encode) with the VAE in tiles.")]
 VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode the batch one latent at a time.")]
@@ -224,14 +263,16 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             device: Device = None,
             backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
-            repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+            repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, store: Store = Path("runs"),
             sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="Under torchrun: split the "
                 "denoiser's token sequence over the ranks (one GPU each; self-attention across them, Ulysses or "
                 "ring); rank 0 writes the run.")] = False,
             sp_scheme: Annotated[str, typer.Option("--sp-scheme", help="With --sequence-parallel: auto (Ulysses "
-                "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto") -> int:
+                "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto",
+            sweep_point: Annotated[bool, typer.Option("--sweep-point", hidden=True, help="Set by `mmchar sweep` "
+                "for its children: the run is a sweep's point (findings pair such points by backend).")] = False) -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
     from mmchar import distributed as dd
     from mmchar.runner import measure_backends, store_outcome
@@ -246,7 +287,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
                            rank.world if rank else 1, sp_scheme)
         memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
         target = _build(workload, pipeline, preset, weights, device, dtype, [backend], fallback, params, cross_backend,
-                        memory)
+                        memory, store=store, profile_steps=profile_steps)
         leader = rank is None or rank.leader
         if leader:
             _warn_changed_math([backend])
@@ -258,7 +299,8 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
         outcome = measure_backends(target, [options if leader else dataclasses.replace(options, keep_trace=False)])[0]
         if rank is not None:
             outcome = dd.agree_on_outcome(outcome, rank)
-        run = store_outcome(target, options, outcome, store, _hash_for(target)(options)) if leader else None
+        mark = (lambda meta, _latents: meta.update(sweep=True)) if sweep_point else None
+        run = store_outcome(target, options, outcome, store, _hash_for(target)(options), finish=mark) if leader else None
         if rank is not None:
             dd.leader_done(rank)  # the others wait until the run is written (torchrun ends the group on an exit)
     finally:
@@ -326,7 +368,27 @@ def _report(run: Any) -> None:
     if so.get("pct_of_denoiser_step_estimate") is not None:
         say(f"attention swap overhead (estimate): {so['per_call_us_estimate']:.2f} µs per call, "
             f"{so['pct_of_denoiser_step_estimate']:.2f}% of a {name} step")
+    _report_noise(run)
     say(f"run folder: {run.path}")
+
+
+def _report_noise(run: Any, prefix: str = "") -> None:
+    """The noise guard's verdict: a warning with every reason when flagged, one quiet line when clean."""
+    noise = run.meta.get("noise") or {}
+    if noise.get("noisy"):
+        warn(f"{prefix}NOISY measurement, do not trust its latencies: " + "; ".join(noise.get("reasons") or [])
+             + " (re-run on a quiet machine; `mmchar sweep --retry-noisy N` re-measures such points)")
+    elif noise:
+        t = (run.meta.get("timings") or {}).get("e2e") or {}
+        timed = (noise.get("windows") or {}).get("timed") or {}
+        load = timed.get("other_cpu_cores")
+        spread = f"e2e spread {t['spread']:.1%}" if t.get("spread") is not None else "one timed generation"
+        other = f", other processes {load:.2f} CPU cores" if load is not None else ""
+        gpu = ", no other process on the GPU" if timed.get("gpu") else ""
+        say(f"{prefix}noise guard: clean ({spread}{other}{gpu})")
+    unchecked = ((noise.get("windows") or {}).get("timed") or {}).get("gpu_unchecked")
+    if unchecked:
+        warn(f"{prefix}the noise guard did not check the GPU (other processes, clocks): {unchecked}")
 
 
 @app.command()
@@ -336,7 +398,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
             seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
-            repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+            repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
@@ -351,16 +413,34 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     options = _options(names[0], fallback, cross_backend, scope, repeat, profile_steps, no_trace, compile)
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
     target = _build(workload, pipeline, preset, weights, device, dtype, names, fallback, params, cross_backend,
-                    memory)
+                    memory, store=store, profile_steps=profile_steps)
     _warn_changed_math(names)
     say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
     result = run_compare(target, names, options, store, _hash_for(target))
     cols = ["backend", "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step",
             "e2e_speedup", "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "agrees"]
-    if result.table["token_match"].notna().any():  # a token model: its outputs are ids, compared by match
+    tokens = result.table["token_match"].notna().any()  # a token model: its outputs are ids, compared by match
+    if tokens:
         cols[cols.index("cosine")] = "token_match"
-    print_frame(result.table[cols], title=f"{result.group} (speedups against {names[0]})", fmt=fmt)
+    title = f"{result.group} (speedups against {names[0]})"
+    if fmt != "table":
+        print_frame(result.table[cols], title=title, fmt=fmt)
+    else:  # short headers, one column for the outputs' agreement: a 100-column terminal holds it (csv: all)
+        t = result.table
+        agree = [("-" if a is pd.NA or a is None else ("yes" if a else "NO")) + (
+                 f" {x:.0%}" if tokens and x == x else f" {c:.4f}" if c == c else "")
+                 for a, c, x in zip(t["agrees"], t["cosine"], t["token_match"])]
+        shown = pd.DataFrame({"backend": t["backend"], "status": t["status"], "e2e ms": t["e2e_ms"],
+                              "step ms": t["denoiser_step_ms"], "busy ms": t["denoiser_busy_ms"],
+                              "attn µs": t["attention_us_per_step"], "e2e ×": t["e2e_speedup"],
+                              "step ×": t["step_speedup"], "busy ×": t["busy_speedup"],
+                              "attn ×": t["attention_speedup"], "agrees": agree})
+        busy = "GPU" if target.device.type == "cuda" else "CPU ops'"
+        print_frame(shown, title=f"{title}; busy: {busy} busy time of a step; attn: attention µs per step; agrees: "
+                                 + ("share of equal tokens" if tokens else "output cosine"))
     for run in result.runs:
+        if run.status == "ok":
+            _report_noise(run, prefix=f"{run.backend}: ")
         if run.status != "ok":
             warn(f"{run.backend}: {run.status}: {run.meta.get('error')}")
         elif (run.meta.get("compare") or {}).get("agrees") is False:
@@ -384,31 +464,45 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
           seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
-          repeat: Repeat = 3, profile_steps: ProfileSteps = 2, no_trace: NoTrace = False,
+          repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
           compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table",
           distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: split the points across "
-                                                    "ranks, one GPU each; the summary prints once.")] = False) -> int:
+                                                    "ranks, one GPU each; the summary prints once.")] = False,
+          retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run points whose stored run failed "
+                                                     "(oom, error) again.")] = False,
+          retry_noisy: Annotated[int, typer.Option("--retry-noisy", help="Measure a point the noise guard flagged "
+                                                   "again, up to N times (stored points included).")] = 0) -> int:
     """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mmchar import distributed as dd
     from mmchar import sweep as sw
+    from mmchar.devices import resolve_device
+    from mmchar.store import check_writable
 
     rank = dd.rank_from_env() if distributed else None
     if rank is not None and device is not None and device.startswith("cuda:"):
         raise InvalidParameterError(f"--device {device} with --distributed: each rank takes its own GPU; "
                                     "pass --device cuda (or leave it out)")
+    if retry_noisy < 0:
+        raise InvalidParameterError(f"--retry-noisy {retry_noisy} must be 0 or more (the re-measurements allowed)")
 
     _check_format(fmt)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     fixed = dict(height=height, width=width, frames=frames, steps=steps, batch=batch, guidance=guidance, seed=seed,
                  prompt=prompt)
     options = {"fallback": fallback, "cross_backend": cross_backend, "scope": scope, "repeat": repeat,
-               "profile_steps": profile_steps, "keep_trace": not no_trace, "compile": compile}
+               "keep_trace": not no_trace, "compile": compile,
+               **({"profile_steps": profile_steps} if profile_steps is not None else {})}
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
+    _check_precision(dtype, resolve_device(device))
     plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
                    device=device, dtype=dtype, weights=str(weights) if weights else None, memory=memory)
+    plan = dataclasses.replace(plan, retry_failed=retry_failed, retry_noisy=retry_noisy)
+    check_writable(store)
+    for steps_of_point in sorted({p.config["params"]["steps"] for p in plan.points}):
+        _check_profile_steps(profile_steps, steps_of_point)
     todo = plan.todo
     env = dd.child_env(rank, device) if rank is not None else None
     if rank is not None:
@@ -418,8 +512,13 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     tag = f"(rank {rank.rank}/{rank.world}) " if rank is not None else ""
     if lead:
         _warn_changed_math(names)
-        say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {len(plan.points) - len(plan.todo)} already "
-            f"in {store}, {len(plan.todo)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
+        kept = len(plan.points) - len(plan.todo)
+        say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
+            f"{len(plan.todo)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
+        otherwise = plan.measured_otherwise() if kept else []
+        if otherwise:
+            warn(f"points already in {store} were measured with {', '.join(otherwise)}: how a point is measured is "
+                 "not part of its identity, so they are kept as stored (use another --store to measure them again)")
     folders = dict(plan.done)
     failure: BaseException | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -428,11 +527,14 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
         try:
             for point in todo:
                 bar.update(task, description=point.label())
-                folders[point.config_hash] = sw.run_point(plan, point, store, env=env)
-                row = sw.summary_row(point, folders[point.config_hash])
-                bar.console.print(f"{tag}{point.label()}: {row['status']}" + (
-                    f", {row['e2e_ms']} ms per generation" if row["status"] == "ok" else f" ({row['error']})"))
+                folders[point.config_hash] = _sweep_point(plan, point, store, env, bar.console, tag)
                 bar.advance(task)
+        except KeyboardInterrupt:
+            if rank is None:  # what is finished, then the CLI's one line
+                bar.stop()
+                _sweep_summary(plan, folders, workload, store, fmt, partial=True)
+                raise
+            failure = KeyboardInterrupt()
         except BaseException as e:  # a sharded rank still joins the gather below, so the others do not hang
             if rank is None:
                 raise
@@ -449,12 +551,53 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
         if missing:
             folders.update(sw.stored_points(store, {p.config_hash for p in missing}))
             plan = dataclasses.replace(plan, points=[p for p in plan.points if p.config_hash in folders])
-    rows = [sw.summary_row(p, folders[p.config_hash]) for p in plan.points]
+    return _sweep_summary(plan, folders, workload, store, fmt)
+
+
+def _sweep_point(plan: Any, point: Any, store: Path, env: dict[str, str] | None, console: Any, tag: str) -> Path:
+    """One point in a fresh process, measured again while the noise guard flags it, ``--retry-noisy`` times at
+    most (a stored noisy point's first measurement here is already one of them); the best of its runs stands."""
+    from rich.markup import escape
+
+    from mmchar import sweep as sw
+
+    stored = plan.done.get(point.config_hash)
+    retries = plan.retry_noisy - (1 if stored is not None and sw.summary_row(point, stored)["noisy"] == "yes" else 0)
+    row = sw.summary_row(point, sw.run_point(plan, point, store, env=env))
+    for attempt in range(max(retries, 0)):
+        if row["noisy"] != "yes":
+            break
+        console.print(escape(f"{tag}{point.label()}: noisy ({row['noise']}); measuring again ({attempt + 1} of "
+                             f"{retries})"))
+        row = sw.summary_row(point, sw.run_point(plan, point, store, env=env))
+    folder = sw.stored_points(store, {point.config_hash})[point.config_hash]  # ok and clean first, then newest
+    row = sw.summary_row(point, folder)
+    console.print(escape(f"{tag}{point.label()}: {row['status']}" + (
+        f", {row['e2e_ms']} ms per generation" + (" (noisy)" if row["noisy"] == "yes" else "")
+        if row["status"] == "ok" else f" ({row['error']})")))
+    return folder
+
+
+def _sweep_summary(plan: Any, folders: dict[str, Path], workload: str, store: Path, fmt: str,
+                   partial: bool = False) -> int:
+    from mmchar import sweep as sw
+
+    points = [p for p in plan.points if p.config_hash in folders]
+    rows = [sw.summary_row(p, folders[p.config_hash]) for p in points]
     table = pd.DataFrame(rows)
-    print_frame(table, title=f"sweep of {workload} ({store})", fmt=fmt)
+    done = f"{len(rows)} of {len(plan.points)} points done, " if partial else ""
+    if fmt == "table" and len(table):  # a person reads the point's parameters; the run ids are in csv / json
+        table = table.drop(columns=["run"])
+    print_frame(table, title=f"sweep of {workload} ({done}{store})", fmt=fmt, truncate=("error", "noise"))
+    if not rows:
+        return 1
     failed = int((table["status"] != "ok").sum())
+    noisy = int((table["noisy"] == "yes").sum())
     if failed:
-        warn(f"{failed} of {len(rows)} points failed (stored with their status); the rest are in {store}")
+        warn(f"{failed} of {len(rows)} points failed (stored with their status; --retry-failed runs them again); "
+             f"the rest are in {store}")
+    if noisy:
+        warn(f"{noisy} of {len(rows)} points were measured under noise (--retry-noisy N measures them again)")
     return 0 if failed < len(rows) else 1
 
 
@@ -466,12 +609,13 @@ def export(runs: RunsArg,
            ) -> None:
     """Write the tidy breakdown (run × stage × op class × attention site) of runs as one CSV."""
     from mmchar.analysis import breakdown_table
-    from mmchar.store import load_runs
 
-    loaded = load_runs(runs, kernels=False)
+    _check_output_file(output, "breakdown.csv")
+    loaded = _load(runs, kernels=False)
     table = breakdown_table(loaded)
     _write_atomic(output, lambda p: table.to_csv(p, index=False))
     say(f"wrote {len(table)} rows from {len(loaded)} runs to {output}")
+    _say_noisy(loaded)
 
 
 @app.command()
@@ -483,16 +627,28 @@ def runs(paths: RunsArg,
     """List runs with their key parameters and status (filter by workload, backend, status)."""
     from mmchar.analysis import run_table
     from mmchar.schema import RUN_STATUSES
-    from mmchar.store import load_runs
 
     _check_format(fmt)
     if status is not None and status not in RUN_STATUSES:
         raise UnknownNameError("status", status, RUN_STATUSES)
-    table = run_table(load_runs(paths, kernels=False))
+    loaded = _load(paths, kernels=False)
+    table = run_table(loaded)
     for col, value in (("workload", workload), ("backend", backend), ("status", status)):
         if value is not None:
             table = table[table[col] == value]
-    print_frame(table.drop(columns=["created"]), title=f"{len(table)} runs", fmt=fmt)
+    if fmt != "table":  # machine-readable: every column, the full run id
+        print_frame(table, title=f"{len(table)} runs", fmt=fmt)
+        return
+    from mmchar.analysis.tables import device_short
+
+    short = {r.run_id: device_short(r.meta) for r in loaded}
+    shown = pd.DataFrame({
+        "run": table["label"], "status": table["status"],
+        "noisy": table["noisy"].map({True: "yes", False: "no"}).fillna("-"),
+        "device": table["run_id"].map(short), "dtype": table["dtype"],
+        "created": table["created"].fillna("").astype(str).str.slice(5, 16).str.replace("T", " "),
+        "note": [(e or n or "")[:70] for e, n in zip(table["error"], table["noise"])]})
+    print_frame(shown, title=f"{len(table)} runs (full ids: --format csv)", fmt=fmt, truncate=("note",))
 
 
 @app.command()
@@ -527,35 +683,60 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
 @app.command()
 def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a store.", show_default=False)],
          b: Annotated[Path, typer.Argument(help="New side: a run folder or a store.", show_default=False)],
-         fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="Exit 1 when a latency or class time grew by more than this percentage (CI gating).")] = None,
+         fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="Exit 1 when a latency or class time grew by more than this percentage (0 or more), beyond both runs' spread and --min-us (CI gating).")] = None,
+         min_us: Annotated[float, typer.Option("--min-us", help="Smallest growth in µs that --fail-above gates on (0 or more; latencies compare in µs too).")] = MIN_US,
          top: Annotated[int, typer.Option(help="Modules shown per pair (largest changes).")] = 10,
          output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write every difference as CSV.")] = None,
          fmt: Fmt = "table") -> int:
-    """Diff two runs (or two stores, run by run) by latency, op class and module."""
-    from mmchar.analysis import diff_table, regressions
-    from mmchar.store import load_runs
+    """Diff two runs (or two stores, run by run, pairing runs that did the same work) by latency, op class and
+    module; list the runs left unpaired and why."""
+    from mmchar.analysis.diff import check_gate, diff_table, regressions, unpaired_runs, work_mismatch
+    from mmchar.analysis.tables import is_noisy, run_labels
 
     _check_format(fmt)
-    table = diff_table(load_runs([a]), load_runs([b]))
+    check_gate(0.0 if fail_above is None else fail_above, min_us)
+    if output is not None:
+        _check_output_file(output, "diff.csv")
+    runs_a, runs_b = _load([a]), _load([b])
+    table, unpaired = diff_table(runs_a, runs_b), unpaired_runs(runs_a, runs_b)
     if table.empty:
-        raise InvalidParameterError(f"no run of {b} ran what a run of {a} ran (same workload, preset, backend and "
-                                    "parameters, both ok): nothing to diff")
+        why = (f"{unpaired['run_id'].iloc[0]}: {unpaired['reason'].iloc[0]}" if len(unpaired)
+               else "the paired runs hold no timings or kernel times")
+        raise InvalidParameterError(f"no run of {b} did the work of a run of {a} ({why}); diff runs of one "
+                                    "configuration, or two run folders to diff them anyway")
+    if len(runs_a) == 1 and len(runs_b) == 1 and (note := work_mismatch(runs_a[0], runs_b[0])):
+        warn(note)
     if output is not None:
         _write_atomic(output, lambda p: table.to_csv(p, index=False))
+    labels = run_labels(runs_a)  # what the pair ran, in short; then which two runs
     for pair, part in table.groupby("pair"):
-        title = f"{part['run_a'].iloc[0]} -> {part['run_b'].iloc[0]}"
+        title = f"{labels.get(part['run_a'].iloc[0])}: {part['run_a'].iloc[0]} -> {part['run_b'].iloc[0]}"
         shown = part[part["level"] != "module"]
         mods = part[part["level"] == "module"]
         mods = mods.reindex((mods["b"] - mods["a"]).abs().sort_values(ascending=False).index).head(top)
         print_frame(pd.concat([shown, mods]).drop(columns=["pair", "run_a", "run_b"]).round(3), title=title, fmt=fmt)
+    if len(unpaired):
+        print_frame(unpaired[["side", "run_id", "reason", "closest"]], title=f"{len(unpaired)} runs left unpaired",
+                    fmt=fmt)
+    paired = set(table["run_a"]) | set(table["run_b"])
+    upgraded = {r.meta.get("upgraded_from") for r in runs_a + runs_b if r.run_id in paired}
+    if len(upgraded) > 1:
+        warn("one side holds runs of schema version 1, whose host time still includes the scheduler's step calls "
+             "(version 2 times them apart): their host and scheduler rows compare different things")
+    noisy = [r.run_id for r in runs_a + runs_b if r.run_id in paired and is_noisy(r.meta)]
+    if noisy:
+        warn(f"{len(noisy)} of the diffed runs were measured under noise (`mmchar runs` says why); their "
+             f"differences are not trustworthy: {', '.join(noisy[:3])}" + (" ..." if len(noisy) > 3 else ""))
     if fail_above is not None:
-        bad = regressions(table, fail_above)
+        gate = f"more than {fail_above:g}% beyond both runs' spread and {min_us:g} us"
+        bad = regressions(table, fail_above, min_us)
         if not bad.empty:
-            worst = bad.sort_values("change_pct", ascending=False).iloc[0]
-            raise MmcharError(f"{len(bad)} latencies or class times regressed by more than {fail_above:g}% (worst: "
-                              f"{worst['level']} {worst['stage'] or ''} {worst['key']} +{worst['change_pct']:.1f}%, "
-                              f"{worst['run_a']} -> {worst['run_b']})")
-        say(f"no latency or class time regressed by more than {fail_above:g}%")
+            w = bad.sort_values("change_pct", ascending=False).iloc[0]
+            what = " ".join(x for x in (w["level"], w["stage"], w["key"]) if x)
+            raise MmcharError(f"{len(bad)} latencies or class times regressed by {gate} (worst: {what} "
+                              f"{w['a']:.4g} -> {w['b']:.4g} {w['unit']}, +{w['change_pct']:.1f}%, "
+                              f"{w['run_a']} -> {w['run_b']})")
+        say(f"no latency or class time regressed by {gate}")
     return 0
 
 
@@ -565,9 +746,9 @@ def study(paths: RunsArg,
     """Every analysis of the study as CSV, the findings summary and the dashboard, from run stores only."""
     from mmchar import analysis as an
     from mmchar.dashboards import write_dashboard
-    from mmchar.store import load_runs
 
-    loaded = load_runs(paths)
+    _check_output_folder(output)
+    loaded = _load(paths)
     tables = {"runs": an.run_table, "breakdown": an.breakdown_table, "stages": an.stage_table,
               "comparison": an.comparison_table, "attention_sites": an.attention_site_table,
               "sequence": an.sequence_table, "roofline": an.roofline_table, "launch": an.launch_table,
@@ -593,9 +774,11 @@ def dashboard(runs: RunsArg,
                                                           "(needs kaleido and a Chromium).")] = None) -> None:
     """Write an interactive, self-contained offline HTML dashboard of runs."""
     from mmchar.dashboards import write_dashboard, write_pngs
-    from mmchar.store import load_runs
 
-    loaded = load_runs(runs)
+    _check_output_file(output, "report.html")
+    if png is not None:
+        _check_output_folder(png, "--png")
+    loaded = _load(runs)
     _write_atomic(output, lambda p: write_dashboard(loaded, p, title=title))
     say(f"dashboard of {len(loaded)} runs: {output.resolve()}")
     if png is not None:
@@ -608,11 +791,9 @@ def tensorboard(runs: RunsArg, port: Annotated[int, typer.Option(help="Port to s
     """Open runs' traces in TensorBoard's profiler plugin (needs the `tensorboard` extra)."""
     import importlib.util
 
-    from mmchar.store import load_runs
-
     if importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("torch_tb_profiler") is None:
         raise MmcharError("TensorBoard's profiler plugin is not installed; pip install 'mmchar[tensorboard]'")
-    loaded = [r for r in load_runs(runs, kernels=False) if r.trace_path is not None]
+    loaded = [r for r in _load(runs, kernels=False) if r.trace_path is not None]
     if not loaded:
         raise MmcharError("none of these runs holds a trace (slim copies and --no-trace runs have none)")
     import tempfile
@@ -627,8 +808,49 @@ def tensorboard(runs: RunsArg, port: Annotated[int, typer.Option(help="Port to s
                        check=False)
 
 
+def _load(paths: list[Path], kernels: bool = True) -> list[Any]:
+    """Runs for a reading command: a damaged run folder is skipped with one warning line naming it, the rest
+    are read (one truncated table must not take a whole store's dashboard down)."""
+    from mmchar.errors import RunNotFoundError
+    from mmchar.store import load_runs
+
+    loaded = load_runs(paths, kernels=kernels,
+                       on_damaged=lambda folder, why: warn(f"skipped damaged run {folder}: {why}"))
+    if not loaded:
+        raise RunNotFoundError(f"no readable run in {', '.join(map(str, paths))}; the damaged ones are listed above")
+    return loaded
+
+
+def _say_noisy(loaded: list[Any]) -> None:
+    from mmchar.analysis.tables import is_noisy
+
+    noisy = [r.run_id for r in loaded if is_noisy(r.meta)]
+    if noisy:
+        warn(f"{len(noisy)} of {len(loaded)} runs were measured under noise (column 'noisy'; `mmchar runs` says "
+             f"why): {', '.join(noisy[:3])}" + (" ..." if len(noisy) > 3 else ""))
+
+
+def _check_output_file(path: Path, example: str) -> None:
+    """``-o`` names a file: an existing folder there is an error now, not a hidden temporary file inside it."""
+    from mmchar.store import StorePathError, check_writable
+
+    if path.is_dir():
+        raise StorePathError(f"-o {str(path)!r} is a folder; name the file to write, e.g. -o {path / example}")
+    check_writable(path.parent, "-o")
+
+
+def _check_output_folder(path: Path, flag: str = "-o") -> None:
+    from mmchar.store import StorePathError, check_writable
+
+    if path.exists() and not path.is_dir():
+        raise StorePathError(f"{flag} {str(path)!r} is a file; this command writes a folder there, pass a folder path")
+    check_writable(path, flag)
+
+
 def _write_atomic(path: Path, write: Any) -> None:
     """Write through a temporary sibling so an interrupted export leaves no half file."""
+    if path.is_dir():
+        raise MmcharError(f"{path} is a folder; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mmchar.analysis import findings
+from mmchar.analysis import findings, findings_markdown
 from mmchar.cli import main
 from mmchar.store import Run, load_runs, write_run
 
@@ -15,7 +15,7 @@ def bd(rows):
     return pd.DataFrame(rows, columns=["stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes"])
 
 
-def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_frac=None, workload="w"):
+def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_frac=None, workload="w", **extra):
     meta = {"run_id": run_id, "created": "2025-01-01", "status": "ok", "workload": workload, "preset": "full",
             "backend": backend, "config": {"params": {"height": 512}, "family": family},
             "timings": {"e2e": {"median_ms": 100.0}, "denoiser_step": {"median_ms": step_ms}}}
@@ -25,7 +25,14 @@ def run(run_id, backend, family, breakdown, step_ms=10.0, compare=None, busy_fra
                                           "idle_ms": step_ms * (1 - busy_frac), "busy_frac": busy_frac}}
     if compare:
         meta["compare"] = compare
+    meta.update(extra)
     return Run(meta=meta, breakdown=breakdown)
+
+
+def on(device, dtype, height=512):
+    """The meta of a run on ``device`` (a CUDA device's full name) in ``dtype`` at ``height``."""
+    return {"device": {"type": "cuda", "name": device},
+            "config": {"params": {"height": height}, "family": FAMILY, "dtype": dtype}}
 
 
 def test_a_swept_workload_counts_once(tmp_path):
@@ -103,3 +110,60 @@ def test_compiled_and_sequence_parallel_runs_answer_their_own_questions():
     assert comp["value"] == 1.2 and comp["runs"] == "compiled" and "2.00x fewer kernels per step" in comp["answer"]
     sp = f.loc["Denoiser step speedup of sequence parallelism over one GPU (best scheme)"]
     assert sp["value"] == 1.5 and sp["runs"] == "split" and "at 2 GPUs (ulysses; efficiency 75%)" in sp["answer"]
+
+
+def test_runs_the_noise_guard_flagged_answer_nothing_and_are_named():
+    den = bd([("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
+    runs = [run("x", "flash", FAMILY, den, busy_frac=0.3),
+            run("y", "flash", FAMILY, den, busy_frac=0.9, noise={"noisy": True, "reasons": ["e2e cv 0.4 > 0.1"]}),
+            run("z", "flash", FAMILY, den, busy_frac=0.5, noise={"noisy": False, "reasons": []}),
+            run("v", "flash", FAMILY, bd([("denoiser", "conv", "", 100.0, 0.1, 1, 0, 0)]), busy_frac=0.1,
+                noise={"noisy": True, "reasons": ["2.0 other cores busy"]})]
+    f = findings(runs)
+    busy = f.set_index("question").loc["GPU busy share of a denoiser step or generated token's wall time"]
+    assert busy["value"] == 0.4 and busy["runs"] == "x, z"
+    conv = f.set_index("question").loc["Share of conv in a UNet text-to-image denoiser step after flash attention"]
+    assert conv["value"] == 0.6 and "v" not in conv["runs"].split(", ")
+    last = f.iloc[-1]
+    assert last["answer"] == "2 noisy runs left out: y, v" and last["value"] == 2
+    assert "2 noisy runs left out: y, v" in findings_markdown(f)
+    assert len(findings(runs[:1])) == len(f) - 1  # nothing flagged: no such row
+
+
+def test_an_answer_says_which_devices_and_dtypes_its_runs_mix():
+    den = bd([("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
+    runs = [run("h100", "flash", FAMILY, den, busy_frac=0.3, workload="a", **on("NVIDIA H100 80GB HBM3", "bf16")),
+            run("h200", "flash", FAMILY, den, busy_frac=0.5, workload="b", **on("NVIDIA H200", "fp32"))]
+    f = findings(runs).set_index("question")
+    busy = f.loc["GPU busy share of a denoiser step or generated token's wall time", "answer"]
+    assert busy == "40% (median of 2 workloads: 30% to 50%) (mixes devices H100, H200; dtypes bf16, fp32)"
+    one = findings(runs[:1]).set_index("question")
+    assert "mixes" not in one.loc["GPU busy share of a denoiser step or generated token's wall time", "answer"]
+
+    # torch.compile's speedup pairs a compiled run only with an eager run of the same dtype
+    eager = run("eager", "sdpa", FAMILY, den, step_ms=12.0, **on("H100", "fp32"))
+    compiled = run("compiled", "sdpa", FAMILY, den, step_ms=10.0, options={"compile": True}, **on("H100", "bf16"))
+    assert findings([eager, compiled]).set_index("question").loc[
+        "Step speedup of torch.compile over the eager model (default SDPA)", "answer"] == "not covered by these runs"
+
+
+def test_a_sweep_over_math_and_flash_answers_the_flash_question():
+    """`mmchar sweep --backends math,flash` at two heights, plus one `mmchar compare`: three speedups (3x, 4x, 2x),
+    each run once; a flash point with no math point of its configuration (another dtype) answers nothing."""
+    den = bd([("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
+    sw = {"sweep": True}
+    runs = [run("m512", "math", FAMILY, den, step_ms=30.0, **sw, **on("H100", "bf16")),
+            run("f512", "flash", FAMILY, den, step_ms=10.0, **sw, **on("H100", "bf16")),
+            run("f512-fp32", "flash", FAMILY, den, step_ms=1.0, **sw, **on("H100", "fp32")),
+            run("m1024", "math", FAMILY, den, step_ms=80.0, **sw, **on("H100", "bf16", 1024)),
+            run("f1024", "flash", FAMILY, den, step_ms=20.0, **sw, **on("H100", "bf16", 1024)),
+            # two lone profiles of one configuration (not a sweep's points): no group of theirs
+            run("lone-m", "math", FAMILY, den, step_ms=90.0, **on("H100", "bf16", 2048)),
+            run("lone-f", "flash", FAMILY, den, step_ms=10.0, **on("H100", "bf16", 2048))]
+    cmp = {"group": "g", "baseline_run_id": "cm", "baseline_backend": "math"}
+    runs += [run("cm", "math", FAMILY, den, step_ms=40.0, compare=cmp, **on("H100", "bf16")),
+             run("cf", "flash", FAMILY, den, step_ms=20.0, compare=cmp, **on("H100", "bf16"))]
+    f = findings(runs).set_index("question")
+    speed = f.loc["Step speedup of flash attention over unfused attention, diffusion models"]
+    assert speed["value"] == 3.0 and sorted(speed["runs"].split(", ")) == ["cf", "f1024", "f512"]
+    assert speed["answer"] == "3.00x, from 3 runs"

@@ -1,5 +1,6 @@
 """analysis.study on hand-made runs with known numbers: roofline rates, launch-bound figures, prefill/decode
-phases and fitted scaling exponents."""
+phases, fitted scaling exponents (one point per configuration, never across devices or dtypes) and the short
+labels that name runs."""
 
 from __future__ import annotations
 
@@ -162,9 +163,10 @@ def test_communication_time_payload_and_overlap_with_compute():
 
 def test_scaling_fits_each_series_of_a_two_dimensional_sweep_apart():
     """latency ∝ height · width over a height × width sweep: one height series per width, each with k = 1."""
+    sweep = ((256, 256), (512, 256), (1024, 256), (256, 1024), (512, 1024), (1024, 1024))
     runs = [run(f"h{h}w{w}", timings={"e2e": {"median_ms": 1e-3 * h * w}, "denoiser_step": {"median_ms": 1e-4 * h * w}},
-                height=h) for h, w in ((256, 256), (512, 256), (512, 1024), (1024, 1024))]
-    for r, (_, w) in zip(runs, ((256, 256), (512, 256), (512, 1024), (1024, 1024))):
+                height=h) for h, w in sweep]
+    for r, (_, w) in zip(runs, sweep):
         r.meta["config"]["params"]["width"] = w
     t = scaling_table(runs)
     h = t[(t["param"] == "height") & (t["metric"] == "e2e")]
@@ -201,3 +203,102 @@ def test_gpus_is_a_scaling_parameter():
     t = scaling_table(runs).set_index(["param", "metric"])
     assert t.loc[("gpus", "denoiser_step"), "exponent"] == pytest.approx(-1.0)
     assert list(t.index.get_level_values("param").unique()) == ["gpus"]
+
+
+def _lat(h, k=2.0):
+    """Timings of a run whose latency grows as height^k (e2e 10x the step)."""
+    return {"e2e": {"median_ms": 1e-3 * h ** k}, "denoiser_step": {"median_ms": 1e-4 * h ** k}}
+
+
+def test_scaling_needs_three_distinct_values_for_an_exponent():
+    """Two points always lie on a line (r² = 1): the series stays, with n_points, but has no exponent."""
+    two = [run(f"h{h}", timings=_lat(h), height=h) for h in (512, 1024)]
+    t = scaling_table(two)
+    assert len(t) == 2 and list(t["n_points"]) == [2, 2] and list(t["values"]) == ["512,1024"] * 2
+    assert t["exponent"].isna().all() and t["r2"].isna().all()
+    # the same point measured twice is one value, not two: still no exponent
+    t = scaling_table([*two, run("h1024-again", timings=_lat(1024), height=1024)])
+    assert list(t["n_points"]) == [2, 2] and t["exponent"].isna().all()
+    three = scaling_table([*two, run("h256", timings=_lat(256), height=256)])
+    assert list(three["exponent"]) == pytest.approx([2.0, 2.0]) and list(three["r2"]) == pytest.approx([1.0, 1.0])
+
+
+def noisy(r, *reasons):
+    r.meta["noise"] = {"noisy": bool(reasons), "reasons": list(reasons)}
+    return r
+
+
+def test_scaling_one_point_per_configuration_preferring_clean_runs():
+    from mmchar.analysis import scaling_points
+
+    def step(ms):
+        return {"e2e": {"median_ms": 10 * ms}, "denoiser_step": {"median_ms": ms}}
+
+    runs = [noisy(run("a256", timings=step(1.0), height=256)),
+            # 512 measured three times clean (median 4.0) and once while something competed: left out
+            noisy(run("a512", timings=step(3.0))), noisy(run("b512", timings=step(4.0))),
+            run("c512", timings=step(5.0)),  # recorded before the guard: not flagged
+            noisy(run("d512", timings=step(90.0)), "other processes used 3 cores"),
+            # 1024 measured only while disturbed: kept (the median of the noisy runs) and flagged
+            noisy(run("a1024", timings=step(20.0), height=1024), "e2e varied 30%"),
+            noisy(run("b1024", timings=step(40.0), height=1024), "e2e varied 40%")]
+    runs.append(runs[1])  # a run loaded from two stores counts once
+    pts = scaling_points(runs)
+    pts = pts[pts["metric"] == "denoiser_step"].set_index("value")
+    assert list(pts.index) == [256.0, 512.0, 1024.0]  # one point each: no zig-zag
+    assert list(pts["median_ms"]) == [1.0, 4.0, 30.0]
+    assert list(pts["n_runs"]) == [1, 3, 2] and list(pts["n_left_out"]) == [0, 1, 0]
+    assert list(pts["noisy"]) == [False, False, True]
+    assert pts.loc[1024.0, "noise"] == "e2e varied 30%; e2e varied 40%" and pts.loc[512.0, "noise"] == ""
+    assert pts.loc[512.0, "run_id"] == "a512, b512, c512" and "d512" not in pts.loc[512.0, "run_id"]
+
+
+def test_scaling_series_never_mix_devices_or_dtypes():
+    """An H100 bf16 sweep (k = 2), a CPU sweep (k = 1) and an H100 fp32 sweep (k = 1.5) of one workload and backend:
+    three series, each named by what sets it apart."""
+    def sweep(prefix, device, dtype, k):
+        out = [run(f"{prefix}{h}", timings=_lat(h, k), height=h) for h in (256, 512, 1024)]
+        for r in out:
+            r.meta["device"], r.meta["config"]["dtype"] = device, dtype
+        return out
+
+    h100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+    runs = [*sweep("g", h100, "bf16", 2.0), *sweep("c", {"type": "cpu", "name": "x86_64"}, "bf16", 1.0),
+            *sweep("f", h100, "fp32", 1.5)]
+    t = scaling_table(runs)
+    t = t[t["metric"] == "e2e"].set_index("series")["exponent"]
+    assert t.to_dict() == pytest.approx({"full, width=512, steps=20, batch=1, H100, bf16": 2.0,
+                                         "full, width=512, steps=20, batch=1, cpu, bf16": 1.0,
+                                         "full, width=512, steps=20, batch=1, H100, fp32": 1.5})
+
+
+def test_study_tables_name_runs_by_short_labels():
+    from mmchar.analysis import module_tree, sequence_table, step_timeline
+    from mmchar.analysis.tables import run_labels
+
+    k = kernels([("denoiser", 0, "attention", 10.0, 1e9, 1e6), ("denoiser", 0, "gemm", 10.0, 1e9, 1e6)])
+    k["module_path"] = "unet.mid_block.attentions.0.transformer_blocks.0.attn1"
+    k["input_shapes"] = ["[[2, 8, 64, 40], [2, 8, 64, 40], [2, 8, 64, 40]]", ""]
+    busy = {"denoiser_step": {"wall_ms": 10.0, "busy_ms": 4.0, "idle_ms": 6.0, "busy_frac": 0.4, "kernels": 2}}
+    runs = [run(f"sd15-flash-{h}-20261204-101500-a1b2c3", k, height=h, busy=busy) for h in (512, 1024)]
+    labels = run_labels(runs)
+    assert sorted(labels.values()) == ["sd15 flash h=1024", "sd15 flash h=512"]
+    for table, column in ((roofline_table(runs), "label"), (launch_table(runs), "label"),
+                          (sequence_table(runs), "label"), (step_timeline(runs), "label"),
+                          (module_tree(runs), "run_label")):
+        assert list(table.columns[:2]) == ["run_id", column]
+        assert len(table) and all(labels[i] == lab for i, lab in zip(table["run_id"], table[column]))
+
+
+def test_sequence_parallel_speedup_against_the_one_gpu_run_of_the_same_dtype():
+    from mmchar.analysis import sequence_parallel_table
+
+    def step(ms, dtype, gpus=1):
+        r = run(f"{dtype}-{gpus}", timings={"e2e": {"median_ms": 10 * ms}, "denoiser_step": {"median_ms": ms}})
+        r.meta["config"]["dtype"], r.meta["options"] = dtype, {"sequence_parallel": gpus}
+        return r
+
+    # an fp32 one-GPU step faster than the bf16 one (a made-up number) must not become the bf16 split's baseline
+    t = sequence_parallel_table([step(10.0, "bf16"), step(5.0, "fp32"), step(6.0, "bf16", gpus=2)])
+    assert list(t["run_id"]) == ["bf16-1", "bf16-2"]  # fp32 has no split run: left out
+    assert t.set_index("gpus").loc[2, "speedup"] == pytest.approx(10 / 6)

@@ -502,7 +502,7 @@ def test_compare_of_a_token_model_reports_token_match(tmp_path):
     assert code == 0, err
     table = pd.read_csv(next((tmp_path / COMPARISONS_DIR).glob("*.csv")))
     assert table["token_match"].between(0, 1).all() and table["cosine"].isna().all()
-    assert "token_match" in out
+    assert "agrees: share of equal tokens" in out
 
 
 def test_compare_warns_when_latents_diverge(tmp_path, monkeypatch):

@@ -71,3 +71,12 @@ def test_bad_sweeps_fail_before_anything_runs(tmp_path):
     assert main(["sweep", "sd15", "--backends", "nope", "--store", str(store)]) == 1
     assert main(["sweep", "no-such-workload", "--store", str(store)]) == 1
     assert not store.exists()
+
+
+def test_a_points_hash_is_read_by_its_place_in_the_run_id():
+    """A config hash may be all digits (about 6 % are): the run id's shape, not the characters, tells it apart
+    from the time, also behind a second-in-a-second suffix."""
+    assert sw._hash_of("sd15-sdpa-20261204-101500-427246") == "427246"
+    assert sw._hash_of("sd15-sdpa-20261204-101500-427246-2") == "427246"
+    assert sw._hash_of("wan2.1-1.3b-flash-20261204-101500-a1b2c3") == "a1b2c3"
+    assert sw._hash_of("comparisons") is None and sw._hash_of(".tmp-x") is None

@@ -1,5 +1,6 @@
 """Hand-made runs shared by the dashboard tests: two ok SD 1.5 runs (math, flash with a comparison), an OOM and an
-error run, with kernels that carry FLOPs and bytes and a calibrated roof."""
+error run, with kernels that carry FLOPs and bytes and a calibrated roof; the factory also makes CPU runs and runs
+the noise guard flagged."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ import pytest
 from mmchar.store import Run, load_runs, write_run
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB"
+H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+CPU = {"type": "cpu", "name": "x86_64", "threads": 2}
 
 
-def _make_run(run_id, backend, status="ok", compare=None, workload="sd15", height=512, step_ms=40.0, gpus=1):
+def _make_run(run_id, backend, status="ok", compare=None, workload="sd15", height=512, step_ms=40.0, gpus=1,
+              device=H100, noise=None):
+    """noise: the noise guard's reasons (``[]``: judged clean; None: recorded before the guard)."""
     meta = {"run_id": run_id, "created": "2025-01-01T12:00:00", "status": status,
             "error": None if status == "ok" else (OOM_MESSAGE if status == "oom" else "RuntimeError: <bad> & co"),
             "workload": workload, "preset": "full", "backend": backend, "config_hash": "abc123",
             "config": {"params": {"height": height, "width": 512, "frames": 1, "steps": 20, "batch": 1}},
-            "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "versions": {"torch": "2.11"}}
+            "device": dict(device), "versions": {"torch": "2.11"}}
+    if noise is not None:
+        meta["noise"] = {"noisy": bool(noise), "reasons": list(noise)}
     if status != "ok":
         return Run(meta=meta)
     meta["timings"] = {"e2e": {"median_ms": 1000.0, "min_ms": 990.0, "max_ms": 1010.0, "n": 3},

@@ -22,7 +22,7 @@ class LlamaGen(Workload):
     modality = "image"
     paradigm = "transformer"
     architecture = "autoregressive"
-    stages = ("text_encoder", "generator", "scheduler", "decoder")
+    stages = ("text_encoder", "generator", "decoder")
     attention_sites = ("causal", "text")
     site_rules = (SiteRule(r"^transformer\.model\.layers\.\d+\.self_attn$", "causal"),)
     config_package = "mmchar.workloads.llamagen"

@@ -21,7 +21,7 @@ class MaskedVideo(Workload):
     modality = "video"
     paradigm = "transformer"
     architecture = "masked-token"
-    stages = ("text_encoder", "generator", "scheduler", "decoder")
+    stages = ("text_encoder", "generator", "decoder")
     attention_sites = ("joint", "cross", "text")
     site_rules = (SiteRule(r"^transformer\.blocks\.\d+\.attn1$", "joint"),)
     config_package = "mmchar.workloads.phenaki"
