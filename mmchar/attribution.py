@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mmchar.flops import attention_label_cost, comm_label_bytes, op_cost
+from mmchar.flops import attention_label_cost, op_cost
 from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
-from mmchar.swap import ATTN_SCOPE_PREFIX, attention_site
+from mmchar.scopes import attention_label_site, attention_site, parse_attention_label, parse_comm_label
 from mmchar.taxonomy import classify, is_attention_op
 from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
 
@@ -33,18 +33,11 @@ class Attribution:
     unmatched: list[dict[str, object]] = field(default_factory=list)  # kernels classed "other"
 
 
-def _parse_scope(label: str) -> tuple[str, str]:
-    parts = label[len(ATTN_SCOPE_PREFIX):].split("::")
-    return parts[0], parts[1] if len(parts) > 1 else ""
-
-
-def scope_shapes(label: str) -> str:
-    """q, k, v shapes of an attention-core call, in the profiler's ``Input Dims`` format."""
-    try:
-        b, h, sq, skv, d, dv = label.split("::")[4].split(",")
-    except (IndexError, ValueError):
-        return ""
-    return f"[[{b}, {h}, {sq}, {d}], [{b}, {h}, {skv}, {d}], [{b}, {h}, {skv}, {dv}]]"
+def _scope_of(label: str) -> tuple[str, str, str]:
+    """(site, module path, q/k/v input dims) of an attention-core label, read once per distinct label."""
+    site, path = attention_label_site(label)
+    call = parse_attention_label(label)
+    return site, path, call.input_dims() if call is not None else ""
 
 
 def attribute(trace: Trace, site_rules: list[tuple[re.Pattern[str], str]] | None = None) -> Attribution:
@@ -70,7 +63,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
     costed_scopes: set[int] = set()
     costed_comms: set[int] = set()
     attn_modules: dict[str, str] = {}
-    scope_cache: dict[str, tuple[str, str]] = {}
+    scope_cache: dict[str, tuple[str, str, str]] = {}
 
     for r in range(n):
         c = trace.ctx[r]
@@ -87,14 +80,14 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
             op_class[r] = "communication"
             if c.comm_id not in costed_comms:
                 costed_comms.add(c.comm_id)
-                flops[r], nbytes[r] = 0.0, comm_label_bytes(c.comm)
+                flops[r], nbytes[r] = 0.0, parse_comm_label(c.comm)
             continue
         if c.attn and classify(trace.name[r], top_name) != "communication":  # a ring's sends stay communication
             op_class[r] = "attention"
-            s, path = scope_cache.get(c.attn) or scope_cache.setdefault(c.attn, _parse_scope(c.attn))
+            s, path, dims = scope_cache.get(c.attn) or scope_cache.setdefault(c.attn, _scope_of(c.attn))
             site[r] = s
             attn_modules[path] = s
-            shapes[r] = scope_shapes(c.attn)
+            shapes[r] = dims
             if c.attn_id not in costed_scopes:
                 costed_scopes.add(c.attn_id)
                 flops[r], nbytes[r] = attention_label_cost(c.attn)

@@ -11,6 +11,7 @@ import ast
 import math
 from typing import Any
 
+from mmchar.scopes import parse_attention_label
 from mmchar.taxonomy import classify
 
 _ELEM = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "BFloat16": 2, "Half": 2,
@@ -142,23 +143,12 @@ def attention_cost(q: list[int], k: list[int], v: list[int], causal: bool, elem:
     return flops, float(moved * elem)
 
 
-def comm_label_bytes(label: str) -> float:
-    """The payload a communication scope label (``mmchar.comm::KIND::BYTES``) carries; NaN if it carries none."""
-    try:
-        return float(label.rsplit("::", 1)[1])
-    except (IndexError, ValueError):
-        return math.nan
-
-
 def attention_label_cost(label: str) -> Cost:
-    """Cost of one attention-core call from its scope label (see `mmchar.swap.attention_scope_label`)."""
-    try:
-        parts = label.split("::")
-        b, h, sq, skv, d, dv = (int(x) for x in parts[4].split(","))
-        causal, elem = parts[5] == "1", int(parts[6])
-    except (IndexError, ValueError):
+    """Cost of one attention-core call from its scope label (`mmchar.scopes.attention_label`)."""
+    c = parse_attention_label(label)
+    if c is None:
         return _UNKNOWN
-    return attention_cost([b, h, sq, d], [b, h, skv, d], [b, h, skv, dv], causal, elem)
+    return attention_cost([c.b, c.h, c.sq, c.d], [c.b, c.h, c.skv, c.d], [c.b, c.h, c.skv, c.dv], c.causal, c.elem)
 
 
 def linear_attention_cost(b: int, h: int, sq: int, skv: int, d: int, dv: int, elem: int) -> Cost:

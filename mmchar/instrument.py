@@ -18,10 +18,8 @@ from typing import Any
 import torch
 
 from mmchar.schema import STEP_STAGES
+from mmchar.scopes import module_label, stage_label
 from mmchar.target import Target
-
-STAGE_SCOPE_PREFIX = "mmchar.stage::"
-MODULE_SCOPE_PREFIX = "mmchar.module::"
 
 _rf_enter = torch.ops.profiler._record_function_enter_new
 _rf_exit = torch.ops.profiler._record_function_exit
@@ -121,7 +119,7 @@ class StageTimer:
                 phase = phases[0] if len(phases) == 1 or step == 0 else phases[1]
             if self.capture and stage == "decoder" and self._captured is None and args and torch.is_tensor(args[0]):
                 self._captured = args[0].detach()
-            handle = _rf_enter(f"{STAGE_SCOPE_PREFIX}{stage}::{step}", None) if self.annotate else None
+            handle = _rf_enter(stage_label(stage, step), None) if self.annotate else None
             if self.measure_memory:
                 torch.cuda.reset_peak_memory_stats(self.target.device)
                 base = torch.cuda.memory_allocated(self.target.device)
@@ -184,7 +182,7 @@ class ModuleAnnotator:
             seen.add(id(comp))
             for path, module in comp.named_modules(prefix=root.component):
                 stack: list[Any] = []
-                label = MODULE_SCOPE_PREFIX + path
+                label = module_label(path)
 
                 def pre(_m: Any, _inp: Any, label: str = label, stack: list[Any] = stack) -> None:
                     stack.append(_rf_enter(label, None))

@@ -25,18 +25,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mmchar.errors import InvalidParameterError
+from mmchar.scopes import comm_label
 
 Attend = Callable[..., torch.Tensor]
 
-# The profiler label of one collective this module issues; `mmchar.trace` / `mmchar.attribution` read it back: the
-# kernels inside are communication and the scope carries its payload (bytes this rank sends), which the NCCL
-# kernels' own records lack (a coalesced P2P batch launches with no enclosing op; tensor lists record no dtype).
-COMM_SCOPE_PREFIX = "mmchar.comm::"
+# The profiler label of one collective this module issues (`mmchar.scopes.comm_label`; `mmchar.trace` and
+# `mmchar.attribution` read it back): the kernels inside are communication and the scope carries its payload (bytes
+# this rank sends), which the NCCL kernels' own records lack (a coalesced P2P batch launches with no enclosing op;
+# tensor lists record no dtype).
 
 
 def comm_scope(kind: str, sent: torch.Tensor) -> torch.profiler.record_function:
     """The scope of one collective whose payload is ``sent`` (this rank's send buffer)."""
-    return torch.profiler.record_function(f"{COMM_SCOPE_PREFIX}{kind}::{sent.numel() * sent.element_size()}")
+    return torch.profiler.record_function(comm_label(kind, sent.numel() * sent.element_size()))
 
 
 def chunk_sizes(length: int, ranks: int) -> list[int]:

@@ -28,9 +28,7 @@ import torch.nn.functional as F
 
 from mmchar.backends import ORIGINAL_SDPA, AttentionBackend, default_softmax_backend, get_backend, require_backend
 from mmchar.errors import BackendUnavailableError, BackendUnsupportedError
-from mmchar.target import compile_site_rules
-
-ATTN_SCOPE_PREFIX = "mmchar.attn::"
+from mmchar.scopes import attention_label, attention_site, compile_site_rules
 
 
 class _Current(threading.local):
@@ -110,12 +108,10 @@ def _set_router() -> None:
 
 def attention_scope_label(site: str, module_path: str, backend: str, q: torch.Tensor, k: torch.Tensor,
                           v: torch.Tensor, causal: bool, key_tokens: int | None = None) -> str:
-    """The profiler label of one attention-core call; `mmchar.trace` parses it back (site, shapes, FLOPs).
+    """The profiler label of one attention-core call (`mmchar.scopes.attention_label`, whose reader parses it).
     ``key_tokens``: the keys the call attends to when they are not all in ``k`` (a sequence-parallel ring)."""
-    b, h, sq, d = q.shape
     skv = k.shape[-2] if key_tokens is None else key_tokens
-    return (f"{ATTN_SCOPE_PREFIX}{site}::{module_path}::{backend}::"
-            f"{b},{h},{sq},{skv},{d},{v.shape[-1]}::{int(causal)}::{q.element_size()}")
+    return attention_label(site, module_path, backend, q.shape, skv, v.shape[-1], causal, q.element_size())
 
 
 @dataclass
@@ -404,19 +400,6 @@ def transformers_models(pipe: Any, components: list[str]) -> list[tuple[str, Any
     except ImportError:
         return []
     return [(n, getattr(pipe, n)) for n in components if isinstance(getattr(pipe, n, None), PreTrainedModel)]
-
-
-def attention_site(module_path: str, rules: list[tuple[re.Pattern[str], str]], *, cross: bool) -> str:
-    """The attention site of a module: the first module-path rule that matches, else cross or spatial by the call.
-
-    The one place sites are decided, for swapped layers and for attention the profiler sees unswapped (text
-    encoders, VAEs): it looks only at the module's path and whether the keys' length differs from the
-    queries' (``cross``), so it is identical for every backend.
-    """
-    for pattern, site in rules:
-        if pattern.search(module_path):
-            return site
-    return "cross" if cross else "spatial"
 
 
 def attention_modules(pipe: Any, components: list[str]) -> list[tuple[str, Any]]:

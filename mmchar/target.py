@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from mmchar.schema import ATTN_SITES, PHASES, STAGES
+from mmchar.schema import PHASES, STAGES
+from mmchar.scopes import SiteRule, compile_site_rules
 
 
 @dataclass(frozen=True)
@@ -35,30 +36,6 @@ class StageRoot:
             raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
         if self.phases and (self.stage != "generator" or not set(self.phases) <= set(PHASES)):
             raise ValueError(f"phases {self.phases} apply to the generator stage only, from {PHASES}")
-
-
-@dataclass(frozen=True)
-class SiteRule:
-    """Module paths matching ``pattern`` (re.search) hold attention of ``site``."""
-
-    pattern: str
-    site: str
-
-    def __post_init__(self) -> None:
-        if self.site not in ATTN_SITES:
-            raise ValueError(f"attention site {self.site!r} is not one of {ATTN_SITES}")
-
-
-# Module-path rules every target gets after its own (integration.md: where temporal attention lives).
-DEFAULT_SITE_RULES: tuple[SiteRule, ...] = (
-    SiteRule(r"(^|\.)(transformer_in|temp_attentions|temporal_transformer_blocks|motion_modules)\.", "temporal"),
-    SiteRule(r"(^|\.)text_encoder(_\d+)?\.", "text"),
-)
-
-
-def compile_site_rules(rules: list[SiteRule] | tuple[SiteRule, ...] = ()) -> list[tuple[re.Pattern[str], str]]:
-    """``rules`` then DEFAULT_SITE_RULES, compiled, in the order `mmchar.swap.attention_site` tries them."""
-    return [(re.compile(r.pattern), r.site) for r in (*rules, *DEFAULT_SITE_RULES)]
 
 
 @dataclass

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mmchar.errors import TraceError
-from mmchar.instrument import MODULE_SCOPE_PREFIX, STAGE_SCOPE_PREFIX
-from mmchar.sequence_parallel import COMM_SCOPE_PREFIX
-from mmchar.swap import ATTN_SCOPE_PREFIX
+from mmchar.scopes import (ATTN_SCOPE_PREFIX, COMM_SCOPE_PREFIX, MODULE_SCOPE_PREFIX, STAGE_SCOPE_PREFIX,
+                           parse_module_label, parse_stage_label)
 
 
 @contextlib.contextmanager
@@ -195,11 +194,11 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                 continue
             name = cpu_name[i]
             if name.startswith(STAGE_SCOPE_PREFIX):
-                stage, _, step = name[len(STAGE_SCOPE_PREFIX):].partition("::")
-                ctx = Context(stage, int(step or -1), parent.module, parent.attn, parent.attn_id, parent.top_op,
+                stage, step = parse_stage_label(name)
+                ctx = Context(stage, step, parent.module, parent.attn, parent.attn_id, parent.top_op,
                               parent.leaf_op, parent.comm, parent.comm_id)
             elif name.startswith(MODULE_SCOPE_PREFIX):
-                ctx = Context(parent.stage, parent.step, name[len(MODULE_SCOPE_PREFIX):], parent.attn,
+                ctx = Context(parent.stage, parent.step, parse_module_label(name), parent.attn,
                               parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id)
             elif name.startswith(ATTN_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op,

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from mmchar.backends import AttentionBackend, Constraints, _REGISTRY, register_backend
 from mmchar.errors import BackendUnsupportedError
-from mmchar.swap import attention_site, measure_dispatch_overhead_us, swap_attention
+from mmchar.scopes import attention_site
+from mmchar.swap import measure_dispatch_overhead_us, swap_attention
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 from mmchar.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from mmchar.errors import InvalidParameterError, UnknownNameError
-from mmchar.target import SiteRule, Target
+from mmchar.scopes import SiteRule
+from mmchar.target import Target
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ together (joint attention over 17 550 video + 226 text tokens at 49 frames, 480x
 
 from __future__ import annotations
 
-from mmchar.target import SiteRule
+from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.pipeline import PipelineWorkload
 

@@ -3,7 +3,7 @@ attention) then 38 single-stream blocks over the concatenated tokens; guidance-d
 
 from __future__ import annotations
 
-from mmchar.target import SiteRule
+from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.pipeline import PipelineWorkload
 

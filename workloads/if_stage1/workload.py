@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmchar.target import SiteRule
+from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.pipeline import PipelineWorkload
 

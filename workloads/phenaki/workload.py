@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from mmchar.errors import InvalidParameterError, WeightsError
-from mmchar.target import SiteRule, StageRoot, Target
+from mmchar.scopes import SiteRule
+from mmchar.target import StageRoot, Target
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Workload
 

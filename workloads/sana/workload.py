@@ -4,7 +4,7 @@ decoder-only LLM (Gemma-2 2B) as text encoder: the study's efficient-attention t
 
 from __future__ import annotations
 
-from mmchar.target import SiteRule
+from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.pipeline import PipelineWorkload
 

@@ -3,7 +3,7 @@ attention), three text encoders (CLIP-L, CLIP-G, T5-XXL), rectified-flow samplin
 
 from __future__ import annotations
 
-from mmchar.target import SiteRule
+from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.pipeline import PipelineWorkload
 

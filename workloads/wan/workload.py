@@ -3,7 +3,7 @@ spatio-temporal; 32 760 tokens at 81 frames, 480x832) plus cross attention to 51
 
 from __future__ import annotations
 
-from mmchar.target import SiteRule
+from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Params
 from mmchar.workloads.pipeline import PipelineWorkload
