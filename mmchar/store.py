@@ -40,11 +40,11 @@ def _umask() -> int:
     return mask
 
 
-def _follow_umask(path: Path, mode: int) -> None:
+def _follow_umask(path: Path, mode: int, umask: int) -> None:
     """tempfile makes folders 0700 and files 0600; a team's shared store must be as readable as the user's
     umask allows, like any file they write."""
     try:
-        os.chmod(path, mode & ~_umask())
+        os.chmod(path, mode & ~umask)
     except OSError:
         pass
 
@@ -96,13 +96,14 @@ def write_run(store: str | os.PathLike[str], run: Run, trace_file: str | os.Path
     store.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + run.run_id + "-", dir=store))
     try:
-        _follow_umask(tmp, 0o777)
+        umask = _umask()
+        _follow_umask(tmp, 0o777, umask)
         kernels = run.kernels if len(run.kernels.columns) else empty_kernels()
         kernels.to_parquet(tmp / KERNELS_FILE, index=False)
         run.breakdown.reindex(columns=list(BREAKDOWN_COLUMNS)).to_csv(tmp / BREAKDOWN_FILE, index=False)
         if trace_file is not None and Path(trace_file).exists():
             shutil.move(str(trace_file), tmp / TRACE_FILE)
-            _follow_umask(tmp / TRACE_FILE, 0o666)
+            _follow_umask(tmp / TRACE_FILE, 0o666, umask)
         base = run.run_id
         while True:
             meta = dict(run.meta, schema_version=SCHEMA_VERSION)

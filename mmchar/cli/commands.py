@@ -16,9 +16,8 @@ import typer
 
 from mmchar.cli import app
 from mmchar.cli.output import FORMATS, print_frame, say, warn
+from mmchar.analysis.diff import MIN_US
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, WeightsError, first_line
-
-MIN_US = 50.0  # diff's default --min-us; analysis.diff.MIN_US holds the same (a test checks they agree)
 
 Store = Annotated[Path, typer.Option("--store", help="Run store folder (created if missing).")]
 Fmt = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
@@ -144,7 +143,7 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
     if (workload is None) == (pipeline is None):
         raise InvalidParameterError("name a WORKLOAD or pass --pipeline DIR (one of them); `mmchar workloads` lists workloads")
     dev = resolve_device(device)
-    _check_precision(dtype, dev)
+    _check_settings(dtype, dev)
     if workload is not None:
         from mmchar.workloads import get_workload
 
@@ -170,9 +169,9 @@ def _build(workload: str | None, pipeline: Path | None, preset: str, weights: Pa
     return target
 
 
-def _check_precision(dtype: str | None, dev: Any) -> None:
-    """A valid dtype (half precision on the CPU runs, but says that its times stand for nothing a GPU does) and
-    valid noise thresholds in the environment: both before anything is built."""
+def _check_settings(dtype: str | None, dev: Any) -> None:
+    """The run's settings, before anything is built: a valid dtype (half precision on the CPU runs, but says that
+    its times stand for nothing a GPU does) and valid noise thresholds in the environment."""
     from mmchar import noise
     from mmchar.devices import resolve_dtype
 
@@ -496,14 +495,14 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
                "keep_trace": not no_trace, "compile": compile,
                **({"profile_steps": profile_steps} if profile_steps is not None else {})}
     memory = dict(vae_tiling=vae_tiling, vae_slicing=vae_slicing, cpu_offload=cpu_offload)
-    _check_precision(dtype, resolve_device(device))
+    _check_settings(dtype, resolve_device(device))
     plan = sw.plan(workload, sw.parse_vary(vary or []), names, store, preset=preset, fixed=fixed, options=options,
                    device=device, dtype=dtype, weights=str(weights) if weights else None, memory=memory)
     plan = dataclasses.replace(plan, retry_failed=retry_failed, retry_noisy=retry_noisy)
     check_writable(store)
     for steps_of_point in sorted({p.config["params"]["steps"] for p in plan.points}):
         _check_profile_steps(profile_steps, steps_of_point)
-    todo = plan.todo
+    todo = pending = plan.todo  # read once: each stored point's meta says whether it is redone
     env = dd.child_env(rank, device) if rank is not None else None
     if rank is not None:
         dd.init()
@@ -512,9 +511,9 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     tag = f"(rank {rank.rank}/{rank.world}) " if rank is not None else ""
     if lead:
         _warn_changed_math(names)
-        kept = len(plan.points) - len(plan.todo)
+        kept = len(plan.points) - len(pending)
         say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
-            f"{len(plan.todo)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
+            f"{len(pending)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
         otherwise = plan.measured_otherwise() if kept else []
         if otherwise:
             warn(f"points already in {store} were measured with {', '.join(otherwise)}: how a point is measured is "
