@@ -12,3 +12,11 @@ __all__ = ["attention_site_table", "breakdown_table", "check_gate", "communicati
            "roofline_table", "run_labels", "run_table", "scaling_points", "scaling_table", "sequence_parallel_table",
            "sequence_table", "stage_table", "step_timeline", "top_kernels_table", "unpaired_runs", "work_fields",
            "work_key", "work_mismatch"]
+
+# Every table of `mmchar study`, in the order it writes them (name = the CSV's file stem). The dashboard reads the
+# same functions; adding an analysis = a module with its table function + one entry here.
+TABLES = {"runs": run_table, "breakdown": breakdown_table, "stages": stage_table, "comparison": comparison_table,
+          "attention_sites": attention_site_table, "sequence": sequence_table, "roofline": roofline_table,
+          "launch": launch_table, "phases": phase_table, "scaling": scaling_table, "modules": module_tree,
+          "communication": communication_table, "sequence_parallel": sequence_parallel_table}
+__all__ += ["TABLES"]
