@@ -20,6 +20,7 @@ import torch
 from mmchar import environment
 from mmchar.backends import backend_names, get_backend
 from mmchar.errors import MmcharError
+from mmchar.flops import attention_cost
 
 
 @dataclass(frozen=True)
@@ -34,22 +35,24 @@ class Shape:
 
     @property
     def flops(self) -> float:
-        return 4.0 * self.b * self.h * self.sq * self.skv * self.d * (0.5 if self.causal else 1.0)
+        q, kv = [self.b, self.h, self.sq, self.d], [self.b, self.h, self.skv, self.d]
+        return attention_cost(q, kv, kv, self.causal, elem=2)[0]  # the one softmax formula; elem moves bytes only
 
 
-# Attention calls of the workloads at their default sizes (token counts from latent size / patch; d = head dim).
-WORKLOAD_SHAPES = [
-    Shape("sd15-512 spatial L0", 2, 8, 4096, 4096, 40), Shape("sd15-512 spatial L1", 2, 8, 1024, 1024, 80),
-    Shape("sd15-512 spatial L2", 2, 8, 256, 256, 160), Shape("sd15-512 cross L0", 2, 8, 4096, 77, 40),
-    Shape("sdxl-1024 spatial", 2, 10, 4096, 4096, 64), Shape("sdxl-1024 cross", 2, 10, 4096, 77, 64),
-    Shape("pixart-1024 self", 2, 16, 4096, 4096, 72), Shape("pixart-1024 cross", 2, 16, 4096, 300, 72),
-    # SANA 1.6B: linear self-attention 70 heads x 32 over the DC-AE's 1024 tokens; softmax cross 20 x 112 to 300
-    Shape("sana-1024 self", 2, 70, 1024, 1024, 32), Shape("sana-1024 cross-attn", 2, 20, 1024, 300, 112),
-    Shape("sd3-1024 joint", 2, 24, 4429, 4429, 64),
-    Shape("flux-1024 joint", 1, 24, 4608, 4608, 128), Shape("cogvideox-480p joint", 2, 30, 17776, 17776, 64),
-    Shape("wan-480p self", 1, 12, 32760, 32760, 128), Shape("wan-720p self", 1, 40, 75600, 75600, 128),
-    Shape("unet3d temporal", 2048, 5, 16, 16, 64), Shape("svd temporal", 2304, 5, 25, 25, 64),
-]
+def workload_shapes() -> list[Shape]:
+    """The attention calls each workload declares in its full preset (``"bench"``: token counts from latent size /
+    patch, d = head dim), collected from the registry so a new workload folder brings its own. Workloads come in
+    their ``order`` (lower first: a run cut short by its time slot has measured the first), unordered ones last
+    by name; each workload's shapes as it lists them."""
+    from mmchar.workloads import get_workload, workload_names
+
+    benches = []
+    for name in workload_names():
+        w = get_workload(name)
+        bench = w.preset_config("full").get("bench") if "full" in w.presets() else None
+        if bench:
+            benches.append((bench.get("order", float("inf")), name, [Shape(**s) for s in bench["shapes"]]))
+    return [shape for _, _, shapes in sorted(benches, key=lambda b: b[:2]) for shape in shapes]
 
 
 def sweep_shapes() -> list[Shape]:
@@ -267,7 +270,7 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
     keeps what it measured), and return the printed table. ``resume``: keep the rows already in
     ``out/attention.json`` (same device) and measure only the shapes that lack one of the backends."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shapes = ([] if only == "sweep" else WORKLOAD_SHAPES) + ([] if only == "workloads" else sweep_shapes())
+    shapes = ([] if only == "sweep" else workload_shapes()) + ([] if only == "workloads" else sweep_shapes())
     shapes = [s for s in shapes if max(s.sq, s.skv) <= max_seq and (match is None or match in s.name)]
     if not shapes:
         raise ValueError(f"no shape of {only or 'workloads and sweep'} matches {match!r} up to {max_seq} tokens")

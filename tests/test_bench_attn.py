@@ -134,3 +134,19 @@ def test_a_backend_that_breaks_the_cuda_context_is_recorded_and_resume_goes_on(t
                                                              for b in ("math", "crash-test")}
     finally:
         _REGISTRY.pop("crash-test")
+
+
+def test_workload_shapes_are_what_the_workloads_declare_in_their_order(monkeypatch):
+    from mmchar.workloads import get_workload, workload_names
+
+    names = [s.name for s in bench_attn.workload_shapes()]
+    declared = [s["name"] for n in workload_names() for s in get_workload(n).preset_config("full").get("bench", {})
+                .get("shapes", [])]
+    assert sorted(names) == sorted(declared) and len(set(names)) == len(names) >= 17
+    assert names[0] == "sd15-512 spatial L0" and names[-1] == "svd temporal"  # ascending "order"
+    sd15 = type(get_workload("sd15"))
+    real = sd15.preset_config
+    monkeypatch.setattr(sd15, "preset_config", lambda self, preset: {
+        **real(self, preset), "bench": {**real(self, preset)["bench"], "order": 10**6}})
+    assert [s.name for s in bench_attn.workload_shapes()] == names[4:] + names[:4]  # sd15's four move last
+

@@ -1,12 +1,24 @@
-"""The workload registry: lowercase hyphenated keys -> Workload classes."""
+"""The workload registry: lowercase hyphenated keys -> Workload classes.
+
+A workload is one folder under ``workloads/`` holding ``workload.py`` (docs/adding-a-workload.md): the folders
+are found by package discovery, so no list here (nor in pyproject or the tests) names them.
+"""
 
 from __future__ import annotations
 
-from mmchar.errors import UnknownNameError
+import importlib
+import importlib.util
+import pkgutil
+
+from mmchar.errors import MmcharError, UnknownNameError, first_line
 from mmchar.workloads.base import Params, Workload, config_hash
 
 _REGISTRY: dict[str, type[Workload]] = {}
 _ALIASES: dict[str, str] = {}  # alias -> registered name
+
+
+class WorkloadImportError(MmcharError):
+    """A workload folder whose ``workload.py`` fails to import: every command that lists workloads needs it."""
 
 
 def register_workload(cls: type[Workload]) -> type[Workload]:
@@ -19,22 +31,21 @@ def register_workload(cls: type[Workload]) -> type[Workload]:
 
 
 def _load_builtin() -> None:
-    # Imported lazily: each module registers itself; importing diffusers is slow.
-    from mmchar.workloads.modelscope_t2v import workload as _m  # noqa: F401
-    from mmchar.workloads.sd15 import workload as _s  # noqa: F401
-    from mmchar.workloads.sdxl import workload as _sdxl  # noqa: F401
-    from mmchar.workloads.if_stage1 import workload as _if  # noqa: F401
-    from mmchar.workloads.pixart_sigma import workload as _pixart  # noqa: F401
-    from mmchar.workloads.sana import workload as _sana  # noqa: F401
-    from mmchar.workloads.cogvideox import workload as _cogvideox  # noqa: F401
-    from mmchar.workloads.wan import workload as _wan  # noqa: F401
-    from mmchar.workloads.sd3 import workload as _sd3  # noqa: F401
-    from mmchar.workloads.flux import workload as _flux  # noqa: F401
-    from mmchar.workloads.svd import workload as _svd  # noqa: F401
-    from mmchar.workloads.animatediff import workload as _animatediff  # noqa: F401
-    from mmchar.workloads.amused import workload as _amused  # noqa: F401
-    from mmchar.workloads.llamagen import workload as _llamagen  # noqa: F401
-    from mmchar.workloads.phenaki import workload as _phenaki  # noqa: F401
+    """Import the ``workload`` module of every subpackage that has one (each registers itself); a subpackage
+    without one (shared code, data) is not a workload. Found on the package path, so a folder added there is
+    found without naming it anywhere. Run lazily, on the first question about workloads: importing diffusers is
+    slow, and commands that never ask (analyze, export) must not pay for it."""
+    for info in sorted(pkgutil.iter_modules(__path__, prefix=f"{__name__}."), key=lambda i: i.name):
+        if not info.ispkg:
+            continue
+        module = f"{info.name}.workload"
+        try:
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure of a workload's own code is reported as that workload's
+            raise WorkloadImportError(f"workload folder {info.name.rsplit('.', 1)[-1]!r} ({module}) failed to "
+                                      f"import: {type(e).__name__}: {first_line(e)}; fix it, or move the folder "
+                                      f"out of workloads/") from e
 
 
 def workload_names() -> list[str]:
@@ -50,4 +61,5 @@ def get_workload(name: str) -> Workload:
         raise UnknownNameError("workload", name, _REGISTRY) from None
 
 
-__all__ = ["Params", "Workload", "config_hash", "get_workload", "register_workload", "workload_names"]
+__all__ = ["Params", "Workload", "WorkloadImportError", "config_hash", "get_workload", "register_workload",
+           "workload_names"]

@@ -1,7 +1,11 @@
 """The workload interface: a registered, named generation with presets, stages and attention sites.
 
 A workload is one folder (``workloads/<family>/``) holding ``workload.py`` and ``configs/<preset>.json``;
-the JSON holds the published configuration with the source of every number (``"sources"``).
+nothing outside it names it (docs/adding-a-workload.md). The JSON holds the published configuration with the
+source of every number (``"sources"``); the ``full`` preset also holds the denoiser's published size
+(``"published"``, which the tests hold the configuration to) and the attention calls `mmchar bench-attn` times
+(``"bench"``). Only ``sources``, ``defaults``, ``models``, ``call`` and ``generation`` enter a run's resolved
+configuration, so the other two never change a config hash.
 """
 
 from __future__ import annotations
@@ -59,11 +63,18 @@ class Workload(ABC):
     stages: ClassVar[tuple[str, ...]]
     attention_sites: ClassVar[tuple[str, ...]]
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
-    config_package: ClassVar[str]  # the package holding the preset folder
+    config_package: ClassVar[str]  # the package holding the preset folder: the class's own (`__init_subclass__`)
     config_folder: ClassVar[str] = "configs"  # several sizes of one family share a package: configs/<size>
     components: ClassVar[dict[str, str]] = {}  # model component -> "diffusers:Class" or "transformers:Class"
     spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
     temporal_factor: ClassVar[int] = 1  # a video VAE compressing time k-fold takes k·n + 1 frames
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The presets sit beside the module that defines the class, so the folder alone says where they are; a
+        # class body may still name another package (a workload kept outside mmchar.workloads).
+        super().__init_subclass__(**kwargs)
+        if "config_package" not in cls.__dict__:
+            cls.config_package = cls.__module__.rpartition(".")[0]
 
     def presets(self) -> list[str]:
         folder = resources.files(self.config_package).joinpath(*self.config_folder.split("/"))

@@ -8,10 +8,12 @@ parameters on the meta device and materialised, seeded, on the target device; to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from mmchar.errors import UnknownNameError
 from mmchar.target import StageRoot, Target, discover_stage_roots
 from mmchar.workloads.base import Params, Workload
 from mmchar.workloads.build import clip_tokenizer, load_pipeline
@@ -31,9 +33,35 @@ def apply_memory_options(pipe: Any, memory: dict[str, bool], device: torch.devic
         pipe.enable_model_cpu_offload(device=device)
 
 
+def _clip(name: str, models: dict[str, Any]) -> Any:
+    # the text encoder beside it (tokenizer_2 -> text_encoder_2) sets the length
+    encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
+    return clip_tokenizer(encoder.get("max_position_embeddings", 77))
+
+
+def _t5(name: str, models: dict[str, Any]) -> Any:
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer()  # no files: ids < 104, so tiny T5 encoders need a vocabulary of at least 104
+
+
+def _gemma(name: str, models: dict[str, Any]) -> Any:
+    from transformers import GemmaTokenizer
+
+    tok = GemmaTokenizer()  # no files: its special tokens only (ids < 5); a prompt pads to max_sequence_length
+    tok.padding_side = "right"  # as SANA's conversion script sets it
+    return tok
+
+
+# Tokenizer kind -> factory(component name, the preset's model configs). Tokenizers need no files: a workload
+# names a kind in `PipelineWorkload.tokenizers`; a kind of its own is one entry, added here or, to keep the
+# workload one folder, by its workload.py (``TOKENIZERS["kind"] = factory``).
+TOKENIZERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {"clip": _clip, "t5": _t5, "gemma": _gemma}
+
+
 class PipelineWorkload(Workload):
     pipeline_class: ClassVar[str]  # a diffusers pipeline class name
-    tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> "clip", "t5" or "gemma"
+    tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> a kind of `TOKENIZERS`
 
     def build(self, config: dict[str, Any]) -> Target:
         import diffusers
@@ -67,20 +95,11 @@ class PipelineWorkload(Workload):
                       dtype=dtype, stage_roots=self.stage_roots(pipe, params), site_rules=list(self.site_rules))
 
     def _tokenizer(self, kind: str, name: str, models: dict[str, Any]) -> Any:
-        if kind == "clip":
-            encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
-            return clip_tokenizer(encoder.get("max_position_embeddings", 77))
-        if kind == "t5":
-            from transformers import T5Tokenizer
-
-            return T5Tokenizer()  # no files: ids < 104, so tiny T5 encoders need a vocabulary of at least 104
-        if kind == "gemma":  # no files: its special tokens only (ids < 5); a prompt pads to max_sequence_length
-            from transformers import GemmaTokenizer
-
-            tok = GemmaTokenizer()
-            tok.padding_side = "right"  # as SANA's conversion script sets it
-            return tok
-        raise ValueError(f"unknown tokenizer kind {kind!r}")
+        try:
+            make = TOKENIZERS[kind]
+        except KeyError:
+            raise UnknownNameError("tokenizer kind", kind, TOKENIZERS) from None
+        return make(name, models)
 
     def stage_roots(self, pipe: Any, params: Params) -> list[StageRoot]:
         """The pipeline's own components (`discover_stage_roots`); the VAE's encoder only where a task takes an

@@ -32,7 +32,6 @@ class Amused(TokenPipelineWorkload):
     modality = "image"
     architecture = "masked-token"
     attention_sites = ("spatial", "cross", "text")
-    config_package = "mmchar.workloads.amused"
     spatial_factor = 32  # VQ downsampling × the U-ViT's own 2x downsample
     pipeline_class = "AmusedPipeline"
     components = {"transformer": "diffusers:UVit2DModel", "vqvae": "diffusers:VQModel",

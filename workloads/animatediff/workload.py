@@ -14,7 +14,6 @@ class AnimateDiff(LatentDiffusionWorkload):
     task = "text-to-video"
     modality = "video"
     attention_sites = ("spatial", "temporal", "cross", "text")
-    config_package = "mmchar.workloads.animatediff"
     pipeline_class = "AnimateDiffPipeline"
     components = {"unet": "diffusers:UNet2DConditionModel", "motion_adapter": "diffusers:MotionAdapter",
                   "vae": "diffusers:AutoencoderKL", "text_encoder": "transformers:CLIPTextModel"}

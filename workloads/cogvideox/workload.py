@@ -16,7 +16,6 @@ class _CogVideoX(PipelineWorkload):
     stages = ("text_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("joint", "text")
     site_rules = (SiteRule(r"^transformer\.transformer_blocks\.\d+\.attn1$", "joint"),)
-    config_package = "mmchar.workloads.cogvideox"
     spatial_factor = 16  # VAE 8 × patch 2
     temporal_factor = 4
     pipeline_class = "CogVideoXPipeline"

@@ -19,7 +19,6 @@ class FluxDev(PipelineWorkload):
     stages = ("text_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("joint", "text")
     site_rules = (SiteRule(r"^transformer\.(single_)?transformer_blocks\.\d+\.attn$", "joint"),)
-    config_package = "mmchar.workloads.flux"
     spatial_factor = 16  # VAE 8 × 2x2 packing
     pipeline_class = "FluxPipeline"
     components = {"transformer": "diffusers:FluxTransformer2DModel", "vae": "diffusers:AutoencoderKL",

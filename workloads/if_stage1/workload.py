@@ -3,9 +3,9 @@ autoencoder, conditioned on 77 T5-XXL tokens: the study's Imagen-like cascaded t
 
 Its attention is not cross attention in the SD sense: each SimpleCrossAttn block projects the text tokens into
 extra keys and values (diffusers' "added KV") and attends from the image tokens to text and image tokens at
-once, one call whose keys are 77 + H·W long. conventions.md counts that as ``joint``; the site rule below says
-so, so the length test does not call it ``cross``. Stage II and III (the super-resolution UNets) are not part of
-this workload.
+once, one call whose keys are 77 + H·W long. docs/conventions.md counts that as ``joint``; the site rule below
+says so, so the length test does not call it ``cross``. Stage II and III (the super-resolution UNets) are not part
+of this workload.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ class IFStageI(PipelineWorkload):
     attention_sites = ("joint", "text")
     site_rules = (SiteRule(r"^unet\.(down_blocks|up_blocks)\.\d+\.attentions\.\d+$", "joint"),
                   SiteRule(r"^unet\.mid_block\.attentions\.\d+$", "joint"))
-    config_package = "mmchar.workloads.if_stage1"
     spatial_factor = 8  # three 2× downsamplings of the pixel UNet
     pipeline_class = "IFPipeline"
     components = {"unet": "diffusers:UNet2DConditionModel", "text_encoder": "transformers:T5EncoderModel"}

@@ -26,7 +26,6 @@ class LlamaGen(Workload):
     stages = ("text_encoder", "generator", "decoder")
     attention_sites = ("causal", "text")
     site_rules = (SiteRule(r"^transformer\.model\.layers\.\d+\.self_attn$", "causal"),)
-    config_package = "mmchar.workloads.llamagen"
     spatial_factor = 16  # the VQ tokenizer's downsampling
     components = {"text_encoder": "transformers:T5EncoderModel", "transformer": "transformers:LlamaForCausalLM",
                   "vqvae": "diffusers:VQModel"}

@@ -13,6 +13,5 @@ class ModelScopeT2V(LatentDiffusionWorkload):
     task = "text-to-video"
     modality = "video"
     attention_sites = ("spatial", "temporal", "cross", "text")
-    config_package = "mmchar.workloads.modelscope_t2v"
     unet_class = "UNet3DConditionModel"
     pipeline_class = "TextToVideoSDPipeline"

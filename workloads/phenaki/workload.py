@@ -25,7 +25,6 @@ class MaskedVideo(Workload):
     stages = ("text_encoder", "generator", "decoder")
     attention_sites = ("joint", "cross", "text")
     site_rules = (SiteRule(r"^transformer\.blocks\.\d+\.attn1$", "joint"),)
-    config_package = "mmchar.workloads.phenaki"
     spatial_factor = 8
     components = {"text_encoder": "transformers:T5EncoderModel",
                   "transformer": "mmchar.workloads.phenaki.pipeline:MaskedVideoTransformer", "vqvae": "diffusers:VQModel"}

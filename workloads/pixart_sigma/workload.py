@@ -17,7 +17,6 @@ class PixArtSigma(PipelineWorkload):
     architecture = "dit"
     stages = ("text_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("spatial", "cross", "text")
-    config_package = "mmchar.workloads.pixart_sigma"
     spatial_factor = 16  # VAE 8 × patch 2
     pipeline_class = "PixArtSigmaPipeline"
     components = {"transformer": "diffusers:PixArtTransformer2DModel", "vae": "diffusers:AutoencoderKL",

@@ -21,7 +21,6 @@ class Sana(PipelineWorkload):
     stages = ("text_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("spatial", "cross", "text")
     site_rules = (SiteRule(r"^transformer\.transformer_blocks\.\d+\.attn1$", "spatial"),)
-    config_package = "mmchar.workloads.sana"
     spatial_factor = 32  # DC-AE 32 × patch 1
     pipeline_class = "SanaPipeline"
     components = {"transformer": "diffusers:SanaTransformer2DModel", "vae": "diffusers:AutoencoderDC",

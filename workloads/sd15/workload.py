@@ -15,7 +15,6 @@ class SD15(LatentDiffusionWorkload):
     task = "text-to-image"
     modality = "image"
     attention_sites = ("spatial", "cross", "text")
-    config_package = "mmchar.workloads.sd15"
     unet_class = "UNet2DConditionModel"
     pipeline_class = "StableDiffusionPipeline"
 

@@ -19,7 +19,6 @@ class SD3Medium(PipelineWorkload):
     stages = ("text_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("joint", "text")
     site_rules = (SiteRule(r"^transformer\.transformer_blocks\.\d+\.attn2?$", "joint"),)
-    config_package = "mmchar.workloads.sd3"
     spatial_factor = 16  # VAE 8 × patch 2
     pipeline_class = "StableDiffusion3Pipeline"
     components = {"transformer": "diffusers:SD3Transformer2DModel", "vae": "diffusers:AutoencoderKL",

@@ -15,7 +15,6 @@ class SDXL(LatentDiffusionWorkload):
     task = "text-to-image"
     modality = "image"
     attention_sites = ("spatial", "cross", "text")
-    config_package = "mmchar.workloads.sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
     components = {"unet": "diffusers:UNet2DConditionModel", "vae": "diffusers:AutoencoderKL",
                   "text_encoder": "transformers:CLIPTextModel",

@@ -22,7 +22,6 @@ class SVD(PipelineWorkload):
     architecture = "unet"
     stages = ("image_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("spatial", "temporal", "cross")
-    config_package = "mmchar.workloads.svd"
     pipeline_class = "StableVideoDiffusionPipeline"
     components = {"unet": "diffusers:UNetSpatioTemporalConditionModel", "vae": "diffusers:AutoencoderKLTemporalDecoder",
                   "image_encoder": "transformers:CLIPVisionModelWithProjection"}

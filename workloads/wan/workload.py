@@ -17,7 +17,6 @@ class _Wan(PipelineWorkload):
     stages = ("text_encoder", "denoiser", "scheduler", "decoder")
     attention_sites = ("joint", "cross", "text")
     site_rules = (SiteRule(r"^transformer\.blocks\.\d+\.attn1$", "joint"),)
-    config_package = "mmchar.workloads.wan"
     spatial_factor = 16  # VAE 8 × patch 2
     temporal_factor = 4
     pipeline_class = "WanPipeline"
