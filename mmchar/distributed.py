@@ -8,17 +8,23 @@ unique names, so ranks never clobber each other in the shared store; a rank that
 of every rank intact, and a re-run (any number of ranks) finds them and runs only the missing points. The process
 group (gloo: coordination only, whatever the device) carries one barrier and the gather of the summary rows, which
 rank 0 prints once.
+
+Sequence-parallel runs (`torchrun ... -m mmchar profile WORKLOAD --sequence-parallel`) use the same launcher the
+other way round: the ranks measure one run together, in lockstep, and rank 0 writes it (`measure_once`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from mmchar.errors import InvalidParameterError
+from mmchar.errors import InvalidParameterError, MmcharError, first_line
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,21 @@ def rank_from_env(flag: str = "--distributed", command: str = "sweep") -> Rank:
     except (KeyError, ValueError):
         raise InvalidParameterError(f"{flag} needs torchrun's RANK and WORLD_SIZE; launch with "
                                     f"`torchrun --nproc-per-node N -m mmchar {command} ... {flag}`") from None
+
+
+def leads(rank: Rank | None) -> bool:
+    """Whether this process speaks for the run: rank 0 under torchrun, the only process otherwise."""
+    return rank is None or rank.leader
+
+
+def sweep_rank(device: str | None) -> Rank:
+    """The rank of a sharded sweep (``--distributed``); each rank takes its own GPU, so a ``cuda:N`` device,
+    which would put every rank's points on one GPU, is refused."""
+    rank = rank_from_env()
+    if device is not None and device.startswith("cuda:"):
+        raise InvalidParameterError(f"--device {device} with --distributed: each rank takes its own GPU; "
+                                    "pass --device cuda (or leave it out)")
+    return rank
 
 
 def init(timeout_s: float = 6 * 3600) -> Rank:
@@ -92,6 +113,42 @@ def init_sequence_parallel(device: str | None, timeout_s: float = 900) -> Rank:
     return rank
 
 
+@contextmanager
+def sequence_parallel_ranks(device: str | None, enabled: bool = True) -> Iterator[Rank | None]:
+    """This process's rank in a sequence-parallel run for the block (``None`` when not ``enabled``: one process
+    measures alone); the process group is ended on the way out, whatever happened in the block."""
+    rank = init_sequence_parallel(device) if enabled else None
+    try:
+        yield rank
+    finally:
+        if rank is not None:
+            finish()
+
+
+def measure_once(rank: Rank | None, measure: Callable[[bool], Any], store: Callable[[Any], T]) -> T | None:
+    """One run measured by every rank together: ``measure(leads)`` on each rank in lockstep (``leads``: whether
+    this rank keeps its trace), the outcome agreed (failed on every rank if any rank failed), ``store(outcome)``
+    on rank 0 alone; the other ranks wait until it is written, since torchrun ends the group when one exits.
+
+    Returns:
+        What ``store`` returned on rank 0 (and on a lone process), ``None`` on the other ranks.
+
+    Raises:
+        MmcharError: on a rank other than 0 whose run failed (its own failure or another rank's), so that it
+            exits 1 too, after rank 0 has recorded the failure.
+    """
+    lead = leads(rank)
+    outcome = measure(lead)
+    if rank is None:
+        return store(outcome)
+    outcome = agree_on_outcome(outcome, rank)
+    written = store(outcome) if lead else None
+    leader_done(rank)
+    if not lead and isinstance(outcome, BaseException):
+        raise MmcharError(f"rank {rank.rank}: {first_line(outcome)}")
+    return written
+
+
 _coordination: Any = None  # the gloo group of a sequence-parallel run (host-side agreement, no GPU kernels)
 _timeout_s: float | None = None  # the process group's timeout, set by init_sequence_parallel
 
@@ -108,7 +165,6 @@ def agree_on_outcome(outcome: Any, rank: Rank) -> Any:
     kept for the leader to store; a failure replaces them (and their temporary trace is removed)."""
     import torch.distributed as dist
 
-    from mmchar.errors import first_line
     from mmchar.runner import discard, is_oom
 
     failed = isinstance(outcome, BaseException)

@@ -8,7 +8,9 @@ store, whatever their status, and runs only the missing ones (``--retry-failed``
 (``--repeat``, ``--profile-steps``, ``--no-trace``) is not part of its identity: a re-run with other values keeps
 the stored points as they are and says so. A child that dies without writing its run (killed, segfault) is
 recorded by the parent as a failed run, so every point ends up in the store; a child interrupted by Ctrl-C is
-not (the point is simply not done).
+not (the point is simply not done). Under torchrun (``--distributed``) each rank runs its share of the points
+(`rank_points`) and rank 0 gathers every rank's folders for the summary (`gather_points`); `mmchar.distributed`
+holds the launcher's side.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mmchar import distributed
+from mmchar.distributed import Rank
 from mmchar.errors import InvalidParameterError, UnknownNameError
 from mmchar.schema import step_key
 from mmchar.store import is_run_folder, read_meta
@@ -110,7 +114,7 @@ class SweepPlan:
 def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], store: str | os.PathLike[str], *,
          preset: str = "tiny", fixed: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
          device: str | None = None, dtype: str | None = None, weights: str | None = None,
-         memory: dict[str, bool] | None = None) -> SweepPlan:
+         memory: dict[str, bool] | None = None, retry_failed: bool = False, retry_noisy: int = 0) -> SweepPlan:
     """Resolve and check every point before anything runs (a bad value fails the sweep up front, not at point 7)."""
     from mmchar.api import run_config_hash
     from mmchar.backends import require_backend
@@ -143,7 +147,8 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     if len({p.config_hash for p in points}) != len(points):
         raise InvalidParameterError("two points of this sweep resolve to the same configuration (a repeated value?)")
     memory = {k: True for k, v in (memory or {}).items() if v}
-    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights, memory)
+    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights, memory,
+                      retry_failed=retry_failed, retry_noisy=retry_noisy)
     sweep.done = stored_points(store, {p.config_hash for p in points})
     return sweep
 
@@ -265,6 +270,61 @@ def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[s
     meta.update(status="oom" if oom else "error", sweep=True,
                 error=f"the profiling process exited with code {code} without writing its run: {last[:300]}")
     return write_run(store, Run(meta=meta))
+
+
+def measure_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str], env: dict[str, str] | None = None,
+                  note: Callable[[str], None] = lambda line: None) -> Path:
+    """One point in a fresh process, measured again while the noise guard flags it, ``retry_noisy`` times at
+    most (a stored noisy point's first measurement here is already one of them); the best of its runs stands.
+    ``note`` hears each retry and the point's result, one line each.
+
+    Returns:
+        The point's run folder that stands for it (ok and clean first, then newest).
+    """
+    stored = sweep.done.get(point.config_hash)
+    retries = sweep.retry_noisy - (1 if stored is not None and summary_row(point, stored)["noisy"] == "yes" else 0)
+    row = summary_row(point, run_point(sweep, point, store, env=env))
+    for attempt in range(max(retries, 0)):
+        if row["noisy"] != "yes":
+            break
+        note(f"{point.label()}: noisy ({row['noise']}); measuring again ({attempt + 1} of {retries})")
+        row = summary_row(point, run_point(sweep, point, store, env=env))
+    folder = stored_points(store, {point.config_hash})[point.config_hash]
+    row = summary_row(point, folder)
+    note(f"{point.label()}: {row['status']}" + (
+        f", {row['e2e_ms']} ms per generation" + (" (noisy)" if row["noisy"] == "yes" else "")
+        if row["status"] == "ok" else f" ({row['error']})"))
+    return folder
+
+
+def rank_points(points: list[Point], rank: Rank | None) -> list[Point]:
+    """This process's share of ``points``: all of them alone; under torchrun, after joining the ranks' group,
+    every ``world``-th point ordered by config hash (so backends and sizes mix across ranks)."""
+    if rank is None:
+        return points
+    distributed.init()
+    return rank.shard(points, key=lambda p: p.config_hash)
+
+
+def gather_points(sweep: SweepPlan, folders: dict[str, Path], store: str | os.PathLike[str],
+                  rank: Rank) -> tuple[SweepPlan, dict[str, Path]] | None:
+    """Every rank's finished points on rank 0, once all ranks arrive (so all points are stored before the
+    summary); the ranks' group ends here. Every rank calls it, a failed one too, or the others would wait.
+
+    Returns:
+        On rank 0: the plan cut to the points that have a run, and their folders (a point of a rank that failed
+        mid-way counts where its run is in the store); ``None`` on the other ranks.
+    """
+    shards = distributed.gather_to_leader({h: str(f) for h, f in folders.items()}, rank)
+    distributed.finish()
+    if shards is None:  # not rank 0
+        return None
+    folders = {h: Path(f) for shard in shards for h, f in shard.items()}
+    missing = [p for p in sweep.points if p.config_hash not in folders]
+    if missing:
+        folders.update(stored_points(store, {p.config_hash for p in missing}))
+        sweep = replace(sweep, points=[p for p in sweep.points if p.config_hash in folders])
+    return sweep, folders
 
 
 def summary_row(point: Point, folder: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -37,7 +38,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 1 error, 130 interrupted)."""
     _quiet_libraries()  # before torch is imported: Kineto reads its log level once
-    from mmchar.cli import commands  # noqa: F401  (registers the commands)
+    importlib.import_module("mmchar.cli.commands")  # registers the commands
     from mmchar.cli.output import error_line
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,137 @@
+"""The commands that measure one configuration: `profile` (one run, alone or split over torchrun's ranks) and
+`compare` (one run per attention backend, timed passes interleaved)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+
+from mmchar.cli import app
+from mmchar.cli.common import check_format
+from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
+                                Guidance, Height, NoTrace, Pipeline, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed,
+                                Steps, Store, VaeSlicing, VaeTiling, Weights, Width, Workload)
+from mmchar.cli.output import print_frame, say, warn
+from mmchar.cli.report import RunFailed, report_noise, report_run
+from mmchar.cli.run_options import RunOptions
+from mmchar.cli.target import build_target, hash_for, warn_changed_math
+from mmchar.errors import InvalidParameterError
+
+
+@app.command()
+def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset = "tiny", weights: Weights = None,
+            height: Height = None, width: Width = None, frames: Frames = None, steps: Steps = None, batch: Batch = None,
+            guidance: Guidance = None, seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None,
+            device: Device = None,
+            backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
+            fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+            repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
+            vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
+            compile: Compile = False, store: Store = Path("runs"),
+            sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="Under torchrun: split the "
+                "denoiser's token sequence over the ranks (one GPU each; self-attention across them, Ulysses or "
+                "ring); rank 0 writes the run.")] = False,
+            sp_scheme: Annotated[str, typer.Option("--sp-scheme", help="With --sequence-parallel: auto (Ulysses "
+                "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto",
+            sweep_point: Annotated[bool, typer.Option("--sweep-point", hidden=True, help="Set by `mmchar sweep` "
+                "for its children: the run is a sweep's point (findings pair such points by backend).")] = False) -> int:
+    """Profile one generation: timed pass, light and full profile; write a run folder."""
+    opts = RunOptions.from_params(locals())
+    from mmchar import distributed as dd
+    from mmchar.runner import measure_backends, store_outcome
+
+    with dd.sequence_parallel_ranks(device, sequence_parallel) as rank:
+        if sp_scheme != "auto" and rank is None:
+            raise InvalidParameterError("--sp-scheme applies with --sequence-parallel under torchrun")
+        options = opts.profile_options(backend, rank.world if rank else 1, sp_scheme)
+        target = build_target(opts, [backend])
+        if dd.leads(rank):
+            warn_changed_math([backend])
+            over = f" split over {rank.world} ranks" if rank else ""
+            say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
+                f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
+                f"{target.steps} steps ...")
+        mark = (lambda meta, _latents: meta.update(sweep=True)) if sweep_point else None
+        # the ranks other than 0 measure in lockstep and keep no trace; rank 0 writes one run
+        run = dd.measure_once(
+            rank, lambda lead: measure_backends(target, [options if lead else
+                                                         dataclasses.replace(options, keep_trace=False)])[0],
+            lambda outcome: store_outcome(target, options, outcome, store, hash_for(target)(options), finish=mark))
+    if run is None:  # a rank other than 0: rank 0 reports
+        return 0
+    report_run(run)
+    if run.status != "ok":
+        raise RunFailed(run)
+    return 0
+
+
+@app.command()
+def compare(workload: Workload = None, pipeline: Pipeline = None,
+            backends: Annotated[str, typer.Option(help="Comma-separated backends; the first is the baseline (list math first).")] = "math,flash",
+            preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
+            frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
+            seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
+            fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+            repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
+            vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
+            compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+    """Run one workload under several attention backends; compare latency, attention time and outputs."""
+    opts = RunOptions.from_params(locals())
+    from mmchar.compare import compare as run_compare
+
+    check_format(fmt)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
+    options = opts.profile_options(names[0])
+    target = build_target(opts, names)
+    warn_changed_math(names)
+    say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
+    result = run_compare(target, names, options, store, hash_for(target))
+    _print_comparison(result, names[0], target.device.type, fmt)
+    for run in result.runs:
+        if run.status == "ok":
+            report_noise(run, prefix=f"{run.backend}: ")
+        if run.status != "ok":
+            warn(f"{run.backend}: {run.status}: {run.meta.get('error')}")
+        elif (run.meta.get("compare") or {}).get("agrees") is False:
+            cmp = run.meta["compare"]
+            match = cmp.get("token_match")
+            if match is not None and match == match:  # token ids (NaN or absent for latents)
+                warn(f"{run.backend}: generated tokens differ from {names[0]}'s at {1 - cmp['token_match']:.0%} "
+                     f"of positions (sampling: one flipped token changes all later ones)")
+            else:
+                warn(f"{run.backend}: final latents DIVERGE from {names[0]}'s (cosine "
+                     f"{cmp['cosine']:.4f} < {cmp['cosine_min']})")
+    say(f"table: {result.table_path}\nruns: {', '.join(str(r.path) for r in result.runs)}")
+    return 0 if any(r.status == "ok" for r in result.runs) else 1
+
+
+def _print_comparison(result: Any, baseline: str, device_type: str, fmt: str) -> None:
+    """The comparison table: every column for csv / json; for a person, short headers and one column for the
+    outputs' agreement, so that a 100-column terminal holds it."""
+    cols = ["backend", "status", "e2e_ms", "denoiser_step_ms", "denoiser_busy_ms", "attention_us_per_step",
+            "e2e_speedup", "step_speedup", "busy_speedup", "attention_speedup", "max_abs_diff", "cosine", "agrees"]
+    t = result.table
+    tokens = t["token_match"].notna().any()  # a token model: its outputs are ids, compared by match
+    if tokens:
+        cols[cols.index("cosine")] = "token_match"
+    title = f"{result.group} (speedups against {baseline})"
+    if fmt != "table":
+        print_frame(t[cols], title=title, fmt=fmt)
+        return
+    agree = [("-" if a is pd.NA or a is None else ("yes" if a else "NO")) + (
+             f" {x:.0%}" if tokens and x == x else f" {c:.4f}" if c == c else "")
+             for a, c, x in zip(t["agrees"], t["cosine"], t["token_match"])]
+    shown = pd.DataFrame({"backend": t["backend"], "status": t["status"], "e2e ms": t["e2e_ms"],
+                          "step ms": t["denoiser_step_ms"], "busy ms": t["denoiser_busy_ms"],
+                          "attn µs": t["attention_us_per_step"], "e2e ×": t["e2e_speedup"],
+                          "step ×": t["step_speedup"], "busy ×": t["busy_speedup"],
+                          "attn ×": t["attention_speedup"], "agrees": agree})
+    busy = "GPU" if device_type == "cuda" else "CPU ops'"
+    print_frame(shown, title=f"{title}; busy: {busy} busy time of a step; attn: attention µs per step; agrees: "
+                             + ("share of equal tokens" if tokens else "output cosine"))
