@@ -15,9 +15,11 @@ from statistics import median
 import pandas as pd
 
 from mmchar.schema import step_key
+from mmchar.shares import time_shares
 from mmchar.store import Run
 
-from .study import sequence_parallel_table, sequence_table
+from .communication import sequence_parallel_table
+from .sequence import sequence_table
 from .tables import comparison_table, device_short, is_noisy, work_key
 
 NOT_COVERED = "not covered by these runs"
@@ -199,9 +201,10 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         if _family(r).get("modality") != "video" or r.breakdown is None or r.breakdown.empty:
             continue
         att = r.breakdown[(r.breakdown["stage"] == "denoiser") & (r.breakdown["op_class"] == "attention")]
-        total = float(att["time_us"].sum())
-        if total > 0 and (att["attn_site"] == "temporal").any():
-            temporal.append((float(att.loc[att["attn_site"] == "temporal", "time_us"].sum()) / total, r.run_id))
+        sites = time_shares(att, ["attn_site"])
+        share = sites.loc[sites["attn_site"] == "temporal", "share"]
+        if len(share) and share.notna().all():  # NaN: the step's attention took no time
+            temporal.append((float(share.iloc[0]), r.run_id))
     rows.append(_row("Share of temporal attention in a video denoiser's attention time", temporal, "{:.1%}",
                      run_of))
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mmchar.schema import BREAKDOWN_COLUMNS, STEP_STAGES, TIMING_KEYS, step_key
+from mmchar.shares import share_of, shares_within
 from mmchar.store import Run
 
 # shape parameters, and ``gpus``: the ranks a sequence-parallel run split the denoiser over (1 on one device)
@@ -277,8 +278,7 @@ def attention_site_table(runs: Sequence[Run]) -> pd.DataFrame:
     out = (att.groupby(keys, sort=False, dropna=False)
               .agg(time_us=("time_us", "sum"), calls=("calls", "sum"), stage_share=("share", "sum"))
               .reset_index())
-    total = out.groupby(["run_id", "stage"], sort=False)["time_us"].transform("sum")
-    out["attn_share"] = out["time_us"] / total.where(total > 0)
+    out["attn_share"] = shares_within(out, ["run_id", "stage"])
     return out[columns]
 
 
@@ -313,7 +313,7 @@ def top_kernels_table(runs: Sequence[Run], n: int = 15) -> pd.DataFrame:
         agg = k.groupby("kernel", sort=False).agg(calls=("dur_us", "size"), time_us=("dur_us", "sum")).reset_index()
         agg = agg.sort_values(["time_us", "kernel"], ascending=[False, True]).head(n).reset_index(drop=True)
         agg["op_class"] = agg["kernel"].map(dominant)
-        agg["share"] = agg["time_us"] / total if total > 0 else np.nan
+        agg["share"] = share_of(agg["time_us"], total)  # of all the run's kernels, not of the n shown
         agg["rank"] = np.arange(1, len(agg) + 1)
         agg["run_id"], agg["label"] = run.run_id, labels[run.run_id]
         agg["workload"], agg["backend"] = run.workload, run.backend

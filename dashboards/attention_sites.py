@@ -1,6 +1,6 @@
 """Attention-sites view: where attention time goes (spatial, temporal, cross ...) in each run.
 
-The denoiser's attention only, where it has any (conventions.md: a site split is per stage; mixing in the
+The denoiser's attention only, where it has any (docs/conventions.md: a site split is per stage; mixing in the
 text encoder's and the VAE's attention would blur it); one stacked trace per site keeps the trace count
 fixed however many runs there are.
 """
@@ -11,8 +11,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mmchar.schema import ATTN_SITES, STEP_STAGES
+from mmchar.shares import shares_within
 
 from .palette import attn_site_color, style
+from .view import View
 
 
 def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
@@ -27,9 +29,8 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
     if sites["stage"].isin(STEP_STAGES).any():  # the denoiser's (or a token model's generator's) attention
         sites = sites[sites["stage"].isin(STEP_STAGES)]
     agg = sites.groupby(["attn_site", "label", "run_id"], sort=False)["time_us"].sum().reset_index()
+    agg["share"] = shares_within(agg, ["run_id"], sort=True)  # a site's share of the run's attention
     runs = list(dict.fromkeys(sites["label"]))
-    total = agg.groupby("run_id")["time_us"].transform("sum")
-    agg["share"] = agg["time_us"] / total.where(total > 0)
     present = list(dict.fromkeys(agg["attn_site"]))
     fig = go.Figure()
     for site in [s for s in ATTN_SITES if s in present] + [s for s in present if s not in ATTN_SITES]:
@@ -41,3 +42,8 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
                           "%{customdata[1]}<extra></extra>"))
     return style(fig, "Denoiser attention kernel time by site (profiled steps)", barmode="stack",
                  yaxis={"title": "ms"}, xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs})
+
+
+VIEW = View("attention_sites", "Attention sites",
+            "Attention kernel time split by attention site.",
+            table="attention_sites", figure=attention_sites_figure)

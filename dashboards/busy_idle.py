@@ -1,7 +1,7 @@
 """Busy-vs-idle view: busy and idle time per stage per run, from the light profile.
 
 Idle time (launch overhead, host sync, Python) is reported beside the op-class shares, never inside them
-(conventions.md, "Shares"); this view is where it shows. "Busy" is GPU kernel time only on a CUDA run: a CPU run
+(docs/conventions.md, "Shares"); this view is where it shows. "Busy" is GPU kernel time only on a CUDA run: a CPU run
 has no device to keep busy, its busy time is the self time of its CPU ops, and the view names it so (a separate
 trace and colour). Bars on a run × stage axis: one busy trace per device kind present, then idle on top.
 """
@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .palette import style
+from .view import View
 
 BUSY_COLOR, CPU_BUSY_COLOR, IDLE_COLOR = "#4c78a8", "#9ecae9", "#d3d3d3"
 # (name, whether its rows are CUDA runs, colour)
@@ -61,3 +62,9 @@ def busy_idle_figure(stages: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Bar(x=x, y=st["idle_ms"], name="idle", marker_color=IDLE_COLOR, customdata=custom,
                          hovertemplate="%{x}<br>idle: %{y:.2f} ms " + hover))
     return style(fig, _title(on_gpu), barmode="stack", yaxis={"title": "ms"})
+
+
+VIEW = View("busy_idle", "Busy vs idle",
+            "Busy and idle time per stage: busy is GPU kernel time on CUDA runs and CPU op "
+            "self time on CPU runs; idle is launch/host overhead.",
+            table="stages", figure=busy_idle_figure, marked=True, require=("busy_ms",))

@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .palette import noise_notes, noisy_bar_marker, noisy_flags, noisy_title, style
+from .view import View
 
 SPEEDUPS = (("e2e_speedup", "end to end", "#4c78a8"), ("step_speedup", "denoiser step", "#f58518"),
             ("attention_speedup", "attention / step", "#e45756"))
@@ -45,3 +46,9 @@ def comparison_figure(comparison: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=1, line_dash="dash", line_color="#555")
     return style(fig, noisy_title("Speedup over the group's baseline backend (> 1 is faster)", flags),
                  barmode="group", yaxis={"title": "speedup (×)"})
+
+
+VIEW = View("comparison", "Backend comparison",
+            "Speedup of each backend over its group's baseline, with output agreement; "
+            "hatched bars: runs the noise guard flagged.",
+            table="comparison", figure=comparison_figure, marked=True)

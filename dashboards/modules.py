@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from mmchar.schema import OP_CLASSES
 
 from .palette import MENU_POSITION, op_class_color, style
+from .view import View
 
 HOVER = "%{id}<br>%{value:.2f} ms, %{customdata[0]:.1%} of the stage; most time: %{customdata[1]}"
 
@@ -22,7 +23,7 @@ def modules_figure(tree: pd.DataFrame) -> go.Figure:
     """Kernel time by module, inclusive, as a sunburst.
 
     Args:
-        tree: ``analysis.study.module_tree`` output.
+        tree: ``analysis.modules.module_tree`` output.
 
     Returns:
         A figure with one sunburst trace restyled by a run dropdown.
@@ -55,3 +56,9 @@ def modules_figure(tree: pd.DataFrame) -> go.Figure:
                          {"title.text": title(r)}, [0]]} for r in order]
     return style(fig, title(order[0]), height=640, xaxis={"visible": False}, yaxis={"visible": False},
                  updatemenus=[{"type": "dropdown", "buttons": buttons, **MENU_POSITION, "active": 0}])
+
+
+VIEW = View("modules", "Modules",
+            "One step's kernel time rolled up the model's module hierarchy (click a ring to zoom); "
+            "pick the run.",
+            table="modules", figure=modules_figure)

@@ -11,14 +11,15 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .palette import FALLBACK_COLOR, noise_notes, noisy_bar_marker, noisy_flags, noisy_title, op_class_color, style
+from .view import View
 
 
 def multi_gpu_figure(sp: pd.DataFrame) -> go.Figure:
     """Stacked step ms (communication, the rest) per workload × (GPUs, scheme).
 
     Args:
-        sp: ``analysis.study.sequence_parallel_table`` output; optional ``noisy`` and ``noise`` columns (the noise
-            guard's verdict, joined by the report) hatch flagged runs' bars.
+        sp: ``analysis.communication.sequence_parallel_table`` output; optional ``noisy`` and ``noise`` columns
+            (the noise guard's verdict, joined by the report) hatch flagged runs' bars.
 
     Returns:
         A figure with two bar traces on a two-level (workload, GPUs · scheme) x axis.
@@ -46,3 +47,9 @@ def multi_gpu_figure(sp: pd.DataFrame) -> go.Figure:
                           "hidden %{customdata[3]:.0%}<br>%{customdata[4]}%{customdata[5]}<extra></extra>"))
     return style(fig, noisy_title("Denoiser step over GPUs (sequence parallel; timed pass, communication from the "
                                   "profile)", flags), barmode="stack", yaxis={"title": "ms per step"})
+
+
+VIEW = View("multi_gpu", "Multi-GPU",
+            "Denoiser step latency on one GPU and with its sequence split over several "
+            "(Ulysses or ring attention), the step's communication stacked on the rest.",
+            table="sequence_parallel", figure=multi_gpu_figure, marked=True)

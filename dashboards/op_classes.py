@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from mmchar.schema import OP_CLASSES, STAGES, STEP_STAGES
 
 from .palette import MENU_POSITION, op_class_color, style
+from .view import View
 
 DEFAULT_STAGES = STEP_STAGES  # the denoiser (or a token model's generator) by default: it dominates generation
 
@@ -58,3 +59,10 @@ def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
           updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, **MENU_POSITION,
                         "active": stages.index(default)}] if stages else [])
     return fig
+
+
+# failed runs' placeholder rows have no share: a page of failed runs has no op-class view
+VIEW = View("op_classes", "Op-class breakdown",
+            "Share of each stage's kernel time per op class (GPU kernels; CPU op self "
+            "time on CPU runs; idle time excluded).",
+            table="breakdown", figure=op_class_figure, require=("share",))

@@ -11,7 +11,8 @@ from pathlib import Path
 from mmchar.errors import MmcharError
 from mmchar.store import Run
 
-from .report import SECTIONS, build_figures
+from .registry import VIEWS
+from .report import build_figures
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
@@ -44,9 +45,9 @@ def write_pngs(runs: Sequence[Run], out_dir: str | os.PathLike[str], *, width: i
     out.mkdir(parents=True, exist_ok=True)
     figures = build_figures(runs)
     written = []
-    for key, *_ in SECTIONS:
-        if key in figures:
-            path = out / f"{key}.png"
-            figures[key].write_image(str(path), format="png", width=width, height=height)
+    for view in VIEWS:
+        if view.key in figures:
+            path = out / f"{view.key}.png"
+            figures[view.key].write_image(str(path), format="png", width=width, height=height)
             written.append(path)
     return written

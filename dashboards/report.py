@@ -1,7 +1,8 @@
 """The dashboard builder: one self-contained offline HTML page over many runs.
 
-Tables come from ``analysis.tables`` (computed once here), each view turns one table into one figure, and the
-page embeds plotly.js exactly once in a single ``<script>`` followed by one small ``Plotly.newPlot`` per figure.
+Each view (``registry.VIEWS``, in page order) names the analysis table it draws; each table is computed once here,
+each view turns its table into one figure, and the page embeds plotly.js exactly once in a single ``<script>``
+followed by one small ``Plotly.newPlot`` per figure.
 No CDN, fonts or MathJax: the file opens from a laptop with no network, years later.
 """
 
@@ -18,51 +19,13 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 import mmchar
-from mmchar.analysis import study, tables
+from mmchar.analysis import TABLES, run_table
 from mmchar.store import Run
 
-from .attention_sites import attention_sites_figure
-from .busy_idle import busy_idle_figure
-from .comparison import comparison_figure
-from .modules import modules_figure
-from .multi_gpu import multi_gpu_figure
-from .op_classes import op_class_figure
 from .overview import overview_html
 from .palette import PLOTLY_CONFIG
-from .roofline import roofline_figure
-from .scaling import scaling_figure
-from .sequence import sequence_figure
-from .stage_times import stage_times_figure
-from .timeline import timeline_figure
-from .top_kernels import top_kernels_figure
-
-# (key, section heading, one-line explanation shown under the heading)
-SECTIONS = (
-    ("op_classes", "Op-class breakdown", "Share of each stage's kernel time per op class (GPU kernels; CPU op self "
-                                         "time on CPU runs; idle time excluded)."),
-    ("stage_times", "Stage times", "Median latency per stage over the timed, uninstrumented repeats; hatched bars: "
-                                   "runs whose timed pass the noise guard flagged (see the overview)."),
-    ("attention_sites", "Attention sites", "Attention kernel time split by attention site."),
-    ("top_kernels", "Top kernels", "Kernels with the most total time in the chosen run."),
-    ("busy_idle", "Busy vs idle", "Busy and idle time per stage: busy is GPU kernel time on CUDA runs and CPU op "
-                                  "self time on CPU runs; idle is launch/host overhead."),
-    ("comparison", "Backend comparison", "Speedup of each backend over its group's baseline, with output agreement; "
-                                         "hatched bars: runs the noise guard flagged."),
-    ("modules", "Modules", "One step's kernel time rolled up the model's module hierarchy (click a ring to zoom); "
-                           "pick the run."),
-    ("sequence", "Sequence lengths", "Query and key length of every attention call of one step, in call order "
-                                     "(a UNet's levels, text tokens of cross attention); pick the run."),
-    ("scaling", "Scaling", "Step latency against each parameter a sweep varied (log-log), one point per "
-                           "configuration (the median of its runs, noisy duplicates left out), with the fitted "
-                           "exponent of latency ∝ parameter^k per series of three or more points."),
-    ("timeline", "Step timeline", "One denoising step kernel by kernel, a lane per op class, from the full "
-                                  "profile: kernel lengths are true, the host gaps between them are widened by the "
-                                  "profiler (the timed pass's step latency is in Stage times); first 12 runs."),
-    ("multi_gpu", "Multi-GPU", "Denoiser step latency on one GPU and with its sequence split over several "
-                               "(Ulysses or ring attention), the step's communication stacked on the rest."),
-    ("roofline", "Roofline", "Achieved TFLOP/s per op class against arithmetic intensity, under each run's "
-                             "calibrated roofs (FLOPs and bytes from the recorded shapes)."),
-)
+from .registry import VIEWS
+from .view import View
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:0 24px;color:#222}
@@ -91,7 +54,7 @@ def _marks(runs: Sequence[Run]) -> pd.DataFrame:
     """What views mark on a run that the analysis tables behind them do not all carry: its device type (GPU busy
     time or CPU op time), the noise guard's verdict with its reasons, and its label over every run of the page (a
     table of a subset, the comparison's, would name runs by fewer fields than the other views)."""
-    rt = tables.run_table(runs)
+    rt = run_table(runs)
     return pd.DataFrame({"run_id": rt["run_id"], "label": rt["label"], "noisy": rt["noisy"], "noise": rt["noise"],
                          "device_type": [str((r.meta.get("device") or {}).get("type") or "") for r in runs]})
 
@@ -102,6 +65,11 @@ def _marked(table: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
         marks, on="run_id", how="left")
 
 
+def _table(view: View, runs: Sequence[Run]) -> pd.DataFrame:
+    """The view's table: the study's own by name, so the page and the CSVs never disagree."""
+    return TABLES[view.table](runs) if isinstance(view.table, str) else view.table(runs)
+
+
 def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
     """Every view's figure for ``runs``; views with no data (no comparison runs, no kernels ...) are left out.
 
@@ -109,28 +77,23 @@ def build_figures(runs: Sequence[Run]) -> dict[str, go.Figure]:
         runs: loaded runs, any status; a run loaded twice is drawn once.
 
     Returns:
-        Figures keyed by section key (``SECTIONS`` order).
+        Figures keyed by view key (``VIEWS`` order).
     """
     runs = _distinct(runs)
     marks = _marks(runs)
-    breakdown = tables.breakdown_table(runs)
-    breakdown = breakdown[breakdown["status"] == "ok"].dropna(subset=["share"])
-    stages = _marked(tables.stage_table(runs), marks)
-    inputs = {
-        "op_classes": (breakdown, op_class_figure),
-        "stage_times": (stages.dropna(subset=["median_ms"]), stage_times_figure),
-        "attention_sites": (tables.attention_site_table(runs), attention_sites_figure),
-        "top_kernels": (tables.top_kernels_table(runs), top_kernels_figure),
-        "busy_idle": (stages.dropna(subset=["busy_ms"]), busy_idle_figure),
-        "comparison": (_marked(tables.comparison_table(runs), marks), comparison_figure),
-        "modules": (study.module_tree(runs), modules_figure),
-        "sequence": (study.sequence_table(runs), sequence_figure),
-        "scaling": (study.scaling_points(runs), lambda pts: scaling_figure(pts, study.scaling_fits(pts))),
-        "timeline": (study.step_timeline(runs), timeline_figure),
-        "multi_gpu": (_marked(study.sequence_parallel_table(runs), marks), multi_gpu_figure),
-        "roofline": (study.roofline_table(runs).dropna(subset=["intensity", "tflops"]), roofline_figure),
-    }
-    return {key: view(table) for key, (table, view) in inputs.items() if not table.empty}
+    computed: dict[object, pd.DataFrame] = {}  # each table once, however many views draw it
+    figures = {}
+    for view in VIEWS:
+        if view.table not in computed:
+            computed[view.table] = _table(view, runs)
+        table = computed[view.table]
+        if view.marked:
+            table = _marked(table, marks)
+        if view.require:
+            table = table.dropna(subset=list(view.require))
+        if not table.empty:
+            figures[view.key] = view.figure(table)
+    return figures
 
 
 def _figure_div(key: str, fig: go.Figure) -> str:
@@ -149,12 +112,13 @@ def render_dashboard(runs: Sequence[Run], title: str = "mmchar dashboard") -> st
         f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head><body>",
         f'<header><h1>{escape(title)}</h1><div class="meta">generated {escape(created)} · '
         f"mmchar {escape(mmchar.__version__)} · {len(runs)} runs</div></header>",
-        f'<section id="overview"><h2>Overview</h2>{overview_html(tables.run_table(runs))}</section>',
+        f'<section id="overview"><h2>Overview</h2>{overview_html(run_table(runs))}</section>',
     ]
-    for key, heading, note in SECTIONS:
-        if key in figures:
-            parts.append(f'<section id="{key}"><h2>{escape(heading)}</h2><p class="note">{escape(note)}</p>'
-                         f'<div class="figure">{_figure_div(key, figures[key])}</div></section>')
+    for view in VIEWS:
+        if view.key in figures:
+            parts.append(f'<section id="{view.key}"><h2>{escape(view.title)}</h2>'
+                         f'<p class="note">{escape(view.note)}</p>'
+                         f'<div class="figure">{_figure_div(view.key, figures[view.key])}</div></section>')
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -1,7 +1,7 @@
 """Roofline view: every (run, stage, op class) as a point at its arithmetic intensity and achieved rate, under the
 roofs each run recorded (``mmchar calibrate``: measured matmul peak and copy bandwidth, not datasheet figures).
 
-FLOPs and bytes come from the recorded shapes (conventions.md formulas), so a custom kernel counts the same as
+FLOPs and bytes come from the recorded shapes (docs/conventions.md formulas), so a custom kernel counts the same as
 SDPA. One trace per op class and one roof line per device keep the trace count fixed however many runs there are.
 """
 
@@ -12,13 +12,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .palette import op_class_color, style
+from .view import View
 
 
 def roofline_figure(roofline: pd.DataFrame) -> go.Figure:
     """Achieved TFLOP/s against FLOP/byte, log-log, with each device's roof.
 
     Args:
-        roofline: ``analysis.study.roofline_table`` output (rows with an intensity and a rate).
+        roofline: ``analysis.roofline.roofline_table`` output (rows with an intensity and a rate).
 
     Returns:
         A figure with one marker trace per op class and one line per recorded (peak, bandwidth) pair.
@@ -48,3 +49,9 @@ def roofline_figure(roofline: pd.DataFrame) -> go.Figure:
     return style(fig, "Roofline: achieved rate per op class against the recorded roofs",
                  xaxis={"title": "arithmetic intensity (FLOP / byte)", "type": "log"},
                  yaxis={"title": "TFLOP/s", "type": "log"})
+
+
+VIEW = View("roofline", "Roofline",
+            "Achieved TFLOP/s per op class against arithmetic intensity, under each run's "
+            "calibrated roofs (FLOPs and bytes from the recorded shapes).",
+            table="roofline", figure=roofline_figure, require=("intensity", "tflops"))

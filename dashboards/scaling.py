@@ -14,7 +14,10 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
+from mmchar.analysis import scaling_fits, scaling_points
+
 from .palette import MENU_POSITION, NOISY_POINT_NOTE, NOISY_SYMBOL, noise_notes, noisy_flags, noisy_title, style
+from .view import View
 
 
 def _legend(workload: str, backend: str, series: str, exponent: float | None, n_points: int) -> str:
@@ -34,8 +37,8 @@ def scaling_figure(points: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
     """Step latency against each varied parameter, one line per series (what the other parameters held).
 
     Args:
-        points: ``analysis.study.scaling_points`` output (one point per configuration).
-        fits: ``analysis.study.scaling_table`` output (the exponents shown in the legend; NaN: too few points).
+        points: ``analysis.scaling.scaling_points`` output (one point per configuration).
+        fits: ``analysis.scaling.scaling_table`` output (the exponents shown in the legend; NaN: too few points).
 
     Returns:
         A figure with one line per (parameter, workload, backend, series); the dropdown shows one parameter's lines.
@@ -72,3 +75,15 @@ def scaling_figure(points: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
     return style(fig, title(params[0]),
                  xaxis={"title": params[0], "type": "log"}, yaxis={"title": "ms", "type": "log"},
                  updatemenus=[{"type": "dropdown", "buttons": buttons, **MENU_POSITION, "active": 0}])
+
+
+def _points_and_fits(points: pd.DataFrame) -> go.Figure:
+    """The figure from the points alone: the fits are the study's scaling table over the same points."""
+    return scaling_figure(points, scaling_fits(points))
+
+
+VIEW = View("scaling", "Scaling",
+            "Step latency against each parameter a sweep varied (log-log), one point per "
+            "configuration (the median of its runs, noisy duplicates left out), with the fitted "
+            "exponent of latency ∝ parameter^k per series of three or more points.",
+            table=scaling_points, figure=_points_and_fits)

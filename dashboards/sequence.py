@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from mmchar.schema import ATTN_SITES, STEP_STAGES
 
 from .palette import MENU_POSITION, attn_site_color, style
+from .view import View
 
 
 def _one_step(seq: pd.DataFrame) -> pd.DataFrame:
@@ -29,7 +30,7 @@ def sequence_figure(seq: pd.DataFrame) -> go.Figure:
     """Query length (bars) and key length (markers) per attention call of one step, log scale.
 
     Args:
-        seq: ``analysis.study.sequence_table`` output.
+        seq: ``analysis.sequence.sequence_table`` output.
 
     Returns:
         A figure with a bar trace and a marker trace (restyled by a run dropdown) plus legend-only site traces.
@@ -77,3 +78,9 @@ def sequence_figure(seq: pd.DataFrame) -> go.Figure:
                  yaxis={"title": "tokens", "type": "log"},
                  updatemenus=[{"type": "dropdown", "buttons": buttons, **MENU_POSITION, "active": 0}]
                  if buttons else [])
+
+
+VIEW = View("sequence", "Sequence lengths",
+            "Query and key length of every attention call of one step, in call order "
+            "(a UNet's levels, text tokens of cross attention); pick the run.",
+            table="sequence", figure=sequence_figure)

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .palette import MENU_POSITION, noise_notes, noisy_bar_marker, noisy_flags, noisy_title, style
+from .view import View
 
 
 def stage_times_figure(stages: pd.DataFrame) -> go.Figure:
@@ -41,3 +42,9 @@ def stage_times_figure(stages: pd.DataFrame) -> go.Figure:
                  barmode="group", yaxis={"title": "ms"},
                  xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs},
                  updatemenus=[{"type": "buttons", "direction": "right", "buttons": scale, **MENU_POSITION}])
+
+
+VIEW = View("stage_times", "Stage times",
+            "Median latency per stage over the timed, uninstrumented repeats; hatched bars: "
+            "runs whose timed pass the noise guard flagged (see the overview).",
+            table="stages", figure=stage_times_figure, marked=True, require=("median_ms",))

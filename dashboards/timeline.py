@@ -11,9 +11,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from mmchar.analysis import step_timeline
 from mmchar.schema import OP_CLASSES
 
 from .palette import MENU_POSITION, op_class_color, style
+from .view import View
 
 HOVER = "%{customdata[0]}<br>%{customdata[1]} (%{customdata[2]})<br>start %{base:.3f} ms, %{x:.3f} ms"
 
@@ -26,7 +28,7 @@ def timeline_figure(timeline: pd.DataFrame) -> go.Figure:
     """Kernels of one step along time, a lane per op class.
 
     Args:
-        timeline: ``analysis.study.step_timeline`` output.
+        timeline: ``analysis.timeline.step_timeline`` output.
 
     Returns:
         A figure with one horizontal bar trace per op class, restyled by a run dropdown.
@@ -64,3 +66,10 @@ def timeline_figure(timeline: pd.DataFrame) -> go.Figure:
                  xaxis={"title": "ms from the step's first kernel"},
                  yaxis={"categoryorder": "array", "categoryarray": classes[::-1]},
                  updatemenus=[{"type": "dropdown", "buttons": buttons, **MENU_POSITION, "active": 0}])
+
+
+VIEW = View("timeline", "Step timeline",
+            "One denoising step kernel by kernel, a lane per op class, from the full "
+            "profile: kernel lengths are true, the host gaps between them are widened by the "
+            "profiler (the timed pass's step latency is in Stage times); first 12 runs.",
+            table=step_timeline, figure=timeline_figure)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from mmchar.analysis import top_kernels_table
 from mmchar.schema import OP_CLASSES
 
 from .palette import MENU_POSITION, op_class_color, style
+from .view import View
 
 MAX_NAME = 70
 HOVER = ("%{customdata[0]}<br>%{customdata[1]}: %{x:.3f} ms, %{customdata[2]} calls, "
@@ -70,3 +72,8 @@ def top_kernels_figure(top: pd.DataFrame) -> go.Figure:
                  yaxis={"autorange": "reversed", "automargin": True, "type": "category"},
                  updatemenus=[{"type": "dropdown", "buttons": buttons, **MENU_POSITION, "active": 0}]
                  if buttons else [])
+
+
+VIEW = View("top_kernels", "Top kernels",
+            "Kernels with the most total time in the chosen run.",
+            table=top_kernels_table, figure=top_kernels_figure)

@@ -3,7 +3,7 @@
 Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
 (`mmchar.taxonomy`, with attention cores decided first) and, for attention and for the projections of
 attention modules, the attention site. Kernels launched outside every stage belong to the ``host`` stage
-(latent preparation, guidance arithmetic between model calls; conventions.md).
+(latent preparation, guidance arithmetic between model calls; docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 from mmchar.flops import attention_label_cost, op_cost
 from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
 from mmchar.scopes import attention_label_site, attention_site, parse_attention_label, parse_comm_label
+from mmchar.shares import shares_within
 from mmchar.taxonomy import classify, is_attention_op
 from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
 
@@ -144,8 +145,7 @@ def breakdown(kernels: pd.DataFrame) -> pd.DataFrame:
     g = k.groupby(["stage", "op_class", "attn_site"], sort=True, observed=True)
     out = g.agg(time_us=("dur_us", "sum"), calls=("dur_us", "size"),
                 flops=("flops", lambda s: s.sum(min_count=1)), bytes=("bytes", lambda s: s.sum(min_count=1))).reset_index()
-    totals = out.groupby("stage")["time_us"].transform("sum")
-    out["share"] = np.where(totals > 0, out["time_us"] / totals, 0.0)
+    out["share"] = shares_within(out, ["stage"], empty=0.0)
     return out[list(BREAKDOWN_COLUMNS)]
 
 

@@ -1,4 +1,4 @@
-"""FLOPs and minimum bytes from recorded shapes (conventions.md, "FLOPs and bytes").
+"""FLOPs and minimum bytes from recorded shapes (docs/conventions.md, "FLOPs and bytes").
 
 Computed per top-level aten op from the profiler's ``Input Dims`` / ``Concrete Inputs`` / ``Input type``,
 and per attention-core call from its scope label, so custom attention kernels are counted too.
@@ -139,8 +139,12 @@ def attention_cost(q: list[int], k: list[int], v: list[int], causal: bool, elem:
     b, h, sq, d = q[0], q[1], q[-2], q[-1]
     skv, dv = k[-2], v[-1]
     flops = 2.0 * b * h * sq * skv * (d + dv) * (0.5 if causal else 1.0)
-    moved = b * h * (sq * d + skv * d + skv * dv + sq * dv)
-    return flops, float(moved * elem)
+    return flops, float(_qkvo_elements(b, h, sq, skv, d, dv) * elem)
+
+
+def _qkvo_elements(b: int, h: int, sq: int, skv: int, d: int, dv: int) -> int:
+    """Elements of q, k, v and the output, each moved once: the minimum traffic of every attention kind."""
+    return b * h * (sq * d + skv * d + skv * dv + sq * dv)
 
 
 def attention_label_cost(label: str) -> Cost:
@@ -155,18 +159,17 @@ def linear_attention_cost(b: int, h: int, sq: int, skv: int, d: int, dv: int, el
     """Linear attention: feature maps (q and k), the state reduction φ(K)ᵀV and Σφ(K), the output pass φ(Q)U and
     its normaliser — 2·B·H·(Skv·d·dv + Sq·d·dv) + the map and sum terms; q, k, v, out moved once."""
     flops = b * h * (2.0 * skv * d * dv + skv * d + 2.0 * sq * d * dv + 2.0 * sq * d + (sq + skv) * d)
-    moved = b * h * (sq * d + skv * d + skv * dv + sq * dv)
-    return flops, float(moved * elem)
+    return flops, float(_qkvo_elements(b, h, sq, skv, d, dv) * elem)
 
 
 def wersa_cost(b: int, h: int, sq: int, skv: int, d: int, m: int, c: int, levels: int, elem: int) -> Cost:
-    """WERSA (wersa.md, "Cost"): per token and head the random features (2·d·m each for q and k), the state
-    (2·m·d) and output (2·m·d + 2·m) passes, GELU and the Haar filter (~4·(L+1)·d); plus the gain generator
-    per token (depthwise conv 2·33·C, MLP 2·C·C/4 + 2·C/4·(L+1)) and the LayerNorm (~8·d)."""
+    """WERSA (docs/kernels/wersa.md, "Cost"): per token and head the random features (2·d·m each for q and k),
+    the state (2·m·d) and output (2·m·d + 2·m) passes, GELU and the Haar filter (~4·(L+1)·d); plus the gain
+    generator per token (depthwise conv 2·33·C, MLP 2·C·C/4 + 2·C/4·(L+1)) and the LayerNorm (~8·d)."""
     per_q = 2 * d * m + 2 * m * d + 2 * m + 4 * (levels + 1) * d + 8 * d
     per_k = 2 * d * m + 2 * m * d + 4 * (levels + 1) * d
     gains = 2 * 33 * c + 2 * c * (c // 4) + 2 * (c // 4) * (levels + 1)
     filtered_tokens = sq + (skv if skv != sq else 0)
     flops = b * h * (sq * per_q + skv * per_k) + b * filtered_tokens * gains
-    moved = b * h * (sq * d + skv * d + skv * d + sq * d) + b * filtered_tokens * c  # + the filter source x
+    moved = _qkvo_elements(b, h, sq, skv, d, d) + b * filtered_tokens * c  # + the filter source x
     return float(flops), float(moved * elem)

@@ -1,4 +1,4 @@
-"""The runner: one run = warm-up, timed pass, light profile, full profile (conventions.md, "Measurement passes").
+"""The runner: one run = warm-up, timed pass, light profile, full profile (docs/conventions.md, "Measurement passes").
 
 1. warm-up (not recorded; layers a backend cannot take are found here);
 2. timed: the whole generation ``repeat`` times with no profiler and no hooks besides the stage timers
@@ -35,6 +35,7 @@ from mmchar.backends import get_backend
 from mmchar.devices import synchronize
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, first_line
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
+from mmchar.intervals import covered
 from mmchar.schema import OUTSIDE_STAGES, SCHEMA_VERSION, STEP_STAGES, step_key
 from mmchar.store import Run, unique_run_id, write_run
 from mmchar.swap import measure_dispatch_overhead_us, swap_attention
@@ -432,8 +433,6 @@ def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
 
 def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """Busy time per stage call from the light profile, against the timed pass's (uninstrumented) stage wall time."""
-    import numpy as np
-
     spans: dict[tuple[str, int], list[tuple[float, float]]] = {}
     counts: dict[str, int] = {}
     calls: dict[str, set[int]] = {}
@@ -450,16 +449,8 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
         for (stage, _), iv in spans.items():
             busy[stage] = busy.get(stage, 0.0) + sum(e - s for s, e in iv)
         spans = {}
-    for (stage, _), iv in spans.items():
-        arr = np.array(sorted(iv))
-        total, cur_s, cur_e = 0.0, arr[0, 0], arr[0, 1]
-        for s, e in arr[1:]:
-            if s > cur_e:
-                total += cur_e - cur_s
-                cur_s, cur_e = s, e
-            else:
-                cur_e = max(cur_e, e)
-        busy[stage] = busy.get(stage, 0.0) + total + (cur_e - cur_s)
+    for (stage, _), iv in spans.items():  # kernels on several streams overlap: busy is their union's length
+        busy[stage] = busy.get(stage, 0.0) + covered(iv)
     out = {}
     for stage, b in busy.items():
         n_calls = len(calls[stage]) if stage in STEP_STAGES else 1

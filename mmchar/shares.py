@@ -29,10 +29,42 @@ def time_shares(frame: pd.DataFrame, by: Sequence[str], within: Sequence[str] = 
     if not set(within) <= set(by):
         raise ValueError(f"within {within} must be among by {by}")
     g = frame.groupby(by, sort=False, observed=True, dropna=False)[time].sum().reset_index()
-    total = (g.groupby(within, sort=False, observed=True, dropna=False)[time].transform("sum") if within
-             else pd.Series(g[time].sum(), index=g.index))
-    g["share"] = np.where(total > 0, g[time] / total.where(total > 0), empty)
+    g["share"] = shares_within(g, within, time=time, empty=empty)
     return g
+
+
+def shares_within(groups: pd.DataFrame, within: Sequence[str] = (), *, time: str = "time_us",
+                  empty: float = np.nan, sort: bool = False) -> np.ndarray:
+    """Each row's ``time`` / the sum over its ``within`` group, for rows that are groups already (a breakdown's
+    stage × class × site rows, which carry calls and FLOPs beside their time: :func:`time_shares` would drop
+    them).
+
+    Args:
+        sort: number the ``within`` groups in sorted key order rather than first seen. pandas picks how it sums
+            a group by that numbering (a plain sum where the numbers run in row order, a compensated one
+            otherwise), which can move a share's last digit: a caller whose published numbers were made with
+            sorted groups (the dashboard's attention sites) passes True, so they come out bit for bit as before.
+
+    Returns:
+        One share per row of ``groups``, in its order.
+    """
+    within = list(within)
+    total = (groups.groupby(within, sort=sort, observed=True, dropna=False)[time].transform("sum") if within
+             else pd.Series(groups[time].sum(), index=groups.index))
+    return share_of(groups[time], total, empty)
+
+
+def share_of(time: pd.Series | np.ndarray | float, total: pd.Series | np.ndarray | float,
+             empty: float = np.nan) -> np.ndarray:
+    """``time / total``, ``empty`` where the total has no time: the one ratio every share is, for a whole that is
+    not the sum of the rows shown (a run's top kernels against all its kernels, a module against its stage).
+
+    Returns:
+        An array shaped like the broadcast of ``time`` and ``total``.
+    """
+    total = np.asarray(total, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, np.asarray(time, dtype=float) / np.where(total > 0, total, np.nan), empty)
 
 
 def share_line(shares: pd.DataFrame, key: str, floor: float = 0.0) -> str:

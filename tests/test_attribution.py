@@ -115,3 +115,24 @@ def test_shares_sum_to_one_per_stage_on_a_real_pipeline(tmp_path):
     assert all(v == "temporal" for p, v in run.meta["attention_layers"].items() if "temp_attentions" in p or "transformer_in" in p)
     text = k[(k["stage"] == "text_encoder") & (k["op_class"] == "attention")]
     assert set(text["attn_site"]) == {"text"}
+
+
+def test_breakdown_shares_are_of_their_stage_and_an_idle_stage_gets_zero():
+    import numpy as np
+    import pandas as pd
+
+    from mmchar.attribution import breakdown
+    from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS
+
+    kernels = pd.DataFrame({
+        "stage": ["denoiser", "denoiser", "denoiser", "decoder", "host"], "step": np.int32([0, 0, 1, -1, -1]),
+        "module_path": "m", "op_class": ["gemm", "attention", "attention", "conv", "memory"],
+        "attn_site": ["spatial", "spatial", "cross", "", ""], "aten_op": "aten::x", "launch_op": "aten::x",
+        "kernel": "k", "ts_us": [0.0, 1.0, 2.0, 3.0, 4.0], "dur_us": [30.0, 50.0, 20.0, 9.0, 0.0],
+        "input_shapes": "", "flops": np.nan, "bytes": np.nan}).astype(KERNEL_COLUMNS)
+    bd = breakdown(kernels)
+    assert list(bd.columns) == list(BREAKDOWN_COLUMNS)
+    share = {(r.stage, r.op_class, r.attn_site): r.share for r in bd.itertuples()}
+    assert share == pytest.approx({("decoder", "conv", ""): 1.0, ("denoiser", "attention", "cross"): 0.2,
+                                   ("denoiser", "attention", "spatial"): 0.5, ("denoiser", "gemm", ""): 0.3,
+                                   ("host", "memory", ""): 0.0})  # a projection's site stays off the gemm row

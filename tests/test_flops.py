@@ -1,4 +1,4 @@
-"""FLOPs and bytes from recorded shapes (conventions.md formulas)."""
+"""FLOPs and bytes from recorded shapes (docs/conventions.md, "FLOPs and bytes")."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_wersa_cost_is_linear_in_tokens():
     f2, _ = wersa_cost(1, 4, 2000, 2000, 64, 256, 256, 2, 2)
     assert f2 == pytest.approx(2 * f1)
     per_token_head = f1 / (4 * 1000)
-    assert 8 * 64 * 256 <= per_token_head < 12 * 64 * 256  # ≈ 8·d·m (wersa.md), plus gains and norms
+    assert 8 * 64 * 256 <= per_token_head < 12 * 64 * 256  # ≈ 8·d·m (docs/kernels/wersa.md, "Cost"), plus gains and norms
 
 
 def test_collectives_cost_their_payload_and_no_flops():
@@ -71,3 +71,15 @@ def test_collectives_cost_their_payload_and_no_flops():
 
     assert op_cost("c10d::allreduce_", [[1024, 1024]], None, ["c10::BFloat16"]) == (0.0, 2.0 * 1024 * 1024)
     assert op_cost("_c10d_functional::all_to_all_single", [[8, 64], [], []], None, ["float"]) == (0.0, 4.0 * 8 * 64)
+
+
+def test_every_attention_kind_moves_q_k_v_and_out_once():
+    from mmchar.flops import linear_attention_cost, wersa_cost
+
+    b, h, sq, skv, d, dv, elem, c = 2, 4, 64, 77, 40, 24, 2, 320
+    qkvo = b * h * (sq * d + skv * d + skv * dv + sq * dv) * elem
+    assert attention_cost([b, h, sq, d], [b, h, skv, d], [b, h, skv, dv], False, elem)[1] == qkvo
+    assert attention_label_cost(f"mmchar.attn::cross::m::flash::{b},{h},{sq},{skv},{d},{dv}::0::{elem}")[1] == qkvo
+    assert linear_attention_cost(b, h, sq, skv, d, dv, elem)[1] == qkvo
+    # WERSA's values keep d; its filter reads the hidden states of both token sets once more
+    assert wersa_cost(b, h, sq, skv, d, 256, c, 2, elem)[1] == (b * h * 2 * (sq + skv) * d + b * (sq + skv) * c) * elem

@@ -1,6 +1,6 @@
-"""analysis.study on hand-made runs with known numbers: roofline rates, launch-bound figures, prefill/decode
-phases, fitted scaling exponents (one point per configuration, never across devices or dtypes) and the short
-labels that name runs."""
+"""The study's topic analyses (analysis/roofline.py, launch.py, phases.py, scaling.py ...) on hand-made runs with
+known numbers: roofline rates, launch-bound figures, prefill/decode phases, fitted scaling exponents (one point per
+configuration, never across devices or dtypes) and the short labels that name runs."""
 
 from __future__ import annotations
 

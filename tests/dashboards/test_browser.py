@@ -14,7 +14,7 @@ import pytest
 from mmchar.cli import main
 from mmchar.dashboards import write_dashboard
 from mmchar.dashboards.png import find_browser
-from mmchar.dashboards.report import SECTIONS
+from mmchar.dashboards.registry import VIEWS
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -60,7 +60,7 @@ def test_dashboard_in_headless_chromium(every_view_runs, tmp_path, browser):
     print(f"screenshot: {shot}")
     assert not errors, errors
     assert [u for u in requests if not u.startswith("file:")] == []  # offline: nothing but the file itself
-    expected = {f"fig-{key}" for key, *_ in SECTIONS}
+    expected = {f"fig-{view.key}" for view in VIEWS}
     assert set(drawn) == expected
     assert all(n > 0 for n in drawn.values()), str(drawn)  # every view holds data points
     assert shot.stat().st_size > 50_000
@@ -77,6 +77,6 @@ def test_png_per_view_from_the_cli(every_view_runs, tmp_path, capsys):
     assert main(["dashboard", str(store), "-o", str(tmp_path / "d.html"), "--png", str(out)]) == 0
     assert "PNGs" in capsys.readouterr().out
     pngs = sorted(p.stem for p in out.glob("*.png"))
-    assert pngs == sorted(key for key, *_ in SECTIONS)
+    assert pngs == sorted(view.key for view in VIEWS)
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000

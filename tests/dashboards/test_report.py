@@ -12,7 +12,7 @@ import mmchar
 from mmchar.analysis.tables import run_labels
 from mmchar.dashboards import build_figures, write_dashboard
 from mmchar.dashboards.palette import OP_CLASS_COLORS
-from mmchar.dashboards.report import SECTIONS
+from mmchar.dashboards.registry import VIEWS
 from mmchar.schema import OP_CLASSES
 from mmchar.store import Run, load_runs, write_run
 
@@ -35,7 +35,7 @@ def test_page_is_self_contained_and_offline(runs, tmp_path):
 def test_every_view_has_data_and_is_in_the_page(every_view_runs, tmp_path):
     runs = every_view_runs
     figures = build_figures(runs)
-    assert list(figures) == [key for key, *_ in SECTIONS]
+    assert list(figures) == [view.key for view in VIEWS]
     for key, fig in figures.items():
         data = json.loads(fig.to_json())["data"]
         assert data and any(len(t.get("x") or t.get("ids") or []) for t in data), key
@@ -169,7 +169,7 @@ def test_runs_are_named_by_short_labels_and_ids_stay_in_hover(make_run):
     ids = [r.run_id for r in runs]
     id_of = {label: run_id for run_id, label in run_labels(runs).items()}
     figures = build_figures(runs)
-    assert set(figures) == {key for key, *_ in SECTIONS}
+    assert set(figures) == {view.key for view in VIEWS}
     for key, fig in figures.items():
         full = fig.to_plotly_json()
         shown = json.dumps(_without(full), default=str)
