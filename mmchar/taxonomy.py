@@ -6,8 +6,9 @@ name; a rule with both matches only when both do. Attention cores are decided be
 attention-core scope or an enclosing ``aten::scaled_dot_product_attention``), so what runs inside an
 attention call is ``attention`` whichever backend ran it. Kernels no rule matches are ``other`` and listed.
 
-Extend it with `add_rule` (``position=0`` puts a rule first) or by editing `RULES`; each rule has a test with
-a real kernel name in tests/test_taxonomy.py.
+Extend it with `add_rule` (``position=0`` puts a rule first) and take a rule out with `remove_rule`: both keep
+`classify`'s cache in step with the table (an edit of `RULES` by hand goes unseen once anything has been
+classified). Each rule has a test with a real kernel name in tests/test_taxonomy.py.
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ RULES: list[Rule] = [
 def add_rule(rule: Rule, position: int | None = None) -> None:
     """Add a rule (``position=0``: before every built-in rule). Clears the classification cache."""
     RULES.insert(len(RULES) if position is None else position, rule)
+    _rules_changed()
+
+
+def remove_rule(rule: Rule) -> None:
+    """Take ``rule`` (the first rule equal to it) out of the table. Clears the classification cache.
+
+    Raises:
+        ValueError: ``rule`` is not in the table.
+    """
+    try:
+        RULES.remove(rule)
+    except ValueError:
+        raise ValueError(f"{rule!r} is not in the op-class rule table") from None
+    _rules_changed()
+
+
+def _rules_changed() -> None:
     _compiled.cache_clear()
     classify.cache_clear()
 

@@ -7,6 +7,7 @@ import torch
 
 from mmchar.backends import (AttentionBackend, Constraints, backend_names, default_softmax_backend, describe_backends,
                              get_backend, register_backend, require_backend)
+from mmchar.bench_attn import Shape, sweep_shapes, workload_shapes
 from mmchar.errors import BackendUnavailableError, UnknownNameError
 
 CPU = torch.device("cpu")
@@ -69,6 +70,50 @@ def test_constraints_are_checked_per_call():
     assert b.unsupported(q, q, q, causal=True, mask=None) == "causal attention not supported"
     assert b.unsupported(q, q, q, causal=False, mask=torch.zeros(1)) == "attention mask not supported"
     assert b.unsupported(q, q, q, causal=False, mask=None) is None
+
+
+def _refusal(backend: AttentionBackend, shape: Shape, dtype: torch.dtype) -> str | None:
+    """Why ``backend`` would refuse ``shape`` on a GPU, by its declared constraints and its own checks, asked with
+    meta tensors (no memory, no device): the checks read only shapes and dtypes."""
+    q, k, v = (torch.empty(shape.b, shape.h, s, shape.d, dtype=dtype, device="meta")
+               for s in (shape.sq, shape.skv, shape.skv))
+    return (AttentionBackend.unsupported(backend, q, k, v, causal=shape.causal, mask=None)
+            or backend.unsupported(q, k, v, causal=shape.causal, mask=None))
+
+
+@pytest.mark.parametrize("name", ["math", "sdpa", "flash", "efficient", "cudnn", "flex", "triton-flash"])
+def test_softmax_backends_declare_every_workload_shape_on_cuda(name):
+    """Every softmax backend's declared constraints (devices, dtypes, head dims) take every attention call the
+    workloads declare, in bf16 and fp16 on CUDA: what tests/test_gpu.py holds each backend to on a GPU (a refusal
+    there is a failure, not a skip), checked here without one. And the check is live: a head dim past a declared
+    limit is refused."""
+    cls = get_backend(name)
+    backend = cls("layer")
+    assert "cuda" in cls.constraints.devices
+    shapes = workload_shapes()
+    assert {s.d for s in shapes} >= {40, 80, 160, 64, 128}  # SD 1.5's three levels, SDXL / SD3, Flux / Wan
+    refused = {(s.name, str(dt)): why for s in shapes for dt in (torch.bfloat16, torch.float16)
+               if (why := _refusal(backend, s, dt))}
+    assert not refused, refused
+    if cls.constraints.max_head_dim:
+        too_wide = Shape("too wide", 1, 1, 16, 16, cls.constraints.max_head_dim + 8)
+        assert "head dim" in (_refusal(backend, too_wide, torch.bfloat16) or "")
+
+
+@pytest.mark.parametrize("name", ["linear", "wersa", "fla"])
+def test_linear_backends_declare_the_self_attention_they_replace(name):
+    """Linear attention and WERSA replace self-attention (conventions.md): their constraints take every workload's
+    self-attention call (keys = queries) and the causal sweep bench-attn times; FLA's kernels are causal only, and
+    it says so for the non-causal ones."""
+    backend = get_backend(name)("layer")
+    own = [s for s in workload_shapes() if s.sq == s.skv]
+    causal = [s for s in sweep_shapes() if s.causal]
+    assert own and causal
+    taken = causal if name == "fla" else own + causal
+    refused = {s.name: why for s in taken if (why := _refusal(backend, s, torch.bfloat16))}
+    assert not refused, refused
+    if name == "fla":
+        assert all("causal only" in (_refusal(backend, s, torch.bfloat16) or "") for s in own)
 
 
 def test_register_backend_and_entry_point_group(monkeypatch):

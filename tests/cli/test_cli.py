@@ -20,6 +20,7 @@ import torch
 import mmchar.api
 import mmchar.backends
 from mmchar.cli import main
+from mmchar.errors import UnknownNameError
 from mmchar.schema import (BREAKDOWN_COLUMNS, BREAKDOWN_FILE, COMPARISONS_DIR, KERNEL_COLUMNS, KERNELS_FILE,
                            META_FILE, TRACE_FILE)
 from mmchar.store import Run
@@ -409,11 +410,22 @@ class OOMBackend(mmchar.backends.AttentionBackend):
         raise torch.OutOfMemoryError("CUDA out of memory. simulated")
 
 
+@contextlib.contextmanager
+def registered(cls):
+    """``cls`` in the backend registry for the block, added as a plugin adds one (`register_backend`), and out of
+    it after (mmchar.backends has no public way to take a backend out)."""
+    assert cls.name not in mmchar.backends.backend_names()
+    mmchar.backends.register_backend(cls)
+    try:
+        yield cls.name
+    finally:
+        mmchar.backends._REGISTRY.pop(cls.name, None)
+
+
 @pytest.fixture
 def oom_backend():
-    mmchar.backends.register_backend(OOMBackend)
-    yield OOMBackend.name
-    mmchar.backends._REGISTRY.pop(OOMBackend.name, None)
+    with registered(OOMBackend) as name:
+        yield name
 
 
 def test_compare_survives_a_failing_backend(oom_backend, tmp_path, capsys):
@@ -440,8 +452,28 @@ def test_compare_survives_a_failing_backend(oom_backend, tmp_path, capsys):
     assert status.to_dict() == {"math": "ok", oom_backend: "oom"}
 
 
-def test_oom_backend_is_unregistered():
-    assert "test-oom" not in mmchar.backends._REGISTRY
+def test_a_backend_taken_out_of_the_registry_is_unknown_everywhere(tmp_path):
+    """What `oom_backend` leaves behind: while registered, the backend is listed by `mmchar backends` and taken by
+    `get_backend`; once out of the registry, no listing shows it (nothing keeps a stale copy of the registry) and
+    naming it is the one-line unknown-backend error that names every valid backend."""
+    def listed() -> set[str]:
+        code, out, err = cli(["backends", "--device", "cpu", "--format", "json"])
+        assert code == 0, err
+        return {row["name"] for row in json.loads(out)}
+
+    with registered(OOMBackend) as name:
+        assert name in listed() and mmchar.backends.get_backend(name) is OOMBackend
+    valid = listed()
+    assert name not in valid and {"math", "sdpa", "flash"} <= valid
+    with pytest.raises(UnknownNameError) as e:
+        mmchar.backends.get_backend(name)
+    assert name not in e.value.valid and set(e.value.valid) <= valid
+    code, out, err = cli(["profile", "sd15", "--backend", name, "--store", tmp_path / "store"])
+    assert code == 1 and "Traceback" not in out + err
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert f"unknown backend {name!r}" in line and "valid backends: " in line, line
+    assert all(n in line for n in e.value.valid), line
+    assert not (tmp_path / "store").exists()
 
 
 # --- regressions of bugs found by these tests ----------------------------------------------------------
