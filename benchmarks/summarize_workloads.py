@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from mmchar.schema import ATTN_SITES, OP_CLASSES, STEP_STAGES, step_key
+from mmchar.shares import time_shares
 from mmchar.store import load_runs
 from mmchar.workloads import get_workload
 
@@ -47,10 +48,10 @@ def summary(paths: list[str]) -> str:
         t = r.meta["timings"]
         key = step_key(t)
         busy = (r.meta.get("busy") or {}).get(key) or {}
-        bd = r.breakdown[r.breakdown["stage"].isin(STEP_STAGES)]
-        shares = bd.groupby("op_class", observed=True)["share"].sum()
-        att = bd[bd["op_class"] == "attention"]
-        sites = att.groupby("attn_site", observed=True)["time_us"].sum() / max(float(att["time_us"].sum()), 1e-9)
+        bd = r.breakdown[r.breakdown["stage"].isin(STEP_STAGES)]  # one step stage per run
+        shares = time_shares(bd, ["op_class"], empty=0.0).set_index("op_class")["share"]
+        attention = bd[bd["op_class"] == "attention"]
+        sites = time_shares(attention, ["attn_site"], empty=0.0).set_index("attn_site")["share"]
         per = "generator_decode" if "generator_decode" in t else key
         out.append(f"| {r.workload} | {r.backend} | {_f(total)} | {size} | ok | {_f(t['e2e']['median_ms'], 1)} | "
                    f"{_f(t[per]['median_ms'])}{' /token' if per == 'generator_decode' else ''} | "

@@ -79,8 +79,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--jobs", type=int, default=8)
     a = ap.parse_args()
-    from mmchar.kernels.triton_flash.kernel import triton_flash
     from triton.testing import do_bench
+
+    from mmchar.flops import attention_cost
+    from mmchar.kernels.triton_flash.kernel import triton_flash
 
     a.out.mkdir(parents=True, exist_ok=True)
     cands = candidates()
@@ -91,8 +93,9 @@ def main() -> None:
     print(f"compiled {len(jobs)} candidates in {time.time() - t0:.0f} s", flush=True)
     broken = {(json.dumps(c, sort_keys=True), d): e for (c, d), e in zip(jobs, errors) if e}
 
-    def tflops(b, h, sq, skv, d, ms):
-        return 4 * b * h * sq * skv * d / ms / 1e9
+    def tflops(b, h, sq, skv, d, ms):  # non-causal softmax attention, FLOPs as every run counts them
+        flops, _ = attention_cost([b, h, sq, d], [b, h, skv, d], [b, h, skv, d], False, 2)
+        return flops / ms / 1e9
 
     def sdpa(kind, q, k, v):
         from torch.nn.attention import SDPBackend, sdpa_kernel

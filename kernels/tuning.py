@@ -41,9 +41,9 @@ def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Calla
 def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5, 0.2, 0.8)) -> list[float]:
     """Milliseconds of GPU time per launch, for the autotuner to rank configs by.
 
-    Triton's default timing issues one launch after another from Python; a 25 us attention call then measures
-    the ~40 us it takes the autotuner to launch it, and the ranking of configs is noise (seen on the H100:
-    the choice for SD 1.5's d = 80 calls differed 1.7x between two tunings). Here the launches queue behind a
+    Triton's default timing issues one launch after another from Python; an attention call shorter than its
+    launch then measures the launch, and the ranking of configs is noise (two tunings of one shape can pick
+    configs far apart: benchmarks/results/attention/kernel-notes.md). Here the launches queue behind a
     sleeping kernel, so the GPU reaches each launch's events with no gap. As in triton.testing.do_bench (what
     bench-attn reports), L2 is flushed before every launch, so memory-bound passes are ranked cold, not by
     what fits a warm 50 MB L2.
@@ -52,7 +52,7 @@ def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5
 
     kernel_call()
     torch.cuda.synchronize()
-    flush = torch.empty(64 * 2**20 // 4, dtype=torch.int32, device="cuda")  # more than the H100's 50 MB L2
+    flush = torch.empty(64 * 2**20 // 4, dtype=torch.int32, device="cuda")  # more than an H100's 50 MB L2
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     t0 = time.perf_counter()

@@ -124,7 +124,7 @@ class AttentionBackend:
         return None
 
     def cost(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> tuple[float, float]:
-        """(FLOPs, minimum bytes) of one call (conventions.md formulas)."""
+        """(FLOPs, minimum bytes) of one call (docs/conventions.md, "FLOPs and bytes")."""
         from mmchar.flops import attention_cost
 
         return attention_cost(list(q.shape), list(k.shape), list(v.shape), causal, q.element_size())
@@ -531,8 +531,9 @@ class WersaBackend(AttentionBackend):
 
         from mmchar.kernels.wersa.reference import WersaParams, merge_heads
 
-        # wersa.md "Inputs": self-attention filters q and k by the host's hidden states; when those do not cover
-        # the tokens (joint text+image attention, added key/values) q and k each use their own heads merged
+        # self-attention filters q and k by the host's hidden states; when those do not cover the tokens (joint
+        # text+image attention, added key/values) q and k each use their own heads merged (docs/kernels/wersa.md,
+        # "Inputs")
         x = hidden_states
         same = k.shape[2] == q.shape[2]
         host = same and x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]

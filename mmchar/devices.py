@@ -37,7 +37,7 @@ def available_devices() -> list[str]:
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``None`` means bf16 on CUDA and fp32 on the CPU (conventions.md)."""
+    """``None`` means bf16 on CUDA and fp32 on the CPU (docs/conventions.md, "Measurement passes")."""
     if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:

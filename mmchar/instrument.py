@@ -4,7 +4,8 @@
 exit) and records one interval per call: CUDA events on a GPU, ``perf_counter`` on the CPU. It is the only
 instrumentation of the timed pass (two event records per stage call). With ``annotate`` it also opens a
 ``mmchar.stage::<stage>::<step>`` profiler range per call; `ModuleAnnotator` opens ``mmchar.module::<path>``
-around every module forward for the full profile (integration.md: eager traces carry no module paths).
+around every module forward for the full profile (eager traces carry no module paths: docs/integration.md,
+"Profiling").
 """
 
 from __future__ import annotations

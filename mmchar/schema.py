@@ -1,4 +1,5 @@
-"""The vocabulary and table layouts every stage of mmchar shares (conventions.md, "Vocabulary" and "Run store").
+"""The vocabulary and table layouts every stage of mmchar shares (docs/conventions.md, "Vocabulary";
+docs/run-schema.md).
 
 One place holds each decision: the stage names, op classes and attention sites, the columns of
 ``kernels.parquet`` and ``breakdown.csv``, the run-store file names and the schema version.

@@ -1,7 +1,7 @@
 """The run store: ``STORE/<run_id>/`` folders written atomically, read back with a schema check.
 
 A run folder holds ``meta.json``, ``kernels.parquet``, ``breakdown.csv`` and ``trace.pt.trace.json.gz``
-(conventions.md, "Run store"). It is written to a hidden temporary sibling and renamed when complete, so a
+(docs/run-schema.md). It is written to a hidden temporary sibling and renamed when complete, so a
 reader never sees half a run and an interrupted run leaves nothing that looks finished.
 """
 

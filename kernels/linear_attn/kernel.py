@@ -241,8 +241,8 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
 _STATE_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3)]
 _OUT_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 128, 4, 3),
                 (256, 64, 8, 2)]  # large query tiles read the fp32 state from L2 fewer times per token (d = 128)
-# single-stage entries for 256-wide features (causal WERSA, m = 256) on the chunked path; the 248 KiB that
-# failed at S = 1k-8k on the H100 was the one-pass scan's (see linear_attn)
+# single-stage entries for 256-wide features (causal WERSA, m = 256) on the chunked path, whose tiles must fit
+# the shared memory at that width too
 _CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2), (64, 4, 1),
                          (32, 4, 1)]
 _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3), (128, 8, 1), (32, 4, 3),
@@ -328,14 +328,14 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     if causal:
         if sq != skv:
             raise ValueError("causal linear attention needs as many queries as keys")
-        # the one-pass scan as soon as batch·heads fill half an H100's SMs: it measured 0.13 ms at 512 programs ×
-        # 1k tokens, where the two-level path took 0.72 ms at 256 × 2k and 0.47 ms at 128 × 4k (same tokens;
-        # bench-attn 2026-11-25), so the scan's ceil(programs / SMs) × S steps win down to about 64 programs
+        # the one-pass scan as soon as batch·heads fill about half the SMs: its ceil(programs / SMs) × S serial
+        # steps then beat the two-level path's extra state traffic and launches (measured down to about 64
+        # programs: benchmarks/results/attention/kernel-notes.md)
         many = b * h * triton.cdiv(dv, 64) >= 64
         if causal_path == "scan" or (causal_path is None and many and chunks_per_group is None):
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
-            # 256-wide bf16 features (causal WERSA, m = 256): 64-token chunks over the default 3 stages asked
-            # 248 KiB of shared memory on the H100 (227 KiB there; bench-attn 2026-11-26, S = 1k-8k), so half
+            # 256-wide bf16 features (causal WERSA, m = 256): 64-token chunks over 3 stages need more shared
+            # memory than Hopper gives one program (kernel-notes.md in benchmarks/results/attention), so half
             # the chunk, one stage, the state spread over 8 warps
             wide = bd * q.element_size() >= 512  # fp32 tiles at d = 128 weigh what bf16 ones do at 256
             _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),

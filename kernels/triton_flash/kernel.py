@@ -79,9 +79,10 @@ def _triton_flash_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
     # one flat grid, query blocks fastest: the programs resident at once then work on the same head, so its
-    # keys and values come from L2 instead of DRAM (ncu on the H100, d = 64, S = 4k: with heads fastest the
-    # kernel ran DRAM-bound at 88% of peak with a 3% L2 hit rate). A flat axis also takes temporal attention's
-    # B·H·W·... > 65 535 heads. Causal: the longest rows (last query blocks) start first, the short ones fill in.
+    # keys and values come from L2 instead of DRAM (with heads fastest each resident program streams another
+    # head's K/V; benchmarks/results/attention/kernel-notes.md has the measurement). A flat axis also takes
+    # temporal attention's B·H·W·... > 65 535 heads. Causal: the longest rows (last query blocks) start first,
+    # the short ones fill in.
     n_m = tl.cdiv(SQ, BLOCK_M)
     pid = tl.program_id(0)
     pid_bh = pid // n_m
@@ -145,10 +146,10 @@ _CONFIGS = [(16, 16, 4, 2), (16, 32, 4, 2), (16, 64, 4, 3),
             (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
             (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 4), (64, 32, 4, 2)]
 # the same kernel with key/value blocks brought in by the Hopper copy engine (TMA): fewer registers spent on
-# addresses and masks, asynchronous copies the pipeliner can run ahead. benchmarks/tune_flash.py on the H100
-# (2026-11-25): 128x128 tiles with 4 warps and 3 stages best at d = 64 (0.80-0.94x cuDNN), 128x64 with 4 warps
-# and 2 stages at d = 128 (0.77-0.83x), both ahead of every pointer config; pointers stay better for short
-# sequences (descriptors are built per program) and the autotuner chooses per shape.
+# addresses and masks, asynchronous copies the pipeliner can run ahead. The first two entries are the ones
+# benchmarks/tune_flash.py found best at d = 64 and d = 128 (benchmarks/results/attention/kernel-notes.md);
+# pointers stay better for short sequences (descriptors are built per program), so both lists are candidates
+# and the autotuner chooses per shape.
 _TMA_CONFIGS = [(128, 128, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 4, 2), (64, 64, 4, 3),
                 (128, 64, 8, 3), (128, 128, 8, 2),
                 (64, 64, 4, 2), (64, 32, 4, 2), (16, 32, 4, 2)]  # what d = 129..256 and 16-row blocks can hold
@@ -194,7 +195,8 @@ _triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(), _KEY, _
 
 @functools.lru_cache(maxsize=None)
 def _sm_major(index: int) -> int:
-    """The device's compute capability major, asked once: the query cost ~10 us per call on the H100 host."""
+    """The device's compute capability major, asked once per device: the query is a host cost on every call's
+    launch path, which small attention calls cannot hide."""
     return torch.cuda.get_device_capability(index)[0]
 
 
@@ -291,7 +293,7 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
             tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
             if tuned.best_config.pre_hook is None:  # a direct launch would skip a hook: such configs stay tuned
                 _CHOSEN[key] = tuned.best_config.all_kwargs()
-        else:  # later calls launch the chosen config directly: the autotuner's own lookup cost ~15 us a call
+        else:  # later calls launch the chosen config directly: the autotuner's own per-call lookup is host time
             _triton_flash_fwd_kernel[(b * h * triton.cdiv(sq, chosen["BLOCK_M"]),)](
                 *args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, **chosen)
     return o
@@ -305,8 +307,3 @@ _CHOSEN: dict[tuple, dict] = {}
 _FORCED = {flag: autotune(_triton_flash_fwd_kernel, [c for c in _configs() if c.kwargs["TMA"] == flag], _KEY,
                           _prune)
            for flag in (False, True)}
-
-
-def attention_flops(b: int, h: int, sq: int, skv: int, d: int, causal: bool) -> float:
-    """4·B·H·Sq·Skv·D, half for causal (conventions.md)."""
-    return 4.0 * b * h * sq * skv * d * (0.5 if causal else 1.0)

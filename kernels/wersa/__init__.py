@@ -1,4 +1,4 @@
-"""WERSA (Wavelet-Enhanced Random Spectral Attention), per ../shared/reference/wersa.md: PyTorch reference."""
+"""WERSA (Wavelet-Enhanced Random Spectral Attention), per docs/kernels/wersa.md: PyTorch reference."""
 
 from mmchar.kernels.wersa.reference import WersaParams, haar_filter, wersa_ref
 

@@ -1,4 +1,5 @@
-"""WERSA in Triton: two fused passes per wersa.md's "Cost" section (the gain generator stays cuBLAS/cuDNN work).
+"""WERSA in Triton: the two fused passes of docs/kernels/wersa.md, "Implementation" (the gain generator stays
+cuBLAS/cuDNN work).
 
 The Haar filter of steps 3-5 is linear in the tokens of each aligned block of P = 2^L tokens, with weights set
 by the block's gains; `mixing_rows` turns the gains into one row of P weights per token (the filter applied to
@@ -187,11 +188,10 @@ _state_tuned = _tuned(_wersa_state_kernel, _STATE_CONFIGS, reset=["U", "Z"])
 _out_tuned = _tuned(_wersa_out_kernel, _OUT_CONFIGS)
 
 
-# Head dims up to 128 (tiles of 16..128 columns). d = 160 (SD 1.5's deepest level) pads to 256 and the only
-# config the registers hold there faulted on the GPU (bench-attn, 2026-11-25) while the interpreter computed it
-# right: refused until it is understood, and the backend runs those layers in plain PyTorch. d = 32 (SANA; 32-wide
-# tiles) faulted the same way on the H100 in the output pass's autotuning (bench-attn and benchmarks/probe_shape.py,
-# 2026-11-25, B·H = 140, 1024 queries, 300 keys) while d = 40 ... 128 ran right: refused on CUDA likewise.
+# Head dims up to 128 (tiles of 16..128 columns). Wider heads (d = 160, SD 1.5's deepest level, pads to 256) and,
+# on CUDA, 32-wide tiles (d = 32, SANA) hit illegal memory accesses on the GPU that the interpreter does not
+# reproduce (benchmarks/results/attention/kernel-notes.md): refused until the cause is found; the backend runs
+# those layers in plain PyTorch and notes it per layer.
 MAX_HEAD_DIM = 128
 MIN_CUDA_HEAD_DIM = 33
 

@@ -1,7 +1,7 @@
-"""The specification of WERSA in plain PyTorch (wersa.md steps 1-8), in the input dtype with fp32 accumulation
-of the linear-attention state. It is both the reference of the fused kernels and the eager baseline.
+"""The specification of WERSA in plain PyTorch (docs/kernels/wersa.md, steps 1-8), in the input dtype with fp32
+accumulation of the linear-attention state. It is both the reference of the fused kernels and the eager baseline.
 
-Step numbers below refer to wersa.md. Shapes: q, k, v [B, H, n, d]; x [B, n, C] (the host layer's input).
+Step numbers below refer to docs/kernels/wersa.md. Shapes: q, k, v [B, H, n, d]; x [B, n, C] (the host layer's input).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ SQRT1_2 = 1.0 / math.sqrt(2.0)
 
 
 class WersaParams(nn.Module):
-    """The parameters a drop-in WERSA layer adds to its host (wersa.md, "New parameters"), seeded.
+    """The parameters a drop-in WERSA layer adds to its host (docs/kernels/wersa.md, "New parameters"), seeded.
 
     Args:
         channels: C, the host's hidden size (the gain generator's input width).
@@ -56,8 +56,9 @@ class WersaParams(nn.Module):
     def gains(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C]."""
         # x [B, n, C] is, without a copy, a channels-last [B, C, 1, n] image: the depthwise conv over tokens runs
-        # as cuDNN's NHWC depthwise kernel with no transposes (wersa.md: "leave it to cuDNN/cuBLAS"). Causal:
-        # 32 zero tokens on the left, so token t sees x[t-32 .. t].
+        # as cuDNN's NHWC depthwise kernel with no transposes (the gain generator is dense work left to cuDNN and
+        # cuBLAS: docs/kernels/wersa.md, "Implementation"). Causal: 32 zero tokens on the left, so token t sees
+        # x[t-32 .. t].
         if self.causal:
             x = F.pad(x, (0, 0, 32, 0))
         img = x.transpose(1, 2).unsqueeze(2)

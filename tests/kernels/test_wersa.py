@@ -1,4 +1,4 @@
-"""WERSA's reference against the properties wersa.md lists, and the `wersa` backend in a UNet3D."""
+"""WERSA's reference against the properties docs/kernels/wersa.md lists, and the `wersa` backend in a UNet3D."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ INTERPRET = not torch.cuda.is_available() and __import__("os").environ.get("TRIT
                                                  (1, 2, 21, 30, 16, 32, False), (1, 2, 33, 33, 16, 32, True)],
                          ids=lambda x: str(x))
 def test_fused_kernel_matches_reference(b, h, n, nk, d, m, causal):
-    """GELU + block Haar filter + features + state, then output + LayerNorm, fused (wersa.md, "Cost")."""
+    """GELU + block Haar filter + features + state, then output + LayerNorm, fused (docs/kernels/wersa.md, "Implementation")."""
     from mmchar.kernels.wersa.kernel import wersa
 
     g = torch.Generator().manual_seed(0)
