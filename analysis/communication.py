@@ -13,7 +13,7 @@ from mmchar.schema import STEP_STAGES, step_key
 from mmchar.store import Run
 
 from .scaling import series_names
-from .tables import _ids, work_key
+from .tables import _ids, with_kernels, work_key
 
 
 def communication_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -27,10 +27,7 @@ def communication_table(runs: Sequence[Run]) -> pd.DataFrame:
     cols = ["run_id", "workload", "backend", "device", "stage", "comm_us", "comm_kernels", "payload_bytes",
             "compute_us", "overlap_us", "overlap_share"]
     rows = []
-    for run in runs:
-        k = run.kernels
-        if run.status != "ok" or k is None or k.empty:
-            continue
+    for run, k in with_kernels(runs):
         comm = k["op_class"].astype(str) == "communication"
         if not comm.any():
             continue

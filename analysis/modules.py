@@ -11,7 +11,7 @@ from mmchar.shares import share_of
 from mmchar.store import Run
 
 from .steps import step_stage
-from .tables import run_labels
+from .tables import run_labels, with_kernels
 
 
 def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
@@ -28,10 +28,7 @@ def module_tree(runs: Sequence[Run], max_depth: int = 6) -> pd.DataFrame:
     cols = ["run_id", "run_label", "stage", "id", "parent", "label", "time_us", "share", "top_class"]
     labels = run_labels(runs)
     parts = []
-    for run in runs:
-        k = run.kernels
-        if run.status != "ok" or k is None or k.empty:
-            continue
+    for run, k in with_kernels(runs):
         step = step_stage(k)
         k = k[k["stage"].astype(str) == step] if step else k
         root = step or "all stages"

@@ -10,6 +10,8 @@ import pandas as pd
 from mmchar.schema import STEP_STAGES
 from mmchar.store import Run
 
+from .tables import with_kernels
+
 
 def _phase(stage: str, step: int, phased: bool) -> str:
     if stage == "generator" and phased:
@@ -29,10 +31,7 @@ def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
     cols = ["run_id", "workload", "backend", "paradigm_stage", "phase", "op_class", "time_us", "flops", "bytes",
             "intensity", "tflops"]
     parts = []
-    for run in runs:
-        k = run.kernels
-        if run.status != "ok" or k is None or k.empty:
-            continue
+    for run, k in with_kernels(runs):
         k = k[k["stage"].astype(str).isin(STEP_STAGES) & k["op_class"].astype(str).isin(["gemm", "attention"])]
         if k.empty:
             continue

@@ -11,7 +11,7 @@ import pandas as pd
 
 from mmchar.store import Run
 
-from .tables import _ids, run_labels
+from .tables import _ids, run_labels, with_kernels
 
 _DTYPE_ROOF = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
@@ -38,10 +38,7 @@ def roofline_table(runs: Sequence[Run]) -> pd.DataFrame:
             "tflops", "gbps", "intensity", "roof_tflops", "roof_gbps", "attainable_tflops", "pct_of_attainable"]
     labels = run_labels(runs)
     parts = []
-    for run in runs:
-        k = run.kernels
-        if run.status != "ok" or k is None or k.empty:
-            continue
+    for run, k in with_kernels(runs):
         # an op's cost sits on its first kernel (attribution costs each op once); its other kernels (a conv's
         # transform, a split-K reduction, every kernel of an attention scope) share the time, so the time is
         # every kernel of a costed aten op, and every attention kernel (scopes are costed whole). Matched by op

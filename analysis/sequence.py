@@ -11,7 +11,7 @@ import pandas as pd
 
 from mmchar.store import Run
 
-from .tables import run_labels
+from .tables import run_labels, with_kernels
 
 
 _LEVEL = re.compile(r"(down_blocks|up_blocks)\.(\d+)|(mid_block)")
@@ -37,10 +37,7 @@ def sequence_table(runs: Sequence[Run]) -> pd.DataFrame:
             "heads", "q_len", "kv_len", "head_dim", "score_bytes"]
     labels = run_labels(runs)
     rows = []
-    for run in runs:
-        k = run.kernels
-        if run.status != "ok" or k is None or k.empty:
-            continue
+    for run, k in with_kernels(runs):
         elem = {"fp32": 4, "fp16": 2, "bf16": 2}.get((run.meta.get("config") or {}).get("dtype"), 2)
         calls = k[(k["op_class"].astype(str) == "attention") & k["flops"].notna()]
         for r in calls.itertuples(index=False):

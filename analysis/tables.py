@@ -8,7 +8,7 @@ Each table starts with the identifying columns ``run_id, workload, backend`` so 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,6 +157,15 @@ def _ids(run: Run, label: str | None = None) -> dict[str, Any]:
     ids["guidance"] = params.get("guidance")
     ids["compile"] = bool((meta.get("options") or {}).get("compile"))
     return ids
+
+
+def with_kernels(runs: Sequence[Run]) -> Iterator[tuple[Run, pd.DataFrame]]:
+    """Each ``ok`` run that holds kernel rows, with its rows: the analyses over kernels leave out failed runs and
+    runs stored without kernels alike."""
+    for run in runs:
+        k = run.kernels
+        if run.status == "ok" and k is not None and not k.empty:
+            yield run, k
 
 
 def _has_rows(run: Run) -> bool:
