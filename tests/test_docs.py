@@ -70,27 +70,28 @@ def test_sources_point_inside_the_repository():
     assert not bad, "references outside docs/:\n" + "\n".join(bad)
 
 
-def test_cited_pages_exist():
-    missing = []
+def _citations(pattern: re.Pattern[str]):
+    """(where, match) of every citation ``pattern`` finds in the code that may cite docs/."""
     for path in _sources() + _files(OTHER_CODE):
         text = path.read_text(errors="replace")
-        for m in CITED.finditer(text):
-            if not (DOCS / m.group(1)).is_file():
-                missing.append(f"{_where(path, text, m.start())}: docs/{m.group(1)}")
+        for m in pattern.finditer(text):
+            yield _where(path, text, m.start()), m
+
+
+def test_cited_pages_exist():
+    missing = [f"{where}: docs/{m.group(1)}" for where, m in _citations(CITED) if not (DOCS / m.group(1)).is_file()]
     assert not missing, "cited pages that do not exist:\n" + "\n".join(missing)
 
 
 def test_cited_sections_exist():
     missing = []
-    for path in _sources() + _files(OTHER_CODE):
-        text = path.read_text(errors="replace")
-        for m in SECTIONS.finditer(text):
-            page = DOCS / m.group(1)
-            if not page.is_file():
-                continue  # test_cited_pages_exist reports it
-            for section in [m.group(2)] + re.findall(r'"([^"\n]+)"', m.group(3) or ""):
-                if not _has_section(page, section):
-                    missing.append(f'{_where(path, text, m.start())}: docs/{m.group(1)}, "{section}"')
+    for where, m in _citations(SECTIONS):
+        page = DOCS / m.group(1)
+        if not page.is_file():
+            continue  # test_cited_pages_exist reports it
+        for section in [m.group(2)] + re.findall(r'"([^"\n]+)"', m.group(3) or ""):
+            if not _has_section(page, section):
+                missing.append(f'{where}: docs/{m.group(1)}, "{section}"')
     assert not missing, "cited sections that do not exist:\n" + "\n".join(missing)
 
 
