@@ -13,7 +13,9 @@ from mmchar.store import Run
 from .tables import with_kernels
 
 
-def _phase(stage: str, step: int, phased: bool) -> str:
+def _phase(stage: str, step: int, phased: bool, kernel_phase: str) -> str:
+    if kernel_phase:  # a training trace's backward pass (`mmchar analyze`)
+        return kernel_phase
     if stage == "generator" and phased:
         return "prefill" if step == 0 else "decode"
     return "step" if stage in STEP_STAGES else "once"
@@ -22,7 +24,8 @@ def _phase(stage: str, step: int, phased: bool) -> str:
 def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
     """The prefill/decode analogy: per run × phase × op class (gemm and attention) of the step stage, FLOPs, bytes,
     arithmetic intensity and achieved TFLOP/s. A diffusion denoiser's phase is ``step``; an autoregressive
-    generator's step 0 is ``prefill`` and its other steps ``decode``; a masked generator's are ``step``.
+    generator's step 0 is ``prefill`` and its other steps ``decode``; a masked generator's are ``step``; the work
+    of a training trace's backward pass is ``backward`` (the kernels' ``phase``).
 
     Returns:
         Columns ``run_id, workload, backend, paradigm_stage, phase, op_class, time_us, flops, bytes, intensity,
@@ -36,7 +39,8 @@ def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
         if k.empty:
             continue
         phased = "generator_decode" in (run.meta.get("timings") or {})
-        k = k.assign(phase=[_phase(str(s), int(t), phased) for s, t in zip(k["stage"], k["step"])])
+        k = k.assign(phase=[_phase(str(s), int(t), phased, str(b))
+                            for s, t, b in zip(k["stage"], k["step"], k["phase"])])
         g = k.groupby(["stage", "phase", "op_class"], observed=True).agg(
             time_us=("dur_us", "sum"), flops=("flops", "sum"), bytes=("bytes", "sum")).reset_index()
         g = g.rename(columns={"stage": "paradigm_stage"})

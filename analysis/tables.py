@@ -16,7 +16,7 @@ import pandas as pd
 
 from mmchar.schema import BREAKDOWN_COLUMNS, STEP_STAGES, TIMING_KEYS, step_key
 from mmchar.shares import share_of, shares_within
-from mmchar.store import Run
+from mmchar.store import Run, with_added_columns
 
 # shape parameters, and ``gpus``: the ranks a sequence-parallel run split the denoiser over (1 on one device)
 PARAM_KEYS = ("height", "width", "frames", "steps", "batch", "gpus")
@@ -34,10 +34,12 @@ def _device_name(meta: dict[str, Any]) -> str:
 
 
 def device_short(meta: dict[str, Any]) -> str:
-    """The device as a person names it: ``H100`` for "NVIDIA H100 80GB HBM3", ``cpu`` for any CPU."""
+    """The device as a person names it: ``H100`` for "NVIDIA H100 80GB HBM3", ``cpu`` for any CPU, the kind of any
+    other accelerator (``mtia``: a foreign trace's)."""
     device = meta.get("device") or {}
-    if device.get("type", "cuda" if device.get("name") else "cpu") != "cuda":
-        return "cpu"
+    kind = device.get("type", "cuda" if device.get("name") else "cpu")
+    if kind != "cuda":
+        return str(kind)
     words = [w for w in str(device.get("name") or "cuda").split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE")]
     return words[0] if words else "cuda"
 
@@ -160,12 +162,13 @@ def _ids(run: Run, label: str | None = None) -> dict[str, Any]:
 
 
 def with_kernels(runs: Sequence[Run]) -> Iterator[tuple[Run, pd.DataFrame]]:
-    """Each ``ok`` run that holds kernel rows, with its rows: the analyses over kernels leave out failed runs and
+    """Each ``ok`` run that holds kernel rows, with its rows (every column of the schema: one added since a run
+    was written reads as its default, `with_added_columns`): the analyses over kernels leave out failed runs and
     runs stored without kernels alike."""
     for run in runs:
         k = run.kernels
         if run.status == "ok" and k is not None and not k.empty:
-            yield run, k
+            yield run, with_added_columns(k)
 
 
 def _has_rows(run: Run) -> bool:

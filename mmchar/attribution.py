@@ -1,8 +1,9 @@
 """Attribution: every kernel (every op on a CPU run) of a parsed trace, classified and placed.
 
 Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
-(`mmchar.taxonomy`, with attention cores decided first) and, for attention and for the projections of
-attention modules, the attention site. Kernels launched outside every stage belong to the ``host`` stage
+(`mmchar.taxonomy`, with attention cores decided first), its phase (``backward`` for the work of a backward
+pass, classed by the forward op it differentiates) and, for attention and for the projections of attention
+modules, the attention site. Kernels launched outside every stage belong to the ``host`` stage
 (latent preparation, guidance arithmetic between model calls; docs/conventions.md).
 """
 
@@ -16,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from mmchar.flops import attention_label_cost, op_cost
-from mmchar.schema import BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
+from mmchar.schema import BACKWARD_PHASE, BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
 from mmchar.scopes import attention_label_site, attention_site, parse_attention_label, parse_comm_label
 from mmchar.shares import shares_within
-from mmchar.taxonomy import classify, is_attention_op
+from mmchar.taxonomy import classify, is_attention_op, is_backward
 from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
 
 # torch.compile's host-side runtime events (guard checks, graph entry) in a CPU trace: known, so class "other"
@@ -54,6 +55,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
     step = np.full(n, -1, dtype=np.int32)
     module = [""] * n
     op_class = [""] * n
+    phase = [""] * n
     site = [""] * n
     aten = [""] * n
     launch = [""] * n
@@ -74,7 +76,9 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
         top = ops[c.top_op] if c.top_op >= 0 else None
         top_name = top[0] if top else ""
         aten[r] = top_name
-        launch[r] = ops[c.leaf_op][0] if c.leaf_op >= 0 else ""
+        launch[r] = launch_name = ops[c.leaf_op][0] if c.leaf_op >= 0 else ""
+        if top_name and is_backward(top_name):
+            phase[r] = BACKWARD_PHASE
         if top is not None and top[1]:
             shapes[r] = str(top[1])
         if c.comm:  # a collective mmchar issued (sequence parallelism): its scope carries the payload
@@ -101,7 +105,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
             if c.module:
                 attn_modules[c.module] = site[r]
         else:
-            op_class[r] = classify(trace.name[r], top_name)
+            op_class[r] = classify(trace.name[r], top_name, launch_name)
         if c.top_op >= 0 and c.top_op not in costed_ops:
             costed_ops.add(c.top_op)
             if op_class[r] == "communication" and "TensorList" in (top[3] or ()) and c.leaf_op >= 0:
@@ -125,7 +129,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
                     break
 
     kernels = pd.DataFrame({
-        "stage": stage, "step": step, "module_path": module, "op_class": op_class, "attn_site": site,
+        "stage": stage, "step": step, "module_path": module, "op_class": op_class, "phase": phase, "attn_site": site,
         "aten_op": aten, "launch_op": launch, "kernel": trace.name, "ts_us": np.asarray(trace.ts, dtype=float),
         "dur_us": np.asarray(trace.dur, dtype=float), "input_shapes": shapes, "flops": flops, "bytes": nbytes,
     })

@@ -37,3 +37,26 @@ def overlap(xs: Sequence[Interval], ys: Sequence[Interval]) -> float:
         else:
             j += 1
     return total
+
+
+def partition(intervals: Iterable[Sequence[float]], labels: Iterable[str]) -> dict[frozenset[str], float]:
+    """How long each combination of labels ran together, and nothing else: the time during which exactly the
+    labels of a set had an interval open (``{"compute"}`` alone, ``{"compute", "communication"}`` overlapping).
+    Holistic Trace Analysis' kernel-type breakdown is this partition over its kernel types; the lengths sum to
+    `covered`."""
+    edges: list[tuple[float, int, str]] = []
+    for (a, b), label in zip(intervals, labels):
+        if b > a:
+            edges += [(a, 1, label), (b, -1, label)]
+    edges.sort(key=lambda e: e[0])
+    open_: dict[str, int] = {}
+    out: dict[frozenset[str], float] = {}
+    last = None
+    for t, delta, label in edges:
+        if last is not None and t > last:
+            on = frozenset(k for k, n in open_.items() if n > 0)
+            if on:
+                out[on] = out.get(on, 0.0) + (t - last)
+        open_[label] = open_.get(label, 0) + delta
+        last = t
+    return out

@@ -18,6 +18,8 @@ OUTSIDE_STAGES = "host"
 STEP_STAGES = ("denoiser", "generator")
 # Phases of the generator: an autoregressive model's prefill (first call) and decode calls; a masked model's steps.
 PHASES = ("prefill", "decode", "step")
+# kernels.parquet "phase": the work of a backward pass (a training step's trace, `mmchar analyze`); "" otherwise
+BACKWARD_PHASE = "backward"
 OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "other")
 ATTN_SITES = ("spatial", "temporal", "joint", "cross", "causal", "text")
 
@@ -35,6 +37,7 @@ KERNEL_COLUMNS = {
     "step": "int32",  # denoising / generation step (-1 outside the denoiser and the generator)
     "module_path": "category",  # innermost module, dotted from the pipeline root ("unet.down_blocks.0...")
     "op_class": "category",
+    "phase": "category",  # BACKWARD_PHASE for backward-pass work (classed by the forward op it differentiates), ""
     "attn_site": "category",  # set for attention, and for the q/k/v/out projections of attention modules
     "aten_op": "category",  # the top-level aten op that launched the kernel
     "launch_op": "category",  # the innermost aten op (the one that called the launch)

@@ -225,8 +225,24 @@ def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
         run.breakdown = _upgrade_stages(pd.read_csv(bd, keep_default_na=False,
                                                     na_values={"time_us": [""], "share": [""]}), meta)
     if kernels and (folder / KERNELS_FILE).exists():
-        run.kernels = _upgrade_stages(pd.read_parquet(folder / KERNELS_FILE), meta)
+        run.kernels = with_added_columns(_upgrade_stages(pd.read_parquet(folder / KERNELS_FILE), meta))
     return run
+
+
+# kernels.parquet columns added within a schema version, with the value every row of an older run holds
+ADDED_KERNEL_COLUMNS = {"phase": ""}  # no run mmchar profiles has a backward pass
+
+
+def with_added_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A kernel table written (or built) before a column of `ADDED_KERNEL_COLUMNS` existed, with it, in the
+    schema's order; the table itself when it has them all."""
+    missing = [c for c in ADDED_KERNEL_COLUMNS if c not in frame.columns]
+    if not missing:
+        return frame
+    frame = frame.assign(**{c: pd.Series(ADDED_KERNEL_COLUMNS[c], index=frame.index).astype(KERNEL_COLUMNS[c])
+                            for c in missing})
+    order = [c for c in KERNEL_COLUMNS if c in frame.columns]
+    return frame[order + [c for c in frame.columns if c not in KERNEL_COLUMNS]]
 
 
 def is_run_folder(path: Path) -> bool:

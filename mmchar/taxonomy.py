@@ -6,6 +6,12 @@ name; a rule with both matches only when both do. Attention cores are decided be
 attention-core scope or an enclosing ``aten::scaled_dot_product_attention``), so what runs inside an
 attention call is ``attention`` whichever backend ran it. Kernels no rule matches are ``other`` and listed.
 
+Backward work is classed by the forward op it differentiates (`forward_op`): the autograd node
+``autograd::engine::evaluate_function: CudnnBatchNormBackward0`` and the op ``aten::cudnn_batch_norm_backward``
+are both ``aten::cudnn_batch_norm``'s, so norm; `is_backward` marks such work for the ``phase`` column. Where no
+op rule knows the top-level op (a wrapper of a framework of its own, a custom autograd function), the innermost op
+that launched the kernel decides instead (`classify`'s ``launch_op``).
+
 Extend it with `add_rule` (``position=0`` puts a rule first) and take a rule out with `remove_rule`: both keep
 `classify`'s cache in step with the table (an edit of `RULES` by hand goes unseen once anything has been
 classified). Each rule has a test with a real kernel name in tests/test_taxonomy.py.
@@ -41,12 +47,13 @@ _MEMORY_OPS = (r"copy_|contiguous|clone|cat|stack|_to_copy|to|permute|transpose|
                r"flip|embedding|embedding_bag|masked_select|nonzero|is_nonzero|item|equal|detach_|_local_scalar_dense|resize_|set_|detach|alias|lift_fresh|pin_memory|"
                r"concat|concatenate|resolve_conj|resolve_neg|type_as|broadcast_to|view_as|expand_as|reshape_as|"
                r"pixel_shuffle|pixel_unshuffle|channel_shuffle|movedim|moveaxis|nonzero_numpy|scalar_tensor|"
-               r"broadcast_tensors|is_same_size")
+               r"broadcast_tensors|is_same_size|record_stream")
 
 RULES: list[Rule] = [
     # communication first: collectives launched from any op.
-    Rule("communication", kernel=r"nccl|ncclDevKernel|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|sendrecv|"
-                                 r"^c10d::|^gloo:"),
+    # record_param_comms: c10d's record of a collective call (its host time on a CPU trace); All2All_*: torchrec's
+    Rule("communication", kernel=r"nccl|ncclDevKernel|all_?reduce|all_?gather|reduce_?scatter|all_?(to|2)_?all|"
+                                 r"sendrecv|^c10d::|^gloo:|^record_param_comms$"),
     Rule("communication", aten=r"^(c10d|_c10d_functional)::|nccl|::(all_reduce|all_gather|reduce_scatter|all_to_all)"),
     # the user-level call decides for the heavy ops: everything a convolution launches (layout transforms, bias
     # add) is conv time, everything a linear launches is gemm time.
@@ -65,14 +72,17 @@ RULES: list[Rule] = [
                              r"rand\w*|normal_|uniform_|bernoulli_|dropout|eq|ne|lt|le|gt|ge|logical_\w+|bitwise_\w+|"
                              r"ceil|floor|round|sign|reciprocal|erf|erfinv|baddbmm_|fmod|remainder|square|cumprod|"
                              r"topk|sort|all|any|isnan|isinf|nan_to_num|sigmoid_|silu_|gelu_|relu_|tril|triu|"
-                             r"masked_fill\w*|one_hot|searchsorted|bucketize|_softmax_backward_data|"
+                             r"masked_fill\w*|one_hot|searchsorted|bucketize|"
                              # token sampling (autoregressive and masked-token generators)
                              r"multinomial|clip|aminmax|__and__|__or__|__xor__|__invert__|isin|unique\w*|"
                              # pooling (IF's resnet downsampling averages) and order statistics (IF's dynamic
                              # thresholding takes a quantile of every sample each step): reductions, as sum and
                              # sort above
                              r"avg_pool\w*|max_pool\w*|adaptive_\w*pool\w*|quantile|nanquantile|median|nanmedian|"
-                             r"kthvalue)_?$"),
+                             r"kthvalue|"
+                             # losses (a pointwise map and a reduction) and relu's backward (threshold_backward)
+                             r"\w*_loss|binary_cross_entropy\w*|cross_entropy|threshold|diff|log2|log10|log1p|"
+                             r"exp2|expm1)_?$"),
     # a CPU trace of a torch.compile'd model: the compiled region's own time is Inductor's fused C++ kernels
     # (pointwise and reduction fusions; convolutions and matmuls run as the aten ops inside it, recorded apart),
     # as the Triton kernels of a GPU trace are (triton_poi/red/per below)
@@ -80,13 +90,24 @@ RULES: list[Rule] = [
     # kernel names, for kernels whose launching op is generic (or absent: Triton, custom extensions).
     Rule("attention", kernel=r"flash_?(attn|fwd|bwd)|fmha|attention|_attn_fwd|sdpa|mha_fwd|cudnn_generated_fort_native_sdpa"),
     Rule("conv", kernel=r"conv|fprop|dgrad|wgrad|winograd|implicit_?gemm|precomputed_convolve|depthwise"),
-    Rule("gemm", kernel=r"gemm|cublas|cutlass|nvjet|xmma|matmul|_mm_|splitk|gemv|dot_kernel|wmma|mma_"),
-    Rule("norm", kernel=r"norm|welford|rmsnorm|RowwiseMoments|ComputeFusedParams|GroupNorm|batch_norm|moments"),
+    # Cijk_*: the Tensile GEMMs of rocBLAS / hipBLASLt (AMD); fbgemm:: is a library's namespace (sparse and
+    # embedding ops), not a GEMM
+    Rule("gemm", kernel=r"(?<!fb)gemm|cublas|cutlass|nvjet|xmma|matmul|_mm_|splitk|gemv|dot_kernel|wmma|mma_|^Cijk_"),
+    # GammaBeta: layer norm's weight and bias gradients
+    Rule("norm", kernel=r"norm|welford|rmsnorm|RowwiseMoments|ComputeFusedParams|GroupNorm|batch_norm|moments|GammaBeta"),
     Rule("memory", kernel=r"^memcpy|^memset|copy|catarray|cat_|transpose|permute|pad|fill|gather|scatter|index|"
-                          r"upsample|interpolate|nearest|bilinear2d|repeat|flip|roll|tensor_to|_to_copy"),
+                          r"upsample|interpolate|nearest|bilinear2d|repeat|flip|roll|tensor_to|_to_copy|"
+                          # embedding-table lookups and their sparse updates (FBGEMM's split_embedding_*): gathers
+                          r"embedding"),
     Rule("elementwise", kernel=r"elementwise|vectorized|unrolled|reduce_kernel|softmax|activation|gelu|silu|sigmoid|"
                                r"tanh|exp|mul|add|div|sub|where|pow|sqrt|rsqrt|clamp|sin|cos|neg|abs|sum|mean|"
-                               r"triton_(poi|red|per)_"),
+                               # Inductor's fused pointwise / reduction kernels; before PyTorch 2.1 they were
+                               # named by their argument signature alone (triton__0d1d2d3)
+                               r"triton_(poi|red|per)_|^triton__\d|"
+                               # CUB's sorts, scans and compactions (under aten::sort, cumsum, unique: elementwise too)
+                               r"cub::Device(Radix|Segmented|Scan|Select|Compact|Reduce)|"
+                               # (de)quantisation: FBGEMM's FP8 rowwise casts around a quantised all-to-all
+                               r"quantiz|rowwise_to_float"),
 ]
 
 
@@ -112,6 +133,8 @@ def remove_rule(rule: Rule) -> None:
 def _rules_changed() -> None:
     _compiled.cache_clear()
     classify.cache_clear()
+    forward_op.cache_clear()
+    is_backward.cache_clear()
 
 
 @lru_cache(maxsize=1)
@@ -120,11 +143,53 @@ def _compiled() -> tuple[tuple[str, re.Pattern[str] | None, re.Pattern[str] | No
                  for r in RULES)
 
 
+AUTOGRAD_PREFIX = "autograd::engine::evaluate_function:"
+# an autograd node (``AddmmBackward0``, ``torch::autograd::AccumulateGrad`` is one too but names no forward op)
+_NODE = re.compile(r"^(?:torch::autograd::)?([A-Z]\w*?)Backward\d*$")
+# an op that computes a gradient: aten::convolution_backward, aten::_softmax_backward_data,
+# aten::embedding_dense_backward, aten::cudnn_convolution_backward_input
+_BACKWARD_OP = re.compile(r"^(\w+::\w+?)(?:_dense)?_backward(?:_data|_input|_weight)?$")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])")  # MaxPool2DWithIndices -> max_pool2d_with_indices
+
+
+def _knows(op: str) -> bool:
+    """Whether some op rule matches ``op``."""
+    return any(aten_re is not None and aten_re.search(op) for _, aten_re, _ in _compiled())
+
+
 @lru_cache(maxsize=65536)
-def classify(kernel: str, aten_op: str = "") -> str:
-    """The op class of a kernel launched by ``aten_op`` (``""`` when no aten op launched it), or ``other``."""
+def forward_op(op: str) -> str:
+    """The forward op that backward work differentiates (``aten::convolution`` for both
+    ``autograd::engine::evaluate_function: ConvolutionBackward0`` and ``aten::convolution_backward``); any other
+    op as it is. An autograd node names the op in CamelCase: the aten op of that name, with or without the
+    leading underscore of a private op (``ToCopyBackward0``: ``aten::_to_copy``), whichever a rule knows."""
+    name = op[len(AUTOGRAD_PREFIX):].strip() if op.startswith(AUTOGRAD_PREFIX) else op
+    node = _NODE.match(name)
+    if node:
+        snake = _CAMEL.sub("_", node.group(1)).lower()
+        candidates = (f"aten::{snake}", f"aten::_{snake}")
+        return next((c for c in candidates if _knows(c)), candidates[0])
+    grad = _BACKWARD_OP.match(name)
+    return grad.group(1) if grad else name
+
+
+@lru_cache(maxsize=65536)
+def is_backward(op: str) -> bool:
+    """Whether ``op`` is backward work: an autograd engine's node evaluation, a node itself, or a gradient op."""
+    return op.startswith(AUTOGRAD_PREFIX) or forward_op(op) != op or op.endswith("AccumulateGrad")
+
+
+@lru_cache(maxsize=65536)
+def classify(kernel: str, aten_op: str = "", launch_op: str = "") -> str:
+    """The op class of a kernel launched by ``aten_op`` (``""`` when no aten op launched it), or ``other``.
+
+    ``aten_op`` is read as the forward op it differentiates (`forward_op`); where no op rule knows it, the
+    innermost op ``launch_op`` (also read as its forward op) stands in for it."""
+    op = forward_op(aten_op) if aten_op else ""
+    if launch_op and not (op and _knows(op)):
+        op = forward_op(launch_op)
     for op_class, aten_re, kernel_re in _compiled():
-        if aten_re is not None and not (aten_op and aten_re.search(aten_op)):
+        if aten_re is not None and not (op and aten_re.search(op)):
             continue
         if kernel_re is not None and not kernel_re.search(kernel):
             continue
@@ -133,5 +198,6 @@ def classify(kernel: str, aten_op: str = "") -> str:
 
 
 def is_attention_op(aten_op: str) -> bool:
-    """Whether an aten op is an attention core (every kernel under it is attention, whatever its name)."""
+    """Whether an aten op (or the backward of one) is an attention core: every kernel under it is attention,
+    whatever its name."""
     return classify("", aten_op) == "attention" if aten_op else False

@@ -8,17 +8,22 @@ activities (kernels, memcpy, memset) take the context of the runtime call that l
 
 A foreign trace (one mmchar did not record: `mmchar analyze`) has none of mmchar's ranges; there the profiler's
 own structure stands in: ``ProfilerStep#N`` ranges give the step, and the ``nn.Module: Class_i`` events that
-``with_stack=True, with_modules=True`` records give a module path of class-instance names.
+``with_stack=True, with_modules=True`` records give a module path of class-instance names. A thread that runs
+outside every step range of its own (autograd's backward thread, a data loader) takes the step whose range holds
+an event's start, as Holistic Trace Analysis assigns iterations. Event categories are matched case-insensitively
+(older Kineto wrote ``Kernel``, ``Runtime``, ``Memcpy``, ``Operator``); device activity recorded without a
+launch mmchar can follow (MTIA's device events, CUPTI range-profiler counter ranges) is counted, not attributed.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +45,13 @@ def gc_paused() -> Iterator[None]:
         if enabled:
             gc.enable()
 
-_GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+# event categories, lowercased (older Kineto capitalised them: Kernel, Runtime, Memcpy, Memset, Operator)
+_GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset"}
 _RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "runtime", "driver"}
+_OP_CATS = {"cpu_op", "operator"}
+# device activity with no launch correlation to follow (MTIA's device events) or no timings (CUPTI's range
+# profiler replays each kernel for its counters): counted per category, with the device kind it comes from
+UNATTRIBUTED_DEVICE_CATS = {"mtia_ccp_events": "mtia", "cuda_profiler_range": "cuda"}
 _OP, _ANNOT, _RUNTIME = 0, 1, 2
 PROFILER_STEP_PREFIX = "ProfilerStep#"
 # torch.compile's runtime wraps a compiled graph in op-like events; the aten ops inside are the real ones, so
@@ -79,6 +89,9 @@ class Trace:
     ctx: list[Context] = field(default_factory=list)
     on_gpu: bool = False
     n_events: int = 0
+    # events of UNATTRIBUTED_DEVICE_CATS per category; GPU activities whose launch is not in the trace
+    device_events: dict[str, int] = field(default_factory=dict)
+    unlaunched: int = 0
 
 
 def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -124,22 +137,28 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
     cpu_ts: list[float] = []
     cpu_dur: list[float] = []
     gpu: list[tuple[str, float, float, int]] = []
+    windows: list[tuple[float, float, int]] = []  # foreign: (start, end, step) of the ProfilerStep ranges
     for e in events:
         if e.get("ph") != "X":
             continue
-        cat = e.get("cat", "")
+        cat = str(e.get("cat", "")).lower()
         if cat in _GPU_CATS:
             args = e.get("args") or {}
             gpu.append((e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0)), args.get("correlation", -1)))
             continue
-        if cat == "cpu_op":
+        if cat in _OP_CATS:
             kind = _OP
         elif cat == "user_annotation" or (foreign_stage is not None and cat == "python_function"
                                           and e.get("name", "").startswith(PY_MODULE_PREFIX)):
             kind = _ANNOT
+            step = _profiler_step(e.get("name", "")) if foreign_stage is not None else None
+            if step is not None:
+                windows.append((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), step))
         elif cat in _RUNTIME_CATS:
             kind = _RUNTIME
         else:
+            if cat in UNATTRIBUTED_DEVICE_CATS:
+                trace.device_events[cat] = trace.device_events.get(cat, 0) + 1
             continue
         args = e.get("args") or {}
         i = len(cpu_name)
@@ -165,6 +184,7 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
     else:  # outside every ProfilerStep range (where the trace has them): no step, not step 0
         stepped = any(cpu_name[i].startswith(PROFILER_STEP_PREFIX) for i in range(len(cpu_name)))
         empty = Context(stage=foreign_stage, step=-1 if stepped else 0)
+    root = _window_roots(windows, empty)
     for items in cpu.values():
         items.sort()
         stack: list[tuple[float, Context, int]] = []  # (end, context of the event, cpu index if op else -1)
@@ -173,7 +193,7 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             end = ts - neg_dur
             while stack and stack[-1][0] <= ts:
                 stack.pop()
-            parent = stack[-1][1] if stack else empty
+            parent = stack[-1][1] if stack else root(ts)
             if kind == _RUNTIME:
                 launch_ctx[cpu_corr[i]] = parent
                 continue
@@ -212,8 +232,8 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                               parent.attn, parent.attn_id, parent.top_op, parent.leaf_op, parent.comm,
                               parent.comm_id)
             elif foreign_stage is not None and name.startswith(PROFILER_STEP_PREFIX):
-                step = name[len(PROFILER_STEP_PREFIX):]
-                ctx = Context(parent.stage, int(step) if step.isdigit() else parent.step, parent.module, parent.attn,
+                step = _profiler_step(name)
+                ctx = Context(parent.stage, parent.step if step is None else step, parent.module, parent.attn,
                               parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id)
             else:
                 ctx = parent
@@ -234,5 +254,40 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             trace.name.append(name)
             trace.ts.append(ts)
             trace.dur.append(dur)
-            trace.ctx.append(launch_ctx.get(corr, empty))
+            ctx = launch_ctx.get(corr)
+            if ctx is None:
+                trace.unlaunched += 1
+                ctx = empty
+            trace.ctx.append(ctx)
     return trace
+
+
+def _profiler_step(name: str) -> int | None:
+    """N of a ``ProfilerStep#N`` range, None for any other name."""
+    if not name.startswith(PROFILER_STEP_PREFIX):
+        return None
+    step = name[len(PROFILER_STEP_PREFIX):]
+    return int(step) if step.isdigit() else None
+
+
+def _window_roots(windows: list[tuple[float, float, int]], empty: Context) -> Callable[[float], Context]:
+    """The context of an event no range of its own thread encloses: ``empty``, with the step whose
+    ``ProfilerStep`` range holds the event's start where one does (a backward thread's ops, launched while the
+    main thread is inside a step)."""
+    if not windows:
+        return lambda ts: empty
+    windows = sorted(windows)
+    starts = [w[0] for w in windows]
+    contexts: dict[int, Context] = {}
+
+    def root(ts: float) -> Context:
+        i = bisect.bisect_right(starts, ts) - 1
+        if i < 0 or ts >= windows[i][1]:
+            return empty
+        step = windows[i][2]
+        ctx = contexts.get(step)
+        if ctx is None:
+            ctx = contexts[step] = Context(empty.stage, step)
+        return ctx
+
+    return root

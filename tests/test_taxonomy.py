@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from mmchar.taxonomy import RULES, Rule, add_rule, classify, is_attention_op, remove_rule
+from mmchar.taxonomy import RULES, Rule, add_rule, classify, forward_op, is_attention_op, is_backward, remove_rule
 
 CASES = [
     # (kernel or CPU op name, top-level aten op, expected class)
@@ -58,6 +58,34 @@ CASES = [
     ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_cuda"
      "(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#12}::operator()() const::"
      "{lambda(c10::BFloat16)#1}>>", "aten::group_norm", "norm"),
+    # foreign traces (HTA's test data, tests/data/hta/): backward work by the forward op it differentiates,
+    # AMD's Tensile GEMMs, Inductor's old kernel names, CUB's sorts, embedding tables, CPU-side collectives
+    ("void cudnn::bn_bw_1C11_kernel_new<float, float, float2, 128, true, 1>(float, float, float, float, "
+     "cudnnTensorStruct)", "autograd::engine::evaluate_function: CudnnBatchNormBackward0", "norm"),
+    ("void cudnn::ops::nchwToNhwcKernel<float, float, float, false, true, (cudnnKernelDataType_t)2>",
+     "autograd::engine::evaluate_function: ConvolutionBackward0", "conv"),
+    ("aten::convolution_backward", "aten::convolution_backward", "conv"),
+    ("aten::cudnn_batch_norm_backward", "aten::cudnn_batch_norm_backward", "norm"),
+    ("aten::native_layer_norm_backward", "aten::native_layer_norm_backward", "norm"),
+    ("void at::native::(anonymous namespace)::max_pool_backward_nchw<float, float>",
+     "autograd::engine::evaluate_function: MaxPool2DWithIndicesBackward0", "elementwise"),
+    ("aten::threshold_backward", "autograd::engine::evaluate_function: ReluBackward0", "elementwise"),
+    ("aten::binary_cross_entropy_with_logits", "aten::binary_cross_entropy_with_logits", "elementwise"),
+    ("aten::diff", "aten::diff", "elementwise"),
+    ("aten::record_stream", "aten::record_stream", "memory"),
+    ("Cijk_Ailk_Bjlk_SB_Bias_AS_SAV_UserArgs_MT64x16x16_MI16x16x1_SN_LDSB0_AFC1_AFEM1_AFEM1_ASEM1_CLR1_CADS0", "",
+     "gemm"),
+    ("void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernel<float, float>(long, long, float const*)",
+     "", "norm"),
+    ("void split_embedding_codegen_forward_unweighted_kernel<float, float, float, long, 2ul>", "", "memory"),
+    ("triton__0d1d2d3d4d5d6d", "", "elementwise"),
+    ("void cub::DeviceRadixSortOnesweepKernel<cub::DeviceRadixSortPolicy<long, int, int>::Policy800, false, long>",
+     "", "elementwise"),
+    ("void fbgemm_gpu::(anonymous namespace)::_compute_FP8_quantize_cuda_kernel<float>(float const*, int)",
+     "autograd::engine::evaluate_function: All2All_Pooled_WaitBackward", "elementwise"),
+    ("fbgemm::permute_2D_sparse_data", "fbgemm::permute_2D_sparse_data", "memory"),  # fbgemm: a namespace
+    ("record_param_comms", "record_param_comms", "communication"),
+    ("All2All_Pooled_Req", "All2All_Pooled_Req", "communication"),
     ("some_unknown_vendor_kernel", "", "other"),
     ("aten::_nonsense_op", "aten::_nonsense_op", "other"),
 ]
@@ -96,6 +124,37 @@ def test_every_rule_decides_a_case(index):
 def test_attention_ops():
     assert is_attention_op("aten::scaled_dot_product_attention")
     assert not is_attention_op("aten::softmax") and not is_attention_op("")
+    # the backward of an attention core is attention too (a training trace's flash-attention backward)
+    assert is_attention_op("autograd::engine::evaluate_function: ScaledDotProductFlashAttentionBackward0")
+    assert is_attention_op("aten::_scaled_dot_product_efficient_attention_backward")
+
+
+@pytest.mark.parametrize("op,forward", [
+    ("autograd::engine::evaluate_function: ConvolutionBackward0", "aten::convolution"),
+    ("autograd::engine::evaluate_function: CudnnBatchNormBackward0", "aten::cudnn_batch_norm"),
+    ("autograd::engine::evaluate_function: MaxPool2DWithIndicesBackward0", "aten::max_pool2d_with_indices"),
+    ("autograd::engine::evaluate_function: ToCopyBackward0", "aten::_to_copy"),  # the private op a rule knows
+    ("AddmmBackward0", "aten::addmm"), ("MeanBackward1", "aten::mean"),
+    ("aten::convolution_backward", "aten::convolution"), ("aten::_softmax_backward_data", "aten::_softmax"),
+    ("aten::embedding_dense_backward", "aten::embedding"),
+    ("aten::cudnn_convolution_backward_input", "aten::cudnn_convolution"),
+])
+def test_backward_work_reads_as_the_forward_op_it_differentiates(op, forward):
+    assert forward_op(op) == forward and is_backward(op)
+
+
+def test_forward_ops_are_not_backward():
+    for op in ("aten::conv2d", "aten::mm", "aten::linear", "ProfilerStep#4", "fb::to_dense_representation"):
+        assert forward_op(op) == op and not is_backward(op)
+    assert is_backward("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad")  # names no op
+
+
+def test_the_innermost_op_decides_where_no_rule_knows_the_top_level_one():
+    """A wrapper of a framework of its own (fb::, a custom autograd function) around aten::mm: the mm decides."""
+    assert classify("aten::mm", "fb::sparse_arch_forward", "aten::mm") == "gemm"
+    assert classify("aten::mm", "fb::sparse_arch_forward") == "other"
+    # a known top-level op keeps deciding: a convolution's bias add is conv time, whatever launched it
+    assert classify("void at::native::elementwise_kernel<add_kernel>", "aten::conv2d", "aten::add_") == "conv"
 
 
 def test_add_and_remove_rule_take_effect_on_names_already_classified():

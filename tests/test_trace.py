@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pandas as pd
 import pytest
 
 from mmchar.attribution import attribute
@@ -110,3 +111,59 @@ def test_a_ring_send_inside_an_attention_scope_is_communication_with_its_scopes_
     assert k["op_class"].tolist() == ["communication", "attention", "communication"]
     assert k["bytes"].tolist()[0::2] == [4096.0, 4096.0]
     assert k["attn_site"].tolist() == ["", "joint", ""]
+
+
+def test_a_thread_outside_every_step_range_takes_the_step_whose_range_holds_its_events():
+    """Autograd's backward thread (tid 2) runs its nodes while the main thread (tid 1) is inside ProfilerStep#4 or
+    #5: its kernels belong to that step, as HTA's iterations have them. A node after the last step stays step -1;
+    a kernel whose launch the trace lacks is counted as unlaunched."""
+    trace = {"traceEvents": [
+        _x("user_annotation", "ProfilerStep#4", 0, 100),
+        _x("user_annotation", "ProfilerStep#5", 100, 100),
+        _x("cpu_op", "aten::linear", 10, 20),
+        _x("cuda_runtime", "cudaLaunchKernel", 12, 2, correlation=1),
+        _x("cpu_op", "autograd::engine::evaluate_function: AddmmBackward0", 50, 20, tid=2),
+        _x("cpu_op", "aten::mm", 52, 10, tid=2),
+        _x("cuda_runtime", "cudaLaunchKernel", 53, 2, correlation=2, tid=2),
+        _x("cpu_op", "autograd::engine::evaluate_function: CudnnBatchNormBackward0", 150, 20, tid=2),
+        _x("cuda_runtime", "cudaLaunchKernel", 151, 2, correlation=3, tid=2),
+        _x("cpu_op", "autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", 250, 20, tid=2),
+        _x("cuda_runtime", "cudaLaunchKernel", 251, 2, correlation=4, tid=2),
+        _x("kernel", "sm80_xmma_gemm_f32f32_f32f32_f32_nn", 20, 5, tid=7, correlation=1),
+        _x("kernel", "sm80_xmma_gemm_f32f32_f32f32_f32_tn", 60, 5, tid=7, correlation=2),
+        _x("kernel", "void cudnn::bn_bw_1C11_kernel_new<float>", 160, 5, tid=7, correlation=3),
+        _x("kernel", "void at::native::vectorized_elementwise_kernel<4, AddFunctor<float>>", 260, 1, tid=7,
+           correlation=4),
+        _x("kernel", "void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>", 270, 1, tid=7,
+           correlation=99),
+    ]}
+    t = parse_trace(trace, foreign_stage="denoiser")
+    k = attribute(t).kernels
+    assert k["step"].tolist() == [4, 4, 5, -1, -1]
+    assert k["phase"].tolist() == ["", "backward", "backward", "backward", ""]
+    assert k["op_class"].tolist() == ["gemm", "gemm", "norm", "elementwise", "memory"]
+    assert t.unlaunched == 1
+    # mmchar's own traces keep their steps from its stage scopes: no time windows there
+    assert parse_trace(trace).ctx[1].step == -1
+
+
+def test_event_categories_match_whatever_their_case():
+    """Older Kineto wrote Kernel, Runtime, Operator, Memcpy: the same trace in those names parses the same."""
+    upper = {"Kernel": "kernel", "Runtime": "cuda_runtime", "Operator": "cpu_op", "Memcpy": "gpu_memcpy"}
+    old = {"traceEvents": [_x("Operator", "aten::conv2d", 2, 20), _x("Runtime", "cudaLaunchKernel", 4, 2, correlation=7),
+                           _x("Runtime", "cudaMemcpyAsync", 30, 2, correlation=8),
+                           _x("Kernel", "sm90_xmma_fprop_implicit_gemm_bf16", 10, 5, tid=7, correlation=7),
+                           _x("Memcpy", "Memcpy HtoD (Pageable -> Device)", 33, 1, tid=7, correlation=8)]}
+    new = {"traceEvents": [{**e, "cat": upper[e["cat"]]} for e in old["traceEvents"]]}
+    a, b = attribute(parse_trace(old, foreign_stage="denoiser")).kernels, attribute(parse_trace(new, foreign_stage="denoiser")).kernels
+    assert len(a) == 2 and a["op_class"].tolist() == ["conv", "memory"]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_device_events_without_a_launch_to_follow_are_counted_by_category():
+    trace = {"traceEvents": [_x("cpu_op", "aten::mm", 0, 10),
+                             _x("mtia_ccp_events", "pe_exe", 2, 5, tid=9), _x("mtia_ccp_events", "dma_request", 8, 1, tid=9),
+                             _x("cuda_profiler_range", "void gemm_kernel", 0, 120, tid=9)]}
+    t = parse_trace(trace, foreign_stage="denoiser")
+    assert not t.on_gpu and t.name == ["aten::mm"]
+    assert t.device_events == {"mtia_ccp_events": 2, "cuda_profiler_range": 1}

@@ -86,6 +86,11 @@ def test_phases_split_prefill_from_decode_and_leave_diffusion_steps_whole():
     assert t.loc[("ar", "decode", "attention"), "intensity"] == pytest.approx(0.1)
     assert t.loc[("dm", "step", "gemm"), "tflops"] == pytest.approx(1000.0)  # 2e11 FLOP in 200 µs
     assert ("ar", "once", "gemm") not in t.index  # the decoder is not a phase of generation
+    # an imported training trace: its backward pass is a phase of its own (the kernels' phase column)
+    train = kernels([("denoiser", 0, "gemm", 100.0, 1e11, 1e8), ("denoiser", 0, "gemm", 300.0, 2e11, 2e8)])
+    train["phase"] = pd.Categorical(["", "backward"])
+    t = phase_table([run("train", train)]).set_index(["phase", "op_class"])
+    assert t.loc[("step", "gemm"), "time_us"] == 100.0 and t.loc[("backward", "gemm"), "time_us"] == 300.0
 
 
 def test_scaling_exponents_from_runs_that_differ_in_one_parameter():
