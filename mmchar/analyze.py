@@ -5,6 +5,10 @@ run. What a foreign trace lacks is said in its meta.json rather than guessed: no
 latencies are the profiled ones), no workload configuration, and module paths made of the profiler's
 ``nn.Module: Class_i`` names (present only when the trace was recorded with ``with_stack=True,
 with_modules=True``); attention sites come from the shapes alone (cross where query and key lengths differ).
+``device`` names the hardware the trace was recorded on and ``rows`` what the table's time is (``device
+kernels``, or ``host ops`` where the trace holds no kernels mmchar can attribute: a CPU run, an MTIA trace, a
+CUPTI range-profiler trace); ``unattributed`` lists what the breakdown leaves out and why. A training trace's
+backward work is in the kernels' ``phase`` column, its total in ``backward_us``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from mmchar.attribution import attribute
 from mmchar.errors import InvalidParameterError, TraceError
-from mmchar.schema import STAGES
+from mmchar.schema import BACKWARD_PHASE, STAGES
 from mmchar.store import Run, unique_run_id, write_run
-from mmchar.trace import load_events, parse_trace
+from mmchar.trace import UNATTRIBUTED_DEVICE_CATS, Trace, load_events, parse_trace
 
 
 def _slug(text: str) -> str:
@@ -35,13 +41,39 @@ def _name_from(path: Path) -> str:
     return _slug(path.name.removesuffix(".gz").removesuffix(".json").removesuffix(".pt.trace"))
 
 
-def _device(data: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
+def _device(data: dict[str, Any], trace: Trace) -> dict[str, Any]:
+    """The device the trace was recorded on: its kernels' GPU, or the accelerator a host-op trace names (MTIA's
+    device events, a CUPTI range-profiler trace's GPU), else the CPU."""
     props = data.get("deviceProperties") or []
-    if on_gpu and props:
-        p = props[0]
-        return {"type": "cuda", "name": p.get("name", ""), "memory_bytes": p.get("totalGlobalMem"),
-                "capability": f"{p.get('computeMajor', '')}.{p.get('computeMinor', '')}", "count": len(props)}
-    return {"type": "cuda" if on_gpu else "cpu", "name": "" if on_gpu else "cpu"}
+    kinds = {UNATTRIBUTED_DEVICE_CATS[c] for c in trace.device_events}
+    kind = "cuda" if trace.on_gpu else next(iter(sorted(kinds)), "cpu")
+    if kind == "cpu":
+        return {"type": "cpu", "name": "cpu"}
+    if not props:
+        return {"type": kind, "name": ""}
+    p = props[0]
+    device = {"type": kind, "name": p.get("name", ""), "count": len(props)}
+    if "totalGlobalMem" in p:
+        device["memory_bytes"] = p["totalGlobalMem"]
+    if "computeMajor" in p:
+        device["capability"] = f"{p.get('computeMajor', '')}.{p.get('computeMinor', '')}"
+    return device
+
+
+def _unattributed(trace: Trace, kernels: pd.DataFrame) -> list[dict[str, Any]]:
+    """What the trace holds that its breakdown does not place: device events of no launch or no timing, and
+    device kernels whose launch the trace lacks (their stage is the foreign stage, their op unknown)."""
+    out: list[dict[str, Any]] = []
+    for cat, n in sorted(trace.device_events.items()):
+        why = ("MTIA device events carry no correlation to the host ops that queued them"
+               if UNATTRIBUTED_DEVICE_CATS[cat] == "mtia" else
+               "CUPTI range-profiler ranges replay each kernel for its counters: no timing, no launch")
+        out.append({"events": cat, "count": n, "reason": why + "; the breakdown is host-op self time"})
+    if trace.unlaunched:
+        out.append({"events": "kernels without a launch", "count": trace.unlaunched,
+                    "time_us": float(kernels.loc[kernels["aten_op"].astype(str) == "", "dur_us"].sum()),
+                    "reason": "their runtime call is not in the trace: no op, module or step"})
+    return out
 
 
 def analyze_trace(path: str | os.PathLike[str], store: str | os.PathLike[str], *, stage: str = "denoiser",
@@ -72,15 +104,23 @@ def analyze_trace(path: str | os.PathLike[str], store: str | os.PathLike[str], *
     workload = _slug(name) if name else _name_from(path)
     run_id = unique_run_id(store, f"{workload}-foreign-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}")
     steps = sorted({int(s) for s in att.kernels["step"].unique()}) if len(att.kernels) else []
+    device = _device(data, trace)
+    unattributed = _unattributed(trace, att.kernels)
+    notes = ["foreign trace: no uninstrumented timing pass (profiled durations only), no workload config; "
+             "module paths are the profiler's nn.Module class-instance names where recorded"]
+    if not trace.on_gpu and device["type"] != "cpu":
+        notes.append(f"a {device['type']} trace without device kernels mmchar can attribute: its rows are host ops "
+                     "(self time), not device time; see unattributed")
+    backward = float(att.kernels.loc[att.kernels["phase"].astype(str) == BACKWARD_PHASE, "dur_us"].sum())
     meta = {
         "run_id": run_id, "created": datetime.now().astimezone().isoformat(timespec="seconds"), "status": "ok",
         "error": None, "workload": workload, "preset": None, "backend": "foreign", "config_hash": digest,
         "config": {"workload": workload, "params": {}, "source": "foreign trace"},
-        "device": _device(data, trace.on_gpu), "versions": {"trace_schema": data.get("schemaVersion")},
+        "device": device, "rows": "device kernels" if trace.on_gpu else "host ops",
+        "versions": {"trace_schema": data.get("schemaVersion")},
         "source_trace": str(path.resolve()), "foreign_stage": stage, "profiled_steps": steps,
         "timings": {},  # a foreign trace has no uninstrumented pass: its latencies are the profiled ones
-        "notes": ["foreign trace: no uninstrumented timing pass (profiled durations only), no workload config; "
-                  "module paths are the profiler's nn.Module class-instance names where recorded"],
+        "notes": notes, "unattributed": unattributed, "backward_us": backward,
         "unmatched_kernels": att.unmatched, "n_events": trace.n_events,
         "has_module_events": bool(len(att.kernels) and (att.kernels["module_path"].astype(str) != "").any()),
     }

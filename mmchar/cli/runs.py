@@ -81,12 +81,18 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
 
     for path in traces:
         run = analyze_trace(path, store, stage=stage, name=name)
-        k = run.kernels
-        unit = "GPU kernels" if run.meta["device"]["type"] == "cuda" else "CPU ops (self time)"
+        k, meta = run.kernels, run.meta
+        unit = "device kernels" if meta["rows"] == "device kernels" else "host ops (self time)"
         total = float(k["dur_us"].sum()) if len(k) else 0.0
-        say(f"{run.run_id}: {len(k)} {unit}, {total / 1e3:.2f} ms over {len(run.meta['profiled_steps'])} step(s)")
+        device = " ".join(filter(None, (meta["device"]["type"], meta["device"].get("name")))) or "cpu"
+        say(f"{run.run_id}: {len(k)} {unit} ({device}), {total / 1e3:.2f} ms over "
+            f"{len(meta['profiled_steps'])} step(s)")
+        if meta["backward_us"] and total:
+            say(f"backward pass: {meta['backward_us'] / total:.1%} of the time (kernels.parquet phase = backward)")
         for line in kernel_lines(k):
             say(line)
+        for gap in meta["unattributed"]:
+            warn(f"{gap['count']} {gap['events']} not attributed: {gap['reason']}")
         if not run.meta["has_module_events"]:
             warn("the trace holds no nn.Module events: module paths are empty (record with with_stack=True, "
                  "with_modules=True for them)")
