@@ -163,8 +163,8 @@ def _ids(run: Run, label: str | None = None) -> dict[str, Any]:
 
 def with_kernels(runs: Sequence[Run]) -> Iterator[tuple[Run, pd.DataFrame]]:
     """Each ``ok`` run that holds kernel rows, with its rows (every column of the schema: one added since a run
-    was written reads as its default, `with_added_columns`): the analyses over kernels leave out failed runs and
-    runs stored without kernels alike."""
+    was written reads as its default, `with_added_columns`; `load_run` has done so for stored runs, this covers
+    runs built in memory): the analyses over kernels leave out failed runs and runs stored without kernels alike."""
     for run in runs:
         k = run.kernels
         if run.status == "ok" and k is not None and not k.empty:

@@ -28,8 +28,8 @@ for w in ${WORKLOADS:-sd15 llamagen cogvideox-2b}; do
 done
 for w in ${COMPARE:-llamagen amused}; do
   [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: compare $w and later not started"; break; }
-  steps=4; [ "$w" = llamagen ] && steps=32
-  timeout "${PER_RUN_S:-300}" mmchar compare "$w" --backends math,flash --preset full --steps $steps --repeat 3 \
+  steps=4; kv=""; [ "$w" = llamagen ] && { steps=32; kv="--kv-cache dynamic"; }  # flash takes no mask: static's
+  timeout "${PER_RUN_S:-300}" mmchar compare "$w" $kv --backends math,flash --preset full --steps $steps --repeat 3 \
     --profile-steps 1 --no-trace --device cuda --store "$STORE" 2>&1 | tail -4 | tee -a "$OUT/log.txt"
   tar czf "$OUT/results.tgz" -C "$(dirname "$STORE")" "$(basename "$STORE")"
 done

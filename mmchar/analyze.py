@@ -23,8 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from mmchar.attribution import attribute
 from mmchar.errors import InvalidParameterError, TraceError
 from mmchar.schema import BACKWARD_PHASE, STAGES
@@ -45,7 +43,7 @@ def _device(data: dict[str, Any], trace: Trace) -> dict[str, Any]:
     """The device the trace was recorded on: its kernels' GPU, or the accelerator a host-op trace names (MTIA's
     device events, a CUPTI range-profiler trace's GPU), else the CPU."""
     props = data.get("deviceProperties") or []
-    kinds = {UNATTRIBUTED_DEVICE_CATS[c] for c in trace.device_events}
+    kinds = {UNATTRIBUTED_DEVICE_CATS[c][0] for c in trace.device_events}
     kind = "cuda" if trace.on_gpu else next(iter(sorted(kinds)), "cpu")
     if kind == "cpu":
         return {"type": "cpu", "name": "cpu"}
@@ -60,18 +58,15 @@ def _device(data: dict[str, Any], trace: Trace) -> dict[str, Any]:
     return device
 
 
-def _unattributed(trace: Trace, kernels: pd.DataFrame) -> list[dict[str, Any]]:
+def _unattributed(trace: Trace) -> list[dict[str, Any]]:
     """What the trace holds that its breakdown does not place: device events of no launch or no timing, and
     device kernels whose launch the trace lacks (their stage is the foreign stage, their op unknown)."""
     out: list[dict[str, Any]] = []
     for cat, n in sorted(trace.device_events.items()):
-        why = ("MTIA device events carry no correlation to the host ops that queued them"
-               if UNATTRIBUTED_DEVICE_CATS[cat] == "mtia" else
-               "CUPTI range-profiler ranges replay each kernel for its counters: no timing, no launch")
-        out.append({"events": cat, "count": n, "reason": why + "; the breakdown is host-op self time"})
+        out.append({"events": cat, "count": n,
+                    "reason": UNATTRIBUTED_DEVICE_CATS[cat][1] + "; the breakdown is host-op self time"})
     if trace.unlaunched:
-        out.append({"events": "kernels without a launch", "count": trace.unlaunched,
-                    "time_us": float(kernels.loc[kernels["aten_op"].astype(str) == "", "dur_us"].sum()),
+        out.append({"events": "kernels without a launch", "count": trace.unlaunched, "time_us": trace.unlaunched_us,
                     "reason": "their runtime call is not in the trace: no op, module or step"})
     return out
 
@@ -103,9 +98,9 @@ def analyze_trace(path: str | os.PathLike[str], store: str | os.PathLike[str], *
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:6]
     workload = _slug(name) if name else _name_from(path)
     run_id = unique_run_id(store, f"{workload}-foreign-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}")
-    steps = sorted({int(s) for s in att.kernels["step"].unique()}) if len(att.kernels) else []
+    steps = sorted({int(s) for s in att.kernels["step"].unique()} - {-1}) if len(att.kernels) else []
     device = _device(data, trace)
-    unattributed = _unattributed(trace, att.kernels)
+    unattributed = _unattributed(trace)
     notes = ["foreign trace: no uninstrumented timing pass (profiled durations only), no workload config; "
              "module paths are the profiler's nn.Module class-instance names where recorded"]
     if not trace.on_gpu and device["type"] != "cpu":

@@ -147,8 +147,8 @@ AUTOGRAD_PREFIX = "autograd::engine::evaluate_function:"
 # an autograd node (``AddmmBackward0``, ``torch::autograd::AccumulateGrad`` is one too but names no forward op)
 _NODE = re.compile(r"^(?:torch::autograd::)?([A-Z]\w*?)Backward\d*$")
 # an op that computes a gradient: aten::convolution_backward, aten::_softmax_backward_data,
-# aten::embedding_dense_backward, aten::cudnn_convolution_backward_input
-_BACKWARD_OP = re.compile(r"^(\w+::\w+?)(?:_dense)?_backward(?:_data|_input|_weight)?$")
+# aten::embedding_dense_backward, aten::cudnn_convolution_backward_input, aten::convolution_backward_overrideable
+_BACKWARD_OP = re.compile(r"^(\w+::\w+?)(?:_dense)?_backward(?:_data|_input|_weight|_overrideable|_impl)?$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])")  # MaxPool2DWithIndices -> max_pool2d_with_indices
 
 
@@ -157,26 +157,39 @@ def _knows(op: str) -> bool:
     return any(aten_re is not None and aten_re.search(op) for _, aten_re, _ in _compiled())
 
 
+def _forward_candidates(name: str) -> tuple[str, ...]:
+    """The names the forward op of backward work ``name`` may go by (none for forward work): an autograd node
+    names it in CamelCase, a gradient op by a suffix; either with or without a private op's leading underscore."""
+    node = _NODE.match(name)
+    if node:
+        op = "aten::" + _CAMEL.sub("_", node.group(1)).lower()
+    else:
+        grad = _BACKWARD_OP.match(name)
+        if not grad:
+            return ()
+        op = grad.group(1)
+    namespace, _, base = op.partition("::")
+    return (op, f"{namespace}::_{base}") if not base.startswith("_") else (op, f"{namespace}::{base[1:]}")
+
+
+def _strip_autograd(op: str) -> str:
+    return op[len(AUTOGRAD_PREFIX):].strip() if op.startswith(AUTOGRAD_PREFIX) else op
+
+
 @lru_cache(maxsize=65536)
 def forward_op(op: str) -> str:
     """The forward op that backward work differentiates (``aten::convolution`` for both
-    ``autograd::engine::evaluate_function: ConvolutionBackward0`` and ``aten::convolution_backward``); any other
-    op as it is. An autograd node names the op in CamelCase: the aten op of that name, with or without the
-    leading underscore of a private op (``ToCopyBackward0``: ``aten::_to_copy``), whichever a rule knows."""
-    name = op[len(AUTOGRAD_PREFIX):].strip() if op.startswith(AUTOGRAD_PREFIX) else op
-    node = _NODE.match(name)
-    if node:
-        snake = _CAMEL.sub("_", node.group(1)).lower()
-        candidates = (f"aten::{snake}", f"aten::_{snake}")
-        return next((c for c in candidates if _knows(c)), candidates[0])
-    grad = _BACKWARD_OP.match(name)
-    return grad.group(1) if grad else name
+    ``autograd::engine::evaluate_function: ConvolutionBackward0`` and ``aten::convolution_backward``), the one of
+    its names a rule knows (``ToCopyBackward0``: ``aten::_to_copy``); any other op, and backward work whose forward
+    op no rule knows (a custom autograd function: its kernels' own names decide), as it is."""
+    return next((c for c in _forward_candidates(_strip_autograd(op)) if _knows(c)), op)
 
 
 @lru_cache(maxsize=65536)
 def is_backward(op: str) -> bool:
     """Whether ``op`` is backward work: an autograd engine's node evaluation, a node itself, or a gradient op."""
-    return op.startswith(AUTOGRAD_PREFIX) or forward_op(op) != op or op.endswith("AccumulateGrad")
+    return (op.startswith(AUTOGRAD_PREFIX) or op.endswith("AccumulateGrad")
+            or bool(_forward_candidates(_strip_autograd(op))))
 
 
 @lru_cache(maxsize=65536)

@@ -21,6 +21,7 @@ import bisect
 import contextlib
 import gc
 import gzip
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -50,8 +51,13 @@ _GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset"}
 _RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "runtime", "driver"}
 _OP_CATS = {"cpu_op", "operator"}
 # device activity with no launch correlation to follow (MTIA's device events) or no timings (CUPTI's range
-# profiler replays each kernel for its counters): counted per category, with the device kind it comes from
-UNATTRIBUTED_DEVICE_CATS = {"mtia_ccp_events": "mtia", "cuda_profiler_range": "cuda"}
+# profiler replays each kernel for its counters): counted per category, with the device kind it comes from and why
+# it is left out
+UNATTRIBUTED_DEVICE_CATS = {
+    "mtia_ccp_events": ("mtia", "MTIA device events carry no correlation to the host ops that queued them"),
+    "cuda_profiler_range": ("cuda", "CUPTI range-profiler ranges replay each kernel for its counters: no timing, "
+                                    "no launch"),
+}
 _OP, _ANNOT, _RUNTIME = 0, 1, 2
 PROFILER_STEP_PREFIX = "ProfilerStep#"
 # torch.compile's runtime wraps a compiled graph in op-like events; the aten ops inside are the real ones, so
@@ -89,9 +95,10 @@ class Trace:
     ctx: list[Context] = field(default_factory=list)
     on_gpu: bool = False
     n_events: int = 0
-    # events of UNATTRIBUTED_DEVICE_CATS per category; GPU activities whose launch is not in the trace
+    # events of UNATTRIBUTED_DEVICE_CATS per category; GPU activities whose launch is not in the trace, and their time
     device_events: dict[str, int] = field(default_factory=dict)
     unlaunched: int = 0
+    unlaunched_us: float = 0.0
 
 
 def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -137,7 +144,9 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
     cpu_ts: list[float] = []
     cpu_dur: list[float] = []
     gpu: list[tuple[str, float, float, int]] = []
-    windows: list[tuple[float, float, int]] = []  # foreign: (start, end, step) of the ProfilerStep ranges
+    # foreign: (start, end, step) of the ProfilerStep ranges, of every process id (a trace is one process; a
+    # container can record its main thread under another pid than its other threads)
+    windows: list[tuple[float, float, int]] = []
     for e in events:
         if e.get("ph") != "X":
             continue
@@ -146,14 +155,15 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             args = e.get("args") or {}
             gpu.append((e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0)), args.get("correlation", -1)))
             continue
-        if cat in _OP_CATS:
-            kind = _OP
-        elif cat == "user_annotation" or (foreign_stage is not None and cat == "python_function"
-                                          and e.get("name", "").startswith(PY_MODULE_PREFIX)):
+        name = e.get("name", "")
+        step = _profiler_step(name)  # a step range, whatever its category (PyTorch 1.8 wrote it as an Operator)
+        if step is not None or cat == "user_annotation" or (foreign_stage is not None and cat == "python_function"
+                                                            and name.startswith(PY_MODULE_PREFIX)):
             kind = _ANNOT
-            step = _profiler_step(e.get("name", "")) if foreign_stage is not None else None
-            if step is not None:
+            if step is not None and foreign_stage is not None:
                 windows.append((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), step))
+        elif cat in _OP_CATS:
+            kind = _OP
         elif cat in _RUNTIME_CATS:
             kind = _RUNTIME
         else:
@@ -162,7 +172,6 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             continue
         args = e.get("args") or {}
         i = len(cpu_name)
-        name = e.get("name", "")
         ts, dur = float(e["ts"]), float(e.get("dur", 0.0))
         cpu_name.append(name)
         cpu_ts.append(ts)
@@ -257,6 +266,7 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             ctx = launch_ctx.get(corr)
             if ctx is None:
                 trace.unlaunched += 1
+                trace.unlaunched_us += dur
                 ctx = empty
             trace.ctx.append(ctx)
     return trace
@@ -273,16 +283,19 @@ def _profiler_step(name: str) -> int | None:
 def _window_roots(windows: list[tuple[float, float, int]], empty: Context) -> Callable[[float], Context]:
     """The context of an event no range of its own thread encloses: ``empty``, with the step whose
     ``ProfilerStep`` range holds the event's start where one does (a backward thread's ops, launched while the
-    main thread is inside a step)."""
+    main thread is inside a step); of nested ranges, the innermost (the latest to start)."""
     if not windows:
         return lambda ts: empty
     windows = sorted(windows)
     starts = [w[0] for w in windows]
+    reach = list(itertools.accumulate((w[1] for w in windows), max))  # the latest end among windows[:i + 1]
     contexts: dict[int, Context] = {}
 
     def root(ts: float) -> Context:
         i = bisect.bisect_right(starts, ts) - 1
-        if i < 0 or ts >= windows[i][1]:
+        while i >= 0 and reach[i] > ts and windows[i][1] <= ts:  # an earlier, longer range may still hold ts
+            i -= 1
+        if i < 0 or windows[i][1] <= ts:
             return empty
         step = windows[i][2]
         ctx = contexts.get(step)

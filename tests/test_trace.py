@@ -142,7 +142,7 @@ def test_a_thread_outside_every_step_range_takes_the_step_whose_range_holds_its_
     assert k["step"].tolist() == [4, 4, 5, -1, -1]
     assert k["phase"].tolist() == ["", "backward", "backward", "backward", ""]
     assert k["op_class"].tolist() == ["gemm", "gemm", "norm", "elementwise", "memory"]
-    assert t.unlaunched == 1
+    assert t.unlaunched == 1 and t.unlaunched_us == 1
     # mmchar's own traces keep their steps from its stage scopes: no time windows there
     assert parse_trace(trace).ctx[1].step == -1
 
@@ -167,3 +167,34 @@ def test_device_events_without_a_launch_to_follow_are_counted_by_category():
     t = parse_trace(trace, foreign_stage="denoiser")
     assert not t.on_gpu and t.name == ["aten::mm"]
     assert t.device_events == {"mtia_ccp_events": 2, "cuda_profiler_range": 1}
+
+
+def test_a_step_range_recorded_as_an_operator_is_still_a_step():
+    """PyTorch 1.8's profiler wrote ProfilerStep#N in the Operator category: it is the step, not an aten op that
+    launched the kernels (nor, on a CPU trace, a row of host time)."""
+    trace = {"traceEvents": [
+        _x("Operator", "ProfilerStep#1", 0, 100),
+        _x("Operator", "aten::mm", 10, 20),
+        _x("Runtime", "cudaLaunchKernel", 12, 2, correlation=1),
+        _x("Operator", "autograd::engine::evaluate_function: MmBackward0", 50, 20, tid=2),
+        _x("Runtime", "cudaLaunchKernel", 52, 2, tid=2, correlation=2),
+        _x("Kernel", "sm80_xmma_gemm_f32f32_f32f32_f32_nn", 20, 5, tid=7, correlation=1),
+        _x("Kernel", "sm80_xmma_gemm_f32f32_f32f32_f32_tn", 60, 5, tid=7, correlation=2),
+    ]}
+    k = attribute(parse_trace(trace, foreign_stage="denoiser")).kernels
+    assert k["step"].tolist() == [1, 1] and k["aten_op"].tolist()[0] == "aten::mm"
+    assert k["phase"].tolist() == ["", "backward"] and k["op_class"].tolist() == ["gemm", "gemm"]
+    cpu = {"traceEvents": [e for e in trace["traceEvents"] if e["cat"] == "Operator"]}
+    assert "ProfilerStep#1" not in attribute(parse_trace(cpu, foreign_stage="denoiser")).kernels["kernel"].tolist()
+
+
+def test_of_nested_step_ranges_the_innermost_holds_an_event():
+    trace = {"traceEvents": [
+        _x("user_annotation", "ProfilerStep#1", 0, 1000),
+        _x("user_annotation", "ProfilerStep#7", 100, 100, tid=3),
+        _x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 150, 10, tid=2),
+        _x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 500, 10, tid=2),
+        _x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 1500, 10, tid=2),
+    ]}
+    t = parse_trace(trace, foreign_stage="denoiser")
+    assert [c.step for c in t.ctx] == [7, 1, -1]

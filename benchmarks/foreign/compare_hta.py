@@ -111,7 +111,8 @@ def compare(path: Path, hta: dict, store: Path) -> dict:
     events = load_events(path)["traceEvents"]
     k, meta = run.kernels, run.meta
     total = float(k["dur_us"].sum())
-    row.update({"device": " ".join(filter(None, (meta["device"]["type"], meta["device"].get("name", "")))),
+    kind, model = meta["device"]["type"], meta["device"].get("name") or ""
+    row.update({"device": f"{kind} {model}" if model and model != kind else kind,
                 "rows": meta["rows"], "events": len(events), "mmchar_rows": len(k), "mmchar_ms": total / 1e3})
     raw = sum(float(e.get("dur", 0)) for e in events
               if e.get("ph") == "X" and str(e.get("cat", "")).lower() in _DEVICE_CATS)

@@ -84,7 +84,8 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
         k, meta = run.kernels, run.meta
         unit = "device kernels" if meta["rows"] == "device kernels" else "host ops (self time)"
         total = float(k["dur_us"].sum()) if len(k) else 0.0
-        device = " ".join(filter(None, (meta["device"]["type"], meta["device"].get("name")))) or "cpu"
+        kind, model = meta["device"]["type"], meta["device"].get("name") or ""
+        device = f"{kind} {model}" if model and model != kind else kind
         say(f"{run.run_id}: {len(k)} {unit} ({device}), {total / 1e3:.2f} ms over "
             f"{len(meta['profiled_steps'])} step(s)")
         if meta["backward_us"] and total:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmchar.intervals import covered, overlap, union
+from mmchar.intervals import covered, overlap, partition, union
 
 
 def test_union_sorts_and_merges_overlapping_nested_and_touching_intervals():
@@ -37,3 +37,13 @@ def test_overlap_of_partial_nested_and_disjoint_unions():
     assert overlap(work, comm) == overlap(comm, work)
     assert overlap(union([(0.0, 10.0)]), union([(2.0, 3.0), (5.0, 6.0)])) == pytest.approx(2.0)
     assert overlap(comm, []) == 0.0 and overlap(union([(0.0, 1.0)]), union([(1.0, 2.0)])) == 0.0
+
+
+def test_partition_splits_covered_time_by_which_labels_ran_together():
+    spans = [(0.0, 10.0), (5.0, 15.0), (20.0, 30.0), (22.0, 24.0), (30.0, 31.0), (40.0, 40.0)]
+    labels = ["comp", "comm", "comp", "comp", "mem", "comm"]  # nested comp, touching mem, an empty comm
+    parts = partition(spans, labels)
+    assert parts == {frozenset({"comp"}): pytest.approx(15.0), frozenset({"comp", "comm"}): pytest.approx(5.0),
+                     frozenset({"comm"}): pytest.approx(5.0), frozenset({"mem"}): pytest.approx(1.0)}
+    assert sum(parts.values()) == pytest.approx(covered(spans))
+    assert partition([], []) == {}
