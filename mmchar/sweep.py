@@ -84,6 +84,7 @@ class SweepPlan:
     dtype: str | None
     weights: str | None
     memory: dict[str, bool] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)  # generation settings every point takes (--kv-cache)
     done: dict[str, Path] = field(default_factory=dict)  # config hash -> run folder already in the store
     retry_failed: bool = False  # points whose stored run failed (oom, error) are run again
     retry_noisy: int = 0  # times a point the noise guard flagged is measured again (stored ones included)
@@ -114,7 +115,8 @@ class SweepPlan:
 def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], store: str | os.PathLike[str], *,
          preset: str = "tiny", fixed: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
          device: str | None = None, dtype: str | None = None, weights: str | None = None,
-         memory: dict[str, bool] | None = None, retry_failed: bool = False, retry_noisy: int = 0) -> SweepPlan:
+         memory: dict[str, bool] | None = None, generation: dict[str, Any] | None = None,
+         retry_failed: bool = False, retry_noisy: int = 0) -> SweepPlan:
     """Resolve and check every point before anything runs (a bad value fails the sweep up front, not at point 7)."""
     from mmchar.api import run_config_hash
     from mmchar.backends import require_backend
@@ -140,14 +142,16 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     points = []
     for values in itertools.product(*(vary[k] for k in keys)):
         params = dict(zip(keys, values))
-        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, memory=memory, **fixed, **params)
+        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, memory=memory,
+                           generation=generation, **fixed, **params)
         for b in backends:
             opts = ProfileOptions(backend=b, **options)
             points.append(Point(params, b, run_config_hash(config, opts), config))
     if len({p.config_hash for p in points}) != len(points):
         raise InvalidParameterError("two points of this sweep resolve to the same configuration (a repeated value?)")
     memory = {k: True for k, v in (memory or {}).items() if v}
-    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights, memory,
+    generation = {k: v for k, v in (generation or {}).items() if v is not None}
+    sweep = SweepPlan(workload, preset, points, fixed, options, device, dtype, weights, memory, generation,
                       retry_failed=retry_failed, retry_noisy=retry_noisy)
     sweep.done = stored_points(store, {p.config_hash for p in points})
     return sweep
@@ -206,6 +210,8 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
     if o.get("compile"):
         cmd.append("--compile")
     cmd += [f"--{k.replace('_', '-')}" for k in sweep.memory]
+    for k, v in sweep.generation.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
     return cmd
 
 

@@ -2,10 +2,11 @@
 
 A workload is one folder (``workloads/<family>/``) holding ``workload.py`` and ``configs/<preset>.json``;
 nothing outside it names it (docs/adding-a-workload.md). The JSON holds the published configuration with the
-source of every number (``"sources"``); the ``full`` preset also holds the denoiser's published size
-(``"published"``, which the tests hold the configuration to) and the attention calls `mmchar bench-attn` times
-(``"bench"``). Only ``sources``, ``defaults``, ``models``, ``call`` and ``generation`` enter a run's resolved
-configuration, so the other two never change a config hash.
+source of every number (``"sources"``); the ``full`` preset also holds the published sizes (``"published"``: the
+denoiser's headline size, and every component's exact count with its source, which the tests hold the
+configuration to) and the attention calls `mmchar bench-attn` times (``"bench"``). Only ``sources``,
+``defaults``, ``models``, ``call`` and ``generation`` enter a run's resolved configuration, so the other two never
+change a config hash.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ PARAM_NAMES = tuple(f.name for f in fields(Params))
 # The memory options users reach for (diffusers' own switches); recorded in the config only when one is on.
 MEMORY_OPTIONS = ("vae_tiling", "vae_slicing", "cpu_offload")
 
+# Generation settings a user may choose per run (a CLI flag each: ``kv_cache`` is ``--kv-cache``), with what each
+# is a setting of. A workload that has one declares it with its choices (`Workload.generation_options`) and its
+# presets' ``generation`` block holds the default; every other workload refuses it.
+GENERATION_OPTIONS = {"kv_cache": "KV cache"}
+
 
 class Workload(ABC):
     """Base of every workload. Subclasses set the class attributes and implement `build`."""
@@ -66,6 +72,9 @@ class Workload(ABC):
     config_package: ClassVar[str]  # the package holding the preset folder: the class's own (`__init_subclass__`)
     config_folder: ClassVar[str] = "configs"  # several sizes of one family share a package: configs/<size>
     components: ClassVar[dict[str, str]] = {}  # model component -> "diffusers:Class" or "transformers:Class"
+    # generation settings of `GENERATION_OPTIONS` it takes, with their choices ({"kv_cache": ("static", "dynamic")});
+    # the presets' ``generation`` block holds each one's default, so the resolved configuration records what ran
+    generation_options: ClassVar[dict[str, tuple[str, ...]]] = {}
     spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
     temporal_factor: ClassVar[int] = 1  # a video VAE compressing time k-fold takes k·n + 1 frames
 
@@ -88,12 +97,15 @@ class Workload(ABC):
 
     def resolve(self, preset: str = "tiny", *, dtype: str | None = None, device: str | None = None,
                 weights: str | None = None, memory: dict[str, bool] | None = None,
-                **overrides: Any) -> dict[str, Any]:
+                generation: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
         """The full configuration of a run: preset model configs plus checked parameters.
 
+        ``generation``: settings of `GENERATION_OPTIONS` chosen for this run (``None`` values: the preset's); they
+        replace the preset's ``generation`` entries in the resolved configuration.
+
         Raises:
-            UnknownNameError: unknown preset or parameter.
-            InvalidParameterError: a size the model cannot take.
+            UnknownNameError: unknown preset, parameter or generation setting value.
+            InvalidParameterError: a size the model cannot take; a generation setting the workload does not have.
         """
         cfg = self.preset_config(preset)
         unknown = set(overrides) - set(PARAM_NAMES)
@@ -117,6 +129,9 @@ class Workload(ABC):
             raise UnknownNameError("memory option", sorted(bad)[0], MEMORY_OPTIONS)
         if memory.get("cpu_offload") and dev.type != "cuda":
             raise InvalidParameterError("--cpu-offload moves models between the CPU and a GPU; it needs --device cuda")
+        chosen = self.check_generation(generation)
+        if chosen:
+            cfg = {**cfg, "generation": {**cfg.get("generation", {}), **chosen}}
         return {"workload": self.name, "preset": preset, "params": p.to_dict(), "device": str(dev),
                 "dtype": DTYPE_NAMES[resolve_dtype(dtype, dev)],
                 "weights": weights, "models": cfg["models"], "sources": cfg.get("sources", {}),
@@ -124,6 +139,30 @@ class Workload(ABC):
                 "family": {"paradigm": self.paradigm, "modality": self.modality, "task": self.task,
                            "architecture": self.architecture},
                 **{k: cfg[k] for k in ("call", "generation") if k in cfg}, **({"memory": memory} if memory else {})}
+
+    def check_generation(self, generation: dict[str, Any] | None) -> dict[str, Any]:
+        """The generation settings chosen (``None`` values dropped), each one this workload has, with a valid value.
+
+        Raises:
+            UnknownNameError: a setting mmchar does not know, or a value not among the workload's choices.
+            InvalidParameterError: a setting this workload does not have (the workloads that have it are named).
+        """
+        chosen = {k: v for k, v in (generation or {}).items() if v is not None}
+        for key, value in chosen.items():
+            if key not in GENERATION_OPTIONS:
+                raise UnknownNameError("generation setting", key, GENERATION_OPTIONS)
+            flag, what = "--" + key.replace("_", "-"), GENERATION_OPTIONS[key]
+            choices = self.generation_options.get(key)
+            if choices is None:
+                from mmchar.workloads import get_workload, workload_names
+
+                takers = [n for n in workload_names() if key in get_workload(n).generation_options]
+                raise InvalidParameterError(f"{flag} {value}: {self.name} has no {what} to choose (it is a "
+                                            f"{self.architecture} {self.paradigm} model); {flag} applies to "
+                                            f"{', '.join(takers) or 'no workload'}")
+            if value not in choices:
+                raise UnknownNameError(f"{flag} value", str(value), choices)
+        return chosen
 
     def check(self, p: Params) -> None:
         f = self.spatial_factor

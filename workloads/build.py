@@ -95,10 +95,17 @@ def model_class(spec: str) -> Any:
     return getattr(importlib.import_module(library), name)
 
 
+def _is_transformers_model(cls: Any) -> bool:
+    """A transformers model class, or a class of ours derived from one (``LlamaGenTransformer``): it takes its
+    Config object. Asked of the class's bases, so that nothing imports transformers to answer."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+               for c in getattr(cls, "__mro__", ()))
+
+
 def _construct(cls: Any, config: Any) -> nn.Module:
-    """``cls(**config)`` for diffusers models; transformers models take their Config object (built from a dict)."""
-    if isinstance(config, dict) and getattr(cls, "config_class", None) is not None and hasattr(cls, "from_pretrained") \
-            and cls.__module__.startswith("transformers"):
+    """``cls(**config)`` for diffusers models and models of our own; transformers models (and ours derived from
+    one) take their Config object, built from the dict (extra keys become its attributes)."""
+    if isinstance(config, dict) and getattr(cls, "config_class", None) is not None and _is_transformers_model(cls):
         config = cls.config_class(**config)
     return cls(config) if hasattr(config, "to_dict") else cls(**config)
 

@@ -13,8 +13,8 @@ import typer
 from mmchar.cli import app
 from mmchar.cli.common import check_format
 from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
-                                Guidance, Height, NoTrace, Pipeline, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed,
-                                Steps, Store, VaeSlicing, VaeTiling, Weights, Width, Workload)
+                                Guidance, Height, KvCache, NoTrace, Pipeline, Preset, ProfileSteps, Prompt, Repeat,
+                                Scope, Seed, Steps, Store, VaeSlicing, VaeTiling, Weights, Width, Workload)
 from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.report import RunFailed, report_noise, report_run
 from mmchar.cli.run_options import RunOptions
@@ -26,7 +26,7 @@ from mmchar.errors import InvalidParameterError
 def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset = "tiny", weights: Weights = None,
             height: Height = None, width: Width = None, frames: Frames = None, steps: Steps = None, batch: Batch = None,
             guidance: Guidance = None, seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None,
-            device: Device = None,
+            device: Device = None, kv_cache: KvCache = None,
             backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
@@ -75,6 +75,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
             frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
             seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
+            kv_cache: KvCache = None,
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,

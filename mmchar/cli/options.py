@@ -28,6 +28,7 @@ Seed = Annotated[Optional[int], typer.Option(help="Seed of weights and noise.")]
 Prompt = Annotated[Optional[str], typer.Option(help="The prompt.")]
 Dtype = Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 (default: bf16 on CUDA, fp32 on the CPU).")]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
+KvCache = Annotated[Optional[str], typer.Option("--kv-cache", help="Token models with a KV cache (llamagen): static (default, as the model's authors run it: one cache preallocated for the prefix and every token, each call attends over all of it, masked) or dynamic (grows by one key per token). Recorded in the run's config; other workloads refuse it.", show_default=False)]
 
 # how it is measured
 Fallback = Annotated[Optional[str], typer.Option(help="Backend for attention layers the chosen backend cannot take.")]

@@ -36,6 +36,7 @@ class RunOptions:
     prompt: str | None
     dtype: str | None
     device: str | None
+    kv_cache: str | None
     fallback: str | None
     cross_backend: str | None
     scope: str
@@ -58,6 +59,11 @@ class RunOptions:
         """The generation parameters, ``None`` where the preset's default stands."""
         return dict(height=self.height, width=self.width, frames=self.frames, steps=self.steps, batch=self.batch,
                     guidance=self.guidance, seed=self.seed, prompt=self.prompt)
+
+    def generation(self) -> dict[str, str]:
+        """The generation settings chosen (``--kv-cache``), the preset's default where none was: a workload that has
+        no such setting refuses one (`Workload.check_generation`); they are part of the resolved configuration."""
+        return {k: v for k, v in dict(kv_cache=self.kv_cache).items() if v is not None}
 
     def memory(self) -> dict[str, bool]:
         """The diffusers memory options; they change the work, so they are part of the resolved configuration."""
@@ -90,4 +96,4 @@ class RunOptions:
         return sw.plan(self.workload, vary, backends, self.store, preset=self.preset, fixed=self.params(),
                        options=self.profile_fields(), device=self.device, dtype=self.dtype,
                        weights=str(self.weights) if self.weights else None, memory=self.memory(),
-                       retry_failed=retry_failed, retry_noisy=retry_noisy)
+                       generation=self.generation(), retry_failed=retry_failed, retry_noisy=retry_noisy)

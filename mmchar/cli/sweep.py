@@ -12,8 +12,8 @@ import typer
 from mmchar.cli import app
 from mmchar.cli.common import check_format
 from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
-                                Guidance, Height, NoTrace, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed, Steps,
-                                Store, VaeSlicing, VaeTiling, Weights, Width)
+                                Guidance, Height, KvCache, NoTrace, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed,
+                                Steps, Store, VaeSlicing, VaeTiling, Weights, Width)
 from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.cli.target import check_profile_steps, check_settings, warn_changed_math
@@ -27,6 +27,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
           frames: Frames = None, steps: Steps = None, batch: Batch = None, guidance: Guidance = None,
           seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
+          kv_cache: KvCache = None,
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
           repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,

@@ -31,7 +31,8 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
 
         w = get_workload(opts.workload)
         config = w.resolve(opts.preset, dtype=opts.dtype, device=str(dev),
-                           weights=str(opts.weights) if opts.weights else None, memory=memory, **opts.params())
+                           weights=str(opts.weights) if opts.weights else None, memory=memory,
+                           generation=opts.generation(), **opts.params())
         if opts.weights is not None and not opts.weights.is_dir():
             raise WeightsError(f"weights folder {str(opts.weights)!r} does not exist; pass a local diffusers pipeline folder")
     for b in backends + opts.extra_backends():
@@ -40,9 +41,9 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
     if opts.workload is not None:
         check_profile_steps(opts.profile_steps, config["params"]["steps"])
         return w.build(config)
-    if opts.preset != "tiny" or opts.weights is not None or any(memory.values()):
-        raise InvalidParameterError("--preset, --weights and the memory options apply to workloads; a --pipeline "
-                                    "folder is profiled as it is")
+    if opts.preset != "tiny" or opts.weights is not None or any(memory.values()) or opts.generation():
+        raise InvalidParameterError("--preset, --weights, --kv-cache and the memory options apply to workloads; a "
+                                    "--pipeline folder is profiled as it is")
     target = _pipeline_target(opts.pipeline, dev, opts.dtype, opts.params())
     check_profile_steps(opts.profile_steps, target.steps)
     return target

@@ -1,6 +1,8 @@
 """Every registered workload: its tiny preset runs a 2-step generation end to end under `mmchar profile`, its
-attention lands on the sites it declares, its weights round-trip through save_pretrained / --weights, and its
-full preset is a real configuration (parameters counted on the meta device)."""
+attention lands on the sites it declares, its weights round-trip through save_pretrained / --weights, its full
+preset is the published model (every component's parameters, counted on the meta device, equal to its exact
+published count), and the generation settings it has (``--kv-cache``) are declared with defaults while every
+other workload refuses them."""
 
 from __future__ import annotations
 
@@ -57,11 +59,41 @@ def test_full_preset_is_the_published_model(name, tmp_path, monkeypatch):
     assert "full" in w.presets() and "tiny" in w.presets()
     full = w.preset_config("full")
     assert full["sources"] and set(full["models"]) <= set(full["sources"]) | {"scheduler"}
-    # the denoiser's published size (model cards / papers) sits in the preset beside its sources: held to 2%
+    counts = w.parameter_count("full")
+    # the denoiser's headline size (model cards / papers) sits in the preset beside its sources: held to 2%
     published = full["published"]
     assert published["source"] and published["component"] in w.components
-    assert w.parameter_count("full")[published["component"]] == pytest.approx(published["parameters"], rel=0.02)
+    assert counts[published["component"]] == pytest.approx(published["parameters"], rel=0.02)
+    # and every component's exact count: an independent figure where one was found (confirmed), else the
+    # configuration's own count, said to be so; a documented difference is the only way ours may differ
+    exact = published["components"]
+    assert set(exact) == set(w.components), f"{name}: exact counts of {sorted(exact)}, not of {sorted(w.components)}"
+    for component, entry in exact.items():
+        assert isinstance(entry["parameters"], int) and isinstance(entry["confirmed"], bool) and entry["source"]
+        assert entry["confirmed"] or "own count, unconfirmed" in entry["source"], (name, component)
+        differs = entry.get("ours_minus_published", 0)
+        assert not differs or entry.get("why"), f"{name} {component}: a difference needs its reason ('why')"
+        assert counts[component] == entry["parameters"] + differs, \
+            f"{name} {component}: {counts[component]:,} parameters, published {entry['parameters']:,}"
     assert (tmp_path / "parameters.json").is_file()  # counted once, cached
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_settings_have_defaults_or_are_refused(name, tmp_path, capsys):
+    """A workload's generation settings (`Workload.generation_options`) have their default in every preset, so a
+    run records which one ran; a workload without one refuses the flag in one line, before building anything."""
+    from mmchar.workloads.base import GENERATION_OPTIONS
+
+    w = get_workload(name)
+    assert set(w.generation_options) <= set(GENERATION_OPTIONS)
+    for key, choices in w.generation_options.items():
+        for preset in w.presets():
+            assert w.preset_config(preset)["generation"][key] in choices, (name, preset, key)
+    if "kv_cache" not in w.generation_options:
+        assert main(["profile", name, "--kv-cache", "static", "--store", str(tmp_path / "s")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "has no KV cache" in err and "llamagen" in err, err
+        assert not (tmp_path / "s").exists()
 
 
 def test_memory_options_are_applied_recorded_and_checked(tmp_path, capsys):
@@ -131,9 +163,12 @@ def test_guidance_off_runs_one_sequence(name, tmp_path, capsys):
     w = get_workload(name)
     target = w.build(w.resolve("tiny", device="cpu", guidance=1.0, steps=2))
     calls = []
-    hook = target.pipe.transformer.register_forward_pre_hook(
-        lambda m, args, kwargs: calls.append((args[0] if args else kwargs.get("inputs_embeds")).shape[0]),
-        with_kwargs=True)
+
+    def rows(m, args, kwargs):  # the model's input: positional, or llamagen's caption states / token ids
+        x = args[0] if args else next(kwargs[k] for k in ("caption_states", "input_ids", "inputs_embeds") if k in kwargs)
+        calls.append(x.shape[0])
+
+    hook = target.pipe.transformer.register_forward_pre_hook(rows, with_kwargs=True)
     try:
         target.run(2)
     finally:
@@ -142,16 +177,25 @@ def test_guidance_off_runs_one_sequence(name, tmp_path, capsys):
 
 
 def test_decode_steps_a_backend_cannot_take_go_to_the_fallback(tmp_path, capsys):
-    """Causal WERSA has no KV-cache form: without --fallback the run stops naming the decode call, with it the
-    decode calls take the fallback and meta.json says so."""
+    """Causal WERSA has no KV-cache form. With a dynamic cache the prefill is a whole causal sequence, which it
+    takes: without --fallback the run stops naming the decode call, with it the decode calls take the fallback and
+    meta.json says so. With LlamaGen's static cache every call, the prefill too, attends over the whole cache under
+    a mask, which WERSA cannot take at all: the layers go to the fallback from their first call."""
     args = ["profile", "llamagen", "--backend", "wersa", "--steps", "3", "--repeat", "1", "--no-trace"]
-    assert main(args + ["--store", str(tmp_path / "a")]) == 1
+    dynamic = [*args, "--kv-cache", "dynamic"]
+    assert main(dynamic + ["--store", str(tmp_path / "a")]) == 1
     assert "KV-cache decode step" in capsys.readouterr().err and _only_run(tmp_path / "a")["status"] == "error"
-    assert main(args + ["--fallback", "sdpa", "--store", str(tmp_path / "b")]) == 0
+    assert main(dynamic + ["--fallback", "sdpa", "--store", str(tmp_path / "b")]) == 0
     meta = _only_run(tmp_path / "b")
     later = meta["backend_later_calls"]
     assert later and all(v.startswith("sdpa for calls wersa cannot take") for v in later.values())
     assert set(meta["backend_per_layer"].values()) == {"wersa"}
+    assert main(args + ["--store", str(tmp_path / "c")]) == 1
+    assert "attention mask not supported" in capsys.readouterr().err
+    assert main(args + ["--fallback", "sdpa", "--store", str(tmp_path / "d")]) == 0
+    meta = _only_run(tmp_path / "d")
+    assert meta["config"]["generation"]["kv_cache"] == "static"
+    assert set(meta["backend_per_layer"].values()) == {"sdpa"} and not meta.get("backend_later_calls")
 
 
 def test_an_alias_names_the_same_workload():

@@ -1,5 +1,9 @@
-"""LlamaGen text-to-image (Parti-like): autoregressive VQ image tokens from a Llama decoder with a KV cache and
-classifier-free guidance; `prefill` (the caption prefix) and `decode` (one token per call) reported apart."""
+"""LlamaGen text-to-image (Parti-like), as LlamaGen is: autoregressive VQ image tokens from LlamaGen's GPT-XL (a
+Llama decoder with its caption embedder inside: 777,678,080 parameters) over 120 flan-T5-XL caption tokens, with
+classifier-free guidance batched beside each prompt and LlamaGen's static KV cache (``--kv-cache dynamic`` for
+transformers' growing one), then LlamaGen's VQ-16 decoder (its 512-channel attention blocks included: 4 attention
+calls per decode); `prefill` (the caption prefix) and `decode` (one token per call) reported apart. The models are
+`models.py`'s, the generation `pipeline.py`'s; configs/full.json holds every number's source."""
 
 from __future__ import annotations
 
@@ -12,23 +16,26 @@ from mmchar.scopes import SiteRule
 from mmchar.target import StageRoot, Target
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Params, Workload
-from mmchar.workloads.build import build_module
+from mmchar.workloads.llamagen.pipeline import KV_CACHES
 
 
 @register_workload
 class LlamaGen(Workload):
     name = "llamagen"
-    description = "LlamaGen-XL T2I (775M): Llama decoder over 120 T5 caption tokens + VQ-16 image tokens, CFG, KV cache"
+    description = ("LlamaGen-XL T2I (778M with its caption embedder): GPT over 120 T5 caption tokens + VQ-16 image "
+                   "tokens, CFG, static KV cache (--kv-cache), VQ decoder with attention")
     task = "text-to-image"
     modality = "image"
     paradigm = "transformer"
     architecture = "autoregressive"
     stages = ("text_encoder", "generator", "decoder")
-    attention_sites = ("causal", "text")
+    attention_sites = ("causal", "spatial", "text")  # the GPT's, the VQ's (encoder and decoder), T5's
     site_rules = (SiteRule(r"^transformer\.model\.layers\.\d+\.self_attn$", "causal"),)
     spatial_factor = 16  # the VQ tokenizer's downsampling
-    components = {"text_encoder": "transformers:T5EncoderModel", "transformer": "transformers:LlamaForCausalLM",
-                  "vqvae": "diffusers:VQModel"}
+    components = {"text_encoder": "transformers:T5EncoderModel",
+                  "transformer": "mmchar.workloads.llamagen.models:LlamaGenTransformer",
+                  "vqvae": "mmchar.workloads.llamagen.models:LlamaGenVQModel"}
+    generation_options = {"kv_cache": KV_CACHES}  # static (LlamaGen's own, the presets' default) or dynamic
 
     def check(self, p: Params) -> None:
         super().check(p)
@@ -40,19 +47,16 @@ class LlamaGen(Workload):
     def build(self, config: dict[str, Any]) -> Target:
         from transformers import T5Tokenizer
 
-        from mmchar.workloads.llamagen.pipeline import CaptionProjection, LlamaGenPipeline
+        from mmchar.workloads.llamagen.pipeline import LlamaGenPipeline
 
         if config.get("weights"):
             raise WeightsError("llamagen builds from its configuration only: its checkpoints are not a diffusers "
                                "pipeline folder (--weights applies to diffusers workloads)")
         device, dtype, params = self.runtime(config)
-        models, seed, gen = config["models"], params.seed, config["generation"]
+        gen = config["generation"]
         parts = self.build_components(config, device, dtype)
-        proj = build_module(CaptionProjection, {"in_dim": models["text_encoder"]["d_model"],
-                                                "dim": models["transformer"]["hidden_size"]}, device, dtype, seed)
-        pipe = LlamaGenPipeline(T5Tokenizer(), parts["text_encoder"], proj, parts["transformer"], parts["vqvae"],
-                                max_text_tokens=gen["max_text_tokens"], downsample=self.spatial_factor,
-                                top_k=gen["top_k"])
+        pipe = LlamaGenPipeline(T5Tokenizer(), parts["text_encoder"], parts["transformer"], parts["vqvae"],
+                                downsample=self.spatial_factor, top_k=gen["top_k"], kv_cache=gen["kv_cache"])
 
         def run(steps: int) -> Any:
             g = torch.Generator(device=device).manual_seed(params.seed)
