@@ -64,6 +64,9 @@ class AttentionBackend:
     # reads the host layer's hidden states over the whole sequence (WERSA's filter source); a sequence-parallel
     # layer holds only its rank's chunk of them
     reads_hidden_states: ClassVar[bool] = False
+    # every output depends on the whole sequence through a carried state (a bidirectional recurrence): checks run
+    # the backend and its reference on a prefix of the sequence, not on a slice of the queries against all keys
+    whole_sequence: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 
@@ -608,3 +611,7 @@ def describe_backends(device: torch.device) -> list[dict[str, Any]]:
 __all__ = ["AttentionBackend", "Constraints", "MmcharError", "backend_names", "default_softmax_backend",
            "describe_backends", "get_backend", "register_backend", "require_backend"]
 
+
+
+# the sequence mixers beyond softmax and linear attention (mLSTM, RWKV-7, LLA) register themselves here, last
+from mmchar import mixers as _mixers  # noqa: E402,F401

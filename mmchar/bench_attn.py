@@ -1,5 +1,6 @@
-"""`mmchar bench-attn`: every available attention backend (softmax, linear, WERSA) on the attention shapes of real workloads and on
-a sequence-length sweep, in one run, against cuDNN and flash SDPA measured in the same run.
+"""`mmchar bench-attn`: every available attention backend (softmax, linear, WERSA, the mixers) on the attention shapes of
+real workloads and on a sequence-length sweep, in one run, against cuDNN and flash SDPA measured in the same run; a
+mixer's kernel alone and its peers (`mmchar.bench_peers`) beside it.
 
 A backend whose output disagrees with the fp32 reference (checked on a slice of query rows) is not timed.
 """
@@ -101,8 +102,8 @@ def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
         for sl in picks:
             qs = q[bi:bi + 1, :, sl]
             ks, vs = k[bi:bi + 1], v[bi:bi + 1]
-            if causal:
-                ks, vs = ks[:, :, :rows], vs[:, :, :rows]
+            if causal or backend.whole_sequence:  # a recurrence: the sequence's first tokens, whole
+                ks, vs = ks[:, :, sl], vs[:, :, sl]
             ref = backend.reference(qs, ks, vs, causal=causal)
             if ref is None:
                 return None
@@ -225,7 +226,44 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         if _failed(erow, e, device):
                             raise ContextLost([*rows, erow]) from None
                     rows.append(erow)
+                if row["ms"] and hasattr(backend, "prepared") and device.type == "cuda":
+                    try:
+                        rows += _kernel_and_peer_rows(name, backend, row, q, k, v, shape.causal, host, flops,
+                                                      nbytes, device)
+                    except ContextLost as lost:
+                        raise ContextLost([*rows, *lost.rows]) from None
     return rows
+
+
+def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v, causal: bool, host, flops: float,
+                          nbytes: float, device: torch.device) -> list[dict[str, Any]]:
+    """A mixer's kernel alone on prepared inputs (the backend's row minus it is the adapter) and its peers on the
+    same inputs in their own layout and API (`mmchar.bench_peers`); a missing peer package is a skipped row."""
+    import importlib.util
+
+    from mmchar.bench_peers import PEERS
+
+    out = []
+    runs = [(f"{name} (kernel)", "the kernel alone, gates and reversed copies prepared outside the call",
+             lambda: backend.prepared(q, k, v, causal=causal, hidden_states=host))]
+    for peer, package, hint, build in PEERS.get(name, ()):
+        if importlib.util.find_spec(package) is None:
+            out.append(dict(row, backend=f"{peer} (peer)", ms=None, tflops=None, gbps=None, gpu_ms=None,
+                            rel_err=None, note=f"skipped: needs {package} ({hint})"))
+            continue
+        runs.append((f"{peer} (peer)", "its own layout and API, same gates", lambda b=build: b(backend, q, k, v,
+                                                                                                causal, host)))
+    for label, note, make in runs:
+        prow = dict(row, backend=label, rel_err=None, note=note)
+        try:
+            with torch.inference_mode():
+                _timed_row(prow, make(), flops, nbytes, device)
+        except Exception as e:  # noqa: BLE001 - a peer's own failure is its row's note
+            prow.update(ms=None, tflops=None, gbps=None, gpu_ms=None)
+            if _failed(prow, e, device):
+                raise ContextLost([*out, prow]) from None
+        out.append(prow)
+    return out
 
 
 def crossover(df: pd.DataFrame, backend: str, baseline: str = "cudnn") -> dict[str, int | None]:

@@ -173,3 +173,37 @@ def wersa_cost(b: int, h: int, sq: int, skv: int, d: int, m: int, c: int, levels
     flops = b * h * (sq * per_q + skv * per_k) + b * filtered_tokens * gains
     moved = _qkvo_elements(b, h, sq, skv, d, d) + b * filtered_tokens * c  # + the filter source x
     return float(flops), float(moved * elem)
+
+
+def mlstm_cost(b: int, h: int, t: int, dqk: int, dv: int, c: int, directions: int, elem: int,
+               chunk: int = 256) -> Cost:
+    """mLSTMsig computed chunkwise (TFLA; docs/kernels/mlstm.md; ``chunk``: the kernel's default L): per head and
+    token the intra-chunk causal part (on average chunk/2 keys, 2·dqk + 2·dv each), the state's update and read (k vᵀ and qᵀC: 4·dqk·dv), and the
+    gates' projection from the host's C channels (2·C·2 per head); ``directions`` scans (2: bidirectional).
+    q, k, v, out and the two gates moved once per scan."""
+    per_token = chunk / 2 * (2 * dqk + 2 * dv) + 4 * dqk * dv + 4 * c
+    flops = directions * b * h * t * per_token
+    moved = directions * (_qkvo_elements(b, h, t, t, dqk, dv) + 2 * b * h * t)
+    return float(flops), float(moved * elem)
+
+
+def rwkv7_cost(b: int, h: int, t: int, d: int, c: int, rank: int, directions: int, elem: int) -> Cost:
+    """RWKV-7's state update (docs/kernels/rwkv7.md): per head and token S·diag(w), the rank-one removal
+    (S·aᵀ then ·b: 4·d²), the write vᵀk (2·d²) and the read S·r (2·d²), ~9·d²; plus per token the low-rank decay
+    and learning-rate projections (2·(2·C·r + 2·r·H·d)) and the key's normalisation; ``directions`` scans.
+    r, w, k, v, a, b and out moved once per scan."""
+    per_token_head = 9 * d * d + 6 * d
+    projections = 2 * (2 * c * rank + 2 * rank * h * d)
+    flops = directions * (b * h * t * per_token_head + b * t * projections)
+    moved = directions * b * h * t * d * 7
+    return float(flops), float(moved * elem)
+
+
+def lla_cost(b: int, h: int, sq: int, skv: int, d: int, cg_iters: int, causal: bool, elem: int) -> Cost:
+    """Local Linear Attention computed matrix-free (FlashLLA; docs/kernels/lla.md): per query and key the softmax
+    pass with the first moments (q·k, p·v, p·k: 6·d), each conjugate-gradient iteration one more pass applying the
+    key covariance ((k − k̄)·x, then p·(k − k̄)·(…): 4·d), and the final cross-covariance pass (4·d); causal: half
+    the pairs. q, k, v, out moved once."""
+    pairs = sq * skv / 2 if causal else sq * skv
+    flops = b * h * pairs * 2 * d * (5 + 2 * cg_iters)
+    return float(flops), float(_qkvo_elements(b, h, sq, skv, d, d) * elem)
