@@ -32,15 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmchar.backends import AttentionBackend, Constraints, _triton_usable, register_backend
+from mmchar.kernels.wersa.reference import merge_heads  # the gates' source where the host's states do not cover q
 
 BIDIRECTIONAL = "bidirectional: a forward and a backward scan over the host's token order, summed"
 CAUSAL = "causal: a forward scan"
-
-
-def _merge_heads(t: torch.Tensor) -> torch.Tensor:
-    """[B, H, n, d] -> [B, n, H·d]: the gates' source when the host's hidden states do not cover the tokens."""
-    b, h, n, d = t.shape
-    return t.transpose(1, 2).reshape(b, n, h * d)
 
 
 def _layer_seed(module_path: str, seed: int) -> int:
@@ -126,7 +121,7 @@ class _RecurrentMixer(AttentionBackend):
         host = x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]
         if "gate_source" not in self.notes:
             self.notes["gate_source"] = "hidden_states" if host else "q with heads merged"
-        return x.to(q.dtype) if host else _merge_heads(q)
+        return x.to(q.dtype) if host else merge_heads(q)
 
     def _gates(self, q, k, x) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         raise NotImplementedError
@@ -199,7 +194,7 @@ class MlstmBackend(_RecurrentMixer):
     def reference(self, q, k, v, *, causal=False):
         from mmchar.kernels.mlstm.reference import mlstm_recurrent_ref
 
-        (i_pre, f_pre), _ = self._gates(q, k, _merge_heads(q))
+        (i_pre, f_pre), _ = self._gates(q, k, merge_heads(q))
         ref = mlstm_recurrent_ref(q, k, v, i_pre, f_pre, normalize=self.normalize)
         if not causal:
             flip = [t.flip(2) for t in (q, k, v, i_pre, f_pre)]
@@ -248,7 +243,7 @@ class Rwkv7Backend(_RecurrentMixer):
     def reference(self, q, k, v, *, causal=False):
         from mmchar.kernels.rwkv7.reference import rwkv7_recurrent_ref
 
-        (w_log, a, b), k_rep = self._gates(q, k, _merge_heads(q))
+        (w_log, a, b), k_rep = self._gates(q, k, merge_heads(q))
         args = (q, w_log, k_rep, v, a, b)
         ref = rwkv7_recurrent_ref(*args, scale=q.shape[-1] ** -0.5)
         if not causal:
