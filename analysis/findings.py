@@ -19,8 +19,9 @@ from mmchar.shares import time_shares
 from mmchar.store import Run
 
 from .communication import sequence_parallel_table
+from .mechanisms import mechanisms_table
 from .sequence import sequence_table
-from .tables import comparison_table, device_short, is_noisy, work_key
+from .tables import comparison_table, device_short, is_noisy, work_fields, work_key
 
 NOT_COVERED = "not covered by these runs"
 FUSED_SOFTMAX = ("flash", "cudnn", "efficient", "sdpa", "triton-flash", "flex")
@@ -136,6 +137,33 @@ def _with_sweep_groups(runs: Sequence[Run]) -> list[Run]:
             for r in runs]
 
 
+def _fastest_mechanism(question: str, runs: Sequence[Run], by_id: dict[str, Run]) -> dict:
+    """Per comparison group of ``runs`` (`mechanisms_table`: one workload, shape and device under several
+    backends), the backend with the shortest step and its speedup over the group's cuDNN run (its baseline where
+    it has none): ``mlstm: 1.35x over cudnn (wan2.1-1.3b)``; groups without a reference run or with one backend
+    answer nothing. The value is the median over workloads of those speedups."""
+    mech = mechanisms_table(runs)
+    mech = mech[mech["step_ms"].notna() & mech["reference_run_id"].notna()] if len(mech) else mech
+    picks = []
+    for _, part in mech.groupby("group", sort=False):
+        if len(part) < 2:
+            continue
+        best = part.loc[part["step_ms"].idxmin()]
+        picks.append(best)
+    if not picks:
+        return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
+    picks.sort(key=lambda b: (str(b["workload"]), str(b["device"]), str(b["group"])))
+    devices = len({b["device"] for b in picks}) > 1
+    answers, values, ids = [], [], []
+    for b in picks:
+        where = str(b["workload"]) + (f", {device_short(by_id[b['run_id']].meta)}" if devices else "")
+        answers.append(f"{b['backend']}: {b['step_speedup']:.2f}x over {b['reference_backend']} ({where})")
+        values.append((float(b["step_speedup"]), b["run_id"]))
+        ids += [b["run_id"]] + ([b["reference_run_id"]] if b["reference_run_id"] != b["run_id"] else [])
+    return {"question": question, "answer": "; ".join(answers) + _mixes(ids, by_id),
+            "value": median(_per_workload(values, by_id)), "runs": ", ".join(ids)}
+
+
 def _noisy_row(noisy: Sequence[Run]) -> dict:
     ids = ", ".join(r.run_id for r in noisy)
     return {"question": "Runs left out of every finding (the noise guard flagged their timed pass)",
@@ -184,6 +212,12 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
         if busy and row["value"] is not None:  # wall time hides kernel speedups when the host is the bottleneck
             row["answer"] += f"; GPU-busy time {median(_per_workload(busy, run_of)):.2f}x"
         rows.append(row)
+
+    # softmax kernels against the mixers on a long video sequence: Wan 2.1's full shape (480×832, 81 frames)
+    video = [r for r in ok if _family(r).get("modality") == "video" and _family(r).get("architecture") == "dit"
+             and (w := work_fields(r))["height"] == 480 and w["frames"] == 81]
+    rows.append(_fastest_mechanism("Fastest attention mechanism for a 480p, 81-frame video diffusion-transformer "
+                                   "denoiser step", video, run_of))
 
     seq = sequence_table([r for r in ok if _family(r).get("architecture") == "unet"])
     levels = []

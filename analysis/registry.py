@@ -12,6 +12,7 @@ from mmchar.store import Run
 
 from .communication import communication_table, sequence_parallel_table
 from .launch import launch_table
+from .mechanisms import mechanisms_table
 from .modules import module_tree
 from .phases import phase_table
 from .roofline import roofline_table
@@ -27,6 +28,7 @@ TABLES: dict[str, Table] = {
     "breakdown": breakdown_table,                   # every run's breakdown.csv stacked: stage × op class × site
     "stages": stage_table,                          # latency (timed pass) and busy / idle (light profile) per stage
     "comparison": comparison_table,                 # backends against their group's baseline: speedups, agreement
+    "mechanisms": mechanisms_table,                 # each backend's step, attention share, kind, speedup over cuDNN
     "attention_sites": attention_site_table,        # attention time per site and its share of the stage's attention
     "sequence": sequence_table,                     # every attention call's shape and its unfused score bytes
     "roofline": roofline_table,                     # op classes' achieved rates under the run's calibrated roofs

@@ -54,6 +54,9 @@ class Constraints:
         return "; ".join(parts)
 
 
+MECHANISMS = ("softmax", "linear attention", "recurrence", "local linear")
+
+
 class AttentionBackend:
     """Base of every backend. Subclasses set the class attributes and implement ``__call__``."""
 
@@ -67,6 +70,10 @@ class AttentionBackend:
     # every output depends on the whole sequence through a carried state (a bidirectional recurrence): checks run
     # the backend and its reference on a prefix of the sequence, not on a slice of the queries against all keys
     whole_sequence: ClassVar[bool] = False
+    # what the backend computes, for the study's mechanisms table (one of MECHANISMS): softmax attention, linear
+    # attention (kernel feature maps: linear, fla, wersa), a gated recurrence (mlstm, rwkv7), local linear
+    # regression (lla: softmax plus a per-query ridge correction, quadratic like softmax)
+    mechanism: ClassVar[str] = "softmax"
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 
@@ -434,6 +441,7 @@ class LinearBackend(AttentionBackend):
                    "CUDA, plain PyTorch on the CPU")
     constraints = Constraints(max_head_dim=256, mask=False)
     changes_math = True
+    mechanism = "linear attention"
     feature = "relu"
     eps = 1e-6
 
@@ -508,6 +516,7 @@ class WersaBackend(AttentionBackend):
                    "+ LayerNorm (L = 2, m = 256); fused Triton passes on CUDA, plain PyTorch on the CPU")
     constraints = Constraints(max_head_dim=256, mask=False)
     changes_math = True
+    mechanism = "linear attention"
     reads_hidden_states = True
     levels = 2
     features = 256
@@ -601,14 +610,15 @@ def describe_backends(device: torch.device) -> list[dict[str, Any]]:
         cls = _REGISTRY[name]
         reason = cls.unavailable_reason(device)
         rows.append({"name": name, "description": cls.description, "constraints": cls.constraints.describe(),
-                     "changes_math": cls.changes_math, "available": reason is None, "why_not": reason or ""})
+                     "mechanism": cls.mechanism, "changes_math": cls.changes_math, "available": reason is None,
+                     "why_not": reason or ""})
     for name, why in _BROKEN.items():
-        rows.append({"name": name, "description": "(plugin failed to load)", "constraints": "", "changes_math": False,
-                     "available": False, "why_not": why})
+        rows.append({"name": name, "description": "(plugin failed to load)", "constraints": "", "mechanism": "",
+                     "changes_math": False, "available": False, "why_not": why})
     return rows
 
 
-__all__ = ["AttentionBackend", "Constraints", "MmcharError", "backend_names", "default_softmax_backend",
+__all__ = ["AttentionBackend", "Constraints", "MECHANISMS", "MmcharError", "backend_names", "default_softmax_backend",
            "describe_backends", "get_backend", "register_backend", "require_backend"]
 
 

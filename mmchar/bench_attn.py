@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from mmchar import environment
+from mmchar.analysis.mechanisms import crossover  # one definition: `mmchar study --bench` tabulates it too
 from mmchar.backends import backend_names, get_backend
 from mmchar.errors import MmcharError
 from mmchar.flops import attention_cost
@@ -263,26 +264,6 @@ def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v,
             if _failed(prow, e, device):
                 raise ContextLost([*out, prow]) from None
         out.append(prow)
-    return out
-
-
-def crossover(df: pd.DataFrame, backend: str, baseline: str = "cudnn") -> dict[str, int | None]:
-    """Per head dim (and causal or not) of the sweep: the smallest S from which ``backend`` beats ``baseline``
-    at every longer S measured (None: never)."""
-    out: dict[str, int | None] = {}
-    sweep = df[df["name"].str.startswith("sweep")]
-    for (causal, d), part in sweep.groupby(["causal", "d"]):
-        t = part.pivot_table(index="sq", columns="backend", values="ms").sort_index()
-        if backend not in t or baseline not in t:
-            continue
-        t = t[[backend, baseline]].dropna()
-        wins = (t[backend] < t[baseline]).to_numpy()
-        first = None
-        for i in range(len(wins) - 1, -1, -1):  # the start of the final run of wins
-            if not wins[i]:
-                break
-            first = int(t.index[i])
-        out[f"d={int(d)}{' causal' if causal else ''}"] = first
     return out
 
 

@@ -474,6 +474,7 @@ def base_meta(target_config: dict[str, Any], target_device: torch.device, option
             "status": "ok", "error": None, "workload": target_config.get("workload", "pipeline"),
             "preset": target_config.get("preset"), "backend": options.backend, "fallback": options.fallback,
             "backend_changes_math": get_backend(options.backend).changes_math,
+            "backend_mechanism": get_backend(options.backend).mechanism,
             "swap_scope": options.scope, "config_hash": config_hash, "config": target_config,
             "options": options.to_dict(), "device": dev, "roofs": environment.roofs(dev),
             "versions": environment.versions(), "settings": environment.settings(),

@@ -19,23 +19,29 @@ from mmchar.errors import MmcharError
 
 @app.command()
 def study(paths: RunsArg,
-          output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the tables, findings and dashboard.")] = Path("study")) -> None:
+          output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the tables, findings and dashboard.")] = Path("study"),
+          bench: Annotated[Optional[list[Path]], typer.Option("--bench", help="A `mmchar bench-attn` table (attention.json, or its folder): also write crossover.csv, the sequence length from which each backend beats cuDNN. Repeatable.", show_default=False)] = None) -> None:
     """Every analysis of the study as CSV, the findings summary and the dashboard, from run stores only."""
     from mmchar import analysis as an
     from mmchar.dashboards import write_dashboard
 
     check_output_folder(output)
     loaded = read_runs(paths)
+    rows = an.load_bench(bench) if bench else None  # a bad --bench path fails before anything is written
     output.mkdir(parents=True, exist_ok=True)
     for name, fn in an.TABLES.items():
         table = fn(loaded)
         write_atomic(output / f"{name}.csv", lambda p, t=table: t.to_csv(p, index=False))
+    if rows is not None:
+        cross = an.crossover_table(rows)
+        write_atomic(output / "crossover.csv", lambda p: cross.to_csv(p, index=False))
     found = an.findings(loaded)
     text = an.findings_markdown(found)
     write_atomic(output / "findings.md", lambda p: p.write_text(text))
     write_atomic(output / "dashboard.html", lambda p: write_dashboard(loaded, p, title="mmchar study"))
     print_frame(found[["question", "answer"]], title=f"findings ({len(loaded)} runs)")
-    say(f"wrote {len(an.TABLES)} tables, findings.md and dashboard.html to {output}")
+    tables = len(an.TABLES) + (rows is not None)
+    say(f"wrote {tables} tables, findings.md and dashboard.html to {output}")
 
 
 @app.command()
