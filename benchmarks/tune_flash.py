@@ -49,11 +49,12 @@ def _fits(c: dict, d: int) -> bool:
 def _launch(c: dict, q, k, v, o):
     import triton
     from mmchar.kernels.triton_flash import kernel as K
+    from mmchar.kernels.tuning import ensure_descriptor_scratch
 
     b, h, sq, d = q.shape
     skv = k.shape[2]
     if c["TMA"]:
-        K._ensure_descriptor_scratch()
+        ensure_descriptor_scratch()
     block_d = max(16, triton.next_power_of_2(d))
     args = (q, k, v, o, d ** -0.5 * 1.4426950408889634, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
             h, sq, skv, 0, 0, int(c["TMA"]))  # TMA_OK as the autotuned launches pass it: one compiled kernel

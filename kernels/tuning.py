@@ -1,8 +1,10 @@
 """What every Triton kernel of mmchar shares: the interpreter switch, autotune keys bucketed by powers of two,
-and autotuning with results cached per machine (so a kernel is tuned once, not once per process)."""
+autotuning with results cached per machine (so a kernel is tuned once, not once per process), and the Hopper
+tensor-descriptor (TMA) checks and scratch that the streaming kernels (triton_flash, lla) use."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -10,7 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import triton
+import triton.language as tl
 
 
 def interpreting() -> bool:
@@ -74,3 +78,41 @@ def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5
     torch.cuda.synchronize()
     samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     return [samples[min(n - 1, int(q * n))] for q in quantiles]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_major(index: int) -> int:
+    """The device's compute capability major, asked once per device: the query is a host cost on every call's
+    launch path, which small attention calls cannot hide."""
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def tma_allowed(*tensors: torch.Tensor) -> bool:
+    """Whether per-head 2-D tensor descriptors can address these [B, H, S, D] tensors: a Hopper-or-newer GPU,
+    a contiguous head dim, and a 16-byte aligned base and row stride (what the copy engine requires)."""
+    if not hasattr(tl, "make_tensor_descriptor") or interpreting():
+        return False
+    t0 = tensors[0]
+    if t0.device.type != "cuda" or _sm_major(t0.device.index) < 9:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if size != 2:  # fp16/bf16 only: fp32 tiles of 128+ columns exceed what the tuned list was chosen for
+            return False
+        if t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        # the row stride always goes into the descriptor; batch and head strides only offset its base
+        if (t.stride(2) * size) % 16 or any(n > 1 and (st * size) % 16 for n, st in zip(t.shape[:2], t.stride()[:2])):
+            return False
+    return True
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_descriptor_scratch() -> None:
+    """Descriptors made inside a kernel live in a small global scratch buffer that Triton asks the host for.
+    Triton keeps the allocator in a context variable (per thread), so it is set on every call that needs it."""
+    if hasattr(triton, "set_allocator"):
+        triton.set_allocator(_scratch)

@@ -20,7 +20,9 @@ underflow) and the scale is put back after the product. Head dims 1..128 are pad
 power of two (≥ 16); the pad columns load as zeros and stay zero through every pass. Causal is top-left aligned
 (needs Sq = Skv) and only visits key tiles at or before the query block. Under TRITON_INTERPRET=1 (CPU tests)
 one fixed small config runs; on a GPU a short pruned config list is autotuned per (sequence buckets, head dim,
-causal, iterations).
+causal, iterations), each tile shape twice: key/value tiles loaded by pointer, and (bf16/fp16 on Hopper, where
+``tuning.tma_allowed``) by per-head tensor descriptors, as triton_flash does: the copy engine zero-fills what the
+masks would, and the loads cost no address registers in a kernel whose registers are the limit.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import triton
 import triton.language as tl
 
 from mmchar.kernels.lla.reference import CG_RTOL, DEFAULT_CG_ITERS, DEFAULT_RIDGE_LAMBDA, check_inputs
-from mmchar.kernels.tuning import autotune, bucket, interpreting
+from mmchar.kernels.tuning import autotune, bucket, ensure_descriptor_scratch, interpreting, tma_allowed
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
@@ -51,37 +53,42 @@ def _scores(q, k, offs_m, offs_n, SKV, MASKED: tl.constexpr, CAUSAL: tl.constexp
 
 
 @triton.jit
-def _load_tile(base, offs_n, offs_d, stride_n, stride_d, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               MASKED: tl.constexpr):
-    """A [BLOCK_N, BLOCK_D] key or value tile; rows past the end and pad columns load as zeros."""
-    ptrs = base + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d
-    if MASKED:
-        if BLOCK_D != HEAD_DIM:
-            tile = tl.load(ptrs, mask=(offs_n < SKV)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
-        else:
-            tile = tl.load(ptrs, mask=(offs_n < SKV)[:, None], other=0.0)
+def _load_tile(src, start_n, offs_n, offs_d, stride_n, stride_d, SKV, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+    """A [BLOCK_N, BLOCK_D] key or value tile; rows past the end and pad columns load as zeros. With TMA ``src``
+    is the head's tensor descriptor (the copy engine zero-fills), without it the head's base pointer."""
+    if TMA:
+        tile = src.load([start_n, 0])
     else:
-        if BLOCK_D != HEAD_DIM:
-            tile = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+        ptrs = src + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d
+        if MASKED:
+            if BLOCK_D != HEAD_DIM:
+                tile = tl.load(ptrs, mask=(offs_n < SKV)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+            else:
+                tile = tl.load(ptrs, mask=(offs_n < SKV)[:, None], other=0.0)
         else:
-            tile = tl.load(ptrs)
+            if BLOCK_D != HEAD_DIM:
+                tile = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+            else:
+                tile = tl.load(ptrs)
     return tile
 
 
 @triton.jit
 def _moments_block(acc_k, acc_v, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d, stride_kn, stride_kd,
                    stride_vn, stride_vd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+                   TMA: tl.constexpr):
     """Pass 1, one key/value tile of the online softmax (FlashAttention's recurrence, as triton_flash): Σ p·k and
     Σ p·v accumulate together, both rescaled when the running max grows."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_tile(k_base, offs_n, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM, BLOCK_D, MASKED)
+    k = _load_tile(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM, BLOCK_D, MASKED, TMA)
     s = _scores(q, k, offs_m, offs_n, SKV, MASKED, CAUSAL, PREC)
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     p = tl.math.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_tile(v_base, offs_n, offs_d, stride_vn, stride_vd, SKV, HEAD_DIM, BLOCK_D, MASKED)
+    v = _load_tile(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, SKV, HEAD_DIM, BLOCK_D, MASKED, TMA)
     acc_k = tl.dot(p.to(k.dtype), k, acc_k * alpha[:, None], input_precision=PREC)
     acc_v = tl.dot(p.to(v.dtype), v, acc_v * alpha[:, None], input_precision=PREC)
     return acc_k, acc_v, l_i, m_new
@@ -91,12 +98,12 @@ def _moments_block(acc_k, acc_v, l_i, m_i, q, k_base, v_base, start_n, offs_m, o
 def _centred_block(acc, tsum, q, xh, kx, lse, k_base, w_base, start_n, offs_m, offs_d, stride_kn, stride_kd,
                    stride_wn, stride_wd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-                   W_IS_K: tl.constexpr):
+                   W_IS_K: tl.constexpr, TMA: tl.constexpr):
     """One key tile of Σ_j p_ij t_ij w_j and Σ_j p_ij t_ij, t_ij = k_j·x̂_i − k̄_i·x̂_i (``kx`` = k̄·x̂), with the
     normalised weights recomputed from the score and the log-sum-exp. w = k (a CG pass: Σ_i x̂) or v (the output
     pass: C_i x̂); for w = k the key tile is used twice and loaded once."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_tile(k_base, offs_n, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM, BLOCK_D, MASKED)
+    k = _load_tile(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM, BLOCK_D, MASKED, TMA)
     s = _scores(q, k, offs_m, offs_n, SKV, MASKED, CAUSAL, PREC)
     p = tl.math.exp2(s * qk_scale - lse[:, None])  # masked: exp2(-inf) = 0
     t = tl.dot(xh, tl.trans(k), input_precision=PREC) - kx[:, None]
@@ -105,7 +112,8 @@ def _centred_block(acc, tsum, q, xh, kx, lse, k_base, w_base, start_n, offs_m, o
     if W_IS_K:
         w = k
     else:
-        w = _load_tile(w_base, offs_n, offs_d, stride_wn, stride_wd, SKV, HEAD_DIM, BLOCK_D, MASKED)
+        w = _load_tile(w_base, start_n, offs_n, offs_d, stride_wn, stride_wd, SKV, HEAD_DIM, BLOCK_D, MASKED,
+                       TMA)
     acc = tl.dot(u.to(w.dtype), w, acc, input_precision=PREC)
     return acc, tsum
 
@@ -114,7 +122,7 @@ def _centred_block(acc, tsum, q, xh, kx, lse, k_base, w_base, start_n, offs_m, o
 def _centred_pass(x, kbar, wbar, q, lse, k_base, w_base, full, hi, offs_m, offs_d, stride_kn, stride_kd,
                   stride_wn, stride_wd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-                  W_IS_K: tl.constexpr):
+                  W_IS_K: tl.constexpr, TMA: tl.constexpr):
     """Σ_j p_ij (w_j − w̄_i)((k_j − k̄_i)·x_i) for the block's queries by one pass over the keys. x is scaled to
     a max-norm of 1 per query before it is cast to the input dtype and the scale is applied to the result."""
     xn = tl.max(tl.abs(x), 1)
@@ -126,11 +134,11 @@ def _centred_pass(x, kbar, wbar, q, lse, k_base, w_base, full, hi, offs_m, offs_
     for start_n in range(0, full, BLOCK_N):
         acc, tsum = _centred_block(acc, tsum, q, xh, kx, lse, k_base, w_base, start_n, offs_m, offs_d,
                                    stride_kn, stride_kd, stride_wn, stride_wd, qk_scale, SKV, HEAD_DIM, BLOCK_D,
-                                   BLOCK_N, False, CAUSAL, PREC, W_IS_K)
+                                   BLOCK_N, False, CAUSAL, PREC, W_IS_K, TMA)
     for start_n in range(full, hi, BLOCK_N):  # the partial last tile and the causal diagonal tiles
         acc, tsum = _centred_block(acc, tsum, q, xh, kx, lse, k_base, w_base, start_n, offs_m, offs_d,
                                    stride_kn, stride_kd, stride_wn, stride_wd, qk_scale, SKV, HEAD_DIM, BLOCK_D,
-                                   BLOCK_N, True, CAUSAL, PREC, W_IS_K)
+                                   BLOCK_N, True, CAUSAL, PREC, W_IS_K, TMA)
     return (acc - wbar * tsum[:, None]) * xn[:, None]
 
 
@@ -142,9 +150,9 @@ def _lla_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     H, SQ, SKV, CG_ITERS,
-    SQ_BUCKET, SKV_BUCKET,  # autotune keys only
+    SQ_BUCKET, SKV_BUCKET, TMA_OK,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
     n_m = tl.cdiv(SQ, BLOCK_M)
     pid = tl.program_id(0)
@@ -161,6 +169,11 @@ def _lla_fwd_kernel(
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    if TMA:  # one 2-D descriptor per head for the keys and the values; the queries load once, by pointer
+        k_base = tl.make_tensor_descriptor(k_base, shape=[SKV, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[SKV, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     # rows past the end load as zero queries: their weights are uniform and every pass stays finite; never stored
     q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
@@ -180,11 +193,11 @@ def _lla_fwd_kernel(
     for start_n in range(0, full, BLOCK_N):
         kbar, vbar, l_i, m_i = _moments_block(kbar, vbar, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d,
                                               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
-                                              HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PREC)
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PREC, TMA)
     for start_n in range(full, hi, BLOCK_N):
         kbar, vbar, l_i, m_i = _moments_block(kbar, vbar, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_d,
                                               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
-                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PREC)
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PREC, TMA)
     kbar = kbar / l_i[:, None]
     vbar = vbar / l_i[:, None]
     lse = m_i + tl.math.log2(l_i)
@@ -198,7 +211,7 @@ def _lla_fwd_kernel(
     for _ in range(CG_ITERS):
         ad = _centred_pass(d, kbar, kbar, q, lse, k_base, k_base, full, hi, offs_m, offs_d, stride_kn, stride_kd,
                            stride_kn, stride_kd, qk_scale, SKV, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, PREC,
-                           True) + ridge * d
+                           True, TMA) + ridge * d
         dad = tl.sum(d * ad, 1)
         active = (rr > thresh) & (dad > 0)
         alpha = tl.where(active, rr / tl.where(active, dad, 1.0), 0.0)
@@ -212,7 +225,7 @@ def _lla_fwd_kernel(
     # 3. output pass: b = v̄ + C x
     out = vbar + _centred_pass(x, kbar, vbar, q, lse, k_base, v_base, full, hi, offs_m, offs_d, stride_kn,
                                stride_kd, stride_vn, stride_vd, qk_scale, SKV, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-                               CAUSAL, PREC, False)
+                               CAUSAL, PREC, False, TMA)
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < SQ) & d_ok[None, :])
 
@@ -232,8 +245,11 @@ _SPILL_FREE = {64: {(64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8), (32, 32,
                128: {(32, 32, 8), (16, 64, 8), (16, 32, 4)}}
 
 
+# the same tiles with the key/value tiles brought in by the Hopper copy engine (tensor descriptors, as
+# triton_flash's TMA path): no address or mask registers, and copies the pipeliner can issue ahead of use
 def _configs() -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in _CONFIGS]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TMA": tma}, num_warps=w, num_stages=s)
+            for tma in (False, True) for bm, bn, w, s in _CONFIGS]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -245,6 +261,8 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     keep = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        if c.kwargs["TMA"] and not named_args["TMA_OK"]:
+            continue
         if d in _SPILL_FREE and (bm, bn, c.num_warps) not in _SPILL_FREE[d]:
             continue
         if (sq <= 32 and bm != 16) or (bm == 16 and sq > 32 and d < 128):
@@ -252,16 +270,19 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
         if bn > max(32, skv):
             continue
         keep.append(c)
-    return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
+    loadable = [c for c in configs if named_args["TMA_OK"] or not c.kwargs["TMA"]] or configs
+    return keep or [min(loadable, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
 
 
-_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "PREC", "CG_ITERS"]
+_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "PREC", "CG_ITERS", "TMA_OK"]
 _lla_fwd_tuned = autotune(_lla_fwd_kernel, _configs(), _KEY, _prune)
+_FORCED = {tma: autotune(_lla_fwd_kernel, [c for c in _configs() if c.kwargs["TMA"] == tma], _KEY, _prune)
+           for tma in (False, True)}
 
 
 def lla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
         ridge_lambda: float = DEFAULT_RIDGE_LAMBDA, scale: float | None = None,
-        cg_iters: int = DEFAULT_CG_ITERS) -> torch.Tensor:
+        cg_iters: int = DEFAULT_CG_ITERS, tma: bool | None = None) -> torch.Tensor:
     """Local Linear Attention forward (FlashLLA-style; the maths of ``reference.lla_cg_ref``).
 
     Args:
@@ -272,6 +293,9 @@ def lla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = Fal
         ridge_lambda: λ ≥ 0 of the ridge on the local slope, on the normalised weights (paper/authors: 10).
         scale: softmax scale of the kernel weights, default 1/sqrt(D).
         cg_iters: conjugate-gradient iterations, each one more pass over the keys (authors: 32).
+        tma: None lets the autotuner choose between pointer and descriptor loads where descriptors are allowed
+            (``tuning.tma_allowed``); True/False forces one (tests; under the interpreter True runs the
+            descriptor path).
 
     Returns:
         [B, H, Sq, D] in q's dtype, contiguous.
@@ -292,13 +316,26 @@ def lla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = Fal
     o = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
     block_d = max(16, triton.next_power_of_2(d))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 in, fp32 maths (no silent TF32)
-    args = (q, k, v, o, scale * LOG2E, float(ridge_lambda), CG_RTOL * CG_RTOL,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, int(cg_iters), bucket(sq), bucket(skv))
+    if interpreting():
+        use_tma = bool(tma)
+        if use_tma:
+            triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8))
+    else:
+        allowed = tma_allowed(q, k, v)
+        if tma and not allowed:
+            raise ValueError("lla: tma=True needs a Hopper GPU, bf16/fp16, a contiguous head dim and 16-byte "
+                             "aligned rows")
+        use_tma = allowed if tma is None else tma
+        if use_tma:
+            ensure_descriptor_scratch()
+    args = (q, k, v, o, scale * LOG2E, float(ridge_lambda), CG_RTOL * CG_RTOL, *q.stride(), *k.stride(),
+            *v.stride(), *o.stride(), h, sq, skv, int(cg_iters), bucket(sq), bucket(skv), int(use_tma))
     if interpreting():
         bm = 16
         _lla_fwd_kernel[(b * h * triton.cdiv(sq, bm),)](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal,
-                                                         PREC=prec, BLOCK_M=bm, BLOCK_N=16)
+                                                         PREC=prec, BLOCK_M=bm, BLOCK_N=16, TMA=use_tma)
     else:
         grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
-        _lla_fwd_tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec)
+        tuned = _lla_fwd_tuned if tma is None else _FORCED[use_tma]  # forced: that path's configs only
+        tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec)
     return o

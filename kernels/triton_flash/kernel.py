@@ -10,13 +10,11 @@ runs; on a GPU an autotuned, pruned config list keyed by (sequence buckets, head
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from mmchar.kernels.tuning import autotune, bucket, interpreting
+from mmchar.kernels.tuning import autotune, bucket, ensure_descriptor_scratch, interpreting, tma_allowed
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -193,44 +191,6 @@ _KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "TMA_OK"]  #
 _triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(), _KEY, _prune)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_major(index: int) -> int:
-    """The device's compute capability major, asked once per device: the query is a host cost on every call's
-    launch path, which small attention calls cannot hide."""
-    return torch.cuda.get_device_capability(index)[0]
-
-
-def tma_allowed(*tensors: torch.Tensor) -> bool:
-    """Whether per-head 2-D tensor descriptors can address these [B, H, S, D] tensors: a Hopper-or-newer GPU,
-    a contiguous head dim, and a 16-byte aligned base and row stride (what the copy engine requires)."""
-    if not hasattr(tl, "make_tensor_descriptor") or interpreting():
-        return False
-    t0 = tensors[0]
-    if t0.device.type != "cuda" or _sm_major(t0.device.index) < 9:
-        return False
-    for t in tensors:
-        size = t.element_size()
-        if size != 2:  # fp16/bf16 only: fp32 tiles of 128+ columns exceed what the tuned list was chosen for
-            return False
-        if t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        # the row stride always goes into the descriptor; batch and head strides only offset its base
-        if (t.stride(2) * size) % 16 or any(n > 1 and (st * size) % 16 for n, st in zip(t.shape[:2], t.stride()[:2])):
-            return False
-    return True
-
-
-def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def _ensure_descriptor_scratch() -> None:
-    """Descriptors made inside a kernel live in a small global scratch buffer that Triton asks the host for.
-    Triton keeps the allocator in a context variable (per thread), so it is set on every call that needs it."""
-    if hasattr(triton, "set_allocator"):
-        triton.set_allocator(_scratch)
-
-
 def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                  scale: float | None = None, tma: bool | None = None) -> torch.Tensor:
     """Softmax attention forward.
@@ -274,7 +234,7 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
             raise ValueError("triton_flash: tma=True needs a Hopper GPU, a contiguous head dim and 16-byte "
                              "aligned rows")
         if use_tma:
-            _ensure_descriptor_scratch()
+            ensure_descriptor_scratch()
     args = (q, k, v, o, scale * 1.4426950408889634,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, bucket(sq), bucket(skv), int(use_tma))
     if interpreting():
