@@ -362,7 +362,9 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
             f"as a model does (WERSA's filter source, one gain generator for q and k), "
             f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
             f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")
-    cross = {b: crossover(df, b) for b in df["backend"].unique() if get_backend(b.split(" ")[0]).changes_math}
+    registered = set(backend_names())  # peers' rows ("mlstm_kernels TFLA (peer)") name no backend: they compete too
+    cross = {b: crossover(df, b) for b in df["backend"].unique()
+             if b.endswith("(peer)") or (b.split(" (")[0] in registered and get_backend(b.split(" (")[0]).changes_math)}
     if any(cross.values()):
         head += "Sequence length from which a backend beats SDPA cuDNN (per head dim): " + "; ".join(
             f"{b}: {c}" for b, c in cross.items() if c) + "\n\n"

@@ -19,12 +19,26 @@ they run forward; at a non-causal one (spatial, temporal, joint) they run the bi
 adaptations (Vision-LSTM, Vision-RWKV): a forward and a backward scan over the host's token order, summed. LLA is
 non-causal natively and takes causal calls as they come. ``notes`` (meta.json ``backend_notes``) records each
 layer's form and the gates' source.
+
+Decoding with a KV cache (a token model's decode steps: a few new queries against the whole cache) runs the
+recurrence with a carried state. A causal whole-sequence call (the prefill) resets the layer's state; the state
+after it, mLSTM's (C, n) and RWKV-7's d × d matrix in fp32, is computed in plain PyTorch from the same gates
+(``mlstm_final_state``, ``rwkv7_final_state``); each decode step folds its new tokens into it
+(``mlstm_decode``, ``rwkv7_decode``) and reads h_t there: O(d²) per head and token, whatever the cache's length. A
+decode call is one whose keys are the tokens already in the state plus its own new ones (Skv = tokens seen + Sq,
+same batch): anything else (cross attention, a cache the state does not hold) is refused, so ``--fallback`` takes
+it. The backend instance is per layer (the swap makes one per module path), so the state is too. The state pass
+costs O(T·d²) once per prefill; a layer pays it at the prefill once it has decoded (every generation after the
+warm-up's), and defers it to the first decode step until then, so the causal sites that never decode (text
+encoders under ``--scope all``, ``bench-attn``'s causal rows) keep the forward scan alone. ``notes`` records
+``"decode": "carried state"`` once a decode step ran so.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -32,10 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmchar.backends import AttentionBackend, Constraints, _triton_usable, register_backend
+from mmchar.errors import BackendUnsupportedError
 from mmchar.kernels.wersa.reference import merge_heads  # the gates' source where the host's states do not cover q
 
 BIDIRECTIONAL = "bidirectional: a forward and a backward scan over the host's token order, summed"
 CAUSAL = "causal: a forward scan"
+CARRIED = "carried state"  # notes["decode"]: decode steps ran the recurrence from the prefill's state
 
 
 def _layer_seed(module_path: str, seed: int) -> int:
@@ -94,6 +110,23 @@ class Rwkv7Params(nn.Module):
         return w_log.to(k.dtype), k_rep, -kappa, kappa * lr
 
 
+@dataclass
+class _Carried:
+    """One layer's recurrent state across calls: what the last causal prefill and the decode steps since folded in.
+
+    ``tokens``: the tokens in the state (the prefill's, then + Sq per decode step): a decode call's cache must hold
+    exactly these plus its new ones. ``state``: fp32 tensors (mLSTM (C, n), RWKV-7 h), or None while deferred;
+    then ``source`` holds the prefill's gate source (x [B, T, C]), from which the first decode step builds it with
+    the cache's first ``tokens`` keys and values (the prefill's own)."""
+
+    tokens: int
+    batch: int
+    heads: int
+    host: bool  # the gates came from the host's hidden states (else from q with heads merged)
+    state: tuple[torch.Tensor, ...] | None = None
+    source: torch.Tensor | None = None
+
+
 class _RecurrentMixer(AttentionBackend):
     """A causal recurrence with per-layer gates from the host's hidden states: forward at causal sites, both ways
     at the others. Subclasses give the gates (`_gates`) and the causal scan (`_scan`, on the kernel or eagerly)."""
@@ -102,23 +135,50 @@ class _RecurrentMixer(AttentionBackend):
     changes_math = True
     reads_hidden_states = True
     whole_sequence = True
+    mechanism = "recurrence"
 
     def __init__(self, module_path: str = "", seed: int = 0) -> None:
         super().__init__(module_path, seed)
         self.params: nn.Module | None = None
         self.notes: dict[str, Any] = {}
+        self._carried: _Carried | None = None  # the state the next decode step continues (None: no prefill)
+        self._decoded = False  # a decode step has run here: later prefills build the state at once
 
     def unsupported(self, q, k, v, *, causal, mask):
         if q.shape[-2] != k.shape[-2]:
-            return (f"a recurrence replaces self-attention over one sequence; this call has {q.shape[-2]} queries "
-                    f"against {k.shape[-2]} keys (cross attention, or a KV-cache decode step: no recurrent state "
-                    "is carried across calls here)")
+            why = self._not_a_decode(q, k, causal)
+            if why is not None:
+                return (f"a recurrence replaces self-attention over one sequence; this call has {q.shape[-2]} "
+                        f"queries against {k.shape[-2]} keys and is no decode step of the carried state ({why}): "
+                        "cross attention, or a KV-cache the state does not hold")
         return super().unsupported(q, k, v, causal=causal, mask=mask)
+
+    def _not_a_decode(self, q: torch.Tensor, k: torch.Tensor, causal: bool) -> str | None:
+        """Why a call with fewer queries than keys is not a decode step continuing this layer's state, or None. A
+        decode step's keys are the state's tokens followed by its own Sq new ones (their queries). Cheap, and
+        reads the state only (the swap asks before routing a call)."""
+        c, sq, skv = self._carried, q.shape[-2], k.shape[-2]
+        if sq >= skv:
+            return "no more keys than queries"
+        if sq > 1 and not causal:
+            return "several new tokens, not causal among themselves"
+        if c is None:
+            return "no causal prefill has run on this layer"
+        if (q.shape[0], q.shape[1]) != (c.batch, c.heads):
+            return f"batch × heads {q.shape[0]} × {q.shape[1]}, the state's {c.batch} × {c.heads}"
+        if skv != c.tokens + sq:
+            return f"{skv} keys, the state holds {c.tokens} tokens and a decode step adds its {sq}"
+        return None
+
+    @staticmethod
+    def _covers(q: torch.Tensor, x: torch.Tensor | None) -> bool:
+        """The host's hidden states hold one row per query token (the gates' source then)."""
+        return x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]
 
     def _source(self, q: torch.Tensor, hidden_states: torch.Tensor | None) -> torch.Tensor:
         """The gates' source: the host's hidden states where they cover the tokens, else q with heads merged."""
         x = hidden_states
-        host = x is not None and x.dim() == 3 and x.shape[0] == q.shape[0] and x.shape[1] == q.shape[2]
+        host = self._covers(q, x)
         if "gate_source" not in self.notes:
             self.notes["gate_source"] = "hidden_states" if host else "q with heads merged"
         return x.to(q.dtype) if host else merge_heads(q)
@@ -129,17 +189,62 @@ class _RecurrentMixer(AttentionBackend):
     def _scan(self, q, k, v, *gates, fused: bool) -> torch.Tensor:
         raise NotImplementedError
 
-    def _run(self, q, k, v, causal: bool, hidden_states: torch.Tensor | None, fused: bool) -> torch.Tensor:
-        gates, k = self._gates(q, k, self._source(q, hidden_states))
+    def _final_state(self, k, v, *gates) -> tuple[torch.Tensor, ...]:
+        """The fp32 state after the tokens of k, v (their gates: `_gates`'), from a zero state."""
+        raise NotImplementedError
+
+    def _step(self, q, k, v, *gates, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The recurrence over a decode call's new tokens from ``state``: (h fp32, the state after them)."""
+        raise NotImplementedError
+
+    def _run(self, q, k, v, causal: bool, hidden_states: torch.Tensor | None, fused: bool,
+             carry: bool = False) -> torch.Tensor:
+        x = self._source(q, hidden_states)
+        gates, k = self._gates(q, k, x)
         self.notes.setdefault("form", CAUSAL if causal else BIDIRECTIONAL)
         out = self._scan(q, k, v, *gates, fused=fused)
         if not causal:
             back = self._scan(*(t.flip(2) for t in (q, k, v, *gates)), fused=fused)
             out = out + back.flip(2)
+        elif carry:  # a prefill: the state a decode step continues, now or (deferred) at the first decode step
+            c = _Carried(q.shape[2], q.shape[0], q.shape[1], self._covers(q, hidden_states))
+            if self._decoded:
+                c.state = self._final_state(k, v, *gates)
+            else:
+                c.source = x
+            self._carried = c
         return out
 
+    def _decode(self, q, k, v, causal: bool, hidden_states: torch.Tensor | None) -> torch.Tensor:
+        """A decode step: the new tokens (the cache's last Sq keys and values, gates from their hidden states or
+        q) folded into the carried state, h_t read from it; plain PyTorch in fp32, cast to q's dtype."""
+        why = self._not_a_decode(q, k, causal)
+        if why is not None:  # the swap routes a kind of call once: a later call of it may not continue the state
+            where = self.module_path or "a layer"
+            raise BackendUnsupportedError(f"backend {self.name!r} cannot take a call of {where} with {q.shape[-2]} "
+                                          f"queries against {k.shape[-2]} keys: it is no decode step of the carried "
+                                          f"state ({why})")
+        c, sq = self._carried, q.shape[-2]
+        if self._covers(q, hidden_states) != c.host:
+            raise BackendUnsupportedError(f"backend {self.name!r}: the gates of {self.module_path or 'a layer'}'s "
+                                          "decode step and of its prefill come from different sources (hidden "
+                                          "states, q)")
+        if c.state is None:  # deferred at the prefill: built from its gate source and its keys and values
+            gates, k_pre = self._gates(q, k[:, :, :c.tokens], c.source)
+            c.state, c.source = self._final_state(k_pre, v[:, :, :c.tokens], *gates), None
+        gates, k_new = self._gates(q, k[:, :, -sq:], self._source(q, hidden_states))
+        out, c.state = self._step(q, k_new, v[:, :, -sq:], *gates, state=c.state)
+        c.tokens += sq
+        self._decoded = True
+        self.notes.setdefault("decode", CARRIED)
+        return out.to(q.dtype)
+
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
-        return self._run(q, k, v, causal, hidden_states, fused=_triton_usable(q))
+        if q.shape[-2] != k.shape[-2]:
+            return self._decode(q, k, v, causal, hidden_states)
+        if not causal:
+            self._carried = None  # another sequence: the state no longer continues this layer's last one
+        return self._run(q, k, v, causal, hidden_states, fused=_triton_usable(q), carry=causal)
 
     def scans(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
               hidden_states: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
@@ -191,6 +296,16 @@ class MlstmBackend(_RecurrentMixer):
 
         return mlstm_eager(q, k, v, i_pre, f_pre, normalize=self.normalize)
 
+    def _final_state(self, k, v, i_pre, f_pre):
+        from mmchar.kernels.mlstm.reference import mlstm_final_state
+
+        return mlstm_final_state(k, v, i_pre, f_pre)
+
+    def _step(self, q, k, v, i_pre, f_pre, *, state):
+        from mmchar.kernels.mlstm.reference import mlstm_decode
+
+        return mlstm_decode(q, k, v, i_pre, f_pre, state, normalize=self.normalize)
+
     def reference(self, q, k, v, *, causal=False):
         from mmchar.kernels.mlstm.reference import mlstm_recurrent_ref
 
@@ -240,6 +355,17 @@ class Rwkv7Backend(_RecurrentMixer):
 
         return rwkv7_eager(q, w_log, k, v, a, b, scale=q.shape[-1] ** -0.5)
 
+    def _final_state(self, k, v, w_log, a, b):
+        from mmchar.kernels.rwkv7.reference import rwkv7_final_state
+
+        return (rwkv7_final_state(w_log, k, v, a, b),)
+
+    def _step(self, q, k, v, w_log, a, b, *, state):
+        from mmchar.kernels.rwkv7.reference import rwkv7_decode
+
+        out, h = rwkv7_decode(q, w_log, k, v, a, b, state[0], scale=q.shape[-1] ** -0.5)
+        return out, (h,)
+
     def reference(self, q, k, v, *, causal=False):
         from mmchar.kernels.rwkv7.reference import rwkv7_recurrent_ref
 
@@ -267,6 +393,7 @@ class LlaBackend(AttentionBackend):
                    "CUDA")
     constraints = Constraints(max_head_dim=128, mask=False)
     changes_math = True
+    mechanism = "local linear"
     ridge_lambda: ClassVar[float | None] = None  # None: the kernel's default (the paper's)
     cg_iters: ClassVar[int | None] = None
 

@@ -150,3 +150,18 @@ def test_workload_shapes_are_what_the_workloads_declare_in_their_order(monkeypat
         **real(self, preset), "bench": {**real(self, preset)["bench"], "order": 10**6}})
     assert [s.name for s in bench_attn.workload_shapes()] == names[4:] + names[:4]  # sd15's four move last
 
+
+
+def test_tables_with_peer_and_kernel_rows_name_each_crossover(tmp_path):
+    """A mixer's peer rows ("mlstm_kernels TFLA (peer)") name no registered backend: the tables are still written
+    (a GPU run once lost its rows to the lookup) and the peer's crossover is reported like the mixer's."""
+    rows = []
+    for s, mine, peer in ((4096, 3.0, 4.0), (16384, 1.0, 2.0), (65536, 1.0, 1.5)):
+        for backend, ms in (("cudnn", 2.0), ("mlstm", mine), ("mlstm (kernel)", mine), ("mlstm_kernels TFLA (peer)", peer)):
+            rows.append({"name": f"sweep causal d128 S{s // 1024}k", "b": 1, "h": 16, "sq": s, "skv": s, "d": 128,
+                         "causal": True, "backend": backend, "ms": ms, "tflops": 1.0, "gbps": 1.0, "gpu_ms": ms,
+                         "rel_err": None, "note": ""})
+    text = bench_attn._write_tables(rows, torch.device("cpu"), torch.float32, tmp_path)
+    assert "mlstm: {'d=128 causal': 16384}" in text and "mlstm_kernels TFLA (peer): {'d=128 causal': 65536}" in text
+    saved = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert {r["backend"] for r in saved} == {"cudnn", "mlstm", "mlstm (kernel)", "mlstm_kernels TFLA (peer)"}

@@ -232,17 +232,21 @@ def _lla_fwd_kernel(
 
 # (BLOCK_M, BLOCK_N, warps, stages). Register pressure decides: a CG pass holds two fp32 [BLOCK_M, BLOCK_N] tiles
 # (the score and t) besides the [BLOCK_M, D] accumulator and operands, and k̄, v̄, x, the residual and the
-# direction live across the passes. Every entry below compiles for sm_90 (Triton 3.9, bf16) without register
-# spills at the head dims _prune lets it run (ptxas resource usage; a compile-only check: the list has not been
-# timed on a GPU yet, the autotuner chooses among them). fp32 inputs spill at every size (exactness, not speed).
+# direction live across the passes; fp32 inputs spill at every size (exactness, not speed).
 _CONFIGS = [(64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2), (32, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2),
             (32, 32, 8, 2), (32, 32, 4, 2), (16, 64, 8, 2), (16, 32, 4, 2), (16, 64, 4, 2)]
-# the spill-free ones per padded head dim (sm_90, bf16; d = 32 causal at (32, 64, 8) spills 16 bytes): 32 and
-# below take all, 64 drops 64-row blocks on 4 warps and 128-row blocks, 128 keeps 32 × 32 on 8 warps and
-# 16-row blocks
-_SPILL_FREE = {64: {(64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8), (32, 32, 4), (16, 64, 8), (16, 32, 4),
-                    (16, 64, 4)},
-               128: {(32, 32, 8), (16, 64, 8), (16, 32, 4)}}
+# the candidates per padded head dim (32 and below take all). First chosen as the ones that compile for sm_90
+# without spills; the H200 then showed that the largest query block wins although it spills: at d = 64,
+# (128, 64, 8) runs 3.0x faster than the best spill-free tile (8.9 against 26.1 ms, B1 H16 S4096, 32 iterations;
+# benchmarks/results/attention/mixers-h200-2026-12-05/tune_lla_d64.txt): each key tile then serves twice the
+# queries, and the kernel is latency-bound at one 8-warp program per SM either way (Nsight Compute: 12.5 %
+# occupancy, tensor pipe 40 % busy). d = 128 takes its 64-row blocks as candidates on that evidence.
+_CANDIDATES = {64: {(64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8), (32, 32, 4), (16, 64, 8), (16, 32, 4),
+                    (16, 64, 4), (128, 64, 8)},
+               128: {(32, 32, 8), (16, 64, 8), (16, 32, 4), (64, 64, 8), (64, 32, 8)}}
+# descriptor loads stay off 128-row blocks: there the H200 (Triton 3.6) returned a wrong result (relative
+# difference 0.51 against the pointer path; every smaller tile agreed to 1e-3)
+_TMA_MAX_BLOCK_M = 64
 
 
 # the same tiles with the key/value tiles brought in by the Hopper copy engine (tensor descriptors, as
@@ -253,7 +257,7 @@ def _configs() -> list[triton.Config]:
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Spill-free tiles for the head dim (_SPILL_FREE); sequences up to 32 queries take 16-row blocks and longer
+    """The head dim's candidate tiles (_CANDIDATES); sequences up to 32 queries take 16-row blocks and longer
     ones do only where nothing larger fits (d = 128 keeps them as candidates); no key tile longer than the keys'
     bucket (or 32)."""
     d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
@@ -261,9 +265,9 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     keep = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if c.kwargs["TMA"] and not named_args["TMA_OK"]:
+        if c.kwargs["TMA"] and (not named_args["TMA_OK"] or bm > _TMA_MAX_BLOCK_M):
             continue
-        if d in _SPILL_FREE and (bm, bn, c.num_warps) not in _SPILL_FREE[d]:
+        if d in _CANDIDATES and (bm, bn, c.num_warps) not in _CANDIDATES[d]:
             continue
         if (sq <= 32 and bm != 16) or (bm == 16 and sq > 32 and d < 128):
             continue

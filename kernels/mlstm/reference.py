@@ -20,7 +20,8 @@ denominator is ≥ 1, so the difference is at most 1e-6 relative.
 
 Three forms: ``mlstm_recurrent_ref`` (the recurrence, token by token, fp32), ``mlstm_parallel_ref`` (the quadratic
 form, fp32, T × T: small shapes only) and ``mlstm_eager`` (chunkwise in the input dtype, never T × T: the
-baseline the Triton kernel is measured against).
+baseline the Triton kernel is measured against). For decoding with a carried state: ``mlstm_final_state`` (the
+state after a sequence, closed form) and ``mlstm_decode`` (the recurrence continued from a state).
 """
 
 from __future__ import annotations
@@ -44,19 +45,21 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def mlstm_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_pre: torch.Tensor,
-                        f_pre: torch.Tensor, *, normalize: bool) -> torch.Tensor:
-    """The recurrence itself, one token at a time in fp32 (the definition; T steps: small shapes only).
-
-    [B, H, T, Dqk] × [B, H, T, Dqk] × [B, H, T, Dv], gates [B, H, T] -> [B, H, T, Dv] fp32. The state is kept as
-    Dqk × Dv (Cᵀ of the docstring above), so h_t = q_tᵀ C_t.
-    """
+def _recurrence(q, k, v, i_pre, f_pre, normalize: bool, state):
+    """The token loop in fp32 from ``state`` = (C [B, H, Dqk, Dv], n [B, H, Dqk]) or None (zeros); returns
+    (h [B, H, T, Dv] fp32, (C_T, n_T))."""
     _check(q, k, v, i_pre, f_pre)
     qf, kf, vf = q.float() * q.shape[-1] ** -0.5, k.float(), v.float()
     fg, ig = torch.sigmoid(f_pre.float()), torch.sigmoid(i_pre.float())
     b, h, t, d = q.shape
-    c = torch.zeros(b, h, d, v.shape[-1], dtype=torch.float32, device=q.device)
-    n = torch.zeros(b, h, d, dtype=torch.float32, device=q.device)
+    if state is None:
+        c = torch.zeros(b, h, d, v.shape[-1], dtype=torch.float32, device=q.device)
+        n = torch.zeros(b, h, d, dtype=torch.float32, device=q.device)
+    else:
+        c, n = (s.float() for s in state)
+        if c.shape != (b, h, d, v.shape[-1]) or n.shape != (b, h, d):
+            raise ValueError(f"mlstm: state C {tuple(c.shape)}, n {tuple(n.shape)} must be [B, H, Dqk, Dv] = "
+                             f"{(b, h, d, v.shape[-1])} and [B, H, Dqk]")
     out = torch.empty(b, h, t, v.shape[-1], dtype=torch.float32, device=q.device)
     for s in range(t):
         f_s, i_s = fg[:, :, s, None], ig[:, :, s, None]
@@ -67,7 +70,43 @@ def mlstm_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_pre
             den = (qf[:, :, s] * n).sum(-1, keepdim=True).abs().clamp_min(1.0)
             num = num / den
         out[:, :, s] = num
-    return out
+    return out, (c, n)
+
+
+def mlstm_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_pre: torch.Tensor,
+                        f_pre: torch.Tensor, *, normalize: bool) -> torch.Tensor:
+    """The recurrence itself, one token at a time in fp32 (the definition; T steps: small shapes only).
+
+    [B, H, T, Dqk] × [B, H, T, Dqk] × [B, H, T, Dv], gates [B, H, T] -> [B, H, T, Dv] fp32. The state is kept as
+    Dqk × Dv (Cᵀ of the docstring above), so h_t = q_tᵀ C_t.
+    """
+    return _recurrence(q, k, v, i_pre, f_pre, normalize, None)[0]
+
+
+def mlstm_final_state(k: torch.Tensor, v: torch.Tensor, i_pre: torch.Tensor,
+                      f_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state after the whole sequence, from a zero state, in closed form (fp32): with the decay from token s
+    to the end, log D_Ts = Σ_{s<r≤T} log σ(f̃_r) + log σ(ĩ_s),
+
+        C_T = Σ_s D_Ts k_s v_sᵀ  (Dqk × Dv, Cᵀ of the docstring above: one einsum),   n_T = Σ_s D_Ts k_s.
+
+    The suffix sums of log-gates are summed from the end (every term ≤ 0: nothing cancels). k [B, H, T, Dqk],
+    v [B, H, T, Dv], gates [B, H, T]; returns (C_T [B, H, Dqk, Dv], n_T [B, H, Dqk]), what `mlstm_decode` continues
+    from (the `mlstm` backend's state after a causal prefill)."""
+    _check(k, k, v, i_pre, f_pre)
+    lf, li = F.logsigmoid(f_pre.float()), F.logsigmoid(i_pre.float())
+    after = F.pad(lf.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # Σ_{r>s} log f_r, summed from the end
+    kw = k.float() * (after + li).exp().unsqueeze(-1)
+    return torch.einsum("bhtd,bhte->bhde", kw, v.float()), kw.sum(2)
+
+
+def mlstm_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_pre: torch.Tensor, f_pre: torch.Tensor,
+                 state: tuple[torch.Tensor, torch.Tensor], *, normalize: bool
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Decode steps: the recurrence over a few new tokens (q, k, v [B, H, S, ·], gates [B, H, S]) continued from
+    ``state`` = (C [B, H, Dqk, Dv], n [B, H, Dqk]) in fp32 (`mlstm_final_state`'s, or an earlier step's). Returns
+    (h [B, H, S, Dv] fp32, the state after the new tokens); O(Dqk·Dv) per head and token."""
+    return _recurrence(q, k, v, i_pre, f_pre, normalize, state)
 
 
 def mlstm_parallel_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_pre: torch.Tensor,

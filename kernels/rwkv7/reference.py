@@ -14,7 +14,9 @@ v_tᵀ k̃_t. ``initial_state`` is [B, H, D_k, D_v] (fla's layout, h_0).
 
 The chunked form (docs/kernels/rwkv7.md, "The chunked form") is the WY/UT representation of fla's
 ``chunk_dplr_delta_rule``, derived again here; ``rwkv7_chunk_ref`` writes it plainly, ``rwkv7_eager`` the way a
-PyTorch user would run it at length, and the Triton kernel (kernel.py) tiles the same maths.
+PyTorch user would run it at length, and the Triton kernel (kernel.py) tiles the same maths. For decoding with a
+carried state: ``rwkv7_final_state`` (the chunked form's state pass alone: h after a sequence) and
+``rwkv7_decode`` (the token loop continued from a state).
 """
 
 from __future__ import annotations
@@ -77,16 +79,24 @@ def _chunk_step(h, q, k, v, a, b, g, ge, aqk, aqb, aak, aab, mm):
         O   = Q̃ h_0 + A_qk V + A_qb N,                       Q̃ = q ⊙ e^{g}
         h_C = e^{g_C} ⊙ h_0 + (k ⊙ e^{g_C − g})ᵀ V + (b ⊙ e^{g_C − g})ᵀ N.
     """
+    n_ = _chunk_nu(h, a, v, ge, aak, aab, mm)
+    o = mm(q * torch.exp(g), h) + mm(aqk, v) + mm(aqb, n_)
+    return o, _chunk_advance(h, k, v, b, g, n_, mm)
+
+
+def _chunk_nu(h, a, v, ge, aak, aab, mm):
+    """N = T (Ã h_0 + A_ak V), T = (I − A_ab)⁻¹: what each token's rank-one term reads (`_chunk_step`)."""
     eye = torch.eye(aab.shape[-1], dtype=torch.float32, device=aab.device)
     tri = torch.linalg.solve_triangular(eye - aab.float(), eye.expand_as(aab), upper=False, unitriangular=True)
-    a_g = a * torch.exp(ge)
-    n_ = mm(tri, mm(a_g, h) + mm(aak, v))
-    o = mm(q * torch.exp(g), h) + mm(aqk, v) + mm(aqb, n_)
+    return mm(tri, mm(a * torch.exp(ge), h) + mm(aak, v))
+
+
+def _chunk_advance(h, k, v, b, g, n_, mm):
+    """h_C = e^{g_C} ⊙ h_0 + (k ⊙ e^{g_C − g})ᵀ V + (b ⊙ e^{g_C − g})ᵀ N: the state after the chunk."""
     g_last = g[..., -1:, :]  # [.., 1, D]
     decay = torch.exp(g_last - g)
-    h = torch.exp(g_last).transpose(-1, -2) * h + mm((k * decay).transpose(-1, -2), v) \
+    return torch.exp(g_last).transpose(-1, -2) * h + mm((k * decay).transpose(-1, -2), v) \
         + mm((b * decay).transpose(-1, -2), n_)
-    return o, h
 
 
 def rwkv7_chunk_ref(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -119,6 +129,47 @@ def rwkv7_chunk_ref(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.
         o[:, :, sl], h = _chunk_step(h, qs, ks, v[:, :, sl], as_, bs, g, ge, pair(qs, ks, d_in), pair(qs, bs, d_in),
                                      pair(as_, ks, d_ex), pair(as_, bs, d_ex), torch.matmul)
     return o[:, :, :n]
+
+
+def rwkv7_final_state(w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
+                      chunk_size: int = 32, initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    """The state after the whole sequence (h_T, [B, H, D_k, D_v] fp32, fla's layout), without the outputs: the
+    chunked form's state pass alone (`_chunk_nu`, `_chunk_advance`: the UT transform of each chunk and the state
+    carried over it), with the exact pairwise decays of `rwkv7_chunk_ref` (a [C, C, D] tensor per chunk: chunks
+    of tens of tokens). Equal to the recurrence's h_T; what `rwkv7_decode` continues from (the `rwkv7` backend's
+    state after a causal prefill). w, k, v, a, b [B, H, T, D]; ``initial_state`` h_0 or zeros."""
+    _check(w, w, k, v, a, b)
+    c = chunk_size
+    if c < 1:
+        raise ValueError(f"rwkv7_final_state: chunk_size {c} must be positive")
+    w, k, v, a, b = _pad_time([t.float() for t in (w, k, v, a, b)], c)  # padded tokens: the identity
+    bsz, heads, np_, d = k.shape
+    h = (torch.zeros(bsz, heads, d, d, dtype=torch.float32, device=k.device) if initial_state is None
+         else initial_state.float())
+    idx = torch.arange(c, device=k.device)
+    strict = (idx[:, None] > idx[None, :])[..., None]  # pairs j < i (ν_i reads the state before token i)
+    for s in range(0, np_, c):
+        sl = slice(s, s + c)
+        g = w[:, :, sl].cumsum(2)  # inclusive Γ_i from the chunk's start
+        ge = F.pad(g[:, :, :-1], (0, 0, 1, 0))  # exclusive Γ_{i-1}
+        d_ex = torch.exp(torch.where(strict, ge[:, :, :, None] - g[:, :, None], float("-inf")))
+        as_, ks, bs = a[:, :, sl], k[:, :, sl], b[:, :, sl]
+        aak = torch.einsum("bhid,bhjd,bhijd->bhij", as_, ks, d_ex)
+        aab = torch.einsum("bhid,bhjd,bhijd->bhij", as_, bs, d_ex)
+        n_ = _chunk_nu(h, as_, v[:, :, sl], ge, aak, aab, torch.matmul)
+        h = _chunk_advance(h, ks, v[:, :, sl], bs, g, n_, torch.matmul)
+    return h
+
+
+def rwkv7_decode(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+                 b: torch.Tensor, state: torch.Tensor, *, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode steps: the token loop over a few new tokens ([B, H, S, D] each) continued from ``state`` (h,
+    [B, H, D_k, D_v] fp32: `rwkv7_final_state`'s, or an earlier step's). Returns (o [B, H, S, D] fp32, the state
+    after the new tokens); O(D²) per head and token."""
+    if state.shape != (*r.shape[:2], r.shape[-1], r.shape[-1]):
+        raise ValueError(f"rwkv7_decode: state {tuple(state.shape)} must be [B, H, D, D] = "
+                         f"{(*r.shape[:2], r.shape[-1], r.shape[-1])}")
+    return _recurrence(r, w, k, v, a, b, scale, state)
 
 
 def rwkv7_eager(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,

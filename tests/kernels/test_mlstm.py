@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmchar.kernels.mlstm.reference import mlstm_eager, mlstm_parallel_ref, mlstm_recurrent_ref
+from mmchar.kernels.mlstm.reference import (_recurrence, mlstm_decode, mlstm_eager, mlstm_final_state,
+                                           mlstm_parallel_ref, mlstm_recurrent_ref)
 
 INTERPRET = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, "
@@ -87,6 +88,38 @@ def test_recurrent_equals_parallel(normalize, gates):
     assert _rel(rec, par) < 2e-6
     other = mlstm_recurrent_ref(q, k, v, i_pre, f_pre, normalize=not normalize)
     assert _rel(other, par) > 1e-2  # the setting matters on this data
+
+
+# --- decoding with a carried state ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gates", [(0.0, 1.0, 3.0, 1.5), (-10.0, 10.0, -5.0, 10.0)], ids=["open", "extreme"])
+def test_final_state_is_the_recurrences(gates):
+    """The closed form C_T = Σ_s D_Ts k_s v_sᵀ (one einsum), n_T = Σ_s D_Ts k_s: the recurrence's last state, with
+    forget gates down to σ ≈ 1e-13 (log-decays in the hundreds)."""
+    q, k, v, i_pre, f_pre = _inputs(2, 3, 45, 16, 24, gates=gates)
+    _, (c_ref, n_ref) = _recurrence(q, k, v, i_pre, f_pre, False, None)
+    c, n = mlstm_final_state(k, v, i_pre, f_pre)
+    assert c.dtype == n.dtype == torch.float32 and c.shape == (2, 3, 16, 24) and n.shape == (2, 3, 16)
+    assert _rel(c, c_ref) < 2e-6 and _rel(n, n_ref) < 2e-6
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("split", [1, 20, 44])
+def test_decode_continues_the_sequence(normalize, split):
+    """The state after tokens [0, split) (closed form), then the remaining tokens decoded from it, one call of
+    several tokens and token by token: the whole sequence's outputs at those positions."""
+    q, k, v, i_pre, f_pre = _inputs(2, 2, 45, 16, 24, seed=3)
+    full = mlstm_recurrent_ref(q, k, v, i_pre, f_pre, normalize=normalize)
+    state = mlstm_final_state(k[:, :, :split], v[:, :, :split], i_pre[..., :split], f_pre[..., :split])
+    rest = [q[:, :, split:], k[:, :, split:], v[:, :, split:], i_pre[..., split:], f_pre[..., split:]]
+    out, _ = mlstm_decode(*rest, state, normalize=normalize)
+    assert out.dtype == torch.float32 and out.shape == (2, 2, 45 - split, 24)
+    assert _rel(out, full[:, :, split:]) < 2e-6
+    for t in range(45 - split):
+        h, state = mlstm_decode(*(x[:, :, t:t + 1] for x in rest), state, normalize=normalize)
+        torch.testing.assert_close(h, full[:, :, split + t:split + t + 1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="state"):
+        mlstm_decode(*rest, (state[0][..., :8], state[1]), normalize=normalize)
 
 
 # --- the eager baseline --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmchar.kernels.rwkv7.reference import _recurrence, rwkv7_chunk_ref, rwkv7_eager, rwkv7_recurrent_ref
+from mmchar.kernels.rwkv7.reference import (_recurrence, rwkv7_chunk_ref, rwkv7_decode, rwkv7_eager, rwkv7_final_state,
+                                           rwkv7_recurrent_ref)
 
 INTERPRET = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with "
@@ -130,6 +131,51 @@ def test_strong_decays_are_exact():
     ref = rwkv7_recurrent_ref(*x)
     assert _rel(rwkv7_chunk_ref(*x, chunk_size=32), ref) < 2e-6
     assert _rel(rwkv7_eager(*x, chunk_size=64), ref) < 2e-6
+
+
+# --- decoding with a carried state ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 45, 16, 16), (2, 1, 77, 32, 32), (1, 2, 30, 8, 64), (1, 1, 5, 16, 1)],
+                         ids=lambda s: "B{}-H{}-T{}-D{}-C{}".format(*s))
+def test_final_state_matches_the_recurrence(shape):
+    """The chunked form's state pass alone (no outputs): the token loop's h_T, ragged tails, one chunk longer than
+    the sequence, chunks of one token; and from an initial state (two halves chained)."""
+    b, h, t, d, c = shape
+    x = rwkv7_inputs(b, h, t, d, seed=5)
+    _, want = _recurrence(*x, 1.0, None)
+    got = rwkv7_final_state(*x[1:], chunk_size=c)
+    assert got.dtype == torch.float32 and got.shape == (b, h, d, d)
+    assert _rel(got, want) < 2e-6
+    half = t // 2
+    first = rwkv7_final_state(*(y[:, :, :half] for y in x[1:]), chunk_size=c)
+    assert _rel(rwkv7_final_state(*(y[:, :, half:] for y in x[1:]), chunk_size=c, initial_state=first), want) < 2e-6
+
+
+def test_final_state_with_strong_decays():
+    x = rwkv7_inputs(1, 2, 70, 16, seed=4)
+    x[1][..., :4] = -40.0
+    x[1][..., 4:8] = -1e-6
+    _, want = _recurrence(*x, 1.0, None)
+    assert _rel(rwkv7_final_state(*x[1:], chunk_size=32), want) < 2e-6
+
+
+@pytest.mark.parametrize("split", [1, 24, 39])
+def test_decode_continues_the_sequence(split):
+    """The state after tokens [0, split) (the chunked state pass), then the remaining tokens decoded from it, in
+    one call and token by token: the whole sequence's outputs there."""
+    x = rwkv7_inputs(2, 2, 40, 16, seed=6)
+    scale = 16 ** -0.5
+    full = rwkv7_recurrent_ref(*x, scale=scale)
+    state = rwkv7_final_state(*(y[:, :, :split] for y in x[1:]))
+    rest = [y[:, :, split:] for y in x]
+    out, _ = rwkv7_decode(*rest, state, scale=scale)
+    assert out.dtype == torch.float32 and _rel(out, full[:, :, split:]) < 2e-6
+    for t in range(40 - split):
+        o, state = rwkv7_decode(*(y[:, :, t:t + 1] for y in rest), state, scale=scale)
+        torch.testing.assert_close(o, full[:, :, split + t:split + t + 1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="state"):
+        rwkv7_decode(*rest, state[:, :1], scale=scale)
 
 
 def test_bad_input():
