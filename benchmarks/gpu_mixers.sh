@@ -23,7 +23,7 @@ for m in "${matches[@]}"; do
   spent && { echo "budget spent: bench $m and later not started" | log; break; }
   echo "== bench $m ($(( $(date +%s) - t0 )) s)" | log
   timeout "${PER_BENCH_S:-150}" mmchar bench-attn --only "${ONLY:-sweep}" --match "$m" --backends "${BACKENDS:-cudnn,flash}" \
-    --max-seq "${MAX_SEQ:-65536}" --resume -o /tmp/mixers/bench 2>&1 | grep -v "^|" | tail -4 | log
+    --max-seq "${MAX_SEQ:-65536}" --resume -o "${BENCH_DIR:-/tmp/mixers/bench}" 2>&1 | grep -v "^|" | tail -4 | log
   save
 done
 if [ -n "${TESTS:-}" ] && ! spent; then
