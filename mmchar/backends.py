@@ -74,6 +74,10 @@ class AttentionBackend:
     # attention (kernel feature maps: linear, fla, wersa), a gated recurrence (mlstm, rwkv7), local linear
     # regression (lla: softmax plus a per-query ridge correction, quadratic like softmax)
     mechanism: ClassVar[str] = "softmax"
+    # whether the backend takes or refuses a call with fewer queries than keys by what it carries from earlier
+    # calls (a recurrence's state decides which KV-cache decode steps it continues): the swap then asks
+    # `unsupported` on every such call instead of caching the first answer for the kind of call
+    routes_by_state: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 

@@ -136,6 +136,7 @@ class _RecurrentMixer(AttentionBackend):
     reads_hidden_states = True
     whole_sequence = True
     mechanism = "recurrence"
+    routes_by_state = True  # a decode step is taken only when the carried state holds the cache's tokens
 
     def __init__(self, module_path: str = "", seed: int = 0) -> None:
         super().__init__(module_path, seed)

@@ -215,7 +215,8 @@ class LayerRoute:
             backend = self.backend
         else:
             backend = self._kind_route(q, k, v, mask, causal)
-        self.routes[kind] = backend
+        if kind[2] or not self.backend.routes_by_state:  # decode steps of a stateful backend: asked every time
+            self.routes[kind] = backend
         return backend
 
     def attend_instrumented(self, backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -183,3 +183,25 @@ def test_cross_attention_and_masks_are_refused_by_the_recurrences():
         mixer = get_backend(name)("a.attn2", 0)
         assert "queries against" in mixer.unsupported(q, kv, kv, causal=False, mask=None)
         assert "mask" in mixer.unsupported(q, q, q, causal=False, mask=torch.ones(8, 8, dtype=torch.bool))
+
+
+def test_the_swap_asks_a_stateful_mixer_about_every_decode_step():
+    """A decode step the carried state does not hold goes to --fallback (recorded), and the next one that it holds
+    comes back to the mixer: the swap does not cache the first answer for decode calls of a stateful backend."""
+    from mmchar.swap import LayerRoute, SwapState
+
+    q, k, v, _ = _sequence()
+    route = LayerRoute("model.layers.0.self_attn", SwapState("mlstm", "math"), get_backend("mlstm"),
+                       get_backend("math"), [], 0)
+    route.attend(q[:, :, :8], k[:, :, :8], v[:, :, :8], None, True, None)  # the prefill binds the mixer
+    mixer = route.backend
+    assert mixer.name == "mlstm" and mixer.routes_by_state and not get_backend("math").routes_by_state
+    step = lambda t, kv: (q[:, :, t:t + 1], k[:, :, :kv], v[:, :, :kv])  # noqa: E731
+    route.attend(*step(8, 9), None, False, None)
+    assert mixer._carried.tokens == 9 and not route.state.later_fallback
+    off = route.attend(*step(9, 11), None, False, None)  # a cache one token too long: not the state's
+    assert "model.layers.0.self_attn" in route.state.later_fallback and mixer._carried.tokens == 9
+    torch.testing.assert_close(off, get_backend("math")()(*step(9, 11), causal=False))
+    route.attend(*step(9, 10), None, False, None)  # the state's own next token: the mixer again
+    assert mixer._carried.tokens == 10
+    assert (True, True, True) in route.routes and (True, False, False) not in route.routes
