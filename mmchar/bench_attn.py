@@ -21,6 +21,7 @@ import torch
 from mmchar import environment
 from mmchar.analysis.mechanisms import crossover  # one definition: `mmchar study --bench` tabulates it too
 from mmchar.backends import backend_names, get_backend
+from mmchar.bench_peers import PEERS
 from mmchar.errors import MmcharError
 from mmchar.flops import attention_cost
 
@@ -227,7 +228,7 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         if _failed(erow, e, device):
                             raise ContextLost([*rows, erow]) from None
                     rows.append(erow)
-                if row["ms"] and hasattr(backend, "prepared") and device.type == "cuda":
+                if row["ms"] and device.type == "cuda" and (hasattr(backend, "prepared") or name in PEERS):
                     try:
                         rows += _kernel_and_peer_rows(name, backend, row, q, k, v, shape.causal, host, flops,
                                                       nbytes, device)
@@ -238,27 +239,34 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
 
 def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v, causal: bool, host, flops: float,
                           nbytes: float, device: torch.device) -> list[dict[str, Any]]:
-    """A mixer's kernel alone on prepared inputs (the backend's row minus it is the adapter) and its peers on the
-    same inputs in their own layout and API (`mmchar.bench_peers`); a missing peer package is a skipped row."""
+    """A backend's kernel alone on prepared inputs where it has an adapter (the backend's row minus it is the
+    adapter's cost) and its peers on the same inputs in their own layout and API (`mmchar.bench_peers`); a
+    missing peer package, or a shape the peer has no form for, is a skipped row."""
     import importlib.util
 
-    from mmchar.bench_peers import PEERS
-
     out = []
-    runs = [(f"{name} (kernel)", "the kernel alone, gates and reversed copies prepared outside the call",
-             lambda: backend.prepared(q, k, v, causal=causal, hidden_states=host))]
+    runs = []
+    if hasattr(backend, "prepared"):  # a backend with an adapter around its kernel (gates, reversed copies)
+        runs.append((f"{name} (kernel)", "the kernel alone, gates and reversed copies prepared outside the call",
+                     lambda: backend.prepared(q, k, v, causal=causal, hidden_states=host)))
     for peer, package, hint, build in PEERS.get(name, ()):
         if importlib.util.find_spec(package) is None:
             out.append(dict(row, backend=f"{peer} (peer)", ms=None, tflops=None, gbps=None, gpu_ms=None,
                             rel_err=None, note=f"skipped: needs {package} ({hint})"))
             continue
-        runs.append((f"{peer} (peer)", "its own layout and API, same gates", lambda b=build: b(backend, q, k, v,
-                                                                                                causal, host)))
+        runs.append((f"{peer} (peer)", "its own layout and API, same inputs", lambda b=build: b(backend, q, k, v,
+                                                                                                 causal, host)))
     for label, note, make in runs:
         prow = dict(row, backend=label, rel_err=None, note=note)
         try:
             with torch.inference_mode():
-                _timed_row(prow, make(), flops, nbytes, device)
+                fn = make()
+                if fn is None:
+                    prow.update(ms=None, tflops=None, gbps=None, gpu_ms=None,
+                                note="skipped: the peer has no form for this call (causal only)")
+                    out.append(prow)
+                    continue
+                _timed_row(prow, fn, flops, nbytes, device)
         except Exception as e:  # noqa: BLE001 - a peer's own failure is its row's note
             prow.update(ms=None, tflops=None, gbps=None, gpu_ms=None)
             if _failed(prow, e, device):

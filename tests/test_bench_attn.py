@@ -165,3 +165,29 @@ def test_tables_with_peer_and_kernel_rows_name_each_crossover(tmp_path):
     assert "mlstm: {'d=128 causal': 16384}" in text and "mlstm_kernels TFLA (peer): {'d=128 causal': 65536}" in text
     saved = json.loads((tmp_path / "attention.json").read_text())["rows"]
     assert {r["backend"] for r in saved} == {"cudnn", "mlstm", "mlstm (kernel)", "mlstm_kernels TFLA (peer)"}
+
+
+def test_peer_rows_time_the_peer_skip_what_it_cannot_take_and_name_a_missing_package(monkeypatch):
+    """`_kernel_and_peer_rows` on the CPU with stand-in peers: a builder's callable is timed as its row, a builder
+    that returns None (a causal-only peer at a non-causal shape) is a skipped row, a missing package says how to
+    install it; a backend without an adapter (`linear`) has no `(kernel)` row."""
+    from mmchar.backends import get_backend
+
+    calls = []
+    peers = {"linear": [("stand-in", "torch", "-", lambda b, q, k, v, causal, host: (lambda: calls.append(1))
+                         if causal else None),
+                        ("absent", "no_such_package_xyz", "pip install absent", lambda *a: None)]}
+    monkeypatch.setattr(bench_attn, "PEERS", peers)
+    q = k = v = torch.randn(1, 2, 16, 8)
+    row = {"name": "s", "backend": "linear", "ms": 1.0}
+    backend = get_backend("linear")("bench.s")
+    for causal in (True, False):
+        rows = bench_attn._kernel_and_peer_rows("linear", backend, row, q, k, v, causal, None, 1e6, 1e3,
+                                                torch.device("cpu"))
+        by = {r["backend"]: r for r in rows}
+        assert set(by) == {"stand-in (peer)", "absent (peer)"}
+        assert by["absent (peer)"]["note"].startswith("skipped: needs no_such_package_xyz (pip install absent)")
+        if causal:
+            assert by["stand-in (peer)"]["ms"] > 0 and calls
+        else:
+            assert by["stand-in (peer)"]["ms"] is None and "no form for this call" in by["stand-in (peer)"]["note"]
