@@ -629,3 +629,5 @@ __all__ = ["AttentionBackend", "Constraints", "MECHANISMS", "MmcharError", "back
 
 # the sequence mixers beyond softmax and linear attention (mLSTM, RWKV-7, LLA) register themselves here, last
 from mmchar import mixers as _mixers  # noqa: E402,F401
+# diffusers' own attention dispatcher, one `diffusers:<name>` backend per dispatcher backend (none without diffusers)
+from mmchar import diffusers_backends as _diffusers_backends  # noqa: E402,F401

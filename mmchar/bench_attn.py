@@ -276,8 +276,11 @@ def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v,
 
 
 def available_backends(device: torch.device) -> list[str]:
-    """Every registered backend that runs on ``device`` (``sdpa`` aside: it is one of the others)."""
-    return [n for n in backend_names() if n != "sdpa" and get_backend(n).unavailable_reason(device) is None]
+    """Every registered backend that runs on ``device`` (``sdpa`` aside: it is one of the others; diffusers'
+    dispatcher backends aside: its native ones are PyTorch's SDPA kernels again, pass ``--backends diffusers:...``
+    to time one)."""
+    return [n for n in backend_names() if n != "sdpa" and not n.startswith("diffusers:")
+            and get_backend(n).unavailable_reason(device) is None]
 
 
 def _markdown(df: pd.DataFrame) -> str:

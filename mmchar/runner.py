@@ -464,7 +464,9 @@ def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[st
 
 
 def new_run_id(workload: str, backend: str, config_hash: str) -> str:
-    return f"{workload}-{backend}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash}"
+    """The run folder's name. A backend name's ':' (``diffusers:native``) becomes '_': folder names stay portable
+    (Windows, archive tools); meta.json keeps the backend's own name."""
+    return f"{workload}-{backend.replace(':', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash}"
 
 
 def base_meta(target_config: dict[str, Any], target_device: torch.device, options: ProfileOptions, run_id: str,
