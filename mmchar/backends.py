@@ -78,6 +78,9 @@ class AttentionBackend:
     # calls (a recurrence's state decides which KV-cache decode steps it continues): the swap then asks
     # `unsupported` on every such call instead of caching the first answer for the kind of call
     routes_by_state: ClassVar[bool] = False
+    # bench-attn times a backend only when its worst relative error per query row against its own fp32 reference
+    # is below this: exact kernels differ by their dtype's rounding; quantised ones (sage) by more, by design
+    check_tolerance: ClassVar[float] = 2e-2
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 
@@ -511,6 +514,41 @@ class FlaBackend(LinearBackend):
 
     def eager(self):
         return None  # `linear (eager)` is the eager row of the same maths
+
+
+@register_backend
+class SageBackend(AttentionBackend):
+    """SageAttention 1.0.6 (Zhang et al., ICLR 2025), the registry's Triton release: QKᵀ in INT8 with per-block
+    scales, PV in fp16, keys smoothed by their mean over the sequence (softmax is unchanged by it; SageAttention
+    subtracts it in place from the caller's k, so the mean is taken out here, on a new tensor, and the package's
+    own smoothing is off). Softmax attention, approximated: ``changes_math``."""
+
+    name = "sage"
+    description = ("SageAttention 1.0.6: softmax attention with INT8-quantised QKᵀ (per-block scales, smoothed "
+                   "keys) and fp16 PV, its Triton kernels; the output changes by the quantisation")
+    constraints = Constraints(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                              max_head_dim=128, mask=False)
+    changes_math = True
+    requires = ("sageattention",)
+    install_hint = "pip install 'mmchar[sage]'"
+    check_tolerance = 5e-2  # INT8 QKᵀ (not yet measured on a GPU here: the bound SageAttention's accuracy claims allow)
+    head_dims: ClassVar[tuple[int, ...]] = (64, 96, 128)
+
+    def unsupported(self, q, k, v, *, causal, mask):
+        if q.shape[-1] not in self.head_dims or v.shape[-1] != q.shape[-1]:
+            return f"head dim {q.shape[-1]} (value {v.shape[-1]}): SageAttention takes {'/'.join(map(str, self.head_dims))}"
+        if causal and q.shape[-2] != k.shape[-2]:
+            return "SageAttention's causal form needs as many queries as keys"
+        if k.shape[1] != q.shape[1]:
+            return "SageAttention here takes one k/v head per query head"
+        return super().unsupported(q, k, v, causal=causal, mask=mask)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
+        from sageattention import sageattn
+
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        k = k - k.mean(dim=2, keepdim=True)  # its smooth_k, without writing into the caller's keys
+        return sageattn(q, k, v, tensor_layout="HND", is_causal=causal, sm_scale=scale, smooth_k=False)
 
 
 @register_backend

@@ -143,3 +143,38 @@ def test_register_backend_and_entry_point_group(monkeypatch):
         mb._REGISTRY.pop("plugin-test", None)
     assert register_backend(Plugin) is Plugin
     mb._REGISTRY.pop("plugin-test", None)
+
+
+def test_sage_is_listed_says_why_not_here_and_calls_sageattention_as_its_users_do(monkeypatch):
+    """The `sage` backend on a machine without CUDA: unavailable with the reason, its head-dim limits, and (with a
+    stand-in `sageattention` module) the call it makes: [B, H, S, D] as "HND", keys smoothed on a new tensor (the
+    package subtracts the mean in place from the caller's k), the scale and causal flag passed on."""
+    import sys
+    import types
+
+    from mmchar.backends import get_backend
+
+    cls = get_backend("sage")
+    assert cls.changes_math and cls.mechanism == "softmax" and cls.check_tolerance > 2e-2
+    why = cls.unavailable_reason(torch.device("cpu"))
+    assert why is not None and ("sageattention" in why or "cuda" in why)
+    seen = {}
+
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True):
+        seen.update(layout=tensor_layout, causal=is_causal, scale=sm_scale, smooth=smooth_k, k=k.clone())
+        k -= k.mean(dim=2, keepdim=True)  # what SageAttention does to the k it is given
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=sm_scale)
+
+    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
+    q, k, v = (torch.randn(1, 2, 12, 64) for _ in range(3))
+    k0 = k.clone()
+    backend = cls("blocks.0.attn1")
+    out = backend(q, k, v, causal=True, scale=0.2)
+    assert torch.equal(k, k0)  # the caller's keys untouched
+    assert seen["layout"] == "HND" and seen["causal"] is True and seen["scale"] == 0.2 and seen["smooth"] is False
+    torch.testing.assert_close(seen["k"].mean(dim=2), torch.zeros(1, 2, 64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                     scale=0.2))
+    assert "SageAttention takes 64/96/128" in backend.unsupported(q[..., :40], k[..., :40], v[..., :40],
+                                                                  causal=False, mask=None)
+    assert "as many queries" in backend.unsupported(q[:, :, :3], k, v, causal=True, mask=None)
