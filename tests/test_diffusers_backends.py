@@ -39,7 +39,7 @@ def test_the_names_are_the_dispatchers_enum():
 
 def test_importing_mmchar_imports_no_diffusers():
     code = "import sys, mmchar.backends as b\nprint('diffusers' in sys.modules, 'diffusers:native' in b.backend_names())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "True"], out.stderr
 
 
@@ -47,7 +47,7 @@ def test_no_diffusers_registers_nothing(tmp_path):
     (tmp_path / "diffusers").mkdir()
     (tmp_path / "diffusers" / "__init__.py").write_text('raise ImportError("an old diffusers")\n')  # no dispatcher
     code = "import mmchar.backends as b\nprint(sum(n.startswith('diffusers:') for n in b.backend_names()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
 
