@@ -485,6 +485,16 @@ class LinearBackend(AttentionBackend):
         b, h, sq, d = q.shape
         return linear_attention_cost(b, h, sq, k.shape[-2], d, v.shape[-1], q.element_size())
 
+    def variants(self, q, k, v, *, causal) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
+        """bench-attn rows of the kernel in another setting: causal, without the normaliser (beside fla's
+        ``normalize=False`` fast path, the like-for-like comparison)."""
+        if not causal or type(self) is not LinearBackend:
+            return []
+        from mmchar.kernels.linear_attn.kernel import linear_attn
+
+        return [("normalize off", "the kernel without the division by φ(q)·z: fla's normalize=False maths",
+                 lambda: linear_attn(q, k, v, causal=True, feature=self.feature, eps=self.eps, normalize=False))]
+
 
 @register_backend
 class FlaBackend(LinearBackend):

@@ -228,7 +228,8 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         if _failed(erow, e, device):
                             raise ContextLost([*rows, erow]) from None
                     rows.append(erow)
-                if row["ms"] and device.type == "cuda" and (hasattr(backend, "prepared") or name in PEERS):
+                if row["ms"] and device.type == "cuda" and (hasattr(backend, "prepared") or name in PEERS
+                                                            or hasattr(backend, "variants")):
                     try:
                         rows += _kernel_and_peer_rows(name, backend, row, q, k, v, shape.causal, host, flops,
                                                       nbytes, device)
@@ -249,6 +250,9 @@ def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v,
     if hasattr(backend, "prepared"):  # a backend with an adapter around its kernel (gates, reversed copies)
         runs.append((f"{name} (kernel)", "the kernel alone, gates and reversed copies prepared outside the call",
                      lambda: backend.prepared(q, k, v, causal=causal, hidden_states=host)))
+    if hasattr(backend, "variants"):  # the kernel in another setting a peer is compared in (fla's normalize=False)
+        for label, note, fn in backend.variants(q, k, v, causal=causal):
+            runs.append((f"{name} ({label})", note, lambda fn=fn: fn))
     for peer, package, hint, build in PEERS.get(name, ()):
         if importlib.util.find_spec(package) is None:
             out.append(dict(row, backend=f"{peer} (peer)", ms=None, tflops=None, gbps=None, gpu_ms=None,

@@ -6,7 +6,8 @@ prepared outside the timed call. A peer whose package is missing is a skipped ro
   [B, NH, S], the backend's normalisation setting, chunk 128 (its published setting);
 - ``rwkv7``: flash-linear-attention's ``chunk_rwkv7`` (``fla-core`` 0.6.0, ``mmchar[fla]``), [B, T, H, D];
 - ``linear``: flash-linear-attention's ``chunk_linear_attn`` on the same ReLU feature maps, [B, T, H, D], with
-  its own normalisation on (the maths of ours); causal only (fla has no non-causal linear attention).
+  its own normalisation on (the maths of ours), and with it off beside our kernel's ``normalize=False`` row
+  (fla's fast path: like for like); causal only (fla has no non-causal linear attention).
 
 A builder returns None where the peer has no form for the call (a non-causal shape of a causal-only peer): the
 row is skipped with the reason.
@@ -50,7 +51,8 @@ def _fla_rwkv7(backend: Any, q, k, v, causal: bool, host) -> Callable[[], torch.
     return call
 
 
-def _fla_linear(backend: Any, q, k, v, causal: bool, host) -> Callable[[], torch.Tensor] | None:
+def _fla_linear(backend: Any, q, k, v, causal: bool, host,
+                normalize: bool = True) -> Callable[[], torch.Tensor] | None:
     if not causal:
         return None
     from fla.ops.linear_attn import chunk_linear_attn
@@ -60,12 +62,14 @@ def _fla_linear(backend: Any, q, k, v, causal: bool, host) -> Callable[[], torch
     # the feature maps and fla's layout made before the timed call; fla scales q (1.0: the maps carry no scale)
     fq, fk, fv = (t.transpose(1, 2).contiguous() for t in (feature_map(q, backend.feature),
                                                           feature_map(k, backend.feature), v))
-    return lambda: chunk_linear_attn(fq, fk, fv, scale=1.0, normalize=True)[0]
+    return lambda: chunk_linear_attn(fq, fk, fv, scale=1.0, normalize=normalize)[0]
 
 
 # backend name -> (row name, the package it needs, how to install it, builder)
 PEERS: dict[str, list[tuple[str, str, str, Peer]]] = {
     "mlstm": [("mlstm_kernels TFLA", "mlstm_kernels", "pip install 'mmchar[mlstm]'", _tfla)],
     "rwkv7": [("fla chunk_rwkv7", "fla", "pip install 'mmchar[fla]'", _fla_rwkv7)],
-    "linear": [("fla chunk_linear_attn", "fla", "pip install 'mmchar[fla]'", _fla_linear)],
+    "linear": [("fla chunk_linear_attn", "fla", "pip install 'mmchar[fla]'", _fla_linear),
+               ("fla chunk_linear_attn normalize off", "fla", "pip install 'mmchar[fla]'",
+                lambda *a: _fla_linear(*a, normalize=False))],
 }

@@ -170,7 +170,7 @@ def test_tables_with_peer_and_kernel_rows_name_each_crossover(tmp_path):
 def test_peer_rows_time_the_peer_skip_what_it_cannot_take_and_name_a_missing_package(monkeypatch):
     """`_kernel_and_peer_rows` on the CPU with stand-in peers: a builder's callable is timed as its row, a builder
     that returns None (a causal-only peer at a non-causal shape) is a skipped row, a missing package says how to
-    install it; a backend without an adapter (`linear`) has no `(kernel)` row."""
+    install it; a backend without an adapter (`linear`) has no `(kernel)` row, and its `variants` are rows."""
     from mmchar.backends import get_backend
 
     calls = []
@@ -185,9 +185,24 @@ def test_peer_rows_time_the_peer_skip_what_it_cannot_take_and_name_a_missing_pac
         rows = bench_attn._kernel_and_peer_rows("linear", backend, row, q, k, v, causal, None, 1e6, 1e3,
                                                 torch.device("cpu"))
         by = {r["backend"]: r for r in rows}
-        assert set(by) == {"stand-in (peer)", "absent (peer)"}
+        # causal: our kernel without its normaliser too (fla's normalize=False beside it); Triton off the GPU
+        # without the interpreter cannot run it here, which its row records
+        assert set(by) == {"stand-in (peer)", "absent (peer)"} | ({"linear (normalize off)"} if causal else set())
         assert by["absent (peer)"]["note"].startswith("skipped: needs no_such_package_xyz (pip install absent)")
         if causal:
             assert by["stand-in (peer)"]["ms"] > 0 and calls
         else:
             assert by["stand-in (peer)"]["ms"] is None and "no form for this call" in by["stand-in (peer)"]["note"]
+
+
+def test_linear_offers_its_unnormalised_kernel_beside_fla_at_causal_shapes_only():
+    from mmchar.backends import get_backend
+    from mmchar.bench_peers import PEERS
+
+    q = k = v = torch.randn(1, 2, 16, 8)
+    linear = get_backend("linear")("bench.s")
+    (label, note, fn), = linear.variants(q, k, v, causal=True)
+    assert label == "normalize off" and "normalize=False" in note and callable(fn)
+    assert linear.variants(q, k, v, causal=False) == []
+    assert get_backend("fla")("bench.s").variants(q, k, v, causal=True) == []  # fla is itself the peer
+    assert [p[0] for p in PEERS["linear"]] == ["fla chunk_linear_attn", "fla chunk_linear_attn normalize off"]

@@ -67,7 +67,8 @@ def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, state_scale, NB,
                             stride_qb, stride_qh, stride_qm, stride_qd,
                             stride_ob, stride_oh, stride_om, stride_od,
                             H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
-                            FEATURE: tl.constexpr, PREC: tl.constexpr, BDV: tl.constexpr, BLOCK_M: tl.constexpr):
+                            FEATURE: tl.constexpr, PREC: tl.constexpr, BDV: tl.constexpr, BLOCK_M: tl.constexpr,
+                            NORMALIZE: tl.constexpr = True):
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_e = tl.program_id(2)
@@ -86,8 +87,10 @@ def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, state_scale, NB,
     # the product is scaled back in fp32
     num = tl.dot(q.to(Q.dtype.element_ty), (u * state_scale).to(Q.dtype.element_ty), input_precision=PREC)
     num = num / state_scale
-    den = tl.sum(q * z[None, :], 1) + eps
-    out = num / den[:, None]
+    if NORMALIZE:
+        out = num / (tl.sum(q * z[None, :], 1) + eps)[:, None]
+    else:
+        out = num
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & (offs_e[None, :] < DV))
 
@@ -99,7 +102,8 @@ def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
                         stride_vb, stride_vh, stride_vn, stride_vd,
                         stride_ob, stride_oh, stride_om, stride_od,
                         H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, PREC: tl.constexpr):
+                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, PREC: tl.constexpr,
+                        NORMALIZE: tl.constexpr = True):
     """One pass per (batch·head, dv block) with the running state in registers: the fastest form when
     batch·heads alone fill the GPU (no state reaches memory)."""
     pid_bh = tl.program_id(0)
@@ -130,9 +134,10 @@ def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
         a = tl.where(tri, tl.dot(qd, ktd, input_precision=PREC), 0.0)
         num = tl.dot(a.to(dt), v, input_precision=PREC)
         num += tl.dot(qd, (state * state_scale).to(dt), input_precision=PREC) / state_scale  # fp16-safe state
-        den = tl.sum(a, 1) + tl.sum(q * zsum[None, :], 1) + eps
+        if NORMALIZE:
+            num = num / (tl.sum(a, 1) + tl.sum(q * zsum[None, :], 1) + eps)[:, None]
         tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_om + offs_e[None, :] * stride_od,
-                 (num / den[:, None]).to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
+                 num.to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
         state += tl.dot(ktd, v, input_precision=PREC)
         zsum += tl.sum(kt, 1)
 
@@ -187,7 +192,7 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
                        stride_ob, stride_oh, stride_om, stride_od,
                        H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
-                       PREC: tl.constexpr, BDV: tl.constexpr):
+                       PREC: tl.constexpr, BDV: tl.constexpr, NORMALIZE: tl.constexpr = True):
     """Per (batch·head, query tile, dv block): φq·(state at the chunk's start) plus the causal part inside the
     chunk, walked in key tiles of the query tile's size (the second level of tiling)."""
     pid_bh = tl.program_id(0)
@@ -232,8 +237,10 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
                     mask=n_ok[:, None] & e_ok[None, :], other=0.0)
         num += tl.dot(a.to(dt), v, input_precision=PREC)
         den += tl.sum(a, 1)
+    if NORMALIZE:
+        num = num / (den + eps)[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
-             (num / (den + eps)[:, None]).to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
+             num.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
 
 
 # Autotuning (GPU only; the interpreter runs the first config of each list): a few configs per kernel, pruned to
@@ -297,7 +304,7 @@ def _launch(raw, tuned, grid, *args, **kwargs) -> None:
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, feature: str = "relu",
                 eps: float = 1e-6, chunks_per_group: int | None = None,
-                causal_path: str | None = None) -> torch.Tensor:
+                causal_path: str | None = None, normalize: bool = True) -> torch.Tensor:
     """Linear attention forward.
 
     Args:
@@ -305,6 +312,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
         causal: prefix sums over tokens (needs Sq == Skv).
         feature: ``relu`` or ``elu1``.
         eps: added to the normaliser.
+        normalize: divide by φ(q)·z + ε (the default, SANA's maths); False gives φ(q)ᵀU alone, what
+            fla's ``chunk_linear_attn(normalize=False)`` computes (the like-for-like comparison with its fast path).
         chunks_per_group: causal only; how many chunks one program of the state pass walks (default: enough
             groups to fill the GPU). Exposed for tests.
         causal_path: ``scan`` (one pass per batch·head, state in registers) or ``chunked`` (two levels of
@@ -341,9 +350,9 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
             _causal_scan_kernel[grid](q, k, v, o, sq, eps, 1.0 / max(sq, 1), *q.stride(), *k.stride(), *v.stride(),
                                       *o.stride(), h, D=d, DV=dv, BD=bd, BDV=min(bdv, 64), FEATURE=f,
                                       CHUNK=16 if interpreting() else 32 if wide else 64, PREC=prec,
-                                      num_warps=8 if wide else 4, num_stages=1 if wide else 3)
+                                      NORMALIZE=normalize, num_warps=8 if wide else 4, num_stages=1 if wide else 3)
             return o
-        return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group)
+        return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize)
     u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)
     z = torch.zeros((b * h, bd), dtype=torch.float32, device=q.device)
     # enough token slices to fill the GPU, few enough that the atomics stay cheap: each slice adds a bd × bdv fp32
@@ -358,11 +367,11 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     _launch(_linear_attn_out_kernel, _out_tuned,
             lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]), bdv // meta["BDV"]),
             q, u, z, o, sq, eps, 1.0 / max(skv, 1), bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,
-            BD=bd, DVP=bdv, FEATURE=f, PREC=prec)
+            BD=bd, DVP=bdv, FEATURE=f, PREC=prec, NORMALIZE=normalize)
     return o
 
 
-def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group):
+def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True):
     """Chunks of CHUNK tokens: pass 1 walks each group of chunks and writes the state at every chunk start
     (relative to its group) and the group's total; the exclusive prefix over groups is one cumsum; pass 2 runs
     every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
@@ -390,5 +399,5 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group):
     _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
             q, k, v, o, hs, hz, gs, gz, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
-            PREC=prec)
+            PREC=prec, NORMALIZE=normalize)
     return o

@@ -21,8 +21,9 @@ def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def linear_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                    feature: str = "relu", eps: float = 1e-6) -> torch.Tensor:
-    """[B, H, Sq, D] × [B, H, Skv, D] × [B, H, Skv, Dv] -> [B, H, Sq, Dv] in q's dtype, computed in fp32."""
+                    feature: str = "relu", eps: float = 1e-6, normalize: bool = True) -> torch.Tensor:
+    """[B, H, Sq, D] × [B, H, Skv, D] × [B, H, Skv, Dv] -> [B, H, Sq, Dv] in q's dtype, computed in fp32;
+    ``normalize=False``: the numerator φ(q)ᵀU alone (fla's ``normalize=False``)."""
     fq, fk, vv = feature_map(q.float(), feature), feature_map(k.float(), feature), v.float()
     if not causal:
         u = torch.einsum("bhsd,bhse->bhde", fk, vv)
@@ -36,18 +37,20 @@ def linear_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         z = fk.cumsum(dim=2)
         num = torch.einsum("bhtd,bhtde->bhte", fq, kv)
         den = torch.einsum("bhtd,bhtd->bht", fq, z)
-    return (num / (den.unsqueeze(-1) + eps)).to(q.dtype)
+    return (num / (den.unsqueeze(-1) + eps) if normalize else num).to(q.dtype)
 
 
 def linear_attn_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                      feature: str = "relu", eps: float = 1e-6) -> torch.Tensor:
+                      feature: str = "relu", eps: float = 1e-6, normalize: bool = True) -> torch.Tensor:
     """The same maths in plain PyTorch in the input dtype (the baseline the Triton kernels are measured against):
     three einsums non-causal; chunked prefix states causal (no n × d × d cumsum)."""
     fq, fk = feature_map(q, feature), feature_map(k, feature)
     if not causal:
         u = torch.einsum("bhsd,bhse->bhde", fk, v)
-        z = fk.sum(dim=2)
-        return torch.einsum("bhtd,bhde->bhte", fq, u) / (torch.einsum("bhtd,bhd->bht", fq, z).unsqueeze(-1) + eps)
+        num = torch.einsum("bhtd,bhde->bhte", fq, u)
+        if not normalize:
+            return num
+        return num / (torch.einsum("bhtd,bhd->bht", fq, fk.sum(dim=2)).unsqueeze(-1) + eps)
     b, h, n, d = q.shape
     out = torch.empty(b, h, n, v.shape[-1], dtype=q.dtype, device=q.device)
     state = torch.zeros(b, h, d, v.shape[-1], dtype=torch.float32, device=q.device)
@@ -59,8 +62,9 @@ def linear_attn_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
         m = mask[: qc.shape[2], : qc.shape[2]]
         a = (qc @ kc.transpose(-1, -2)).masked_fill(~m, 0.0)
         num = a @ vc + qc @ state
-        den = a.sum(-1) + torch.einsum("bhtd,bhd->bht", qc, zs)
-        out[:, :, s:s + c] = (num / (den.unsqueeze(-1) + eps)).to(q.dtype)
+        if normalize:
+            num = num / (a.sum(-1) + torch.einsum("bhtd,bhd->bht", qc, zs)).unsqueeze(-1).add(eps)
+        out[:, :, s:s + c] = num.to(q.dtype)
         state = state + kc.transpose(-1, -2) @ vc
         zs = zs + kc.sum(2)
     return out

@@ -71,6 +71,25 @@ def test_causal_groups_of_chunks(per_group):
     assert _rel(out, linear_attn_ref(q, k, v, causal=True, feature="elu1")) < 1e-5
 
 
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("causal,path", [(False, None), (True, "scan"), (True, "chunked")])
+def test_unnormalised_is_the_numerator_alone(causal, path):
+    """normalize=False (fla's fast path's maths): φ(q)ᵀU without the division, on every kernel path; the reference
+    and the eager form agree, and it is not the normalised output (the flag is not ignored)."""
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 83, 24, generator=g) for _ in range(3))
+    ref = linear_attn_ref(q, k, v, causal=causal, normalize=False)
+    out = linear_attn(q, k, v, causal=causal, causal_path=path, normalize=False)
+    assert _rel(out, ref) < 1e-5
+    assert _rel(linear_attn_eager(q, k, v, causal=causal, normalize=False), ref) < 1e-5
+    assert _rel(out, linear_attn_ref(q, k, v, causal=causal)) > 0.5
+    fq, fk = torch.relu(q), torch.relu(k)  # the numerator by hand, non-causal
+    if not causal:
+        torch.testing.assert_close(out, fq @ (fk.transpose(-1, -2) @ v), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c[8] == torch.float32], ids=_ids)
 def test_eager_matches_reference(case):
     b, h, sq, skv, d, dv, causal, feature, _ = case
