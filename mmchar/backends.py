@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -81,6 +82,8 @@ class AttentionBackend:
     # bench-attn times a backend only when its worst relative error per query row against its own fp32 reference
     # is below this: exact kernels differ by their dtype's rounding; quantised ones (sage) by more, by design
     check_tolerance: ClassVar[float] = 2e-2
+    # bench-attn times it when no --backends is given (False: another route to kernels the others time already)
+    benched_by_default: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str | None] = None  # how to get them, when not `pip install <module>`
 
@@ -139,6 +142,13 @@ class AttentionBackend:
         baseline of kernels that change the maths), called as ``fn(q, k, v, causal=..., hidden_states=...)``,
         or None."""
         return None
+
+    def variants(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                 hidden_states: torch.Tensor | None = None) -> list[tuple[str, str, Callable[[], Callable[[], Any]]]]:
+        """bench-attn's extra rows of this backend at a shape, ``(label, note, build)``: ``build()`` prepares its
+        inputs outside the timed call and returns the call to time (as a peer's builder does, `bench_peers`): the
+        kernel without the backend's adapter, or the kernel in the setting a peer is compared in. None here."""
+        return []
 
     def cost(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> tuple[float, float]:
         """(FLOPs, minimum bytes) of one call (docs/conventions.md, "FLOPs and bytes")."""
@@ -247,6 +257,7 @@ class SdpaBackend(AttentionBackend):
     name = "sdpa"
     description = "PyTorch's own F.scaled_dot_product_attention choice (cuDNN on Hopper in torch 2.11): the default"
     constraints = Constraints()
+    benched_by_default = False  # it is one of cudnn / flash / efficient / math
 
     def unsupported(self, q, k, v, *, causal, mask):
         return None
@@ -485,15 +496,15 @@ class LinearBackend(AttentionBackend):
         b, h, sq, d = q.shape
         return linear_attention_cost(b, h, sq, k.shape[-2], d, v.shape[-1], q.element_size())
 
-    def variants(self, q, k, v, *, causal) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
-        """bench-attn rows of the kernel in another setting: causal, without the normaliser (beside fla's
-        ``normalize=False`` fast path, the like-for-like comparison)."""
+    def variants(self, q, k, v, *, causal, hidden_states=None):
+        """Causal: the kernel without the normaliser, beside fla's ``normalize=False`` fast path (like for like)."""
         if not causal or type(self) is not LinearBackend:
             return []
         from mmchar.kernels.linear_attn.kernel import linear_attn
 
         return [("normalize off", "the kernel without the division by φ(q)·z: fla's normalize=False maths",
-                 lambda: linear_attn(q, k, v, causal=True, feature=self.feature, eps=self.eps, normalize=False))]
+                 lambda: partial(linear_attn, q, k, v, causal=True, feature=self.feature, eps=self.eps,
+                                 normalize=False))]
 
 
 @register_backend

@@ -228,8 +228,7 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
                         if _failed(erow, e, device):
                             raise ContextLost([*rows, erow]) from None
                     rows.append(erow)
-                if row["ms"] and device.type == "cuda" and (hasattr(backend, "prepared") or name in PEERS
-                                                            or hasattr(backend, "variants")):
+                if row["ms"] and device.type == "cuda":
                     try:
                         rows += _kernel_and_peer_rows(name, backend, row, q, k, v, shape.causal, host, flops,
                                                       nbytes, device)
@@ -240,19 +239,14 @@ def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: t
 
 def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v, causal: bool, host, flops: float,
                           nbytes: float, device: torch.device) -> list[dict[str, Any]]:
-    """A backend's kernel alone on prepared inputs where it has an adapter (the backend's row minus it is the
-    adapter's cost) and its peers on the same inputs in their own layout and API (`mmchar.bench_peers`); a
+    """A backend's own extra rows (`AttentionBackend.variants`: its kernel without the adapter, whose row the
+    backend's minus it is the adapter's cost; its kernel in a peer's setting) and its peers on the same inputs in their own layout and API (`mmchar.bench_peers`); a
     missing peer package, or a shape the peer has no form for, is a skipped row."""
     import importlib.util
 
     out = []
-    runs = []
-    if hasattr(backend, "prepared"):  # a backend with an adapter around its kernel (gates, reversed copies)
-        runs.append((f"{name} (kernel)", "the kernel alone, gates and reversed copies prepared outside the call",
-                     lambda: backend.prepared(q, k, v, causal=causal, hidden_states=host)))
-    if hasattr(backend, "variants"):  # the kernel in another setting a peer is compared in (fla's normalize=False)
-        for label, note, fn in backend.variants(q, k, v, causal=causal):
-            runs.append((f"{name} ({label})", note, lambda fn=fn: fn))
+    runs = [(f"{name} ({label})", note, build)
+            for label, note, build in backend.variants(q, k, v, causal=causal, hidden_states=host)]
     for peer, package, hint, build in PEERS.get(name, ()):
         if importlib.util.find_spec(package) is None:
             out.append(dict(row, backend=f"{peer} (peer)", ms=None, tflops=None, gbps=None, gpu_ms=None,
@@ -280,10 +274,9 @@ def _kernel_and_peer_rows(name: str, backend: Any, row: dict[str, Any], q, k, v,
 
 
 def available_backends(device: torch.device) -> list[str]:
-    """Every registered backend that runs on ``device`` (``sdpa`` aside: it is one of the others; diffusers'
-    dispatcher backends aside: its native ones are PyTorch's SDPA kernels again, pass ``--backends diffusers:...``
-    to time one)."""
-    return [n for n in backend_names() if n != "sdpa" and not n.startswith("diffusers:")
+    """Every registered backend that runs on ``device`` and is benched by default (``sdpa`` and diffusers'
+    dispatcher backends are not: they reach kernels the others time; ``--backends`` names them)."""
+    return [n for n in backend_names() if get_backend(n).benched_by_default
             and get_backend(n).unavailable_reason(device) is None]
 
 
@@ -377,9 +370,13 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
             f"as a model does (WERSA's filter source, one gain generator for q and k), "
             f"measured in this run. Roofs: {roofs and roofs['matmul_tflops']} TFLOP/s matmul, "
             f"{roofs and round(roofs['copy_gbps'])} GB/s copy.\n\n")
-    registered = set(backend_names())  # peers' rows ("mlstm_kernels TFLA (peer)") name no backend: they compete too
-    cross = {b: crossover(df, b) for b in df["backend"].unique()
-             if b.endswith("(peer)") or (b.split(" (")[0] in registered and get_backend(b.split(" (")[0]).changes_math)}
+    registered = set(backend_names())
+
+    def competes(label: str) -> bool:  # peers' rows ("mlstm_kernels TFLA (peer)") name no backend: they compete too
+        base = label.split(" (")[0]
+        return label.endswith("(peer)") or (base in registered and get_backend(base).changes_math)
+
+    cross = {b: crossover(df, b) for b in df["backend"].unique() if competes(b)}
     if any(cross.values()):
         head += "Sequence length from which a backend beats SDPA cuDNN (per head dim): " + "; ".join(
             f"{b}: {c}" for b, c in cross.items() if c) + "\n\n"

@@ -133,6 +133,7 @@ class DiffusersBackend(AttentionBackend):
 
     value: ClassVar[str]
     spec: ClassVar[Spec]
+    benched_by_default = False  # the native ones are PyTorch's SDPA kernels again: bench-attn times them when named
 
     def __init__(self, module_path: str = "", seed: int = 0) -> None:
         super().__init__(module_path, seed)

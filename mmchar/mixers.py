@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -254,6 +255,10 @@ class _RecurrentMixer(AttentionBackend):
         gates, k = self._gates(q, k, self._source(q, hidden_states))
         forward = (q, k, v, *gates)
         return [forward] if causal else [forward, tuple(t.flip(2).contiguous() for t in forward)]
+
+    def variants(self, q, k, v, *, causal, hidden_states=None):
+        return [("kernel", "the kernel alone, gates and reversed copies prepared outside the call",
+                 partial(self.prepared, q, k, v, causal=causal, hidden_states=hidden_states))]
 
     def prepared(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                  hidden_states: torch.Tensor | None = None) -> Callable[[], torch.Tensor]:

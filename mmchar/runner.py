@@ -472,11 +472,11 @@ def new_run_id(workload: str, backend: str, config_hash: str) -> str:
 def base_meta(target_config: dict[str, Any], target_device: torch.device, options: ProfileOptions, run_id: str,
               config_hash: str) -> dict[str, Any]:
     dev = environment.device_info(target_device)
+    backend = get_backend(options.backend)
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(),
             "status": "ok", "error": None, "workload": target_config.get("workload", "pipeline"),
             "preset": target_config.get("preset"), "backend": options.backend, "fallback": options.fallback,
-            "backend_changes_math": get_backend(options.backend).changes_math,
-            "backend_mechanism": get_backend(options.backend).mechanism,
+            "backend_changes_math": backend.changes_math, "backend_mechanism": backend.mechanism,
             "swap_scope": options.scope, "config_hash": config_hash, "config": target_config,
             "options": options.to_dict(), "device": dev, "roofs": environment.roofs(dev),
             "versions": environment.versions(), "settings": environment.settings(),
