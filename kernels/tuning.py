@@ -22,6 +22,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tuning_off() -> bool:
+    """MMCHAR_AUTOTUNE=0: each kernel runs the first config its pruning keeps, untimed. For correctness runs (the
+    GPU tests: tuning every config at every new shape, compiles included, is most of their time); never for
+    timings."""
+    return os.environ.get("MMCHAR_AUTOTUNE", "1") == "0"
+
+
 def bucket(n: int) -> int:
     """An autotune key: the next power of two (at least 16), so nearby sizes share one tuning."""
     return 1 << max(4, math.ceil(math.log2(max(n, 1))))
@@ -31,7 +38,11 @@ def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Calla
              reset: list[str] | None = None) -> Any:
     """``triton.autotune`` with a pruning hook, results cached across processes where Triton can, and
     ``reset`` (arguments zeroed before each trial: kernels that accumulate with atomics)."""
-    kw: dict[str, Any] = {"configs": configs, "key": key, "prune_configs_by": {"early_config_prune": prune}}
+    def prune_or_first(configs: list, named_args: dict, **kwargs: Any) -> list:
+        kept = prune(configs, named_args, **kwargs)
+        return kept[:1] if tuning_off() else kept  # Triton times nothing when one config is left
+
+    kw: dict[str, Any] = {"configs": configs, "key": key, "prune_configs_by": {"early_config_prune": prune_or_first}}
     if reset:
         kw["reset_to_zero"] = reset
     params = inspect.signature(triton.autotune).parameters

@@ -10,6 +10,9 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 # Triton kernels run in Triton's interpreter where there is no GPU (set before anything imports triton).
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the kernels' GPU tests check correctness, not speed: one config per kernel instead of tuning each new shape
+# (kernels/tuning.py: tuning_off); MMCHAR_AUTOTUNE=1 tests the tuned picks
+os.environ.setdefault("MMCHAR_AUTOTUNE", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

@@ -34,3 +34,23 @@ def test_gpu_time_measures_the_gpu_not_the_launch():
     a, b = torch.randn(1024, 1024, device="cuda"), torch.randn(4096, 4096, device="cuda")
     small, big = gpu_time(lambda: a @ a)[0], gpu_time(lambda: b @ b)[0]
     assert big > 20 * small
+
+
+def test_autotune_off_keeps_the_first_config_pruning_leaves(monkeypatch):
+    """MMCHAR_AUTOTUNE=0 (the GPU tests' setting) leaves the autotuner one config, so it compiles and times
+    nothing else; unset, every config the kernel's own pruning keeps is tried."""
+    import triton
+
+    from mmchar.kernels.tuning import autotune
+
+    def kernel(x):  # never launched: only the pruning hook is exercised
+        pass
+
+    configs = [triton.Config({"B": b}, num_warps=w) for b in (16, 32, 64) for w in (4, 8)]
+    tuned = autotune(triton.jit(kernel), configs, ["x"], lambda cs, nargs, **kw: [c for c in cs if c.kwargs["B"] > 16])
+    prune = tuned.early_config_prune
+    monkeypatch.setenv("MMCHAR_AUTOTUNE", "1")
+    assert [c.kwargs["B"] for c in prune(configs, {})] == [32, 32, 64, 64]
+    monkeypatch.setenv("MMCHAR_AUTOTUNE", "0")
+    kept = prune(configs, {})
+    assert len(kept) == 1 and kept[0].kwargs["B"] == 32 and kept[0].num_warps == 4
