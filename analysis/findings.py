@@ -173,28 +173,31 @@ def _noisy_row(noisy: Sequence[Run]) -> dict:
 
 def findings(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per headline question: ``question, answer, value, runs``. Shares and the busy fraction come from
-    one-device eager runs; compiled and sequence-parallel runs answer their own questions. Runs the noise guard
+    one-device eager runs of the model's own maths (no mixer swapped in); compiled and sequence-parallel runs answer their own questions. Runs the noise guard
     flagged answer none: a last row names them."""
     noisy = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is True]
     every = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is not True]
     ok = [r for r in every if _one_device_eager(r)]
+    # the share questions ask about the model as published: a run whose backend changes the maths (a mixer in
+    # place of softmax) answers only the questions that compare backends
+    model = [r for r in ok if r.meta.get("backend_changes_math") is not True]
     run_of = {r.run_id: r for r in every}
     rows = []
 
     # the 2023 claim is about UNet denoisers; diffusion transformers have almost no conv, so they are asked apart
     for arch, label in (("unet", "UNet"), ("dit", "diffusion-transformer (DiT)")):
-        conv = [(s, r.run_id) for r in ok if _family(r).get("paradigm") == "diffusion"
+        conv = [(s, r.run_id) for r in model if _family(r).get("paradigm") == "diffusion"
                 and _family(r).get("architecture") == arch and _family(r).get("task") == "text-to-image"
                 and r.backend in FUSED_SOFTMAX and (s := _share(r, "denoiser", "conv")) is not None]
         rows.append(_row(f"Share of conv in a {label} text-to-image denoiser step after flash attention", conv,
                          "{:.1%}", run_of))
 
-    dit_video = [(s, r.run_id) for r in ok if _family(r).get("architecture") == "dit"
+    dit_video = [(s, r.run_id) for r in model if _family(r).get("architecture") == "dit"
                  and _family(r).get("modality") == "video" and (s := _share(r, "denoiser", "attention")) is not None]
     rows.append(_row("Share of attention in a video diffusion-transformer denoiser step", dit_video, "{:.1%}",
                      run_of))
 
-    gemm = [(s, r.run_id) for r in ok if _family(r).get("paradigm") == "transformer"
+    gemm = [(s, r.run_id) for r in model if _family(r).get("paradigm") == "transformer"
             and _family(r).get("task") == "text-to-image" and (s := _share(r, "generator", "gemm")) is not None]
     rows.append(_row("Share of gemm (linear layers) in a transformer text-to-image generation step", gemm, "{:.1%}",
                      run_of))
@@ -219,7 +222,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
     rows.append(_fastest_mechanism("Fastest attention mechanism for a 480p, 81-frame video diffusion-transformer "
                                    "denoiser step", video, run_of))
 
-    seq = sequence_table([r for r in ok if _family(r).get("architecture") == "unet"])
+    seq = sequence_table([r for r in model if _family(r).get("architecture") == "unet"])
     levels = []
     if len(seq):
         spatial = seq[(seq["stage"] == "denoiser") & (seq["attn_site"] == "spatial") & (seq["level"] != "")]
@@ -231,7 +234,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
                      levels, "{:.0f}x", run_of))
 
     temporal = []
-    for r in ok:
+    for r in model:
         if _family(r).get("modality") != "video" or r.breakdown is None or r.breakdown.empty:
             continue
         att = r.breakdown[(r.breakdown["stage"] == "denoiser") & (r.breakdown["op_class"] == "attention")]
@@ -243,7 +246,7 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
                      run_of))
 
     busy = []  # the GPU's busy share of one step's wall time: below 1, the host (launches, Python) is the limit
-    for r in ok:
+    for r in model:
         if (r.meta.get("device") or {}).get("type") != "cuda":  # a CPU run is always "busy": no GPU to idle
             continue
         key = step_key(r.meta.get("timings") or {})

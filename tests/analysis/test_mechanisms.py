@@ -250,3 +250,13 @@ def test_study_writes_crossover_csv_only_with_bench(tmp_path):
     assert "mlstm: 2.00x over cudnn (wan2.1-1.3b)" in (tmp_path / "out" / "findings.md").read_text()
     assert main(["study", str(tmp_path / "s"), "-o", str(tmp_path / "bad"), "--bench", str(tmp_path / "nope")]) == 1
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_share_questions_ask_about_the_model_not_a_swapped_mixer():
+    """A mixer run's "attention" is the mixer: the video DiT's attention share and the busy share come from the
+    softmax runs alone, while the fastest-mechanism question still sees every backend."""
+    table = findings(wan_group()).set_index("question")
+    share = table.loc["Share of attention in a video diffusion-transformer denoiser step"]
+    assert share["runs"] == "cudnn, flash"  # not mlstm's 20 %
+    assert share["value"] == pytest.approx(0.55)  # the median of cudnn's 60 % and flash's 50 %
+    assert table.loc[QUESTION, "runs"] == "mlstm, cudnn"
