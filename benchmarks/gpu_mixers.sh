@@ -5,6 +5,7 @@
 # the log is $OUT/log.txt.
 #   BENCH="d128 S4k|d128 S16k" BACKENDS=cudnn,flash,mlstm bash benchmarks/gpu_mixers.sh   # bench-attn sweep rows
 #   TESTS=1 bash benchmarks/gpu_mixers.sh                                                  # the kernels' GPU tests
+#   GPU_SUITE=1 bash benchmarks/gpu_mixers.sh                                              # pytest -m gpu, all of it
 #   WORKLOADS="sd15 cogvideox-2b" MIXERS=cudnn,mlstm,rwkv7 bash benchmarks/gpu_mixers.sh  # the workloads
 # ONLY=workloads takes the workloads' own shapes instead of the sweep's (BENCH then matches e.g. "wan-480p").
 # BUDGET_S (default 500) stops starting new steps; PER_BENCH_S / PER_RUN_S bound each one.
@@ -26,6 +27,10 @@ for m in "${matches[@]}"; do
     --max-seq "${MAX_SEQ:-65536}" --resume -o "${BENCH_DIR:-/tmp/mixers/bench}" 2>&1 | grep -v "^|" | tail -4 | log
   save
 done
+if [ -n "${GPU_SUITE:-}" ]; then  # the whole GPU suite, as the README runs it (one config per kernel: conftest; SIGINT
+  # at the limit, so pytest still prints its summary and durations)
+  timeout -s INT "${GPU_SUITE_S:-200}" python3 -m pytest -m gpu -q -p no:cacheprovider --durations=12 tests 2>&1 | tail -30 | log
+fi
 if [ -n "${TESTS:-}" ] && ! spent; then
   timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider --durations=8 tests/kernels/test_mlstm.py \
     tests/kernels/test_rwkv7.py tests/kernels/test_lla.py tests/test_mixers.py 2>&1 | tail -25 | log

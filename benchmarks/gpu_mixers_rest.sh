@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # What issue 16 still needs from the GPU after 2026-12-05 (that session's device time ran out): run as
-#   STAGE=bars bash benchmarks/gpu_mixers_rest.sh       # roofs; RWKV-7 beside fla (d 64), LLA at 16k and d 128
-#   STAGE=workloads bash benchmarks/gpu_mixers_rest.sh  # the four workloads under each mixer
-#   STAGE=tests bash benchmarks/gpu_mixers_rest.sh      # the kernels' GPU tests
+#   STAGE=bars bash benchmarks/gpu_mixers_rest.sh       # roofs; RWKV-7 beside fla (d 64); the whole GPU test suite
+#   STAGE=workloads bash benchmarks/gpu_mixers_rest.sh  # LLA at d 128; the four workloads under each mixer
+#   STAGE=tests bash benchmarks/gpu_mixers_rest.sh      # the kernels' GPU tests alone
 # each its own device call (< 10 min), .whl carried; $OUT/results.tgz holds /tmp/mixers (bench/, bench-lla/, runs/).
 # fla's chunk_rwkv7 autotunes for a minute or more per new shape: the RWKV-7 shapes get long per-shape limits.
 set -u
 case "${STAGE:-bars}" in
   bars)
-    CALIBRATE=1 BENCH="causal d64 S4k|causal d64 S16k|causal d64 S64k|d64 S4k" BACKENDS=cudnn,flash,rwkv7 \
-      PER_BENCH_S=200 BUDGET_S=360 bash benchmarks/gpu_mixers.sh 2>&1 | tail -20
-    BENCH="d64 S16k|d128 S4k" BACKENDS=cudnn,flash,lla MAX_SEQ=16384 BENCH_DIR=/tmp/mixers/bench-lla PER_BENCH_S=100 \
-      BUDGET_S=90 bash benchmarks/gpu_mixers.sh 2>&1 | tail -8 ;;
+    CALIBRATE=1 BENCH="causal d64 S4k|causal d64 S16k|causal d64 S64k" BACKENDS=cudnn,flash,rwkv7 \
+      PER_BENCH_S=200 BUDGET_S=230 bash benchmarks/gpu_mixers.sh 2>&1 | tail -20
+    GPU_SUITE=1 GPU_SUITE_S=170 bash benchmarks/gpu_mixers.sh 2>&1 | tail -30 ;;
   workloads)
     # 480p, 81 frames (the finding's question) under the linear-time mixers; LLA (~1 s per layer call there) on
     # fewer frames, every mixer beside cuDNN in each group
