@@ -1,7 +1,10 @@
 """Where the RWKV-7 kernel's time goes: each pass timed alone for every config of its autotune list (bypassing
 the autotuner), per chunk size, at one shape; --ncu runs one chosen pair once, nothing else (for Nsight Compute).
 
-    python3 -u benchmarks/probe_rwkv7.py [B H T D] [--chunks 32,16] [--ncu C,W1,S1,BV,W2,S2]
+    python3 -u benchmarks/probe_rwkv7.py [B H T D] [--chunks 32,16] [--strided] [--ncu C,W1,S1,BV,W2,S2]
+
+--strided hands the kernel [B, H, T, D] views of [B, T, H, D] tensors, as the backend does (its projections of the
+hidden states [B, S, H·d]); by default the inputs are contiguous [B, H, T, D].
 
 The pass-1 results do not depend on its config, so the state pass is timed on the outputs of one intra launch."""
 import argparse
@@ -16,6 +19,7 @@ from mmchar.kernels.tuning import bucket
 p = argparse.ArgumentParser()
 p.add_argument("shape", nargs="*", type=int, default=[1, 32, 16384, 64])
 p.add_argument("--chunks", default="32,16")
+p.add_argument("--strided", action="store_true")
 p.add_argument("--ncu", default=None)
 a = p.parse_args()
 B, H, T, D = a.shape
@@ -25,6 +29,8 @@ r, k, v = x[0], torch.nn.functional.normalize(x[2], dim=-1), x[3]
 w = -(0.5 ** 0.5) * torch.sigmoid(x[1] - 2.0)  # RWKV-7's range: −e^{−1/2}·σ(·)
 kappa = torch.nn.functional.normalize(x[4], dim=-1)
 ts = [t.to(torch.bfloat16) for t in (r * D ** -0.5, w, k, v, -kappa, kappa * torch.sigmoid(x[5]))]
+if a.strided:
+    ts = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in ts]
 bd, bh = max(16, triton.next_power_of_2(D)), B * H
 
 
@@ -38,7 +44,7 @@ def buffers(c):
 
 def launchers(c):
     nt, (qp, wy, u, oi, kg, bg), g = buffers(c)
-    o = torch.empty_like(ts[0])
+    o = torch.empty((B, H, T, D), dtype=ts[0].dtype, device="cuda")
     strides = [s for t in ts for s in t.stride()]
     intra_args = (*ts, qp, wy, u, oi, kg, bg, g, T, nt, 1.0, *strides, H)
     state_args = (ts[3], qp, wy, u, oi, kg, bg, g, o, T, nt, *ts[3].stride(), *o.stride(), H)
@@ -62,7 +68,8 @@ if a.ncu:
     raise SystemExit
 ref = K.rwkv7(*ts)  # the autotuned call, for the total
 total = do_bench(lambda: K.rwkv7(*ts))
-print(f"shape B{B} H{H} T{T} D{D} bf16; autotuned call {total:.3f} ms")
+print(f"shape B{B} H{H} T{T} D{D} bf16, {'strided [B, T, H, D] views' if a.strided else 'contiguous'}; "
+      f"autotuned call {total:.3f} ms")
 for c in map(int, a.chunks.split(",")):
     intra, state = launchers(c)
     it = {(w_, s_): do_bench(intra(w_, s_)) for w_, s_ in K._INTRA_CONFIGS}
