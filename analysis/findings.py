@@ -173,8 +173,8 @@ def _noisy_row(noisy: Sequence[Run]) -> dict:
 
 def findings(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per headline question: ``question, answer, value, runs``. Shares and the busy fraction come from
-    one-device eager runs of the model's own maths (no mixer swapped in); compiled and sequence-parallel runs answer their own questions. Runs the noise guard
-    flagged answer none: a last row names them."""
+    one-device eager runs of the model's own maths (no mixer swapped in); compiled and sequence-parallel runs
+    answer their own questions. Runs the noise guard flagged answer none: a last row names them."""
     noisy = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is True]
     every = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is not True]
     ok = [r for r in every if _one_device_eager(r)]
