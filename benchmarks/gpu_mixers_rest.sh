@@ -5,6 +5,7 @@
 #                                                       # LLA at d = 128
 #   STAGE=workloads bash benchmarks/gpu_mixers_rest.sh  # sd15 under each mixer; LLA inside the video models
 # each its own device call (< 10 min), .whl carried; $OUT/results.tgz holds /tmp/mixers (bench-lla/, runs/).
+#   STAGE=lla128, then STAGE=final                      # the third session's calls (below)
 # The compares autotune every mixer kernel at each new attention shape: sd15's UNet has several, hence 300 s.
 set -u
 case "${STAGE:-checks}" in
@@ -17,4 +18,15 @@ case "${STAGE:-checks}" in
     WORKLOADS=sd15 MIXERS=cudnn,mlstm,rwkv7,lla REPEAT=1 PER_RUN_S=300 BUDGET_S=300 bash benchmarks/gpu_mixers.sh 2>&1 | tail -8
     WORKLOADS="wan2.1-1.3b cogvideox-2b" MIXERS=cudnn,lla REPEAT=1 PER_RUN_S=130 BUDGET_S=150 \
       COMPARE_ARGS="--frames 17" bash benchmarks/gpu_mixers.sh 2>&1 | tail -8 ;;
+  final)  # third session: the mixers' GPU tests one line each (the whole suite did not finish in 240 s), LLA at
+    # d = 128 with its 128-row tiles (tune_lla's d = 128 sweep, below, found them 1.6x faster), LLA at 16k
+    . benchmarks/gpu_install.sh; export PYTHONSAFEPATH=1
+    timeout -s INT 140 python3 -m pytest -m gpu -v -p no:cacheprovider --durations=10 tests/kernels/test_mlstm.py \
+      tests/kernels/test_rwkv7.py tests/kernels/test_lla.py > "$OUT/gpu_tests_mixers.txt" 2>&1
+    tail -14 "$OUT/gpu_tests_mixers.txt"
+    BENCH="d128 S4k" BACKENDS=cudnn,lla BENCH_DIR=/tmp/mixers/bench-lla PER_BENCH_S=90 \
+      bash benchmarks/gpu_mixers.sh 2>&1 | tail -4
+    timeout 60 python3 -u benchmarks/tune_lla.py 1 16 16384 64 2>&1 | grep -v Warning | tee $OUT/tune_lla_d64_s16k.txt ;;
+  lla128)  # the LLA config sweep and Nsight Compute at d = 128 (what made the 128-row tiles candidates)
+    D=128 PROBE_ONLY=1 bash benchmarks/gpu_lla_probe.sh 2>&1 | tail -14 ;;
 esac

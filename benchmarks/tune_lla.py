@@ -52,7 +52,8 @@ for be in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
     print(f"sdpa {be.name}: {ms:.3f} ms", flush=True)
 base = [(64, 64, 8, 2), (64, 64, 8, 3), (64, 32, 8, 2), (32, 64, 4, 2), (128, 64, 8, 2), (32, 128, 4, 2)]
 if D > 64:
-    base = [(32, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2)]
+    base = [(32, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2),
+            (128, 32, 8, 2), (128, 64, 8, 2)]
 configs = [c + (t,) for t in (0, 1) for c in base]
 times = {}
 for cfg in configs:

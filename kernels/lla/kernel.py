@@ -240,10 +240,12 @@ _CONFIGS = [(64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2), (32, 64, 8, 2), (64,
 # (128, 64, 8) runs 3.0x faster than the best spill-free tile (8.9 against 26.1 ms, B1 H16 S4096, 32 iterations;
 # benchmarks/results/attention/mixers-h200-2026-12-05/tune_lla_d64.txt): each key tile then serves twice the
 # queries, and the kernel is latency-bound at one 8-warp program per SM either way (Nsight Compute: 12.5 %
-# occupancy, tensor pipe 40 % busy). d = 128 takes its 64-row blocks as candidates on that evidence.
+# occupancy, tensor pipe 40 % busy). d = 128 takes its 64- and 128-row blocks: on an H100 (B1 H16 S4096, 32
+# iterations; tune_lla_d128_h100.txt in the same folder) (128, 64, 8) runs 18.0 ms against 28.6 for the best
+# 64-row tile, although it spills (255 registers, 11 M spill requests).
 _CANDIDATES = {64: {(64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8), (32, 32, 4), (16, 64, 8), (16, 32, 4),
                     (16, 64, 4), (128, 64, 8)},
-               128: {(32, 32, 8), (16, 64, 8), (16, 32, 4), (64, 64, 8), (64, 32, 8)}}
+               128: {(32, 32, 8), (16, 64, 8), (16, 32, 4), (64, 64, 8), (64, 32, 8), (128, 64, 8), (128, 32, 8)}}
 # descriptor loads stay off 128-row blocks: there the H200 (Triton 3.6) returned a wrong result (relative
 # difference 0.51 against the pointer path; every smaller tile agreed to 1e-3)
 _TMA_MAX_BLOCK_M = 64
