@@ -241,8 +241,8 @@ _CONFIGS = [(64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2), (32, 64, 8, 2), (64,
 # benchmarks/results/attention/mixers-h200-2026-12-05/tune_lla_d64.txt): each key tile then serves twice the
 # queries, and the kernel is latency-bound at one 8-warp program per SM either way (Nsight Compute: 12.5 %
 # occupancy, tensor pipe 40 % busy). d = 128 takes its 64- and 128-row blocks: on an H100 (B1 H16 S4096, 32
-# iterations; tune_lla_d128_h100.txt in the same folder) (128, 64, 8) runs 18.0 ms against 28.6 for the best
-# 64-row tile, although it spills (255 registers, 11 M spill requests).
+# iterations; mixers-h200-2026-12-05/h100-session3/tune_lla_d128_h100.txt) (128, 64, 8) runs 18.0 ms against
+# 28.6 for the best 64-row tile, although it spills (255 registers, 11 M spill requests).
 _CANDIDATES = {64: {(64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8), (32, 32, 4), (16, 64, 8), (16, 32, 4),
                     (16, 64, 4), (128, 64, 8)},
                128: {(32, 32, 8), (16, 64, 8), (16, 32, 4), (64, 64, 8), (64, 32, 8), (128, 64, 8), (128, 32, 8)}}
