@@ -16,6 +16,8 @@ Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get e
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -33,11 +35,14 @@ def _phi(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
-def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program, NB,
+def _linear_attn_state_kernel(K, V, UZ, SKV, tokens_per_program, NB,
                               stride_kb, stride_kh, stride_kn, stride_kd,
                               stride_vb, stride_vh, stride_vn, stride_vd,
                               H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                               FEATURE: tl.constexpr, PREC: tl.constexpr, BDV: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per (batch·head, token slice, dv block): φ(K)ᵀV and Σφ(K) of the slice, added into the head's state
+    (UZ: per batch·head the BD × DVP state U, then the BD sums z). Keys are read row-major, as they lie in memory,
+    and enter the product transposed."""
     pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
     pid_n = tl.program_id(1)
     pid_e = tl.program_id(2)
@@ -45,54 +50,65 @@ def _linear_attn_state_kernel(K, V, U, Z, SKV, tokens_per_program, NB,
     h = pid_bh % H
     offs_d = tl.arange(0, BD)
     offs_e = pid_e * BDV + tl.arange(0, BDV)
+    d_ok = offs_d < D
     u = tl.zeros([BD, BDV], dtype=tl.float32)
     z = tl.zeros([BD], dtype=tl.float32)
+    base_k = K + b * stride_kb + h * stride_kh
+    base_v = V + b * stride_vb + h * stride_vh
     start = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
     for s in range(start, start + tokens_per_program, BLOCK_N):
         offs_n = s + tl.arange(0, BLOCK_N)
         n_ok = offs_n < SKV
-        kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & (offs_d[:, None] < D), other=0.0).to(tl.float32)
-        kt = tl.where(n_ok[None, :] & (offs_d[:, None] < D), _phi(kt, FEATURE), 0.0)
-        v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
+        k = tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        k = tl.where(n_ok[:, None] & d_ok[None, :], _phi(k, FEATURE), 0.0)
+        v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                     mask=n_ok[:, None] & (offs_e[None, :] < DV), other=0.0)
-        u += tl.dot(kt.to(V.dtype.element_ty), v, input_precision=PREC)
-        z += tl.sum(kt, 1)
-    tl.atomic_add(U + pid_bh * BD * DVP + offs_d[:, None] * DVP + offs_e[None, :], u)
-    tl.atomic_add(Z + pid_bh * BD + offs_d, z, mask=offs_d + pid_e * BD < BD)  # the first dv block adds Σφ(k)
+        u += tl.dot(tl.trans(k.to(V.dtype.element_ty)), v, input_precision=PREC)
+        z += tl.sum(k, 0)
+    state = UZ + pid_bh * (BD * DVP + BD)
+    tl.atomic_add(state + offs_d[:, None] * DVP + offs_e[None, :], u)
+    tl.atomic_add(state + BD * DVP + offs_d, z, mask=offs_d + pid_e * BD < BD)  # the first dv block adds Σφ(k)
 
 
 @triton.jit
-def _linear_attn_out_kernel(Q, U, Z, O, SQ, eps, state_scale, NB,
+def _linear_attn_out_kernel(Q, UZ, O, SQ, rows_per_program, eps, state_scale, NB,
                             stride_qb, stride_qh, stride_qm, stride_qd,
                             stride_ob, stride_oh, stride_om, stride_od,
                             H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                             FEATURE: tl.constexpr, PREC: tl.constexpr, BDV: tl.constexpr, BLOCK_M: tl.constexpr,
                             NORMALIZE: tl.constexpr = True):
+    """Per (batch·head, slice of queries, dv block): the state is read once and serves every query tile of the
+    slice (one tile per program read the fp32 state from L2 up to four times per byte of queries at d = 128)."""
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_e = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BD)
     offs_e = pid_e * BDV + tl.arange(0, BDV)
-    m_ok = offs_m < SQ
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=m_ok[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
-    q = tl.where(offs_d[None, :] < D, _phi(q, FEATURE), 0.0)
-    u = tl.load(U + pid_bh * BD * DVP + offs_d[:, None] * DVP + offs_e[None, :])
-    z = tl.load(Z + pid_bh * BD + offs_d)
+    d_ok = offs_d < D
+    e_ok = offs_e < DV
+    dt = Q.dtype.element_ty
+    state = UZ + pid_bh * (BD * DVP + BD)
     # the state enters the product scaled by 1/tokens (an fp16 copy of a sum over 64k tokens would overflow) and
     # the product is scaled back in fp32
-    num = tl.dot(q.to(Q.dtype.element_ty), (u * state_scale).to(Q.dtype.element_ty), input_precision=PREC)
-    num = num / state_scale
-    if NORMALIZE:
-        out = num / (tl.sum(q * z[None, :], 1) + eps)[:, None]
-    else:
-        out = num
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
-             out.to(O.dtype.element_ty), mask=m_ok[:, None] & (offs_e[None, :] < DV))
+    u = (tl.load(state + offs_d[:, None] * DVP + offs_e[None, :]) * state_scale).to(dt)
+    z = tl.load(state + BD * DVP + offs_d)
+    base_q = Q + b * stride_qb + h * stride_qh
+    base_o = O + b * stride_ob + h * stride_oh
+    start = pid_m * rows_per_program
+    for m0 in range(start, start + rows_per_program, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < SQ
+        q = tl.load(base_q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
+        out = tl.dot(q.to(dt), u, input_precision=PREC) / state_scale
+        if NORMALIZE:
+            out = out / (tl.sum(q * z[None, :], 1) + eps)[:, None]
+        tl.store(base_o + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
+                 out.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
 
 
 @triton.jit
@@ -245,9 +261,11 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
 
 # Autotuning (GPU only; the interpreter runs the first config of each list): a few configs per kernel, pruned to
 # the problem's head dims, keyed by head dims and a power-of-two bucket of batch·heads·tokens, cached per machine.
-_STATE_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3)]
-_OUT_CONFIGS = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 128, 4, 3),
-                (256, 64, 8, 2)]  # large query tiles read the fp32 state from L2 fewer times per token (d = 128)
+# Non-causal: every config's value block is the widest the registers hold (prune: BDV = min(DVP, 128), 64 for
+# 256-wide features), so keys are read once; left to the tuner are the tile height, warps and stages, a short list
+# whose members run within a few percent of each other (a pick that differs between machines costs little).
+_STATE_CONFIGS = [(n, e, w, s) for e in (64, 128) for n, w, s in ((64, 4, 3), (128, 4, 3), (64, 8, 3), (128, 8, 2))]
+_OUT_CONFIGS = [(m, e, w, s) for e in (64, 128) for m, w, s in ((64, 4, 3), (128, 4, 3), (64, 8, 3), (128, 8, 2))]
 # single-stage entries for 256-wide features (causal WERSA, m = 256) on the chunked path, whose tiles must fit
 # the shared memory at that width too
 _CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2), (64, 4, 1),
@@ -265,9 +283,15 @@ def _fits(named_args: dict, config: triton.Config) -> bool:
                                       and kw.get("BLOCK_M", 64) <= 64 and kw.get("BLOCK_N", 64) <= 64)
 
 
+def _widest_value_block(named_args: dict) -> int:
+    return min(named_args["DVP"], 128 if named_args["BD"] < 256 else 64)
+
+
 def _prune(configs: list, named_args: dict, **kwargs) -> list:
     named_args = {**named_args, **kwargs}
     keep = [c for c in configs if _fits(named_args, c)]
+    if keep and ("BLOCK_N" in keep[0].kwargs or "BLOCK_M" in keep[0].kwargs):  # the non-causal passes
+        keep = [c for c in keep if c.kwargs["BDV"] == _widest_value_block(named_args)] or keep
     if keep:
         return keep
     small = {k: (min(64, named_args["DVP"]) if k == "BDV" else 64) for k in configs[0].kwargs}
@@ -283,10 +307,21 @@ def _cfg(meta: dict, warps: int, stages: int) -> triton.Config:
 
 
 _state_tuned = _tuned(_linear_attn_state_kernel, [_cfg({"BLOCK_N": n, "BDV": e}, w, s)
-                                                  for n, e, w, s in _STATE_CONFIGS], reset=["U", "Z"])
+                                                  for n, e, w, s in _STATE_CONFIGS], reset=["UZ"])
 _out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, s) for m, e, w, s in _OUT_CONFIGS])
 _causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS])
 _causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS])
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (asked once per device); 16 elsewhere (the interpreter)."""
+    return _sms(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 16
 
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
@@ -353,20 +388,24 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
                                       NORMALIZE=normalize, num_warps=8 if wide else 4, num_stages=1 if wide else 3)
             return o
         return _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize)
-    u = torch.zeros((b * h, bd, bdv), dtype=torch.float32, device=q.device)
-    z = torch.zeros((b * h, bd), dtype=torch.float32, device=q.device)
+    uz = torch.zeros((b * h, bd * bdv + bd), dtype=torch.float32, device=q.device)  # per head: U, then z
     # enough token slices to fill the GPU, few enough that the atomics stay cheap: each slice adds a bd × bdv fp32
     # state, so at most ~1/8 of the bytes read go to atomics (a multiple of every BLOCK_N)
     slices = max(1, min(1024 // (b * h), skv * (d + dv) // (16 * bd * bdv)))
     per_program = max(128, triton.cdiv(triton.cdiv(skv, slices), 128) * 128)
-    nb = bucket(b * h * skv)
     _launch(_linear_attn_state_kernel, _state_tuned,
             lambda meta: (b * h, triton.cdiv(skv, per_program), bdv // meta["BDV"]),
-            k, v, u, z, skv, per_program, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f,
-            PREC=prec)
+            k, v, uz, skv, per_program, bucket(b * h * skv), *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv,
+            FEATURE=f, PREC=prec)
+    # about four programs per SM, each reading the state once for its slice of queries (a multiple of every
+    # BLOCK_M; the interpreter's tiles are 16 rows)
+    grain = 16 if interpreting() else 256
+    value_blocks = triton.cdiv(bdv, 64 if bd >= 256 else 128)
+    m_slices = max(1, min(triton.cdiv(sq, grain), triton.cdiv(4 * _sm_count(q.device), b * h * value_blocks)))
+    rows = triton.cdiv(triton.cdiv(sq, m_slices), grain) * grain
     _launch(_linear_attn_out_kernel, _out_tuned,
-            lambda meta: (b * h, triton.cdiv(sq, meta["BLOCK_M"]), bdv // meta["BDV"]),
-            q, u, z, o, sq, eps, 1.0 / max(skv, 1), bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,
+            lambda meta: (b * h, triton.cdiv(sq, rows), bdv // meta["BDV"]),
+            q, uz, o, sq, rows, eps, 1.0 / max(skv, 1), bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,
             BD=bd, DVP=bdv, FEATURE=f, PREC=prec, NORMALIZE=normalize)
     return o
 

@@ -21,6 +21,7 @@ CASES = [  # B, H, Sq, Skv, D, Dv, causal, feature, dtype
     (1, 1, 70, 70, 64, 64, True, "elu1", torch.float16),
     (3, 2, 16, 16, 72, 72, False, "relu", torch.float16),
     (2, 1, 150, 150, 16, 128, True, "relu", torch.float32),  # five chunks; dv over two blocks of the state pass
+    (4, 2, 300, 130, 64, 64, False, "relu", torch.float16),  # output programs walk 3 query tiles, the last part-full
 ]
 
 
@@ -174,3 +175,8 @@ def test_autotune_pruning_keeps_configs_the_registers_can_hold():
     state = K._prune(K._state_tuned.configs, {"DVP": 256}, BD=256)
     assert all(c.kwargs["BDV"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in state)
     assert all(c.kwargs["BDV"] <= 16 for c in K._prune(K._causal_out_tuned.configs, {"DVP": 16}, BD=16))
+    # non-causal: the whole value width in one block up to 128 (keys and queries read once), 64 at d = 256
+    for bd, widest in ((64, 64), (128, 128), (256, 64)):
+        for tuned in (K._state_tuned, K._out_tuned):
+            kept = K._prune(tuned.configs, {"DVP": bd}, BD=bd)
+            assert kept and {c.kwargs["BDV"] for c in kept} == {widest}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Attention round two (issue 17) on the GPU, one device call per stage, .whl carried; results in
+# $OUT/results.tgz (/tmp/round2), console $OUT/log.txt:
+#   STAGE=linear bash benchmarks/gpu_round2.sh   # part 3: non-causal linear from S = 16k against the copy roof
+#                                                # (calibrated in the same call), per-pass probe; part 7: the
+#                                                # GPU suite with 8 workers (pytest-xdist), its summary
+# Run `STAGE=linear` on two fresh machines: part 3's spread is between them.
+set -u
+. benchmarks/gpu_install.sh
+export PYTHONSAFEPATH=1
+mkdir -p /tmp/round2
+save() { tar czf "$OUT/results.tgz" -C /tmp round2; }
+log() { tee -a "$OUT/log.txt"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | log
+case "${STAGE:-linear}" in
+  linear)
+    mmchar calibrate 2>&1 | tail -3 | log
+    for d in 64 128; do for s in 16k 32k 64k; do
+      timeout 90 mmchar bench-attn --only sweep --match "sweep d$d S$s" --backends cudnn,linear --resume \
+        -o /tmp/round2/bench-linear 2>&1 | grep -v "^|" | tail -2 | log
+    done; done
+    save
+    timeout 90 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear.txt | log
+    save
+    if [ -n "${SUITE:-}" ]; then
+      timeout -s INT "${SUITE_S:-240}" python3 -m pytest -m gpu -n "${WORKERS:-8}" -q -p no:cacheprovider \
+        --durations=25 tests > /tmp/round2/gpu_suite.txt 2>&1
+      tail -40 /tmp/round2/gpu_suite.txt | log
+      save
+    fi ;;
+esac
