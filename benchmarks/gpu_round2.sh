@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Attention round two (issue 17) on the GPU, one device call per stage, .whl carried; results in
 # $OUT/results.tgz (/tmp/round2), console $OUT/log.txt:
+#   STAGE=quick bash benchmarks/gpu_round2.sh    # part 3 on little device time: the per-pass probe (its own copy
+#                                                # roof), the linear GPU tests, bench rows at 16k
 #   STAGE=linear bash benchmarks/gpu_round2.sh   # part 3: non-causal linear from S = 16k against the copy roof
 #                                                # (calibrated in the same call), per-pass probe; part 7: the
 #                                                # GPU suite with 8 workers (pytest-xdist), its summary
@@ -13,6 +15,15 @@ save() { tar czf "$OUT/results.tgz" -C /tmp round2; }
 log() { tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | log
 case "${STAGE:-linear}" in
+  quick)
+    timeout 100 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear.txt | log
+    save
+    timeout 60 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py 2>&1 | tail -4 | log
+    for d in 64 128; do
+      timeout 40 mmchar bench-attn --only sweep --match "sweep d$d S16k" --backends cudnn,linear --resume \
+        -o /tmp/round2/bench-linear 2>&1 | grep -v "^|" | tail -2 | log
+    done
+    save ;;
   linear)
     mmchar calibrate 2>&1 | tail -3 | log
     for d in 64 128; do for s in 16k 32k 64k; do
