@@ -1,10 +1,17 @@
-"""Shared fixtures. GPU tests carry the ``gpu`` marker and skip without CUDA."""
+"""Shared fixtures. GPU tests carry the ``gpu`` marker and skip without CUDA; under ``pytest -n N``
+(pytest-xdist) the workers share the GPU through `GpuShare`."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gc
 import os
 import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 # Triton kernels run in Triton's interpreter where there is no GPU (set before anything imports triton).
@@ -20,6 +27,88 @@ warnings.filterwarnings("ignore")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+class GpuShare:
+    """One GPU shared by the workers of ``pytest -m gpu -n N``: compiling kernels is most of the GPU suite's time
+    and runs on the host's cores in parallel, but the tests' memory adds up on one card. Each GPU test holds the
+    card shared; a test marked ``gpu_alone`` (large fp32 references, the noise guard) holds it alone, and a test
+    that ran out of memory beside the others runs once more alone. A writer-preferring readers-writer lock from
+    two ``flock``ed files (Linux grants new shared locks while an exclusive one waits, so a sharer passes a gate
+    first, which a test waiting to be alone holds). Each worker leaves its pid in the folder: the processes a
+    test may see on the card besides its own."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"worker-{os.getpid()}").touch()
+
+    def _open(self, name: str):
+        return open(self.folder / name, "a+")
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._open("gate") as gate, self._open("card") as card:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            fcntl.flock(card, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            try:
+                yield
+            finally:
+                fcntl.flock(card, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._open("gate") as gate, self._open("card") as card:
+            fcntl.flock(gate, fcntl.LOCK_EX)  # no new sharer starts ...
+            fcntl.flock(card, fcntl.LOCK_EX)  # ... and the running ones finish
+            try:
+                yield
+            finally:
+                fcntl.flock(card, fcntl.LOCK_UN)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+
+    def workers(self) -> set[int]:
+        return {int(p.name.split("-", 1)[1]) for p in self.folder.glob("worker-*")}
+
+
+_SHARE: GpuShare | None = None
+
+
+def gpu_share() -> GpuShare | None:
+    """The session's GpuShare under pytest-xdist with a GPU; None in a single process (nothing to share)."""
+    global _SHARE
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if _SHARE is None and uid and torch.cuda.is_available():
+        _SHARE = GpuShare(Path(tempfile.gettempdir()) / f"mmchar-gpu-{uid}")
+    return _SHARE
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    share = gpu_share()
+    if share is None or "gpu" not in item.keywords:
+        return (yield)
+    if "gpu_alone" in item.keywords:
+        with share.alone():
+            return (yield)
+    try:
+        with share.shared():
+            return (yield)
+    except torch.OutOfMemoryError:
+        pass
+    # out of the except block, so the failed attempt's frames and their tensors are gone
+    gc.collect()
+    torch.cuda.empty_cache()
+    with share.alone():
+        return item.runtest()
+
+
+@pytest.fixture
+def gpu_siblings() -> set[int]:
+    """Pids of the other pytest-xdist workers sharing the GPU (empty in a single process)."""
+    share = gpu_share()
+    return share.workers() - {os.getpid()} if share else set()
 
 
 def pytest_collection_modifyitems(config, items):
