@@ -6,6 +6,7 @@
 #   STAGE=linear bash benchmarks/gpu_round2.sh   # part 3: non-causal linear from S = 16k against the copy roof
 #                                                # (calibrated in the same call), per-pass probe; part 7: the
 #                                                # GPU suite with 8 workers (pytest-xdist), its summary
+#   STAGE=causal bash benchmarks/gpu_round2.sh   # part 2: both causal forms against fla's chunk kernel
 # Run `STAGE=linear` on two fresh machines: part 3's spread is between them.
 set -u
 . benchmarks/gpu_install.sh
@@ -23,6 +24,10 @@ case "${STAGE:-linear}" in
       timeout 40 mmchar bench-attn --only sweep --match "sweep d$d S16k" --backends cudnn,linear --resume \
         -o /tmp/round2/bench-linear 2>&1 | grep -v "^|" | tail -2 | log
     done
+    save ;;
+  causal)
+    timeout 400 python3 -u benchmarks/probe_linear.py --causal --seqs 4096,16384,65536 2>&1 | grep -v Warning \
+      | tee /tmp/round2/probe_linear_causal.txt | log
     save ;;
   linear)
     mmchar calibrate 2>&1 | tail -3 | log

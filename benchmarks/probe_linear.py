@@ -3,6 +3,12 @@ from the profiler, the autotuner's pick, and the pass's bytes against the copy r
 from S = 16k (B·S = 16 384, H·d = 2048: B·H = 32 at d = 64, 16 at d = 128).
 
     python3 -u benchmarks/probe_linear.py [--seqs 16384,32768,65536] [--dims 64,128]
+    python3 -u benchmarks/probe_linear.py --causal [--seqs 4096,16384,65536] [--bh 16,32,128]
+
+--causal (issue 17, part 2) times instead, with do_bench, both causal forms (the one-pass scan and the two-level
+chunked path, whichever the heuristic would not pick included), normalised and not, beside fla's
+chunk_linear_attn on [B, T, H, D] with the same normalisation (inputs prepared outside the timed call), at
+B·H in --bh (H·d = 2048) for each length.
 
 A call's kernels are timed back to back (launches queued, L2 warm between calls as inside a model); bench-attn
 (`mmchar bench-attn --match "sweep d64 S16k"`) is the cold, do_bench figure the bar is judged on."""
@@ -18,7 +24,47 @@ p = argparse.ArgumentParser()
 p.add_argument("--seqs", default="16384,32768,65536")
 p.add_argument("--dims", default="64,128")
 p.add_argument("--copy-gbps", type=float, default=None, help="the copy roof (default: measured here)")
+p.add_argument("--causal", action="store_true")
+p.add_argument("--bh", default="16,32,128")
 a = p.parse_args()
+
+
+def causal_table() -> None:
+    from triton.testing import do_bench
+
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
+        chunk_linear_attn = None
+    print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed)")
+    print(f"{'shape':<24}{'norm':<6}{'scan':>9}{'chunked':>9}{'fla':>9}{'best/fla':>9}  heuristic")
+    for d in map(int, a.dims.split(",")):
+        h = 2048 // d
+        for s in map(int, a.seqs.split(",")):
+            for bh in map(int, a.bh.split(",")):
+                b = max(bh // h, 1)
+                g = torch.Generator(device="cuda").manual_seed(0)
+                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
+                           for _ in range(3))
+                fq, fk = torch.relu(q), torch.relu(k)  # fla applies no feature map: hand it φ(q), φ(k)
+                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (fq, fk, v))  # its native [B, T, H, D]
+                many = b * h * triton.cdiv(d, 64) >= 64
+                for norm in (True, False):
+                    ms = {path: do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path=path,
+                                                               normalize=norm)) for path in ("scan", "chunked")}
+                    peer = float("nan")
+                    if chunk_linear_attn is not None:
+                        peer = do_bench(lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
+                    print(f"{f'B{b} H{h} S{s // 1024}k d{d}':<24}{'on' if norm else 'off':<6}{ms['scan']:9.3f}"
+                          f"{ms['chunked']:9.3f}{peer:9.3f}{peer / min(ms.values()):9.2f}  "
+                          f"{'scan' if many else 'chunked'}")
+
+
+if a.causal:
+    import triton
+
+    causal_table()
+    raise SystemExit(0)
 
 
 def copy_gbps() -> float:
