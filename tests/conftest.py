@@ -8,7 +8,9 @@ import fcntl
 import gc
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +56,9 @@ class GpuShare:
             fcntl.flock(gate, fcntl.LOCK_UN)
             try:
                 yield
-            finally:
+            finally:  # leave nothing cached on the card for a test that needs it alone
+                gc.collect()
+                torch.cuda.empty_cache()
                 fcntl.flock(card, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
@@ -84,7 +88,7 @@ def gpu_share() -> GpuShare | None:
     return _SHARE
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, trylast=True)  # innermost wrapper: a retry runs inside output capture
 def pytest_runtest_call(item):
     share = gpu_share()
     if share is None or "gpu" not in item.keywords:
@@ -95,9 +99,12 @@ def pytest_runtest_call(item):
     try:
         with share.shared():
             return (yield)
-    except torch.OutOfMemoryError:
-        pass
-    # out of the except block, so the failed attempt's frames and their tensors are gone
+    except torch.OutOfMemoryError as e:
+        # the failed attempt's frames hold its tensors: the traceback and pytest's sys.last_* copies of it go
+        traceback.clear_frames(e.__traceback__)
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                delattr(sys, name)
     gc.collect()
     torch.cuda.empty_cache()
     with share.alone():

@@ -264,8 +264,10 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
 # Non-causal: every config's value block is the widest the registers hold (prune: BDV = min(DVP, 128), 64 for
 # 256-wide features), so keys are read once; left to the tuner are the tile height, warps and stages, a short list
 # whose members run within a few percent of each other (a pick that differs between machines costs little).
-_STATE_CONFIGS = [(n, e, w, s) for e in (64, 128) for n, w, s in ((64, 4, 3), (128, 4, 3), (64, 8, 3), (128, 8, 2))]
-_OUT_CONFIGS = [(m, e, w, s) for e in (64, 128) for m, w, s in ((64, 4, 3), (128, 4, 3), (64, 8, 3), (128, 8, 2))]
+_WIDTHS = (16, 32, 64, 128)  # value blocks: one per padded value width (SANA's d = 32 included)
+_TILES = ((64, 4, 3), (128, 4, 3), (64, 8, 3), (128, 8, 2), (64, 8, 2))  # rows, warps, stages; the last fits d = 256
+_STATE_CONFIGS = [(n, e, w, s) for e in _WIDTHS for n, w, s in _TILES]
+_OUT_CONFIGS = [(m, e, w, s) for e in _WIDTHS for m, w, s in _TILES]
 # single-stage entries for 256-wide features (causal WERSA, m = 256) on the chunked path, whose tiles must fit
 # the shared memory at that width too
 _CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2), (64, 4, 1),
@@ -402,7 +404,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     grain = 16 if interpreting() else 256
     value_blocks = triton.cdiv(bdv, 64 if bd >= 256 else 128)
     m_slices = max(1, min(triton.cdiv(sq, grain), triton.cdiv(4 * _sm_count(q.device), b * h * value_blocks)))
-    rows = triton.cdiv(triton.cdiv(sq, m_slices), grain) * grain
+    rows = max(grain, triton.cdiv(triton.cdiv(sq, m_slices), grain) * grain)  # no queries: one empty grid
     _launch(_linear_attn_out_kernel, _out_tuned,
             lambda meta: (b * h, triton.cdiv(sq, rows), bdv // meta["BDV"]),
             q, uz, o, sq, rows, eps, 1.0 / max(skv, 1), bucket(b * h * sq), *q.stride(), *o.stride(), h, D=d, DV=dv,

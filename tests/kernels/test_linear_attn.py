@@ -168,6 +168,17 @@ def test_fp16_states_beyond_fp16_range_do_not_overflow(causal):
     assert _rel(out, linear_attn_ref(q, k, v, causal=causal)) < 3e-3
 
 
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+def test_no_queries_or_no_keys():
+    """Empty query or key sets: an empty output, and zeros (the normaliser's ε alone) where there is no key."""
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    q, k, v = torch.randn(1, 2, 0, 32), torch.randn(1, 2, 5, 32), torch.randn(1, 2, 5, 32)
+    assert linear_attn(q, k, v).shape == (1, 2, 0, 32)
+    out = linear_attn(torch.randn(1, 2, 3, 32), k[:, :, :0], v[:, :, :0])
+    assert out.shape == (1, 2, 3, 32) and not out.abs().any()
+
+
 def test_autotune_pruning_keeps_configs_the_registers_can_hold():
     """d = 256: only 64-wide value blocks and 64-row tiles survive; when none does, the fallback is small too."""
     from mmchar.kernels.linear_attn import kernel as K
@@ -178,7 +189,7 @@ def test_autotune_pruning_keeps_configs_the_registers_can_hold():
     assert all(c.kwargs["BDV"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in state)
     assert all(c.kwargs["BDV"] <= 16 for c in K._prune(K._causal_out_tuned.configs, {"DVP": 16}, BD=16))
     # non-causal: the whole value width in one block up to 128 (keys and queries read once), 64 at d = 256
-    for bd, widest in ((64, 64), (128, 128), (256, 64)):
+    for bd, widest in ((16, 16), (32, 32), (64, 64), (128, 128), (256, 64)):
         for tuned in (K._state_tuned, K._out_tuned):
             kept = K._prune(tuned.configs, {"DVP": bd}, BD=bd)
             assert kept and {c.kwargs["BDV"] for c in kept} == {widest}
