@@ -88,6 +88,10 @@ def gpu_share() -> GpuShare | None:
     return _SHARE
 
 
+def pytest_sessionstart(session):
+    gpu_share()  # every worker leaves its pid before any test looks at the card
+
+
 @pytest.hookimpl(wrapper=True, trylast=True)  # innermost wrapper: a retry runs inside output capture
 def pytest_runtest_call(item):
     share = gpu_share()
