@@ -59,14 +59,18 @@ def _terms(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return _TERMS[key]
 
 
-def mixing_rows(gains: torch.Tensor, n: int, levels: int) -> torch.Tensor:
+def mixing_rows(gains: torch.Tensor, n: int, levels: int, every: int = 1) -> torch.Tensor:
     """[B, n_pad, P] fp32: row t holds the weights of the P tokens of t's block in t's filtered value. One gather
     of the P gains of every block and one product with the fixed term matrices (a handful of kernels, where
-    filtering the unit vectors takes dozens of small launches)."""
+    filtering the unit vectors takes dozens of small launches).
+
+    ``every = 2``: ``gains`` holds the even tokens' only (`WersaParams.gains`). Every term starts on an even
+    token; the one index that can be odd is n - 1, where the clamp meets a term lying wholly in the padding, whose
+    coefficient is zero and whose gain is therefore never seen by a real token."""
     p = 1 << levels
     nb = -(-n // p)
     tok, lvl, mats = _terms(levels, gains.device)
-    idx = (torch.arange(nb, device=gains.device)[:, None] * p + tok[None, :]).clamp(max=n - 1)  # [nb, P]
+    idx = (torch.arange(nb, device=gains.device)[:, None] * p + tok[None, :]).clamp(max=n - 1) // every  # [nb, P]
     g = gains.float()[:, idx, lvl[None, :].expand(nb, p)]  # [B, nb, P]
     return (g @ mats).view(gains.shape[0], nb * p, p)
 
@@ -224,8 +228,9 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     if why is not None:
         raise ValueError(f"wersa: {why}; wersa_eager computes the same maths")
     x_k = x_q if x_k is None else x_k
-    g_q = params.gains(x_q)
-    g_k = g_q if x_k is x_q else params.gains(x_k)
+    every = 1 if params.causal or params.levels == 0 else 2  # the filter reads even tokens' gains only
+    g_q = params.gains(x_q, every)
+    g_k = g_q if x_k is x_q else params.gains(x_k, every)
     tau = float(F.softplus(params.lam.float()) + 0.1)
     m = params.features
     if params.causal:  # L = 0: per-token gains, prefix sums; features materialised for the causal chunk kernel
@@ -237,8 +242,8 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
         fk = torch.relu(torch.matmul(kf / tau, params.omega_k.to(k.dtype))) / math.sqrt(m)
         return params.norm(linear_attn(fq, fk, v, causal=True, feature="relu", eps=eps))
     p = 1 << params.levels
-    wq = mixing_rows(g_q, n, params.levels)
-    wk = wq if g_k is g_q and nk == n else mixing_rows(g_k, nk, params.levels)
+    wq = mixing_rows(g_q, n, params.levels, every)
+    wk = wq if g_k is g_q and nk == n else mixing_rows(g_k, nk, params.levels, every)
     bd = max(16, triton.next_power_of_2(d))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"  # products in the input dtype; fp32 stays exact
     u = torch.zeros((b * h, m, bd), dtype=torch.float32, device=q.device)

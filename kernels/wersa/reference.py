@@ -53,8 +53,15 @@ class WersaParams(nn.Module):
         self.register_buffer("omega_q", omega_q, persistent=True)
         self.register_buffer("omega_k", omega_k, persistent=True)
 
-    def gains(self, x: torch.Tensor) -> torch.Tensor:
-        """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C]."""
+    def gains(self, x: torch.Tensor, every: int = 1) -> torch.Tensor:
+        """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C].
+
+        ``every``: the gains of tokens 0, every, 2·every, ... only ([B, ceil(n / every), L+1]): the Haar filter
+        reads a token's gains only at the start of a level-j coefficient (a multiple of 2^(j+1)), so the fused
+        kernel of a non-causal layer needs the even tokens' alone (`mixing_rows`) and computes half the conv and
+        MLP work. The reference and the eager baseline compute every token's, as the specification writes it."""
+        if every != 1 and self.causal:
+            raise ValueError("a causal layer's filter reads every token's gain (L = 0)")
         # x [B, n, C] is, without a copy, a channels-last [B, C, 1, n] image: the depthwise conv over tokens runs
         # as cuDNN's NHWC depthwise kernel with no transposes (the gain generator is dense work left to cuDNN and
         # cuBLAS: docs/kernels/wersa.md, "Implementation"). Causal: 32 zero tokens on the left, so token t sees
@@ -62,8 +69,8 @@ class WersaParams(nn.Module):
         if self.causal:
             x = F.pad(x, (0, 0, 32, 0))
         img = x.transpose(1, 2).unsqueeze(2)
-        u = F.conv2d(img, self.conv.weight.unsqueeze(2), self.conv.bias, padding=(0, 0 if self.causal else 16),
-                     groups=x.shape[-1])
+        u = F.conv2d(img, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, every),
+                     padding=(0, 0 if self.causal else 16), groups=x.shape[-1])
         u = u.squeeze(2).transpose(1, 2)
         f = torch.sigmoid(self.fc2(F.relu(self.fc1(u))))
         return f * self.s

@@ -221,3 +221,27 @@ def test_head_dims_that_faulted_on_the_gpu_are_refused_there_only():
     assert "32-wide tiles" in fused_unsupported(32, cuda=True)
     assert fused_unsupported(32, cuda=False) is None and fused_unsupported(40, cuda=True) is None
     assert fused_unsupported(128, cuda=True) is None and "> 128" in fused_unsupported(160, cuda=False)
+
+
+@pytest.mark.parametrize("levels,n", [(1, 9), (2, 37), (3, 40), (2, 4), (2, 38), (3, 1)])
+def test_mixing_rows_from_the_even_tokens_gains_alone(levels, n):
+    """The fused path computes the gains of even tokens only (the filter reads no other): the rows of the real
+    tokens are the same as from every token's gains."""
+    from mmchar.kernels.wersa.kernel import mixing_rows
+
+    g = torch.rand(3, n, levels + 1)
+    got, want = mixing_rows(g[:, ::2], n, levels, every=2), mixing_rows(g, n, levels)
+    p = 1 << levels
+    t = torch.arange(got.shape[1])
+    real = (t[:, None] < n) & ((t[:, None] // p) * p + torch.arange(p)[None, :] < n)
+    torch.testing.assert_close(got[:, real], want[:, real], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [50, 51])
+def test_strided_gains_are_every_other_tokens(n):
+    p = WersaParams(24, 8, seed=2)
+    x = torch.randn(2, n, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(p.gains(x, 2), p.gains(x)[:, ::2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="causal"):
+        WersaParams(24, 8, causal=True).gains(x, 2)
