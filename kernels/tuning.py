@@ -34,10 +34,40 @@ def bucket(n: int) -> int:
     return 1 << max(4, math.ceil(math.log2(max(n, 1))))
 
 
+# Configs whose median time is within this fraction of the fastest count as tied: the earliest of them in the
+# kernel's own list wins. Two timings of near-equal configs swap order from one machine (or tuning) to the next,
+# so the raw minimum picks differently between machines (one cause of a linear-attention call moving 1.65x
+# between two fresh H200s at one shape, issue 17). Each list puts the config preferred on a tie first.
+TIE = 0.03
+
+
+def steady_pick(timings: dict, configs: list) -> Any:
+    """The first config of ``configs`` whose median is within `TIE` of the fastest (Triton's timings are
+    [median, p20, p80] lists; a config that failed to compile times as inf)."""
+    best = min(t[0] if isinstance(t, (list, tuple)) else t for t in timings.values())
+    for config in configs:
+        t = timings.get(config)
+        if t is not None and (t[0] if isinstance(t, (list, tuple)) else t) <= best * (1.0 + TIE):
+            return config
+    return min(timings, key=timings.get)
+
+
+class _SteadyAutotuner(triton.runtime.autotuner.Autotuner):
+    """Triton's autotuner, choosing with `steady_pick` after its timing (fresh or from its disk cache)."""
+
+    def check_disk_cache(self, tuning_key, configs, bench_fn):
+        used_cache = super().check_disk_cache(tuning_key, configs, bench_fn)
+        timings = getattr(self, "configs_timings", None)
+        if tuning_key and timings:
+            self.cache[tuning_key] = steady_pick(timings, configs)
+        return used_cache
+
+
 def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Callable[..., list],
              reset: list[str] | None = None) -> Any:
-    """``triton.autotune`` with a pruning hook, results cached across processes where Triton can, and
-    ``reset`` (arguments zeroed before each trial: kernels that accumulate with atomics)."""
+    """``triton.autotune`` with a pruning hook, results cached across processes where Triton can, ties between
+    configs broken by their order (`steady_pick`), and ``reset`` (arguments zeroed before each trial: kernels that
+    accumulate with atomics)."""
     def prune_or_first(configs: list, named_args: dict, **kwargs: Any) -> list:
         kept = prune(configs, named_args, **kwargs)
         return kept[:1] if tuning_off() else kept  # Triton times nothing when one config is left
@@ -47,10 +77,13 @@ def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Calla
         kw["reset_to_zero"] = reset
     params = inspect.signature(triton.autotune).parameters
     if "cache_results" in params:
-        kw["cache_results"] = True
+        kw["cache_results"] = True  # timings then pass through check_disk_cache, where the steady pick is made
     if "do_bench" in params:
         kw["do_bench"] = gpu_time
-    return triton.autotune(**kw)(fn)
+    tuner = triton.autotune(**kw)(fn)
+    if type(tuner) is triton.runtime.autotuner.Autotuner and "cache_results" in params:
+        tuner.__class__ = _SteadyAutotuner
+    return tuner
 
 
 def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5, 0.2, 0.8)) -> list[float]:

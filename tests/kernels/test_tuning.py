@@ -54,3 +54,41 @@ def test_autotune_off_keeps_the_first_config_pruning_leaves(monkeypatch):
     monkeypatch.setenv("MMCHAR_AUTOTUNE", "0")
     kept = prune(configs, {})
     assert len(kept) == 1 and kept[0].kwargs["B"] == 32 and kept[0].num_warps == 4
+
+
+def test_steady_pick_prefers_the_earlier_config_within_the_tie():
+    """Near-equal configs swap order between machines: within TIE of the fastest, the list's order decides."""
+    import triton
+
+    from mmchar.kernels.tuning import TIE, steady_pick
+
+    a, b, c = (triton.Config({"X": i}, num_warps=4) for i in range(3))
+    inf = float("inf")
+    near = 1.0 + TIE / 2
+    assert steady_pick({a: [near, 0, 0], b: [1.0, 0, 0], c: [1.5, 0, 0]}, [a, b, c]) == a
+    assert steady_pick({a: [1.0 + 2 * TIE, 0, 0], b: [1.0, 0, 0], c: [1.5, 0, 0]}, [a, b, c]) == b
+    assert steady_pick({a: [inf, inf, inf], b: [2.0, 0, 0], c: [near * 2, 0, 0]}, [a, b, c]) == b
+    assert steady_pick({a: [1.0, 0, 0], b: [near, 0, 0]}, [b, a]) == b  # the order given, not the dict's
+
+
+def test_the_autotuner_caches_the_steady_pick(monkeypatch):
+    """Fresh timings or timings read back from Triton's disk cache: either way the cached choice is the steady
+    pick, not the raw minimum."""
+    import triton.runtime.autotuner as at
+
+    from mmchar.kernels.linear_attn import kernel as K
+    from mmchar.kernels.tuning import TIE
+
+    tuner = K._out_tuned
+    configs = tuner.configs[:3]
+    timings = {configs[0]: [1.0 + TIE / 2, 0, 0], configs[1]: [1.0, 0, 0], configs[2]: [3.0, 0, 0]}
+
+    def bench():
+        tuner.configs_timings = timings
+        tuner.cache[("k",)] = min(timings, key=timings.get)  # what Triton's benchmark() stores
+
+    monkeypatch.setattr(at.Autotuner, "check_disk_cache", lambda self, key, cfgs, bench_fn: (bench_fn(), False)[1])
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setattr(tuner, "configs_timings", None, raising=False)
+    assert tuner.check_disk_cache(("k",), configs, bench) is False
+    assert tuner.cache[("k",)] == configs[0]
