@@ -231,7 +231,7 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     every = 1 if params.causal or params.levels == 0 else 2  # the filter reads even tokens' gains only
     g_q = params.gains(x_q, every)
     g_k = g_q if x_k is x_q else params.gains(x_k, every)
-    tau = float(F.softplus(params.lam.float()) + 0.1)
+    tau = params.tau_value()
     m = params.features
     if params.causal:  # L = 0: per-token gains, prefix sums; features materialised for the causal chunk kernel
         from mmchar.kernels.linear_attn.kernel import linear_attn

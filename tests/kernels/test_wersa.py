@@ -245,3 +245,18 @@ def test_strided_gains_are_every_other_tokens(n):
         torch.testing.assert_close(p.gains(x, 2), p.gains(x)[:, ::2], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="causal"):
         WersaParams(24, 8, causal=True).gains(x, 2)
+
+
+def test_tau_is_read_once_per_value_of_lambda():
+    """The fused path's τ is cached (a device read per call would stall the host), and follows λ when it changes."""
+    import torch.nn.functional as F
+
+    p = WersaParams(24, 8, seed=2)
+    assert p.tau_value() == pytest.approx(float(F.softplus(torch.zeros(())) + 0.1))
+    first = p._tau
+    assert p.tau_value() and p._tau is first  # no second read
+    with torch.no_grad():
+        p.lam.fill_(1.5)
+    assert p.tau_value() == pytest.approx(float(F.softplus(torch.tensor(1.5)) + 0.1))
+    p.load_state_dict({**p.state_dict(), "lam": torch.tensor(-2.0)})
+    assert p.tau_value() == pytest.approx(float(F.softplus(torch.tensor(-2.0)) + 0.1))
