@@ -59,7 +59,11 @@ class WersaParams(nn.Module):
         a float() of a GPU tensor on every call makes the host wait for the GPU's queue each time, so no launch
         of the layer (or of the layers after it) is queued ahead."""
         lam = self.lam
-        key = (lam.data_ptr(), lam._version, lam.device)
+        try:
+            version = lam._version
+        except RuntimeError:  # an inference tensor (parameters built under inference_mode) keeps no counter
+            version = -1
+        key = (lam.data_ptr(), version, lam.device)
         if self._tau is None or self._tau[0] != key:
             self._tau = (key, float(F.softplus(lam.detach().float()) + 0.1))
         return self._tau[1]

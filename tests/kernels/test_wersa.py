@@ -260,3 +260,30 @@ def test_tau_is_read_once_per_value_of_lambda():
     assert p.tau_value() == pytest.approx(float(F.softplus(torch.tensor(1.5)) + 0.1))
     p.load_state_dict({**p.state_dict(), "lam": torch.tensor(-2.0)})
     assert p.tau_value() == pytest.approx(float(F.softplus(torch.tensor(-2.0)) + 0.1))
+
+
+def test_tau_of_parameters_built_under_inference_mode():
+    """The backend builds a layer's parameters on its first call, inside the runner's inference_mode: their
+    tensors keep no version counter, and τ must still be read."""
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        p = WersaParams(24, 8, seed=2)
+        assert p.tau_value() == pytest.approx(float(F.softplus(torch.zeros(())) + 0.1))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+def test_backend_fused_path_inside_inference_mode(monkeypatch):
+    """The backend as the runner calls it on a GPU: parameters built on the first call inside inference_mode,
+    the fused passes (here under the interpreter) against the layer's own reference."""
+    import mmchar.backends as B
+    from mmchar.backends import get_backend
+
+    monkeypatch.setattr(B, "_triton_usable", lambda t: True)
+    be = get_backend("wersa")("down.attn1")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 37, 32, generator=g) for _ in range(3))
+    with torch.inference_mode():  # no hidden states: q and k filter by their own merged heads, as reference() does
+        out = be(q, k, v, causal=False)
+        ref = be.reference(q, k, v, causal=False)
+    assert float((out - ref).norm() / ref.norm()) < 1e-4
