@@ -81,6 +81,14 @@ def _gelu(x):
 
 
 @triton.jit
+def _inv_tau(LAM):
+    """1/τ with τ = softplus(λ) + 0.1 (torch's softplus: λ itself above 20), from the layer's λ in memory: read on
+    the device, so the host never waits for it (a float() of λ per call would drain the GPU's queue each time)."""
+    lam = tl.load(LAM).to(tl.float32)
+    return 1.0 / (tl.where(lam > 20.0, lam, tl.log(1.0 + tl.exp(tl.minimum(lam, 20.0)))) + 0.1)
+
+
+@triton.jit
 def _filtered_tile(X, W, base_x, stride_xn, stride_xd, b, start, N, offs_d, D: tl.constexpr,
                    P: tl.constexpr, BLOCK_N: tl.constexpr, NPAD, PREC: tl.constexpr):
     """GELU then the block filter of one aligned tile of tokens: [BLOCK_N, BD] fp32."""
@@ -97,13 +105,14 @@ def _filtered_tile(X, W, base_x, stride_xn, stride_xd, b, start, N, offs_d, D: t
 
 
 @triton.jit
-def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tokens_per_program, NB,
+def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, LAM, inv_sqrt_m, tokens_per_program, NB,
                         stride_kb, stride_kh, stride_kn, stride_kd,
                         stride_vb, stride_vh, stride_vn, stride_vd,
                         H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
     pid_bh = tl.program_id(0)  # batch·head on axis 0 (no 65 535 limit there)
     dt = K.dtype.element_ty
+    inv_tau = _inv_tau(LAM)
     pid_f = tl.program_id(1)
     pid_n = tl.program_id(2)
     b = pid_bh // H
@@ -130,7 +139,7 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, inv_tau, inv_sqrt_m, tok
 
 
 @triton.jit
-def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_sqrt_m, eps, ln_eps, state_scale, NB,
+def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, LAM, inv_sqrt_m, eps, ln_eps, state_scale, NB,
                       stride_qb, stride_qh, stride_qn, stride_qd,
                       stride_ob, stride_oh, stride_on, stride_od,
                       H, M, D: tl.constexpr, BD: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
@@ -144,7 +153,7 @@ def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, inv_tau, inv_s
     start = pid_n * BLOCK_N
     qf = _filtered_tile(Q, WQ, b * stride_qb + h * stride_qh, stride_qn, stride_qd, b, start, N, offs_d, D, P,
                         BLOCK_N, NPAD, PREC)
-    qs = (qf * inv_tau).to(dt)
+    qs = (qf * _inv_tau(LAM)).to(dt)
     num = tl.zeros([BLOCK_N, BD], dtype=tl.float32)
     den = tl.zeros([BLOCK_N], dtype=tl.float32)
     for f0 in range(0, M, BLOCK_F):
@@ -231,11 +240,11 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     every = 1 if params.causal or params.levels == 0 else 2  # the filter reads even tokens' gains only
     g_q = params.gains(x_q, every)
     g_k = g_q if x_k is x_q else params.gains(x_k, every)
-    tau = params.tau_value()
     m = params.features
     if params.causal:  # L = 0: per-token gains, prefix sums; features materialised for the causal chunk kernel
         from mmchar.kernels.linear_attn.kernel import linear_attn
 
+        tau = F.softplus(params.lam.float()) + 0.1  # a device scalar (the fused passes load λ themselves)
         qf = F.gelu(q) * g_q[:, None, :, 0:1].to(q.dtype)
         kf = F.gelu(k) * g_k[:, None, :, 0:1].to(k.dtype)
         fq = torch.relu(torch.matmul(qf / tau, params.omega_q.to(q.dtype))) / math.sqrt(m)
@@ -253,11 +262,11 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     # token slices: a multiple of every BLOCK_N, enough programs to fill the GPU
     unit = max(128, p)  # a multiple of every BLOCK_N, and of the Haar block (P > 128 takes BLOCK_N = P)
     per_program = max(unit, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), unit) * unit)
-    state_args = (k, v, wk, omega_k, u, z, nk, wk.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), per_program,
+    state_args = (k, v, wk, omega_k, u, z, nk, wk.shape[1], params.lam, 1.0 / math.sqrt(m), per_program,
                   bucket(b * h * nk), *k.stride(), *v.stride(), h, m)
     o = torch.empty_like(q)
     out_args = (q, wq, omega_q, u, z, params.norm.weight.float().contiguous(), params.norm.bias.float().contiguous(),
-                o, n, wq.shape[1], 1.0 / tau, 1.0 / math.sqrt(m), eps, params.norm.eps, 1.0 / max(nk, 1),
+                o, n, wq.shape[1], params.lam, 1.0 / math.sqrt(m), eps, params.norm.eps, 1.0 / max(nk, 1),
                 bucket(b * h * n),
                 *q.stride(), *o.stride(), h, m)
     const = {"D": d, "BD": bd, "P": p, "PREC": prec}

@@ -47,26 +47,11 @@ class WersaParams(nn.Module):
                 mod.bias.uniform_(-bound, bound, generator=g)
         self.s = nn.Parameter(torch.full((self.levels + 1,), 0.5))
         self.lam = nn.Parameter(torch.zeros(()))
-        self._tau: tuple[tuple[int, int, torch.device], float] | None = None
         self.norm = nn.LayerNorm(head_dim, eps=1e-5)
         omega_q = torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
         omega_k = omega_q.clone() if shared_omega else torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
         self.register_buffer("omega_q", omega_q, persistent=True)
         self.register_buffer("omega_k", omega_k, persistent=True)
-
-    def tau_value(self) -> float:
-        """τ = softplus(λ) + 0.1 as a Python float for the fused kernels, read from λ's device once per value of λ:
-        a float() of a GPU tensor on every call makes the host wait for the GPU's queue each time, so no launch
-        of the layer (or of the layers after it) is queued ahead."""
-        lam = self.lam
-        try:
-            version = lam._version
-        except RuntimeError:  # an inference tensor (parameters built under inference_mode) keeps no counter
-            version = -1
-        key = (lam.data_ptr(), version, lam.device)
-        if self._tau is None or self._tau[0] != key:
-            self._tau = (key, float(F.softplus(lam.detach().float()) + 0.1))
-        return self._tau[1]
 
     def gains(self, x: torch.Tensor, every: int = 1) -> torch.Tensor:
         """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C].
