@@ -44,12 +44,9 @@ TIE = 0.02  # about the spread of gpu_time medians: a pick costs at most that
 def steady_pick(timings: dict, configs: list) -> Any:
     """The first config of ``configs`` whose median is within `TIE` of the fastest (Triton's timings are
     [median, p20, p80] lists; a config that failed to compile times as inf)."""
-    best = min(t[0] if isinstance(t, (list, tuple)) else t for t in timings.values())
-    for config in configs:
-        t = timings.get(config)
-        if t is not None and (t[0] if isinstance(t, (list, tuple)) else t) <= best * (1.0 + TIE):
-            return config
-    return min(timings, key=timings.get)
+    best = min(t[0] for t in timings.values())
+    return next((c for c in configs if c in timings and timings[c][0] <= best * (1.0 + TIE)),
+                min(timings, key=timings.get))
 
 
 class _SteadyAutotuner(triton.runtime.autotuner.Autotuner):
@@ -122,6 +119,16 @@ def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5
     torch.cuda.synchronize()
     samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     return [samples[min(n - 1, int(q * n))] for q in quantiles]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device, asked once per device (grids sized to fill the GPU)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,13 +16,11 @@ Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get e
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from mmchar.kernels.tuning import autotune, bucket, interpreting
+from mmchar.kernels.tuning import autotune, bucket, interpreting, sm_count
 
 FEATURES = {"relu": 0, "elu1": 1}
 
@@ -285,15 +283,17 @@ def _fits(named_args: dict, config: triton.Config) -> bool:
                                       and kw.get("BLOCK_M", 64) <= 64 and kw.get("BLOCK_N", 64) <= 64)
 
 
-def _widest_value_block(named_args: dict) -> int:
-    return min(named_args["DVP"], 128 if named_args["BD"] < 256 else 64)
+def _widest_value_block(bd: int, dvp: int) -> int:
+    """The non-causal passes' value block: the whole padded value width up to 128 (64 at 256-wide features)."""
+    return min(dvp, 128 if bd < 256 else 64)
 
 
 def _prune(configs: list, named_args: dict, **kwargs) -> list:
     named_args = {**named_args, **kwargs}
     keep = [c for c in configs if _fits(named_args, c)]
     if keep and ("BLOCK_N" in keep[0].kwargs or "BLOCK_M" in keep[0].kwargs):  # the non-causal passes
-        keep = [c for c in keep if c.kwargs["BDV"] == _widest_value_block(named_args)] or keep
+        widest = _widest_value_block(named_args["BD"], named_args["DVP"])
+        keep = [c for c in keep if c.kwargs["BDV"] == widest] or keep
     if keep:
         return keep
     small = {k: (min(64, named_args["DVP"]) if k == "BDV" else 64) for k in configs[0].kwargs}
@@ -313,17 +313,6 @@ _state_tuned = _tuned(_linear_attn_state_kernel, [_cfg({"BLOCK_N": n, "BDV": e},
 _out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, s) for m, e, w, s in _OUT_CONFIGS])
 _causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS])
 _causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS])
-
-
-@functools.lru_cache(maxsize=None)
-def _sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (asked once per device); 16 elsewhere (the interpreter)."""
-    return _sms(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 16
 
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
@@ -402,8 +391,9 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     # about four programs per SM, each reading the state once for its slice of queries (a multiple of every
     # BLOCK_M; the interpreter's tiles are 16 rows)
     grain = 16 if interpreting() else 256
-    value_blocks = triton.cdiv(bdv, 64 if bd >= 256 else 128)
-    m_slices = max(1, min(triton.cdiv(sq, grain), triton.cdiv(4 * _sm_count(q.device), b * h * value_blocks)))
+    value_blocks = bdv // _widest_value_block(bd, bdv)
+    sms = 16 if interpreting() else sm_count(q.device)
+    m_slices = max(1, min(triton.cdiv(sq, grain), triton.cdiv(4 * sms, b * h * value_blocks)))
     rows = max(grain, triton.cdiv(triton.cdiv(sq, m_slices), grain) * grain)  # no queries: one empty grid
     _launch(_linear_attn_out_kernel, _out_tuned,
             lambda meta: (b * h, triton.cdiv(sq, rows), bdv // meta["BDV"]),

@@ -237,7 +237,7 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     if why is not None:
         raise ValueError(f"wersa: {why}; wersa_eager computes the same maths")
     x_k = x_q if x_k is None else x_k
-    every = 1 if params.causal or params.levels == 0 else 2  # the filter reads even tokens' gains only
+    every = params.gain_stride
     g_q = params.gains(x_q, every)
     g_k = g_q if x_k is x_q else params.gains(x_k, every)
     m = params.features

@@ -53,15 +53,21 @@ class WersaParams(nn.Module):
         self.register_buffer("omega_q", omega_q, persistent=True)
         self.register_buffer("omega_k", omega_k, persistent=True)
 
+    @property
+    def gain_stride(self) -> int:
+        """Every how many tokens the filter reads the gains: the Haar filter reads a token's only where a level-j
+        coefficient starts (a multiple of 2^(j+1): even tokens); L = 0 (causal) scales every token by its own."""
+        return 1 if self.levels == 0 else 2
+
     def gains(self, x: torch.Tensor, every: int = 1) -> torch.Tensor:
         """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C].
 
-        ``every``: the gains of tokens 0, every, 2·every, ... only ([B, ceil(n / every), L+1]): the Haar filter
-        reads a token's gains only at the start of a level-j coefficient (a multiple of 2^(j+1)), so the fused
-        kernel of a non-causal layer needs the even tokens' alone (`mixing_rows`) and computes half the conv and
-        MLP work. The reference and the eager baseline compute every token's, as the specification writes it."""
-        if every != 1 and self.causal:
-            raise ValueError("a causal layer's filter reads every token's gain (L = 0)")
+        ``every``: the gains of tokens 0, every, 2·every, ... only ([B, ceil(n / every), L+1]); at `gain_stride`
+        (the fused kernels' setting, with `mixing_rows`) a non-causal layer computes half the conv and MLP work.
+        The reference and the eager baseline compute every token's, as the specification writes it."""
+        if self.gain_stride % every:
+            raise ValueError(f"this layer's filter (L = {self.levels}{', causal' if self.causal else ''}) reads the "
+                             f"gains of every {self.gain_stride} tokens; every={every} skips some")
         # x [B, n, C] is, without a copy, a channels-last [B, C, 1, n] image: the depthwise conv over tokens runs
         # as cuDNN's NHWC depthwise kernel with no transposes (the gain generator is dense work left to cuDNN and
         # cuBLAS: docs/kernels/wersa.md, "Implementation"). Causal: 32 zero tokens on the left, so token t sees
