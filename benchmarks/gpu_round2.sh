@@ -7,6 +7,8 @@
 #                                                # (calibrated in the same call), per-pass probe; part 7: the
 #                                                # GPU suite with 8 workers (pytest-xdist), its summary
 #   STAGE=causal bash benchmarks/gpu_round2.sh   # part 2: both causal forms against fla's chunk kernel
+#   STAGE=survey bash benchmarks/gpu_round2.sh   # parts 2 and 5: causal forms (chunk sizes swept), WERSA's parts
+#   STAGE=flash bash benchmarks/gpu_round2.sh    # part 4: triton_flash candidates, then bench-attn rows
 # Run `STAGE=linear` on two fresh machines: part 3's spread is between them.
 set -u
 . benchmarks/gpu_install.sh
@@ -15,7 +17,33 @@ mkdir -p /tmp/round2
 save() { tar czf "$OUT/results.tgz" -C /tmp round2; }
 log() { tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | log
+probe() {  # part 3 on every machine (the spread between fresh machines): per pass, against this machine's copy roof
+  timeout 80 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_$1.txt" | log
+}
+bench() {  # seconds, --match text, backends, output folder name
+  timeout "$1" mmchar bench-attn --only sweep --match "$2" --backends "$3" --resume -o "/tmp/round2/$4" 2>&1 \
+    | grep -v "^|" | tail -2 | log
+}
 case "${STAGE:-linear}" in
+  survey)  # parts 2, 4 and 5 where they stand: the causal forms against fla (chunk sizes swept), WERSA's parts,
+           # triton-flash against cuDNN and flash
+    timeout "${CAUSAL_S:-240}" python3 -u benchmarks/probe_linear.py --causal --seqs "${SEQS:-4096,16384,65536}" \
+      --bh "${BH:-16,32,128}" --dims "${DIMS:-128,64}" 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_causal.txt | log
+    save
+    probe survey
+    save
+    timeout 90 python3 -u benchmarks/profile_wersa.py --out /tmp/round2/profile_wersa.md 2>&1 | tail -30 | log
+    for m in "sweep d64 S4k" "sweep d64 S8k" "sweep d128 S8k"; do bench 60 "$m" cudnn,wersa bench-wersa; done
+    save ;;
+  flash)  # part 4: every triton_flash candidate (warp-specialised ones included) on the sweep shapes, then the
+          # autotuned kernel in bench-attn, causal and not
+    timeout 220 python3 -u benchmarks/tune_flash.py --out /tmp/round2/tune-flash --sweep-only --jobs 16 2>&1 \
+      | grep -v Warning | tail -12 | log
+    save
+    probe flash
+    save
+    for m in "d64 S4k" "d128 S4k" "d64 S16k" "d128 S16k"; do bench 60 "$m" cudnn,flash,triton-flash bench-flash; done
+    save ;;
   quick)
     timeout 100 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear.txt | log
     save

@@ -3,7 +3,7 @@ from the profiler, the autotuner's pick, and the pass's bytes against the copy r
 from S = 16k (B·S = 16 384, H·d = 2048: B·H = 32 at d = 64, 16 at d = 128).
 
     python3 -u benchmarks/probe_linear.py [--seqs 16384,32768,65536] [--dims 64,128]
-    python3 -u benchmarks/probe_linear.py --causal [--seqs 4096,16384,65536] [--bh 16,32,128]
+    python3 -u benchmarks/probe_linear.py --causal [--seqs 4096,16384,65536] [--bh 16,32,128] [--chunks 256x64,64x64]
 
 --causal (issue 17, part 2) times instead, with do_bench, both causal forms (the one-pass scan and the two-level
 chunked path, whichever the heuristic would not pick included), normalised and not, beside fla's
@@ -26,6 +26,7 @@ p.add_argument("--dims", default="64,128")
 p.add_argument("--copy-gbps", type=float, default=None, help="the copy roof (default: measured here)")
 p.add_argument("--causal", action="store_true")
 p.add_argument("--bh", default="16,32,128")
+p.add_argument("--chunks", default="256x64,128x64,64x64", help="causal: chunked-path levels, CHUNKxTILE")
 a = p.parse_args()
 
 
@@ -36,12 +37,15 @@ def causal_table() -> None:
         from fla.ops.linear_attn import chunk_linear_attn
     except ImportError:
         chunk_linear_attn = None
-    print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed)")
-    print(f"{'shape':<24}{'norm':<6}{'scan':>9}{'chunked':>9}{'fla':>9}{'best/fla':>9}  heuristic")
+    levels = [tuple(map(int, c.split("x"))) for c in a.chunks.split(",")]
+    paths = ["scan"] + [f"c{c}/{t}" for c, t in levels]
+    print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed); cC/T: the chunked "
+          f"path with one state per C tokens and T-token tiles")
+    print(f"{'shape':<24}{'norm':<6}" + "".join(f"{p:>9}" for p in paths) + f"{'fla':>9}{'best/fla':>9}  heuristic")
     for d in map(int, a.dims.split(",")):
-        h = 2048 // d
         for s in map(int, a.seqs.split(",")):
             for bh in map(int, a.bh.split(",")):
+                h = min(2048 // d, bh)
                 b = max(bh // h, 1)
                 g = torch.Generator(device="cuda").manual_seed(0)
                 q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -50,19 +54,30 @@ def causal_table() -> None:
                 tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (fq, fk, v))  # its native [B, T, H, D]
                 many = b * h * triton.cdiv(d, 64) >= 64
                 for norm in (True, False):
-                    ms = {path: do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path=path,
-                                                               normalize=norm)) for path in ("scan", "chunked")}
+                    ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
+                                                                 normalize=norm))}
+                    for c, t in levels:
+                        K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = c, t
+                        try:
+                            ms[f"c{c}/{t}"] = do_bench(lambda: K.linear_attn(q, k, v, causal=True,
+                                                                             causal_path="chunked", normalize=norm))
+                        except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
+                            print(f"  c{c}/{t}: {type(e).__name__}: {str(e)[:80]}")
+                            ms[f"c{c}/{t}"] = float("nan")
+                    K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
                     peer = float("nan")
                     if chunk_linear_attn is not None:
                         peer = do_bench(lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
-                    print(f"{f'B{b} H{h} S{s // 1024}k d{d}':<24}{'on' if norm else 'off':<6}{ms['scan']:9.3f}"
-                          f"{ms['chunked']:9.3f}{peer:9.3f}{peer / min(ms.values()):9.2f}  "
-                          f"{'scan' if many else 'chunked'}")
+                    best = min(x for x in ms.values() if x == x)
+                    print(f"{f'B{b} H{h} S{s // 1024}k d{d}':<24}{'on' if norm else 'off':<6}"
+                          + "".join(f"{ms[p]:9.3f}" for p in paths)
+                          + f"{peer:9.3f}{peer / best:9.2f}  {'scan' if many else 'chunked'}", flush=True)
 
 
 if a.causal:
     import triton
 
+    default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK)
     causal_table()
     raise SystemExit(0)
 

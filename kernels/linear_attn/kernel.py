@@ -33,6 +33,17 @@ def _phi(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def _phi_tile(x, keep, FEATURE: tl.constexpr):
+    """φ of a loaded tile in the tile's own dtype: ReLU is exact there, and the tile then takes half the registers
+    of an fp32 copy (the d = 128 passes ran at 12.5 % occupancy with 166 registers: Nsight, 2026-11-25). Masked
+    entries load as zeros: ReLU keeps them at zero; ELU+1 (computed in fp32) would make them 1, so ``keep`` masks
+    them."""
+    if FEATURE == 0:
+        return tl.maximum(x, 0.0).to(x.dtype)  # (the literal promotes to fp32)
+    return tl.where(keep, _phi(x.to(tl.float32), FEATURE), 0.0).to(x.dtype)
+
+
+@triton.jit
 def _linear_attn_state_kernel(K, V, UZ, SKV, tokens_per_program, NB,
                               stride_kb, stride_kh, stride_kn, stride_kd,
                               stride_vb, stride_vh, stride_vn, stride_vd,
@@ -57,13 +68,13 @@ def _linear_attn_state_kernel(K, V, UZ, SKV, tokens_per_program, NB,
     for s in range(start, start + tokens_per_program, BLOCK_N):
         offs_n = s + tl.arange(0, BLOCK_N)
         n_ok = offs_n < SKV
-        k = tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        k = tl.where(n_ok[:, None] & d_ok[None, :], _phi(k, FEATURE), 0.0)
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        k = _phi_tile(tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok,
+                              other=0.0), kv_ok, FEATURE)
         v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                     mask=n_ok[:, None] & (offs_e[None, :] < DV), other=0.0)
         u += tl.dot(tl.trans(k.to(V.dtype.element_ty)), v, input_precision=PREC)
-        z += tl.sum(k, 0)
+        z += tl.sum(k.to(tl.float32), 0)
     state = UZ + pid_bh * (BD * DVP + BD)
     tl.atomic_add(state + offs_d[:, None] * DVP + offs_e[None, :], u)
     tl.atomic_add(state + BD * DVP + offs_d, z, mask=offs_d + pid_e * BD < BD)  # the first dv block adds Σφ(k)
@@ -99,12 +110,12 @@ def _linear_attn_out_kernel(Q, UZ, O, SQ, rows_per_program, eps, state_scale, NB
     for m0 in range(start, start + rows_per_program, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_ok = offs_m < SQ
-        q = tl.load(base_q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
+        q_ok = m_ok[:, None] & d_ok[None, :]
+        q = _phi_tile(tl.load(base_q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok,
+                              other=0.0), q_ok, FEATURE)
         out = tl.dot(q.to(dt), u, input_precision=PREC) / state_scale
         if NORMALIZE:
-            out = out / (tl.sum(q * z[None, :], 1) + eps)[:, None]
+            out = out / (tl.sum(q.to(tl.float32) * z[None, :], 1) + eps)[:, None]
         tl.store(base_o + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
                  out.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
 
@@ -186,13 +197,13 @@ def _causal_state_kernel(K, V, HS, HZ, GS, GZ, N, NC, chunks_per_group, NB,
         for s in range(c * CHUNK, c * CHUNK + CHUNK, BLOCK_N):
             offs_n = s + tl.arange(0, BLOCK_N)
             n_ok = offs_n < N
-            kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn
-                         + offs_d[:, None] * stride_kd, mask=n_ok[None, :] & d_ok[:, None], other=0.0).to(tl.float32)
-            kt = tl.where(n_ok[None, :] & d_ok[:, None], _phi(kt, FEATURE), 0.0)
+            kv_ok = n_ok[:, None] & d_ok[None, :]
+            k = _phi_tile(tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
+                                  + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0), kv_ok, FEATURE)
             v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                         mask=n_ok[:, None] & e_ok[None, :], other=0.0)
-            state += tl.dot(kt.to(dt), v, input_precision=PREC)
-            zsum += tl.sum(kt, 1)
+            state += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
+            zsum += tl.sum(k.to(tl.float32), 0)
     ng = tl.num_programs(2)
     tl.store(GS + ((pid_bh * ng + pid_g) * BD + offs_d[:, None]) * DVP + offs_e[None, :], state)
     tl.store(GZ + (pid_bh * ng + pid_g) * BD + offs_d, zsum, mask=z_mine)
@@ -224,9 +235,9 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
     e_ok = offs_e < DV
     m_ok = offs_m < N
     dt = Q.dtype.element_ty
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-    q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
+    q_ok = m_ok[:, None] & d_ok[None, :]
+    q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+                          + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
     st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])
     zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
     if GROUPS:
@@ -236,16 +247,16 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
         zs += tl.load(GZP + (pid_bh * ng + g) * BD + offs_d)
     qd = q.to(dt)
     num = tl.dot(qd, (st * state_scale).to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
-    den = tl.sum(q * zs[None, :], 1)
+    den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
     for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # key tiles of the chunk up to and including the diagonal one
         offs_n = s + offs_t
         n_ok = offs_n < N
-        kt = tl.load(base_k + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0).to(tl.float32)
-        kt = tl.where(n_ok[None, :] & d_ok[:, None], _phi(kt, FEATURE), 0.0)
-        a = tl.dot(qd, kt.to(dt), input_precision=PREC)
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        k = _phi_tile(tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok,
+                              other=0.0), kv_ok, FEATURE)
+        a = tl.dot(qd, tl.trans(k.to(dt)), input_precision=PREC)
         a = tl.where(offs_m[:, None] >= offs_n[None, :], a, 0.0)
         v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                     mask=n_ok[:, None] & e_ok[None, :], other=0.0)
@@ -271,7 +282,12 @@ _OUT_CONFIGS = [(m, e, w, s) for e in _WIDTHS for m, w, s in _TILES]
 _CAUSAL_STATE_CONFIGS = [(64, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 2), (64, 4, 2), (32, 4, 2), (64, 4, 1),
                          (32, 4, 1)]
 _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3), (128, 8, 1), (32, 4, 3),
-                       (64, 8, 1)]
+                       (64, 8, 1), (128, 4, 2), (128, 4, 3)]  # 128: q·kᵀ once for the whole value width at d = 128
+
+
+# the chunked causal path's two levels: one state per CAUSAL_CHUNK tokens, query and key tiles of CAUSAL_BLOCK
+# (module constants so that benchmarks/probe_linear.py can sweep them)
+CAUSAL_CHUNK, CAUSAL_BLOCK = 256, 64
 
 
 def _fits(named_args: dict, config: triton.Config) -> bool:
@@ -300,8 +316,8 @@ def _prune(configs: list, named_args: dict, **kwargs) -> list:
     return [triton.Config(small, num_warps=8, num_stages=1)]
 
 
-def _tuned(fn, configs: list, reset: list[str] | None = None):
-    return autotune(fn, configs, ["D", "DV", "NB"], _prune, reset)  # reset: the atomic state pass
+def _tuned(fn, configs: list, reset: list[str] | None = None, key: tuple[str, ...] = ()):
+    return autotune(fn, configs, ["D", "DV", "NB", *key], _prune, reset)  # reset: the atomic state pass
 
 
 def _cfg(meta: dict, warps: int, stages: int) -> triton.Config:
@@ -311,8 +327,10 @@ def _cfg(meta: dict, warps: int, stages: int) -> triton.Config:
 _state_tuned = _tuned(_linear_attn_state_kernel, [_cfg({"BLOCK_N": n, "BDV": e}, w, s)
                                                   for n, e, w, s in _STATE_CONFIGS], reset=["UZ"])
 _out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, s) for m, e, w, s in _OUT_CONFIGS])
-_causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS])
-_causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS])
+_causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS],
+                             key=("CHUNK", "BLOCK_N"))
+_causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS],
+                           key=("CHUNK", "BLOCK"))
 
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
@@ -409,7 +427,7 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
     b, h, n, d = q.shape
     dv = v.shape[-1]
     interp = interpreting()
-    chunk, block = (32, 16) if interp else (256, 64)
+    chunk, block = (32, 16) if interp else (CAUSAL_CHUNK, CAUSAL_BLOCK)
     nc = triton.cdiv(n, chunk)
     if chunks_per_group is None:  # about two programs per SM in the state pass (dv in blocks of 64)
         groups = max(1, min(nc, triton.cdiv(264, b * h * triton.cdiv(bdv, 64))))

@@ -74,7 +74,7 @@ def _triton_flash_fwd_kernel(
     H, SQ, SKV,
     SQ_BUCKET, SKV_BUCKET, TMA_OK,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr = False,
 ):
     # one flat grid, query blocks fastest: the programs resident at once then work on the same head, so its
     # keys and values come from L2 instead of DRAM (with heads fastest each resident program streams another
@@ -120,7 +120,9 @@ def _triton_flash_fwd_kernel(
         full = tl.minimum(SKV, pid_m * BLOCK_M) // BLOCK_N * BLOCK_N
     else:
         full = SKV // BLOCK_N * BLOCK_N
-    for start_n in range(0, full, BLOCK_N):
+    # WS: Triton's warp specialisation of the unmasked loop (a producer warp issues the descriptor loads while the
+    # others compute), offered to benchmarks/tune_flash.py as a candidate; not in the autotuned list until it wins
+    for start_n in tl.range(0, full, BLOCK_N, warp_specialize=WS):
         acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d,
                                               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
                                               HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, TMA)
