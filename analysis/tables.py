@@ -49,9 +49,12 @@ def _params(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def backend_label(meta: dict[str, Any]) -> Any:
-    """The backend as tables show it: ``sdpa+compile`` for a torch.compile'd run, so analyses never mix it
-    with the eager run of the same backend."""
+    """The backend as tables show it: ``sdpa+compile`` for a torch.compile'd run, ``cudnn+fp8`` for a run whose
+    linear layers a projection backend computed, so analyses never mix either with the plain run."""
     backend = meta.get("backend")
+    linear = meta.get("linear_backend") or "dense"
+    if linear != "dense":  # the linear layers replaced too (mmchar.projections): another thing measured
+        backend = f"{backend}+{linear}"
     return f"{backend}+compile" if (meta.get("options") or {}).get("compile") else backend
 
 
@@ -86,6 +89,8 @@ def work_fields(run: Run) -> dict[str, Any]:
         "gpus": int(opts.get("sequence_parallel") or 1), "sp_scheme": opts.get("sp_scheme") or "auto",
         "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),
         "scope": opts.get("scope") or "denoiser", "weights": cfg.get("weights"),
+        # which linear layers a projection backend replaced (none under dense, whatever the scope said)
+        "linear_scope": None if (meta.get("linear_backend") or "dense") == "dense" else meta.get("linear_scope"),
         "config_hash": meta.get("config_hash"),
     }
 
@@ -99,7 +104,7 @@ def work_key(run: Run, without: Sequence[str] = ()) -> tuple:
 _LABEL_FIELDS = {"preset": None, "device": None, "dtype": None, "height": "h", "width": "w", "frames": "f",
                  "steps": "steps", "batch": "b", "guidance": "g", "seed": "seed", "gpus": "gpus",
                  "memory": None, "sp_scheme": "sp", "fallback": "fallback", "cross_backend": "cross",
-                 "scope": "scope", "weights": "weights"}
+                 "scope": "scope", "linear_scope": "linear", "weights": "weights"}
 
 
 def run_labels(runs: Sequence[Run]) -> dict[str, str]:

@@ -11,6 +11,7 @@ import torch
 
 from mmchar.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from mmchar.errors import InvalidParameterError
+from mmchar.projections import DEFAULT_LINEAR_BACKEND
 from mmchar.runner import ProfileOptions, run_and_store
 from mmchar.store import Run
 from mmchar.target import Target, discover_stage_roots
@@ -28,6 +29,9 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
         path["cross_backend"] = options.cross_backend
     if options.compile:  # a compiled run is another point of a sweep, not a repeat of the eager one
         path["compile"] = True
+    if options.linear_backend != DEFAULT_LINEAR_BACKEND:  # the linear layers replaced: other work (dense hashes
+        path["linear_backend"] = options.linear_backend  # as before the projection swap existed)
+        path["linear_scope"] = options.linear_scope
     if options.sequence_parallel > 1:  # the same step over more GPUs: another point, not a repeat
         path["sequence_parallel"] = options.sequence_parallel
         if options.sp_scheme != "auto":
@@ -70,7 +74,7 @@ def pipeline_target(pipe: Any, *, steps: int, call_kwargs: dict[str, Any], seed:
 def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_steps: int = 20,
             store: str | os.PathLike[str] = DEFAULT_STORE, backend: str = "sdpa", fallback: str | None = None,
             repeat: int = 3, profile_steps: int = 2, seed: int = 0, scope: str = "denoiser",
-            **call_kwargs: Any) -> Run:
+            linear_backend: str = DEFAULT_LINEAR_BACKEND, linear_scope: str = "all", **call_kwargs: Any) -> Run:
     """Profile one generation of any diffusers pipeline object and write the run to ``store``.
 
     Args:
@@ -84,6 +88,8 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
         profile_steps: denoising steps under the full profiler.
         seed: generator seed of every call.
         scope: ``denoiser`` (the backend replaces the denoiser's attention) or ``all`` components'.
+        linear_backend: projection backend of the denoiser's linear layers (`mmchar backends --kind projection`).
+        linear_scope: which of them it replaces: ``attn-proj``, ``ffn`` or ``all``.
         **call_kwargs: further pipeline arguments (height, width, num_frames, guidance_scale ...).
 
     Returns:
@@ -95,7 +101,8 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
     if prompt is not None:
         kwargs["prompt"] = prompt
     target = pipeline_target(pipe, steps=num_inference_steps, call_kwargs=kwargs, seed=seed)
-    options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope)
+    options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope,
+                             linear_backend=linear_backend, linear_scope=linear_scope)
     run = run_and_store(target, options, store, run_config_hash(target.config, options))
     return run
 

@@ -3,8 +3,10 @@
 Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
 (`mmchar.taxonomy`, with attention cores decided first), its phase (``backward`` for the work of a backward
 pass, classed by the forward op it differentiates) and, for attention and for the projections of attention
-modules, the attention site. Kernels launched outside every stage belong to the ``host`` stage
-(latent preparation, guidance arithmetic between model calls; docs/conventions.md).
+modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
+op class and its cost (the projection scope's label), like an attention core's. Kernels launched outside every
+stage belong to the ``host`` stage (latent preparation, guidance arithmetic between model calls;
+docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import pandas as pd
 
 from mmchar.flops import attention_label_cost, op_cost
 from mmchar.schema import BACKWARD_PHASE, BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
-from mmchar.scopes import attention_label_site, attention_site, parse_attention_label, parse_comm_label
+from mmchar.scopes import (ProjectionCall, attention_label_site, attention_site, parse_attention_label,
+                           parse_comm_label, parse_projection_label)
 from mmchar.shares import shares_within
 from mmchar.taxonomy import classify, is_attention_op, is_backward
 from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
@@ -65,6 +68,8 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
     costed_ops: set[int] = set()
     costed_scopes: set[int] = set()
     costed_comms: set[int] = set()
+    costed_projs: set[int] = set()
+    proj_cache: dict[str, ProjectionCall | None] = {}
     attn_modules: dict[str, str] = {}
     scope_cache: dict[str, tuple[str, str, str]] = {}
 
@@ -87,6 +92,15 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
                 costed_comms.add(c.comm_id)
                 flops[r], nbytes[r] = 0.0, parse_comm_label(c.comm)
             continue
+        if c.proj:  # a linear layer a projection backend replaced: its class and cost are the backend's
+            call = proj_cache[c.proj] if c.proj in proj_cache else proj_cache.setdefault(
+                c.proj, parse_projection_label(c.proj))
+            if call is not None:
+                op_class[r] = call.op_class
+                if c.proj_id not in costed_projs:
+                    costed_projs.add(c.proj_id)
+                    flops[r], nbytes[r] = call.flops, call.bytes
+                continue
         if c.attn and classify(trace.name[r], top_name) != "communication":  # a ring's sends stay communication
             op_class[r] = "attention"
             s, path, dims = scope_cache.get(c.attn) or scope_cache.setdefault(c.attn, _scope_of(c.attn))
@@ -113,10 +127,11 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
                 top = (*top[:3], ops[c.leaf_op][3])
             flops[r], nbytes[r] = op_cost(*top)
 
-    # the projections of attention modules: gemm kernels under an attention module carry its site
+    # the projections of attention modules: gemm kernels (or a projection backend's) under an attention module
+    # carry its site
     if attn_modules:
         for r in range(n):
-            if site[r] or op_class[r] != "gemm" or not module[r]:
+            if site[r] or not module[r] or (op_class[r] != "gemm" and not trace.ctx[r].proj):
                 continue
             path = module[r]
             for _ in range(2):  # to_q, to_out.0

@@ -58,6 +58,24 @@ class Constraints:
 MECHANISMS = ("softmax", "linear attention", "recurrence", "local linear")
 
 
+def unavailable_reason(requires: tuple[str, ...], install_hint: str | None, devices: tuple[str, ...],
+                       min_capability: tuple[int, int] | None, device: torch.device) -> str | None:
+    """Why a backend (attention or projection, `mmchar.projections`) cannot run on ``device`` here, or None: a
+    package it needs is missing, the device type is not one of its own, or the GPU is too old."""
+    for mod in requires:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            return f"needs the Python package {mod!r} ({install_hint or 'pip install ' + mod.replace('_', '-')})"
+    if device.type not in devices:
+        return f"runs on {'/'.join(devices)} only, not {device.type}"
+    if device.type == "cuda" and min_capability:
+        cap = torch.cuda.get_device_capability(device)
+        if cap < min_capability:
+            return f"needs compute capability {min_capability[0]}.{min_capability[1]}+, this GPU has {cap[0]}.{cap[1]}"
+    return None
+
+
 class AttentionBackend:
     """Base of every backend. Subclasses set the class attributes and implement ``__call__``."""
 
@@ -94,19 +112,8 @@ class AttentionBackend:
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
         """Why this backend cannot run on ``device`` here, or None when it can."""
-        for mod in cls.requires:
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                return f"needs the Python package {mod!r} ({cls.install_hint or 'pip install ' + mod.replace('_', '-')})"
-        c = cls.constraints
-        if device.type not in c.devices:
-            return f"runs on {'/'.join(c.devices)} only, not {device.type}"
-        if device.type == "cuda" and c.min_capability:
-            cap = torch.cuda.get_device_capability(device)
-            if cap < c.min_capability:
-                return f"needs compute capability {c.min_capability[0]}.{c.min_capability[1]}+, this GPU has {cap[0]}.{cap[1]}"
-        return None
+        return unavailable_reason(cls.requires, cls.install_hint, cls.constraints.devices,
+                                  cls.constraints.min_capability, device)
 
     def unsupported(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                     mask: torch.Tensor | None) -> str | None:

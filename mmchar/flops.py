@@ -155,6 +155,13 @@ def attention_label_cost(label: str) -> Cost:
     return attention_cost([c.b, c.h, c.sq, c.d], [c.b, c.h, c.skv, c.d], [c.b, c.h, c.skv, c.dv], c.causal, c.elem)
 
 
+def linear_cost(tokens: int, n_in: int, n_out: int, elem: int, weight_elem: int | None = None) -> Cost:
+    """A dense linear layer on ``tokens`` rows: 2·tokens·in·out FLOPs; input and output once, the weight once (in
+    its own element size: a quantised copy moves fewer bytes). A projection backend's default cost."""
+    moved = (tokens * (n_in + n_out)) * elem + n_in * n_out * (elem if weight_elem is None else weight_elem)
+    return 2.0 * tokens * n_in * n_out, float(moved)
+
+
 def linear_attention_cost(b: int, h: int, sq: int, skv: int, d: int, dv: int, elem: int) -> Cost:
     """Linear attention: feature maps (q and k), the state reduction φ(K)ᵀV and Σφ(K), the output pass φ(Q)U and
     its normaliser — 2·B·H·(Skv·d·dv + Sq·d·dv) + the map and sum terms; q, k, v, out moved once."""

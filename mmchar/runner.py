@@ -36,6 +36,8 @@ from mmchar.devices import synchronize
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError, first_line
 from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
 from mmchar.intervals import covered
+from mmchar.linear_swap import LinearSwap
+from mmchar.projections import DEFAULT_LINEAR_BACKEND, LINEAR_SCOPES, get_projection_backend
 from mmchar.schema import OUTSIDE_STAGES, SCHEMA_VERSION, STEP_STAGES, step_key
 from mmchar.store import Run, unique_run_id, write_run
 from mmchar.swap import measure_dispatch_overhead_us, swap_attention
@@ -62,11 +64,21 @@ class ProfileOptions:
     # each; mmchar.sequence_shard); 1: one device
     sequence_parallel: int = 1
     sp_scheme: str = "auto"  # auto (Ulysses where the ranks divide the heads, else ring), ulysses or ring
+    # what computes the generating model's linear layers (mmchar.projections), and which of them
+    linear_backend: str = DEFAULT_LINEAR_BACKEND
+    linear_scope: str = "all"
 
     def __post_init__(self) -> None:
         """One check for the CLI and the Python API alike."""
         if self.scope not in SWAP_SCOPES:
             raise UnknownNameError("scope", self.scope, SWAP_SCOPES)
+        if self.linear_scope not in LINEAR_SCOPES:
+            raise UnknownNameError("linear scope", self.linear_scope, LINEAR_SCOPES)
+        get_projection_backend(self.linear_backend)  # an unknown name fails here, naming the valid ones
+        if self.compile and self.linear_backend != DEFAULT_LINEAR_BACKEND:
+            raise InvalidParameterError(f"--compile runs the model's own linear layers, not {self.linear_backend!r}: "
+                                        "the projection swap is not traced into a compiled graph; drop "
+                                        "--linear-backend or --compile")
         if self.compile and self.backend != "sdpa":
             raise InvalidParameterError(f"--compile runs the model's own attention (backend sdpa), not {self.backend!r}: "
                                         "the backend swap is not traced into a compiled graph; drop --backend or --compile")
@@ -230,13 +242,22 @@ class _Session:
                                    seed=int(target.config.get("params", {}).get("seed", 0)),
                                    cross_backend=options.cross_backend, shard=self.shard,
                                    compile_safe=options.compile)
+        self.linear = LinearSwap(target.pipe, _step_components(target), options.linear_backend, target.device,
+                                 scope=options.linear_scope, seed=int(target.config.get("params", {}).get("seed", 0)),
+                                 route=not options.compile)
         if options.compile:
             self.meta["compile"] = compile_step_models(target)
+
+    @contextlib.contextmanager
+    def _swapped(self) -> Iterator[Any]:
+        """Both swaps open (attention and projections): the attention swap's state is what a pass reads."""
+        with self.swap as state, self.linear:
+            yield state
 
     def warmup(self) -> None:
         """Warm-up, then one untimed generation of full length that records peak memory per stage and the
         final latents (both cost host syncs and allocator-stat resets the timed pass must not carry)."""
-        with self.swap as state:
+        with self._swapped() as state:
             for _ in range(self.options.warmup):
                 self.target.run(min(self.target.steps, 2))
             synchronize(self.target.device)
@@ -256,12 +277,17 @@ class _Session:
         if notes:  # what stateful backends chose per layer (WERSA's filter source ...)
             self.meta["backend_notes"] = dict(sorted(notes.items()))
         self.meta["attention_layers"] = dict(sorted(state.layer_site.items()))
+        lin = self.linear.state
+        self.meta["linear_layers"] = dict(sorted(lin.layer_role.items()))
+        self.meta["linear_backend_per_layer"] = dict(sorted(lin.layer_backend.items()))
+        if lin.unsupported:  # in scope, but run as the model's own layers
+            self.meta["linear_unsupported"] = dict(sorted(lin.unsupported.items()))
         if self.shard is not None:
             self.meta["sequence_parallel"] = self.shard.describe()
         self.swap.reset_calls()
 
     def timed(self, i: int) -> None:
-        with self.swap:
+        with self._swapped():
             timing, _ = _timed_generation(self.target, self.target.steps, self._align)
         self.timings.append(timing)
 
@@ -284,7 +310,7 @@ class _Session:
         meta["timings"] = _timings(self.timings)
         calls_per_step = self._denoiser_calls_per_step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
-        with self.swap as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
+        with self._swapped() as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
             # 3. light profile: kernels only, the timed pass's step count (the host residual grows per step)
             light_json = Path(tmp) / "light.json"
             t0 = time.perf_counter()
@@ -296,7 +322,7 @@ class _Session:
             meta["busy"] = _busy(parse_trace(light_json), meta["timings"])
             # 4. full profile: module ranges, shapes, attention-core scopes
             full_json = Path(tmp) / "full.json"
-            swap.annotate = True
+            swap.annotate = self.linear.state.annotate = True
             try:
                 t0 = time.perf_counter()
                 # compiled components get no module ranges (new hooks would re-guard and recompile their graphs
@@ -306,7 +332,7 @@ class _Session:
                     _timed_generation(target, psteps, self._align, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3
             finally:
-                swap.annotate = False
+                swap.annotate = self.linear.state.annotate = False
             prof.export_chrome_trace(str(full_json))
             del prof
             trace = parse_trace(full_json)
@@ -473,11 +499,14 @@ def base_meta(target_config: dict[str, Any], target_device: torch.device, option
               config_hash: str) -> dict[str, Any]:
     dev = environment.device_info(target_device)
     backend = get_backend(options.backend)
+    linear = get_projection_backend(options.linear_backend)
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(),
             "status": "ok", "error": None, "workload": target_config.get("workload", "pipeline"),
             "preset": target_config.get("preset"), "backend": options.backend, "fallback": options.fallback,
             "backend_changes_math": backend.changes_math, "backend_mechanism": backend.mechanism,
-            "swap_scope": options.scope, "config_hash": config_hash, "config": target_config,
+            "swap_scope": options.scope, "linear_backend": options.linear_backend,
+            "linear_scope": options.linear_scope, "linear_changes_math": linear.changes_math,
+            "linear_op_class": linear.op_class, "config_hash": config_hash, "config": target_config,
             "options": options.to_dict(), "device": dev, "roofs": environment.roofs(dev),
             "versions": environment.versions(), "settings": environment.settings(),
             "mmchar_version": environment.mmchar_version(), "git_commit": environment.git_commit()}
@@ -519,7 +548,9 @@ def store_outcome(target: Target, options: ProfileOptions, outcome: Outcome, sto
 
     ``finish(meta, latents)`` may add to meta.json before the run is written (compare's agreement figures).
     """
-    run_id = unique_run_id(store, new_run_id(target.config.get("workload", target.name), options.backend, config_hash))
+    linear = "" if options.linear_backend == DEFAULT_LINEAR_BACKEND else f"+{options.linear_backend}"
+    run_id = unique_run_id(store, new_run_id(target.config.get("workload", target.name), options.backend + linear,
+                                                config_hash))
     meta = base_meta(target.config, target.device, options, run_id, config_hash)
     if isinstance(outcome, BaseException):
         run = failed_run(meta, outcome)

@@ -19,6 +19,7 @@ STAGE_SCOPE_PREFIX = "mmchar.stage::"  # one stage-root call: mmchar.stage::<sta
 MODULE_SCOPE_PREFIX = "mmchar.module::"  # one module forward: mmchar.module::<dotted path>
 ATTN_SCOPE_PREFIX = "mmchar.attn::"  # one attention-core call (see `attention_label`)
 COMM_SCOPE_PREFIX = "mmchar.comm::"  # one collective or send: mmchar.comm::<kind>::<bytes sent>
+PROJ_SCOPE_PREFIX = "mmchar.proj::"  # one call of a replaced linear layer (see `projection_label`)
 
 
 def stage_label(stage: str, step: int) -> str:
@@ -85,6 +86,34 @@ def attention_label_site(label: str) -> tuple[str, str]:
     """(site, module path) of an attention-core label, whatever else it holds."""
     parts = label[len(ATTN_SCOPE_PREFIX):].split("::")
     return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+@dataclass(frozen=True)
+class ProjectionCall:
+    """What a projection label carries: the class of the kernels under it, the layer, the backend, and the call's
+    FLOPs and bytes by the backend's own cost model (a table lookup is not 2·m·k·n)."""
+
+    op_class: str
+    module_path: str
+    backend: str
+    flops: float
+    bytes: float
+
+
+def projection_label(op_class: str, module_path: str, backend: str, flops: float, nbytes: float) -> str:
+    """The label of one call of a linear layer a projection backend replaced (`mmchar.linear_swap`)."""
+    return f"{PROJ_SCOPE_PREFIX}{op_class}::{module_path}::{backend}::{flops:.6g}::{nbytes:.6g}"
+
+
+def parse_projection_label(label: str) -> ProjectionCall | None:
+    """The call a projection label describes; None for a label that is not one (or is malformed)."""
+    if not label.startswith(PROJ_SCOPE_PREFIX):
+        return None
+    parts = label[len(PROJ_SCOPE_PREFIX):].split("::")
+    try:
+        return ProjectionCall(parts[0], parts[1], parts[2], float(parts[3]), float(parts[4]))
+    except (IndexError, ValueError):
+        return None
 
 
 def comm_label(kind: str, nbytes: int) -> str:

@@ -121,6 +121,7 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     from mmchar.api import run_config_hash
     from mmchar.backends import require_backend
     from mmchar.devices import resolve_device
+    from mmchar.projections import DEFAULT_LINEAR_BACKEND, require_projection_backend
     from mmchar.runner import ProfileOptions
     from mmchar.workloads import get_workload
 
@@ -138,6 +139,7 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     for extra in (options.get("fallback"), options.get("cross_backend")):
         if extra:
             require_backend(extra, dev)
+    require_projection_backend(options.get("linear_backend") or DEFAULT_LINEAR_BACKEND, dev)
     keys = list(vary)
     points = []
     for values in itertools.product(*(vary[k] for k in keys)):
@@ -202,7 +204,7 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
         if getattr(sweep, opt) is not None:
             cmd += [f"--{opt}", str(getattr(sweep, opt))]
     o = sweep.options
-    for k in ("fallback", "cross_backend", "scope", "repeat", "profile_steps"):
+    for k in ("fallback", "cross_backend", "scope", "linear_backend", "linear_scope", "repeat", "profile_steps"):
         if o.get(k) is not None:
             cmd += ["--" + k.replace("_", "-"), str(o[k])]
     if o.get("keep_trace") is False:

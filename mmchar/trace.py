@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from mmchar.errors import TraceError
-from mmchar.scopes import (ATTN_SCOPE_PREFIX, COMM_SCOPE_PREFIX, MODULE_SCOPE_PREFIX, STAGE_SCOPE_PREFIX,
-                           parse_module_label, parse_stage_label)
+from mmchar.scopes import (ATTN_SCOPE_PREFIX, COMM_SCOPE_PREFIX, MODULE_SCOPE_PREFIX, PROJ_SCOPE_PREFIX,
+                           STAGE_SCOPE_PREFIX, parse_module_label, parse_stage_label)
 
 
 @contextlib.contextmanager
@@ -81,6 +81,8 @@ class Context:
     leaf_op: int = -1  # index of the innermost enclosing aten op
     comm: str = ""  # the communication scope label (mmchar.sequence_parallel.comm_scope), "" outside one
     comm_id: int = -1  # which collective call
+    proj: str = ""  # the projection scope label (a linear layer a projection backend replaced), "" outside one
+    proj_id: int = -1  # which projection call
 
 
 @dataclass
@@ -212,7 +214,8 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                     ctx = parent
                 else:
                     ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
-                                  parent.top_op if parent.top_op >= 0 else op, op, parent.comm, parent.comm_id)
+                                  parent.top_op if parent.top_op >= 0 else op, op, parent.comm, parent.comm_id,
+                                  parent.proj, parent.proj_id)
                 if not trace.on_gpu:
                     for s in reversed(stack):  # charge this op's time to its nearest enclosing op
                         if s[2] >= 0:
@@ -225,25 +228,30 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
             if name.startswith(STAGE_SCOPE_PREFIX):
                 stage, step = parse_stage_label(name)
                 ctx = Context(stage, step, parent.module, parent.attn, parent.attn_id, parent.top_op,
-                              parent.leaf_op, parent.comm, parent.comm_id)
+                              parent.leaf_op, parent.comm, parent.comm_id, parent.proj, parent.proj_id)
             elif name.startswith(MODULE_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parse_module_label(name), parent.attn,
-                              parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id)
+                              parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id,
+                              parent.proj, parent.proj_id)
             elif name.startswith(ATTN_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op,
-                              parent.comm, parent.comm_id)
+                              parent.comm, parent.comm_id, parent.proj, parent.proj_id)
             elif name.startswith(COMM_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id, parent.top_op,
-                              parent.leaf_op, name, i)
+                              parent.leaf_op, name, i, parent.proj, parent.proj_id)
+            elif name.startswith(PROJ_SCOPE_PREFIX):
+                ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id, parent.top_op,
+                              parent.leaf_op, parent.comm, parent.comm_id, name, i)
             elif foreign_stage is not None and name.startswith(PY_MODULE_PREFIX):
                 inst = name[len(PY_MODULE_PREFIX):]
                 ctx = Context(parent.stage, parent.step, f"{parent.module}.{inst}" if parent.module else inst,
                               parent.attn, parent.attn_id, parent.top_op, parent.leaf_op, parent.comm,
-                              parent.comm_id)
+                              parent.comm_id, parent.proj, parent.proj_id)
             elif foreign_stage is not None and name.startswith(PROFILER_STEP_PREFIX):
                 step = _profiler_step(name)
                 ctx = Context(parent.stage, parent.step if step is None else step, parent.module, parent.attn,
-                              parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id)
+                              parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id,
+                              parent.proj, parent.proj_id)
             else:
                 ctx = parent
             stack.append((end, ctx, -1))

@@ -41,16 +41,21 @@ def workloads(fmt: Fmt = "table") -> None:
 
 @app.command()
 def backends(device: Annotated[Optional[str], typer.Option(help="Device to check availability on.")] = None,
+             kind: Annotated[str, typer.Option(help="attention (--backend) or projection (--linear-backend).")] = "attention",
              fmt: Fmt = "table") -> None:
-    """List the attention backends: constraints, and whether each runs here (and why not)."""
+    """List the attention (or projection) backends: constraints, and whether each runs here (and why not)."""
     from mmchar.backends import describe_backends
     from mmchar.devices import resolve_device
+    from mmchar.projections import describe_projection_backends
 
+    describe = {"attention": describe_backends, "projection": describe_projection_backends}
+    if kind not in describe:
+        raise UnknownNameError("backend kind", kind, describe)
     check_format(fmt)
     dev = resolve_device(device)
-    df = pd.DataFrame(describe_backends(dev))
+    df = pd.DataFrame(describe[kind](dev))
     df["available"] = df["available"].map({True: "yes", False: "no"})
-    print_frame(df, title=f"attention backends on {dev.type}", fmt=fmt)
+    print_frame(df, title=f"{kind} backends on {dev.type}", fmt=fmt)
 
 
 @app.command()

@@ -13,8 +13,9 @@ import typer
 from mmchar.cli import app
 from mmchar.cli.common import check_format
 from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
-                                Guidance, Height, KvCache, NoTrace, Pipeline, Preset, ProfileSteps, Prompt, Repeat,
-                                Scope, Seed, Steps, Store, VaeSlicing, VaeTiling, Weights, Width, Workload)
+                                Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace, Pipeline, Preset,
+                                ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling,
+                                Weights, Width, Workload)
 from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.report import RunFailed, report_noise, report_run
 from mmchar.cli.run_options import RunOptions
@@ -29,6 +30,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             device: Device = None, kv_cache: KvCache = None,
             backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+            linear_backend: LinearBackend = "dense", linear_scope: LinearScope = "all",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, store: Store = Path("runs"),
@@ -50,7 +52,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
         options = opts.profile_options(backend, rank.world if rank else 1, sp_scheme)
         target = build_target(opts, [backend])
         if dd.leads(rank):
-            warn_changed_math([backend])
+            warn_changed_math([backend], opts.linear_backend)
             over = f" split over {rank.world} ranks" if rank else ""
             say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
                 f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
@@ -77,6 +79,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
             kv_cache: KvCache = None,
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+            linear_backend: LinearBackend = "dense", linear_scope: LinearScope = "all",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
@@ -90,7 +93,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
     options = opts.profile_options(names[0])
     target = build_target(opts, names)
-    warn_changed_math(names)
+    warn_changed_math(names, opts.linear_backend)
     say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
     result = run_compare(target, names, options, store, hash_for(target))
     _print_comparison(result, names[0], target.device.type, fmt)

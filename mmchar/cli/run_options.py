@@ -40,6 +40,8 @@ class RunOptions:
     fallback: str | None
     cross_backend: str | None
     scope: str
+    linear_backend: str
+    linear_scope: str
     repeat: int
     profile_steps: int | None
     no_trace: bool
@@ -74,7 +76,7 @@ class RunOptions:
         unset ``--profile-steps`` is left out so that ProfileOptions' default applies (and clipping stays quiet)."""
         steps = {} if self.profile_steps is None else {"profile_steps": self.profile_steps}
         return {"fallback": self.fallback, "cross_backend": self.cross_backend, "scope": self.scope,
-                "repeat": self.repeat, "keep_trace": not self.no_trace, "compile": self.compile, **steps}
+                "linear_backend": self.linear_backend, "linear_scope": self.linear_scope, "repeat": self.repeat, "keep_trace": not self.no_trace, "compile": self.compile, **steps}
 
     def profile_options(self, backend: str, sequence_parallel: int = 1, sp_scheme: str = "auto") -> ProfileOptions:
         """How one run is measured (checked by ProfileOptions itself: a bad scope fails before anything loads)."""

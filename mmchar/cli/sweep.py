@@ -12,8 +12,8 @@ import typer
 from mmchar.cli import app
 from mmchar.cli.common import check_format
 from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
-                                Guidance, Height, KvCache, NoTrace, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed,
-                                Steps, Store, VaeSlicing, VaeTiling, Weights, Width)
+                                Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace, Preset, ProfileSteps,
+                                Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling, Weights, Width)
 from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.cli.target import check_profile_steps, check_settings, warn_changed_math
@@ -29,6 +29,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
           kv_cache: KvCache = None,
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
+          linear_backend: LinearBackend = "dense", linear_scope: LinearScope = "all",
           repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
           compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table",
@@ -65,7 +66,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     lead = dd.leads(rank)
     tag = f"(rank {rank.rank}/{rank.world}) " if rank is not None else ""
     if lead:
-        warn_changed_math(names)
+        warn_changed_math(names, opts.linear_backend)
         kept = len(plan.points) - len(pending)
         say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
             f"{len(pending)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))

@@ -19,6 +19,7 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
     that cannot be written fails here, not after the measurement."""
     from mmchar.backends import require_backend
     from mmchar.devices import resolve_device
+    from mmchar.projections import require_projection_backend
     from mmchar.store import check_writable
 
     if (opts.workload is None) == (opts.pipeline is None):
@@ -37,6 +38,7 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
             raise WeightsError(f"weights folder {str(opts.weights)!r} does not exist; pass a local diffusers pipeline folder")
     for b in backends + opts.extra_backends():
         require_backend(b, dev)
+    require_projection_backend(opts.linear_backend, dev)
     check_writable(opts.store)
     if opts.workload is not None:
         check_profile_steps(opts.profile_steps, config["params"]["steps"])
@@ -69,14 +71,19 @@ def check_profile_steps(profile_steps: int | None, steps: int) -> None:
         warn(f"--profile-steps {profile_steps} is more than the {steps} steps of a generation: profiling {steps}")
 
 
-def warn_changed_math(backends: list[str]) -> None:
-    """A backend that replaces self-attention's mathematics measures speed only: say so before measuring it."""
+def warn_changed_math(backends: list[str], linear_backend: str = "dense") -> None:
+    """A backend that replaces self-attention's (or the linear layers') mathematics measures speed only: say so
+    before measuring it."""
     from mmchar.backends import get_backend
+    from mmchar.projections import get_projection_backend
 
     for name in backends:
         if get_backend(name).changes_math:
             warn(f"{name} changes the model's mathematics (self-attention replaced; cross attention keeps softmax): "
                  "a speed study on real shapes, not a quality claim")
+    if get_projection_backend(linear_backend).changes_math:
+        warn(f"{linear_backend} changes the model's mathematics (linear layers replaced): a speed study on real "
+             "shapes, not a quality claim")
 
 
 def hash_for(target: Any) -> Callable[[Any], str]:

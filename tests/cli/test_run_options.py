@@ -67,15 +67,17 @@ def test_run_options_from_each_commands_defaults():
                                                "prompt"))
         assert opts.memory() == {"vae_tiling": False, "vae_slicing": False, "cpu_offload": False}
         # an unset --profile-steps is left to ProfileOptions' default
-        assert opts.profile_fields() == {"fallback": None, "cross_backend": None, "scope": "denoiser", "repeat": 3,
+        assert opts.profile_fields() == {"fallback": None, "cross_backend": None, "scope": "denoiser",
+                                         "linear_backend": "dense", "linear_scope": "all", "repeat": 3,
                                          "keep_trace": True, "compile": False}
 
 
 def test_profile_fields_carry_what_was_typed():
     values = {p: v.default for p, v in parameters("profile").items()}
-    values.update(workload="sd15", profile_steps=1, no_trace=True, fallback="math", repeat=1)
+    values.update(workload="sd15", profile_steps=1, no_trace=True, fallback="math", repeat=1, linear_scope="ffn")
     opts = RunOptions.from_params(values)
-    assert opts.profile_fields() == {"fallback": "math", "cross_backend": None, "scope": "denoiser", "repeat": 1,
+    assert opts.profile_fields() == {"fallback": "math", "cross_backend": None, "scope": "denoiser",
+                                     "linear_backend": "dense", "linear_scope": "ffn", "repeat": 1,
                                      "keep_trace": False, "compile": False, "profile_steps": 1}
     assert opts.extra_backends() == ["math"]
 
