@@ -9,7 +9,7 @@ through the ``mmchar.backends`` entry-point group (``name = "pkg.module:BackendC
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mmchar.errors import BackendUnavailableError, MmcharError, UnknownNameError
+from mmchar.errors import MmcharError
+from mmchar.registry import ClassRegistry, unavailable_reason
 
 ENTRY_POINT_GROUP = "mmchar.backends"
 
@@ -56,24 +57,6 @@ class Constraints:
 
 
 MECHANISMS = ("softmax", "linear attention", "recurrence", "local linear")
-
-
-def unavailable_reason(requires: tuple[str, ...], install_hint: str | None, devices: tuple[str, ...],
-                       min_capability: tuple[int, int] | None, device: torch.device) -> str | None:
-    """Why a backend (attention or projection, `mmchar.projections`) cannot run on ``device`` here, or None: a
-    package it needs is missing, the device type is not one of its own, or the GPU is too old."""
-    for mod in requires:
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            return f"needs the Python package {mod!r} ({install_hint or 'pip install ' + mod.replace('_', '-')})"
-    if device.type not in devices:
-        return f"runs on {'/'.join(devices)} only, not {device.type}"
-    if device.type == "cuda" and min_capability:
-        cap = torch.cuda.get_device_capability(device)
-        if cap < min_capability:
-            return f"needs compute capability {min_capability[0]}.{min_capability[1]}+, this GPU has {cap[0]}.{cap[1]}"
-    return None
 
 
 class AttentionBackend:
@@ -164,58 +147,26 @@ class AttentionBackend:
         return attention_cost(list(q.shape), list(k.shape), list(v.shape), causal, q.element_size())
 
 
-_REGISTRY: dict[str, type[AttentionBackend]] = {}
-_entry_points_loaded = False
+_BACKENDS: ClassRegistry[AttentionBackend] = ClassRegistry("backend", ENTRY_POINT_GROUP, AttentionBackend)
+_REGISTRY = _BACKENDS.classes  # name -> class (tests register and remove throw-away backends here)
 
 
 def register_backend(cls: type[AttentionBackend]) -> type[AttentionBackend]:
     """Class decorator adding a backend to the registry under ``cls.name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as e:  # a broken plugin must not break mmchar
-            _BROKEN[ep.name] = f"entry point {ep.value} failed to import: {e}"
-            continue
-        if isinstance(cls, type) and issubclass(cls, AttentionBackend):
-            register_backend(cls)
-
-
-_BROKEN: dict[str, str] = {}
+    return _BACKENDS.register(cls)
 
 
 def backend_names() -> list[str]:
-    _load_entry_points()
-    return list(_REGISTRY)
+    return _BACKENDS.names()
 
 
 def get_backend(name: str) -> type[AttentionBackend]:
-    _load_entry_points()
-    if name in _BROKEN:
-        raise BackendUnavailableError(f"backend {name!r}: {_BROKEN[name]}")
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("backend", name, _REGISTRY) from None
+    return _BACKENDS.get(name)
 
 
 def require_backend(name: str, device: torch.device) -> type[AttentionBackend]:
     """The backend class, or an error saying why it cannot run on ``device``."""
-    cls = get_backend(name)
-    reason = cls.unavailable_reason(device)
-    if reason:
-        usable = [n for n, c in _REGISTRY.items() if c.unavailable_reason(device) is None]
-        raise BackendUnavailableError(f"backend {name!r} is not available on {device.type}: {reason}; "
-                                      f"available here: {', '.join(usable)}")
-    return cls
+    return _BACKENDS.require(name, device)
 
 
 def default_softmax_backend(device: torch.device) -> str:
@@ -675,17 +626,7 @@ class WersaBackend(AttentionBackend):
 
 def describe_backends(device: torch.device) -> list[dict[str, Any]]:
     """One row per registered backend: name, description, constraints, availability on ``device`` and why."""
-    rows = []
-    for name in backend_names():
-        cls = _REGISTRY[name]
-        reason = cls.unavailable_reason(device)
-        rows.append({"name": name, "description": cls.description, "constraints": cls.constraints.describe(),
-                     "mechanism": cls.mechanism, "changes_math": cls.changes_math, "available": reason is None,
-                     "why_not": reason or ""})
-    for name, why in _BROKEN.items():
-        rows.append({"name": name, "description": "(plugin failed to load)", "constraints": "", "mechanism": "",
-                     "changes_math": False, "available": False, "why_not": why})
-    return rows
+    return _BACKENDS.describe(device, lambda cls: {"mechanism": cls.mechanism, "changes_math": cls.changes_math})
 
 
 __all__ = ["AttentionBackend", "Constraints", "MECHANISMS", "MmcharError", "backend_names", "default_softmax_backend",

@@ -14,15 +14,13 @@ for table lookups).
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmchar.backends import unavailable_reason
-from mmchar.errors import BackendUnavailableError, UnknownNameError
+from mmchar.registry import ClassRegistry, unavailable_reason
 from mmchar.schema import OP_CLASSES
 
 ENTRY_POINT_GROUP = "mmchar.projection_backends"
@@ -117,75 +115,39 @@ class DenseBackend(ProjectionBackend):
         return F.linear(x, self.layer.weight, self.layer.bias)
 
 
-_REGISTRY: dict[str, type[ProjectionBackend]] = {}
-_BROKEN: dict[str, str] = {}
-_entry_points_loaded = False
-
-
-def register_projection_backend(cls: type[ProjectionBackend]) -> type[ProjectionBackend]:
-    """Class decorator adding a projection backend to the registry under ``cls.name``."""
+def _check(cls: type[ProjectionBackend]) -> None:
     if cls.op_class not in OP_CLASSES:
         raise ValueError(f"projection backend {cls.name!r}: op class {cls.op_class!r} is not one of {OP_CLASSES}")
     if "::" in cls.name:  # the profiler label's separator (mmchar.scopes.projection_label)
         raise ValueError(f"projection backend {cls.name!r}: a name may not contain '::'")
-    _REGISTRY[cls.name] = cls
-    return cls
+
+
+_BACKENDS: ClassRegistry[ProjectionBackend] = ClassRegistry("projection backend", ENTRY_POINT_GROUP,
+                                                            ProjectionBackend, _check)
+_REGISTRY = _BACKENDS.classes  # name -> class (tests register and remove throw-away backends here)
+
+
+def register_projection_backend(cls: type[ProjectionBackend]) -> type[ProjectionBackend]:
+    """Class decorator adding a projection backend to the registry under ``cls.name``."""
+    return _BACKENDS.register(cls)
 
 
 register_projection_backend(DenseBackend)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as e:  # a broken plugin must not break mmchar
-            _BROKEN[ep.name] = f"entry point {ep.value} failed to import: {e}"
-            continue
-        if isinstance(cls, type) and issubclass(cls, ProjectionBackend):
-            register_projection_backend(cls)
-
-
 def projection_backend_names() -> list[str]:
-    _load_entry_points()
-    return list(_REGISTRY)
+    return _BACKENDS.names()
 
 
 def get_projection_backend(name: str) -> type[ProjectionBackend]:
-    _load_entry_points()
-    if name in _BROKEN:
-        raise BackendUnavailableError(f"projection backend {name!r}: {_BROKEN[name]}")
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("projection backend", name, _REGISTRY) from None
+    return _BACKENDS.get(name)
 
 
 def require_projection_backend(name: str, device: torch.device) -> type[ProjectionBackend]:
     """The backend class, or an error saying why it cannot run on ``device``."""
-    cls = get_projection_backend(name)
-    reason = cls.unavailable_reason(device)
-    if reason:
-        usable = [n for n, c in _REGISTRY.items() if c.unavailable_reason(device) is None]
-        raise BackendUnavailableError(f"projection backend {name!r} is not available on {device.type}: {reason}; "
-                                      f"available here: {', '.join(usable)}")
-    return cls
+    return _BACKENDS.require(name, device)
 
 
 def describe_projection_backends(device: torch.device) -> list[dict[str, Any]]:
     """One row per registered projection backend: name, description, constraints, op class, availability."""
-    rows = []
-    for name in projection_backend_names():
-        cls = _REGISTRY[name]
-        reason = cls.unavailable_reason(device)
-        rows.append({"name": name, "description": cls.description, "constraints": cls.constraints.describe(),
-                     "op_class": cls.op_class, "changes_math": cls.changes_math, "available": reason is None,
-                     "why_not": reason or ""})
-    for name, why in _BROKEN.items():
-        rows.append({"name": name, "description": "(plugin failed to load)", "constraints": "", "op_class": "",
-                     "changes_math": False, "available": False, "why_not": why})
-    return rows
+    return _BACKENDS.describe(device, lambda cls: {"op_class": cls.op_class, "changes_math": cls.changes_math})

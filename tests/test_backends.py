@@ -134,7 +134,7 @@ def test_register_backend_and_entry_point_group(monkeypatch):
         def load(self):
             return Plugin
 
-    monkeypatch.setattr(mb, "_entry_points_loaded", False)
+    monkeypatch.setattr(mb._BACKENDS, "loaded", False)
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [EP()] if group == mb.ENTRY_POINT_GROUP else [])
     try:
         assert "plugin-test" in backend_names()
