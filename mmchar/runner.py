@@ -237,14 +237,13 @@ class _Session:
                    if not (options.compile and c in _step_components(target))]
         self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme)
         self._align = self.shard.align if self.shard is not None else None
+        seed = int(target.config.get("params", {}).get("seed", 0))  # seeds per-layer backend state
         self.swap = swap_attention(target.pipe, swapped, options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
-                                   seed=int(target.config.get("params", {}).get("seed", 0)),
-                                   cross_backend=options.cross_backend, shard=self.shard,
+                                   seed=seed, cross_backend=options.cross_backend, shard=self.shard,
                                    compile_safe=options.compile)
         self.linear = LinearSwap(target.pipe, _step_components(target), options.linear_backend, target.device,
-                                 scope=options.linear_scope, seed=int(target.config.get("params", {}).get("seed", 0)),
-                                 route=not options.compile)
+                                 scope=options.linear_scope, seed=seed, route=not options.compile)
         if options.compile:
             self.meta["compile"] = compile_step_models(target)
 
