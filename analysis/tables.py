@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmchar.schema import BREAKDOWN_COLUMNS, STEP_STAGES, TIMING_KEYS, step_key
+from mmchar.schema import BREAKDOWN_COLUMNS, DEFAULT_LINEAR_BACKEND, STEP_STAGES, TIMING_KEYS, step_key
 from mmchar.shares import share_of, shares_within
 from mmchar.store import Run, with_added_columns
 
@@ -52,8 +52,8 @@ def backend_label(meta: dict[str, Any]) -> Any:
     """The backend as tables show it: ``sdpa+compile`` for a torch.compile'd run, ``cudnn+fp8`` for a run whose
     linear layers a projection backend computed, so analyses never mix either with the plain run."""
     backend = meta.get("backend")
-    linear = meta.get("linear_backend") or "dense"
-    if linear != "dense":  # the linear layers replaced too (mmchar.projections): another thing measured
+    linear = meta.get("linear_backend") or DEFAULT_LINEAR_BACKEND
+    if linear != DEFAULT_LINEAR_BACKEND:  # the linear layers replaced too (mmchar.projections): another thing measured
         backend = f"{backend}+{linear}"
     return f"{backend}+compile" if (meta.get("options") or {}).get("compile") else backend
 
@@ -90,7 +90,8 @@ def work_fields(run: Run) -> dict[str, Any]:
         "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),
         "scope": opts.get("scope") or "denoiser", "weights": cfg.get("weights"),
         # which linear layers a projection backend replaced (none under dense, whatever the scope said)
-        "linear_scope": None if (meta.get("linear_backend") or "dense") == "dense" else meta.get("linear_scope"),
+        "linear_scope": meta.get("linear_scope") if (meta.get("linear_backend") or DEFAULT_LINEAR_BACKEND)
+        != DEFAULT_LINEAR_BACKEND else None,
         "config_hash": meta.get("config_hash"),
     }
 

@@ -93,8 +93,9 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
                 flops[r], nbytes[r] = 0.0, parse_comm_label(c.comm)
             continue
         if c.proj:  # a linear layer a projection backend replaced: its class and cost are the backend's
-            call = proj_cache[c.proj] if c.proj in proj_cache else proj_cache.setdefault(
-                c.proj, parse_projection_label(c.proj))
+            if c.proj not in proj_cache:
+                proj_cache[c.proj] = parse_projection_label(c.proj)
+            call = proj_cache[c.proj]
             if call is not None:
                 op_class[r] = call.op_class
                 if c.proj_id not in costed_projs:

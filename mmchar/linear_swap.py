@@ -38,9 +38,11 @@ _ATTN_CLASS = re.compile(r"Attention$")
 
 
 def linear_role(path: str, modules: dict[str, nn.Module]) -> str:
-    """``attn-proj``, ``ffn`` or ``other``: what the linear layer at ``path`` does, by its own name and its
-    nearest enclosing attention module, feed-forward block or embedder (``modules``: path -> module of the model
-    it belongs to). Layers that serve attention and the MLP at once (Flux's fused ``proj_out``) are ``other``."""
+    """``attn-proj``, ``ffn`` or ``other`` (timestep and conditioning embeddings, adaLN modulation, patch and
+    output projections: replaced only under scope ``all``): what the linear layer at ``path`` does, by its own
+    name and its nearest enclosing attention module, feed-forward block or embedder (``modules``: path -> module
+    of the model it belongs to). Layers that serve attention and the MLP at once (Flux's fused ``proj_out``) are
+    ``other``."""
     parts = path.split(".")
     if any("embed" in part for part in parts):
         return "other"

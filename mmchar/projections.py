@@ -21,16 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from mmchar.registry import ClassRegistry, unavailable_reason
-from mmchar.schema import OP_CLASSES
+from mmchar.schema import DEFAULT_LINEAR_BACKEND, OP_CLASSES
 
 ENTRY_POINT_GROUP = "mmchar.projection_backends"
 # which linear layers of the generating model a projection backend replaces (--linear-scope)
 LINEAR_SCOPES = ("attn-proj", "ffn", "all")
-# what a linear layer does in its model (`mmchar.linear_swap.linear_role`): attn-proj and ffn are scopes of
-# their own; "other" (timestep and conditioning embeddings, adaLN modulation, patch embedding, output
-# projections) is replaced only under ``all``
-LINEAR_ROLES = ("attn-proj", "ffn", "other")
-DEFAULT_LINEAR_BACKEND = "dense"
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ class DenseBackend(ProjectionBackend):
     """The model's own layers: a swap under it replaces nothing (its calls cost nothing extra) and records which
     layers a scope covers."""
 
-    name = "dense"
+    name = DEFAULT_LINEAR_BACKEND
     description = "the model's own linear layers (cuBLAS / the CPU's GEMM): the default"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ class ClassRegistry(Generic[T]):
                 if isinstance(cls, type) and issubclass(cls, self.base):
                     self.register(cls)
             except Exception as e:  # a broken plugin must not break mmchar
-                self.broken[ep.name] = f"entry point {ep.value} failed to import: {e}"
+                self.broken[ep.name] = f"entry point {ep.value} failed to load: {e}"
 
     def names(self) -> list[str]:
         self._load()

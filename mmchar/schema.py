@@ -24,6 +24,8 @@ OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "com
 ATTN_SITES = ("spatial", "temporal", "joint", "cross", "causal", "text")
 
 RUN_STATUSES = ("ok", "oom", "error")  # meta.json "status"
+# meta.json "linear_backend" of a run whose linear layers are the model's own (and of runs recorded before it)
+DEFAULT_LINEAR_BACKEND = "dense"
 
 META_FILE = "meta.json"
 KERNELS_FILE = "kernels.parquet"

@@ -21,6 +21,7 @@ from mmchar.cli.report import RunFailed, report_noise, report_run
 from mmchar.cli.run_options import RunOptions
 from mmchar.cli.target import build_target, hash_for, warn_changed_math
 from mmchar.errors import InvalidParameterError
+from mmchar.schema import DEFAULT_LINEAR_BACKEND
 
 
 @app.command()
@@ -30,7 +31,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             device: Device = None, kv_cache: KvCache = None,
             backend: Annotated[str, typer.Option(help="Attention backend (`mmchar backends`).")] = "sdpa",
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
-            linear_backend: LinearBackend = "dense", linear_scope: LinearScope = "all",
+            linear_backend: LinearBackend = DEFAULT_LINEAR_BACKEND, linear_scope: LinearScope = "all",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, store: Store = Path("runs"),
@@ -79,7 +80,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
             kv_cache: KvCache = None,
             fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
-            linear_backend: LinearBackend = "dense", linear_scope: LinearScope = "all",
+            linear_backend: LinearBackend = DEFAULT_LINEAR_BACKEND, linear_scope: LinearScope = "all",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:

@@ -18,6 +18,7 @@ from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.cli.target import check_profile_steps, check_settings, warn_changed_math
 from mmchar.errors import InvalidParameterError
+from mmchar.schema import DEFAULT_LINEAR_BACKEND
 
 
 @app.command()
@@ -29,7 +30,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           seed: Seed = None, prompt: Prompt = None, dtype: Dtype = None, device: Device = None,
           kv_cache: KvCache = None,
           fallback: Fallback = None, cross_backend: CrossBackend = None, scope: Scope = "denoiser",
-          linear_backend: LinearBackend = "dense", linear_scope: LinearScope = "all",
+          linear_backend: LinearBackend = DEFAULT_LINEAR_BACKEND, linear_scope: LinearScope = "all",
           repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
           compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table",

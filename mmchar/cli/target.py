@@ -12,6 +12,7 @@ from typing import Any
 from mmchar.cli.output import warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.errors import InvalidParameterError, WeightsError
+from mmchar.schema import DEFAULT_LINEAR_BACKEND
 
 
 def build_target(opts: RunOptions, backends: list[str]) -> Any:
@@ -71,7 +72,7 @@ def check_profile_steps(profile_steps: int | None, steps: int) -> None:
         warn(f"--profile-steps {profile_steps} is more than the {steps} steps of a generation: profiling {steps}")
 
 
-def warn_changed_math(backends: list[str], linear_backend: str = "dense") -> None:
+def warn_changed_math(backends: list[str], linear_backend: str = DEFAULT_LINEAR_BACKEND) -> None:
     """A backend that replaces self-attention's (or the linear layers') mathematics measures speed only: say so
     before measuring it."""
     from mmchar.backends import get_backend
