@@ -9,6 +9,8 @@
 #   STAGE=causal bash benchmarks/gpu_round2.sh   # part 2: both causal forms against fla's chunk kernel
 #   STAGE=survey bash benchmarks/gpu_round2.sh   # parts 2 and 5: causal forms (chunk sizes swept), WERSA's parts
 #   STAGE=flash bash benchmarks/gpu_round2.sh    # part 4: triton_flash candidates, then bench-attn rows
+#   STAGE=final bash benchmarks/gpu_round2.sh    # the bars in one bench-attn store (/tmp/round2/bars), after the
+#                                                # causal kernels' GPU tests and the causal probe where part 2 missed
 # Run `STAGE=linear` on two fresh machines: part 3's spread is between them.
 set -u
 . benchmarks/gpu_install.sh
@@ -43,6 +45,19 @@ case "${STAGE:-linear}" in
     probe flash
     save
     for m in "d64 S4k" "d128 S4k" "d64 S16k" "d128 S16k"; do bench 60 "$m" cudnn,flash,triton-flash bench-flash; done
+    save ;;
+  final)  # every bar's rows in one store: softmax (cuDNN, flash, triton-flash), linear against the copy roof
+          # (calibrated here) and fla's chunk kernel, WERSA against cuDNN; first the changed causal kernels
+    if [ "${PROBE:-1}" = 1 ]; then  # PROBE=0: the bench rows only (a second call on the same machine)
+      timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py 2>&1 | tail -3 | log
+      timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --seqs "${SEQS:-16384,65536}" \
+        --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_causal.txt | log
+      save
+      mmchar calibrate 2>&1 | tail -2 | log
+    fi
+    # MATCHES: comma-separated --match texts
+    IFS=, read -ra matches <<< "${MATCHES:-sweep d64 S4k,sweep d128 S4k,sweep d64 S16k,sweep d128 S16k,sweep causal d64 S16k,sweep causal d128 S16k,sweep d64 S64k,sweep d128 S64k}"
+    for m in "${matches[@]}"; do bench 75 "$m" "${BACKENDS:-cudnn,flash,triton-flash,linear,fla,wersa}" bars; done
     save ;;
   quick)
     timeout 100 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear.txt | log

@@ -26,7 +26,7 @@ p.add_argument("--dims", default="64,128")
 p.add_argument("--copy-gbps", type=float, default=None, help="the copy roof (default: measured here)")
 p.add_argument("--causal", action="store_true")
 p.add_argument("--bh", default="16,32,128")
-p.add_argument("--chunks", default="256x64,128x64,64x64", help="causal: chunked-path levels, CHUNKxTILE")
+p.add_argument("--chunks", default="256x64,256x128,128x64,64x64", help="causal: chunked-path levels, CHUNKxTILE")
 a = p.parse_args()
 
 

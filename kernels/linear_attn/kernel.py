@@ -147,35 +147,38 @@ def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
     for s in range(0, N, CHUNK):
         offs_n = s + offs_c
         n_ok = offs_n < N
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_n[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        q = tl.where(d_ok[None, :], _phi(q, FEATURE), 0.0)
-        kt = tl.load(K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0).to(tl.float32)
-        kt = tl.where(n_ok[None, :] & d_ok[:, None], _phi(kt, FEATURE), 0.0)
+        qk_ok = n_ok[:, None] & d_ok[None, :]
+        # φ in the tiles' dtype, keys row-major as they lie in memory (see _phi_tile): fp32 copies of q and φ(k)ᵀ
+        # kept live for the normaliser made the normalised scan 2.3-2.8x slower than the plain one at d = 128
+        qd = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_n[:, None] * stride_qm
+                               + offs_d[None, :] * stride_qd, mask=qk_ok, other=0.0), qk_ok, FEATURE).to(dt)
+        kd = _phi_tile(tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
+                               + offs_d[None, :] * stride_kd, mask=qk_ok, other=0.0), qk_ok, FEATURE).to(dt)
         v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                     mask=n_ok[:, None] & e_ok[None, :], other=0.0)
-        qd, ktd = q.to(dt), kt.to(dt)
-        a = tl.where(tri, tl.dot(qd, ktd, input_precision=PREC), 0.0)
+        a = tl.where(tri, tl.dot(qd, tl.trans(kd), input_precision=PREC), 0.0)
         num = tl.dot(a.to(dt), v, input_precision=PREC)
         num += tl.dot(qd, (state * state_scale).to(dt), input_precision=PREC) / state_scale  # fp16-safe state
         if NORMALIZE:
-            num = num / (tl.sum(a, 1) + tl.sum(q * zsum[None, :], 1) + eps)[:, None]
+            num = num / (tl.sum(a, 1) + tl.sum(qd.to(tl.float32) * zsum[None, :], 1) + eps)[:, None]
+            zsum += tl.sum(kd.to(tl.float32), 0)
         tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_om + offs_e[None, :] * stride_od,
                  num.to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
-        state += tl.dot(ktd, v, input_precision=PREC)
-        zsum += tl.sum(kt, 1)
+        state += tl.dot(tl.trans(kd), v, input_precision=PREC)
 
 
 @triton.jit
-def _causal_state_kernel(K, V, HS, HZ, GS, GZ, N, NC, chunks_per_group, NB,
+def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, NB,
                          stride_kb, stride_kh, stride_kn, stride_kd,
                          stride_vb, stride_vh, stride_vn, stride_vd,
                          H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                          FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
                          BDV: tl.constexpr):
     """Per (batch·head, dv block, group of chunks): the state at the start of each chunk, relative to the
-    group's start (written to HS / HZ), and the group's total (GS / GZ)."""
+    group's start (written to HS / HZ), and the group's total (G: per batch·head and group, the BD × DVP state
+    then the BD sums). HS is kept in the inputs' dtype, scaled by 1/tokens: the output pass multiplies it in that
+    dtype anyway, and each chunk's state is read by every query tile of the chunk (fp32 states were a quarter of
+    the chunked path's HBM traffic at d = 128)."""
     pid_bh = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_g = tl.program_id(2)
@@ -192,7 +195,8 @@ def _causal_state_kernel(K, V, HS, HZ, GS, GZ, N, NC, chunks_per_group, NB,
     c1 = tl.minimum(c0 + chunks_per_group, NC)
     z_mine = offs_d + pid_e * BD < BD  # only the first dv block writes the normaliser state
     for c in range(c0, c1):
-        tl.store(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :], state)
+        tl.store(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :],
+                 (state * state_scale).to(HS.dtype.element_ty))
         tl.store(HZ + (pid_bh * NC + c) * BD + offs_d, zsum, mask=z_mine)
         for s in range(c * CHUNK, c * CHUNK + CHUNK, BLOCK_N):
             offs_n = s + tl.arange(0, BLOCK_N)
@@ -204,13 +208,28 @@ def _causal_state_kernel(K, V, HS, HZ, GS, GZ, N, NC, chunks_per_group, NB,
                         mask=n_ok[:, None] & e_ok[None, :], other=0.0)
             state += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
             zsum += tl.sum(k.to(tl.float32), 0)
-    ng = tl.num_programs(2)
-    tl.store(GS + ((pid_bh * ng + pid_g) * BD + offs_d[:, None]) * DVP + offs_e[None, :], state)
-    tl.store(GZ + (pid_bh * ng + pid_g) * BD + offs_d, zsum, mask=z_mine)
+    total = G + (pid_bh * tl.num_programs(2) + pid_g) * (BD * DVP + BD)
+    tl.store(total + offs_d[:, None] * DVP + offs_e[None, :], state)
+    tl.store(total + BD * DVP + offs_d, zsum, mask=z_mine)
 
 
 @triton.jit
-def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps, state_scale, NB,
+def _group_prefix_kernel(G, NG, W, BLOCK: tl.constexpr):
+    """In place, per batch·head: each group's total becomes the sum of the groups before it (an exclusive
+    prefix over a few groups; one launch where cat + cumsum took six)."""
+    pid_bh = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < W
+    run = tl.zeros([BLOCK], dtype=tl.float32)
+    for g in range(0, NG):
+        ptr = G + (pid_bh * NG + g) * W + offs
+        x = tl.load(ptr, mask=ok, other=0.0)
+        tl.store(ptr, run, mask=ok)
+        run += x
+
+
+@triton.jit
+def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, state_scale, NB,
                        stride_qb, stride_qh, stride_qm, stride_qd,
                        stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_vb, stride_vh, stride_vn, stride_vd,
@@ -238,15 +257,15 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, GP, GZP, N, NC, chunks_per_group, eps
     q_ok = m_ok[:, None] & d_ok[None, :]
     q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
                           + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
-    st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])
+    st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])  # scaled by 1/tokens
     zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
     if GROUPS:
-        g = c // chunks_per_group
-        ng = tl.cdiv(NC, chunks_per_group)
-        st += tl.load(GP + ((pid_bh * ng + g) * BD + offs_d[:, None]) * DVP + offs_e[None, :])
-        zs += tl.load(GZP + (pid_bh * ng + g) * BD + offs_d)
+        before = G + (pid_bh * tl.cdiv(NC, chunks_per_group) + c // chunks_per_group) * (BD * DVP + BD)
+        st = (st.to(tl.float32)  # plus the groups before this one
+              + tl.load(before + offs_d[:, None] * DVP + offs_e[None, :]) * state_scale).to(dt)
+        zs += tl.load(before + BD * DVP + offs_d)
     qd = q.to(dt)
-    num = tl.dot(qd, (st * state_scale).to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
+    num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
     den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
@@ -422,7 +441,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
 
 def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True):
     """Chunks of CHUNK tokens: pass 1 walks each group of chunks and writes the state at every chunk start
-    (relative to its group) and the group's total; the exclusive prefix over groups is one cumsum; pass 2 runs
+    (relative to its group) and the group's total; the exclusive prefix over groups is one small kernel; pass 2 runs
     every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
@@ -434,19 +453,18 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
         chunks_per_group = triton.cdiv(nc, groups)
     ng = triton.cdiv(nc, chunks_per_group)
     dev = q.device
-    hs = torch.empty((b * h, nc, bd, bdv), dtype=torch.float32, device=dev)
+    hs = torch.empty((b * h, nc, bd, bdv), dtype=q.dtype, device=dev)
     hz = torch.empty((b * h, nc, bd), dtype=torch.float32, device=dev)
-    gs = torch.empty((b * h, ng, bd, bdv), dtype=torch.float32, device=dev)
-    gz = torch.empty((b * h, ng, bd), dtype=torch.float32, device=dev)
+    width = bd * bdv + bd  # a group's total: the state, then the sums
+    g = torch.empty((b * h, ng, width), dtype=torch.float32, device=dev)
     nb = bucket(b * h * n)
     _launch(_causal_state_kernel, _causal_state_tuned, lambda meta: (b * h, bdv // meta["BDV"], ng),
-            k, v, hs, hz, gs, gz, n, nc, chunks_per_group, nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
+            k, v, hs, hz, g, n, nc, chunks_per_group, 1.0 / max(n, 1), nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
             DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec)
-    if ng > 1:  # exclusive prefix over groups (ng is small: a few per batch·head), shifted, not cumsum - x
-        gs = torch.cat([torch.zeros_like(gs[:, :1]), gs[:, :-1].cumsum(1)], 1)
-        gz = torch.cat([torch.zeros_like(gz[:, :1]), gz[:, :-1].cumsum(1)], 1)
+    if ng > 1:
+        _group_prefix_kernel[(b * h, triton.cdiv(width, 1024))](g, ng, width, BLOCK=1024)
     _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
-            q, k, v, o, hs, hz, gs, gz, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
+            q, k, v, o, hs, hz, g, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
             PREC=prec, NORMALIZE=normalize)
     return o
