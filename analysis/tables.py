@@ -405,7 +405,7 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
         base = by_id.get(cmp.get("baseline_run_id"))
         row = {
             "group": cmp.get("group"), "run_id": run.run_id, "label": labels[run.run_id], "workload": run.workload,
-            "backend": run.backend,
+            "backend": cmp.get("variant", run.backend),  # compare's name for it: cudnn+fp8 beside cudnn
             "baseline_run_id": cmp.get("baseline_run_id"), "baseline_backend": cmp.get("baseline_backend"),
             "is_baseline": run.run_id == cmp.get("baseline_run_id"), "status": run.status,
             "e2e_ms": _median_ms(run.meta, "e2e"), "denoiser_step_ms": _median_ms(run.meta, _step(run)),

@@ -1,8 +1,8 @@
-"""compare: one workload under several attention backends, timed, and its outputs checked against the first."""
+"""compare: one workload under several attention and/or projection backends, timed, and its outputs checked against
+the first."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,35 +48,47 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float |
             "agrees": bool(cos >= COSINE_MIN)}
 
 
-def compare(target: Target, backends: list[str], base: ProfileOptions, store: str | os.PathLike[str],
+def variant_name(options: ProfileOptions) -> str:
+    """What a compare row is called: the attention backend, ``+`` the projection backend where that is not the
+    model's own (the tables' `backend_label` reads the same from a stored run)."""
+    from mmchar.analysis.tables import backend_label
+
+    return backend_label({"backend": options.backend, "linear_backend": options.linear_backend})
+
+
+def compare(target: Target, variants: list[ProfileOptions], store: str | os.PathLike[str],
             config_hash_for: Any) -> Comparison:
-    """Run ``target`` under each backend (the first is the baseline), timed passes interleaved; failures are stored.
+    """Run ``target`` under each variant's backends (the first is the baseline), timed passes interleaved;
+    failures are stored.
 
     Args:
-        target: the built pipeline (built once: every backend sees the same weights).
-        backends: registry names, baseline first.
-        base: measurement options (its backend is replaced by each of ``backends``).
+        target: the built pipeline (built once: every variant sees the same weights).
+        variants: how each run is measured: its attention backend and projection backend, baseline first.
         store: the run store.
         config_hash_for: ``options -> config hash``.
     """
     # the second and process in the name: two compares started in one second keep their tables apart
     group = (f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
              f"-{os.getpid() % 100000:05d}")
-    options = [dataclasses.replace(base, backend=b) for b in backends]
-    outcomes = measure_backends(target, options)
+    names = [variant_name(o) for o in variants]
+    if len(set(names)) < len(names):
+        from mmchar.errors import InvalidParameterError
+
+        raise InvalidParameterError(f"compare: {', '.join(names)} names one variant twice")
+    outcomes = measure_backends(target, variants)
     ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None
     runs: list[Run] = []
 
     def finish(meta: dict[str, Any], latents: torch.Tensor | None) -> None:
-        entry: dict[str, Any] = {"group": group, "backends": backends, "baseline_backend": backends[0],
+        entry: dict[str, Any] = {"group": group, "backends": names, "baseline_backend": names[0],
                                  "baseline_run_id": runs[0].run_id if runs else meta["run_id"],
-                                 "cosine_min": COSINE_MIN}
+                                 "cosine_min": COSINE_MIN, "variant": names[len(runs)]}
         if ref is not None and latents is not None:
             entry.update(agreement(ref, latents))
         meta["compare"] = entry
 
     try:
-        for opt, outcome in zip(options, outcomes):
+        for opt, outcome in zip(variants, outcomes):
             runs.append(store_outcome(target, opt, outcome, store, config_hash_for(opt), finish=finish))
     finally:
         for outcome in outcomes:  # traces of runs that could not be stored

@@ -68,6 +68,14 @@ class LinearSwapState:
     # the layers in scope that ran: the backend that ran them (under dense: every layer in scope)
     layer_backend: dict[str, str] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)  # in scope, run as the model's own: why
+    # the layers the backend took: bytes of its per-layer state beside the model's weights (tables, quantised
+    # copies; `ProjectionBackend.state_bytes`), recorded when the layer's backend is built
+    layer_state_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def state_bytes_total(self) -> int:
+        """The backend's state over every layer it took, in bytes."""
+        return sum(self.layer_state_bytes.values())
 
 
 class _RoutedLinear:
@@ -75,11 +83,11 @@ class _RoutedLinear:
     dtype the layer runs in: CPU offload moves weights only then), or the layer's own forward once the backend
     refused it."""
 
-    __slots__ = ("cls", "backend", "layer", "path", "state", "seed", "checked")
+    __slots__ = ("cls", "backend", "layer", "path", "state", "seed", "role", "checked")
 
     def __init__(self, cls: type[ProjectionBackend], layer: nn.Linear, path: str, state: LinearSwapState,
-                 seed: int) -> None:
-        self.cls, self.layer, self.path, self.state, self.seed = cls, layer, path, state, seed
+                 seed: int, role: str = "other") -> None:
+        self.cls, self.layer, self.path, self.state, self.seed, self.role = cls, layer, path, state, seed, role
         self.backend: ProjectionBackend | None = None
         self.checked = False
 
@@ -101,15 +109,19 @@ class _RoutedLinear:
         return backend(x)
 
     def _check(self, x: torch.Tensor) -> None:
-        self.checked = True
-        backend = self.cls(self.layer, self.path, self.seed)
+        # built and prepared before the layer counts as checked: an error while building (a CUDA OOM drawing
+        # tables) propagates, and a later call tries again rather than running the model's own layer unannounced
+        backend = self.cls(self.layer, self.path, self.seed, role=self.role)
         why = backend.unsupported(x)
         if why is not None:
             self.state.unsupported[self.path] = why
             self.state.layer_backend[self.path] = DEFAULT_LINEAR_BACKEND
         else:
+            backend.prepare(x)
             self.backend = backend
             self.state.layer_backend[self.path] = backend.name
+            self.state.layer_state_bytes[self.path] = int(backend.state_bytes)
+        self.checked = True
 
 
 class LinearSwap:
@@ -146,7 +158,7 @@ class LinearSwap:
                 if backend == DEFAULT_LINEAR_BACKEND or not route:
                     self.state.layer_backend[full] = DEFAULT_LINEAR_BACKEND  # nothing replaced: the model's own
                 else:
-                    self.routes.append((layer, _RoutedLinear(cls, layer, full, self.state, seed)))
+                    self.routes.append((layer, _RoutedLinear(cls, layer, full, self.state, seed, role)))
         if backend != DEFAULT_LINEAR_BACKEND and route and not self.routes:
             roles = sorted(set(self.state.layer_role.values()))
             raise InvalidParameterError(f"--linear-scope {scope} covers no linear layer of {', '.join(components)} "

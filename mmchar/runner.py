@@ -279,6 +279,9 @@ class _Session:
         lin = self.linear.state
         self.meta["linear_layers"] = dict(sorted(lin.layer_role.items()))
         self.meta["linear_backend_per_layer"] = dict(sorted(lin.layer_backend.items()))
+        if lin.layer_state_bytes:  # what the backend holds beside the model's weights (tables, quantised copies)
+            self.meta["linear_state_bytes"] = dict(sorted(lin.layer_state_bytes.items()))
+            self.meta["linear_state_bytes_total"] = lin.state_bytes_total
         if lin.unsupported:  # in scope, but run as the model's own layers
             self.meta["linear_unsupported"] = dict(sorted(lin.unsupported.items()))
         if self.shard is not None:
@@ -404,7 +407,7 @@ def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outco
             sessions[i] = _Session(target, opt)
             sessions[i].warmup()
         except _RECORDED as exc:
-            outcomes[i], sessions[i] = exc, None
+            outcomes[i], sessions[i] = _detached(exc), None
             release_memory(target.device)
     repeat = max((o.repeat for o in options), default=0)
     probe = host_probe(target)
@@ -416,7 +419,7 @@ def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outco
             try:
                 sess.timed(r)
             except _RECORDED as exc:
-                outcomes[i], sessions[i] = exc, None
+                outcomes[i], sessions[i] = _detached(exc), None
                 release_memory(target.device)
     timed_load = probe.stop()  # one window for every backend: their timed passes interleave
     for i, sess in enumerate(sessions):
@@ -427,7 +430,7 @@ def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outco
             outcomes[i] = sess.profiles()
         except _RECORDED as exc:
             discard(sess.m)
-            outcomes[i] = exc
+            outcomes[i] = _detached(exc)
         except BaseException:
             discard(sess.m)
             raise
@@ -526,12 +529,26 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(t in text for t in _OOM_TEXT)
 
 
+def _detached(exc: BaseException) -> BaseException:
+    """``exc`` kept as an outcome without its frames: a traceback holds every local of the failed pass (a
+    session's projection tables, its activations), so a recorded OOM would keep the memory that the runs after
+    it need. The last frames' text stays for the run record (`failed_run`)."""
+    exc.mmchar_traceback = traceback.format_exception(exc)[-6:]  # type: ignore[attr-defined]
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
+
+
 def failed_run(meta: dict[str, Any], exc: BaseException) -> Run:
     """A run record for a generation that raised: status ``oom`` or ``error`` and the message."""
     meta = dict(meta, status="oom" if is_oom(exc) else "error")
     meta["error"] = first_line(exc) if isinstance(exc, MmcharError) else f"{type(exc).__name__}: {first_line(exc)}"
     if not isinstance(exc, MmcharError):
-        meta["traceback"] = traceback.format_exception(exc)[-6:]
+        meta["traceback"] = getattr(exc, "mmchar_traceback", None) or traceback.format_exception(exc)[-6:]
     return Run(meta=meta)
 
 

@@ -284,6 +284,36 @@ def test_a_replaced_projection_is_other_work(recording):
         ProfileOptions(compile=True, linear_backend="recording-test")
 
 
+def test_compare_runs_each_projection_backend_beside_the_dense_baseline(recording, tmp_path):
+    from mmchar.compare import compare
+
+    variants = [ProfileOptions(repeat=1, profile_steps=1, keep_trace=False, linear_backend=b)
+                for b in ("dense", "recording-test")]
+    result = compare(_target(Model()), variants, tmp_path, lambda o: "000000")
+    t = result.table.set_index("backend")
+    assert list(t.index) == ["sdpa", "sdpa+recording-test"] and set(t["status"]) == {"ok"}
+    assert t.loc["sdpa+recording-test", "baseline_backend"] == "sdpa"
+    runs = {r.meta["compare"]["variant"]: r for r in result.runs}
+    assert runs["sdpa+recording-test"].meta["linear_backend"] == "recording-test"
+    assert set(runs["sdpa"].meta["linear_backend_per_layer"].values()) == {"dense"}
+    assert recording  # the replaced layers ran through the backend
+    with pytest.raises(InvalidParameterError, match="names one variant twice"):
+        compare(_target(Model()), variants[:1] * 2, tmp_path, lambda o: "000000")
+
+
+def test_one_projection_backend_per_run_outside_compare():
+    from mmchar.cli.run_options import RunOptions
+
+    fields = {f: None for f in RunOptions.__dataclass_fields__}
+    opts = RunOptions(**{**fields, "preset": "tiny", "scope": "denoiser", "linear_backend": "dense, fp8",
+                         "linear_scope": "all", "repeat": 1, "no_trace": True, "vae_tiling": False,
+                         "vae_slicing": False, "cpu_offload": False, "compile": False, "store": "runs"})
+    assert opts.linear_backends() == ["dense", "fp8"]
+    assert opts.profile_options("sdpa", linear_backend="dense").linear_backend == "dense"
+    with pytest.raises(InvalidParameterError, match="`mmchar compare` takes several"):
+        opts.profile_options("sdpa")
+
+
 def test_sweep_children_get_the_projection_flags():
     from mmchar.sweep import Point, SweepPlan, child_command
 
@@ -314,3 +344,66 @@ def test_cli_refuses_unknown_names_in_one_line(tmp_path):
     code, text = cli("backends", "--kind", "linear")
     assert code == 1 and "valid backend kinds: attention, projection" in text
     assert not list(tmp_path.iterdir())  # nothing written for a refused command
+
+
+def test_fp8_needs_a_cuda_device_and_bf16_layers_of_16_multiples():
+    from mmchar.projections import Fp8Backend
+
+    assert Fp8Backend.unavailable_reason(CPU)  # torchao absent, or the CPU named
+    backend = Fp8Backend(nn.Linear(32, 24).bfloat16())
+    assert backend.unsupported(torch.randn(2, 32, dtype=torch.bfloat16)) == \
+        "features 32 -> 24 are not multiples of 16"
+    assert backend.unsupported(torch.randn(2, 32)) == "dtype float32 (takes bfloat16)"
+    assert backend.state_bytes == 0  # nothing quantised before the first call
+
+
+@pytest.mark.gpu
+def test_fp8_agrees_with_the_dense_layer_on_the_gpu():
+    pytest.importorskip("torchao")
+    from mmchar.projections import Fp8Backend
+
+    dev = torch.device("cuda")
+    layer = nn.Linear(1024, 768).to(dev, torch.bfloat16)
+    x = torch.randn(4, 256, 1024, device=dev, dtype=torch.bfloat16)
+    backend = Fp8Backend(layer, "ff.0")
+    assert backend.unsupported(x) is None
+    backend.prepare(x)
+    ref = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    out = backend(x)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.08  # e4m3 rounding of activations and weights
+    assert backend.state_bytes == 1024 * 768 + 4 * 768
+    assert layer.weight.dtype == torch.bfloat16  # the model's own layer is untouched
+
+
+def test_a_recorded_oom_lets_go_of_the_failed_runs_state(tmp_path):
+    """An OOM is a result and the other runs go on: the failed run's state (tables drawn before the OOM) must not
+    live on in the recorded exception's frames."""
+    import gc
+    import weakref
+
+    from mmchar.runner import measure_backends
+
+    held: list[weakref.ref] = []
+
+    @register_projection_backend
+    class Hungry(ProjectionBackend):
+        name = "hungry-test"
+        description = "draws a table, then runs out of memory"
+
+        def prepare(self, x):
+            table = torch.zeros(1000)
+            held.append(weakref.ref(table))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+
+    try:
+        opts = [ProfileOptions(repeat=1, profile_steps=1, keep_trace=False, linear_backend=b)
+                for b in ("dense", "hungry-test")]
+        outcomes = measure_backends(_target(Model()), opts)
+        gc.collect()
+        assert isinstance(outcomes[1], torch.OutOfMemoryError) and outcomes[1].__traceback__ is None
+        assert held and all(ref() is None for ref in held)
+        run = run_and_store(_target(Model()), opts[1], tmp_path, "000000")
+        assert run.status == "oom" and run.meta["traceback"]  # the frames' text is kept for the record
+    finally:
+        _REGISTRY.pop("hungry-test")

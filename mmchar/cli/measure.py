@@ -53,7 +53,7 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
         options = opts.profile_options(backend, rank.world if rank else 1, sp_scheme)
         target = build_target(opts, [backend])
         if dd.leads(rank):
-            warn_changed_math([backend], opts.linear_backend)
+            warn_changed_math([backend], opts.linear_backends())
             over = f" split over {rank.world} ranks" if rank else ""
             say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
                 f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
@@ -86,31 +86,34 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     opts = RunOptions.from_params(locals())
-    from mmchar.compare import compare as run_compare
+    from mmchar.compare import compare as run_compare, variant_name
 
     check_format(fmt)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
-    options = opts.profile_options(names[0])
+    # every attention backend under every projection backend (--linear-backend dense,fp8,...), baseline first
+    variants = [opts.profile_options(b, linear_backend=lin) for b in names for lin in opts.linear_backends()]
     target = build_target(opts, names)
-    warn_changed_math(names, opts.linear_backend)
-    say(f"comparing {', '.join(names)} on {target.config.get('workload')} ({target.device}) ...")
-    result = run_compare(target, names, options, store, hash_for(target))
-    _print_comparison(result, names[0], target.device.type, fmt)
+    warn_changed_math(names, opts.linear_backends())
+    labels = [variant_name(v) for v in variants]
+    say(f"comparing {', '.join(labels)} on {target.config.get('workload')} ({target.device}) ...")
+    result = run_compare(target, variants, store, hash_for(target))
+    _print_comparison(result, labels[0], target.device.type, fmt)
     for run in result.runs:
+        cmp = run.meta.get("compare") or {}
+        name = cmp.get("variant", run.backend)
         if run.status == "ok":
-            report_noise(run, prefix=f"{run.backend}: ")
+            report_noise(run, prefix=f"{name}: ")
         if run.status != "ok":
-            warn(f"{run.backend}: {run.status}: {run.meta.get('error')}")
-        elif (run.meta.get("compare") or {}).get("agrees") is False:
-            cmp = run.meta["compare"]
+            warn(f"{name}: {run.status}: {run.meta.get('error')}")
+        elif cmp.get("agrees") is False:
             match = cmp.get("token_match")
             if match is not None and match == match:  # token ids (NaN or absent for latents)
-                warn(f"{run.backend}: generated tokens differ from {names[0]}'s at {1 - cmp['token_match']:.0%} "
+                warn(f"{name}: generated tokens differ from {labels[0]}'s at {1 - cmp['token_match']:.0%} "
                      f"of positions (sampling: one flipped token changes all later ones)")
             else:
-                warn(f"{run.backend}: final latents DIVERGE from {names[0]}'s (cosine "
+                warn(f"{name}: final latents DIVERGE from {labels[0]}'s (cosine "
                      f"{cmp['cosine']:.4f} < {cmp['cosine_min']})")
     say(f"table: {result.table_path}\nruns: {', '.join(str(r.path) for r in result.runs)}")
     return 0 if any(r.status == "ok" for r in result.runs) else 1

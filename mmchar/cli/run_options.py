@@ -78,12 +78,30 @@ class RunOptions:
         return {"fallback": self.fallback, "cross_backend": self.cross_backend, "scope": self.scope,
                 "linear_backend": self.linear_backend, "linear_scope": self.linear_scope, "repeat": self.repeat, "keep_trace": not self.no_trace, "compile": self.compile, **steps}
 
-    def profile_options(self, backend: str, sequence_parallel: int = 1, sp_scheme: str = "auto") -> ProfileOptions:
-        """How one run is measured (checked by ProfileOptions itself: a bad scope fails before anything loads)."""
+    def linear_backends(self) -> list[str]:
+        """``--linear-backend``'s projection backends: several, comma-separated, for `compare` (the first is the
+        baseline's); one for the other commands (`profile_options` refuses a list)."""
+        return [name.strip() for name in self.linear_backend.split(",") if name.strip()] or [self.linear_backend]
+
+    def profile_options(self, backend: str, sequence_parallel: int = 1, sp_scheme: str = "auto", *,
+                        linear_backend: str | None = None) -> ProfileOptions:
+        """How one run is measured (checked by ProfileOptions itself: a bad scope fails before anything loads);
+        ``linear_backend``: one of `linear_backends` (compare's variants), else the one ``--linear-backend``."""
         from mmchar.runner import ProfileOptions
 
-        return ProfileOptions(backend=backend, **self.profile_fields(), sequence_parallel=sequence_parallel,
-                              sp_scheme=sp_scheme)
+        fields = self.profile_fields()
+        if linear_backend is not None:
+            fields["linear_backend"] = linear_backend
+        else:
+            self._one_linear_backend()
+        return ProfileOptions(backend=backend, **fields, sequence_parallel=sequence_parallel, sp_scheme=sp_scheme)
+
+    def _one_linear_backend(self) -> None:
+        if len(self.linear_backends()) > 1:
+            from mmchar.errors import InvalidParameterError
+
+            raise InvalidParameterError(f"--linear-backend {self.linear_backend}: one projection backend per run "
+                                        "here; `mmchar compare` takes several")
 
     def extra_backends(self) -> list[str]:
         """The backends a run may hand layers to besides the measured one: they too must run on the device."""
@@ -95,6 +113,7 @@ class RunOptions:
         from mmchar import sweep as sw
 
         assert self.workload is not None, "a sweep names its workload (a required argument)"
+        self._one_linear_backend()
         return sw.plan(self.workload, vary, backends, self.store, preset=self.preset, fixed=self.params(),
                        options=self.profile_fields(), device=self.device, dtype=self.dtype,
                        weights=str(self.weights) if self.weights else None, memory=self.memory(),

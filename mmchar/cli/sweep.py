@@ -67,7 +67,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     lead = dd.leads(rank)
     tag = f"(rank {rank.rank}/{rank.world}) " if rank is not None else ""
     if lead:
-        warn_changed_math(names, opts.linear_backend)
+        warn_changed_math(names, opts.linear_backends())
         kept = len(plan.points) - len(pending)
         say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
             f"{len(pending)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))

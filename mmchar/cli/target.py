@@ -12,7 +12,6 @@ from typing import Any
 from mmchar.cli.output import warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.errors import InvalidParameterError, WeightsError
-from mmchar.schema import DEFAULT_LINEAR_BACKEND
 
 
 def build_target(opts: RunOptions, backends: list[str]) -> Any:
@@ -39,7 +38,8 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
             raise WeightsError(f"weights folder {str(opts.weights)!r} does not exist; pass a local diffusers pipeline folder")
     for b in backends + opts.extra_backends():
         require_backend(b, dev)
-    require_projection_backend(opts.linear_backend, dev)
+    for name in opts.linear_backends():
+        require_projection_backend(name, dev)
     check_writable(opts.store)
     if opts.workload is not None:
         check_profile_steps(opts.profile_steps, config["params"]["steps"])
@@ -72,7 +72,7 @@ def check_profile_steps(profile_steps: int | None, steps: int) -> None:
         warn(f"--profile-steps {profile_steps} is more than the {steps} steps of a generation: profiling {steps}")
 
 
-def warn_changed_math(backends: list[str], linear_backend: str = DEFAULT_LINEAR_BACKEND) -> None:
+def warn_changed_math(backends: list[str], linear_backends: list[str] | None = None) -> None:
     """A backend that replaces self-attention's (or the linear layers') mathematics measures speed only: say so
     before measuring it."""
     from mmchar.backends import get_backend
@@ -82,9 +82,10 @@ def warn_changed_math(backends: list[str], linear_backend: str = DEFAULT_LINEAR_
         if get_backend(name).changes_math:
             warn(f"{name} changes the model's mathematics (self-attention replaced; cross attention keeps softmax): "
                  "a speed study on real shapes, not a quality claim")
-    if get_projection_backend(linear_backend).changes_math:
-        warn(f"{linear_backend} changes the model's mathematics (linear layers replaced): a speed study on real "
-             "shapes, not a quality claim")
+    for name in linear_backends or []:
+        if get_projection_backend(name).changes_math:
+            warn(f"{name} changes the model's mathematics (linear layers replaced): a speed study on real "
+                 "shapes, not a quality claim")
 
 
 def hash_for(target: Any) -> Callable[[Any], str]:
