@@ -91,6 +91,17 @@ def memory_layer_ref(x: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor |
     return y.to(x.dtype)
 
 
+def _hashed_rows(x: torch.Tensor, tables: torch.Tensor, tau: int, temperature: float,
+                 normalize: bool) -> tuple[int, int, torch.Size, torch.Tensor, torch.Tensor]:
+    """What the PyTorch forms share: K, d_out, the leading shape, and each token row's bucket indices and weights
+    (after the Memory Block's norm when ``normalize``)."""
+    k, d_out = _check(x, tables, tau)
+    x2 = x.reshape(-1, x.shape[-1])
+    if normalize:
+        x2 = memory_block_norm(x2)
+    return (k, d_out, x.shape[:-1], *hash_chunks(x2, tau, temperature))
+
+
 def memory_layer_eager(x: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor | None = None, *, tau: int = TAU,
                        temperature: float = TEMPERATURE, normalize: bool = False) -> torch.Tensor:
     """The same maths as the PyTorch a user would write, in x's dtype: the hash and weights of all chunks at once
@@ -99,13 +110,8 @@ def memory_layer_eager(x: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor
     `memory_layer_ref` does) materialises K times the output, 38 GB at 16k tokens, K = 192, d_out = 6144 in bf16,
     so no one can run it at real shapes; the loop's K·3 launches and K round trips of a [tokens, d_out] buffer are
     what the fused kernel removes. This is also the backend's CPU path."""
-    k, d_out = _check(x, tables, tau)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    if normalize:
-        x2 = memory_block_norm(x2)
-    idx, w = hash_chunks(x2, tau, temperature)
-    y = torch.zeros(x2.shape[0], d_out, dtype=x.dtype, device=x.device)
+    k, d_out, lead, idx, w = _hashed_rows(x, tables, tau, temperature, normalize)
+    y = torch.zeros(idx.shape[0], d_out, dtype=x.dtype, device=x.device)
     for j in range(k):
         y += w[:, j:j + 1].to(x.dtype) * tables[j][idx[:, j]].to(x.dtype)
     if bias is not None:
@@ -120,12 +126,7 @@ def memory_layer_embedding_bag(x: torch.Tensor, tables: torch.Tensor, bias: torc
     tables seen as one [K·2^τ, d_out] embedding (each token one bag of K rows, chunk k's row offset by k·2^τ). One
     kernel for the gather and weighted sum; the hash and weights stay separate PyTorch ops. Computes in the
     tables' dtype (embedding_bag wants the weights in it); returns x's dtype."""
-    k, d_out = _check(x, tables, tau)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    if normalize:
-        x2 = memory_block_norm(x2)
-    idx, w = hash_chunks(x2, tau, temperature)
+    k, d_out, lead, idx, w = _hashed_rows(x, tables, tau, temperature, normalize)
     flat = idx + torch.arange(k, device=x.device) * (1 << tau)
     y = F.embedding_bag(flat, tables.reshape(k << tau, d_out), mode="sum", per_sample_weights=w.to(tables.dtype))
     if bias is not None:
