@@ -280,7 +280,12 @@ class Fp8Backend(ProjectionBackend):
         lin.weight = torch.nn.Parameter(src.weight.detach(), requires_grad=False)
         if src.bias is not None:
             lin.bias = torch.nn.Parameter(src.bias.detach(), requires_grad=False)
-        quantize_(lin, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+        # activation_value_lb: torchao scales a row by its max |x| / 448, so an all-zero row (the zero padding
+        # of Wan's 512 text tokens, fed to every cross-attention k / v projection) quantises as 0 / 0 = NaN and
+        # the whole generation turns NaN (wan2.1-1.3b on an H100, 2026-12-06); a floor on the row maximum keeps
+        # zero rows zero and changes no other row
+        quantize_(lin, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_lb=1e-12,
+                                                                 set_inductor_config=False))
         return lin
 
     def prepare(self, x: torch.Tensor) -> None:
