@@ -3,6 +3,7 @@ the first."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -79,17 +80,18 @@ def compare(target: Target, variants: list[ProfileOptions], store: str | os.Path
     ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None
     runs: list[Run] = []
 
-    def finish(meta: dict[str, Any], latents: torch.Tensor | None) -> None:
+    def finish(name: str, meta: dict[str, Any], latents: torch.Tensor | None) -> None:
         entry: dict[str, Any] = {"group": group, "backends": names, "baseline_backend": names[0],
                                  "baseline_run_id": runs[0].run_id if runs else meta["run_id"],
-                                 "cosine_min": COSINE_MIN, "variant": names[len(runs)]}
+                                 "cosine_min": COSINE_MIN, "variant": name}
         if ref is not None and latents is not None:
             entry.update(agreement(ref, latents))
         meta["compare"] = entry
 
     try:
-        for opt, outcome in zip(variants, outcomes):
-            runs.append(store_outcome(target, opt, outcome, store, config_hash_for(opt), finish=finish))
+        for name, opt, outcome in zip(names, variants, outcomes):
+            runs.append(store_outcome(target, opt, outcome, store, config_hash_for(opt),
+                                      finish=functools.partial(finish, name)))
     finally:
         for outcome in outcomes:  # traces of runs that could not be stored
             discard(outcome)
