@@ -7,7 +7,6 @@ A backend whose output disagrees with the fp32 reference (checked on a slice of 
 
 from __future__ import annotations
 
-import statistics
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -21,8 +20,10 @@ import torch
 from mmchar import environment
 from mmchar.analysis.mechanisms import crossover  # one definition: `mmchar study --bench` tabulates it too
 from mmchar.backends import backend_names, get_backend
+# the helpers bench-linear shares (`benchmarks/tune_flash.py` imports `_markdown` from here)
+from mmchar.bench_common import (BenchmarkCrashed, ContextLost, _failed, _markdown, _timed_row, previous_rows,
+                                 write_text_atomic)
 from mmchar.bench_peers import PEERS
-from mmchar.errors import MmcharError
 from mmchar.flops import attention_cost
 
 
@@ -42,11 +43,10 @@ class Shape:
         return attention_cost(q, kv, kv, self.causal, elem=2)[0]  # the one softmax formula; elem moves bytes only
 
 
-def workload_shapes() -> list[Shape]:
-    """The attention calls each workload declares in its full preset (``"bench"``: token counts from latent size /
-    patch, d = head dim), collected from the registry so a new workload folder brings its own. Workloads come in
-    their ``order`` (lower first: a run cut short by its time slot has measured the first), unordered ones last
-    by name; each workload's shapes as it lists them."""
+def benched_workloads() -> list[tuple[str, dict[str, Any]]]:
+    """(workload, its full preset's ``"bench"`` entry) of every workload that declares one, in their ``order`` (lower
+    first: a run cut short by its time slot has measured the first), unordered ones last by name. bench-linear
+    takes its token counts from the same entries."""
     from mmchar.workloads import get_workload, workload_names
 
     benches = []
@@ -54,8 +54,15 @@ def workload_shapes() -> list[Shape]:
         w = get_workload(name)
         bench = w.preset_config("full").get("bench") if "full" in w.presets() else None
         if bench:
-            benches.append((bench.get("order", float("inf")), name, [Shape(**s) for s in bench["shapes"]]))
-    return [shape for _, _, shapes in sorted(benches, key=lambda b: b[:2]) for shape in shapes]
+            benches.append((bench.get("order", float("inf")), name, bench))
+    return [(name, bench) for _, name, bench in sorted(benches, key=lambda b: b[:2])]
+
+
+def workload_shapes() -> list[Shape]:
+    """The attention calls each workload declares in its full preset (``"bench"``: token counts from latent size /
+    patch, d = head dim), collected from the registry so a new workload folder brings its own: workloads in
+    `benched_workloads` order, each one's shapes as it lists them."""
+    return [Shape(**s) for _, bench in benched_workloads() for s in bench["shapes"]]
 
 
 def sweep_shapes() -> list[Shape]:
@@ -78,22 +85,6 @@ def _inputs(shape: Shape, device: torch.device, dtype: torch.dtype) -> tuple[tor
                      for s in (shape.sq, shape.skv, shape.skv))
 
 
-def _time_ms(fn: Any, device: torch.device) -> float:
-    if device.type == "cuda":
-        from triton.testing import do_bench
-
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    import time
-
-    fn()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, rows: int) -> float | None:
     """Worst relative error, per query row, of the backend against its own fp32 reference on the first ``rows``
     queries (their keys: all, or the first ``rows`` when causal) of the first and the last batch entries, and,
@@ -113,65 +104,6 @@ def _check(backend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
             err = (got - ref.float()).norm(dim=-1) / ref.float().norm(dim=-1).clamp_min(1e-6)
             worst = max(worst, float(err.max()))
     return worst
-
-
-def _failed(row: dict[str, Any], e: Exception, device: torch.device) -> bool:
-    """Note why ``row`` failed; True when the error broke the CUDA context (nothing more can run here)."""
-    first = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
-    if _context_lost(e):
-        row["note"] = f"crashed: {type(e).__name__}: {first}"
-        return True
-    row["note"] = f"failed: {type(e).__name__}: {first}"
-    if device.type == "cuda":
-        try:
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
-        except Exception as lost:  # noqa: BLE001 - it broke the context after all
-            row["note"] = f"crashed: {type(lost).__name__}: {str(lost).strip().splitlines()[0][:100]}"
-            return True
-    return False
-
-
-class BenchmarkCrashed(MmcharError):
-    """A backend broke the CUDA context mid-benchmark; the rows so far are written."""
-
-
-class ContextLost(Exception):
-    """A kernel broke the CUDA context (an illegal address, a device-side assert): nothing more can run in this
-    process. Carries the rows measured so far, the crashed one last."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        super().__init__(rows[-1]["note"])
-        self.rows = rows
-
-
-def _context_lost(e: BaseException) -> bool:
-    msg = str(e).lower()  # the sticky errors only: a launch refused for resources leaves the context usable
-    return any(s in msg for s in ("illegal memory access", "unspecified launch failure", "device-side assert",
-                                  "misaligned address", "illegal instruction", "illegal address"))
-
-
-def _gpu_ms(fn: Any, device: torch.device) -> float | None:
-    """GPU time per call with the launches queued ahead of the GPU (mmchar.kernels.tuning.gpu_time): what the
-    call costs inside a model whose host runs ahead. ``ms`` (do_bench) times each call between events around it
-    while the host launches it, so a call shorter than its own launch measures the host; both are reported,
-    neither replaces the other."""
-    if device.type != "cuda":
-        return None
-    from mmchar.kernels.tuning import gpu_time
-
-    return float(gpu_time(fn, quantiles=(0.5,))[0])
-
-
-def _timed_row(row: dict[str, Any], fn: Any, flops: float, nbytes: float, device: torch.device) -> None:
-    ms = _time_ms(fn, device)
-    row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, gbps=nbytes / (ms * 1e-3) / 1e9)
-    try:  # the second timing must not lose the first (its flush buffer can be the allocation that fails)
-        row["gpu_ms"] = _gpu_ms(fn, device)
-    except Exception as e:  # noqa: BLE001 - noted on the row; a context-breaking error is caught by the caller
-        if _context_lost(e):
-            raise
-        row["note"] = f"gpu_ms failed: {type(e).__name__}"
 
 
 def run(shapes: list[Shape], backends: list[str], device: torch.device, dtype: torch.dtype,
@@ -280,17 +212,6 @@ def available_backends(device: torch.device) -> list[str]:
             and get_backend(n).unavailable_reason(device) is None]
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    def cell(x):
-        if x is None or (isinstance(x, float) and x != x):
-            return ""
-        return f"{x:.3g}" if isinstance(x, float) else str(x)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def benchmark(device: torch.device, only: str | None, backends: list[str] | None, max_seq: int, out: Path,
               progress: Any = None, match: str | None = None, resume: bool = False) -> str:
     """Run the benchmark shape by shape, rewriting ``out/attention.{md,json}`` after each (an interrupted run
@@ -330,15 +251,8 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
 
 def _previous_rows(out: Path, device: torch.device) -> list[dict[str, Any]]:
     """Measured rows of an earlier run into the same folder on the same device (derived columns dropped)."""
-    f = out / "attention.json"
-    if not f.exists():
-        return []
-    data = json.loads(f.read_text())
-    if data.get("device", {}).get("name") != environment.device_info(device)["name"]:
-        raise ValueError(f"{f} was measured on {data.get('device', {}).get('name')}, not on this device; "
-                         f"use another --output folder")
     keep = set(asdict(Shape("", 0, 0, 0, 0, 0))) | {"backend", "ms", "tflops", "gbps", "gpu_ms", "rel_err", "note"}
-    return [{k: v for k, v in r.items() if k in keep} for r in data["rows"]]
+    return previous_rows(out / "attention.json", device, keep)
 
 
 def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch.dtype, out: Path) -> str:
@@ -383,8 +297,8 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
     cols = [c for c in ["name", "b", "h", "sq", "skv", "d", "causal", "backend", "ms", "tflops", "gbps", "vs_cudnn",
                         "vs_flash", "gpu_ms", "gpu_vs_flash", "pct_of_matmul_roof", "pct_of_copy_roof", "rel_err",
                         "note"] if c in df.columns]
-    (out / "attention.md").write_text(head + _markdown(df[cols]) + "\n")
-    (out / "attention.json").write_text(json.dumps({"device": dev, "versions": v, "roofs": roofs,
-                                                  "date": stamp.isoformat(), "rows": df.to_dict("records")},
-                                                 indent=1, default=str))
+    write_text_atomic(out / "attention.md", head + _markdown(df[cols]) + "\n")
+    write_text_atomic(out / "attention.json", json.dumps({"device": dev, "versions": v, "roofs": roofs,
+                                                          "date": stamp.isoformat(), "rows": df.to_dict("records")},
+                                                         indent=1, default=str))
     return head + df[cols].to_string(index=False)

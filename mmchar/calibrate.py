@@ -1,4 +1,4 @@
-"""`mmchar calibrate`: the device's roofs (dense matmul TFLOP/s per dtype, copy GB/s), measured once and kept
+"""`mmchar calibrate`: the device's roofs (dense matmul TFLOP/s per dtype, FP8 on sm89+, copy GB/s), measured once and kept
 in a per-user cache keyed by device name. Every run records them in meta.json; every "% of roof" refers to them.
 """
 
@@ -47,6 +47,9 @@ def measure_roofs(device: torch.device) -> dict[str, Any]:
         b = torch.randn(n, n, device=device, dtype=dtype)
         ms = _best_ms(lambda: torch.mm(a, b), device, reps)
         matmul[name] = 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+    fp8 = _fp8_tflops(device, n, reps)
+    if isinstance(fp8, float):
+        matmul["fp8"] = fp8
     numel = (1 << 28) if cuda else (1 << 24)  # 512 MiB of bf16 on a GPU
     src = torch.empty(numel, device=device, dtype=torch.bfloat16).fill_(1.0)
     dst = torch.empty_like(src)
@@ -54,18 +57,46 @@ def measure_roofs(device: torch.device) -> dict[str, Any]:
     copy_gbps = 2.0 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
     dev = environment.device_info(device)
     return {"device": dev["name"], "matmul_tflops": matmul, "copy_gbps": copy_gbps, "matmul_n": n,
-            "measured": datetime.now(timezone.utc).isoformat(), "torch": torch.__version__}
+            "measured": datetime.now(timezone.utc).isoformat(), "torch": torch.__version__,
+            **({"fp8_unmeasured": fp8} if isinstance(fp8, str) else {})}
+
+
+def _fp8_capable(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _fp8_tflops(device: torch.device, n: int, reps: int) -> float | str | None:
+    """The FP8 (e4m3) tensor-core roof on sm89+, the matmul the ``fp8`` projection backend runs
+    (``torch._scaled_mm``, per-tensor scales, bf16 out): TFLOP/s; a string saying why it could not be measured
+    (an old PyTorch); None off such devices."""
+    if not _fp8_capable(device):
+        return None
+    try:
+        a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # its second operand column-major
+        one = torch.ones((), device=device, dtype=torch.float32)
+        ms = _best_ms(lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), device,
+                      reps)
+    except (RuntimeError, AttributeError, TypeError) as e:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
+    return 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+
+
+def _stale(roofs: dict[str, Any], device: torch.device) -> bool:
+    """Cached roofs from before the FP8 roof existed lack it on a device that has one: measured again."""
+    return _fp8_capable(device) and "fp8" not in roofs.get("matmul_tflops", {}) and "fp8_unmeasured" not in roofs
 
 
 def calibrate(device: torch.device, *, force: bool = False) -> dict[str, Any]:
-    """The cached roofs of ``device``, measured first when missing (or ``force``)."""
+    """The cached roofs of ``device``, measured first when missing (or ``force``, or cached before the FP8 roof on an
+    sm89+ GPU: `_stale`)."""
     dev = environment.device_info(device)
     path = environment.roofs_cache_path()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if force or dev["name"] not in cache:
+    if force or dev["name"] not in cache or _stale(cache[dev["name"]], device):
         cache[dev["name"]] = measure_roofs(device)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

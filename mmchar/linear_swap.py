@@ -37,6 +37,11 @@ _FFN_PART = {"ff", "ffn", "mlp", "feed_forward", "ff_context", "feedforward", "p
 _ATTN_CLASS = re.compile(r"Attention$")
 
 
+def is_attention_module(module: nn.Module) -> bool:
+    """An attention module: diffusers' (it has a processor) or any class named ``...Attention``."""
+    return hasattr(module, "processor") or bool(_ATTN_CLASS.search(type(module).__name__))
+
+
 def linear_role(path: str, modules: dict[str, nn.Module]) -> str:
     """``attn-proj``, ``ffn`` or ``other`` (timestep and conditioning embeddings, adaLN modulation, patch and
     output projections: replaced only under scope ``all``): what the linear layer at ``path`` does, by its own
@@ -50,7 +55,7 @@ def linear_role(path: str, modules: dict[str, nn.Module]) -> str:
         part = parts[i - 1]
         ancestor = modules.get(".".join(parts[:i])) if i < len(parts) else None
         name = type(ancestor).__name__ if ancestor is not None else ""
-        if ancestor is not None and (hasattr(ancestor, "processor") or _ATTN_CLASS.search(name)):
+        if ancestor is not None and is_attention_module(ancestor):
             return "attn-proj"
         if _FFN_CLASS.search(name) or part in _FFN_PART:
             return "ffn"

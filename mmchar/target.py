@@ -88,6 +88,12 @@ _TEXT_PREFIX = "text_encoder"
 _DECODER_NAMES = ("vae", "vqvae", "movq", "vqgan")
 
 
+def is_step_component(name: str) -> bool:
+    """Whether the pipeline component called ``name`` is the generating model (the denoiser, or a token model's
+    generator, which token workloads take from the same names): the one place that maps names to that stage."""
+    return name in _DENOISER_NAMES
+
+
 def discover_stage_roots(pipe: Any) -> list[StageRoot]:
     """Stage roots of any diffusers pipeline, taken from its components.
 
@@ -105,7 +111,7 @@ def discover_stage_roots(pipe: Any) -> list[StageRoot]:
             roots.append(StageRoot("text_encoder", name))
         elif name == "image_encoder":
             roots.append(StageRoot("image_encoder", name))
-        elif name in _DENOISER_NAMES:
+        elif is_step_component(name):
             roots.append(StageRoot("denoiser", name))
         elif name in _DECODER_NAMES:
             if hasattr(comp, "decode"):

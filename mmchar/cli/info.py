@@ -1,5 +1,5 @@
 """The commands about what mmchar can measure here: the registered workloads and attention backends, the device's
-calibrated roofs, and the attention backends timed on their own (`bench-attn`)."""
+calibrated roofs, and the attention and projection backends timed on their own (`bench-attn`, `bench-linear`)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,31 @@ def bench_attn(device: Annotated[Optional[str], typer.Option(help="Device (defau
         raise InvalidParameterError(str(e)) from None
     say(text)
     say(f"tables: {output / 'attention.md'}, {output / 'attention.json'}")
+
+
+@app.command("bench-linear")
+def bench_linear(device: Annotated[Optional[str], typer.Option(help="Device (default: cuda when present).")] = None,
+                 only: Annotated[Optional[str], typer.Option(help="workloads or sweep (default: both).")] = None,
+                 backends: Annotated[Optional[str], typer.Option(help="Comma-separated projection backends (default: all; unavailable ones are a skipped row).")] = None,
+                 max_tokens: Annotated[int, typer.Option("--max-tokens", help="Skip shapes with more tokens (rows).")] = 65536,
+                 match: Annotated[Optional[str], typer.Option(help="Only shapes whose name contains this text (e.g. 'ffn', 'wan2.1').")] = None,
+                 resume: Annotated[bool, typer.Option("--resume", help="Keep the rows already in the output folder; measure only what is missing.")] = False,
+                 output: Annotated[Path, typer.Option("-o", "--output", help="Folder for linear.md / linear.json.")] = Path("bench-linear")) -> None:
+    """Time every projection backend on real workloads' linear shapes and a token sweep, beside cuBLAS."""
+    from mmchar import bench_linear as bl
+    from mmchar.devices import resolve_device
+    from mmchar.projections import get_projection_backend
+
+    if only not in (None, "workloads", "sweep"):
+        raise UnknownNameError("shape set", only, ("workloads", "sweep"))
+    names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    for n in names or []:
+        if n != bl.BASELINE:  # the baseline is always measured; naming it is harmless
+            get_projection_backend(n)
+    try:
+        text = bl.benchmark(resolve_device(device), only, names, max_tokens, output,
+                            progress=lambda m: print(m, file=sys.stderr, flush=True), match=match, resume=resume)
+    except ValueError as e:
+        raise InvalidParameterError(str(e)) from None
+    say(text)
+    say(f"tables: {output / 'linear.md'}, {output / 'linear.json'}")
