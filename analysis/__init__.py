@@ -8,6 +8,7 @@ from .launch import launch_table
 from .mechanisms import crossover_table, load_bench, mechanisms_table
 from .modules import module_tree
 from .phases import phase_table
+from .projections import projections_table
 from .registry import TABLES
 from .roofline import roofline_table
 from .scaling import scaling_fits, scaling_points, scaling_table
@@ -18,7 +19,7 @@ from .timeline import step_timeline
 
 __all__ = ["TABLES", "attention_site_table", "breakdown_table", "check_gate", "communication_table",
            "comparison_table", "crossover_table", "diff_table", "findings", "findings_markdown", "is_noisy",
-           "launch_table", "load_bench", "mechanisms_table", "module_tree", "phase_table", "regressions",
-           "roofline_table", "run_labels", "run_table", "scaling_fits", "scaling_points", "scaling_table",
-           "sequence_parallel_table", "sequence_table", "stage_table", "step_timeline", "top_kernels_table",
-           "unpaired_runs", "work_fields", "work_key", "work_mismatch"]
+           "launch_table", "load_bench", "mechanisms_table", "module_tree", "phase_table", "projections_table",
+           "regressions", "roofline_table", "run_labels", "run_table", "scaling_fits", "scaling_points",
+           "scaling_table", "sequence_parallel_table", "sequence_table", "stage_table", "step_timeline",
+           "top_kernels_table", "unpaired_runs", "work_fields", "work_key", "work_mismatch"]

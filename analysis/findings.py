@@ -20,6 +20,7 @@ from mmchar.store import Run
 
 from .communication import sequence_parallel_table
 from .mechanisms import mechanisms_table
+from .projections import DENSE, projections_table
 from .sequence import sequence_table
 from .tables import comparison_table, device_short, is_noisy, work_fields, work_key
 
@@ -164,6 +165,71 @@ def _fastest_mechanism(question: str, runs: Sequence[Run], by_id: dict[str, Run]
             "value": median(_per_workload(values, by_id)), "runs": ", ".join(ids)}
 
 
+def _num(value: object) -> float | None:
+    """A table cell as a float, None where it holds nothing (NaN, NA, None)."""
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _projection_rows(runs: Sequence[Run]) -> list[dict]:
+    """One row per projection backend other than dense in ``runs`` (`projections_table`): per group (a workload's
+    shape on a device under one attention backend), its step speedup over the dense run, how the step's gemm and
+    memory shares and its GPU-busy fraction moved, the state it held, and the runs that ran out of memory with the
+    state they recorded. The value is the median over workloads of the speedups; no rows without such runs."""
+    table = projections_table(runs)
+    if table.empty:
+        return []
+    by_id = {r.run_id: r for r in runs}
+    row_of = {rid: row for rid, row in zip(table["run_id"], table.to_dict("records"))}
+    rows = []
+    for linear in dict.fromkeys(b for b in table["linear_backend"] if b != DENSE):
+        part = table[table["linear_backend"] == linear]
+        op_class = next((c for c in part["linear_op_class"] if isinstance(c, str) and c), "?")
+        answers, values, ids = [], [], []
+        for r in part.to_dict("records"):
+            run = by_id[r["run_id"]]
+            shape = "×".join(str(int(v)) for v in (r["height"], r["width"]) if _num(v) is not None)
+            frames = _num(r["frames"])
+            if frames and frames > 1:
+                shape += f", {int(frames)} frames"
+            # the device always named: the question is what removing the FLOPs does on this GPU
+            where = f"{r['workload']}{' ' + shape if shape else ''} ({device_short(run.meta)}, {r['backend']})"
+            ref = row_of.get(r["reference_run_id"]) if r["reference_run_id"] else None
+            state = _num(r["state_gb"])
+            ids.append(r["run_id"])
+            if ref is not None and ref["run_id"] not in ids:
+                ids.append(ref["run_id"])
+            if r["status"] == "oom":
+                held = f" holding {state:.1f} GB of state" if state is not None else \
+                    " (the state it held was not recorded)"
+                answers.append(f"{where}: out of memory{held}")
+                continue
+            if r["status"] != "ok":
+                answers.append(f"{where}: failed ({str(r['error'] or r['status']).splitlines()[0][:80]})")
+                continue
+            speedup = _num(r["step_speedup"])
+            if ref is None or speedup is None:
+                answers.append(f"{where}: {r['step_ms']:.1f} ms a step, no dense run of it to compare")
+                continue
+            values.append((speedup, r["run_id"]))
+            moves = " and ".join(f"{c} {ref[c + '_share']:.1%} → {r[c + '_share']:.1%}" for c in ("gemm", "memory")
+                              if _num(ref[c + "_share"]) is not None and _num(r[c + "_share"]) is not None)
+            text = f"{where}: {speedup:.2f}x ({ref['step_ms']:.1f} → {r['step_ms']:.1f} ms)"
+            if moves:
+                text += f": {moves} of the step's kernel time"
+            busy, ref_busy = _num(r["busy_frac"]), _num(ref["busy_frac"])
+            if busy is not None and ref_busy is not None:
+                text += f", GPU busy {ref_busy:.0%} → {busy:.0%} of its wall time"
+            if state:
+                text += f", {state:.2f} GB of state"
+            answers.append(text)
+        question = (f"Step speedup of the {linear} projection backend ({op_class} kernels) over the model's dense "
+                    "linear layers, and what limits it")
+        value = median(_per_workload(values, by_id)) if values else None
+        rows.append({"question": question, "answer": "; ".join(answers) + _mixes(ids, by_id), "value": value,
+                     "runs": ", ".join(ids)})
+    return rows
+
+
 def _noisy_row(noisy: Sequence[Run]) -> dict:
     ids = ", ".join(r.run_id for r in noisy)
     return {"question": "Runs left out of every finding (the noise guard flagged their timed pass)",
@@ -174,13 +240,16 @@ def _noisy_row(noisy: Sequence[Run]) -> dict:
 def findings(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per headline question: ``question, answer, value, runs``. Shares and the busy fraction come from
     one-device eager runs of the model's own maths (no mixer swapped in); compiled and sequence-parallel runs
-    answer their own questions. Runs the noise guard flagged answer none: a last row names them."""
+    answer their own questions. Where the runs hold projection backends other than dense, one row per such backend
+    compares it with dense (`projections_table`; its runs that ran out of memory are part of the answer). Runs the
+    noise guard flagged answer none: a last row names them."""
     noisy = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is True]
     every = [r for r in runs if r.status == "ok" and is_noisy(r.meta) is not True]
     ok = [r for r in every if _one_device_eager(r)]
     # the share questions ask about the model as published: a run whose backend changes the maths (a mixer in
     # place of softmax) answers only the questions that compare backends
-    model = [r for r in ok if r.meta.get("backend_changes_math") is not True]
+    model = [r for r in ok if r.meta.get("backend_changes_math") is not True
+             and (r.meta.get("linear_backend") or DENSE) == DENSE]  # nor the linear layers (projection backends)
     run_of = {r.run_id: r for r in every}
     rows = []
 
@@ -221,6 +290,9 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
              and (w := work_fields(r))["height"] == 480 and w["frames"] == 81]
     rows.append(_fastest_mechanism("Fastest attention mechanism for a 480p, 81-frame video diffusion-transformer "
                                    "denoiser step", video, run_of))
+
+    # the projection backends against the model's own linear layers; a run that ran out of memory is an answer too
+    rows += _projection_rows([r for r in runs if is_noisy(r.meta) is not True])
 
     seq = sequence_table([r for r in model if _family(r).get("architecture") == "unet"])
     levels = []

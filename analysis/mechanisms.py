@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from mmchar.errors import MmcharError
-from mmchar.schema import STEP_STAGES
-from mmchar.shares import time_shares
+from mmchar.schema import DEFAULT_LINEAR_BACKEND
 from mmchar.store import Run
 
+from .steps import step_class_shares
 from .tables import _ids, comparison_table, is_noisy, work_fields
 
 # mmchar.backends.MECHANISMS (the registry's values; test_mechanisms checks the two agree) and OTHER: a run that
@@ -53,24 +53,21 @@ def run_kind(meta: dict[str, Any]) -> str:
 
 def _trusted(run: Run) -> bool:
     """A run whose step latency and shares the table may use: ok, not flagged by the noise guard, the eager
-    model on one device (as the findings' share questions)."""
+    model on one device (as the findings' share questions), its own linear layers (a projection backend's runs are
+    the projections table's: `cudnn+fp8` is not an attention mechanism)."""
     work = work_fields(run)
-    return run.status == "ok" and is_noisy(run.meta) is not True and not work["compile"] and work["gpus"] == 1
+    return (run.status == "ok" and is_noisy(run.meta) is not True and not work["compile"] and work["gpus"] == 1
+            and (run.meta.get("linear_backend") or DEFAULT_LINEAR_BACKEND) == DEFAULT_LINEAR_BACKEND)
 
 
 def step_attention_share(run: Run) -> tuple[str | None, float]:
     """(the stage holding the run's steps, attention's share of its kernel time): the denoiser's, or a token
     model's generator's; (None, NaN) without breakdown rows."""
-    bd = run.breakdown
-    if bd is None or bd.empty:
-        return None, np.nan
-    stages = set(bd["stage"].astype(str))
-    stage = next((s for s in STEP_STAGES if s in stages), None)
+    stage, shares = step_class_shares(run)
     if stage is None:
         return None, np.nan
-    shares = time_shares(bd[bd["stage"].astype(str) == stage], ["op_class"])
-    share = shares.loc[shares["op_class"].astype(str) == "attention", "share"]
-    return stage, float(share.sum()) if len(share) else 0.0
+    share = shares.get("attention", 0.0)
+    return stage, share if share == share else 0.0  # a stage whose kernels took no time: no attention either
 
 
 def mechanisms_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -79,7 +76,8 @@ def mechanisms_table(runs: Sequence[Run]) -> pd.DataFrame:
     cuDNN run (the group's baseline where it has none).
 
     Args:
-        runs: loaded runs, any mix; only ok, one-device, eager runs the noise guard did not flag take part.
+        runs: loaded runs, any mix; only ok, one-device, eager runs of the model's own linear layers (dense) the
+            noise guard did not flag take part.
 
     Returns:
         Columns ``group, run_id, label, workload, preset, device, dtype, height, width, frames, steps, batch,

@@ -15,6 +15,7 @@ from .launch import launch_table
 from .mechanisms import mechanisms_table
 from .modules import module_tree
 from .phases import phase_table
+from .projections import projections_table
 from .roofline import roofline_table
 from .scaling import scaling_table
 from .sequence import sequence_table
@@ -29,6 +30,7 @@ TABLES: dict[str, Table] = {
     "stages": stage_table,                          # latency (timed pass) and busy / idle (light profile) per stage
     "comparison": comparison_table,                 # backends against their group's baseline: speedups, agreement
     "mechanisms": mechanisms_table,                 # each backend's step, attention share, kind, speedup over cuDNN
+    "projections": projections_table,               # each projection backend's step, gemm / memory share, vs dense
     "attention_sites": attention_site_table,        # attention time per site and its share of the stage's attention
     "sequence": sequence_table,                     # every attention call's shape and its unfused score bytes
     "roofline": roofline_table,                     # op classes' achieved rates under the run's calibrated roofs

@@ -87,10 +87,33 @@ def runs(tmp_path):
     return load_runs([store])
 
 
+def _projection_run(run_id="sd15-math+fp8", linear="fp8", step_ms=50.0, status="ok", baseline="sd15-math",
+                    group="sd15-512"):
+    """A run of the math backend's compare group whose linear layers a projection backend computed (fp8: gemm
+    kernels; memoryformer: memory kernels), with the layers it replaced and the state it held."""
+    compare = {"group": group, "baseline_run_id": baseline, "baseline_backend": "math", "variant": f"math+{linear}"}
+    r = _make_run(run_id, "math", status=status, step_ms=step_ms)
+    r.meta.update(compare=compare, linear_backend=linear, linear_scope="all", linear_changes_math=linear != "fp8",
+                  linear_op_class="memory" if linear == "memoryformer" else "gemm")
+    if status == "ok":
+        compare.update(cosine=0.999, max_abs_diff=0.1, agrees=True)
+        r.meta.update(linear_backend_per_layer={"unet.a": linear, "unet.b": linear, "unet.c": "dense"},
+                      linear_unsupported={"unet.c": "in_features not a multiple of 16"},
+                      linear_state_bytes={"unet.a": 2e9, "unet.b": 1e9}, linear_state_bytes_total=3_000_000_000)
+    return r
+
+
 @pytest.fixture
 def every_view_runs(tmp_path):
-    """The standard runs plus a sequence-parallel one (2 GPUs): a set for which every dashboard view has data."""
+    """The standard runs plus a sequence-parallel one (2 GPUs) and a projection backend's run (fp8): a set for which
+    every dashboard view has data."""
     store = tmp_path / "every-view"
-    for run in [*_standard_runs(), _make_run("sd15-flash-2gpu", "flash", step_ms=25.0, gpus=2)]:
+    for run in [*_standard_runs(), _make_run("sd15-flash-2gpu", "flash", step_ms=25.0, gpus=2), _projection_run()]:
         write_run(store, run)
     return load_runs([store])
+
+
+@pytest.fixture
+def projection_run():
+    """The factory of projection backends' runs (`_projection_run`)."""
+    return _projection_run
