@@ -199,8 +199,11 @@ def _projection_rows(runs: Sequence[Run]) -> list[dict]:
             if ref is not None and ref["run_id"] not in ids:
                 ids.append(ref["run_id"])
             if r["status"] == "oom":
-                held = f" holding {state:.1f} GB of state" if state is not None else \
-                    " (the state it held was not recorded)"
+                needed = _num(r["state_needed_gb"])
+                held = f" drawing {needed:.1f} GB of state" if needed is not None else \
+                    " (the state it needed was not recorded)"
+                if needed is not None and state is not None:
+                    held += f" ({state:.1f} GB drawn when it ran out)"
                 answers.append(f"{where}: out of memory{held}")
                 continue
             if r["status"] != "ok":

@@ -30,7 +30,7 @@ PROJECTION_COLUMNS = ("group", "run_id", "label", "workload", "preset", "device"
                       "frames", "steps", "batch", "backend", "linear_backend", "linear_scope", "linear_op_class",
                       "variant", "status", "noisy", "error", "stage", "step_ms", "step_busy_ms", "busy_frac",
                       "gemm_share", "memory_share", "attention_share", "layers_replaced", "layers_unsupported",
-                      "state_gb", "reference_run_id", "step_speedup", "busy_speedup", "agreement_baseline",
+                      "state_gb", "state_needed_gb", "reference_run_id", "step_speedup", "busy_speedup", "agreement_baseline",
                       "max_abs_diff", "cosine", "agrees")
 
 
@@ -71,16 +71,18 @@ def _busy_frac(meta: dict[str, Any], key: str) -> float:
     return float(value) if value is not None else np.nan
 
 
-def _layers(meta: dict[str, Any], linear: str) -> tuple[Any, Any, float]:
-    """(layers the backend ran, layers in scope it refused, its state in GB): 0, 0, 0 under dense; NA where the
-    run did not record them (a run that failed before the swap's first call)."""
+def _layers(meta: dict[str, Any], linear: str) -> tuple[Any, Any, float, float]:
+    """(layers the backend ran, layers in scope it refused, its state in GB as built, as planned): 0, 0, 0, 0
+    under dense; NA / NaN where the run did not record them (a run that failed before the swap's first call; the
+    planned state from runs recorded before it existed). A failed run's built state is what it drew so far."""
     if linear == DENSE:
-        return 0, 0, 0.0
+        return 0, 0, 0.0, 0.0
     per_layer = meta.get("linear_backend_per_layer")
     replaced = sum(1 for b in per_layer.values() if b == linear) if per_layer else pd.NA
     unsupported = len(meta.get("linear_unsupported") or {}) if per_layer else pd.NA
-    total = meta.get("linear_state_bytes_total")
-    return replaced, unsupported, float(total) / GB if total is not None else np.nan
+    total, planned = meta.get("linear_state_bytes_total"), meta.get("linear_state_bytes_planned")
+    return (replaced, unsupported, float(total) / GB if total is not None else np.nan,
+            float(planned) / GB if planned is not None else np.nan)
 
 
 def projections_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -101,7 +103,7 @@ def projections_table(runs: Sequence[Run]) -> pd.DataFrame:
         Columns ``group, run_id, label, workload, preset, device, dtype, height, width, frames, steps, batch,
         backend, linear_backend, linear_scope, linear_op_class, variant, status, noisy, error, stage, step_ms,
         step_busy_ms, busy_frac, gemm_share, memory_share, attention_share, layers_replaced, layers_unsupported,
-        state_gb, reference_run_id, step_speedup, busy_speedup, agreement_baseline, max_abs_diff, cosine, agrees``:
+        state_gb, state_needed_gb, reference_run_id, step_speedup, busy_speedup, agreement_baseline, max_abs_diff, cosine, agrees``:
         ``backend`` = the attention backend, ``variant`` = both as compare names them (``cudnn+fp8``),
         ``linear_scope`` = the layers replaced (empty under dense), ``step_ms`` = the median step of the timed
         pass (comparison's ``denoiser_step_ms``), ``step_busy_ms`` = its GPU-busy time (light profile) and ``busy_frac``
@@ -109,7 +111,8 @@ def projections_table(runs: Sequence[Run]) -> pd.DataFrame:
         = each class's share of the step stage's kernel time (full profile), ``layers_replaced`` = linear layers
         the backend ran, ``layers_unsupported`` = those in scope it refused (they ran dense), ``state_gb`` = its
         per-layer state beside the model's weights (fp8's quantised weights, memoryformer's tables; 0 under dense;
-        NaN where not recorded), ``step_speedup`` / ``busy_speedup`` = the dense reference's / this run's (> 1 is
+        NaN where not recorded; a failed run's: what it drew before failing), ``state_needed_gb`` = that state
+        over every layer the backend was routed, as planned before any was built (an OOM's size), ``step_speedup`` / ``busy_speedup`` = the dense reference's / this run's (> 1 is
         faster; NaN without a reference or a timed pass), ``max_abs_diff, cosine, agrees`` = the output agreement
         compare recorded against ``agreement_baseline`` (its first variant, normally the dense run). One row per
         run, each group together, each attention backend's dense run first.
@@ -150,7 +153,7 @@ def projections_table(runs: Sequence[Run]) -> pd.DataFrame:
                 else (np.nan, np.nan)
             ref_ms, ref_busy = (_median_ms(ref.meta, _step(ref)), _busy_ms(ref.meta, _step(ref))) if ref \
                 else (np.nan, np.nan)
-            replaced, unsupported, state = _layers(run.meta, linear)
+            replaced, unsupported, state, needed = _layers(run.meta, linear)
             cmp = run.meta.get("compare") or {}
 
             def share(op_class: str) -> float:
@@ -167,6 +170,7 @@ def projections_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "busy_frac": _busy_frac(run.meta, _step(run)) if run.status == "ok" else np.nan,
                 "gemm_share": share("gemm"), "memory_share": share("memory"), "attention_share": share("attention"),
                 "layers_replaced": replaced, "layers_unsupported": unsupported, "state_gb": state,
+                "state_needed_gb": needed,
                 "reference_run_id": ref.run_id if ref else None,
                 "step_speedup": ref_ms / ms if ms > 0 else np.nan,
                 "busy_speedup": ref_busy / busy if busy > 0 else np.nan,
@@ -175,7 +179,7 @@ def projections_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "agrees": cmp.get("agrees")})
     out = pd.DataFrame(rows, columns=columns)
     for col in ("step_ms", "step_busy_ms", "busy_frac", "gemm_share", "memory_share", "attention_share", "state_gb",
-                "step_speedup", "busy_speedup", "max_abs_diff", "cosine"):
+                "state_needed_gb", "step_speedup", "busy_speedup", "max_abs_diff", "cosine"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     for col in ("layers_replaced", "layers_unsupported"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")

@@ -42,6 +42,13 @@ def _gb(value: float) -> str:
     return f"{value:.2f} GB" if value == value else "not recorded"
 
 
+def _state(needed: float, drawn: float) -> str:
+    """A failed run's state: what its backend needed over every layer, and what it had drawn when it failed."""
+    if needed != needed:
+        return _gb(drawn) + " drawn" if drawn == drawn else "not recorded"
+    return f"{_gb(needed)} needed" + (f", {_gb(drawn)} drawn" if drawn == drawn else "")
+
+
 def projections_figure(proj: pd.DataFrame) -> go.Figure:
     """Stacked step latency per projection backend, grouped by workload.
 
@@ -110,7 +117,8 @@ def projections_figure(proj: pd.DataFrame) -> go.Figure:
             x=[level[failed] for level in map(np.asarray, x)], y=[0.0] * int(failed.sum()), mode="markers+text",
             name="out of memory / failed", text=text, textposition="top center",
             marker={"symbol": "x", "size": 12, "color": FAILED_COLOR}, textfont={"color": FAILED_COLOR},
-            customdata=list(zip(proj["run_id"].to_numpy()[failed], [_gb(v) for v in proj["state_gb"][failed]],
+            customdata=list(zip(proj["run_id"].to_numpy()[failed], [_state(n, d) for n, d in zip(proj["state_needed_gb"][failed],
+                                                                                proj["state_gb"][failed])],
                                 errors)),
             hovertemplate="%{x}<br>%{text}: state %{customdata[1]}<br>%{customdata[2]}<br>%{customdata[0]}"
                           "<extra></extra>"))

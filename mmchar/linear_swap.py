@@ -76,11 +76,25 @@ class LinearSwapState:
     # the layers the backend took: bytes of its per-layer state beside the model's weights (tables, quantised
     # copies; `ProjectionBackend.state_bytes`), recorded when the layer's backend is built
     layer_state_bytes: dict[str, int] = field(default_factory=dict)
+    # what that state comes to over every routed layer, known before any is built
+    # (`ProjectionBackend.planned_state_bytes`): a run that runs out of memory building it records what it needed
+    planned_state_bytes: int = 0
 
     @property
     def state_bytes_total(self) -> int:
         """The backend's state over every layer it took, in bytes."""
         return sum(self.layer_state_bytes.values())
+
+    def state_meta(self) -> dict[str, Any]:
+        """The run record's state entries (docs/run-schema.md): per layer and total as built (so far, in a run
+        that failed building it) and as planned; nothing when the backend holds no state."""
+        out: dict[str, Any] = {}
+        if self.layer_state_bytes:
+            out["linear_state_bytes"] = dict(sorted(self.layer_state_bytes.items()))
+            out["linear_state_bytes_total"] = self.state_bytes_total
+        if self.planned_state_bytes:
+            out["linear_state_bytes_planned"] = self.planned_state_bytes
+        return out
 
 
 class _RoutedLinear:
@@ -164,6 +178,7 @@ class LinearSwap:
                     self.state.layer_backend[full] = DEFAULT_LINEAR_BACKEND  # nothing replaced: the model's own
                 else:
                     self.routes.append((layer, _RoutedLinear(cls, layer, full, self.state, seed, role)))
+                    self.state.planned_state_bytes += cls.planned_state_bytes(layer, role)
         if backend != DEFAULT_LINEAR_BACKEND and route and not self.routes:
             roles = sorted(set(self.state.layer_role.values()))
             raise InvalidParameterError(f"--linear-scope {scope} covers no linear layer of {', '.join(components)} "

@@ -108,6 +108,12 @@ class ProjectionBackend:
         (`LinearSwapState.layer_state_bytes`)."""
         return 0
 
+    @classmethod
+    def planned_state_bytes(cls, layer: torch.nn.Linear, role: str = "other") -> int:
+        """The bytes `state_bytes` will report for ``layer``, known before the state is built: a run that runs out
+        of memory while building it still records what it needed (`LinearSwapState.planned_state_bytes`)."""
+        return 0
+
     def cost(self, x: torch.Tensor) -> tuple[float, float]:
         """(FLOPs, minimum bytes) of one call on ``x`` (docs/conventions.md, "FLOPs and bytes"): by default a dense
         layer's, 2·tokens·in·out and the input, weight and output read or written once."""
@@ -220,6 +226,11 @@ class MemoryFormerBackend(ProjectionBackend):
     def state_bytes(self) -> int:
         return 0 if self.tables is None else self.tables.numel() * self.tables.element_size()
 
+    @classmethod
+    def planned_state_bytes(cls, layer: torch.nn.Linear, role: str = "other") -> int:
+        n_in, n_out = layer.in_features, layer.out_features
+        return 0 if n_in % cls.tau else (n_in // cls.tau) * (1 << cls.tau) * n_out * layer.weight.element_size()
+
     def unsupported(self, x: torch.Tensor) -> str | None:
         return self._why or super().unsupported(x)
 
@@ -299,7 +310,11 @@ class Fp8Backend(ProjectionBackend):
         parts = [getattr(w, name, None) for name in ("qdata", "scale")]
         if all(isinstance(t, torch.Tensor) for t in parts):
             return sum(t.numel() * t.element_size() for t in parts)
-        return self.layer.in_features * self.layer.out_features + 4 * self.layer.out_features
+        return self.planned_state_bytes(self.layer, self.role)
+
+    @classmethod
+    def planned_state_bytes(cls, layer: torch.nn.Linear, role: str = "other") -> int:
+        return layer.in_features * layer.out_features + 4 * layer.out_features  # e4m3 weight, fp32 row scales
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantised(x)

@@ -279,9 +279,7 @@ class _Session:
         lin = self.linear.state
         self.meta["linear_layers"] = dict(sorted(lin.layer_role.items()))
         self.meta["linear_backend_per_layer"] = dict(sorted(lin.layer_backend.items()))
-        if lin.layer_state_bytes:  # what the backend holds beside the model's weights (tables, quantised copies)
-            self.meta["linear_state_bytes"] = dict(sorted(lin.layer_state_bytes.items()))
-            self.meta["linear_state_bytes_total"] = lin.state_bytes_total
+        self.meta.update(lin.state_meta())  # what the backend holds beside the model's weights (tables, fp8 copies)
         if lin.unsupported:  # in scope, but run as the model's own layers
             self.meta["linear_unsupported"] = dict(sorted(lin.unsupported.items()))
         if self.shard is not None:
@@ -407,7 +405,7 @@ def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outco
             sessions[i] = _Session(target, opt)
             sessions[i].warmup()
         except _RECORDED as exc:
-            outcomes[i], sessions[i] = _detached(exc), None
+            outcomes[i], sessions[i] = _detached(exc, sessions[i]), None
             release_memory(target.device)
     repeat = max((o.repeat for o in options), default=0)
     probe = host_probe(target)
@@ -419,7 +417,7 @@ def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outco
             try:
                 sess.timed(r)
             except _RECORDED as exc:
-                outcomes[i], sessions[i] = _detached(exc), None
+                outcomes[i], sessions[i] = _detached(exc, sess), None
                 release_memory(target.device)
     timed_load = probe.stop()  # one window for every backend: their timed passes interleave
     for i, sess in enumerate(sessions):
@@ -529,11 +527,15 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(t in text for t in _OOM_TEXT)
 
 
-def _detached(exc: BaseException) -> BaseException:
+def _detached(exc: BaseException, session: _Session | None = None) -> BaseException:
     """``exc`` kept as an outcome without its frames: a traceback holds every local of the failed pass (a
     session's projection tables, its activations), so a recorded OOM would keep the memory that the runs after
-    it need. The last frames' text stays for the run record (`failed_run`)."""
+    it need. The last frames' text stays for the run record (`failed_run`), and so does what the failed
+    ``session`` knew of its projection backend's state (built so far, and planned): an OOM drawing MemoryFormer's
+    tables is a result only with the size it needed."""
     exc.mmchar_traceback = traceback.format_exception(exc)[-6:]  # type: ignore[attr-defined]
+    if session is not None:
+        exc.mmchar_meta = session.linear.state.state_meta()  # type: ignore[attr-defined]
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -545,7 +547,7 @@ def _detached(exc: BaseException) -> BaseException:
 
 def failed_run(meta: dict[str, Any], exc: BaseException) -> Run:
     """A run record for a generation that raised: status ``oom`` or ``error`` and the message."""
-    meta = dict(meta, status="oom" if is_oom(exc) else "error")
+    meta = dict(meta, **getattr(exc, "mmchar_meta", {}), status="oom" if is_oom(exc) else "error")
     meta["error"] = first_line(exc) if isinstance(exc, MmcharError) else f"{type(exc).__name__}: {first_line(exc)}"
     if not isinstance(exc, MmcharError):
         meta["traceback"] = getattr(exc, "mmchar_traceback", None) or traceback.format_exception(exc)[-6:]

@@ -378,25 +378,41 @@ def test_fp8_agrees_with_the_dense_layer_on_the_gpu():
     assert layer.weight.dtype == torch.bfloat16  # the model's own layer is untouched
 
 
-def test_a_recorded_oom_lets_go_of_the_failed_runs_state(tmp_path):
+def test_a_recorded_oom_lets_go_of_the_failed_runs_state_and_records_its_size(tmp_path):
     """An OOM is a result and the other runs go on: the failed run's state (tables drawn before the OOM) must not
-    live on in the recorded exception's frames."""
+    live on in the recorded exception's frames, and the run records the state it had drawn and would have needed
+    (MemoryFormer's tables out of memory is a finding only with their size)."""
     import gc
     import weakref
 
     from mmchar.runner import measure_backends
 
     held: list[weakref.ref] = []
+    built: list[int] = []
 
     @register_projection_backend
     class Hungry(ProjectionBackend):
         name = "hungry-test"
-        description = "draws a table, then runs out of memory"
+        description = "draws a table per layer, and runs out of memory at the second"
+
+        @classmethod
+        def planned_state_bytes(cls, layer, role="other"):
+            return 4 * layer.in_features * layer.out_features
+
+        @property
+        def state_bytes(self):
+            return 4 * self.layer.in_features * self.layer.out_features
 
         def prepare(self, x):
             table = torch.zeros(1000)
             held.append(weakref.ref(table))
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+            built.append(1)
+            if len(built) % 2 == 0:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+            self.table = table
+
+        def __call__(self, x):
+            return F.linear(x, self.layer.weight, self.layer.bias)
 
     try:
         opts = [ProfileOptions(repeat=1, profile_steps=1, keep_trace=False, linear_backend=b)
@@ -405,7 +421,12 @@ def test_a_recorded_oom_lets_go_of_the_failed_runs_state(tmp_path):
         gc.collect()
         assert isinstance(outcomes[1], torch.OutOfMemoryError) and outcomes[1].__traceback__ is None
         assert held and all(ref() is None for ref in held)
-        run = run_and_store(_target(Model()), opts[1], tmp_path, "000000")
+        model = Model()
+        run = run_and_store(_target(model), opts[1], tmp_path, "000000")
         assert run.status == "oom" and run.meta["traceback"]  # the frames' text is kept for the record
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert run.meta["linear_state_bytes_planned"] == sum(4 * m.in_features * m.out_features for m in layers)
+        # one layer drawn before the second ran out
+        assert run.meta["linear_state_bytes_total"] == 4 * 32 * 32 and len(run.meta["linear_state_bytes"]) == 1
     finally:
         _REGISTRY.pop("hungry-test")

@@ -124,9 +124,11 @@ def test_each_projection_backend_against_the_dense_run_with_shares_layers_state_
 
 def test_an_oom_that_recorded_its_state_keeps_it():
     runs = wan_group()
-    runs[1].meta["linear_state_bytes_total"] = 92_000_000_000
+    runs[1].meta.update(linear_state_bytes_total=30_000_000_000, linear_state_bytes_planned=92_000_000_000)
     t = projections_table(runs).set_index("run_id")
-    assert t.loc["wan+memoryformer", "state_gb"] == 92.0 and t.loc["wan+memoryformer", "status"] == "oom"
+    oom = t.loc["wan+memoryformer"]
+    assert oom["state_gb"] == 30.0 and oom["state_needed_gb"] == 92.0 and oom["status"] == "oom"
+    assert np.isnan(t.loc["wan+fp8", "state_needed_gb"]) and t.loc["wan-dense", "state_needed_gb"] == 0.0
 
 
 def test_groups_of_dense_runs_only_give_no_rows_and_the_columns_stay():
@@ -213,17 +215,18 @@ def test_the_finding_per_backend_with_speedup_share_change_and_ooms():
     mf = f.loc[next(q for q in f.index if "memoryformer" in q)]
     assert "(memory kernels)" in mf.name
     assert mf["value"] == 0.8  # the workloads that ran: sd15 only
-    assert mf["answer"].startswith("wan2.1-1.3b 480×832, 81 frames (H100, cudnn): out of memory (the state it held "
+    assert mf["answer"].startswith("wan2.1-1.3b 480×832, 81 frames (H100, cudnn): out of memory (the state it needed "
                                    "was not recorded); sd15 512×512 (H100, cudnn): 0.80x (40.0 → 50.0 ms): gemm ")
     assert "17.30 GB of state" in mf["answer"]
 
 
 def test_an_oom_with_recorded_state_and_all_backends_out_of_memory():
     runs = [r for r in wan_group() if r.run_id != "wan+fp8"]
-    runs[0].meta["linear_state_bytes_total"] = 92_100_000_000
+    runs[0].meta.update(linear_state_bytes_total=61_000_000_000, linear_state_bytes_planned=92_100_000_000)
     f = _projection_findings(runs)
     (question, row), = f.iterrows()
-    assert row["answer"].endswith("out of memory holding 92.1 GB of state") and pd.isna(row["value"])
+    assert row["answer"].endswith("out of memory drawing 92.1 GB of state (61.0 GB drawn when it ran out)")
+    assert pd.isna(row["value"])
 
 
 def test_the_share_questions_ask_the_model_with_its_own_linear_layers():

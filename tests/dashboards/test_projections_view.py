@@ -21,7 +21,7 @@ H100_RUNS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "pr
 def test_stacked_step_per_projection_backend_with_the_oom_marked(runs, projection_run):
     # the fixture's math run (the compare baseline) with an fp8 variant and a memoryformer one that ran out of memory
     mf = projection_run("sd15-math+memoryformer", "memoryformer", status="oom")
-    mf.meta["linear_state_bytes_total"] = 92_000_000_000
+    mf.meta.update(linear_state_bytes_total=30_000_000_000, linear_state_bytes_planned=92_000_000_000)
     fig = build_figures([*runs, projection_run(), mf])["projections"]
     bars = [t for t in fig.data if t.type == "bar"]
     assert [t.name for t in bars] == ["gemm", "memory", "other kernels", "idle (host)"]
@@ -35,7 +35,7 @@ def test_stacked_step_per_projection_backend_with_the_oom_marked(runs, projectio
     assert list(speed.text) == ["0.80× dense"] and list(speed.y) == [50.0]
     oom = next(t for t in fig.data if t.name == "out of memory / failed")
     assert list(oom.text) == ["OOM"] and list(oom.x[1]) == ["math+memoryformer"]
-    assert oom.customdata[0][1] == "92.00 GB" and "out of memory" in oom.customdata[0][2]
+    assert oom.customdata[0][1] == "92.00 GB needed, 30.00 GB drawn" and "out of memory" in oom.customdata[0][2]
     assert oom.customdata[0][0] == "sd15-math+memoryformer"  # the run id in the hover
     # the relative y-axis: each bar over its dense run's step
     rel = fig.layout.updatemenus[0].buttons[1]
