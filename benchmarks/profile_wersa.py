@@ -1,6 +1,10 @@
 """Where WERSA's time goes on the GPU: the whole backend call against its parts (gain generator, mixing rows,
 the two fused passes), and the top kernels of one call. Prints a table; --out writes it as markdown.
 
+The gain generator's depthwise conv is timed both ways in one run: cuDNN's channels-last conv (what the fused
+path ran before, and what gains() still runs by default) and the Triton pass the fused path runs now
+(`kernel.gain_conv`), alone and inside the gains; "rest" takes the fused path's gains as it runs now.
+
     python benchmarks/profile_wersa.py [--out FILE]
 """
 
@@ -13,7 +17,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from mmchar.backends import get_backend
-from mmchar.kernels.wersa.kernel import mixing_rows
+from mmchar.kernels.wersa.kernel import gain_conv, mixing_rows
 from mmchar.kernels.wersa.reference import merge_heads
 
 
@@ -24,13 +28,24 @@ def conv1d_gains(p, x):
     return torch.sigmoid(p.fc2(F.relu(p.fc1(u)))) * p.s
 
 
+def cudnn_conv(p, x, every):
+    """The conv alone as gains() runs it by default: x as a channels-last [B, C, 1, n] image, cuDNN's NHWC
+    depthwise kernel (the causal left padding a copy)."""
+    if p.causal:
+        x = F.pad(x, (0, 0, 32, 0))
+    return F.conv2d(x.transpose(1, 2).unsqueeze(2), p.conv.weight.unsqueeze(2), p.conv.bias, stride=(1, every),
+                    padding=(0, 0 if p.causal else 16), groups=x.shape[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = torch.device("cuda")
     lines = ["| B, H, n, d | causal | backend call ms | eager ms | gains ms (channels-last) | gains ms (Conv1d) | "
-             "gains ms (even tokens: the fused path) | mixing rows ms | rest (fused passes) ms |", "|" + "---|" * 9]
+             "gains ms (even tokens, cuDNN conv: the fused path before) | gains ms (even tokens, Triton conv: the "
+             "fused path) | conv ms (cuDNN channels-last, even tokens) | conv ms (Triton) | Triton conv GB/s | "
+             "mixing rows ms | rest (fused passes) ms |", "|" + "---|" * 13]
     for b, h, n, d, causal in [(16, 32, 1024, 64, False), (4, 16, 4096, 128, False), (1, 16, 16384, 128, False),
                                (1, 32, 65536, 64, False), (1, 16, 16384, 128, True)]:
         g = torch.Generator(device=dev).manual_seed(0)
@@ -45,12 +60,18 @@ def main() -> None:
             t_g1 = do_bench(lambda: conv1d_gains(p, x), return_mode="median")
             every = p.gain_stride  # what wersa() asks for
             t_g2 = do_bench(lambda: p.gains(x, every), return_mode="median")
-            gq = p.gains(x, every)
+            t_g3 = do_bench(lambda: p.gains(x, every, fused=True), return_mode="median")
+            t_c_old = do_bench(lambda: cudnn_conv(p, x, every), return_mode="median")
+            pad = 32 if p.causal else 16
+            t_c_new = do_bench(lambda: gain_conv(x, p.conv_taps(), p.conv.bias, every, pad), return_mode="median")
+            moved = x.numel() * x.element_size() * (1 + 1 / every)  # x read once, the strided output written
+            gq = p.gains(x, every, fused=True)
             t_mix = 0.0 if causal else do_bench(lambda: mixing_rows(gq, n, p.levels, every), return_mode="median")
             t_merge = do_bench(lambda: merge_heads(q), return_mode="median")
-        rest = t_call - 2 * (t_g2 + t_mix + t_merge)
+        rest = t_call - 2 * (t_g3 + t_mix + t_merge)
         lines.append(f"| {b}, {h}, {n}, {d} | {causal} | {t_call:.3f} | {t_eager:.3f} | {t_g:.3f} | {t_g1:.3f} | "
-                     f"{t_g2:.3f} | {t_mix:.3f} | {rest:.3f} |")
+                     f"{t_g2:.3f} | {t_g3:.3f} | {t_c_old:.3f} | {t_c_new:.3f} | {moved / t_c_new / 1e6:.0f} | "
+                     f"{t_mix:.3f} | {rest:.3f} |")
         print(lines[-1], flush=True)
         if (b, n) == (4, 4096):
             with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -1,5 +1,5 @@
-"""WERSA in Triton: the two fused passes of docs/kernels/wersa.md, "Implementation" (the gain generator stays
-cuBLAS/cuDNN work).
+"""WERSA in Triton: the two fused passes of docs/kernels/wersa.md, "Implementation", and the gain generator's
+depthwise conv over tokens (`gain_conv`; its MLP stays cuBLAS work).
 
 The Haar filter of steps 3-5 is linear in the tokens of each aligned block of P = 2^L tokens, with weights set
 by the block's gains; `mixing_rows` turns the gains into one row of P weights per token (the filter applied to
@@ -47,16 +47,24 @@ def _terms(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     token 0 at level L. Returns (token offset [P], level [P], matrices [P, P·P]), built once per level count."""
     key = (levels, str(device))
     if key not in _TERMS:
-        p = 1 << levels
-        terms = [(i << (j + 1), j) for j in range(levels) for i in range(p >> (j + 1))] + [(0, levels)]
-        mats = []
-        for tok, lvl in terms:
-            onehot = torch.zeros(1, p, levels + 1)
-            onehot[0, tok, lvl] = 1.0
-            mats.append(_mixing_rows_direct(onehot, p, levels)[0].reshape(-1))
-        _TERMS[key] = (torch.tensor([t for t, _ in terms], device=device), torch.tensor([lv for _, lv in terms],
-                       device=device), torch.stack(mats).to(device))
+        # built outside inference mode and autograd: a cache first filled under inference mode (a profiled
+        # pipeline) holds inference tensors, which a later call with autograd on (learnable gains) cannot save
+        # for backward ("Inference tensors do not track version counter" on the GPU)
+        with torch.inference_mode(False), torch.no_grad():
+            _TERMS[key] = _build_terms(levels, device)
     return _TERMS[key]
+
+
+def _build_terms(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    p = 1 << levels
+    terms = [(i << (j + 1), j) for j in range(levels) for i in range(p >> (j + 1))] + [(0, levels)]
+    mats = []
+    for tok, lvl in terms:
+        onehot = torch.zeros(1, p, levels + 1)
+        onehot[0, tok, lvl] = 1.0
+        mats.append(_mixing_rows_direct(onehot, p, levels)[0].reshape(-1))
+    return (torch.tensor([t for t, _ in terms], device=device), torch.tensor([lv for _, lv in terms],
+            device=device), torch.stack(mats).to(device))
 
 
 def mixing_rows(gains: torch.Tensor, n: int, levels: int, every: int = 1) -> torch.Tensor:
@@ -69,10 +77,106 @@ def mixing_rows(gains: torch.Tensor, n: int, levels: int, every: int = 1) -> tor
     coefficient is zero and whose gain is therefore never seen by a real token."""
     p = 1 << levels
     nb = -(-n // p)
-    tok, lvl, mats = _terms(levels, gains.device)
-    idx = (torch.arange(nb, device=gains.device)[:, None] * p + tok[None, :]).clamp(max=n - 1) // every  # [nb, P]
-    g = gains.float()[:, idx, lvl[None, :].expand(nb, p)]  # [B, nb, P]
-    return (g @ mats).view(gains.shape[0], nb * p, p)
+    b, _, width = gains.shape
+    flat = _gather_index(levels, n, every, width, gains.device)
+    g = gains.reshape(b, -1).index_select(1, flat).float().view(b, nb, p)  # [B, nb, P]: one gather, one cast
+    return (g @ _terms(levels, gains.device)[2]).view(b, nb * p, p)
+
+
+_GATHER: dict[tuple, torch.Tensor] = {}
+
+
+def _gather_index(levels: int, n: int, every: int, width: int, device: torch.device) -> torch.Tensor:
+    """[nb·P] flat positions in a [n_g, width] gains tensor of the P gains each block's filter reads (the term's
+    start token // every, the term's level), depending on the shape alone: built once per (L, n, every) instead of
+    five small launches per call. Built outside inference mode, so a later call with autograd may use it."""
+    key = (levels, n, every, width, device)
+    flat = _GATHER.get(key)
+    if flat is None:
+        if len(_GATHER) >= 256:  # a run sees a handful of sequence lengths; never grow without bound
+            _GATHER.clear()
+        p = 1 << levels
+        tok, lvl, _ = _terms(levels, device)
+        with torch.inference_mode(False):
+            idx = (torch.arange(-(-n // p), device=device)[:, None] * p + tok[None, :]).clamp(max=n - 1) // every
+            flat = _GATHER[key] = (idx * width + lvl[None, :]).reshape(-1)
+    return flat
+
+
+@triton.jit
+def _gain_conv_kernel(X, W, BIAS, Y, N, N_OUT, C, SIZE,
+                      stride_xb, stride_xn, stride_xc, stride_wc, stride_wk, stride_yb, stride_yn, stride_yc,
+                      TAPS: tl.constexpr, PAD: tl.constexpr, EVERY: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Depthwise conv over tokens, x [B, n, C] read in place: output token o is Σ_j w[c, j] · x[o·EVERY − PAD + j, c]
+    (+ bias[c]), taps outside [0, n) reading zeros. One program per (BLOCK_T output tokens, BLOCK_C channels, batch).
+    The taps' tiles overlap: each tap after the first EVERY re-reads rows the previous ones brought into L1, so x
+    leaves HBM about once (Triton has no register shift to hold a window in place of the cache)."""
+    pid_t = tl.program_id(0)  # output tokens on axis 0 (no 65 535 limit there)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_o = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    o_ok = offs_o < N_OUT
+    x_base = X + b * stride_xb + offs_c[None, :] * stride_xc
+    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    for j in tl.static_range(TAPS):
+        rows = offs_o * EVERY + (j - PAD)
+        ok = o_ok & (rows >= 0) & (rows < N)
+        xj = tl.load(x_base + rows[:, None] * stride_xn, mask=ok[:, None] & c_ok[None, :], other=0.0)
+        wj = tl.load(W + offs_c * stride_wc + j * stride_wk, mask=c_ok, other=0.0)
+        acc += xj.to(tl.float32) * wj.to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + b * stride_yb + offs_o[:, None] * stride_yn + offs_c[None, :] * stride_yc,
+             acc.to(Y.dtype.element_ty), mask=o_ok[:, None] & c_ok[None, :])
+
+
+# (BLOCK_T, BLOCK_C, warps): output tokens × channels per program, the preferred first (ties and untuned runs pick
+# it); channel blocks pruned to C's width. A memory-bound pass: 16-byte loads along the channels, tiles of 2k-8k
+# elements (32-64 fp32 accumulators a thread).
+_CONV_CONFIGS = [(32, 128, 4), (64, 128, 8), (64, 64, 4), (16, 256, 4), (128, 64, 8)]
+
+
+def _prune_conv(configs: list, named_args: dict, **kwargs) -> list:
+    width = max(32, triton.next_power_of_2(named_args["C"]))
+    return [c for c in configs if c.kwargs["BLOCK_C"] <= width] or configs[-1:]
+
+
+_conv_tuned = autotune(_gain_conv_kernel, [triton.Config({"BLOCK_T": t, "BLOCK_C": c}, num_warps=w, num_stages=1)
+                                           for t, c, w in _CONV_CONFIGS], ["C", "EVERY", "PAD", "SIZE"], _prune_conv)
+
+
+def gain_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, every: int = 1,
+              pad: int = 16) -> torch.Tensor:
+    """The gain generator's depthwise conv over tokens (docs/kernels/wersa.md, step 1) in one Triton pass.
+
+    Args:
+        x: [B, n, C], any strides (read in place, no transpose or padding copy).
+        weight: [C, 1, K] (nn.Conv1d's depthwise layout), bias: [C] or None; any float dtype (read as fp32).
+        every: output token stride (the conv's stride).
+        pad: zeros on the left; K − 1 − pad on the right (16 for the "same" conv, 32 = K − 1 for the causal one).
+
+    Returns [B, ceil(n / every), C] in x's dtype, accumulated in fp32: token o is the conv centred (or, causal,
+    ending) at token o·every."""
+    b, n, c = x.shape
+    taps = weight.shape[-1]
+    if weight.shape[0] != c or not 0 <= pad < taps:
+        raise ValueError(f"gain_conv: weight {tuple(weight.shape)} and pad {pad} do not fit x {tuple(x.shape)}")
+    n_out = (n - 1) // every + 1  # (n + pad + (K - 1 - pad) - K) // every + 1
+    y = torch.empty((b, n_out, c), dtype=x.dtype, device=x.device)
+    if b == 0 or n == 0 or c == 0:
+        return y
+    args = (x, weight, weight if bias is None else bias, y, n, n_out, c, bucket(b * n_out * c), *x.stride(),
+            weight.stride(0), weight.stride(-1), *y.stride())
+    const = {"TAPS": taps, "PAD": pad, "EVERY": every, "HAS_BIAS": bias is not None}
+    if interpreting():
+        _gain_conv_kernel[(triton.cdiv(n_out, 16), triton.cdiv(c, 16), b)](*args, **const, BLOCK_T=16, BLOCK_C=16)
+    else:
+        _conv_tuned[lambda meta: (triton.cdiv(n_out, meta["BLOCK_T"]), triton.cdiv(c, meta["BLOCK_C"]), b)](
+            *args, **const)
+    return y
 
 
 @triton.jit
@@ -171,8 +275,8 @@ def _wersa_out_kernel(Q, WQ, OMEGA, U, Z, LN_W, LN_B, O, N, NPAD, LAM, inv_sqrt_
     mean = tl.sum(tl.where(d_ok[None, :], out, 0.0), 1) / D
     cen = tl.where(d_ok[None, :], out - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(cen * cen, 1) / D + ln_eps)
-    w = tl.load(LN_W + offs_d, mask=d_ok, other=0.0)
-    bias = tl.load(LN_B + offs_d, mask=d_ok, other=0.0)
+    w = tl.load(LN_W + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    bias = tl.load(LN_B + offs_d, mask=d_ok, other=0.0).to(tl.float32)
     y = cen * rstd[:, None] * w[None, :] + bias[None, :]
     offs_n = start + tl.arange(0, BLOCK_N)
     tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_on + offs_d[None, :] * stride_od,
@@ -238,8 +342,8 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
         raise ValueError(f"wersa: {why}; wersa_eager computes the same maths")
     x_k = x_q if x_k is None else x_k
     every = params.gain_stride
-    g_q = params.gains(x_q, every)
-    g_k = g_q if x_k is x_q else params.gains(x_k, every)
+    g_q = params.gains(x_q, every, fused=True)
+    g_k = g_q if x_k is x_q else params.gains(x_k, every, fused=True)
     m = params.features
     if params.causal:  # L = 0: per-token gains, prefix sums; features materialised for the causal chunk kernel
         from mmchar.kernels.linear_attn.kernel import linear_attn
@@ -255,17 +359,21 @@ def wersa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: WersaParams
     wk = wq if g_k is g_q and nk == n else mixing_rows(g_k, nk, params.levels, every)
     bd = max(16, triton.next_power_of_2(d))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"  # products in the input dtype; fp32 stays exact
-    u = torch.zeros((b * h, m, bd), dtype=torch.float32, device=q.device)
-    z = torch.zeros((b * h, m), dtype=torch.float32, device=q.device)
-    omega_k = params.omega_k.float().contiguous()
-    omega_q = params.omega_q.float().contiguous()
+    # the state pass adds into U and z with atomics: both start at zero, one allocation and one fill for the two
+    state = torch.zeros(b * h * m * (bd + 1), dtype=torch.float32, device=q.device)
+    u = state[:b * h * m * bd].view(b * h, m, bd)  # both contiguous, z 64-byte aligned (bd is a multiple of 16)
+    z = state[b * h * m * bd:].view(b * h, m)
     # token slices: a multiple of every BLOCK_N, enough programs to fill the GPU
     unit = max(128, p)  # a multiple of every BLOCK_N, and of the Haar block (P > 128 takes BLOCK_N = P)
     per_program = max(unit, triton.cdiv(triton.cdiv(nk, max(1, 256 // (b * h))), unit) * unit)
+    # Ω and the LayerNorm's affine are read in the parameters' own dtype (Ω is cast to the input dtype in the
+    # kernels, the LayerNorm's to fp32: the values fp32 copies gave), so no per-call copies and no cache to
+    # invalidate; .contiguous() is free on the parameters as built
+    omega_k, omega_q = params.omega_k.contiguous(), params.omega_q.contiguous()
     state_args = (k, v, wk, omega_k, u, z, nk, wk.shape[1], params.lam, 1.0 / math.sqrt(m), per_program,
                   bucket(b * h * nk), *k.stride(), *v.stride(), h, m)
     o = torch.empty_like(q)
-    out_args = (q, wq, omega_q, u, z, params.norm.weight.float().contiguous(), params.norm.bias.float().contiguous(),
+    out_args = (q, wq, omega_q, u, z, params.norm.weight.contiguous(), params.norm.bias.contiguous(),
                 o, n, wq.shape[1], params.lam, 1.0 / math.sqrt(m), eps, params.norm.eps, 1.0 / max(nk, 1),
                 bucket(b * h * n),
                 *q.stride(), *o.stride(), h, m)

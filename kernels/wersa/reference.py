@@ -7,6 +7,7 @@ Step numbers below refer to docs/kernels/wersa.md. Shapes: q, k, v [B, H, n, d];
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+def _triton_conv(x: torch.Tensor) -> bool:
+    """Whether the fused path's gains run their depthwise conv as the Triton pass (`kernel.gain_conv`): on CUDA,
+    not under TRITON_INTERPRET=1 (read from the environment, so the CPU path never imports Triton)."""
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
 class WersaParams(nn.Module):
@@ -32,26 +39,74 @@ class WersaParams(nn.Module):
     def __init__(self, channels: int, head_dim: int, *, levels: int = 2, features: int = 256, seed: int = 0,
                  causal: bool = False, shared_omega: bool = False) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.levels = 0 if causal else levels
-        self.causal = causal
-        self.features = features
-        self.conv = nn.Conv1d(channels, channels, 33, groups=channels, padding=0)
-        hidden = max(channels // 4, 1)
-        self.fc1 = nn.Linear(channels, hidden)
-        self.fc2 = nn.Linear(hidden, self.levels + 1)
-        for mod in (self.conv, self.fc1, self.fc2):  # seeded re-initialisation, framework defaults' scale
-            bound = 1.0 / math.sqrt(mod.weight[0].numel())
-            with torch.no_grad():
-                mod.weight.uniform_(-bound, bound, generator=g)
-                mod.bias.uniform_(-bound, bound, generator=g)
-        self.s = nn.Parameter(torch.full((self.levels + 1,), 0.5))
-        self.lam = nn.Parameter(torch.zeros(()))
-        self.norm = nn.LayerNorm(head_dim, eps=1e-5)
-        omega_q = torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
-        omega_k = omega_q.clone() if shared_omega else torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
-        self.register_buffer("omega_q", omega_q, persistent=True)
-        self.register_buffer("omega_k", omega_k, persistent=True)
+        # normal tensors even when built (or later moved: `_apply`) inside inference mode, as the backend does on
+        # its first call: inference tensors have no version counter, which `derived` needs to see in-place changes
+        with torch.inference_mode(False):
+            g = torch.Generator().manual_seed(seed)
+            self.levels = 0 if causal else levels
+            self.causal = causal
+            self.features = features
+            self.conv = nn.Conv1d(channels, channels, 33, groups=channels, padding=0)
+            hidden = max(channels // 4, 1)
+            self.fc1 = nn.Linear(channels, hidden)
+            self.fc2 = nn.Linear(hidden, self.levels + 1)
+            for mod in (self.conv, self.fc1, self.fc2):  # seeded re-initialisation, framework defaults' scale
+                bound = 1.0 / math.sqrt(mod.weight[0].numel())
+                with torch.no_grad():
+                    mod.weight.uniform_(-bound, bound, generator=g)
+                    mod.bias.uniform_(-bound, bound, generator=g)
+            self.s = nn.Parameter(torch.full((self.levels + 1,), 0.5))
+            self.lam = nn.Parameter(torch.zeros(()))
+            self.norm = nn.LayerNorm(head_dim, eps=1e-5)
+            omega_q = torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim)
+            omega_k = (omega_q.clone() if shared_omega
+                       else torch.randn(head_dim, features, generator=g) / math.sqrt(head_dim))
+            self.register_buffer("omega_q", omega_q, persistent=True)
+            self.register_buffer("omega_k", omega_k, persistent=True)
+
+    def _apply(self, fn, *args, **kwargs):
+        # a copy made inside inference mode (copy.deepcopy, as a backend's fp32 reference makes) holds inference
+        # tensors: converting them by assigning to their .data leaves parameters without a version counter that
+        # any later view trips on ("Inference tensors do not track version counter": bf16 -> fp32 on the GPU), so
+        # such a copy gets new parameters instead
+        copied = any(t.is_inference() for t in (*self.parameters(), *self.buffers()))
+        if copied:
+            convert = fn
+
+            def fn(t: torch.Tensor) -> torch.Tensor:  # a no-op conversion would hand the inference tensor back
+                return convert(t.clone() if t.is_inference() else t)
+        overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite or copied)
+        try:
+            with torch.inference_mode(False):
+                return super()._apply(fn, *args, **kwargs)
+        finally:
+            torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+
+    def derived(self, name: str, fn, *tensors: torch.Tensor) -> torch.Tensor:
+        """``fn(*tensors)`` (without autograd) kept on the module until one of ``tensors`` changes: another tensor
+        object (assigning a new parameter), storage, dtype or device (``.to()``, ``.data =``), or a bump of its
+        version counter (any in-place change through the tensor: an optimiser step, load_state_dict's copy,
+        fill_ ...). In-place changes made through ``.data`` bypass the version counter and are not seen. An
+        inference tensor has no version counter: for those ``fn`` runs on every call (the module's own tensors
+        never are: see __init__)."""
+        with torch.no_grad():
+            try:
+                key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+            except RuntimeError:  # an inference tensor (or a view of one) has no version counter
+                return fn(*tensors)
+            cache = self.__dict__.setdefault("_derived", {})
+            hit = cache.get(name)  # (sources, key, value): holding the sources keeps their memory from reuse
+            if hit is None or hit[1] != key or any(a is not b for a, b in zip(hit[0], tensors)):
+                hit = cache[name] = (tensors, key, fn(*tensors))
+            return hit[2]
+
+    def conv_taps(self) -> torch.Tensor:
+        """The conv weight [C, 1, K] with channels contiguous (strides (1, ·, C)), for `kernel.gain_conv`: a tap's
+        weights over a block of channels are then one coalesced load, where nn.Conv1d's layout puts them K apart.
+        A copy, kept until the weight changes (`derived`)."""
+        taps = self.derived("conv_taps", lambda w: w.reshape(w.shape[0], -1).t().contiguous(), self.conv.weight)
+        return taps.t().unsqueeze(1)
 
     @property
     def gain_stride(self) -> int:
@@ -59,25 +114,32 @@ class WersaParams(nn.Module):
         coefficient starts (a multiple of 2^(j+1): even tokens); L = 0 (causal) scales every token by its own."""
         return 1 if self.levels == 0 else 2
 
-    def gains(self, x: torch.Tensor, every: int = 1) -> torch.Tensor:
+    def gains(self, x: torch.Tensor, every: int = 1, *, fused: bool = False) -> torch.Tensor:
         """Step 1: per-token level gains g [B, n, L+1] from the filter source x [B, n, C].
 
         ``every``: the gains of tokens 0, every, 2·every, ... only ([B, ceil(n / every), L+1]); at `gain_stride`
         (the fused kernels' setting, with `mixing_rows`) a non-causal layer computes half the conv and MLP work.
-        The reference and the eager baseline compute every token's, as the specification writes it."""
+        The reference and the eager baseline compute every token's, as the specification writes it.
+
+        ``fused`` (what `kernel.wersa` passes): on CUDA the conv runs as one Triton pass over x in place
+        (`kernel.gain_conv`, bias included) instead of cuDNN's; elsewhere, and by default, the PyTorch conv below."""
         if self.gain_stride % every:
             raise ValueError(f"this layer's filter (L = {self.levels}{', causal' if self.causal else ''}) reads the "
                              f"gains of every {self.gain_stride} tokens; every={every} skips some")
-        # x [B, n, C] is, without a copy, a channels-last [B, C, 1, n] image: the depthwise conv over tokens runs
-        # as cuDNN's NHWC depthwise kernel with no transposes (the gain generator is dense work left to cuDNN and
-        # cuBLAS: docs/kernels/wersa.md, "Implementation"). Causal: 32 zero tokens on the left, so token t sees
-        # x[t-32 .. t].
-        if self.causal:
-            x = F.pad(x, (0, 0, 32, 0))
-        img = x.transpose(1, 2).unsqueeze(2)
-        u = F.conv2d(img, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, every),
-                     padding=(0, 0 if self.causal else 16), groups=x.shape[-1])
-        u = u.squeeze(2).transpose(1, 2)
+        if fused and _triton_conv(x):
+            from mmchar.kernels.wersa.kernel import gain_conv
+
+            u = gain_conv(x, self.conv_taps(), self.conv.bias, every, 32 if self.causal else 16)
+        else:
+            # x [B, n, C] is, without a copy, a channels-last [B, C, 1, n] image: the depthwise conv over tokens
+            # runs as cuDNN's NHWC depthwise kernel with no transposes. Causal: 32 zero tokens on the left, so
+            # token t sees x[t-32 .. t].
+            if self.causal:
+                x = F.pad(x, (0, 0, 32, 0))
+            img = x.transpose(1, 2).unsqueeze(2)
+            u = F.conv2d(img, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, every),
+                         padding=(0, 0 if self.causal else 16), groups=x.shape[-1])
+            u = u.squeeze(2).transpose(1, 2)
         f = torch.sigmoid(self.fc2(F.relu(self.fc1(u))))
         return f * self.s
 

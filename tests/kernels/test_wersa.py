@@ -223,6 +223,22 @@ def test_head_dims_that_faulted_on_the_gpu_are_refused_there_only():
     assert fused_unsupported(128, cuda=True) is None and "> 128" in fused_unsupported(160, cuda=False)
 
 
+def test_mixing_rows_caches_built_under_inference_mode_serve_autograd():
+    """The term matrices and gather indices are cached per shape; the first call of a profiled pipeline runs under
+    inference mode, and a later call with learnable gains (autograd on) must still save them for backward."""
+    from mmchar.kernels.wersa import kernel
+
+    kernel._TERMS.clear()
+    kernel._GATHER.clear()
+    with torch.inference_mode():
+        first = kernel.mixing_rows(torch.rand(1, 64, 4), 64, 3)
+    g = torch.rand(1, 64, 4, requires_grad=True)
+    rows = kernel.mixing_rows(g * 1.0, 64, 3)
+    rows.sum().backward()
+    assert g.grad is not None and torch.isfinite(g.grad).all() and first.is_inference()
+    assert not any(t.is_inference() for t in (*kernel._TERMS[(3, "cpu")], *kernel._GATHER.values()))
+
+
 @pytest.mark.parametrize("levels,n", [(1, 9), (2, 37), (3, 40), (2, 4), (2, 38), (3, 1)])
 def test_mixing_rows_from_the_even_tokens_gains_alone(levels, n):
     """The fused path computes the gains of even tokens only (the filter reads no other): the rows of the real
@@ -280,3 +296,148 @@ def test_backend_fused_path_inside_inference_mode(monkeypatch):
         out = be(q, k, v, causal=False)
         ref = be.reference(q, k, v, causal=False)
     assert float((out - ref).norm() / ref.norm()) < 1e-4
+
+
+def _conv1d_spec(x, weight, bias, every, causal):
+    """The spec's depthwise Conv1d over tokens (zero "same" padding, or 32 zeros on the left when causal), in fp32."""
+    import torch.nn.functional as F
+
+    u = F.pad(x.float().transpose(1, 2), (32, 0) if causal else (16, 16))
+    return F.conv1d(u, weight.float(), None if bias is None else bias.float(), stride=every,
+                    groups=x.shape[-1]).transpose(1, 2)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("causal,every", [(False, 1), (False, 2), (True, 1), (True, 2)])
+def test_gain_conv_kernel_matches_conv1d(dtype, causal, every):
+    """The Triton depthwise conv (x read in place, padding by masks, output at token stride `every`, bias fused)
+    against F.conv1d: 37 tokens and 24 channels, neither a multiple of the interpreter's 16-wide blocks; x as a
+    strided view (every other channel of a wider tensor), as it is read in place."""
+    from mmchar.kernels.wersa.kernel import gain_conv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 37, 48, generator=g)[:, :, ::2].to(dtype)  # [2, 37, 24], channel stride 2
+    weight, bias = torch.randn(24, 1, 33, generator=g).to(dtype), torch.randn(24, generator=g).to(dtype)
+    got = gain_conv(x, weight, bias, every, 32 if causal else 16)
+    want = _conv1d_spec(x, weight, bias, every, causal)
+    assert got.dtype == dtype and got.shape == (2, -(-37 // every), 24)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: one rounding of the fp32 sum
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    if every == 1 and not causal:  # no bias, over a single token (every tap but the centre reads padding)
+        torch.testing.assert_close(gain_conv(x[:, :1], weight, None, 1, 16).float(),
+                                   _conv1d_spec(x[:, :1], weight, None, 1, False), rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_gains_take_the_triton_conv_and_equal_the_pytorch_gains(monkeypatch, causal):
+    """gains(fused=True) takes the Triton conv where `_triton_conv` says so (CUDA; forced here, under the
+    interpreter) and gives the PyTorch conv's gains; fused=False (the reference, the eager baseline) never does."""
+    import mmchar.kernels.wersa.kernel as K
+    import mmchar.kernels.wersa.reference as R
+
+    p = WersaParams(40, 8, seed=2, causal=causal)
+    x = torch.randn(2, 51, 40)
+    calls, conv = [], K.gain_conv
+    monkeypatch.setattr(R, "_triton_conv", lambda t: True)
+    monkeypatch.setattr(K, "gain_conv", lambda *a: calls.append(a[3:]) or conv(*a))
+    every = p.gain_stride
+    with torch.no_grad():
+        want = p.gains(x, every)
+        assert not calls
+        got = p.gains(x, every, fused=True)
+    assert calls == [(every, 32 if causal else 16)]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_fused_path_follows_parameters_changed_in_place(monkeypatch, mode):
+    """Change the parameters in place, as training or loading weights does, and the next fused call follows: Ω and
+    the LayerNorm's affine are read where they live, the conv taps' kept copy (`WersaParams.derived`) is rebuilt.
+    Under inference_mode the parameters are built there, as the backend builds them on a GPU run (inference
+    tensors would carry no version counter). The Triton conv runs too (forced here)."""
+    import mmchar.kernels.wersa.reference as R
+    from mmchar.kernels.wersa.kernel import wersa
+
+    monkeypatch.setattr(R, "_triton_conv", lambda t: True)
+    ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=g) for _ in range(3))
+    x = torch.randn(1, 37, 32, generator=g)
+    with ctx():
+        p = WersaParams(32, 16, features=32, seed=1)
+        before = wersa(q, k, v, p, x_q=x)
+        p.omega_q.add_(0.5 * torch.randn(p.omega_q.shape, generator=g))
+        p.omega_k.mul_(-1.0)
+        p.norm.weight.mul_(2.0)
+        p.norm.bias.add_(1.0)
+        p.conv.weight.mul_(-3.0)
+        p.conv.bias.add_(1.0)
+        after, ref = wersa(q, k, v, p, x_q=x), wersa_ref(q, k, v, p, x_q=x)
+    assert float((after - ref).norm() / ref.norm()) < 1e-5
+    assert float((after - before).norm() / before.norm()) > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,n,c,causal", [(1, 16384, 2048, False), (16, 1024, 2048, False), (2, 4099, 1280, True)],
+                         ids=lambda x: str(x))
+def test_gpu_gain_conv_bf16(b, n, c, causal):
+    """The Triton depthwise conv at real sizes in bf16 against the fp32 Conv1d, and the fused path's gains against
+    the PyTorch conv's."""
+    from mmchar.kernels.wersa.kernel import gain_conv
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(b, n, c, device="cuda", dtype=torch.bfloat16, generator=g)
+    p = WersaParams(c, 64, seed=1, causal=causal).to(device="cuda", dtype=torch.bfloat16)
+    every = p.gain_stride
+    with torch.no_grad():
+        got = gain_conv(x, p.conv_taps(), p.conv.bias, every, 32 if causal else 16)
+        want = _conv1d_spec(x, p.conv.weight, p.conv.bias, every, causal)
+        assert got.shape == want.shape and float((got.float() - want).norm() / want.norm()) < 1e-2
+        torch.testing.assert_close(p.gains(x, every, fused=True).float(), p.gains(x, every).float(),
+                                   rtol=2e-2, atol=1e-2)
+
+
+def test_derived_values_follow_their_parameters():
+    """`WersaParams.derived` (the conv taps the fused path keeps in its own layout) is reused while the parameter
+    is unchanged and rebuilt after an in-place change (in or out of inference mode), a state-dict load, a new
+    parameter or a move; the module's tensors stay normal tensors (with version counters) when built or moved in
+    inference mode."""
+    with torch.inference_mode():
+        p = WersaParams(8, 4, seed=0).to(torch.float64)
+    assert not any(t.is_inference() for t in (*p.parameters(), *p.buffers()))
+
+    taps = p.conv_taps  # [C, 1, K] with channels contiguous, from a kept [K, C] copy
+
+    a = taps()
+    assert a.stride()[0::2] == (1, 8) and torch.equal(a, p.conv.weight)
+    assert taps().data_ptr() == a.data_ptr()  # reused
+    with torch.inference_mode():
+        p.conv.weight.mul_(2.0)
+    b = taps()
+    assert b.data_ptr() != a.data_ptr() and torch.equal(b, p.conv.weight)
+    p.load_state_dict({**p.state_dict(), "conv.weight": torch.ones(8, 1, 33, dtype=torch.float64)})
+    assert torch.equal(taps(), torch.ones(8, 1, 33, dtype=torch.float64))
+    p.conv.weight = torch.nn.Parameter(torch.zeros(8, 1, 33, dtype=torch.float64))
+    assert torch.equal(taps(), torch.zeros(8, 1, 33, dtype=torch.float64))
+    p.float()
+    assert taps().dtype == torch.float32 and torch.equal(taps(), p.conv.weight)
+
+
+def test_a_copy_made_in_inference_mode_converts_to_fp32_and_still_runs():
+    """bench-attn's reference check deep-copies the layer's bf16 parameters inside inference mode and converts
+    the copy to fp32: the converted copy must be usable (it was not on the GPU: "Inference tensors do not track
+    version counter" at the gain conv's weight view)."""
+    import copy
+
+    p = WersaParams(32, 16, seed=3).to(torch.bfloat16)
+    x = torch.randn(1, 40, 32)
+    with torch.inference_mode():
+        ref = copy.deepcopy(p).float()
+        g = ref.gains(x)
+    assert g.shape == (1, 40, 3) and torch.isfinite(g).all()
+    assert not any(t.is_inference() for t in (*ref.parameters(), *ref.buffers()))
+    with torch.no_grad():
+        torch.testing.assert_close(ref.gains(x), g)  # outside inference mode too
