@@ -23,7 +23,9 @@ PARAM_KEYS = ("height", "width", "frames", "steps", "batch", "gpus")
 # who ran what, where, in which precision, and whether its timed pass can be trusted (``noisy``: the noise guard)
 ID_COLUMNS = ("run_id", "label", "workload", "preset", "backend", "device", "dtype", "status", "noisy")
 # what else changes the work besides the shape: shown by ``runs`` and ``export`` so such runs can be told apart
-EXTRA_KEYS = ("guidance", "compile")
+EXTRA_KEYS = ("guidance", "compile", "channels_last", "cuda_graphs")
+# the runtime modes beside compile (mmchar.modes), as ``options`` records them; a run before them ran neither
+MODE_KEYS = ("channels_last", "cuda_graphs")
 MEASURE_COLUMNS = ("time_us", "share", "calls", "flops", "bytes")
 BUSY_KEYS = ("wall_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
 
@@ -85,7 +87,8 @@ def work_fields(run: Run) -> dict[str, Any]:
         "workload": meta.get("workload"), "preset": meta.get("preset"), "backend": backend_label(meta),
         "device": _device_name(meta), "dtype": cfg.get("dtype"),
         **{k: params.get(k) for k in ("height", "width", "frames", "steps", "batch", "guidance", "seed")},
-        "compile": bool(opts.get("compile")), "memory": ",".join(sorted(cfg.get("memory") or {})),
+        "compile": bool(opts.get("compile")), **{k: bool(opts.get(k)) for k in MODE_KEYS},
+        "memory": ",".join(sorted(cfg.get("memory") or {})),
         "gpus": int(opts.get("sequence_parallel") or 1), "sp_scheme": opts.get("sp_scheme") or "auto",
         "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),
         "scope": opts.get("scope") or "denoiser", "weights": cfg.get("weights"),
@@ -105,7 +108,8 @@ def work_key(run: Run, without: Sequence[str] = ()) -> tuple:
 _LABEL_FIELDS = {"preset": None, "device": None, "dtype": None, "height": "h", "width": "w", "frames": "f",
                  "steps": "steps", "batch": "b", "guidance": "g", "seed": "seed", "gpus": "gpus",
                  "memory": None, "sp_scheme": "sp", "fallback": "fallback", "cross_backend": "cross",
-                 "scope": "scope", "linear_scope": "linear", "weights": "weights"}
+                 "scope": "scope", "linear_scope": "linear", "weights": "weights",
+                 "channels_last": "channels-last", "cuda_graphs": "cuda-graphs"}  # modes: named when on
 
 
 def run_labels(runs: Sequence[Run]) -> dict[str, str]:
@@ -128,7 +132,10 @@ def run_labels(runs: Sequence[Run]) -> dict[str, str]:
             parts = [str(workload), str(f["backend"])]
             for k in varied:
                 v = f.get(k)
-                if v is None or v == "":
+                if v is None or v == "" or v is False:
+                    continue
+                if v is True:  # a mode (channels-last, cuda-graphs): its name
+                    parts.append(str(_LABEL_FIELDS[k]))
                     continue
                 if isinstance(v, float) and v.is_integer():
                     v = int(v)
@@ -164,6 +171,7 @@ def _ids(run: Run, label: str | None = None) -> dict[str, Any]:
     ids["gpus"] = int((meta.get("options") or {}).get("sequence_parallel") or 1)
     ids["guidance"] = params.get("guidance")
     ids["compile"] = bool((meta.get("options") or {}).get("compile"))
+    ids.update({k: bool((meta.get("options") or {}).get(k)) for k in MODE_KEYS})
     return ids
 
 
@@ -190,9 +198,10 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
 
     Returns:
         Columns ``run_id, label, workload, preset, backend, device, dtype, status, noisy, height, width, frames,
-        steps, batch, gpus, guidance, compile, created, noise, error, changes_math`` (``label``: the short name of
-        :func:`run_labels`; ``noise``: why the guard flagged the run; ``changes_math``: the backend replaced
-        self-attention with other maths: linear, WERSA); one row per run in input order.
+        steps, batch, gpus, guidance, compile, channels_last, cuda_graphs, created, noise, error, changes_math``
+        (``label``: the short name of :func:`run_labels`; ``noise``: why the guard flagged the run;
+        ``changes_math``: the backend replaced self-attention with other maths: linear, WERSA); one row per run in
+        input order.
     """
     labels = run_labels(runs)
     rows = [dict(_ids(r, labels[r.run_id]), created=r.meta.get("created"), noise=noise_reasons(r.meta),
@@ -213,7 +222,8 @@ def breakdown_table(runs: Sequence[Run]) -> pd.DataFrame:
 
     Returns:
         Columns ``run_id, label, workload, preset, backend, device, dtype, status, noisy, height, width, frames,
-        steps, batch, gpus, guidance, compile, stage, op_class, attn_site, time_us, share, calls, flops, bytes``;
+        steps, batch, gpus, guidance, compile, channels_last, cuda_graphs, stage, op_class, attn_site, time_us,
+        share, calls, flops, bytes``;
         ``attn_site`` is ``""`` outside attention.
     """
     columns = [*ID_COLUMNS, *PARAM_KEYS, *EXTRA_KEYS, *BREAKDOWN_COLUMNS]

@@ -29,6 +29,9 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
         path["cross_backend"] = options.cross_backend
     if options.compile:  # a compiled run is another point of a sweep, not a repeat of the eager one
         path["compile"] = True
+    for mode in ("channels_last", "cuda_graphs"):  # runtime modes (mmchar.modes): other work, as compile is;
+        if getattr(options, mode):  # off, a run hashes as before the modes existed
+            path[mode] = True
     if options.linear_backend != DEFAULT_LINEAR_BACKEND:  # the linear layers replaced: other work (dense hashes
         path["linear_backend"] = options.linear_backend  # as before the projection swap existed)
         path["linear_scope"] = options.linear_scope

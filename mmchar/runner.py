@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mmchar import environment, noise
+from mmchar import environment, modes, noise
 from mmchar.attribution import attribute
 from mmchar.backends import get_backend
 from mmchar.devices import synchronize
@@ -60,6 +60,10 @@ class ProfileOptions:
     warmup: int = 1
     keep_trace: bool = True
     compile: bool = False  # torch.compile the generating model (denoiser / generator); warm-up pays the compile
+    # runtime modes (mmchar.modes): convs and latents in channels-last memory format; the generating model's
+    # forward captured into CUDA graphs in the warm-up and replayed (under compile: mode "reduce-overhead")
+    channels_last: bool = False
+    cuda_graphs: bool = False
     # ranks of torch.distributed's default group the denoiser's token sequence is split over (torchrun, one GPU
     # each; mmchar.sequence_shard); 1: one device
     sequence_parallel: int = 1
@@ -93,6 +97,13 @@ class ProfileOptions:
         if self.sequence_parallel > 1 and self.compile:
             raise InvalidParameterError("--compile and --sequence-parallel do not combine: the sequence split hooks "
                                         "into the eager model; drop one of them")
+        if self.sequence_parallel > 1 and self.cuda_graphs:
+            raise InvalidParameterError("--cuda-graphs and --sequence-parallel do not combine: the sequence split's "
+                                        "collectives and hooks run outside a captured graph; drop one of them")
+        if self.cuda_graphs and get_backend(self.backend).routes_by_state:
+            raise InvalidParameterError(f"--cuda-graphs cannot replay {self.backend}: it decides each call by the "
+                                        "state it carries in Python, which a replayed graph skips; drop --cuda-graphs "
+                                        "or use another backend")
         for name in ("repeat", "profile_steps", "warmup", "sequence_parallel"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(self, name)} must be at least 1")
@@ -198,8 +209,9 @@ def _profiler(activities: list[ProfilerActivity], **kwargs: Any) -> Iterator[pro
             prof.stop()
 
 
-def compile_step_models(target: Target) -> dict[str, Any]:
-    """``torch.compile`` the forward of each generating model (the stage roots of STEP_STAGES), in place.
+def compile_step_models(target: Target, mode: str = "default") -> dict[str, Any]:
+    """``torch.compile`` the forward of each generating model (the stage roots of STEP_STAGES), in place; ``mode``
+    ``reduce-overhead`` under ``--cuda-graphs`` (Inductor records the compiled graph into CUDA graphs and replays).
 
     Only ``forward`` is compiled, not the module call: the stage timer's hooks on the root stay outside the
     graph, so latency, busy/idle and kernel counts are measured as for an eager run. Inside the graph, the
@@ -213,9 +225,10 @@ def compile_step_models(target: Target) -> dict[str, Any]:
         module = getattr(target.pipe, root.component)
         method = getattr(module, root.method)
         if not hasattr(method, "_torchdynamo_orig_callable"):  # compare: the second backend reuses the wrapper
-            setattr(module, root.method, torch.compile(method))
+            compiled_method = torch.compile(method) if mode == "default" else torch.compile(method, mode=mode)
+            setattr(module, root.method, compiled_method)
         compiled.append(root.component)
-    return {"components": compiled, "mode": "default", "torch": torch.__version__,
+    return {"components": compiled, "mode": mode, "torch": torch.__version__,
             "attribution": "partial: inside compiled graphs kernels are classed by name rules, with no module path "
                            "or attention site; latency, busy/idle and kernel counts are complete"}
 
@@ -244,27 +257,45 @@ class _Session:
                                    compile_safe=options.compile)
         self.linear = LinearSwap(target.pipe, _step_components(target), options.linear_backend, target.device,
                                  scope=options.linear_scope, seed=seed, route=not options.compile)
+        if options.channels_last:  # before any capture or compile: they see the converted weights
+            self.meta["channels_last"] = modes.to_channels_last(target)
+        # --cuda-graphs: eager forwards captured by this session (under its own backends), or compile's own graphs
+        self.graphs = modes.StepGraphs(target) if options.cuda_graphs and not options.compile else None
         if options.compile:
-            self.meta["compile"] = compile_step_models(target)
+            mode = "reduce-overhead" if options.cuda_graphs else "default"
+            self.meta["compile"] = compile_step_models(target, mode)
+            if options.cuda_graphs:
+                self.meta["cuda_graphs"] = modes.compiled_graphs_record(self.meta["compile"]["components"])
 
     @contextlib.contextmanager
     def _swapped(self) -> Iterator[Any]:
-        """Both swaps open (attention and projections): the attention swap's state is what a pass reads."""
-        with self.swap as state, self.linear:
+        """Both swaps open (attention and projections), and this session's CUDA graphs installed: the attention
+        swap's state is what a pass reads."""
+        with self.swap as state, self.linear, (self.graphs or contextlib.nullcontext()):
             yield state
 
     def warmup(self) -> None:
         """Warm-up, then one untimed generation of full length that records peak memory per stage and the
         final latents (both cost host syncs and allocator-stat resets the timed pass must not carry)."""
         with self._swapped() as state:
-            for _ in range(self.options.warmup):
-                self.target.run(min(self.target.steps, 2))
+            cl = self.meta.get("channels_last")
+            for i in range(self.options.warmup):
+                # the layout the converted components are called with, from the first warm-up generation
+                with (modes.input_formats(self.target, cl["converted"]) if cl and i == 0
+                      else contextlib.nullcontext()) as formats:
+                    self.target.run(min(self.target.steps, 2))
+                if cl and i == 0:
+                    cl["inputs"] = dict(sorted(formats.items()))
+                    cl["latents"] = modes.latents_record(self.target.pipe) or cl["latents"]
             synchronize(self.target.device)
             state.check_routed(self.swap.processors)
             state.raise_if_unsupported()
             _, timer = _timed_generation(self.target, self.target.steps, self._align, measure_memory=True,
                                          capture_decoder_input=True)
         self.m.latents = timer.decoder_input
+        if self.graphs is not None:  # captured in the warm-up; the timed and profiled passes only replay
+            self.graphs.freeze()
+            self.meta["cuda_graphs"] = self.graphs.describe()
         self.meta["memory"] = {s: asdict(v) for s, v in timer.memory.items()} or None
         self.meta["backend_per_layer"] = dict(sorted(state.layer_backend.items()))
         if state.later_fallback:  # layers whose later calls of another kind (decode steps ...) took the fallback
@@ -327,7 +358,8 @@ class _Session:
                 t0 = time.perf_counter()
                 # compiled components get no module ranges (new hooks would re-guard and recompile their graphs
                 # inside the profile); the eager ones keep theirs
-                skip = tuple((self.meta.get("compile") or {}).get("components", ()))
+                skip = tuple((self.meta.get("compile") or {}).get("components", ())) + tuple(
+                    (self.meta.get("cuda_graphs") or {}).get("components", ()))  # graph replays: no module forwards
                 with ModuleAnnotator(target, skip=skip), _profiler(activities, record_shapes=True) as prof:
                     _timed_generation(target, psteps, self._align, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3
@@ -387,6 +419,8 @@ def measure_backends(target: Target, options: list[ProfileOptions]) -> list[Outc
     host's noise is as large as the differences being measured. A backend that fails (cannot take a layer,
     out of memory, error) gets its exception as outcome; the others go on.
     """
+    for opt in options:  # refused before anything runs (the CLI refuses sooner, before the model is built)
+        modes.check_modes(opt.cuda_graphs, target.device, target.config.get("memory"))
     outcomes: list[Outcome | None] = [None] * len(options)
     try:
         _measure(target, options, outcomes)

@@ -136,6 +136,9 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     for b in backends:
         require_backend(b, dev)
     options = dict(options or {})
+    from mmchar.modes import check_modes
+
+    check_modes(bool(options.get("cuda_graphs")), dev, memory)
     for extra in (options.get("fallback"), options.get("cross_backend")):
         if extra:
             require_backend(extra, dev)
@@ -209,8 +212,9 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
             cmd += ["--" + k.replace("_", "-"), str(o[k])]
     if o.get("keep_trace") is False:
         cmd.append("--no-trace")
-    if o.get("compile"):
-        cmd.append("--compile")
+    for mode in ("compile", "channels_last", "cuda_graphs"):  # the runtime modes: flags without a value
+        if o.get(mode):
+            cmd.append("--" + mode.replace("_", "-"))
     cmd += [f"--{k.replace('_', '-')}" for k in sweep.memory]
     for k, v in sweep.generation.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]

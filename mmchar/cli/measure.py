@@ -12,10 +12,10 @@ import typer
 
 from mmchar.cli import app
 from mmchar.cli.common import check_format
-from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
-                                Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace, Pipeline, Preset,
-                                ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling,
-                                Weights, Width, Workload)
+from mmchar.cli.options import (Batch, ChannelsLast, Compile, CpuOffload, CrossBackend, CudaGraphs, Device, Dtype,
+                                Fallback, Fmt, Frames, Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace,
+                                Pipeline, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing,
+                                VaeTiling, Weights, Width, Workload)
 from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.report import RunFailed, report_noise, report_run
 from mmchar.cli.run_options import RunOptions
@@ -34,7 +34,8 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             linear_backend: LinearBackend = DEFAULT_LINEAR_BACKEND, linear_scope: LinearScope = "all",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-            compile: Compile = False, store: Store = Path("runs"),
+            compile: Compile = False, channels_last: ChannelsLast = False,
+            cuda_graphs: CudaGraphs = False, store: Store = Path("runs"),
             sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="Under torchrun: split the "
                 "denoiser's token sequence over the ranks (one GPU each; self-attention across them, Ulysses or "
                 "ring); rank 0 writes the run.")] = False,
@@ -83,7 +84,8 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             linear_backend: LinearBackend = DEFAULT_LINEAR_BACKEND, linear_scope: LinearScope = "all",
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-            compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+            compile: Compile = False, channels_last: ChannelsLast = False,
+            cuda_graphs: CudaGraphs = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     opts = RunOptions.from_params(locals())
     from mmchar.compare import compare as run_compare, variant_name

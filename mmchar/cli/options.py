@@ -43,3 +43,5 @@ VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode (and encod
 VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode the batch one latent at a time.")]
 CpuOffload = Annotated[bool, typer.Option("--cpu-offload", help="Model CPU offload: each model on the GPU only while it runs.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser / generator (warm-up pays the compile; module attribution inside the graph is partial).")]
+ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="Convs of every component (UNet, VAE, ...) and the latents in channels-last memory format (channels_last_3d for 3-D convs and 5-D latents); the run records what was converted.")]
+CudaGraphs = Annotated[bool, typer.Option("--cuda-graphs", help="Capture the denoiser's / generator's forward into CUDA graphs in the warm-up and replay them (CUDA only; with --compile: mode reduce-overhead).")]

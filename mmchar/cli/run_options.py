@@ -49,6 +49,8 @@ class RunOptions:
     vae_slicing: bool
     cpu_offload: bool
     compile: bool
+    channels_last: bool
+    cuda_graphs: bool
     store: Path
 
     @classmethod
@@ -76,7 +78,9 @@ class RunOptions:
         unset ``--profile-steps`` is left out so that ProfileOptions' default applies (and clipping stays quiet)."""
         steps = {} if self.profile_steps is None else {"profile_steps": self.profile_steps}
         return {"fallback": self.fallback, "cross_backend": self.cross_backend, "scope": self.scope,
-                "linear_backend": self.linear_backend, "linear_scope": self.linear_scope, "repeat": self.repeat, "keep_trace": not self.no_trace, "compile": self.compile, **steps}
+                "linear_backend": self.linear_backend, "linear_scope": self.linear_scope, "repeat": self.repeat,
+                "keep_trace": not self.no_trace, "compile": self.compile, "channels_last": self.channels_last,
+                "cuda_graphs": self.cuda_graphs, **steps}
 
     def linear_backends(self) -> list[str]:
         """``--linear-backend``'s projection backends: several, comma-separated, for `compare` (the first is the

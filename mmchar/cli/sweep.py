@@ -11,9 +11,10 @@ import typer
 
 from mmchar.cli import app
 from mmchar.cli.common import check_format
-from mmchar.cli.options import (Batch, Compile, CpuOffload, CrossBackend, Device, Dtype, Fallback, Fmt, Frames,
-                                Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace, Preset, ProfileSteps,
-                                Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling, Weights, Width)
+from mmchar.cli.options import (Batch, ChannelsLast, Compile, CpuOffload, CrossBackend, CudaGraphs, Device, Dtype,
+                                Fallback, Fmt, Frames, Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace,
+                                Preset, ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling,
+                                Weights, Width)
 from mmchar.cli.output import print_frame, say, warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.cli.target import check_profile_steps, check_settings, warn_changed_math
@@ -33,7 +34,8 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           linear_backend: LinearBackend = DEFAULT_LINEAR_BACKEND, linear_scope: LinearScope = "all",
           repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
-          compile: Compile = False, store: Store = Path("runs"), fmt: Fmt = "table",
+          compile: Compile = False, channels_last: ChannelsLast = False,
+          cuda_graphs: CudaGraphs = False, store: Store = Path("runs"), fmt: Fmt = "table",
           distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: split the points across "
                                                     "ranks, one GPU each; the summary prints once.")] = False,
           retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run points whose stored run failed "

@@ -24,9 +24,12 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
 
     if (opts.workload is None) == (opts.pipeline is None):
         raise InvalidParameterError("name a WORKLOAD or pass --pipeline DIR (one of them); `mmchar workloads` lists workloads")
+    from mmchar.modes import check_modes
+
     dev = resolve_device(opts.device)
     check_settings(opts.dtype, dev)
     memory = opts.memory()
+    check_modes(opts.cuda_graphs, dev, memory)
     if opts.workload is not None:
         from mmchar.workloads import get_workload
 

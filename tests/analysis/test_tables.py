@@ -87,7 +87,7 @@ def test_breakdown_table_prepends_ids_and_keeps_failed_runs(runs):
     bd = breakdown_table(runs)
     assert list(bd.columns) == ["run_id", "label", "workload", "preset", "backend", "device", "dtype", "status",
                                 "noisy", "height", "width", "frames", "steps", "batch", "gpus", "guidance", "compile",
-                                "stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes"]
+                                "channels_last", "cuda_graphs", "stage", "op_class", "attn_site", "time_us", "share", "calls", "flops", "bytes"]
     assert len(bd) == 7 + 7 + 1
     a = bd[bd["run_id"] == "a-math"]
     assert set(a["device"]) == {"NVIDIA H100 80GB HBM3"} and set(a["height"]) == {512} and set(a["steps"]) == {20}

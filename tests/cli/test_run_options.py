@@ -69,7 +69,8 @@ def test_run_options_from_each_commands_defaults():
         # an unset --profile-steps is left to ProfileOptions' default
         assert opts.profile_fields() == {"fallback": None, "cross_backend": None, "scope": "denoiser",
                                          "linear_backend": "dense", "linear_scope": "all", "repeat": 3,
-                                         "keep_trace": True, "compile": False}
+                                         "keep_trace": True, "compile": False, "channels_last": False,
+                                         "cuda_graphs": False}
 
 
 def test_profile_fields_carry_what_was_typed():
@@ -78,7 +79,8 @@ def test_profile_fields_carry_what_was_typed():
     opts = RunOptions.from_params(values)
     assert opts.profile_fields() == {"fallback": "math", "cross_backend": None, "scope": "denoiser",
                                      "linear_backend": "dense", "linear_scope": "ffn", "repeat": 1,
-                                     "keep_trace": False, "compile": False, "profile_steps": 1}
+                                     "keep_trace": False, "compile": False, "channels_last": False,
+                                     "cuda_graphs": False, "profile_steps": 1}
     assert opts.extra_backends() == ["math"]
 
 
