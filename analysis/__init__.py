@@ -1,6 +1,7 @@
 """Analyses: pure functions from loaded runs to tidy DataFrames (no torch, no printing, no plotting), one module
 per topic; ``TABLES`` (``registry.py``) lists those `mmchar study` writes."""
 
+from .advise import advice_table
 from .communication import communication_table, sequence_parallel_table
 from .diff import check_gate, diff_table, regressions, unpaired_runs, work_mismatch
 from .findings import findings, findings_markdown
@@ -17,7 +18,7 @@ from .tables import (attention_site_table, breakdown_table, comparison_table, is
                      stage_table, top_kernels_table, work_fields, work_key)
 from .timeline import step_timeline
 
-__all__ = ["TABLES", "attention_site_table", "breakdown_table", "check_gate", "communication_table",
+__all__ = ["TABLES", "advice_table", "attention_site_table", "breakdown_table", "check_gate", "communication_table",
            "comparison_table", "crossover_table", "diff_table", "findings", "findings_markdown", "is_noisy",
            "launch_table", "load_bench", "mechanisms_table", "module_tree", "phase_table", "projections_table",
            "regressions", "roofline_table", "run_labels", "run_table", "scaling_fits", "scaling_points",

@@ -10,6 +10,7 @@ import pandas as pd
 
 from mmchar.store import Run
 
+from .advise import advice_table
 from .communication import communication_table, sequence_parallel_table
 from .launch import launch_table
 from .mechanisms import mechanisms_table
@@ -40,4 +41,5 @@ TABLES: dict[str, Table] = {
     "modules": module_tree,                         # one step's kernel time up the module hierarchy
     "communication": communication_table,           # collectives' time, payload and overlap with compute
     "sequence_parallel": sequence_parallel_table,   # step latency over 1, 2, 4 ... GPUs: speedup, efficiency
+    "advice": advice_table,                         # optimisation opportunities, ranked by projected step saving
 }

@@ -34,6 +34,8 @@ def _shipped_files(root: Path, mapping: dict[str, str]) -> set[str]:
                 want.add((base / f.relative_to(root / folder)).as_posix())
     for preset in (root / mapping["mmchar.workloads"]).glob("*/configs/**/*.json"):
         want.add(("mmchar/workloads" / preset.relative_to(root / mapping["mmchar.workloads"])).as_posix())
+    for data in (root / mapping["mmchar.analysis"] / "data").glob("*.json"):  # gpus.json: `mmchar advise`'s GPUs
+        want.add(("mmchar/analysis" / data.relative_to(root / mapping["mmchar.analysis"])).as_posix())
     return want
 
 
@@ -72,6 +74,7 @@ def test_a_wheel_of_the_tree_ships_every_module_and_preset(tmp_path):
     names = {n for n in zipfile.ZipFile(wheel).namelist() if not n.startswith("mmchar-")}
     want = _shipped_files(src, mapping)  # the copy's: the tree may change meanwhile
     assert any(n.endswith("workloads/sd15/configs/full.json") for n in want)
+    assert "mmchar/analysis/data/gpus.json" in want
     assert want <= names, f"missing from the wheel: {sorted(want - names)[:10]}"
     assert {n.split("/")[0] for n in names} == {"mmchar"}  # nothing installs as a top-level package
     for folder in (src / mapping["mmchar.workloads"]).glob("*/workload.py"):

@@ -4,6 +4,6 @@ order `mmchar --help` lists them in. Each command is thin: parse flags, call the
 
 from __future__ import annotations
 
-from mmchar.cli import info, measure, sweep, runs, views
+from mmchar.cli import advise, info, measure, sweep, runs, views
 
-GROUPS = (info, measure, sweep, runs, views)  # in the order of `mmchar --help`
+GROUPS = (info, measure, sweep, runs, views, advise)  # in the order of `mmchar --help`
