@@ -5,6 +5,8 @@
 #                                                      # probe_memory_layer (kernel vs eager, embedding_bag, cuBLAS)
 #   STAGE=compare WORKLOADS="wan2.1-1.3b sd15" bash benchmarks/gpu_projections.sh
 #                                                      # mmchar compare under dense, fp8, memoryformer (slim runs)
+#   STAGE=linear bash benchmarks/gpu_projections.sh     # mmchar bench-linear (workload shapes and the token sweep),
+#                                                      # --resume: a second call measures what the first lacked
 # PRE="STAGE=causal ..." style chaining is the caller's: each stage appends to the same log and archive.
 set -u
 . benchmarks/gpu_install.sh
@@ -28,4 +30,13 @@ case "${STAGE:-kernel}" in
         --no-trace --device cuda --store /tmp/proj/runs ${EXTRA:-} 2>&1 | tail -14 | log
       save
     done ;;
+  linear)
+    # an earlier call's rows (committed under RESUME_FROM) are resumed, not measured again
+    if [ -n "${RESUME_FROM:-}" ] && [ ! -e /tmp/proj/bench-linear/linear.json ]; then
+      mkdir -p /tmp/proj/bench-linear && cp "$RESUME_FROM/linear.json" /tmp/proj/bench-linear/
+    fi
+    # shellcheck disable=SC2086
+    timeout "${LINEAR_S:-400}" mmchar bench-linear --device cuda --resume -o /tmp/proj/bench-linear ${EXTRA:-} 2>&1 \
+      | grep -v Warning | tail -40 | log
+    save ;;
 esac
