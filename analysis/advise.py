@@ -23,12 +23,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mmchar.errors import UnknownNameError
+from mmchar.errors import RunNotFoundError, UnknownNameError, first_line
 from mmchar.schema import STEP_STAGES, step_key
 from mmchar.store import Run
 
@@ -87,7 +88,15 @@ VALIDATED_ERROR: dict[str, dict[str, Any]] = {
 
 ADVICE_COLUMNS = ("run_id", "label", "workload", "backend", "device", "rank", "kind", "option", "step_key",
                   "step_ms", "projected_step_ms", "saving_ms", "saving_pct", "step_busy_ms", "projected_busy_ms",
-                  "e2e_ms", "projected_e2e_ms", "model", "inputs", "error")
+                  "e2e_ms", "projected_e2e_ms", "model", "inputs", "error", "measured_step_ms", "validating_run")
+
+# `mmchar advise --validate` (mmchar/validate.py) measures opportunities for real: its table, `validation.csv`, sits
+# next to the validating runs, by default in a `validate/` folder of the source run's store, where `advice_table`
+# finds it on its own (the measured column); a table elsewhere is passed in (`mmchar advise --validated PATH`)
+VALIDATE_DIR = "validate"
+VALIDATION_FILE = "validation.csv"
+VALIDATION_COLUMNS = ("run_id", "rank", "kind", "option", "step_key", "step_ms", "projected_step_ms",
+                      "measured_step_ms", "error_pct", "error", "status", "why", "validating_run", "noisy", "created")
 
 
 def error_text(kind: str) -> str:
@@ -659,7 +668,8 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
 
 
 def advice_table(runs: Sequence[Run], bench: pd.DataFrame | None = None, targets: Iterable[str] = (),
-                 skip_fraction: float = STEP_CACHE_SKIP_FRACTION) -> pd.DataFrame:
+                 skip_fraction: float = STEP_CACHE_SKIP_FRACTION,
+                 validation: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per ok run, its optimisation opportunities ranked by projected step saving: CUDA graphs, channels-last, FP8
     linear layers, each other attention backend, step caching, their compatible combinations, and (``targets``,
     ``gpus.json`` keys) the run moved to another GPU; each with the model that projected it, the inputs it read and
@@ -672,11 +682,15 @@ def advice_table(runs: Sequence[Run], bench: pd.DataFrame | None = None, targets
             attention backend swap; without them its cost model.
         targets: GPUs to project the run onto (``gpus.json`` keys); an unknown one raises UnknownNameError.
         skip_fraction: the share of denoising steps step caching skips (assumed).
+        validation: rows of ``validation.csv`` tables (:func:`read_validation`) besides those found on their own:
+            the ``validation.csv`` of each run's store or of its ``validate/`` folder (`mmchar advise --validate`
+            writes it there by default). Given rows win over found ones for the same run and option.
 
     Returns:
         Columns ``run_id, label, workload, backend, device, rank, kind, option, step_key, step_ms,
-        projected_step_ms, saving_ms, saving_pct, e2e_ms, projected_e2e_ms, model, inputs, error``; ``rank`` 1 is
-        the largest step saving (NA for rows that do not apply).
+        projected_step_ms, saving_ms, saving_pct, e2e_ms, projected_e2e_ms, model, inputs, error,
+        measured_step_ms, validating_run``; ``rank`` 1 is the largest step saving (NA for rows that do not apply);
+        ``measured_step_ms`` the step a validating run measured with the option, NaN where none did.
     """
     targets = [check_target_gpu(t) for t in targets]
     labels = run_labels(runs)
@@ -693,4 +707,68 @@ def advice_table(runs: Sequence[Run], bench: pd.DataFrame | None = None, targets
                                  skip_fraction=skip_fraction))
     if not frames:
         return pd.DataFrame(columns=list(ADVICE_COLUMNS))
+    found = read_validation(validation_files(runs))
+    if validation is not None and len(validation):
+        found = pd.concat([found, validation], ignore_index=True) if len(found) else validation
+    return with_measured(pd.concat(frames, ignore_index=True), found)
+
+
+# --- measured: what `mmchar advise --validate` ran (mmchar/validate.py) ---------------------------------------
+
+def validation_files(runs: Iterable[Run]) -> list[Path]:
+    """The ``validation.csv`` tables that may hold measurements of these runs' opportunities: in each run's store,
+    or in its ``validate/`` folder (where `mmchar advise --validate` writes by default); those that exist."""
+    out: list[Path] = []
+    for run in runs:
+        if run.path is None:
+            continue
+        store = Path(run.path).parent
+        out += [f for f in (store / VALIDATION_FILE, store / VALIDATE_DIR / VALIDATION_FILE) if f.is_file()]
+    return list(dict.fromkeys(out))
+
+
+def read_validation(paths: Iterable[str | Path], *, strict: bool = False) -> pd.DataFrame:
+    """The rows of ``validation.csv`` tables, each path the file or a folder holding one, stacked in the order
+    given (a later row of the same run and option wins in :func:`with_measured`). ``strict`` (a path a user
+    named): a path without such a table raises :class:`RunNotFoundError`; otherwise it is passed over (a table is
+    measured data to show where present, its absence is no error)."""
+    frames = []
+    for p in map(Path, paths):
+        f = p / VALIDATION_FILE if p.is_dir() else p
+        if not f.is_file():
+            if strict:
+                raise RunNotFoundError(f"{p} holds no {VALIDATION_FILE}; pass the table `mmchar advise --validate` "
+                                       "wrote, or the folder it wrote it in")
+            continue
+        try:
+            t = pd.read_csv(f)
+        except (ValueError, OSError) as e:  # pandas' parser errors are ValueErrors
+            if strict:
+                raise RunNotFoundError(f"{f} is not a readable validation table ({first_line(e)})") from None
+            continue
+        missing = {"run_id", "option", "measured_step_ms"} - set(t.columns)
+        if missing:
+            if strict:
+                raise RunNotFoundError(f"{f} is not a validation table (no {', '.join(sorted(missing))} column)")
+            continue
+        frames.append(t.reindex(columns=list(VALIDATION_COLUMNS)))
+    if not frames:
+        return pd.DataFrame(columns=list(VALIDATION_COLUMNS))
     return pd.concat(frames, ignore_index=True)
+
+
+def with_measured(table: pd.DataFrame, validation: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (advice) with ``measured_step_ms`` and ``validating_run`` filled from validation rows of the same
+    run and option (the last such row wins); missing (NaN) where no validating run measured the option."""
+    out = table.copy()
+    out["measured_step_ms"] = float("nan")
+    out["validating_run"] = None
+    if validation is None or validation.empty or out.empty:
+        return out
+    v = validation.drop_duplicates(["run_id", "option"], keep="last").set_index(["run_id", "option"])
+    keys = list(zip(out["run_id"], out["option"]))
+    measured = pd.to_numeric(v["measured_step_ms"], errors="coerce")
+    out["measured_step_ms"] = [float(measured.get(k, float("nan"))) for k in keys]
+    by = v["validating_run"].where(v["validating_run"].notna(), None)
+    out["validating_run"] = [by.get(k) if m == m else None for k, m in zip(keys, out["measured_step_ms"])]
+    return out
