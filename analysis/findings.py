@@ -22,7 +22,7 @@ from .communication import sequence_parallel_table
 from .mechanisms import mechanisms_table
 from .projections import DENSE, projections_table
 from .sequence import sequence_table
-from .tables import comparison_table, device_short, is_noisy, work_fields, work_key
+from .tables import comparison_table, device_short, is_noisy, runtime_modes, work_fields, work_key
 
 NOT_COVERED = "not covered by these runs"
 FUSED_SOFTMAX = ("flash", "cudnn", "efficient", "sdpa", "triton-flash", "flex")
@@ -34,10 +34,12 @@ def _family(run: Run) -> dict:
 
 
 def _one_device_eager(run: Run) -> bool:
-    """A run the share questions may use: one device, the eager model (a compiled graph's attribution is partial;
-    a sequence-parallel step's shares are per rank and hold communication)."""
+    """A run the share questions may use: one device, the eager model under no runtime mode (a compiled graph's
+    attribution is partial, channels-last drops cuDNN's layout transforms from the conv time and replayed CUDA graphs
+    remove the host's share: each answers its own questions; a sequence-parallel step's shares are per rank and hold
+    communication)."""
     options = run.meta.get("options") or {}
-    return not options.get("compile") and int(options.get("sequence_parallel") or 1) == 1
+    return not runtime_modes(run.meta) and int(options.get("sequence_parallel") or 1) == 1
 
 
 def _step_ms(run: Run) -> float | None:
@@ -48,18 +50,19 @@ def _step_ms(run: Run) -> float | None:
 def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
     """(eager step / compiled step, the compiled run) for each compiled run with an eager sdpa run of the same work
     (every work field but the backend and compilation: an fp32 eager run says nothing of a bf16 compiled one); and
-    the ratio of their kernel counts per step."""
+    the ratio of their kernel counts per step. Only torch.compile alone against no mode at all: a run that also
+    replays CUDA graphs or runs channels-last would credit compile with the other mode's saving."""
     def key(r: Run) -> tuple:
         return work_key(r, without=("backend", "compile", "config_hash"))
 
     eager = {}
     for r in ok:
-        if r.backend == "sdpa" and not (r.meta.get("options") or {}).get("compile") and _step_ms(r):
+        if r.backend == "sdpa" and not runtime_modes(r.meta) and _step_ms(r):
             eager.setdefault(key(r), r)
     speed, kernels = [], []
     for r in ok:
         base = eager.get(key(r))
-        if not (r.meta.get("options") or {}).get("compile") or base is None or not _step_ms(r):
+        if runtime_modes(r.meta) != ("compile",) or base is None or not _step_ms(r):
             continue
         speed.append((_step_ms(base) / _step_ms(r), r.run_id))
         sk = step_key(r.meta["timings"])

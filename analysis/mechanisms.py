@@ -23,7 +23,7 @@ from mmchar.schema import DEFAULT_LINEAR_BACKEND
 from mmchar.store import Run
 
 from .steps import step_class_shares
-from .tables import _ids, comparison_table, is_noisy, work_fields
+from .tables import _ids, comparison_table, is_noisy, runtime_modes, work_fields
 
 # mmchar.backends.MECHANISMS (the registry's values; test_mechanisms checks the two agree) and OTHER: a run that
 # recorded no mechanism but changed the maths
@@ -53,10 +53,12 @@ def run_kind(meta: dict[str, Any]) -> str:
 
 def _trusted(run: Run) -> bool:
     """A run whose step latency and shares the table may use: ok, not flagged by the noise guard, the eager
-    model on one device (as the findings' share questions), its own linear layers (a projection backend's runs are
-    the projections table's: `cudnn+fp8` is not an attention mechanism)."""
+    model under no runtime mode on one device (as the findings' share questions: `sdpa+cuda-graphs` is a host
+    saving, not an attention mechanism), its own linear layers (a projection backend's runs are the projections
+    table's: `cudnn+fp8` is not an attention mechanism)."""
     work = work_fields(run)
-    return (run.status == "ok" and is_noisy(run.meta) is not True and not work["compile"] and work["gpus"] == 1
+    return (run.status == "ok" and is_noisy(run.meta) is not True and not runtime_modes(run.meta)
+            and work["gpus"] == 1
             and (run.meta.get("linear_backend") or DEFAULT_LINEAR_BACKEND) == DEFAULT_LINEAR_BACKEND)
 
 

@@ -11,16 +11,29 @@ import pandas as pd
 from mmchar.schema import step_key
 from mmchar.store import Run
 
-from .tables import PARAM_KEYS, device_short, is_noisy, noise_reasons, run_labels, work_fields, work_key
+from .tables import (PARAM_KEYS, RUNTIME_MODES, device_short, is_noisy, noise_reasons, run_labels, work_fields,
+                     work_key)
 
 # fewer distinct parameter values than this: a series is drawn but gets no exponent (two points always lie on a
 # line: its r² of 1 would say nothing)
 MIN_FIT_POINTS = 3
 # work fields that name a series where they differ between the series of one workload: an H100 series and a CPU
 # series (or bf16 and fp32) are two lines, and the reader must see which is which
-_SERIES_FIELDS = ("device", "dtype", "guidance", "seed", "compile", "memory", "fallback", "cross_backend", "scope",
-                  "weights")
+# the runtime modes (compile, channels-last, CUDA graphs) each make their own series, named by the mode when on
+# ("compile", "cuda-graphs") and by nothing when off, as `backend_label` names them
+_SERIES_FIELDS = ("device", "dtype", "guidance", "seed", *RUNTIME_MODES, "memory", "fallback", "cross_backend",
+                  "scope", "weights")
 _BARE_FIELDS = ("device", "dtype", "memory", "weights")  # named by their value alone ("H100", "bf16")
+
+
+def _series_part(field: str, value: object) -> str | None:
+    """How a varied work field reads in a series name: a runtime mode by its name when on (None when off), a bare
+    field by its value, any other as ``field=value``; None for no value."""
+    if field in RUNTIME_MODES:
+        return RUNTIME_MODES[field] if value else None
+    if value in (None, ""):
+        return None
+    return str(value) if field in _BARE_FIELDS else f"{field}={value}"
 
 
 def series_names(groups: dict[tuple, list[Run]], param: str) -> dict[tuple, str]:
@@ -38,7 +51,7 @@ def series_names(groups: dict[tuple, list[Run]], param: str) -> dict[tuple, str]
             f = dict(fields[key], device=device_short(groups[key][0].meta))
             held = [f"{p}={f[p]}" for p in PARAM_KEYS
                     if p != param and f.get(p) is not None and not (p == "gpus" and f[p] == 1)]
-            extra = [str(f[v]) if v in _BARE_FIELDS else f"{v}={f[v]}" for v in varied if f.get(v) not in (None, "")]
+            extra = [p for p in (_series_part(v, f.get(v)) for v in varied) if p is not None]
             names[key] = ", ".join(str(x) for x in (f["preset"], *held, *extra) if x not in (None, ""))
     counts: dict[tuple, int] = {}
     for key in groups:

@@ -26,6 +26,9 @@ ID_COLUMNS = ("run_id", "label", "workload", "preset", "backend", "device", "dty
 EXTRA_KEYS = ("guidance", "compile", "channels_last", "cuda_graphs")
 # the runtime modes beside compile (mmchar.modes), as ``options`` records them; a run before them ran neither
 MODE_KEYS = ("channels_last", "cuda_graphs")
+# every runtime mode (``options`` key -> its name in labels, ``sdpa+compile``): a run under any of them is its own
+# configuration, never a plain eager run (`runtime_modes`)
+RUNTIME_MODES = {"compile": "compile", "channels_last": "channels-last", "cuda_graphs": "cuda-graphs"}
 MEASURE_COLUMNS = ("time_us", "share", "calls", "flops", "bytes")
 BUSY_KEYS = ("wall_ms", "busy_ms", "idle_ms", "busy_frac", "kernels")
 
@@ -50,14 +53,24 @@ def _params(meta: dict[str, Any]) -> dict[str, Any]:
     return (meta.get("config") or {}).get("params") or {}
 
 
+def runtime_modes(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The runtime modes a run ran under, by their label names in ``RUNTIME_MODES`` order (``("compile",
+    "cuda-graphs")``); ``()`` for a plain eager run. The one test of "eager" every analysis uses: a compiled graph,
+    channels-last activations or replayed CUDA graphs each change the kernels and the host's share of the step, so
+    such a run answers its own questions and never stands in for the eager model."""
+    opts = meta.get("options") or {}
+    return tuple(name for key, name in RUNTIME_MODES.items() if opts.get(key))
+
+
 def backend_label(meta: dict[str, Any]) -> Any:
-    """The backend as tables show it: ``sdpa+compile`` for a torch.compile'd run, ``cudnn+fp8`` for a run whose
-    linear layers a projection backend computed, so analyses never mix either with the plain run."""
+    """The backend as tables show it: ``sdpa+compile`` for a torch.compile'd run, ``sdpa+channels-last`` and
+    ``sdpa+cuda-graphs`` for the other runtime modes (``sdpa+compile+cuda-graphs`` together), ``cudnn+fp8`` for a
+    run whose linear layers a projection backend computed, so analyses never mix any of them with the plain run."""
     backend = meta.get("backend")
     linear = meta.get("linear_backend") or DEFAULT_LINEAR_BACKEND
     if linear != DEFAULT_LINEAR_BACKEND:  # the linear layers replaced too (mmchar.projections): another thing measured
         backend = f"{backend}+{linear}"
-    return f"{backend}+compile" if (meta.get("options") or {}).get("compile") else backend
+    return "+".join((str(backend), *runtime_modes(meta))) if runtime_modes(meta) else backend
 
 
 def is_noisy(meta: dict[str, Any]) -> bool | None:
@@ -108,8 +121,8 @@ def work_key(run: Run, without: Sequence[str] = ()) -> tuple:
 _LABEL_FIELDS = {"preset": None, "device": None, "dtype": None, "height": "h", "width": "w", "frames": "f",
                  "steps": "steps", "batch": "b", "guidance": "g", "seed": "seed", "gpus": "gpus",
                  "memory": None, "sp_scheme": "sp", "fallback": "fallback", "cross_backend": "cross",
-                 "scope": "scope", "linear_scope": "linear", "weights": "weights",
-                 "channels_last": "channels-last", "cuda_graphs": "cuda-graphs"}  # modes: named when on
+                 "scope": "scope", "linear_scope": "linear", "weights": "weights"}
+# the runtime modes are not among them: the backend names them (``sdpa+channels-last``, `backend_label`)
 
 
 def run_labels(runs: Sequence[Run]) -> dict[str, str]:
@@ -133,9 +146,6 @@ def run_labels(runs: Sequence[Run]) -> dict[str, str]:
             for k in varied:
                 v = f.get(k)
                 if v is None or v == "" or v is False:
-                    continue
-                if v is True:  # a mode (channels-last, cuda-graphs): its name
-                    parts.append(str(_LABEL_FIELDS[k]))
                     continue
                 if isinstance(v, float) and v.is_integer():
                     v = int(v)

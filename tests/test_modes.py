@@ -86,7 +86,7 @@ def test_channels_last_image_run_converts_unet_vae_and_latents(tmp_path, capsys)
     assert work_fields(cl)["channels_last"] is True and work_fields(eager)["channels_last"] is False
     assert "channels_last True vs False" in work_differences(cl, eager)
     labels = run_labels([eager, cl])
-    assert labels[cl.run_id] == "sd15 sdpa channels-last" and labels[eager.run_id] == "sd15 sdpa"
+    assert labels[cl.run_id] == "sd15 sdpa+channels-last" and labels[eager.run_id] == "sd15 sdpa"  # as +compile
     assert run_table([eager, cl])["channels_last"].tolist() == [False, True]
     # the same maths in another layout: the timed pass ran the same generation
     assert cl.meta["timings"]["denoiser_step"]["n"] == eager.meta["timings"]["denoiser_step"]["n"] == 2
@@ -234,7 +234,8 @@ def test_cuda_graph_plumbing_of_a_run(tmp_path, stand_in):
     assert "forward" not in vars(target.pipe.unet)  # the instance attribute is gone with the session
     # warm-up: 2 steps (eager, capture) and the untimed generation of 3; then 2 timed generations, light, full (1)
     assert run.meta["timings"]["denoiser_step"]["n"] == 6
-    assert work_fields(run)["cuda_graphs"] is True and run_labels([run])[run.run_id] == "sd15 sdpa"
+    # the backend names the mode (as sdpa+compile), even where nothing else varies: never read as a plain eager run
+    assert work_fields(run)["cuda_graphs"] is True and run_labels([run])[run.run_id] == "sd15 sdpa+cuda-graphs"
 
 
 def test_each_compare_variant_replays_its_own_graphs(tmp_path, capsys, stand_in):

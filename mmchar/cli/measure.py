@@ -112,13 +112,23 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
         elif cmp.get("agrees") is False:
             match = cmp.get("token_match")
             if match is not None and match == match:  # token ids (NaN or absent for latents)
-                warn(f"{name}: generated tokens differ from {labels[0]}'s at {1 - cmp['token_match']:.0%} "
+                warn(f"{name}: generated tokens differ from {labels[0]}'s at {share_text(1 - cmp['token_match'])} "
                      f"of positions (sampling: one flipped token changes all later ones)")
             else:
                 warn(f"{name}: final latents DIVERGE from {labels[0]}'s (cosine "
                      f"{cmp['cosine']:.4f} < {cmp['cosine_min']})")
     say(f"table: {result.table_path}\nruns: {', '.join(str(r.path) for r in result.runs)}")
     return 0 if any(r.status == "ok" for r in result.runs) else 1
+
+
+def share_text(fraction: float) -> str:
+    """A share (0..1) as a percentage a person cannot misread: ``0%`` and ``100%`` only when exactly so, one decimal
+    otherwise (a 99.8 % token match is not a match, and rounding it to 100% said it was); a share that one decimal
+    would still round to 0 or 100 reads ``<0.1%`` / ``>99.9%``."""
+    if fraction in (0.0, 1.0):
+        return f"{fraction:.0%}"
+    percent = f"{fraction * 100:.1f}"
+    return {"0.0": "<0.1%", "100.0": ">99.9%"}.get(percent, percent + "%")
 
 
 def _print_comparison(result: Any, baseline: str, device_type: str, fmt: str) -> None:
@@ -135,7 +145,7 @@ def _print_comparison(result: Any, baseline: str, device_type: str, fmt: str) ->
         print_frame(t[cols], title=title, fmt=fmt)
         return
     agree = [("-" if a is pd.NA or a is None else ("yes" if a else "NO")) + (
-             f" {x:.0%}" if tokens and x == x else f" {c:.4f}" if c == c else "")
+             f" {share_text(x)}" if tokens and x == x else f" {c:.4f}" if c == c else "")
              for a, c, x in zip(t["agrees"], t["cosine"], t["token_match"])]
     shown = pd.DataFrame({"backend": t["backend"], "status": t["status"], "e2e ms": t["e2e_ms"],
                           "step ms": t["denoiser_step_ms"], "busy ms": t["denoiser_busy_ms"],

@@ -167,3 +167,29 @@ def test_a_sweep_over_math_and_flash_answers_the_flash_question():
     speed = f.loc["Step speedup of flash attention over unfused attention, diffusion models"]
     assert speed["value"] == 3.0 and sorted(speed["runs"].split(", ")) == ["cf", "f1024", "f512"]
     assert speed["answer"] == "3.00x, from 3 runs"
+
+
+def test_runs_under_channels_last_or_cuda_graphs_are_not_eager_runs():
+    """The share questions use runs under no runtime mode; compile's speedup pairs a run compiled alone with an
+    eager run under no mode (a compile + CUDA graphs run would credit compile with the graphs' saving)."""
+    video_dit = dict(FAMILY, modality="video", task="text-to-video", architecture="dit")
+    den = bd([("denoiser", "attention", "joint", 500.0, 0.5, 1, 0, 0), ("denoiser", "gemm", "", 500.0, 0.5, 1, 0, 0)])
+    other = bd([("denoiser", "attention", "joint", 100.0, 0.1, 1, 0, 0), ("denoiser", "gemm", "", 900.0, 0.9, 1, 0, 0)])
+    eager = run("eager", "sdpa", video_dit, den, step_ms=12.0, busy_frac=0.5)
+    graphs = run("graphs", "sdpa", video_dit, other, step_ms=6.0, busy_frac=0.99, options={"cuda_graphs": True})
+    cl = run("cl", "sdpa", video_dit, other, step_ms=11.0, busy_frac=0.6, options={"channels_last": True})
+    compiled = run("compiled", "sdpa", video_dit, other, step_ms=10.0, busy_frac=0.9, options={"compile": True})
+    both = run("both", "sdpa", video_dit, other, step_ms=4.0, busy_frac=0.99,
+               options={"compile": True, "cuda_graphs": True})
+    for r in (eager, graphs, cl, compiled, both):
+        r.meta["device"]["name"] = "H100"
+    f = findings([graphs, cl, both, compiled, eager]).set_index("question")
+    assert f.loc["Share of attention in a video diffusion-transformer denoiser step", "runs"] == "eager"
+    assert f.loc["GPU busy share of a denoiser step or generated token's wall time", "runs"] == "eager"
+    comp = f.loc["Step speedup of torch.compile over the eager model (default SDPA)"]
+    assert comp["value"] == 1.2 and comp["runs"] == "compiled"
+    # with only moded runs, the share questions are not covered
+    f = findings([graphs, cl, both]).set_index("question")
+    share = f.loc["Share of attention in a video diffusion-transformer denoiser step"]
+    assert share["answer"] == "not covered by these runs" and share["runs"] == ""
+    assert f.loc["Step speedup of torch.compile over the eager model (default SDPA)", "runs"] == ""

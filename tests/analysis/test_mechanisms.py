@@ -260,3 +260,14 @@ def test_share_questions_ask_about_the_model_not_a_swapped_mixer():
     assert share["runs"] == "cudnn, flash"  # not mlstm's 20 %
     assert share["value"] == pytest.approx(0.55)  # the median of cudnn's 60 % and flash's 50 %
     assert table.loc[QUESTION, "runs"] == "mlstm, cudnn"
+
+
+def test_runs_under_channels_last_or_cuda_graphs_take_no_part():
+    """`sdpa+cuda-graphs` is a host saving, not an attention mechanism: runs under a runtime mode are left out as
+    compiled ones are."""
+    cudnn, mlstm, flash = wan_group()
+    graphs = run("graphs", "rwkv7", 10.0, group="g-wan", baseline="cudnn", options={"cuda_graphs": True})
+    cl = run("cl", "rwkv7", 10.0, group="g-wan", baseline="cudnn", options={"channels_last": True})
+    eager = run("eager", "rwkv7", 10.0, group="g-wan", baseline="cudnn", options={"channels_last": False})
+    t = mechanisms_table([cudnn, mlstm, flash, graphs, cl, eager])
+    assert list(t["run_id"]) == ["cudnn", "mlstm", "flash", "eager"]

@@ -307,3 +307,22 @@ def test_sequence_parallel_speedup_against_the_one_gpu_run_of_the_same_dtype():
     t = sequence_parallel_table([step(10.0, "bf16"), step(5.0, "fp32"), step(6.0, "bf16", gpus=2)])
     assert list(t["run_id"]) == ["bf16-1", "bf16-2"]  # fp32 has no split run: left out
     assert t.set_index("gpus").loc[2, "speedup"] == pytest.approx(10 / 6)
+
+
+def test_scaling_series_keep_runtime_modes_apart():
+    """An eager height sweep (k = 2) and the same sweep under CUDA graphs (k = 1) of one workload and backend: two
+    series, the graphs' under ``flash+cuda-graphs`` and named by the mode, never one line mixing them."""
+    eager = [run(f"e{h}", timings=_lat(h, 2.0), height=h) for h in (256, 512, 1024)]
+    graphs = [run(f"g{h}", timings=_lat(h, 1.0), height=h) for h in (256, 512, 1024)]
+    for r in graphs:
+        r.meta["options"] = {"cuda_graphs": True}
+    cl = [run(f"c{h}", timings=_lat(h, 1.5), height=h) for h in (256, 512, 1024)]
+    for r in cl:
+        r.meta["options"] = {"channels_last": True}
+    t = scaling_table([*eager, *graphs, *cl])
+    t = t[(t["metric"] == "e2e") & (t["param"] == "height")].set_index("backend")
+    assert t["exponent"].to_dict() == pytest.approx({"flash": 2.0, "flash+cuda-graphs": 1.0,
+                                                     "flash+channels-last": 1.5})
+    assert t.loc["flash+cuda-graphs", "series"].endswith(", cuda-graphs")
+    assert t.loc["flash+channels-last", "series"].endswith(", channels-last")
+    assert "graphs" not in t.loc["flash", "series"] and "True" not in "".join(t["series"])

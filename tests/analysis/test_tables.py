@@ -165,3 +165,32 @@ def test_run_table_and_empty_inputs(runs):
     for fn in (breakdown_table, stage_table, attention_site_table, top_kernels_table, comparison_table, run_table):
         assert fn([]).empty
     assert comparison_table(runs[:1]).empty
+
+
+def test_runtime_modes_are_named_by_the_backend_as_compile_is():
+    """A run under channels-last or CUDA graphs is its own configuration: the backend says so (as ``sdpa+compile``),
+    in every table and once in a label (the backend, not a separate word)."""
+    from mmchar.analysis.tables import RUNTIME_MODES, backend_label, run_labels, runtime_modes, work_fields
+
+    def moded(run_id, **options):
+        return Run(meta=meta(run_id, "sdpa", timings=timings(100.0, 5.0), options=options))
+
+    eager = moded("eager")
+    old = Run(meta=meta("old", "sdpa", timings=timings(100.0, 5.0)))  # no options at all: from before the modes
+    cl, graphs = moded("cl", channels_last=True), moded("graphs", cuda_graphs=True)
+    both = moded("both", compile=True, cuda_graphs=True)
+    assert runtime_modes(eager.meta) == runtime_modes(old.meta) == ()
+    assert runtime_modes(both.meta) == ("compile", "cuda-graphs") and set(RUNTIME_MODES) == {
+        "compile", "channels_last", "cuda_graphs"}
+    assert [backend_label(r.meta) for r in (eager, cl, graphs, both)] == [
+        "sdpa", "sdpa+channels-last", "sdpa+cuda-graphs", "sdpa+compile+cuda-graphs"]
+    assert backend_label({"backend": "cudnn", "linear_backend": "fp8", "options": {"channels_last": True}}) == \
+        "cudnn+fp8+channels-last"
+    assert work_fields(cl)["backend"] == "sdpa+channels-last" and work_fields(cl)["channels_last"] is True
+    labels = run_labels([eager, cl, graphs, both])
+    assert labels == {"eager": "sd15 sdpa", "cl": "sd15 sdpa+channels-last", "graphs": "sd15 sdpa+cuda-graphs",
+                      "both": "sd15 sdpa+compile+cuda-graphs"}
+    assert run_labels([graphs])["graphs"] == "sd15 sdpa+cuda-graphs"  # named even where nothing else varies
+    rt = run_table([eager, cl, graphs])
+    assert rt["backend"].tolist() == ["sdpa", "sdpa+channels-last", "sdpa+cuda-graphs"]
+    assert rt["channels_last"].tolist() == [False, True, False] and rt["cuda_graphs"].tolist() == [False, False, True]

@@ -528,6 +528,25 @@ def test_agreement_of_latents_and_of_tokens():
     assert agreement(ids, ids.clone())["agrees"] is True
 
 
+def test_token_agreement_is_not_rounded_to_a_match(capsys):
+    """A 99.8 % token match printed as "NO 100%" reads as a match: one decimal unless exactly 0 or 1."""
+    from types import SimpleNamespace
+
+    from mmchar.cli.measure import _print_comparison, share_text
+
+    assert [share_text(x) for x in (1.0, 0.0, 0.998, 0.002, 0.75, 0.99996, 0.00004)] == [
+        "100%", "0%", "99.8%", "0.2%", "75.0%", ">99.9%", "<0.1%"]
+    nan = float("nan")
+    table = pd.DataFrame({"backend": ["math", "flash", "cudnn"], "status": "ok", "e2e_ms": 10.0,
+                          "denoiser_step_ms": 1.0, "denoiser_busy_ms": 1.0, "attention_us_per_step": 1.0,
+                          "e2e_speedup": 1.0, "step_speedup": 1.0, "busy_speedup": 1.0, "attention_speedup": 1.0,
+                          "max_abs_diff": nan, "cosine": nan, "token_match": [nan, 0.998, 1.0],
+                          "agrees": pd.array([pd.NA, False, True], dtype="boolean")})
+    _print_comparison(SimpleNamespace(table=table, group="llamagen-tiny"), "math", "cpu", "table")
+    out = capsys.readouterr().out
+    assert "NO 99.8%" in out and "yes 100%" in out and "NO 100%" not in out
+
+
 def test_compare_of_a_token_model_reports_token_match(tmp_path):
     code, out, err = cli(["compare", "llamagen", "--backends", "math,flash", "--preset", "tiny", "--steps", "4",
                           "--repeat", "1", "--no-trace", "--store", tmp_path])

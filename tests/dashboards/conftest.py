@@ -103,12 +103,30 @@ def _projection_run(run_id="sd15-math+fp8", linear="fp8", step_ms=50.0, status="
     return r
 
 
+def _advised_run(run_id="sd15-flash-advised", backend="flash", step_ms=40.0, busy_ms=30.0, **kw):
+    """A run `mmchar advise` projects from: the factory's run with the light profile's record of one step (wall,
+    GPU-busy, kernels; 30 of 40 ms busy: host-bound, so CUDA graphs save) and its step count."""
+    r = _make_run(run_id, backend, step_ms=step_ms, **kw)
+    if r.status == "ok":
+        r.meta["busy"]["denoiser_step"] = {"wall_ms": step_ms, "busy_ms": busy_ms, "idle_ms": step_ms - busy_ms,
+                                           "busy_frac": busy_ms / step_ms, "kernels": 250}
+        r.meta["passes"] = {"steps": 20}
+    return r
+
+
+@pytest.fixture
+def advised_run():
+    """The factory of runs with a step record the advice projects from (`_advised_run`)."""
+    return _advised_run
+
+
 @pytest.fixture
 def every_view_runs(tmp_path):
-    """The standard runs plus a sequence-parallel one (2 GPUs) and a projection backend's run (fp8): a set for which
-    every dashboard view has data."""
+    """The standard runs plus a sequence-parallel one (2 GPUs), a projection backend's run (fp8) and a run with a
+    recorded step (the advice): a set for which every dashboard view has data."""
     store = tmp_path / "every-view"
-    for run in [*_standard_runs(), _make_run("sd15-flash-2gpu", "flash", step_ms=25.0, gpus=2), _projection_run()]:
+    for run in [*_standard_runs(), _make_run("sd15-flash-2gpu", "flash", step_ms=25.0, gpus=2), _projection_run(),
+                _advised_run(height=768)]:
         write_run(store, run)
     return load_runs([store])
 
