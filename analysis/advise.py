@@ -410,9 +410,11 @@ def fp8(p: Profile) -> tuple[Effect | None, str]:
     calls_per_step = n_calls / st.per
     extra_kernels = calls_per_step * FP8_QUANT_KERNELS_PER_CALL
     # host: a host-bound step's own host time per kernel; a GPU-bound one's hidden host, the assumed floor
-    per_kernel = (st.wall_ms / st.kernels if st.kernels and is_host_bound(st.wall_ms, st.busy_ms)
-                  else HOST_US_PER_KERNEL / 1e3)
-    d_host = extra_kernels * per_kernel
+    host_bound = is_host_bound(st.wall_ms, st.busy_ms)
+    per_kernel = st.wall_ms / st.kernels if st.kernels and host_bound else HOST_US_PER_KERNEL / 1e3
+    # a GPU-bound step's host floor already counts the added kernels (`project_wall`: kernels × the assumed
+    # host time each, through d_kernels): adding them again as host time would count them twice
+    d_host = extra_kernels * per_kernel if host_bound else 0.0
     return Effect("fp8", "--linear-backend fp8",
                   f"gemm time x bf16/fp8 roof ({bf:.0f}/{f8:.0f} TFLOP/s), + activation quantisation "
                   f"{FP8_QUANT_BYTES_PER_ELEMENT} B/element at {copy:.0f} GB/s ({quant:.2f} ms), + "
@@ -578,6 +580,21 @@ def _not_applicable(p: Profile, ids: dict[str, Any], kind: str, option: str, why
     return _row(p, ids, kind, option, float("nan"), float("nan"), f"not applicable: {why}", "", "")
 
 
+def _graphs_refused(meta: dict[str, Any]) -> str | None:
+    """Why `mmchar profile --cuda-graphs` would refuse this run's work (its refusals, `mmchar.modes` and
+    `ProfileOptions`, read from what the run recorded), None where it would capture: advice never ranks an option
+    the tool refuses."""
+    opts = meta.get("options") or {}
+    if int(opts.get("sequence_parallel") or 1) > 1:
+        return "--cuda-graphs does not combine with --sequence-parallel (its collectives run outside a graph)"
+    if ((meta.get("config") or {}).get("memory") or {}).get("cpu_offload"):
+        return "--cuda-graphs does not combine with --cpu-offload (weights move at every call)"
+    if "generator_decode" in (meta.get("timings") or {}):
+        return ("a token model's decode carries its KV cache in Python, which a replayed graph would not advance "
+                "(mmchar.modes refuses it)")
+    return None
+
+
 def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, bench: pd.DataFrame | None = None,
                targets: Iterable[str] = (), skip_fraction: float = STEP_CACHE_SKIP_FRACTION) -> pd.DataFrame:
     """The ranked opportunities of one ok run (see :func:`advice_table`)."""
@@ -597,9 +614,12 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
     else:
         opts = run.meta.get("options") or {}  # the runtime modes a run already ran with (`--cuda-graphs` ...)
         graphs = cuda_graphs(p)
+        refused = _graphs_refused(run.meta)
         if opts.get("cuda_graphs"):
             rows.append(_not_applicable(p, ids, "cuda-graphs", "--cuda-graphs", "the run replayed its step as a "
                                         "CUDA graph already"))
+        elif refused:
+            rows.append(_not_applicable(p, ids, "cuda-graphs", "--cuda-graphs", refused))
         else:
             effects.append(graphs)
         cl = channels_last(p)
@@ -627,7 +647,7 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
                                  mv.d_busy.get(st.key, 0.0) * st.overlap))
             else:
                 rows.append(_not_applicable(p, ids, "gpu", f"--target-gpu {target}", why))
-        if opts.get("cuda_graphs"):  # the step is a graph already: the options stand alone
+        if opts.get("cuda_graphs") or refused:  # a graph already, or none possible: the options stand alone
             graphs = Effect("cuda-graphs", "", "", "")
         # combinations: each GPU-side option with CUDA graphs (a host-bound step keeps a GPU saving only once its
         # host gaps are gone), and every option that saves on its own together
@@ -759,13 +779,15 @@ def read_validation(paths: Iterable[str | Path], *, strict: bool = False) -> pd.
 
 def with_measured(table: pd.DataFrame, validation: pd.DataFrame) -> pd.DataFrame:
     """``table`` (advice) with ``measured_step_ms`` and ``validating_run`` filled from validation rows of the same
-    run and option (the last such row wins); missing (NaN) where no validating run measured the option."""
+    run and option (the last measured row wins: a later refused or failed attempt hides no measurement); missing
+    (NaN) where no validating run measured the option."""
     out = table.copy()
     out["measured_step_ms"] = float("nan")
     out["validating_run"] = None
     if validation is None or validation.empty or out.empty:
         return out
-    v = validation.drop_duplicates(["run_id", "option"], keep="last").set_index(["run_id", "option"])
+    v = validation[pd.to_numeric(validation["measured_step_ms"], errors="coerce").notna()]
+    v = v.drop_duplicates(["run_id", "option"], keep="last").set_index(["run_id", "option"])
     keys = list(zip(out["run_id"], out["option"]))
     measured = pd.to_numeric(v["measured_step_ms"], errors="coerce")
     out["measured_step_ms"] = [float(measured.get(k, float("nan"))) for k in keys]

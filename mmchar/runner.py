@@ -462,7 +462,7 @@ def _measure(target: Target, options: list[ProfileOptions], outcomes: list[Outco
             outcomes[i] = sess.profiles()
         except _RECORDED as exc:
             discard(sess.m)
-            outcomes[i] = _detached(exc)
+            outcomes[i] = _detached(exc, sess)
         except BaseException:
             discard(sess.m)
             raise

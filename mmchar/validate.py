@@ -339,11 +339,16 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def write_validation(store: Path, rows: pd.DataFrame) -> Path:
     """``validation.csv`` of ``store`` with ``rows`` merged in: a row of the same run and option replaces the one
-    before (the latest measurement stands), other rows are kept. Written through a temporary sibling."""
+    before (the latest measurement stands), except that a row without a measurement (refused, not runnable, a
+    failed run) never replaces one with a measurement: a re-validation elsewhere must not lose a result. Other
+    rows are kept. Written through a temporary sibling; an existing table that cannot be read stops it."""
     path = Path(store) / VALIDATION_FILE
-    old = read_validation([path])
+    old = read_validation([path], strict=True) if path.exists() else read_validation([])
     merged = pd.concat([old, rows], ignore_index=True) if len(old) else rows
-    merged = _frame(merged.drop_duplicates(["run_id", "option"], keep="last").to_dict("records"))
+    has = pd.to_numeric(merged["measured_step_ms"], errors="coerce").notna()
+    measured_keys = set(zip(merged["run_id"][has], merged["option"][has]))
+    keep = [bool(m) or (r, o) not in measured_keys for r, o, m in zip(merged["run_id"], merged["option"], has)]
+    merged = _frame(merged[keep].drop_duplicates(["run_id", "option"], keep="last").to_dict("records"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     merged.to_csv(tmp, index=False)

@@ -81,7 +81,7 @@ def advise(paths: RunsArg,
             shown = part[cols].copy()
             shown["error"] = shown["error"].str.replace(r" \(.*", "", regex=True)  # the checks: --format csv
             print_frame(shown.round(2), title=f"{first['label']} ({first['device']}): {step}: projections, not "
-                        f"measurements ({run_id})", truncate=("model",))
+                        f"measurements ({run_id})", truncate=("model", "error"))
         say("model, inputs and the checks behind each stated error: --format csv / json (or -o FILE)")
     say_noisy(loaded)
     if output is not None and fmt == "table":  # csv / json on stdout stay machine-readable

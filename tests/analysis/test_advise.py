@@ -345,3 +345,12 @@ def test_the_committed_runs_get_advice_end_to_end():
     # SD 1.5 at 512 px is host-bound (GPU busy 12.5 of 34.3 ms): CUDA graphs rank first or in the first combination
     assert "--cuda-graphs" in dense_sd15.iloc[0]["option"]
     assert not t["run_id"].str.contains("memoryformer-20261206-071300").any()  # the OOM run has no advice
+
+
+def test_cuda_graphs_are_not_advised_where_profile_refuses_them():
+    from mmchar.analysis.advise import _graphs_refused
+
+    assert _graphs_refused({"options": {}, "config": {}, "timings": {"denoiser_step": {}}}) is None
+    assert "sequence-parallel" in _graphs_refused({"options": {"sequence_parallel": 2}})
+    assert "cpu-offload" in _graphs_refused({"config": {"memory": {"cpu_offload": True}}})
+    assert "KV cache" in _graphs_refused({"timings": {"generator_step": {}, "generator_decode": {}}})
