@@ -354,7 +354,7 @@ class GraphedForward:
                     out = self.fn(*args, **kwargs)
             else:  # a test's stand-in: records the call
                 out = graph.capture(self.fn, args, kwargs)
-        except MmcharError:
+        except (MmcharError, torch.OutOfMemoryError):  # out of memory is the run's result (status oom), not a refusal
             raise
         except Exception as e:  # noqa: BLE001 (what capture refuses is the model's; said in one line)
             raise CudaGraphsUnsupportedError(

@@ -207,6 +207,17 @@ def test_a_forward_that_cannot_be_captured_is_one_line():
     assert str(e.value).startswith("--cuda-graphs: unet's forward cannot be captured") and "\n" not in str(e.value)
 
 
+def test_out_of_memory_while_capturing_stays_out_of_memory():
+    """An OOM during capture is the run's result (status oom), not a claim that the model cannot be captured."""
+    class Starved(StandInGraph):
+        def capture(self, fn, args, kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    g = modes.GraphedForward("unet", lambda x: x, torch.device("cpu"), graph_factory=Starved)
+    g(torch.ones(1))
+    with pytest.raises(torch.OutOfMemoryError):
+        g(torch.ones(1))
+
 def _eager_and_graphed(target, cfg, store):
     """An eager session and a --cuda-graphs one of ``target``, timed passes interleaved (as compare runs them): the
     graphed run stored, both outcomes returned."""
