@@ -77,7 +77,8 @@ def pipeline_target(pipe: Any, *, steps: int, call_kwargs: dict[str, Any], seed:
 def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_steps: int = 20,
             store: str | os.PathLike[str] = DEFAULT_STORE, backend: str = "sdpa", fallback: str | None = None,
             repeat: int = 3, profile_steps: int = 2, seed: int = 0, scope: str = "denoiser",
-            linear_backend: str = DEFAULT_LINEAR_BACKEND, linear_scope: str = "all", **call_kwargs: Any) -> Run:
+            linear_backend: str = DEFAULT_LINEAR_BACKEND, linear_scope: str = "all", channels_last: bool = False,
+            cuda_graphs: bool = False, **call_kwargs: Any) -> Run:
     """Profile one generation of any diffusers pipeline object and write the run to ``store``.
 
     Args:
@@ -93,6 +94,9 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
         scope: ``denoiser`` (the backend replaces the denoiser's attention) or ``all`` components'.
         linear_backend: projection backend of the denoiser's linear layers (`mmchar backends --kind projection`).
         linear_scope: which of them it replaces: ``attn-proj``, ``ffn`` or ``all``.
+        channels_last: the conv-holding components and the latents in channels-last memory format (`mmchar.modes`;
+            the pipeline's models are converted in place and stay so).
+        cuda_graphs: the denoiser's forward captured into CUDA graphs in the warm-up and replayed (CUDA only).
         **call_kwargs: further pipeline arguments (height, width, num_frames, guidance_scale ...).
 
     Returns:
@@ -105,7 +109,8 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
         kwargs["prompt"] = prompt
     target = pipeline_target(pipe, steps=num_inference_steps, call_kwargs=kwargs, seed=seed)
     options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope,
-                             linear_backend=linear_backend, linear_scope=linear_scope)
+                             linear_backend=linear_backend, linear_scope=linear_scope, channels_last=channels_last,
+                             cuda_graphs=cuda_graphs)
     run = run_and_store(target, options, store, run_config_hash(target.config, options))
     return run
 

@@ -45,3 +45,19 @@ def test_the_cross_backend_is_part_of_a_runs_identity():
     a, b = (run_config_hash(cfg, ProfileOptions(backend="linear", cross_backend=c)) for c in ("math", "flash"))
     assert a != b
     assert run_config_hash(cfg, ProfileOptions(backend="linear")) == run_config_hash(cfg, ProfileOptions(backend="linear"))
+
+
+def test_the_runtime_modes_through_the_api(tmp_path):
+    """channels-last on the CPU, recorded as the CLI records it; CUDA graphs refused off CUDA in one line, nothing
+    written (its own pipe: the conversion is in place)."""
+    from mmchar.workloads import get_workload
+
+    w = get_workload("sd15")
+    own = w.build(w.resolve("tiny", device="cpu")).pipe
+    run = mmchar.profile(own, prompt="a cat", num_inference_steps=2, store=tmp_path / "a", repeat=1, height=64,
+                         width=64, channels_last=True)
+    assert run.status == "ok" and run.meta["options"]["channels_last"] is True
+    assert "unet" in run.meta["channels_last"]["converted"]
+    with pytest.raises(InvalidParameterError, match="--cuda-graphs"):
+        mmchar.profile(own, prompt="a cat", num_inference_steps=2, store=tmp_path / "b", repeat=1, cuda_graphs=True)
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
