@@ -415,13 +415,6 @@ def run(shapes: list[LinearShape], backends: list[str], device: torch.device,
     return rows
 
 
-def available_backends(device: torch.device) -> list[str]:
-    """Every registered projection backend; those that cannot run on ``device`` become a skipped row saying why."""
-    from mmchar.projections import projection_backend_names
-
-    return projection_backend_names()
-
-
 # ---------------------------------------------------------------------------------------------------- tables
 
 
@@ -528,7 +521,10 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
     if not shapes:
         raise ValueError(f"no linear shape of {only or 'workloads and sweep'} matches {match!r} up to {max_tokens} "
                          "tokens")
-    backends = [b for b in (backends or available_backends(device)) if b != BASELINE]
+    from mmchar.projections import projection_backend_names
+
+    # default: every registered backend; one that cannot run on the device is a skipped row saying why
+    backends = [b for b in (backends or projection_backend_names()) if b != BASELINE]
     roofs = calibrate(device)
     picked = {s.workload for s in shapes}
     notes = {w: n for w, n in _plan_notes(plan).items() if w in picked or (match is None and plan[w].skipped)}
