@@ -96,7 +96,12 @@ ADVICE_COLUMNS = ("run_id", "label", "workload", "backend", "device", "rank", "k
 VALIDATE_DIR = "validate"
 VALIDATION_FILE = "validation.csv"
 VALIDATION_COLUMNS = ("run_id", "rank", "kind", "option", "step_key", "step_ms", "projected_step_ms",
-                      "measured_step_ms", "error_pct", "error", "status", "why", "validating_run", "noisy", "created")
+                      "measured_step_ms", "error_pct", "baseline_step_ms", "ratio_error_pct", "error", "status", "why",
+                      "validating_run", "noisy", "created")
+# the validation row of the run's own options measured again beside the others (`mmchar advise --validate`): a
+# host-bound step moves between processes and machines by more than some options save, so each option's measured
+# step is also read against this re-measured baseline (``ratio_error_pct``), not only against the source run's step
+BASELINE_KIND, BASELINE_OPTION = "baseline", "(unchanged)"
 
 
 def error_text(kind: str) -> str:

@@ -29,8 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-from mmchar.analysis.advise import (VALIDATE_DIR, VALIDATION_COLUMNS, VALIDATION_FILE, gpu_key, load_gpus,
-                                    read_validation)
+from mmchar.analysis.advise import (BASELINE_KIND, BASELINE_OPTION, VALIDATE_DIR, VALIDATION_COLUMNS,
+                                    VALIDATION_FILE, gpu_key, load_gpus, read_validation)
 from mmchar.errors import InvalidParameterError, MmcharError, first_line
 from mmchar.schema import step_key
 from mmchar.store import Run, read_meta
@@ -262,7 +262,8 @@ def _row(run: Run, opp: Opportunity, status: str, why: str = "", measured: float
         math.isfinite(projected) and math.isfinite(measured) and measured > 0) else float("nan")
     return {"run_id": run.run_id, "rank": r.get("rank"), "kind": r.get("kind"), "option": r.get("option"),
             "step_key": r.get("step_key"), "step_ms": r.get("step_ms"), "projected_step_ms": projected,
-            "measured_step_ms": measured, "error_pct": error_pct, "error": r.get("error"), "status": status,
+            "measured_step_ms": measured, "error_pct": error_pct, "baseline_step_ms": float("nan"),
+            "ratio_error_pct": float("nan"), "error": r.get("error"), "status": status,
             "why": why, "validating_run": validating_run,
             "noisy": None if noisy is None else ("yes" if noisy else "no"),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -322,13 +323,43 @@ def validate(run: Run, advice: pd.DataFrame, top: int, store: Path, *,
         raise InvalidParameterError(f"--top {top}: validate at least one opportunity")
     mine = advice[advice["run_id"] == run.run_id]
     picked = pick(mine, run.meta.get("options") or {}, top)
+    if any(opp.change is not None for opp in picked):  # something will run: the unchanged work runs first
+        picked.insert(0, baseline_opportunity(mine))
     rows: list[dict[str, Any]] = []
     for i, opp in enumerate(picked):
         rows.append(measure(run, opp, store, here=here, runner=runner,
                             starting=lambda i=i, opp=opp: note(i, len(picked), opp)))
+        rows = against_baseline(rows)
         write_validation(store, _frame(rows))
         done(i, len(picked), rows[-1])
     return _frame(rows)
+
+
+def baseline_opportunity(advice: pd.DataFrame) -> Opportunity:
+    """The run's own options measured again, in a fresh process beside the options' runs: its "projection" is the
+    source run's step, so its ``error_pct`` is the drift of the unchanged work between the two measurements."""
+    first = advice.iloc[0].to_dict() if len(advice) else {}
+    row = {"rank": None, "kind": BASELINE_KIND, "option": BASELINE_OPTION, "step_key": first.get("step_key"),
+           "step_ms": first.get("step_ms"), "projected_step_ms": first.get("step_ms"),
+           "error": "the unchanged work measured again: its error is the drift between processes"}
+    return Opportunity(row, Change({}))
+
+
+def against_baseline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each measured option read against the re-measured baseline too: ``ratio_error_pct`` compares the projected
+    ratio (projected step / the source's step) with the measured one (option's step / baseline's step), which
+    cancels a drift both measurements share. NaN without a measured baseline."""
+    base = next((r for r in rows if r["kind"] == BASELINE_KIND and r["status"] == MEASURED), None)
+    if base is None:
+        return rows
+    out = []
+    for r in rows:
+        r = dict(r, baseline_step_ms=base["measured_step_ms"])
+        proj, step, got = r["projected_step_ms"], r["step_ms"], r["measured_step_ms"]
+        ok = all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (proj, step, got))
+        r["ratio_error_pct"] = ((proj / step) / (got / base["measured_step_ms"]) - 1) * 100 if ok else float("nan")
+        out.append(r)
+    return out
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

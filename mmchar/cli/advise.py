@@ -23,8 +23,8 @@ from mmchar.errors import InvalidParameterError
 SHOWN = ("rank", "kind", "option", "projected_step_ms", "saving_ms", "saving_pct", "projected_e2e_ms", "error",
          "model")
 # what the terminal shows of a validation (csv / json: every column of validation.csv)
-VALIDATION_SHOWN = ("rank", "kind", "option", "projected_step_ms", "measured_step_ms", "error_pct", "error", "status",
-                    "why", "validating_run")
+VALIDATION_SHOWN = ("rank", "kind", "option", "projected_step_ms", "measured_step_ms", "error_pct", "baseline_step_ms",
+                    "ratio_error_pct", "error", "status", "why", "validating_run")
 DEFAULT_TOP = 3
 
 
@@ -101,7 +101,8 @@ def _validate(loaded: list[Any], paths: list[Path], table: Any, top: int, store:
     """`--validate`: the run's top opportunities measured (`mmchar.validate`), then the table of projected against
     measured step latency. Exit 1 when a validating run failed (its row says why); an opportunity that cannot run
     here (refused, not runnable) is a row saying why, not a failure."""
-    from mmchar.analysis.advise import VALIDATION_FILE, read_validation, validation_files, with_measured
+    from mmchar.analysis.advise import (BASELINE_KIND, VALIDATION_FILE, read_validation, validation_files,
+                                        with_measured)
     from mmchar.store import check_writable
     from mmchar.validate import MEASURED, NOT_RUNNABLE, REFUSED, default_store, validate
 
@@ -127,6 +128,11 @@ def _validate(loaded: list[Any], paths: list[Path], table: Any, top: int, store:
             proj = row["projected_step_ms"]
             vs = (f"projected {proj:.2f} ms, error {row['error_pct']:+.1f} %" if proj == proj
                   else "no projection: it did not apply")
+            if row["kind"] == BASELINE_KIND:
+                vs = f"the unchanged work again: drift {row['error_pct']:+.1f} %"
+            elif row["ratio_error_pct"] == row["ratio_error_pct"]:
+                vs += f"; against the baseline measured again ({row['baseline_step_ms']:.2f} ms): " \
+                      f"{row['ratio_error_pct']:+.1f} %"
             tell(f"[{i + 1}/{n}] {row['kind']} {row['option']}: {row['step_key']} {row['measured_step_ms']:.2f} ms, "
                  f"{row['step_ms']:.2f} ms before ({vs}): {row['validating_run']}")
         elif row["status"] in (REFUSED, NOT_RUNNABLE):
@@ -147,7 +153,8 @@ def _validate(loaded: list[Any], paths: list[Path], table: Any, top: int, store:
     else:
         shown = result[list(VALIDATION_SHOWN)].copy()
         shown["error"] = shown["error"].fillna("").astype(str).str.replace(r" \(.*", "", regex=True)
-        shown = shown.rename(columns={"error": "stated error", "error_pct": "error %"})
+        shown = shown.rename(columns={"error": "stated error", "error_pct": "error %", "baseline_step_ms": "baseline ms",
+                                      "ratio_error_pct": "ratio error %"})
         first = table.iloc[0]
         print_frame(shown.round(2), title=f"{first['label']} ({first['device']}): {first['step_key']} "
                     f"{first['step_ms']:.2f} ms measured by the run; projected against measured with each option "

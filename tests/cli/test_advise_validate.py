@@ -19,7 +19,8 @@ from mmchar.analysis import advice_table
 from mmchar.analysis.advise import ADVICE_COLUMNS, VALIDATION_COLUMNS, read_validation, with_measured
 from mmchar.cli import main
 from mmchar.store import load_run
-from mmchar.validate import Change, NotRunnable, Opportunity, measure, parse_option, pick, plan_change
+from mmchar.validate import (Change, NotRunnable, Opportunity, against_baseline, measure, parse_option, pick,
+                             plan_change)
 
 
 def cli(args: list) -> tuple[int, str, str]:
@@ -71,7 +72,14 @@ def test_a_cpu_run_validates_channels_last_and_lists_what_cannot_run(tmp_path):
     assert code == 0, err
     assert "Traceback" not in err
     rows = {r["kind"]: r for r in json.loads(out)}
-    assert list(rows) == ["step-cache", "channels-last", "cuda-graphs"]  # rank 1, then options the CPU may run
+    # the unchanged work first (measured again beside the options), then rank 1, then options the CPU may run
+    assert list(rows) == ["baseline", "step-cache", "channels-last", "cuda-graphs"]
+    base = rows["baseline"]
+    assert base["status"] == "measured" and base["option"] == "(unchanged)" and base["measured_step_ms"] > 0
+    assert math.isclose(base["error_pct"], (base["step_ms"] - base["measured_step_ms"]) / base["measured_step_ms"]
+                        * 100)  # its "projection" is the source's step: the error is the drift
+    assert load_run(cpu_run.parent / "validate" / base["validating_run"], kernels=False).meta["options"] == \
+        load_run(cpu_run, kernels=False).meta["options"]
     cache = rows["step-cache"]
     assert cache["status"] == "not runnable" and "no runnable option" in cache["why"] and cache["rank"] == 1
     assert cache["projected_step_ms"] < cache["step_ms"] and cache["measured_step_ms"] is None
@@ -80,6 +88,7 @@ def test_a_cpu_run_validates_channels_last_and_lists_what_cannot_run(tmp_path):
     assert "\n" not in graphs["why"] and graphs["validating_run"] is None
     cl = rows["channels-last"]
     assert cl["status"] == "measured" and cl["measured_step_ms"] > 0 and cl["projected_step_ms"] is None
+    assert cl["baseline_step_ms"] == base["measured_step_ms"] and cl["ratio_error_pct"] is None  # nothing projected
 
     # the validating run: in the store's validate/ folder, the source's work with only channels-last changed
     source = load_run(cpu_run, kernels=False).meta
@@ -95,7 +104,7 @@ def test_a_cpu_run_validates_channels_last_and_lists_what_cannot_run(tmp_path):
 
     table = pd.read_csv(cpu_run.parent / "validate" / "validation.csv")
     assert list(table.columns) == list(VALIDATION_COLUMNS)
-    assert list(table["kind"]) == ["step-cache", "channels-last", "cuda-graphs"]
+    assert list(table["kind"]) == ["baseline", "step-cache", "channels-last", "cuda-graphs"]
     assert set(table["run_id"]) == {source["run_id"]}
     written = pd.read_json(tmp_path / "advice.json").set_index("option")  # -o: the advice, measured column too
     assert math.isclose(written.loc["--channels-last", "measured_step_ms"], cl["measured_step_ms"])
@@ -237,7 +246,8 @@ def test_a_gpu_run_on_a_machine_without_its_gpu_lists_every_opportunity_with_why
     code, out, err = cli(["advise", "--validate", SD15_H100, "--top", "4", "--target-gpu", "h200",
                           "--store", tmp_path, "--format", "json"])
     assert code == 0 and "Traceback" not in err, err
-    rows = json.loads(out)
+    base, *rows = json.loads(out)
+    assert base["kind"] == "baseline" and base["status"] == "not runnable" and "H100" in base["why"]
     assert len(rows) == 4 and [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert all(r["status"] == "not runnable" and r["why"] for r in rows)
     assert all(r["measured_step_ms"] is None and r["validating_run"] is None for r in rows)
@@ -269,3 +279,23 @@ def test_a_later_attempt_without_a_measurement_loses_no_result(tmp_path):
     (tmp_path / "validation.csv").write_text("not, a\n\x00table")
     with pytest.raises(Exception):
         write_validation(tmp_path, pd.DataFrame([row(None, "refused")]))
+
+
+def test_each_option_is_read_against_the_baseline_measured_again():
+    """A drift both measurements share cancels in the ratio: the source ran at 20 ms, the unchanged work measures
+    25 ms now, the option 12.5 ms; projected 10 ms is -20 % against the option's step, exact as a ratio."""
+    def row(kind, projected, measured, status="measured"):
+        return {"kind": kind, "step_ms": 20.0, "projected_step_ms": projected, "measured_step_ms": measured,
+                "status": status, "baseline_step_ms": float("nan"), "ratio_error_pct": float("nan")}
+
+    rows = against_baseline([row("baseline", 20.0, 25.0), row("cuda-graphs", 10.0, 12.5),
+                             row("channels-last", float("nan"), 11.0), row("fp8", 9.0, float("nan"), "oom")])
+    assert [r["baseline_step_ms"] for r in rows] == [25.0] * 4
+    assert math.isclose(rows[0]["ratio_error_pct"], 0.0) and math.isclose(rows[1]["ratio_error_pct"], 0.0, abs_tol=1e-9)
+    assert math.isnan(rows[2]["ratio_error_pct"]) and math.isnan(rows[3]["ratio_error_pct"])
+    # a projection 20 % too optimistic as a ratio says so whatever the drift
+    (b, o) = against_baseline([row("baseline", 20.0, 30.0), row("fp8", 8.0, 15.0)])
+    assert math.isclose(o["ratio_error_pct"], (0.4 / 0.5 - 1) * 100)
+    # without a measured baseline nothing is read against one
+    (b, o) = against_baseline([row("baseline", 20.0, float("nan"), "oom"), row("fp8", 8.0, 15.0)])
+    assert math.isnan(o["baseline_step_ms"]) and math.isnan(o["ratio_error_pct"])
