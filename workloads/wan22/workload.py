@@ -1,0 +1,105 @@
+"""Wan 2.2 text-to-video: T2V-A14B, a mixture of two 14B DiT experts switched by timestep, and TI2V-5B, a dense
+5B DiT over the Wan 2.2 VAE's 16x16-compressed latents; plus the MLPerf Inference v6.0 text-to-video benchmark,
+which runs T2V-A14B at its own settings.
+
+T2V-A14B is diffusers' `WanPipeline` with ``transformer`` (the high-noise expert) and ``transformer_2`` (the
+low-noise expert) and the pipeline setting ``boundary_ratio`` (0.875): a step whose timestep t is at least
+``boundary_ratio * num_train_timesteps`` runs ``transformer`` at ``guidance_scale``, every later step runs
+``transformer_2`` at ``guidance_scale_2``. Only one expert runs per step, so a step costs what a 14B Wan 2.1 step
+costs while both experts' weights stay resident (27B). Both experts are the denoiser stage: diffusers names the
+second one ``transformer_2``, which `discover_stage_roots` already counts as a denoiser, so each expert is a
+denoiser root of its own, both with the pipeline's two calls per step (conditional and unconditional apart).
+
+TI2V-5B (text-to-video mode here) is one transformer and ``expand_timesteps=True``: the timestep is given per
+latent token (the image-to-video mode's first-frame tokens would take t = 0), so the time embedding runs over
+every token.
+
+The pipeline settings (``boundary_ratio``, ``expand_timesteps``: the model_index.json of a diffusers checkpoint)
+are the preset's ``generation`` block, passed to the pipeline as it is built (and when loading ``--weights``);
+``guidance_scale_2`` is a fixed call argument (``call``).
+
+Known limits, both in the core (outside this folder):
+
+- the stage timer (`mmchar.instrument.StageTimer`) numbers a denoiser root's steps by that root's own call count,
+  so when both experts run in one generation the low-noise expert's first step is numbered 0 again: per-step
+  timings (``denoiser_step``) and per-step trace labels add a high-noise step and a low-noise step together, and a
+  40-step run records 27 steps (13 high-noise, 27 low-noise at flow_shift 3.0). Stage totals are right. The tiny
+  A14B presets set boundary_ratio 0.7 so that the tests' 2-step runs stay on the high-noise expert;
+- `mmchar bench-linear` takes every step component's layers (`is_step_component`: both experts) as one step's
+  work, which counts the A14B linears twice per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmchar.scopes import SiteRule
+from mmchar.target import StageRoot
+from mmchar.workloads import register_workload
+from mmchar.workloads.base import Params
+from mmchar.workloads.pipeline import PipelineWorkload
+
+# WanPipeline.__init__ settings that a checkpoint keeps in model_index.json: the preset's "generation" block
+PIPELINE_SETTINGS = ("boundary_ratio", "expand_timesteps")
+
+
+class _Wan22(PipelineWorkload):
+    task = "text-to-video"
+    modality = "video"
+    paradigm = "diffusion"
+    architecture = "dit"
+    stages = ("text_encoder", "denoiser", "scheduler", "decoder")
+    attention_sites = ("joint", "cross", "text")
+    # both experts' self-attention runs over every video token at once
+    site_rules = (SiteRule(r"^transformer(_2)?\.blocks\.\d+\.attn1$", "joint"),)
+    temporal_factor = 4
+    pipeline_class = "WanPipeline"
+    tokenizers = {"tokenizer": "t5"}
+
+    def extra_components(self, config: dict[str, Any]) -> dict[str, Any]:
+        generation = config.get("generation", {})
+        return {k: generation[k] for k in PIPELINE_SETTINGS if k in generation}
+
+    def denoiser_calls_per_step(self, params: Params) -> int:
+        return 2 if params.guidance > 1 else 1  # WanPipeline runs the conditional and unconditional passes apart
+
+
+@register_workload
+class Wan22T2VA14B(_Wan22):
+    name = "wan2.2-t2v-a14b"
+    description = ("Wan 2.2 T2V-A14B: two 14B DiT experts (high / low noise) switched at t = 875, one per step; "
+                   "joint self-attention over all video tokens, umT5 cross")
+    config_folder = "configs/a14b"
+    spatial_factor = 16  # VAE 8 x patch 2
+    components = {"transformer": "diffusers:WanTransformer3DModel",
+                  "transformer_2": "diffusers:WanTransformer3DModel",
+                  "vae": "diffusers:AutoencoderKLWan", "text_encoder": "transformers:UMT5EncoderModel"}
+
+    def stage_roots(self, pipe: Any, params: Params) -> list[StageRoot]:
+        """Both experts are denoiser roots (each one's calls are denoiser calls, two per step with guidance)."""
+        roots = super().stage_roots(pipe, params)
+        experts = {r.component for r in roots if r.stage == "denoiser"}
+        missing = {"transformer", "transformer_2"} - experts
+        if missing:
+            raise TypeError(f"{self.name}: the pipeline lacks the expert(s) {sorted(missing)}; a Wan 2.2 A14B "
+                            "pipeline has transformer (high noise) and transformer_2 (low noise)")
+        return roots
+
+
+@register_workload
+class MLPerfWan22(Wan22T2VA14B):
+    name = "mlperf-wan2.2"
+    description = ("MLPerf Inference v6.0 text-to-video: Wan 2.2 T2V-A14B at 720p, 81 frames, 20 steps, "
+                   "guidance 4.0 / 3.0 (the reference implementation's settings)")
+    config_folder = "configs/mlperf"
+
+
+@register_workload
+class Wan22TI2V5B(_Wan22):
+    name = "wan2.2-ti2v-5b"
+    description = ("Wan 2.2 TI2V-5B (text-to-video): 30-layer DiT, 24 heads x 128, over the Wan 2.2 VAE "
+                   "(16x16x4 compression, 48 channels); per-token timesteps")
+    config_folder = "configs/ti2v-5b"
+    spatial_factor = 32  # VAE 16 x patch 2
+    components = {"transformer": "diffusers:WanTransformer3DModel", "vae": "diffusers:AutoencoderKLWan",
+                  "text_encoder": "transformers:UMT5EncoderModel"}
