@@ -677,7 +677,12 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
                          e.d_busy.get(st.key, 0.0) * st.overlap))
     if st.stage == "denoiser" and p.steps > 1:
         skipped, mean = step_cache(st.wall_ms, p.steps, skip_fraction)
-        rows.append(_row(p, ids, "step-cache", f"cache {skipped} of {p.steps} steps", mean,
+        # a DiT's runs measure it (`--cache first-block`, driven by the same assumed share); a UNet has no cache
+        # hook in diffusers, so its row only describes the saving
+        dit = ((p.run.meta.get("config") or {}).get("family") or {}).get("architecture") == "dit"
+        option = (f"--cache first-block --cache-schedule {skip_fraction:g}" if dit
+                  else f"cache {skipped} of {p.steps} steps")
+        rows.append(_row(p, ids, "step-cache", option, mean,
                          p.e2e_ms - skipped * st.wall_ms,
                          f"steps skipped x step cost: {skipped} of {p.steps} denoiser calls reuse a cached output at "
                          f"no cost (skip fraction {skip_fraction:g}, assumed); the projected step is the mean over "

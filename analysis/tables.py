@@ -59,7 +59,9 @@ def runtime_modes(meta: dict[str, Any]) -> tuple[str, ...]:
     channels-last activations or replayed CUDA graphs each change the kernels and the host's share of the step, so
     such a run answers its own questions and never stands in for the eager model."""
     opts = meta.get("options") or {}
-    return tuple(name for key, name in RUNTIME_MODES.items() if opts.get(key))
+    cache = opts.get("cache") or "none"  # a step cache (mmchar.step_cache): skipped work is other work
+    return (*(name for key, name in RUNTIME_MODES.items() if opts.get(key)),
+            *((f"cache-{cache}",) if cache != "none" else ()))
 
 
 def backend_label(meta: dict[str, Any]) -> Any:
@@ -101,6 +103,7 @@ def work_fields(run: Run) -> dict[str, Any]:
         "device": _device_name(meta), "dtype": cfg.get("dtype"),
         **{k: params.get(k) for k in ("height", "width", "frames", "steps", "batch", "guidance", "seed")},
         "compile": bool(opts.get("compile")), **{k: bool(opts.get(k)) for k in MODE_KEYS},
+        "cache": opts.get("cache") or "none", "cache_schedule": opts.get("cache_schedule"),
         "memory": ",".join(sorted(cfg.get("memory") or {})),
         "gpus": int(opts.get("sequence_parallel") or 1), "sp_scheme": opts.get("sp_scheme") or "auto",
         "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),

@@ -32,6 +32,10 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
     for mode in ("channels_last", "cuda_graphs"):  # runtime modes (mmchar.modes): other work, as compile is;
         if getattr(options, mode):  # off, a run hashes as before the modes existed
             path[mode] = True
+    if options.cache != "none":  # a step cache skips work: another point (no cache hashes as before caches existed)
+        path["cache"] = options.cache
+        if options.cache_schedule is not None:
+            path["cache_schedule"] = options.cache_schedule
     if options.linear_backend != DEFAULT_LINEAR_BACKEND:  # the linear layers replaced: other work (dense hashes
         path["linear_backend"] = options.linear_backend  # as before the projection swap existed)
         path["linear_scope"] = options.linear_scope
@@ -78,7 +82,8 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
             store: str | os.PathLike[str] = DEFAULT_STORE, backend: str = "sdpa", fallback: str | None = None,
             repeat: int = 3, profile_steps: int = 2, seed: int = 0, scope: str = "denoiser",
             linear_backend: str = DEFAULT_LINEAR_BACKEND, linear_scope: str = "all", channels_last: bool = False,
-            cuda_graphs: bool = False, **call_kwargs: Any) -> Run:
+            cuda_graphs: bool = False, cache: str = "none", cache_schedule: str | None = None,
+            **call_kwargs: Any) -> Run:
     """Profile one generation of any diffusers pipeline object and write the run to ``store``.
 
     Args:
@@ -97,6 +102,8 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
         channels_last: the conv-holding components and the latents in channels-last memory format (`mmchar.modes`;
             the pipeline's models are converted in place and stay so).
         cuda_graphs: the denoiser's forward captured into CUDA graphs in the warm-up and replayed (CUDA only).
+        cache: a diffusers step-cache hook on the denoiser (`mmchar.step_cache.CACHE_CHOICES`), and
+            ``cache_schedule`` the assumed schedule that drives a data-dependent one (first-block) on random weights.
         **call_kwargs: further pipeline arguments (height, width, num_frames, guidance_scale ...).
 
     Returns:
@@ -110,7 +117,7 @@ def profile(pipe: Any, *, prompt: str | list[str] | None = None, num_inference_s
     target = pipeline_target(pipe, steps=num_inference_steps, call_kwargs=kwargs, seed=seed)
     options = ProfileOptions(backend=backend, fallback=fallback, repeat=repeat, profile_steps=profile_steps, scope=scope,
                              linear_backend=linear_backend, linear_scope=linear_scope, channels_last=channels_last,
-                             cuda_graphs=cuda_graphs)
+                             cuda_graphs=cuda_graphs, cache=cache, cache_schedule=cache_schedule)
     run = run_and_store(target, options, store, run_config_hash(target.config, options))
     return run
 

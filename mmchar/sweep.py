@@ -207,8 +207,9 @@ def child_command(sweep: SweepPlan, point: Point, store: str | os.PathLike[str])
         if getattr(sweep, opt) is not None:
             cmd += [f"--{opt}", str(getattr(sweep, opt))]
     o = sweep.options
-    for k in ("fallback", "cross_backend", "scope", "linear_backend", "linear_scope", "repeat", "profile_steps"):
-        if o.get(k) is not None:
+    for k in ("fallback", "cross_backend", "scope", "linear_backend", "linear_scope", "repeat", "profile_steps",
+              "cache", "cache_schedule"):
+        if o.get(k) is not None and (k, o[k]) != ("cache", "none"):
             cmd += ["--" + k.replace("_", "-"), str(o[k])]
     if o.get("keep_trace") is False:
         cmd.append("--no-trace")

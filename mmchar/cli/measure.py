@@ -12,7 +12,7 @@ import typer
 
 from mmchar.cli import app
 from mmchar.cli.common import check_format
-from mmchar.cli.options import (Batch, ChannelsLast, Compile, CpuOffload, CrossBackend, CudaGraphs, Device, Dtype,
+from mmchar.cli.options import (Batch, Cache, CacheSchedule, ChannelsLast, Compile, CpuOffload, CrossBackend, CudaGraphs, Device, Dtype,
                                 Fallback, Fmt, Frames, Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace,
                                 Pipeline, Preset, ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing,
                                 VaeTiling, Weights, Width, Workload)
@@ -35,7 +35,8 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, channels_last: ChannelsLast = False,
-            cuda_graphs: CudaGraphs = False, store: Store = Path("runs"),
+            cuda_graphs: CudaGraphs = False, cache: Cache = "none",
+            cache_schedule: CacheSchedule = None, store: Store = Path("runs"),
             sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="Under torchrun: split the "
                 "denoiser's token sequence over the ranks (one GPU each; self-attention across them, Ulysses or "
                 "ring); rank 0 writes the run.")] = False,
@@ -85,7 +86,8 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
             vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
             compile: Compile = False, channels_last: ChannelsLast = False,
-            cuda_graphs: CudaGraphs = False, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
+            cuda_graphs: CudaGraphs = False, cache: Cache = "none",
+            cache_schedule: CacheSchedule = None, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     opts = RunOptions.from_params(locals())
     from mmchar.compare import compare as run_compare, variant_name

@@ -51,6 +51,8 @@ class RunOptions:
     compile: bool
     channels_last: bool
     cuda_graphs: bool
+    cache: str
+    cache_schedule: str | None
     store: Path
 
     @classmethod
@@ -80,7 +82,7 @@ class RunOptions:
         return {"fallback": self.fallback, "cross_backend": self.cross_backend, "scope": self.scope,
                 "linear_backend": self.linear_backend, "linear_scope": self.linear_scope, "repeat": self.repeat,
                 "keep_trace": not self.no_trace, "compile": self.compile, "channels_last": self.channels_last,
-                "cuda_graphs": self.cuda_graphs, **steps}
+                "cuda_graphs": self.cuda_graphs, "cache": self.cache, "cache_schedule": self.cache_schedule, **steps}
 
     def linear_backends(self) -> list[str]:
         """``--linear-backend``'s projection backends: several, comma-separated, for `compare` (the first is the

@@ -11,7 +11,7 @@ import typer
 
 from mmchar.cli import app
 from mmchar.cli.common import check_format
-from mmchar.cli.options import (Batch, ChannelsLast, Compile, CpuOffload, CrossBackend, CudaGraphs, Device, Dtype,
+from mmchar.cli.options import (Batch, Cache, CacheSchedule, ChannelsLast, Compile, CpuOffload, CrossBackend, CudaGraphs, Device, Dtype,
                                 Fallback, Fmt, Frames, Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace,
                                 Preset, ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling,
                                 Weights, Width)
@@ -35,7 +35,8 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
           repeat: Repeat = 3, profile_steps: ProfileSteps = None, no_trace: NoTrace = False,
           vae_tiling: VaeTiling = False, vae_slicing: VaeSlicing = False, cpu_offload: CpuOffload = False,
           compile: Compile = False, channels_last: ChannelsLast = False,
-          cuda_graphs: CudaGraphs = False, store: Store = Path("runs"), fmt: Fmt = "table",
+          cuda_graphs: CudaGraphs = False, cache: Cache = "none",
+            cache_schedule: CacheSchedule = None, store: Store = Path("runs"), fmt: Fmt = "table",
           distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: split the points across "
                                                     "ranks, one GPU each; the summary prints once.")] = False,
           retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run points whose stored run failed "

@@ -81,7 +81,7 @@ def test_a_cpu_run_validates_channels_last_and_lists_what_cannot_run(tmp_path):
     assert load_run(cpu_run.parent / "validate" / base["validating_run"], kernels=False).meta["options"] == \
         load_run(cpu_run, kernels=False).meta["options"]
     cache = rows["step-cache"]
-    assert cache["status"] == "not runnable" and "no runnable option" in cache["why"] and cache["rank"] == 1
+    assert cache["status"] == "not runnable" and "DeepCache" in cache["why"] and cache["rank"] == 1
     assert cache["projected_step_ms"] < cache["step_ms"] and cache["measured_step_ms"] is None
     graphs = rows["cuda-graphs"]
     assert graphs["status"] == "refused" and "device cpu launches none" in graphs["why"]
@@ -128,7 +128,7 @@ def test_options_become_profile_options_fields():
     assert parse_option("--backend flash --cuda-graphs").fields == {"backend": "flash", "cuda_graphs": True}
     assert parse_option("--linear-backend fp8").fields == {"linear_backend": "fp8"}
     assert parse_option("--target-gpu h200") == Change({}, "h200")
-    for option, kind, why in (("cache 3 of 10 steps", "step-cache", "no runnable option"),
+    for option, kind, why in (("cache 3 of 10 steps", "step-cache", "DeepCache"),
                               ("--backend", "attention", "without a value"),
                               ("--target-gpu", "gpu", "without a value"),
                               ("--warp-speed", "combined", "no option"), ("", "none", "names no option")):
@@ -169,7 +169,7 @@ def test_the_top_opportunities_are_the_ranked_ones_then_what_the_run_can_measure
     picked = pick(t, {"channels_last": True}, top=5)
     assert [o.row["option"] for o in picked] == ["--channels-last --cuda-graphs", "--linear-backend fp8",
                                                  "cache 3 of 10 steps", "--cuda-graphs"]
-    assert picked[2].change is None and "no runnable option" in picked[2].why
+    assert picked[2].change is None and "DeepCache" in picked[2].why
     assert [o.row["option"] for o in pick(t, {}, top=2)] == ["--channels-last --cuda-graphs", "--linear-backend fp8"]
 
 
@@ -254,7 +254,7 @@ def test_a_gpu_run_on_a_machine_without_its_gpu_lists_every_opportunity_with_why
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # nothing ran
     why = {r["kind"]: r["why"] for r in rows}
     assert "measured on an NVIDIA H100 80GB HBM3; this machine has no CUDA device" in why["cuda-graphs"]
-    assert "no runnable option" in why["step-cache"]
+    assert "DeepCache" in why["step-cache"]
 
 
 def test_a_later_attempt_without_a_measurement_loses_no_result(tmp_path):

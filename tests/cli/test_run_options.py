@@ -70,7 +70,7 @@ def test_run_options_from_each_commands_defaults():
         assert opts.profile_fields() == {"fallback": None, "cross_backend": None, "scope": "denoiser",
                                          "linear_backend": "dense", "linear_scope": "all", "repeat": 3,
                                          "keep_trace": True, "compile": False, "channels_last": False,
-                                         "cuda_graphs": False}
+                                         "cuda_graphs": False, "cache": "none", "cache_schedule": None}
 
 
 def test_profile_fields_carry_what_was_typed():
@@ -80,7 +80,7 @@ def test_profile_fields_carry_what_was_typed():
     assert opts.profile_fields() == {"fallback": "math", "cross_backend": None, "scope": "denoiser",
                                      "linear_backend": "dense", "linear_scope": "ffn", "repeat": 1,
                                      "keep_trace": False, "compile": False, "channels_last": False,
-                                     "cuda_graphs": False, "profile_steps": 1}
+                                     "cuda_graphs": False, "cache": "none", "cache_schedule": None, "profile_steps": 1}
     assert opts.extra_backends() == ["math"]
 
 
