@@ -234,6 +234,12 @@ def _workload_linears(name: str, bench: dict[str, Any]) -> WorkloadLinears:
     w = get_workload(name)
     models = w.preset_config("full").get("models", {})
     comps = [c for c in w.components if is_step_component(c)]
+    # experts of one architecture take turns, one per step (Wan 2.2 A14B's high- and low-noise transformers): a
+    # step's linear work is one expert's, counted once
+    alike: dict[str, str] = {}
+    for c in comps:
+        alike.setdefault(json.dumps([w.components[c], models.get(c)], sort_keys=True, default=str), c)
+    comps = list(alike.values())
     missing = [c for c in comps if c not in models]
     if not comps or missing:
         return WorkloadLinears(skipped=f"its generating model ({', '.join(missing or comps) or 'none'}) is not built "

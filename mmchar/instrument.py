@@ -2,10 +2,12 @@
 
 `StageTimer` wraps each stage root's method (an instance attribute shadowing the class method, removed on
 exit) and records one interval per call: CUDA events on a GPU, ``perf_counter`` on the CPU. It is the only
-instrumentation of the timed pass (two event records per stage call). With ``annotate`` it also opens a
-``mmchar.stage::<stage>::<step>`` profiler range per call; `ModuleAnnotator` opens ``mmchar.module::<path>``
-around every module forward for the full profile (eager traces carry no module paths: docs/integration.md,
-"Profiling").
+instrumentation of the timed pass (two event records per stage call). Steps are numbered per stage, not per root:
+the roots of a step stage share one count, so a denoiser of several experts (Wan 2.2 A14B's ``transformer`` and
+``transformer_2``, switched at a timestep boundary) numbers its steps 0 .. steps-1 whichever expert runs each.
+With ``annotate`` it also opens a ``mmchar.stage::<stage>::<step>`` profiler range per call; `ModuleAnnotator`
+opens ``mmchar.module::<path>`` around every module forward for the full profile (eager traces carry no module
+paths: docs/integration.md, "Profiling").
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class StageCall:
     start: Any  # torch.cuda.Event or float seconds
     end: Any
     phase: str | None = None
+    component: str | None = None  # the root's component (which expert ran a step)
 
 
 @dataclass
@@ -52,6 +55,8 @@ class GenerationTiming:
     calls: dict[str, int]
     step_stage: str | None = None
     phase_ms: dict[str, list[float]] | None = None  # generator phases: one entry per call
+    # the component that ran each step of the step stage ("a+b" for a step whose calls went to several)
+    step_components: list[str] | None = None
 
 
 class StageTimer:
@@ -65,7 +70,9 @@ class StageTimer:
         self.measure_memory = measure_memory and self.cuda
         self.capture = capture_decoder_input
         self.calls: list[StageCall] = []
-        self.counts: dict[int, int] = defaultdict(int)
+        # per step stage: [the current step, the calls made in it]; every root of the stage shares it, so whichever
+        # root (expert) runs step i, its calls are step i's
+        self._steps: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self.memory: dict[str, StageMemory] = {}
         # what compare checks backends by: the decoder's input (final latents, or token ids), or, for a model
         # that denoises pixels directly (no decoder stage: IF stage I), its denoiser's output at the last step;
@@ -87,12 +94,12 @@ class StageTimer:
         return time.perf_counter()
 
     def __enter__(self) -> StageTimer:
-        for i, root in enumerate(self.target.stage_roots):
+        for root in self.target.stage_roots:
             comp = self.target.component(root.component)
             had = root.method in vars(comp)
             orig = getattr(comp, root.method)
             self._restore.append((comp, root.method, vars(comp)[root.method] if had else None))
-            setattr(comp, root.method, self._wrap(i, root, orig, comp))
+            setattr(comp, root.method, self._wrap(root, orig, comp))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -103,7 +110,7 @@ class StageTimer:
                 setattr(comp, method, previous)
         self._restore.clear()
 
-    def _wrap(self, index: int, root: Any, orig: Any, comp: Any) -> Any:
+    def _wrap(self, root: Any, orig: Any, comp: Any) -> Any:
         stage, per_step, phases = root.stage, root.calls_per_step, root.phases
         if self.measure_memory and stage not in self.memory:
             self.memory[stage] = StageMemory(weights_bytes=0)
@@ -112,9 +119,13 @@ class StageTimer:
                                                     for t in (*comp.parameters(), *comp.buffers()))
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            n = self.counts[index]
-            self.counts[index] = n + 1
-            step = n // per_step if stage in STEP_STAGES else -1
+            step = -1
+            if stage in STEP_STAGES:  # a step is ``calls_per_step`` calls of the root that runs it
+                state = self._steps[stage]
+                step = state[0]
+                state[1] += 1
+                if state[1] >= per_step:
+                    state[0], state[1] = step + 1, 0
             phase = None
             if phases:
                 phase = phases[0] if len(phases) == 1 or step == 0 else phases[1]
@@ -132,7 +143,7 @@ class StageTimer:
                     self._captured = x.detach()  # each step replaces the last: the final prediction stays
                 return out
             finally:
-                self.calls.append(StageCall(stage, step, start, self._mark(), phase))
+                self.calls.append(StageCall(stage, step, start, self._mark(), phase, root.component))
                 if handle is not None:
                     _rf_exit(handle)
                 if self.measure_memory:
@@ -150,6 +161,7 @@ class StageTimer:
         stage_ms: dict[str, float] = defaultdict(float)
         calls: dict[str, int] = defaultdict(int)
         steps: dict[int, float] = defaultdict(float)
+        step_comps: dict[int, list[str]] = defaultdict(list)
         phase_ms: dict[str, list[float]] = defaultdict(list)
         step_stage = None
         for c in self.calls:
@@ -159,10 +171,12 @@ class StageTimer:
             if c.stage in STEP_STAGES:
                 step_stage = c.stage
                 steps[c.step] += ms
+                if c.component not in step_comps[c.step]:
+                    step_comps[c.step].append(c.component)
             if c.phase is not None:
                 phase_ms[c.phase].append(ms)
         return GenerationTiming(e2e_ms, dict(stage_ms), [steps[k] for k in sorted(steps)], dict(calls), step_stage,
-                                dict(phase_ms) or None)
+                                dict(phase_ms) or None, ["+".join(step_comps[k]) for k in sorted(steps)] or None)
 
 
 class ModuleAnnotator:

@@ -64,6 +64,9 @@ class ProfileOptions:
     # forward captured into CUDA graphs in the warm-up and replayed (under compile: mode "reduce-overhead")
     channels_last: bool = False
     cuda_graphs: bool = False
+    # a diffusers cache hook on the denoiser (mmchar.step_cache), and the schedule that drives a data-dependent one
+    cache: str = "none"
+    cache_schedule: str | None = None
     # ranks of torch.distributed's default group the denoiser's token sequence is split over (torchrun, one GPU
     # each; mmchar.sequence_shard); 1: one device
     sequence_parallel: int = 1
@@ -104,6 +107,15 @@ class ProfileOptions:
             raise InvalidParameterError(f"--cuda-graphs cannot replay {self.backend}: it decides each call by the "
                                         "state it carries in Python, which a replayed graph skips; drop --cuda-graphs "
                                         "or use another backend")
+        from mmchar.step_cache import NO_CACHE, check_cache
+
+        check_cache(self.cache, self.cache_schedule)
+        if self.cache != NO_CACHE:
+            for flag, on in (("--cuda-graphs", self.cuda_graphs), ("--compile", self.compile),
+                             ("--sequence-parallel", self.sequence_parallel > 1)):
+                if on:
+                    raise InvalidParameterError(f"--cache and {flag} do not combine: the cache decides in Python at "
+                                                f"every denoiser call, which {flag} does not run; drop one of them")
         for name in ("repeat", "profile_steps", "warmup", "sequence_parallel"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(self, name)} must be at least 1")
@@ -124,7 +136,8 @@ class Measurement:
 
 def _stats(values: list[float]) -> dict[str, float | None]:
     """The spread of one timing key's samples: what the noise guard judges (`mmchar.noise`)."""
-    return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values), "n": len(values),
+    return {"median_ms": statistics.median(values), "mean_ms": statistics.fmean(values), "min_ms": min(values),
+            "max_ms": max(values), "n": len(values),
             "cv": noise.cv(values), "spread": noise.spread(values)}
 
 
@@ -259,6 +272,12 @@ class _Session:
                                  scope=options.linear_scope, seed=seed, route=not options.compile)
         if options.channels_last:  # before any capture or compile: they see the converted weights
             self.meta["channels_last"] = modes.to_channels_last(target)
+        self.cache = None
+        if options.cache != "none":  # installed by _swapped(): the session's passes only, not a compare's others
+            from mmchar.step_cache import StepCache
+
+            self.cache = StepCache(target, options.cache, options.cache_schedule,
+                                   weights=bool(target.config.get("weights")))
         # --cuda-graphs: eager forwards captured by this session (under its own backends), or compile's own graphs
         self.graphs = modes.StepGraphs(target) if options.cuda_graphs and not options.compile else None
         if options.compile:
@@ -271,7 +290,8 @@ class _Session:
     def _swapped(self) -> Iterator[Any]:
         """Both swaps open (attention and projections), and this session's CUDA graphs installed: the attention
         swap's state is what a pass reads."""
-        with self.swap as state, self.linear, (self.graphs or contextlib.nullcontext()):
+        with self.swap as state, self.linear, (self.graphs or contextlib.nullcontext()), \
+                (self.cache or contextlib.nullcontext()):
             yield state
 
     def warmup(self) -> None:
@@ -321,6 +341,8 @@ class _Session:
         with self._swapped():
             timing, _ = _timed_generation(self.target, self.target.steps, self._align)
         self.timings.append(timing)
+        if self.cache is not None:  # what the cache computed, skipped or ran in part in this timed generation
+            self.meta["step_cache"] = self.cache.describe()
 
     def _denoiser_calls_per_step(self) -> float:
         prefixes = tuple(f"{r.component}." for r in self.target.stage_roots if r.stage in STEP_STAGES)
@@ -339,6 +361,9 @@ class _Session:
     def _profiles(self) -> None:
         target, meta, psteps = self.target, self.meta, self.psteps
         meta["timings"] = _timings(self.timings)
+        experts = _step_components_record(self.timings)
+        if experts:  # only where several models ran the steps (Wan 2.2 A14B's two experts)
+            meta["step_components"] = experts
         calls_per_step = self._denoiser_calls_per_step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
         with self._swapped() as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
@@ -489,6 +514,18 @@ def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
     # everything outside the model and scheduler calls: tokenising, latent preparation, guidance arithmetic, Python
     out[OUTSIDE_STAGES] = _stats([max(r.e2e_ms - sum(r.stage_ms.values()), 0.0) for r in runs])
     return out
+
+
+def _step_components_record(runs: list[GenerationTiming]) -> dict[str, Any] | None:
+    """Which component ran each step of a timed generation (they all step alike), or None where one model ran
+    them all: ``counts`` (steps per component, in order of first use) and ``per_step``."""
+    per_step = next((r.step_components for r in runs if r.step_components), None)
+    if not per_step or len({c for s in per_step for c in s.split("+")}) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for s in per_step:
+        counts[s] = counts.get(s, 0) + 1
+    return {"counts": counts, "per_step": per_step}
 
 
 def _busy(trace: Any, timings: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -18,15 +18,9 @@ The pipeline settings (``boundary_ratio``, ``expand_timesteps``: the model_index
 are the preset's ``generation`` block, passed to the pipeline as it is built (and when loading ``--weights``);
 ``guidance_scale_2`` is a fixed call argument (``call``).
 
-Known limits, both in the core (outside this folder):
-
-- the stage timer (`mmchar.instrument.StageTimer`) numbers a denoiser root's steps by that root's own call count,
-  so when both experts run in one generation the low-noise expert's first step is numbered 0 again: per-step
-  timings (``denoiser_step``) and per-step trace labels add a high-noise step and a low-noise step together, and a
-  40-step run records 27 steps (13 high-noise, 27 low-noise at flow_shift 3.0). Stage totals are right. The tiny
-  A14B presets set boundary_ratio 0.7 so that the tests' 2-step runs stay on the high-noise expert;
-- `mmchar bench-linear` takes every step component's layers (`is_step_component`: both experts) as one step's
-  work, which counts the A14B linears twice per step.
+Both experts are denoiser stage roots sharing one step count (`mmchar.instrument.StageTimer`): a step is numbered
+by the generation's step, whichever expert ran it, and the run records which expert ran each step
+(``step_components`` in meta.json); `mmchar bench-linear` counts one expert's linear layers per step.
 """
 
 from __future__ import annotations
