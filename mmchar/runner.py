@@ -302,8 +302,11 @@ class _Session:
             for i in range(self.options.warmup):
                 # the layout the converted components are called with, from the first warm-up generation
                 with (modes.input_formats(self.target, cl["converted"]) if cl and i == 0
-                      else contextlib.nullcontext()) as formats:
+                      else contextlib.nullcontext()) as formats, \
+                        (_DenoiserBatches(self.target) if i == 0 else contextlib.nullcontext()) as batches:
                     self.target.run(min(self.target.steps, 2))
+                if i == 0 and batches is not None:
+                    self.meta["guidance"] = batches.record()
                 if cl and i == 0:
                     cl["inputs"] = dict(sorted(formats.items()))
                     cl["latents"] = modes.latents_record(self.target.pipe) or cl["latents"]
@@ -514,6 +517,47 @@ def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
     # everything outside the model and scheduler calls: tokenising, latent preparation, guidance arithmetic, Python
     out[OUTSIDE_STAGES] = _stats([max(r.e2e_ms - sum(r.stage_ms.values()), 0.0) for r in runs])
     return out
+
+
+class _DenoiserBatches:
+    """How a run's classifier-free guidance reached the denoiser, seen in the first warm-up generation: the leading
+    dimension of each step-stage call's first tensor and how many calls a step made. ``two calls``: the conditional
+    and unconditional passes run apart (Wan, Qwen-Image); ``batched``: one call on twice the prompts (SD, CogVideoX);
+    ``none``: one call on the prompts (guidance off, or distilled into an embedding: FLUX, HunyuanVideo)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.roots = [r for r in target.stage_roots if r.stage in STEP_STAGES]
+        self.batches: list[int] = []
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> _DenoiserBatches:
+        for r in self.roots:
+            module = getattr(self.target.pipe, r.component, None)
+            if isinstance(module, torch.nn.Module):
+                self._hooks.append(module.register_forward_pre_hook(self._seen, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def _seen(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+        if first is not None:
+            self.batches.append(int(first.shape[0]))
+
+    def record(self) -> dict[str, Any] | None:
+        params = self.target.config.get("params") or {}
+        scale, prompts = params.get("guidance"), params.get("batch")
+        if not self.batches or not self.roots or scale is None or not prompts:
+            return None
+        per_step = max(r.calls_per_step for r in self.roots)
+        batch = max(set(self.batches), key=self.batches.count)
+        mode = ("two calls" if per_step > 1 and float(scale) > 1 else "batched" if batch >= 2 * int(prompts)
+                else "none")
+        return {"scale": scale, "mode": mode, "denoiser_calls_per_step": per_step, "denoiser_batch": batch,
+                "prompts": prompts}
 
 
 def _step_components_record(runs: list[GenerationTiming]) -> dict[str, Any] | None:

@@ -40,6 +40,8 @@ def test_both_experts_number_their_steps_in_one_sequence(tmp_path):
     assert run.meta["status"] == "ok", run.meta.get("error")
     # one sample per step, not one per step of the expert that ran most
     assert run.meta["timings"]["denoiser_step"]["n"] == STEPS
+    # Wan runs the conditional and unconditional passes as two calls per step, on the prompt batch each
+    assert run.meta["guidance"]["mode"] == "two calls" and run.meta["guidance"]["denoiser_batch"] == 1
     experts = run.meta["step_components"]
     assert experts["per_step"] == expected
     assert experts["counts"] == {c: expected.count(c) for c in dict.fromkeys(expected)}

@@ -152,6 +152,9 @@ def test_profile_sd15_writes_one_complete_run(sd15_profile):
     assert meta["run_id"] == run.name
     assert meta["workload"] == "sd15" and meta["preset"] == "tiny" and meta["backend"] == "sdpa"
     assert meta["config"]["params"]["steps"] == 2 and meta["passes"]["repeat"] == 1
+    # classifier-free guidance as SD runs it: one denoiser call per step on the prompt and its negative, batched
+    assert meta["guidance"] == {"scale": 7.5, "mode": "batched", "denoiser_calls_per_step": 1, "denoiser_batch": 2,
+                                "prompts": 1}
     for key in ("e2e", "denoiser_step"):
         t = meta["timings"][key]
         assert 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"]
