@@ -3,6 +3,7 @@ per topic; ``TABLES`` (``registry.py``) lists those `mmchar study` writes."""
 
 from .advise import advice_table
 from .communication import communication_table, sequence_parallel_table
+from .decoder import decoder_table
 from .diff import check_gate, diff_table, regressions, unpaired_runs, work_mismatch
 from .findings import findings, findings_markdown
 from .launch import launch_table
@@ -19,8 +20,8 @@ from .tables import (attention_site_table, breakdown_table, comparison_table, is
 from .timeline import step_timeline
 
 __all__ = ["TABLES", "advice_table", "attention_site_table", "breakdown_table", "check_gate", "communication_table",
-           "comparison_table", "crossover_table", "diff_table", "findings", "findings_markdown", "is_noisy",
-           "launch_table", "load_bench", "mechanisms_table", "module_tree", "phase_table", "projections_table",
-           "regressions", "roofline_table", "run_labels", "run_table", "scaling_fits", "scaling_points",
-           "scaling_table", "sequence_parallel_table", "sequence_table", "stage_table", "step_timeline",
-           "top_kernels_table", "unpaired_runs", "work_fields", "work_key", "work_mismatch"]
+           "comparison_table", "crossover_table", "decoder_table", "diff_table", "findings", "findings_markdown",
+           "is_noisy", "launch_table", "load_bench", "mechanisms_table", "module_tree", "phase_table",
+           "projections_table", "regressions", "roofline_table", "run_labels", "run_table", "scaling_fits",
+           "scaling_points", "scaling_table", "sequence_parallel_table", "sequence_table", "stage_table",
+           "step_timeline", "top_kernels_table", "unpaired_runs", "work_fields", "work_key", "work_mismatch"]

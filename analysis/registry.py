@@ -12,6 +12,7 @@ from mmchar.store import Run
 
 from .advise import advice_table
 from .communication import communication_table, sequence_parallel_table
+from .decoder import decoder_table
 from .launch import launch_table
 from .mechanisms import mechanisms_table
 from .modules import module_tree
@@ -39,6 +40,7 @@ TABLES: dict[str, Table] = {
     "phases": phase_table,                          # gemm and attention per phase: prefill, decode, diffusion step
     "scaling": scaling_table,                       # fitted exponent of latency against each swept parameter
     "modules": module_tree,                         # one step's kernel time up the module hierarchy
+    "decoder": decoder_table,                       # the decoder's share of e2e and its time by sub-class
     "communication": communication_table,           # collectives' time, payload and overlap with compute
     "sequence_parallel": sequence_parallel_table,   # step latency over 1, 2, 4 ... GPUs: speedup, efficiency
     "advice": advice_table,                         # optimisation opportunities, ranked by projected step saving

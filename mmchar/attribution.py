@@ -1,7 +1,8 @@
 """Attribution: every kernel (every op on a CPU run) of a parsed trace, classified and placed.
 
 Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
-(`mmchar.taxonomy`, with attention cores decided first), its phase (``backward`` for the work of a backward
+(`mmchar.taxonomy`, with attention cores decided first), a sub-class naming what it is for within that class
+(`mmchar.sub_classes`: conv3d, pad, upsample, rope, modulation ...), its phase (``backward`` for the work of a backward
 pass, classed by the forward op it differentiates) and, for attention and for the projections of attention
 modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
 op class and its cost (the projection scope's label), like an attention core's. Kernels launched outside every
@@ -23,6 +24,7 @@ from mmchar.schema import BACKWARD_PHASE, BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUT
 from mmchar.scopes import (ProjectionCall, attention_label_site, attention_site, parse_attention_label,
                            parse_comm_label, parse_projection_label)
 from mmchar.shares import shares_within
+from mmchar.sub_classes import sub_classes
 from mmchar.taxonomy import classify, is_attention_op, is_backward
 from mmchar.trace import COMPILE_WRAPPERS, Trace, gc_paused
 
@@ -149,7 +151,8 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
         "aten_op": aten, "launch_op": launch, "kernel": trace.name, "ts_us": np.asarray(trace.ts, dtype=float),
         "dur_us": np.asarray(trace.dur, dtype=float), "input_shapes": shapes, "flops": flops, "bytes": nbytes,
     })
-    kernels = kernels.astype(KERNEL_COLUMNS)
+    kernels["sub_class"] = sub_classes(kernels)  # from the columns above: one derivation for new and stored runs
+    kernels = kernels[list(KERNEL_COLUMNS)].astype(KERNEL_COLUMNS)
     return Attribution(kernels=kernels, breakdown=breakdown(kernels), unmatched=unmatched(kernels))
 
 

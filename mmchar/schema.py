@@ -21,6 +21,10 @@ PHASES = ("prefill", "decode", "step")
 # kernels.parquet "phase": the work of a backward pass (a training step's trace, `mmchar analyze`); "" otherwise
 BACKWARD_PHASE = "backward"
 OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "other")
+# kernels.parquet "sub_class": what a kernel's time is for within its op class (mmchar/sub_classes.py), "" where no
+# rule names it
+SUB_CLASSES = ("conv3d", "conv2d", "conv1d", "pad", "upsample", "group_norm", "layer_norm", "rms_norm", "norm", "rope",
+               "modulation")
 ATTN_SITES = ("spatial", "temporal", "joint", "cross", "causal", "text")
 
 RUN_STATUSES = ("ok", "oom", "error")  # meta.json "status"
@@ -39,6 +43,7 @@ KERNEL_COLUMNS = {
     "step": "int32",  # denoising / generation step (-1 outside the denoiser and the generator)
     "module_path": "category",  # innermost module, dotted from the pipeline root ("unet.down_blocks.0...")
     "op_class": "category",
+    "sub_class": "category",  # a SUB_CLASSES name (conv3d, pad, rope, modulation ...), "" where no rule names one
     "phase": "category",  # BACKWARD_PHASE for backward-pass work (classed by the forward op it differentiates), ""
     "attn_site": "category",  # set for attention, and for the q/k/v/out projections of attention modules
     "aten_op": "category",  # the top-level aten op that launched the kernel

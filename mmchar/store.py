@@ -22,6 +22,7 @@ import pandas as pd
 from mmchar.errors import MmcharError, RunNotFoundError, SchemaMismatchError
 from mmchar.schema import (BREAKDOWN_COLUMNS, BREAKDOWN_FILE, KERNEL_COLUMNS, KERNELS_FILE, META_FILE,
                            OUTSIDE_STAGES, SCHEMA_VERSION, TRACE_FILE)
+from mmchar.sub_classes import sub_classes
 
 TMP_PREFIX = ".tmp-"
 # what every reader takes from meta.json without asking
@@ -229,18 +230,27 @@ def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
     return run
 
 
-# kernels.parquet columns added within a schema version, with the value every row of an older run holds
-ADDED_KERNEL_COLUMNS = {"phase": ""}  # no run mmchar profiles has a backward pass
+# kernels.parquet columns added within a schema version: the value every row of an older run holds, or the function
+# of the older table that derives them (from columns it has)
+ADDED_KERNEL_COLUMNS: dict[str, Any] = {
+    "phase": "",  # no run mmchar profiles has a backward pass
+    "sub_class": sub_classes,  # the rule table reads only stored columns: an older run gets what attribution writes
+}
 
 
 def with_added_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """A kernel table written (or built) before a column of `ADDED_KERNEL_COLUMNS` existed, with it, in the
-    schema's order; the table itself when it has them all."""
+    """A kernel table written (or built) before a column of `ADDED_KERNEL_COLUMNS` existed, with it (its default,
+    or derived from the table), in the schema's order; the table itself when it has them all."""
     missing = [c for c in ADDED_KERNEL_COLUMNS if c not in frame.columns]
     if not missing:
         return frame
-    frame = frame.assign(**{c: pd.Series(ADDED_KERNEL_COLUMNS[c], index=frame.index).astype(KERNEL_COLUMNS[c])
-                            for c in missing})
+
+    def added(c: str) -> pd.Series:
+        how = ADDED_KERNEL_COLUMNS[c]
+        values = how(frame) if callable(how) else pd.Series(how, index=frame.index)
+        return pd.Series(values, index=frame.index).astype(KERNEL_COLUMNS[c])
+
+    frame = frame.assign(**{c: added(c) for c in missing})
     order = [c for c in KERNEL_COLUMNS if c in frame.columns]
     return frame[order + [c for c in frame.columns if c not in KERNEL_COLUMNS]]
 

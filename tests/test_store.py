@@ -29,9 +29,11 @@ def test_round_trip(tmp_path):
     folder = write_run(tmp_path, r)
     back = load_run(folder)
     assert back.meta["schema_version"] == SCHEMA_VERSION and back.meta["timings"] == r.meta["timings"]
-    # the table was written without the phase column (as runs before it were): it reads back with it, empty
+    # the table was written without the phase and sub_class columns (as runs before them were): it reads back with
+    # them, phase empty and the sub-classes derived from the stored columns
     assert list(back.kernels.columns) == list(KERNEL_COLUMNS) and back.kernels["phase"].tolist() == ["", ""]
-    pd.testing.assert_frame_equal(back.kernels.drop(columns="phase").reset_index(drop=True), r.kernels,
+    assert back.kernels["sub_class"].tolist() == ["conv2d", ""]
+    pd.testing.assert_frame_equal(back.kernels.drop(columns=["phase", "sub_class"]).reset_index(drop=True), r.kernels,
                                   check_dtype=False, check_categorical=False)
     assert list(back.breakdown.columns) == list(BREAKDOWN_COLUMNS)
     assert back.breakdown["share"].tolist() == [0.25, 0.75]
