@@ -106,6 +106,7 @@ def work_fields(run: Run) -> dict[str, Any]:
         "cache": opts.get("cache") or "none", "cache_schedule": opts.get("cache_schedule"),
         "memory": ",".join(sorted(cfg.get("memory") or {})),
         "gpus": int(opts.get("sequence_parallel") or 1), "sp_scheme": opts.get("sp_scheme") or "auto",
+        "ulysses_degree": opts.get("ulysses_degree"),
         "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),
         "scope": opts.get("scope") or "denoiser", "weights": cfg.get("weights"),
         # which linear layers a projection backend replaced (none under dense, whatever the scope said)

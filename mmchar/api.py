@@ -43,6 +43,8 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
         path["sequence_parallel"] = options.sequence_parallel
         if options.sp_scheme != "auto":
             path["sp_scheme"] = options.sp_scheme
+        if options.ulysses_degree is not None:
+            path["ulysses_degree"] = options.ulysses_degree
     return config_hash(path)
 
 

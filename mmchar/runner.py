@@ -70,7 +70,8 @@ class ProfileOptions:
     # ranks of torch.distributed's default group the denoiser's token sequence is split over (torchrun, one GPU
     # each; mmchar.sequence_shard); 1: one device
     sequence_parallel: int = 1
-    sp_scheme: str = "auto"  # auto (Ulysses where the ranks divide the heads, else ring), ulysses or ring
+    sp_scheme: str = "auto"  # auto (Ulysses where the ranks divide the heads, else USP, else ring), ulysses, ring, usp
+    ulysses_degree: int | None = None  # USP's Ulysses degree (default: the largest that divides ranks and heads)
     # what computes the generating model's linear layers (mmchar.projections), and which of them
     linear_backend: str = DEFAULT_LINEAR_BACKEND
     linear_scope: str = "all"
@@ -93,6 +94,9 @@ class ProfileOptions:
 
         if self.sp_scheme not in SCHEMES:
             raise UnknownNameError("sequence-parallel scheme", self.sp_scheme, SCHEMES)
+        if self.ulysses_degree is not None and (self.sp_scheme != "usp" or self.ulysses_degree < 1):
+            raise InvalidParameterError(f"--ulysses-degree {self.ulysses_degree} sets USP's mesh: it takes "
+                                        "--sp-scheme usp and a degree of at least 1")
         if self.sequence_parallel > 1 and get_backend(self.backend).reads_hidden_states:
             raise InvalidParameterError(f"{self.backend} filters q and k by each layer's hidden states over the whole "
                                         "sequence, which --sequence-parallel splits over the ranks: use a softmax "
@@ -174,7 +178,7 @@ def _step_components(target: Target) -> list[str]:
     return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]
 
 
-def _sequence_shard(target: Target, ranks: int, scheme: str = "auto") -> Any:
+def _sequence_shard(target: Target, ranks: int, scheme: str = "auto", ulysses_degree: int | None = None) -> Any:
     """The denoiser's sequence split over torch.distributed's default group (``ranks`` of them), or None."""
     if ranks == 1:
         return None
@@ -192,7 +196,7 @@ def _sequence_shard(target: Target, ranks: int, scheme: str = "auto") -> Any:
         raise InvalidParameterError(f"sequence parallelism splits one denoiser; this target steps {len(models)} models")
     from mmchar.distributed import group_timeout
 
-    return SequenceShard(models[0], scheme=scheme, sync_timeout=group_timeout())
+    return SequenceShard(models[0], scheme=scheme, sync_timeout=group_timeout(), ulysses_degree=ulysses_degree)
 
 
 @contextlib.contextmanager
@@ -261,7 +265,7 @@ class _Session:
         # at every attention layer), and under --compile the backend is the model's own sdpa anyway
         swapped = [c for c in _swap_components(target, options.scope)
                    if not (options.compile and c in _step_components(target))]
-        self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme)
+        self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme, options.ulysses_degree)
         self._align = self.shard.align if self.shard is not None else None
         seed = int(target.config.get("params", {}).get("seed", 0))  # seeds per-layer backend state
         self.swap = swap_attention(target.pipe, swapped, options.backend,

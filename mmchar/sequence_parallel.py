@@ -1,7 +1,7 @@
 """Sequence-parallel attention over a torch.distributed process group: each rank holds one contiguous chunk of
 the sequence ([B, H, S/P, D]) and gets the attention output of its chunk, equal to single-process attention.
 
-Two schemes, chosen by the head count (what video DiTs such as Wan and CogVideoX need to spread a denoiser step's
+Three schemes, chosen by the head count (what video DiTs such as Wan and CogVideoX need to spread a denoiser step's
 long sequence over GPUs):
 - **Ulysses** (all-to-all over heads), when P divides H: one all-to-all turns sequence shards into head shards
   ([B, H/P, S, D]), each rank runs ordinary attention on its heads over the whole sequence, one all-to-all turns
@@ -11,12 +11,19 @@ long sequence over GPUs):
   holds the whole sequence. Causal: chunks after the rank's own are skipped, its own is masked on the diagonal
   (contiguous shards leave the last rank the most work; zig-zag sharding would balance it).
 
+- **USP** (unified sequence parallelism, Fang and Zhao 2024, xDiT's default), a 2-D mesh of U × R ranks: Ulysses over
+  the U consecutive ranks of each row (U divides H), the ring over the R rows; each row's U chunks become one
+  contiguous block of the sequence, so the ring passes U-times-longer chunks among R (not P) ranks and the
+  all-to-alls stay inside a row. Where P does not divide H but shares a factor with it (Wan 1.3B's 12 heads on 8
+  ranks: U = 4, R = 2), it keeps most of Ulysses' bandwidth and the ring only where it must.
+
 The ring's per-chunk attention is PyTorch's flash kernel on CUDA (it returns the log-sum-exp the merge needs), and
 exact fp32 scores elsewhere (memory S/P × S/P per head: the CPU tests' sizes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -214,17 +221,108 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
     return out.to(q.dtype)
 
 
+def ulysses_degree_for(heads: int, ranks: int) -> int:
+    """The largest Ulysses degree a U × R mesh of ``ranks`` can give ``heads``: the greatest divisor of the ranks
+    that divides the heads (1: none, the ring alone)."""
+    return max(u for u in range(1, ranks + 1) if ranks % u == 0 and heads % u == 0)
+
+
 def scheme_for(heads: int, ranks: int) -> str:
-    """Ulysses where the ranks divide the heads, ring otherwise."""
-    return "ulysses" if heads % ranks == 0 else "ring"
+    """Ulysses where the ranks divide the heads; else USP where they share a factor with the heads; else ring."""
+    if heads % ranks == 0:
+        return "ulysses"
+    return "usp" if ulysses_degree_for(heads, ranks) > 1 else "ring"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+    """This rank's place in a U × R mesh of a process group: its row (``ulysses``: the U consecutive ranks it
+    exchanges heads with) and its column (``ring``: the R ranks, one per row, it passes key/value blocks among)."""
+
+    ulysses_degree: int
+    ring_degree: int
+    ulysses: dist.ProcessGroup
+    ring: dist.ProcessGroup
+
+
+def usp_mesh(ulysses_degree: int, group: dist.ProcessGroup | None = None) -> Mesh:
+    """The row and column subgroups of a U × R mesh over ``group``; every rank of it calls this together (each
+    subgroup is created collectively, in one order on every rank).
+
+    Raises:
+        InvalidParameterError: U does not divide the ranks.
+    """
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    p, me = len(ranks), dist.get_rank()
+    if ulysses_degree < 1 or p % ulysses_degree:
+        raise InvalidParameterError(f"--ulysses-degree {ulysses_degree} must divide the {p} ranks "
+                                    f"(one of {', '.join(str(u) for u in range(1, p + 1) if p % u == 0)})")
+    u, r = ulysses_degree, p // ulysses_degree
+    row = col = None
+    for i in range(r):  # rows: consecutive ranks
+        g = dist.new_group(ranks[i * u:(i + 1) * u])
+        if me in ranks[i * u:(i + 1) * u]:
+            row = g
+    for j in range(u):  # columns: one rank of each row
+        g = dist.new_group(ranks[j::u])
+        if me in ranks[j::u]:
+            col = g
+    assert row is not None and col is not None, "this rank is not in the mesh's group"
+    return Mesh(u, r, row, col)
+
+
+def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mesh: Mesh, *, causal: bool = False,
+                  scale: float | None = None, sizes: list[int] | None = None, prefix: int = 0) -> torch.Tensor:
+    """Attention of this rank's sequence chunk over a U × R mesh: Ulysses within the row (its U chunks become one
+    block, the row's contiguous share of the sequence, on H/U heads), the ring over the column's R blocks.
+
+    Args: as :func:`ulysses_attention`; ``sizes`` are the chunks of every rank of the mesh's group in rank order.
+
+    Returns:
+        [B, H, prefix + s_r, Dv], this rank's rows of the full attention.
+    """
+    u, r = mesh.ulysses_degree, mesh.ring_degree
+    p = u * r
+    sizes = _sizes(q, p, sizes, prefix)
+    row_rank, col_rank = dist.get_rank(mesh.ulysses), dist.get_rank(mesh.ring)
+    rank = col_rank * u + row_rank
+    _check(q, k, v, sizes, rank, prefix)
+    h = q.shape[1]
+    if h % u:
+        raise InvalidParameterError(f"USP's Ulysses degree {u} must divide the head count ({h})")
+    if causal and prefix:
+        raise InvalidParameterError("causal sequence-parallel attention takes no replicated prefix")
+    row_sizes = sizes[col_rank * u:(col_rank + 1) * u]  # the chunks this row joins into its block
+    blocks = [sum(sizes[i * u:(i + 1) * u]) for i in range(r)]
+    mine = slice(row_rank * (h // u), (row_rank + 1) * (h // u))
+
+    def to_heads(x: torch.Tensor) -> torch.Tensor:
+        sharded = _seq_to_heads(x[:, :, prefix:].contiguous(), row_sizes, mesh.ulysses)
+        return torch.cat([x[:, mine, :prefix], sharded], dim=2) if prefix else sharded
+
+    out = ring_attention(to_heads(q), to_heads(k), to_heads(v), mesh.ring, causal=causal, scale=scale,
+                         sizes=blocks, prefix=prefix)
+    rows = _heads_to_seq(out[:, :, prefix:].contiguous(), row_sizes, row_rank, mesh.ulysses)
+    if not prefix:
+        return rows
+    heads = [torch.empty_like(out[:, :, :prefix]) for _ in range(u)]  # the prefix rows of the row's heads
+    mine_rows = out[:, :, :prefix].contiguous()
+    with comm_scope("all_gather", mine_rows):
+        dist.all_gather(heads, mine_rows, group=mesh.ulysses)
+    return torch.cat([torch.cat(heads, dim=1), rows], dim=2)
 
 
 def sequence_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                 group: dist.ProcessGroup | None = None, *, causal: bool = False,
                                 scale: float | None = None, sizes: list[int] | None = None,
-                                prefix: int = 0) -> tuple[torch.Tensor, str]:
-    """Ulysses where the ranks divide the heads, ring otherwise; returns the output and the scheme's name."""
+                                prefix: int = 0, mesh: Mesh | None = None) -> tuple[torch.Tensor, str]:
+    """Ulysses where the ranks divide the heads, USP on ``mesh`` where one is given and they share a factor, ring
+    otherwise; returns the output and the scheme's name."""
     scheme = scheme_for(q.shape[1], dist.get_world_size(group))
+    if scheme == "usp" and mesh is None:
+        scheme = "ring"
+    if scheme == "usp":
+        return usp_attention(q, k, v, mesh, causal=causal, scale=scale, sizes=sizes, prefix=prefix), scheme
     if scheme == "ulysses":
         return ulysses_attention(q, k, v, group, causal=causal, scale=scale, sizes=sizes, prefix=prefix), scheme
     return ring_attention(q, k, v, group, causal=causal, scale=scale, sizes=sizes, prefix=prefix), scheme

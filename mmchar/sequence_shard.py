@@ -30,6 +30,9 @@ from mmchar.sequence_parallel import (
     ring_attention,
     scheme_for,
     ulysses_attention,
+    ulysses_degree_for,
+    usp_attention,
+    usp_mesh,
 )
 
 
@@ -62,7 +65,7 @@ SHARD_PLANS: dict[str, ShardPlan] = {
 }
 
 Attend = Callable[..., torch.Tensor]
-SCHEMES = ("auto", "ulysses", "ring")
+SCHEMES = ("auto", "ulysses", "ring", "usp")
 
 
 class SequenceShard:
@@ -70,11 +73,14 @@ class SequenceShard:
     swap call :meth:`attend` for self-attention while a forward pass is sharded (:attr:`active`)."""
 
     def __init__(self, model: torch.nn.Module, group: dist.ProcessGroup | None = None, scheme: str = "auto",
-                 sync_timeout: timedelta | None = None) -> None:
-        """``scheme``: ``auto`` (Ulysses where the ranks divide the heads, ring otherwise), or one of them forced
-        (to compare the two on one model; Ulysses still needs divisible heads)."""
+                 sync_timeout: timedelta | None = None, ulysses_degree: int | None = None) -> None:
+        """``scheme``: ``auto`` (Ulysses where the ranks divide the heads, USP where they share a factor with them,
+        ring otherwise), or one of them forced (to compare them on one model; Ulysses still needs divisible
+        heads); ``ulysses_degree``: USP's U (default: the largest divisor of the ranks that divides the heads)."""
         if scheme not in SCHEMES:
             raise UnknownNameError("sequence-parallel scheme", scheme, SCHEMES)
+        if ulysses_degree is not None and scheme != "usp":
+            raise InvalidParameterError("--ulysses-degree sets USP's mesh: it takes --sp-scheme usp")
         self.scheme = scheme
         cls = type(model).__name__
         if cls not in SHARD_PLANS:
@@ -84,6 +90,14 @@ class SequenceShard:
         self.model = model
         self.group = group
         self.ranks, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        # USP's U × R mesh, made now (its subgroups are created by every rank together, before any forward):
+        # forced, or where auto would choose it for the model's head count
+        heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+        degree = ulysses_degree or (ulysses_degree_for(heads, self.ranks) if heads else 1)
+        wants = scheme == "usp" or (scheme == "auto" and heads is not None and scheme_for(heads, self.ranks) == "usp")
+        if scheme == "usp" and heads is not None and heads % degree:
+            raise InvalidParameterError(f"USP's Ulysses degree {degree} must divide {cls}'s {heads} heads")
+        self.mesh = usp_mesh(degree, group) if wants else None
         self.blocks = model.get_submodule(self.plan.blocks)
         self._signature = inspect.signature(self.blocks[0].forward)
         self.full: int | None = None  # tokens of the sequence being sharded; None outside a sharded forward
@@ -198,6 +212,8 @@ class SequenceShard:
             why = "an attention mask" if mask is not None else f"{q.shape[2]} query tokens for a {local}-token chunk"
             raise InvalidParameterError(f"sequence parallelism cannot take {module_path}: {why}")
         scheme = scheme_for(q.shape[1], self.ranks) if self.scheme == "auto" else self.scheme
+        if scheme == "usp" and self.mesh is None:  # auto on a layer whose heads the model's config did not say
+            scheme = "ring"
         self.schemes[module_path] = scheme
         self.prefix = prefix
         if scheme == "ulysses":
@@ -205,9 +221,11 @@ class SequenceShard:
                                      prefix=prefix)
         if backend.changes_math:
             raise InvalidParameterError(f"{module_path} has {q.shape[1]} heads, which {self.ranks} ranks do not "
-                                        "divide: ring attention merges softmax chunks only; use a softmax backend "
-                                        "or a rank count that divides the heads")
+                                        f"divide: {scheme} attention merges softmax chunks over the ring only; use "
+                                        "a softmax backend or a rank count that divides the heads")
         with scoped(prefix + self.full):
+            if scheme == "usp":
+                return usp_attention(q, k, v, self.mesh, causal=causal, scale=scale, sizes=self.sizes, prefix=prefix)
             return ring_attention(q, k, v, self.group, causal=causal, scale=scale, sizes=self.sizes, prefix=prefix)
 
     def describe(self) -> dict[str, Any]:
@@ -216,6 +234,8 @@ class SequenceShard:
         for s in self.schemes.values():
             counts[s] = counts.get(s, 0) + 1
         return {"ranks": self.ranks, "stored_rank": self.rank, "process_group": dist.get_backend(self.group),
-                "model": self.model_class, "tokens": sum(self.sizes) or None, "chunk_tokens": self.sizes or None, "text_prefix_tokens": self.prefix, "schemes": counts,
+                "model": self.model_class, "tokens": sum(self.sizes) or None,
+                "mesh": ({"ulysses_degree": self.mesh.ulysses_degree, "ring_degree": self.mesh.ring_degree}
+                         if self.mesh is not None else None), "chunk_tokens": self.sizes or None, "text_prefix_tokens": self.prefix, "schemes": counts,
                 "split_at": f"{self.plan.blocks}.* ({', '.join(self.plan.split)})",
                 "gathered_at": f"{self.plan.blocks}.{len(self.blocks) - 1} (output)"}

@@ -179,7 +179,8 @@ def plan_change(run: Run, change: Change, store: Path) -> tuple[Any, Any]:
 
     config, stored = run.meta["config"], run.meta.get("options") or {}
     known = {f.name for f in dataclasses.fields(ProfileOptions)}
-    options = {k: v for k, v in stored.items() if k in known and k not in ("backend", "sequence_parallel", "sp_scheme")}
+    options = {k: v for k, v in stored.items()
+               if k in known and k not in ("backend", "sequence_parallel", "sp_scheme", "ulysses_degree")}
     options.update({k: v for k, v in change.fields.items() if k != "backend"})
     backend = change.fields.get("backend", stored.get("backend") or run.backend)
     w = get_workload(config["workload"])

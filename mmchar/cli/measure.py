@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import pandas as pd
 import typer
@@ -41,7 +41,11 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
                 "denoiser's token sequence over the ranks (one GPU each; self-attention across them, Ulysses or "
                 "ring); rank 0 writes the run.")] = False,
             sp_scheme: Annotated[str, typer.Option("--sp-scheme", help="With --sequence-parallel: auto (Ulysses "
-                "where the ranks divide the heads, else ring), ulysses or ring.")] = "auto",
+                "where the ranks divide the heads, else USP where they share a factor with them, else ring), "
+                "ulysses, ring or usp (Ulysses within rows of a U x R mesh, the ring across them).")] = "auto",
+            ulysses_degree: Annotated[Optional[int], typer.Option("--ulysses-degree", help="With --sp-scheme usp: "
+                "the mesh's Ulysses degree U (dividing the ranks and the heads; default the largest such).",
+                show_default=False)] = None,
             sweep_point: Annotated[bool, typer.Option("--sweep-point", hidden=True, help="Set by `mmchar sweep` "
                 "for its children: the run is a sweep's point (findings pair such points by backend).")] = False) -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
@@ -50,9 +54,10 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
     from mmchar.runner import measure_backends, store_outcome
 
     with dd.sequence_parallel_ranks(device, sequence_parallel) as rank:
-        if sp_scheme != "auto" and rank is None:
-            raise InvalidParameterError("--sp-scheme applies with --sequence-parallel under torchrun")
-        options = opts.profile_options(backend, rank.world if rank else 1, sp_scheme)
+        if (sp_scheme != "auto" or ulysses_degree is not None) and rank is None:
+            flag = "--sp-scheme" if sp_scheme != "auto" else "--ulysses-degree"
+            raise InvalidParameterError(f"{flag} applies with --sequence-parallel under torchrun")
+        options = opts.profile_options(backend, rank.world if rank else 1, sp_scheme, ulysses_degree=ulysses_degree)
         target = build_target(opts, [backend])
         if dd.leads(rank):
             warn_changed_math([backend], opts.linear_backends())
