@@ -259,7 +259,7 @@ def test_step_cache_is_steps_skipped_times_step_cost():
     t = advice_table([run([], wall=30.0, busy=29.0, steps=50)], skip_fraction=0.4)
     c = row(t, "cache 20 of 50 steps")
     assert c["projected_e2e_ms"] == pytest.approx(c["e2e_ms"] - 20 * 30.0)
-    assert "assumed" in c["model"] and c["error"].startswith("unvalidated")
+    assert "assumed" in c["model"] and c["error"].startswith("±2 % (wan2.1-1.3b")
 
 
 def test_a_cpu_run_says_which_projections_do_not_apply():
@@ -354,3 +354,29 @@ def test_cuda_graphs_are_not_advised_where_profile_refuses_them():
     assert "sequence-parallel" in _graphs_refused({"options": {"sequence_parallel": 2}})
     assert "cpu-offload" in _graphs_refused({"config": {"memory": {"cpu_offload": True}}})
     assert "KV cache" in _graphs_refused({"timings": {"generator_step": {}, "generator_decode": {}}})
+
+
+ADVICE_H200 = RESULTS / "advice" / "h200-2026-12-06" / "runs"  # sd15: CUDA graphs, + channels-last
+ADVICE_H100 = RESULTS / "advice" / "h100-2026-12-06" / "runs"  # wan2.1-1.3b: step cache, graphs, channels-last
+
+
+@pytest.mark.parametrize("store,workload,option,kind", [
+    (ADVICE_H200, "sd15", "--cuda-graphs", "cuda-graphs"),
+    (ADVICE_H200, "sd15", "--channels-last --cuda-graphs", "combined"),
+    (ADVICE_H100, "wan2.1-1.3b", "--cuda-graphs", "cuda-graphs"),
+    (ADVICE_H100, "wan2.1-1.3b", "--channels-last", "channels-last"),
+    (ADVICE_H100, "wan2.1-1.3b", "--cache first-block --cache-schedule 0.3", "step-cache"),
+])
+def test_runtime_modes_against_their_committed_validating_runs(store, workload, option, kind):
+    """The projection recomputed from the committed source run, against the committed run of that option (a step
+    cache's step is the mean over the generation: computed and skipped steps)."""
+    if not store.is_dir():
+        pytest.skip(f"needs {store}")
+    (source,) = [r for r in load_runs([store]) if r.workload == workload]
+    validation = pd.read_csv(store / "validate" / "validation.csv")
+    measured_id = validation[(validation["run_id"] == source.run_id) & (validation["option"] == option)]
+    (validating,) = load_runs([store / "validate" / measured_id["validating_run"].iloc[0]])
+    r = row(advice_table([source]), option)
+    assert r["kind"] == kind
+    stat = "mean_ms" if kind == "step-cache" else "median_ms"
+    within(kind, r["projected_step_ms"], validating.meta["timings"][r["step_key"]][stat])
