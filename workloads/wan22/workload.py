@@ -31,31 +31,21 @@ from mmchar.scopes import SiteRule
 from mmchar.target import StageRoot
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Params
-from mmchar.workloads.pipeline import PipelineWorkload
+from mmchar.workloads.wan.workload import _Wan
 
 # WanPipeline.__init__ settings that a checkpoint keeps in model_index.json: the preset's "generation" block
 PIPELINE_SETTINGS = ("boundary_ratio", "expand_timesteps")
 
 
-class _Wan22(PipelineWorkload):
-    task = "text-to-video"
-    modality = "video"
-    paradigm = "diffusion"
-    architecture = "dit"
-    stages = ("text_encoder", "denoiser", "scheduler", "decoder")
-    attention_sites = ("joint", "cross", "text")
-    # both experts' self-attention runs over every video token at once
+class _Wan22(_Wan):
+    """Wan 2.1's pipeline and traits (two denoiser calls per step with guidance), with Wan 2.2's pipeline settings
+    and both experts' self-attention on the joint site."""
+
     site_rules = (SiteRule(r"^transformer(_2)?\.blocks\.\d+\.attn1$", "joint"),)
-    temporal_factor = 4
-    pipeline_class = "WanPipeline"
-    tokenizers = {"tokenizer": "t5"}
 
     def extra_components(self, config: dict[str, Any]) -> dict[str, Any]:
         generation = config.get("generation", {})
         return {k: generation[k] for k in PIPELINE_SETTINGS if k in generation}
-
-    def denoiser_calls_per_step(self, params: Params) -> int:
-        return 2 if params.guidance > 1 else 1  # WanPipeline runs the conditional and unconditional passes apart
 
 
 @register_workload
