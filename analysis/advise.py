@@ -66,6 +66,15 @@ SOFTMAX_BACKENDS = ("cudnn", "flash", "efficient", "math")
 # channels-last. Classed `conv` in kernels.parquet (they run inside the conv op), named so in every committed run
 TRANSFORM_KERNEL = re.compile(r"nchwToNhwc|nhwcToNchw|nchw2nhwc|nhwc2nchw", re.IGNORECASE)
 COMPUTE_CLASSES = frozenset({"gemm", "conv", "attention"})
+# torch.compile (Inductor, default mode) fuses the elementwise, norm and memory kernels into fewer, larger ones. Fitted
+# on the committed eager/compiled pairs (benchmarks/results/study/compile-h100-2026-11-25: sd15, cogvideox-2b,
+# llamagen; tests/analysis/test_advise.py recomputes them): of the step's fusible kernels 69-76 % disappear (0.72),
+# the GPU time falls by 0.65 of their time (cogvideox-2b; 0.46-1.36 over the three), and a host-bound step's host
+# time by 15.7 us per kernel gone (sd15 16.6, llamagen 14.8: each eager op's Python and dispatch cost)
+COMPILE_FUSIBLE = ("elementwise", "norm", "memory")
+COMPILE_KERNELS_GONE = 0.72
+COMPILE_BUSY_GONE = 0.65
+COMPILE_HOST_US_PER_KERNEL = 15.7
 
 # what each projection showed against committed measurements (the checks: tests/analysis/test_advise.py, which
 # recomputes them and fails when a number here no longer holds); None: no measured run to check against
@@ -88,6 +97,10 @@ VALIDATED_ERROR: dict[str, dict[str, Any]] = {
     "step-cache": {"error_pct": 2.0, "checks": "wan2.1-1.3b 81 frames x 6 steps (H100), First Block Cache at the "
                                               "assumed 0.3: mean step projected 841 ms, measured 856 ms (-1.7 %: a "
                                               "skipped step still runs the first block); the skip rate is assumed"},
+    "compile": {"error_pct": 8.0, "checks": "fitted on the three committed eager / --compile pairs it is checked "
+                                            "against (H100, in-sample): sd15 step projected 21.7 ms, measured 20.9 "
+                                            "(+3.6 %); llamagen 9.4 vs 10.1 ms per token (-7.2 %); cogvideox-2b "
+                                            "531.5 vs 532.5 ms (-0.2 %)"},
     "combined": {"error_pct": 5.0, "checks": "sd15 512 px (H200) channels-last + CUDA graphs: step projected 9.94 ms, "
                                              "measured 10.41 ms (-4.5 %)"},
 }
@@ -369,6 +382,31 @@ def channels_last(p: Profile) -> Effect | None:
                   d_busy=d_busy)
 
 
+def torch_compile(p: Profile) -> tuple[Effect | None, str]:
+    """torch.compile of the step's model: a fitted share of its elementwise / norm / memory kernels fused away (their
+    GPU time and their launches' host time), the GEMMs, convolutions and attention kept."""
+    st, meta = p.step, p.run.meta
+    opts = meta.get("options") or {}
+    if opts.get("compile"):
+        return None, "the run was compiled already"
+    if meta.get("backend") not in ("sdpa", None) or (meta.get("linear_backend") or "dense") != "dense":
+        return None, ("--compile runs the model's own attention and linear layers: compare the compiled sdpa run "
+                      "against this backend's instead")
+    fusible = st.k["op_class"].astype(str).isin(COMPILE_FUSIBLE)
+    ms, n = st.ms(fusible), float(fusible.sum()) / st.per
+    if n == 0:
+        return None, "no elementwise, norm or memory kernel in the step to fuse"
+    gone = COMPILE_KERNELS_GONE * n
+    return Effect("compile", "--compile",
+                  f"Inductor fusion, fitted on committed compiled runs: {COMPILE_KERNELS_GONE:.0%} of the step's "
+                  f"elementwise / norm / memory kernels gone, the GPU time less {COMPILE_BUSY_GONE:g} x their time, a "
+                  f"host-bound step's host less {COMPILE_HOST_US_PER_KERNEL:g} us per kernel gone; the compile time "
+                  "itself (paid once, in the warm-up) not counted",
+                  f"kernels.parquet fusible kernels per step: {n:.0f}, {ms:.2f} ms; " + _busy_line(st),
+                  d_busy={st.key: -COMPILE_BUSY_GONE * ms}, d_host={st.key: -gone * COMPILE_HOST_US_PER_KERNEL / 1e3},
+                  d_kernels={st.key: -gone}), ""
+
+
 def _device_spec(p: Profile) -> tuple[str | None, dict[str, Any] | None]:
     key = gpu_key((p.run.meta.get("device") or {}).get("name"))
     return key, (load_gpus().get(key) if key else None)
@@ -619,6 +657,7 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
     effects: list[Effect] = []
     if p.device_type != "cuda":
         why = f"a {p.device_type.upper()} run: it has no GPU kernels, roofs or CUDA streams to project"
+        # (--compile has no row here: its fitted model is of GPU runs, and a CPU compile is no step to validate it by)
         for kind, option in (("cuda-graphs", "--cuda-graphs"), ("channels-last", "--channels-last"),
                              ("fp8", "--linear-backend fp8"), ("attention", "--backend"), ("gpu", "--target-gpu")):
             rows.append(_not_applicable(p, ids, kind, option, why))
@@ -640,6 +679,11 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
             rows.append(_not_applicable(p, ids, "channels-last", "--channels-last",
                                         "the run ran channels-last already" if opts.get("channels_last")
                                         else "no cuDNN layout transform in the run's kernels"))
+        tc, why = torch_compile(p)
+        if tc is not None:
+            effects.append(tc)
+        else:
+            rows.append(_not_applicable(p, ids, "compile", "--compile", why))
         f8, why = fp8(p)
         if f8 is not None:
             effects.append(f8)
@@ -670,7 +714,9 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
         # step; an option that costs GPU time loses against the graph alone)
         alone = evaluate(p, graphs)[0]
         combos = [e + graphs for e in singles if evaluate(p, e + graphs)[0] < min(evaluate(p, e)[0], alone) - 1e-9]
-        saving = [e for e in singles if evaluate(p, e + graphs)[0] < evaluate(p, graphs)[0]]
+        # --compile takes the model's own attention and linear layers: it joins no swap (with graphs it is
+        # compile's reduce-overhead mode, a combination above)
+        saving = [e for e in singles if e.kind != "compile" and evaluate(p, e + graphs)[0] < evaluate(p, graphs)[0]]
         if len(saving) > 1:
             total = graphs
             for e in saving:

@@ -380,3 +380,28 @@ def test_runtime_modes_against_their_committed_validating_runs(store, workload, 
     assert r["kind"] == kind
     stat = "mean_ms" if kind == "step-cache" else "median_ms"
     within(kind, r["projected_step_ms"], validating.meta["timings"][r["step_key"]][stat])
+
+
+COMPILED = RESULTS / "study" / "compile-h100-2026-11-25" / "runs"  # eager and --compile pairs
+
+
+@pytest.mark.parametrize("workload", ["sd15", "cogvideox-2b", "llamagen"])
+def test_compile_against_the_committed_compiled_runs(workload):
+    """The fitted fusion model (COMPILE_*) from each eager run, against its compiled run; the constants were fitted
+    on these same pairs, so the stated error is in-sample and says so."""
+    if not COMPILED.is_dir():
+        pytest.skip(f"needs {COMPILED}")
+    runs = {bool(r.meta["options"].get("compile")): r for r in load_runs([COMPILED])
+            if r.workload == workload and r.status == "ok"}
+    c = row(advice_table([runs[False]]), "--compile")
+    assert c["kind"] == "compile" and "fitted" in c["model"] and "in-sample" in c["error"]
+    within("compile", c["projected_step_ms"], runs[True].meta["timings"][c["step_key"]]["median_ms"])
+    # a compiled run is not offered it again, and a run under another backend is told why not
+    assert "compiled already" in row(advice_table([runs[True]]), "--compile")["model"]
+
+
+def test_compile_is_not_offered_beside_a_swapped_backend():
+    t = advice_table([run([{"op_class": "elementwise", "dur_us": 500.0}], backend="cudnn",
+                          device={"type": "cuda", "name": H100})])
+    c = row(t, "--compile")
+    assert pd.isna(c["rank"]) and "model's own attention" in c["model"]
