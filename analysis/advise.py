@@ -731,9 +731,11 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
         skipped, mean = step_cache(st.wall_ms, p.steps, skip_fraction)
         # a DiT's runs measure it (`--cache first-block`, driven by the same assumed share); a UNet has no cache
         # hook in diffusers, so its row only describes the saving
+        # (`step_cache_support`: what the run found; a run before it is judged by its architecture)
+        support = p.run.meta.get("step_cache_support")
         dit = ((p.run.meta.get("config") or {}).get("family") or {}).get("architecture") == "dit"
-        option = (f"--cache first-block --cache-schedule {skip_fraction:g}" if dit
-                  else f"cache {skipped} of {p.steps} steps")
+        option = (f"--cache first-block --cache-schedule {skip_fraction:g}" if support == "ok" or (support is None
+                  and dit) else f"cache {skipped} of {p.steps} steps")
         rows.append(_row(p, ids, "step-cache", option, mean,
                          p.e2e_ms - skipped * st.wall_ms,
                          f"steps skipped x step cost: {skipped} of {p.steps} denoiser calls reuse a cached output at "

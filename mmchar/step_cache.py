@@ -135,27 +135,41 @@ def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, _ATTENTION_CLASSES)]
 
 
+def unsupported(target: Target) -> str | None:
+    """Why diffusers' cache hooks cannot run on this target's denoiser (one line), or None: a run records it, so
+    `mmchar advise` offers a runnable `--cache` only where the run could take it."""
+    roots = [r for r in target.stage_roots if r.stage in STEP_STAGES]
+    models = [(n, getattr(target.pipe, n, None)) for n in dict.fromkeys(r.component for r in roots)]
+    what = ", ".join(f"{n} ({type(m).__name__})" for n, m in models) or "none"
+    hookable = [m for _, m in models if hasattr(m, "enable_cache")]
+    if not hookable:
+        return (f"the denoiser ({what}) has no diffusers cache hooks (enable_cache): caching runs on diffusers' "
+                "transformer denoisers")
+    if not any(_blocks(m) for m in hookable):
+        return (f"the denoiser ({what}) has no transformer block list that diffusers' cache hooks act on (a UNet's "
+                "blocks are not)")
+    try:
+        source = inspect.getsource(type(target.pipe).__call__)
+    except (OSError, TypeError):
+        source = ""
+    if "cache_context" not in source:
+        return (f"{type(target.pipe).__name__} calls its denoiser without a cache context, which diffusers' cache "
+                "hooks need")
+    return None
+
+
 class StepCache:
     """One session's step cache on the denoiser: installed while the session's passes run (``with``), removed
     after, so sessions of a `compare` do not see each other's hooks; ``describe()`` is what the run records."""
 
     def __init__(self, target: Target, method: str, schedule: str | None, weights: bool) -> None:
         self.target, self.method = target, CACHE_METHODS[method]
+        why = unsupported(target)
+        if why:
+            raise InvalidParameterError(f"--cache {method}: {why}")
         roots = [r for r in target.stage_roots if r.stage in STEP_STAGES]
-        names = list(dict.fromkeys(r.component for r in roots))
-        models = [(n, getattr(target.pipe, n, None)) for n in names]
+        models = [(n, getattr(target.pipe, n, None)) for n in dict.fromkeys(r.component for r in roots)]
         self.models = [(n, m) for n, m in models if hasattr(m, "enable_cache")]
-        what = ", ".join(f"{n} ({type(m).__name__})" for n, m in models) or "none"
-        if not self.models:
-            raise InvalidParameterError(f"--cache {method}: the denoiser ({what}) has no diffusers cache hooks "
-                                        "(enable_cache): caching runs on diffusers' transformer denoisers")
-        if not any(_blocks(m) for _, m in self.models):
-            raise InvalidParameterError(f"--cache {method}: the denoiser ({what}) has no transformer block list that "
-                                        "diffusers' cache hooks act on (a UNet's blocks are not): use a DiT workload")
-        call = type(target.pipe).__call__
-        if "cache_context" not in inspect.getsource(call):
-            raise InvalidParameterError(f"--cache {method}: {type(target.pipe).__name__} calls its denoiser without "
-                                        "a cache context, which diffusers' cache hooks need")
         check_cache_inputs(method, schedule, weights)
         self.schedule_text = schedule
         self.flags = parse_schedule(schedule, target.steps) if schedule is not None else None
@@ -186,7 +200,9 @@ class StepCache:
                 __after()
                 return out
 
-            setattr(scheduler, name, watched)
+            # diffusers reads these methods' signatures (retrieve_timesteps: sigmas / timesteps; the extra step
+            # kwargs: eta, generator): the wrapper must show the scheduler's own
+            setattr(scheduler, name, functools.update_wrapper(watched, method))
             self._undo.append(lambda s=scheduler, n=name, m=method, h=had: setattr(s, n, m) if h
                               else vars(s).pop(n, None))
 
@@ -272,7 +288,8 @@ class StepCache:
         if self._new_generation:  # the scheduler's timesteps were set again: a new generation
             self._new_generation = False
             self._close_generation()
-            self._reset(module)
+            for _, model in self.models:  # every expert's state, not only the one called first
+                self._reset(model)
         blocks, attention = self._sizes[id(module)]
         self._current = {"step": step, "blocks": 0, "attention": 0, "first_block": 0, "blocks_total": blocks,
                          "attention_total": attention}
@@ -308,7 +325,10 @@ class StepCache:
 
         def scheduled(residual: torch.Tensor) -> bool:
             step = self._step()
-            return True if step >= len(flags) else flags[step]
+            # a call with nothing cached yet computes whatever the schedule says (an expert's first step: Wan 2.2
+            # switches models mid-generation); the run's pattern records what really ran
+            cached = hook.state_manager.get_state().tail_block_residuals is not None
+            return True if step >= len(flags) or not cached else flags[step]
 
         hook._should_compute_remaining_blocks = scheduled
 

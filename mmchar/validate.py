@@ -42,9 +42,9 @@ VALUE_FLAGS = {"--backend": "backend", "--linear-backend": "linear_backend", "--
 TARGET_GPU_FLAG = "--target-gpu"
 
 STEP_CACHE_KIND = "step-cache"
-STEP_CACHE_WHY = ("step caching runs through diffusers' cache hooks on transformer denoisers (`--cache`); this run's "
-                  "denoiser is not one (a UNet's would need DeepCache, which diffusers does not ship), so its "
-                  "projection stays unvalidated")
+STEP_CACHE_WHY = ("step caching runs through diffusers' cache hooks (`--cache`), which this run's denoiser or "
+                  "pipeline cannot take (its meta.json `step_cache_support` says why; a UNet's would need DeepCache, "
+                  "which diffusers does not ship), so its projection stays unvalidated")
 
 # validation statuses: measured (an ok run), a failed run's own status (oom, error), or not measured
 MEASURED, REFUSED, NOT_RUNNABLE = "measured", "refused", "not runnable"
@@ -312,7 +312,10 @@ def measure(run: Run, opp: Opportunity, store: Path, *, here: Callable[[], str |
     if value is None:
         return _row(run, opp, "error", f"the validating run has no {key} timing", validating_run=meta.get("run_id"),
                     noisy=noisy)
-    return _row(run, opp, MEASURED, measured=float(value), validating_run=meta.get("run_id"), noisy=noisy)
+    row = _row(run, opp, MEASURED, measured=float(value), validating_run=meta.get("run_id"), noisy=noisy)
+    # both statistics of the step, so a baseline is read by the one each option's row is (not written to the table)
+    row["_stats"] = {s: (timings.get(key) or {}).get(s) for s in ("median_ms", "mean_ms")}
+    return row
 
 
 def validate(run: Run, advice: pd.DataFrame, top: int, store: Path, *,
@@ -361,10 +364,14 @@ def against_baseline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return rows
     out = []
     for r in rows:
-        r = dict(r, baseline_step_ms=base["measured_step_ms"])
+        # the baseline's step by the statistic the row's own step is (a cache's mean, else the median)
+        stat = "mean_ms" if r["kind"] == STEP_CACHE_KIND else "median_ms"
+        b = (base.get("_stats") or {}).get(stat) or base["measured_step_ms"]
+        r = dict(r, baseline_step_ms=b)
         proj, step, got = r["projected_step_ms"], r["step_ms"], r["measured_step_ms"]
-        ok = all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (proj, step, got))
-        r["ratio_error_pct"] = ((proj / step) / (got / base["measured_step_ms"]) - 1) * 100 if ok else float("nan")
+        ok = r["kind"] != BASELINE_KIND and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                                                for v in (proj, step, got))
+        r["ratio_error_pct"] = ((proj / step) / (got / b) - 1) * 100 if ok else float("nan")
         out.append(r)
     return out
 

@@ -32,7 +32,8 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
     check_modes(opts.cuda_graphs, dev, memory)
     from mmchar.step_cache import check_cache_inputs
 
-    check_cache_inputs(opts.cache, opts.cache_schedule, weights=opts.weights is not None)
+    # a user's own pipeline folder carries its weights, as --weights does
+    check_cache_inputs(opts.cache, opts.cache_schedule, weights=opts.weights is not None or opts.pipeline is not None)
     if opts.workload is not None:
         from mmchar.workloads import get_workload
 

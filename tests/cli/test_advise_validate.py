@@ -291,7 +291,8 @@ def test_each_option_is_read_against_the_baseline_measured_again():
     rows = against_baseline([row("baseline", 20.0, 25.0), row("cuda-graphs", 10.0, 12.5),
                              row("channels-last", float("nan"), 11.0), row("fp8", 9.0, float("nan"), "oom")])
     assert [r["baseline_step_ms"] for r in rows] == [25.0] * 4
-    assert math.isclose(rows[0]["ratio_error_pct"], 0.0) and math.isclose(rows[1]["ratio_error_pct"], 0.0, abs_tol=1e-9)
+    assert math.isnan(rows[0]["ratio_error_pct"])  # the baseline against itself says nothing
+    assert math.isclose(rows[1]["ratio_error_pct"], 0.0, abs_tol=1e-9)
     assert math.isnan(rows[2]["ratio_error_pct"]) and math.isnan(rows[3]["ratio_error_pct"])
     # a projection 20 % too optimistic as a ratio says so whatever the drift
     (b, o) = against_baseline([row("baseline", 20.0, 30.0), row("fp8", 8.0, 15.0)])
@@ -299,3 +300,16 @@ def test_each_option_is_read_against_the_baseline_measured_again():
     # without a measured baseline nothing is read against one
     (b, o) = against_baseline([row("baseline", 20.0, float("nan"), "oom"), row("fp8", 8.0, 15.0)])
     assert math.isnan(o["baseline_step_ms"]) and math.isnan(o["ratio_error_pct"])
+
+
+def test_a_caches_mean_step_is_read_against_the_baselines_mean():
+    """A step cache is measured by its mean step: its ratio divides by the baseline's mean, not its median."""
+    base = {"kind": "baseline", "step_ms": 20.0, "projected_step_ms": 20.0, "measured_step_ms": 20.0,
+            "status": "measured", "_stats": {"median_ms": 20.0, "mean_ms": 24.0}}
+    cache = {"kind": "step-cache", "step_ms": 20.0, "projected_step_ms": 14.0, "measured_step_ms": 16.8,
+             "status": "measured"}
+    graphs = {"kind": "cuda-graphs", "step_ms": 20.0, "projected_step_ms": 10.0, "measured_step_ms": 10.0,
+              "status": "measured"}
+    _, c, g = against_baseline([base, cache, graphs])
+    assert c["baseline_step_ms"] == 24.0 and math.isclose(c["ratio_error_pct"], ((14 / 20) / (16.8 / 24) - 1) * 100)
+    assert g["baseline_step_ms"] == 20.0 and math.isclose(g["ratio_error_pct"], 0.0, abs_tol=1e-9)
