@@ -53,6 +53,13 @@ def _params(meta: dict[str, Any]) -> dict[str, Any]:
     return (meta.get("config") or {}).get("params") or {}
 
 
+def gpu_count(meta: dict[str, Any]) -> int:
+    """The GPUs a run used: its sequence-parallel ranks, twice as many under --cfg-parallel (the halves of a guided
+    step on two groups of them)."""
+    opts = meta.get("options") or {}
+    return int(opts.get("sequence_parallel") or 1) * (2 if opts.get("cfg_parallel") else 1)
+
+
 def runtime_modes(meta: dict[str, Any]) -> tuple[str, ...]:
     """The runtime modes a run ran under, by their label names in ``RUNTIME_MODES`` order (``("compile",
     "cuda-graphs")``); ``()`` for a plain eager run. The one test of "eager" every analysis uses: a compiled graph,
@@ -105,8 +112,8 @@ def work_fields(run: Run) -> dict[str, Any]:
         "compile": bool(opts.get("compile")), **{k: bool(opts.get(k)) for k in MODE_KEYS},
         "cache": opts.get("cache") or "none", "cache_schedule": opts.get("cache_schedule"),
         "memory": ",".join(sorted(cfg.get("memory") or {})),
-        "gpus": int(opts.get("sequence_parallel") or 1), "sp_scheme": opts.get("sp_scheme") or "auto",
-        "ulysses_degree": opts.get("ulysses_degree"),
+        "gpus": gpu_count(meta), "sp_scheme": opts.get("sp_scheme") or "auto",
+        "ulysses_degree": opts.get("ulysses_degree"), "cfg_parallel": bool(opts.get("cfg_parallel")),
         "fallback": opts.get("fallback"), "cross_backend": opts.get("cross_backend"),
         "scope": opts.get("scope") or "denoiser", "weights": cfg.get("weights"),
         # which linear layers a projection backend replaced (none under dense, whatever the scope said)
@@ -182,7 +189,7 @@ def _ids(run: Run, label: str | None = None) -> dict[str, Any]:
         "noisy": is_noisy(meta),
     }
     ids.update({k: params.get(k) for k in PARAM_KEYS})
-    ids["gpus"] = int((meta.get("options") or {}).get("sequence_parallel") or 1)
+    ids["gpus"] = gpu_count(meta)
     ids["guidance"] = params.get("guidance")
     ids["compile"] = bool((meta.get("options") or {}).get("compile"))
     ids.update({k: bool((meta.get("options") or {}).get(k)) for k in MODE_KEYS})

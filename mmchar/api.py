@@ -45,6 +45,8 @@ def run_config_hash(config: dict[str, Any], options: ProfileOptions) -> str:
             path["sp_scheme"] = options.sp_scheme
         if options.ulysses_degree is not None:
             path["ulysses_degree"] = options.ulysses_degree
+    if options.cfg_parallel:  # guidance's two passes on two halves of the ranks: another point (off hashes as before)
+        path["cfg_parallel"] = True
     return config_hash(path)
 
 

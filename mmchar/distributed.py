@@ -9,8 +9,9 @@ of every rank intact, and a re-run (any number of ranks) finds them and runs onl
 group (gloo: coordination only, whatever the device) carries one barrier and the gather of the summary rows, which
 rank 0 prints once.
 
-Sequence-parallel runs (`torchrun ... -m mmchar profile WORKLOAD --sequence-parallel`) use the same launcher the
-other way round: the ranks measure one run together, in lockstep, and rank 0 writes it (`measure_once`).
+Sequence-parallel runs (`torchrun ... -m mmchar profile WORKLOAD --sequence-parallel`, and `--cfg-parallel`: the guided
+step's two passes on two halves of the ranks) use the same launcher the other way round: the ranks measure one run
+together, in lockstep, and rank 0 writes it (`measure_once`).
 """
 
 from __future__ import annotations
@@ -79,20 +80,24 @@ def init(timeout_s: float = 6 * 3600) -> Rank:
     return rank
 
 
-def init_sequence_parallel(device: str | None, timeout_s: float = 900) -> Rank:
-    """Join torchrun's process group for one sequence-parallel run: NCCL with GPU ``LOCAL_RANK`` as this rank's
-    device (the ranks exchange activations), gloo on the CPU.
+def init_sequence_parallel(device: str | None, timeout_s: float = 900, flag: str = "--sequence-parallel") -> Rank:
+    """Join torchrun's process group for one sequence-parallel (or CFG-parallel: ``flag`` ``--cfg-parallel``) run:
+    NCCL with GPU ``LOCAL_RANK`` as this rank's device (the ranks exchange activations), gloo on the CPU.
 
     Raises:
-        InvalidParameterError: outside torchrun, a ``cuda:N`` device (each rank takes its own), or more ranks on
-            this node than GPUs.
+        InvalidParameterError: outside torchrun, a ``cuda:N`` device (each rank takes its own), more ranks on
+            this node than GPUs, or (``--cfg-parallel``) an odd number of ranks.
     """
     import torch
     import torch.distributed as dist
 
-    rank = rank_from_env("--sequence-parallel", "profile WORKLOAD")
+    rank = rank_from_env(flag, "profile WORKLOAD")
+    if flag == "--cfg-parallel":  # before joining: every rank refuses alike, and none waits for a group
+        from mmchar.cfg_parallel import check_rank_count
+
+        check_rank_count(rank.world)
     if device not in (None, "cpu", "cuda"):
-        raise InvalidParameterError(f"--device {device} with --sequence-parallel: each rank takes GPU LOCAL_RANK; "
+        raise InvalidParameterError(f"--device {device} with {flag}: each rank takes GPU LOCAL_RANK; "
                                     "pass --device cuda or cpu")
     cuda = device == "cuda" or (device is None and torch.cuda.is_available())
     if cuda:
@@ -114,10 +119,12 @@ def init_sequence_parallel(device: str | None, timeout_s: float = 900) -> Rank:
 
 
 @contextmanager
-def sequence_parallel_ranks(device: str | None, enabled: bool = True) -> Iterator[Rank | None]:
-    """This process's rank in a sequence-parallel run for the block (``None`` when not ``enabled``: one process
-    measures alone); the process group is ended on the way out, whatever happened in the block."""
-    rank = init_sequence_parallel(device) if enabled else None
+def sequence_parallel_ranks(device: str | None, enabled: bool = True,
+                            flag: str = "--sequence-parallel") -> Iterator[Rank | None]:
+    """This process's rank in a sequence-parallel (or CFG-parallel: ``flag``) run for the block (``None`` when not
+    ``enabled``: one process measures alone); the process group is ended on the way out, whatever happened in the
+    block."""
+    rank = init_sequence_parallel(device, flag=flag) if enabled else None
     try:
         yield rank
     finally:

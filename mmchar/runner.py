@@ -72,6 +72,9 @@ class ProfileOptions:
     sequence_parallel: int = 1
     sp_scheme: str = "auto"  # auto (Ulysses where the ranks divide the heads, else USP, else ring), ulysses, ring, usp
     ulysses_degree: int | None = None  # USP's Ulysses degree (default: the largest that divides ranks and heads)
+    # classifier-free guidance's conditional and unconditional passes on two halves of the ranks (mmchar.cfg_parallel);
+    # the default group then holds 2 × sequence_parallel ranks
+    cfg_parallel: bool = False
     # what computes the generating model's linear layers (mmchar.projections), and which of them
     linear_backend: str = DEFAULT_LINEAR_BACKEND
     linear_scope: str = "all"
@@ -107,6 +110,11 @@ class ProfileOptions:
         if self.sequence_parallel > 1 and self.cuda_graphs:
             raise InvalidParameterError("--cuda-graphs and --sequence-parallel do not combine: the sequence split's "
                                         "collectives and hooks run outside a captured graph; drop one of them")
+        for flag, on in (("--compile", self.compile), ("--cuda-graphs", self.cuda_graphs)):
+            if self.cfg_parallel and on:
+                raise InvalidParameterError(f"{flag} and --cfg-parallel do not combine: the CFG split wraps the eager "
+                                            "denoiser's forward and exchanges outputs outside a compiled or captured "
+                                            "graph; drop one of them")
         if self.cuda_graphs and get_backend(self.backend).routes_by_state:
             raise InvalidParameterError(f"--cuda-graphs cannot replay {self.backend}: it decides each call by the "
                                         "state it carries in Python, which a replayed graph skips; drop --cuda-graphs "
@@ -116,7 +124,7 @@ class ProfileOptions:
         check_cache(self.cache, self.cache_schedule)
         if self.cache != NO_CACHE:
             for flag, on in (("--cuda-graphs", self.cuda_graphs), ("--compile", self.compile),
-                             ("--sequence-parallel", self.sequence_parallel > 1)):
+                             ("--sequence-parallel", self.sequence_parallel > 1), ("--cfg-parallel", self.cfg_parallel)):
                 if on:
                     raise InvalidParameterError(f"--cache and {flag} do not combine: the cache decides in Python at "
                                                 f"every denoiser call, which {flag} does not run; drop one of them")
@@ -178,25 +186,53 @@ def _step_components(target: Target) -> list[str]:
     return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]
 
 
-def _sequence_shard(target: Target, ranks: int, scheme: str = "auto", ulysses_degree: int | None = None) -> Any:
-    """The denoiser's sequence split over torch.distributed's default group (``ranks`` of them), or None."""
+def _sequence_shard(target: Target, ranks: int, scheme: str = "auto", ulysses_degree: int | None = None,
+                    cfg: Any = None) -> Any:
+    """The denoiser's sequence split over torch.distributed's default group (``ranks`` of them), or over this rank's
+    CFG half (``cfg``: `mmchar.cfg_parallel.CfgGroups`, ``ranks`` per half); None for one rank."""
     if ranks == 1:
         return None
     import torch.distributed as dist
 
     from mmchar.sequence_shard import SequenceShard
 
-    if not dist.is_initialized() or dist.get_world_size() != ranks:
+    world = ranks * (2 if cfg is not None else 1)
+    if not dist.is_initialized() or dist.get_world_size() != world:
         have = dist.get_world_size() if dist.is_initialized() else "no"
-        raise InvalidParameterError(f"sequence_parallel={ranks} needs a process group of {ranks} ranks ({have} "
-                                    "joined); launch with `torchrun --nproc-per-node N -m mmchar profile ... "
-                                    "--sequence-parallel`")
+        raise InvalidParameterError(f"sequence_parallel={ranks}{' with --cfg-parallel' if cfg else ''} needs a "
+                                    f"process group of {world} ranks ({have} joined); launch with `torchrun "
+                                    "--nproc-per-node N -m mmchar profile ... --sequence-parallel`")
     models = [getattr(target.pipe, c) for c in _step_components(target)]
     if len(models) != 1:
         raise InvalidParameterError(f"sequence parallelism splits one denoiser; this target steps {len(models)} models")
     from mmchar.distributed import group_timeout
 
-    return SequenceShard(models[0], scheme=scheme, sync_timeout=group_timeout(), ulysses_degree=ulysses_degree)
+    if cfg is None:
+        return SequenceShard(models[0], scheme=scheme, sync_timeout=group_timeout(), ulysses_degree=ulysses_degree)
+    return SequenceShard(models[0], group=cfg.sp, scheme=scheme, sync_timeout=group_timeout(),
+                         ulysses_degree=ulysses_degree, siblings=cfg.sp_groups)
+
+
+def _cfg_parallel(target: Target, options: ProfileOptions) -> Any:
+    """The guided step's two passes over two halves of the default group (`mmchar.cfg_parallel.CfgParallel`), or
+    None without ``cfg_parallel``. Refused in one line before any group is made: guidance off, a launch whose rank
+    count is not 2 × ``sequence_parallel``."""
+    if not options.cfg_parallel:
+        return None
+    import torch.distributed as dist
+
+    from mmchar.cfg_parallel import CfgParallel, cfg_groups, cfg_mode
+    from mmchar.distributed import group_timeout
+
+    mode = cfg_mode(target)
+    world = 2 * options.sequence_parallel
+    if not dist.is_initialized() or dist.get_world_size() != world:
+        have = dist.get_world_size() if dist.is_initialized() else "no"
+        raise InvalidParameterError(f"cfg_parallel with sequence_parallel={options.sequence_parallel} needs a process "
+                                    f"group of {world} ranks ({have} joined); launch with `torchrun --nproc-per-node "
+                                    "N -m mmchar profile ... --cfg-parallel`")
+    models = [getattr(target.pipe, c) for c in dict.fromkeys(_step_components(target))]
+    return CfgParallel(target, models, cfg_groups(group_timeout()), mode)
 
 
 @contextlib.contextmanager
@@ -265,8 +301,12 @@ class _Session:
         # at every attention layer), and under --compile the backend is the model's own sdpa anyway
         swapped = [c for c in _swap_components(target, options.scope)
                    if not (options.compile and c in _step_components(target))]
-        self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme, options.ulysses_degree)
-        self._align = self.shard.align if self.shard is not None else None
+        self.cfg = _cfg_parallel(target, options)  # its subgroups first: the shard's sequence group is one of them
+        self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme, options.ulysses_degree,
+                                     self.cfg.groups if self.cfg is not None else None)
+        # every rank lined up: the CFG halves' barrier spans all of them
+        self._align = (self.cfg.align if self.cfg is not None else self.shard.align if self.shard is not None
+                       else None)
         seed = int(target.config.get("params", {}).get("seed", 0))  # seeds per-layer backend state
         self.swap = swap_attention(target.pipe, swapped, options.backend,
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
@@ -276,12 +316,17 @@ class _Session:
                                  scope=options.linear_scope, seed=seed, route=not options.compile)
         if options.channels_last:  # before any capture or compile: they see the converted weights
             self.meta["channels_last"] = modes.to_channels_last(target)
+        from mmchar.step_cache import unsupported
+
+        # whether diffusers' cache hooks could run here (`mmchar advise` offers a runnable --cache only then)
+        self.meta["step_cache_support"] = unsupported(target) or "ok"
         self.cache = None
         if options.cache != "none":  # installed by _swapped(): the session's passes only, not a compare's others
             from mmchar.step_cache import StepCache
 
+            # a user's own pipeline (--pipeline, the Python API) carries its weights: the cache may decide itself
             self.cache = StepCache(target, options.cache, options.cache_schedule,
-                                   weights=bool(target.config.get("weights")))
+                                   weights=bool(target.config.get("weights")) or target.name == "pipeline")
         # --cuda-graphs: eager forwards captured by this session (under its own backends), or compile's own graphs
         self.graphs = modes.StepGraphs(target) if options.cuda_graphs and not options.compile else None
         if options.compile:
@@ -295,7 +340,8 @@ class _Session:
         """Both swaps open (attention and projections), and this session's CUDA graphs installed: the attention
         swap's state is what a pass reads."""
         with self.swap as state, self.linear, (self.graphs or contextlib.nullcontext()), \
-                (self.cache or contextlib.nullcontext()):
+                (self.cache or contextlib.nullcontext()), \
+                (self.cfg.hooked() if self.cfg is not None else contextlib.nullcontext()):
             yield state
 
     def warmup(self) -> None:
@@ -310,7 +356,7 @@ class _Session:
                         (_DenoiserBatches(self.target) if i == 0 else contextlib.nullcontext()) as batches:
                     self.target.run(min(self.target.steps, 2))
                 if i == 0 and batches is not None:
-                    self.meta["guidance"] = batches.record()
+                    self.meta["guidance"] = batches.record(min(self.target.steps, 2))
                 if cl and i == 0:
                     cl["inputs"] = dict(sorted(formats.items()))
                     cl["latents"] = modes.latents_record(self.target.pipe) or cl["latents"]
@@ -342,6 +388,8 @@ class _Session:
             self.meta["linear_unsupported"] = dict(sorted(lin.unsupported.items()))
         if self.shard is not None:
             self.meta["sequence_parallel"] = self.shard.describe()
+        if self.cfg is not None:
+            self.meta["cfg_parallel"] = self.cfg.describe()
         self.swap.reset_calls()
 
     def timed(self, i: int) -> None:
@@ -551,12 +599,14 @@ class _DenoiserBatches:
         if first is not None:
             self.batches.append(int(first.shape[0]))
 
-    def record(self) -> dict[str, Any] | None:
+    def record(self, steps: int) -> dict[str, Any] | None:
+        """``steps``: the denoising steps the watched generation ran (the calls per step are counted, not declared:
+        a user's own pipeline declares one)."""
         params = self.target.config.get("params") or {}
         scale, prompts = params.get("guidance"), params.get("batch")
-        if not self.batches or not self.roots or scale is None or not prompts:
+        if not self.batches or not self.roots or scale is None or not prompts or steps < 1:
             return None
-        per_step = max(r.calls_per_step for r in self.roots)
+        per_step = max(1, round(len(self.batches) / steps))
         batch = max(set(self.batches), key=self.batches.count)
         mode = ("two calls" if per_step > 1 and float(scale) > 1 else "batched" if batch >= 2 * int(prompts)
                 else "none")

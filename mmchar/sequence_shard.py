@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from mmchar.errors import InvalidParameterError, UnknownNameError
 from mmchar.sequence_parallel import (
+    Mesh,
     comm_scope,
     chunk_sizes,
     ring_attention,
@@ -68,15 +69,42 @@ Attend = Callable[..., torch.Tensor]
 SCHEMES = ("auto", "ulysses", "ring", "usp")
 
 
+def _sibling_meshes(degree: int, group: dist.ProcessGroup | None, siblings: Sequence[Sequence[int]]) -> Mesh:
+    """This rank's U × R mesh over ``group``, made while every rank makes the meshes of all ``siblings`` (rank lists
+    of equal length, ``group``'s among them) in one order: `usp_mesh`'s rows and columns, one sibling after another."""
+    mine = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    p, me = len(mine), dist.get_rank()
+    if degree < 1 or p % degree:
+        raise InvalidParameterError(f"--ulysses-degree {degree} must divide the {p} ranks "
+                                    f"(one of {', '.join(str(u) for u in range(1, p + 1) if p % u == 0)})")
+    row = col = None
+    for ranks in siblings:
+        ranks = list(ranks)
+        for i in range(len(ranks) // degree):  # rows: consecutive ranks
+            g = dist.new_group(ranks[i * degree:(i + 1) * degree])
+            if me in ranks[i * degree:(i + 1) * degree]:
+                row = g
+        for j in range(degree):  # columns: one rank of each row
+            g = dist.new_group(ranks[j::degree])
+            if me in ranks[j::degree]:
+                col = g
+    assert row is not None and col is not None, "this rank is in none of the sibling groups"
+    return Mesh(degree, p // degree, row, col)
+
+
 class SequenceShard:
     """This rank's share of a model's token sequence while hooked in (`hooked`); the attention routes of the
     swap call :meth:`attend` for self-attention while a forward pass is sharded (:attr:`active`)."""
 
     def __init__(self, model: torch.nn.Module, group: dist.ProcessGroup | None = None, scheme: str = "auto",
-                 sync_timeout: timedelta | None = None, ulysses_degree: int | None = None) -> None:
+                 sync_timeout: timedelta | None = None, ulysses_degree: int | None = None,
+                 siblings: Sequence[Sequence[int]] | None = None) -> None:
         """``scheme``: ``auto`` (Ulysses where the ranks divide the heads, USP where they share a factor with them,
         ring otherwise), or one of them forced (to compare them on one model; Ulysses still needs divisible
-        heads); ``ulysses_degree``: USP's U (default: the largest divisor of the ranks that divides the heads)."""
+        heads); ``ulysses_degree``: USP's U (default: the largest divisor of the ranks that divides the heads);
+        ``siblings``: where ``group`` is one of several disjoint subgroups sharding alike (CFG parallelism's
+        halves), the ranks of each of them, this one's included: every rank then creates every group's USP mesh,
+        in that order (a subgroup is created by all ranks of the default group together)."""
         if scheme not in SCHEMES:
             raise UnknownNameError("sequence-parallel scheme", scheme, SCHEMES)
         if ulysses_degree is not None and scheme != "usp":
@@ -97,7 +125,8 @@ class SequenceShard:
         wants = scheme == "usp" or (scheme == "auto" and heads is not None and scheme_for(heads, self.ranks) == "usp")
         if scheme == "usp" and heads is not None and heads % degree:
             raise InvalidParameterError(f"USP's Ulysses degree {degree} must divide {cls}'s {heads} heads")
-        self.mesh = usp_mesh(degree, group) if wants else None
+        self.mesh = (None if not wants else usp_mesh(degree, group) if siblings is None
+                     else _sibling_meshes(degree, group, siblings))
         self.blocks = model.get_submodule(self.plan.blocks)
         self._signature = inspect.signature(self.blocks[0].forward)
         self.full: int | None = None  # tokens of the sequence being sharded; None outside a sharded forward
@@ -212,8 +241,8 @@ class SequenceShard:
             why = "an attention mask" if mask is not None else f"{q.shape[2]} query tokens for a {local}-token chunk"
             raise InvalidParameterError(f"sequence parallelism cannot take {module_path}: {why}")
         scheme = scheme_for(q.shape[1], self.ranks) if self.scheme == "auto" else self.scheme
-        if scheme == "usp" and self.mesh is None:  # auto on a layer whose heads the model's config did not say
-            scheme = "ring"
+        if scheme == "usp" and self.scheme == "auto" and (self.mesh is None or q.shape[1] % self.mesh.ulysses_degree):
+            scheme = "ring"  # a layer whose heads the mesh (sized by the model's config) does not divide
         self.schemes[module_path] = scheme
         self.prefix = prefix
         if scheme == "ulysses":

@@ -71,6 +71,9 @@ def parse_option(option: str, kind: str = "") -> Change:
     """
     if kind == STEP_CACHE_KIND and not (option or "").startswith("--cache"):
         raise NotRunnable(STEP_CACHE_WHY)
+    if kind == "sequence-parallel":
+        raise NotRunnable("a sequence-parallel run is N processes measured together: run `torchrun --nproc-per-node N "
+                          "-m mmchar profile ... --sequence-parallel` on N GPUs (benchmarks/gpu_sequence_parallel.sh)")
     try:
         words = shlex.split(option or "")
     except ValueError:
@@ -149,9 +152,9 @@ def _source_refusal(run: Run) -> str | None:
     if not config.get("preset") or config.get("workload") in (None, "pipeline"):
         return ("the run is not of a registered workload preset (a --pipeline folder, a pipeline object or an "
                 "imported trace): re-profile it with the option to measure it")
-    if int(options.get("sequence_parallel") or 1) > 1:
-        return ("a --sequence-parallel run is measured by torchrun's ranks together: re-profile it under torchrun "
-                "with the option")
+    if int(options.get("sequence_parallel") or 1) > 1 or options.get("cfg_parallel"):
+        return ("a --sequence-parallel or --cfg-parallel run is measured by torchrun's ranks together: re-profile it "
+                "under torchrun with the option")
     return None
 
 
@@ -180,7 +183,7 @@ def plan_change(run: Run, change: Change, store: Path) -> tuple[Any, Any]:
     config, stored = run.meta["config"], run.meta.get("options") or {}
     known = {f.name for f in dataclasses.fields(ProfileOptions)}
     options = {k: v for k, v in stored.items()
-               if k in known and k not in ("backend", "sequence_parallel", "sp_scheme", "ulysses_degree")}
+               if k in known and k not in ("backend", "sequence_parallel", "sp_scheme", "ulysses_degree", "cfg_parallel")}
     options.update({k: v for k, v in change.fields.items() if k != "backend"})
     backend = change.fields.get("backend", stored.get("backend") or run.backend)
     w = get_workload(config["workload"])

@@ -46,6 +46,10 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
             ulysses_degree: Annotated[Optional[int], typer.Option("--ulysses-degree", help="With --sp-scheme usp: "
                 "the mesh's Ulysses degree U (dividing the ranks and the heads; default the largest such).",
                 show_default=False)] = None,
+            cfg_parallel: Annotated[bool, typer.Option("--cfg-parallel", help="Under torchrun (an even number of "
+                "ranks): classifier-free guidance's conditional and unconditional passes on two halves of the ranks "
+                "(batched guidance: half the batch each, the output gathered; two calls: one call each, the outputs "
+                "exchanged); with --sequence-parallel each half splits its sequence over its N/2 ranks.")] = False,
             sweep_point: Annotated[bool, typer.Option("--sweep-point", hidden=True, help="Set by `mmchar sweep` "
                 "for its children: the run is a sweep's point (findings pair such points by backend).")] = False) -> int:
     """Profile one generation: timed pass, light and full profile; write a run folder."""
@@ -53,15 +57,32 @@ def profile(workload: Workload = None, pipeline: Pipeline = None, preset: Preset
     from mmchar import distributed as dd
     from mmchar.runner import measure_backends, store_outcome
 
-    with dd.sequence_parallel_ranks(device, sequence_parallel) as rank:
-        if (sp_scheme != "auto" or ulysses_degree is not None) and rank is None:
+    if cfg_parallel and guidance is not None:  # refused before any rank joins (a preset's default: after the build)
+        from mmchar.cfg_parallel import check_guidance
+
+        check_guidance(guidance, workload or "this pipeline")
+    with dd.sequence_parallel_ranks(device, sequence_parallel or cfg_parallel,
+                                    "--cfg-parallel" if cfg_parallel else "--sequence-parallel") as rank:
+        if (sp_scheme != "auto" or ulysses_degree is not None) and not sequence_parallel:
             flag = "--sp-scheme" if sp_scheme != "auto" else "--ulysses-degree"
             raise InvalidParameterError(f"{flag} applies with --sequence-parallel under torchrun")
-        options = opts.profile_options(backend, rank.world if rank else 1, sp_scheme, ulysses_degree=ulysses_degree)
+        sp_ranks = (rank.world // 2 if cfg_parallel else rank.world) if rank else 1
+        if cfg_parallel and sp_ranks > 1 and not sequence_parallel:
+            raise InvalidParameterError(f"--cfg-parallel on {rank.world} ranks leaves {sp_ranks} to each CFG half: "
+                                        "add --sequence-parallel to split each half's token sequence over them, or "
+                                        "launch 2 ranks")
+        options = opts.profile_options(backend, sp_ranks, sp_scheme, ulysses_degree=ulysses_degree,
+                                       cfg_parallel=cfg_parallel)
         target = build_target(opts, [backend])
+        if cfg_parallel:  # guidance off, or more than two calls a step: refused before anything runs
+            from mmchar.cfg_parallel import cfg_mode
+
+            cfg_mode(target)
         if dd.leads(rank):
             warn_changed_math([backend], opts.linear_backends())
             over = f" split over {rank.world} ranks" if rank else ""
+            if cfg_parallel:
+                over = f" on {rank.world} ranks (2 CFG halves x {sp_ranks} sequence rank{'s' if sp_ranks > 1 else ''})"
             say(f"profiling {target.config.get('workload')} ({target.config.get('preset') or 'pipeline'}) on "
                 f"{target.device}{over} with backend {backend}: {options.repeat} timed generations of "
                 f"{target.steps} steps ...")

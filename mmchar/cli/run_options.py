@@ -90,7 +90,8 @@ class RunOptions:
         return [name.strip() for name in self.linear_backend.split(",") if name.strip()] or [self.linear_backend]
 
     def profile_options(self, backend: str, sequence_parallel: int = 1, sp_scheme: str = "auto", *,
-                        linear_backend: str | None = None, ulysses_degree: int | None = None) -> ProfileOptions:
+                        linear_backend: str | None = None, ulysses_degree: int | None = None,
+                        cfg_parallel: bool = False) -> ProfileOptions:
         """How one run is measured (checked by ProfileOptions itself: a bad scope fails before anything loads);
         ``linear_backend``: one of `linear_backends` (compare's variants), else the one ``--linear-backend``."""
         from mmchar.runner import ProfileOptions
@@ -101,7 +102,7 @@ class RunOptions:
         else:
             self._one_linear_backend()
         return ProfileOptions(backend=backend, **fields, sequence_parallel=sequence_parallel, sp_scheme=sp_scheme,
-                              ulysses_degree=ulysses_degree)
+                              ulysses_degree=ulysses_degree, cfg_parallel=cfg_parallel)
 
     def _one_linear_backend(self) -> None:
         if len(self.linear_backends()) > 1:
