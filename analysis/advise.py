@@ -75,6 +75,13 @@ COMPILE_FUSIBLE = ("elementwise", "norm", "memory")
 COMPILE_KERNELS_GONE = 0.72
 COMPILE_BUSY_GONE = 0.65
 COMPILE_HOST_US_PER_KERNEL = 15.7
+# sequence parallelism over N GPUs of one node (Ulysses: N divides the heads), fitted on the committed 2 x H100 runs
+# (benchmarks/results/sequence_parallel/h100x2-2026-11-25): each rank sends its share of every self-attention's q, k,
+# v and o through all-to-alls at 206 GB/s of send buffer leaving the GPU (measured 205 and 208), and 11 % of the
+# one-GPU step is work every rank repeats (fitted: Wan 2.1 1.3B 5.8 %, CogVideoX-2B 15.8 %: its text prefix)
+SP_ALL_TO_ALL_GBPS = 206.0
+SP_REPLICATED_FRAC = 0.11
+SP_RANKS = (2, 4, 8)
 
 # what each projection showed against committed measurements (the checks: tests/analysis/test_advise.py, which
 # recomputes them and fails when a number here no longer holds); None: no measured run to check against
@@ -101,6 +108,10 @@ VALIDATED_ERROR: dict[str, dict[str, Any]] = {
                                             "against (H100, in-sample): sd15 step projected 21.7 ms, measured 20.9 "
                                             "(+3.6 %); llamagen 9.4 vs 10.1 ms per token (-7.2 %); cogvideox-2b "
                                             "531.5 vs 532.5 ms (-0.2 %)"},
+    "sequence-parallel": {"error_pct": 5.0, "checks": "fitted on the two committed 2 x H100 Ulysses runs it is checked "
+                                                      "against (in-sample): wan2.1-1.3b 480x832x81 step projected 721 "
+                                                      "ms, measured 689 (+4.6 %); cogvideox-2b 370 vs 385 ms (-3.9 %); "
+                                                      "4 and 8 GPUs not measured"},
     "combined": {"error_pct": 5.0, "checks": "sd15 512 px (H200) channels-last + CUDA graphs: step projected 9.94 ms, "
                                              "measured 10.41 ms (-4.5 %)"},
 }
@@ -407,6 +418,43 @@ def torch_compile(p: Profile) -> tuple[Effect | None, str]:
                   d_kernels={st.key: -gone}), ""
 
 
+def sequence_parallel(p: Profile) -> tuple[list[tuple[int, float, str, str]], str]:
+    """The step over N GPUs of one node by Ulysses sequence parallelism, for each N of ``SP_RANKS`` that divides
+    the self-attention's heads: (N, projected step ms, model, inputs); or why none applies."""
+    st, meta = p.step, p.run.meta
+    opts = meta.get("options") or {}
+    if int(opts.get("sequence_parallel") or 1) > 1 or opts.get("cfg_parallel"):
+        return [], "the run is sequence- or CFG-parallel already"
+    if st.stage != "denoiser":
+        return [], "sequence parallelism splits a denoiser's token sequence"
+    if is_host_bound(st.wall_ms, st.busy_ms):
+        return [], "a host-bound step: its host time does not divide over GPUs"
+    calls = [c for c in attention_calls(st) if c.sq == c.skv and c.sq >= 1024]  # self-attention over the tokens
+    if not calls:
+        return [], "the step has no self-attention call over a long sequence with recorded shapes"
+    heads = int(min(c.h for c in calls))
+    elem = 2 if str(meta.get("config", {}).get("dtype") or "bf16") in ("bf16", "fp16") else 4
+    qkvo = sum(4.0 * c.b * c.h * c.sq * c.d * elem for c in calls) / st.per  # bytes per step, the whole sequence
+    out = []
+    for n in SP_RANKS:
+        if heads % n:
+            continue
+        replicated = SP_REPLICATED_FRAC * st.wall_ms
+        comm = qkvo / n * (n - 1) / n / (SP_ALL_TO_ALL_GBPS * 1e9) * 1e3
+        step = (st.wall_ms - replicated) / n + replicated + comm
+        out.append((n, step,
+                    f"Ulysses over {n} GPUs of one node: the step's work divided by {n} but a fitted "
+                    f"{SP_REPLICATED_FRAC:.0%} every rank repeats, plus the all-to-alls of q, k, v, o ({comm:.1f} ms: "
+                    f"{qkvo / n / 1e6:.0f} MB per rank at {SP_ALL_TO_ALL_GBPS:g} GB/s, fitted on 2 x H100 NVLink); the "
+                    "decoder and text encoder stay on one GPU; mmchar runs it where it has a shard plan (Wan, "
+                    "CogVideoX)",
+                    f"kernels.parquet self-attention shapes ({len(calls) / st.per:.0f} calls per step, {heads} "
+                    f"heads); " + _busy_line(st)))
+    if not out:
+        return [], f"no GPU count of {SP_RANKS} divides the {heads} heads (ring / USP are not modelled)"
+    return out, ""
+
+
 def _device_spec(p: Profile) -> tuple[str | None, dict[str, Any] | None]:
     key = gpu_key((p.run.meta.get("device") or {}).get("name"))
     return key, (load_gpus().get(key) if key else None)
@@ -634,8 +682,9 @@ def _graphs_refused(meta: dict[str, Any]) -> str | None:
     `ProfileOptions`, read from what the run recorded), None where it would capture: advice never ranks an option
     the tool refuses."""
     opts = meta.get("options") or {}
-    if int(opts.get("sequence_parallel") or 1) > 1:
-        return "--cuda-graphs does not combine with --sequence-parallel (its collectives run outside a graph)"
+    if int(opts.get("sequence_parallel") or 1) > 1 or opts.get("cfg_parallel"):
+        return ("--cuda-graphs does not combine with --sequence-parallel or --cfg-parallel (their collectives run "
+                "outside a graph)")
     if ((meta.get("config") or {}).get("memory") or {}).get("cpu_offload"):
         return "--cuda-graphs does not combine with --cpu-offload (weights move at every call)"
     if "generator_decode" in (meta.get("timings") or {}):
@@ -659,7 +708,8 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
         why = f"a {p.device_type.upper()} run: it has no GPU kernels, roofs or CUDA streams to project"
         # (--compile has no row here: its fitted model is of GPU runs, and a CPU compile is no step to validate it by)
         for kind, option in (("cuda-graphs", "--cuda-graphs"), ("channels-last", "--channels-last"),
-                             ("fp8", "--linear-backend fp8"), ("attention", "--backend"), ("gpu", "--target-gpu")):
+                             ("fp8", "--linear-backend fp8"), ("attention", "--backend"), ("gpu", "--target-gpu"),
+                             ("sequence-parallel", "--sequence-parallel")):
             rows.append(_not_applicable(p, ids, kind, option, why))
     else:
         opts = run.meta.get("options") or {}  # the runtime modes a run already ran with (`--cuda-graphs` ...)
@@ -694,6 +744,12 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
             effects.extend(swaps)
         else:
             rows.append(_not_applicable(p, ids, "attention", "--backend", why))
+        sp, why = sequence_parallel(p)
+        for n, s, model, inputs in sp:
+            rows.append(_row(p, ids, "sequence-parallel", f"--sequence-parallel x{n}", s,
+                             p.e2e_ms - (st.wall_ms - s) * st.calls, model, inputs, error_text("sequence-parallel")))
+        if not sp:
+            rows.append(_not_applicable(p, ids, "sequence-parallel", "--sequence-parallel", why))
         for target in targets:
             mv, why = gpu_move(p, check_target_gpu(target))
             if mv is not None:

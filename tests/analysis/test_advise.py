@@ -266,7 +266,7 @@ def test_a_cpu_run_says_which_projections_do_not_apply():
     cpu = run([{"op_class": "gemm", "dur_us": 100.0}], device={"type": "cpu", "name": "x86_64"}, steps=4)
     t = advice_table([cpu])
     na = t[t["projected_step_ms"].isna()]
-    assert set(na["kind"]) == {"cuda-graphs", "channels-last", "fp8", "attention", "gpu"}
+    assert set(na["kind"]) == {"cuda-graphs", "channels-last", "fp8", "attention", "gpu", "sequence-parallel"}
     assert all("CPU run" in m for m in na["model"])
     assert list(t.loc[t["rank"].notna(), "kind"]) == ["step-cache"]
 
@@ -405,3 +405,26 @@ def test_compile_is_not_offered_beside_a_swapped_backend():
                           device={"type": "cuda", "name": H100})])
     c = row(t, "--compile")
     assert pd.isna(c["rank"]) and "model's own attention" in c["model"]
+
+
+SP = RESULTS / "sequence_parallel" / "h100x2-2026-11-25" / "runs"  # 1 and 2 x H100, Ulysses and ring
+
+
+@pytest.mark.parametrize("workload", ["wan2.1-1.3b", "cogvideox-2b"])
+def test_sequence_parallel_against_the_committed_two_gpu_runs(workload):
+    """The one-GPU run projected over 2 GPUs (Ulysses), against the committed 2-GPU Ulysses run of the same work;
+    the GPU counts that do not divide the heads are left out (CogVideoX-2B's 30 heads: 2 only)."""
+    if not SP.is_dir():
+        pytest.skip(f"needs {SP}")
+    runs = [r for r in load_runs([SP]) if r.workload == workload and r.status == "ok"]
+    one = next(r for r in runs if int(r.meta["options"].get("sequence_parallel") or 1) == 1)
+    two = next(r for r in runs if r.meta["options"].get("sequence_parallel") == 2
+               and r.meta["options"].get("sp_scheme", "auto") == "auto")
+    t = advice_table([one])
+    s = row(t, "--sequence-parallel x2")
+    assert s["kind"] == "sequence-parallel" and "in-sample" in s["error"]
+    within("sequence-parallel", s["projected_step_ms"], two.meta["timings"]["denoiser_step"]["median_ms"])
+    options = set(t.loc[t["kind"] == "sequence-parallel", "option"])
+    assert options == ({"--sequence-parallel x2", "--sequence-parallel x4"} if workload == "wan2.1-1.3b"
+                       else {"--sequence-parallel x2"})
+    assert "already" in row(advice_table([two]), "--sequence-parallel")["model"]
