@@ -427,6 +427,9 @@ def sequence_parallel(p: Profile) -> tuple[list[tuple[int, float, str, str]], st
         return [], "the run is sequence- or CFG-parallel already"
     if st.stage != "denoiser":
         return [], "sequence parallelism splits a denoiser's token sequence"
+    if ((meta.get("config") or {}).get("family") or {}).get("architecture") != "dit":
+        return [], ("sequence parallelism splits a DiT's token sequence block by block; a UNet's convolutions would "
+                    "need halo exchanges (not modelled)")
     if is_host_bound(st.wall_ms, st.busy_ms):
         return [], "a host-bound step: its host time does not divide over GPUs"
     calls = [c for c in attention_calls(st) if c.sq == c.skv and c.sq >= 1024]  # self-attention over the tokens

@@ -428,3 +428,13 @@ def test_sequence_parallel_against_the_committed_two_gpu_runs(workload):
     assert options == ({"--sequence-parallel x2", "--sequence-parallel x4"} if workload == "wan2.1-1.3b"
                        else {"--sequence-parallel x2"})
     assert "already" in row(advice_table([two]), "--sequence-parallel")["model"]
+
+
+def test_sequence_parallel_is_projected_for_dits_only():
+    if not SP.is_dir():
+        pytest.skip(f"needs {SP}")
+    (wan,) = [r for r in load_runs([SP]) if r.workload == "wan2.1-1.3b"
+              and int(r.meta["options"].get("sequence_parallel") or 1) == 1]
+    unet = Run(meta={**wan.meta, "config": {**wan.meta["config"], "family": {"architecture": "unet"}}},
+               kernels=wan.kernels, path=None)
+    assert "halo" in row(advice_table([unet]), "--sequence-parallel")["model"]
