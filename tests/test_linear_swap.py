@@ -307,7 +307,7 @@ def test_one_projection_backend_per_run_outside_compare():
     fields = {f: None for f in RunOptions.__dataclass_fields__}
     opts = RunOptions(**{**fields, "preset": "tiny", "scope": "denoiser", "linear_backend": "dense, fp8",
                          "linear_scope": "all", "repeat": 1, "no_trace": True, "vae_tiling": False,
-                         "vae_slicing": False, "cpu_offload": False, "compile": False, "store": "runs"})
+                         "vae_slicing": False, "cpu_offload": False, "compile": False, "cache": "none", "store": "runs"})
     assert opts.linear_backends() == ["dense", "fp8"]
     assert opts.profile_options("sdpa", linear_backend="dense").linear_backend == "dense"
     with pytest.raises(InvalidParameterError, match="`mmchar compare` takes several"):
