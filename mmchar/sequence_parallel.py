@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -245,30 +245,34 @@ class Mesh:
     ring: dist.ProcessGroup
 
 
-def usp_mesh(ulysses_degree: int, group: dist.ProcessGroup | None = None) -> Mesh:
-    """The row and column subgroups of a U × R mesh over ``group``; every rank of it calls this together (each
-    subgroup is created collectively, in one order on every rank).
+def usp_mesh(ulysses_degree: int, group: dist.ProcessGroup | None = None,
+             siblings: Sequence[Sequence[int]] | None = None) -> Mesh:
+    """This rank's row and column subgroups of a U × R mesh over ``group``. Every rank of the world calls this
+    together, since each subgroup is created collectively, in one order on every rank: where ``group`` is one of
+    several equal rank groups (the halves of a CFG-parallel run), ``siblings`` lists them all (``group``'s among
+    them) and every rank makes each one's mesh, one after another.
 
     Raises:
         InvalidParameterError: U does not divide the ranks.
     """
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    p, me = len(ranks), dist.get_rank()
+    mine = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    p, me = len(mine), dist.get_rank()
     if ulysses_degree < 1 or p % ulysses_degree:
         raise InvalidParameterError(f"--ulysses-degree {ulysses_degree} must divide the {p} ranks "
                                     f"(one of {', '.join(str(u) for u in range(1, p + 1) if p % u == 0)})")
-    u, r = ulysses_degree, p // ulysses_degree
+    u = ulysses_degree
     row = col = None
-    for i in range(r):  # rows: consecutive ranks
-        g = dist.new_group(ranks[i * u:(i + 1) * u])
-        if me in ranks[i * u:(i + 1) * u]:
-            row = g
-    for j in range(u):  # columns: one rank of each row
-        g = dist.new_group(ranks[j::u])
-        if me in ranks[j::u]:
-            col = g
-    assert row is not None and col is not None, "this rank is not in the mesh's group"
-    return Mesh(u, r, row, col)
+    for ranks in [list(r) for r in siblings] if siblings is not None else [mine]:
+        for i in range(len(ranks) // u):  # rows: consecutive ranks
+            g = dist.new_group(ranks[i * u:(i + 1) * u])
+            if me in ranks[i * u:(i + 1) * u]:
+                row = g
+        for j in range(u):  # columns: one rank of each row
+            g = dist.new_group(ranks[j::u])
+            if me in ranks[j::u]:
+                col = g
+    assert row is not None and col is not None, "this rank is in none of the mesh's groups"
+    return Mesh(u, p // u, row, col)
 
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mesh: Mesh, *, causal: bool = False,

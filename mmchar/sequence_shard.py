@@ -25,7 +25,6 @@ import torch.distributed as dist
 
 from mmchar.errors import InvalidParameterError, UnknownNameError
 from mmchar.sequence_parallel import (
-    Mesh,
     comm_scope,
     chunk_sizes,
     ring_attention,
@@ -69,29 +68,6 @@ Attend = Callable[..., torch.Tensor]
 SCHEMES = ("auto", "ulysses", "ring", "usp")
 
 
-def _sibling_meshes(degree: int, group: dist.ProcessGroup | None, siblings: Sequence[Sequence[int]]) -> Mesh:
-    """This rank's U × R mesh over ``group``, made while every rank makes the meshes of all ``siblings`` (rank lists
-    of equal length, ``group``'s among them) in one order: `usp_mesh`'s rows and columns, one sibling after another."""
-    mine = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    p, me = len(mine), dist.get_rank()
-    if degree < 1 or p % degree:
-        raise InvalidParameterError(f"--ulysses-degree {degree} must divide the {p} ranks "
-                                    f"(one of {', '.join(str(u) for u in range(1, p + 1) if p % u == 0)})")
-    row = col = None
-    for ranks in siblings:
-        ranks = list(ranks)
-        for i in range(len(ranks) // degree):  # rows: consecutive ranks
-            g = dist.new_group(ranks[i * degree:(i + 1) * degree])
-            if me in ranks[i * degree:(i + 1) * degree]:
-                row = g
-        for j in range(degree):  # columns: one rank of each row
-            g = dist.new_group(ranks[j::degree])
-            if me in ranks[j::degree]:
-                col = g
-    assert row is not None and col is not None, "this rank is in none of the sibling groups"
-    return Mesh(degree, p // degree, row, col)
-
-
 class SequenceShard:
     """This rank's share of a model's token sequence while hooked in (`hooked`); the attention routes of the
     swap call :meth:`attend` for self-attention while a forward pass is sharded (:attr:`active`)."""
@@ -125,8 +101,7 @@ class SequenceShard:
         wants = scheme == "usp" or (scheme == "auto" and heads is not None and scheme_for(heads, self.ranks) == "usp")
         if scheme == "usp" and heads is not None and heads % degree:
             raise InvalidParameterError(f"USP's Ulysses degree {degree} must divide {cls}'s {heads} heads")
-        self.mesh = (None if not wants else usp_mesh(degree, group) if siblings is None
-                     else _sibling_meshes(degree, group, siblings))
+        self.mesh = usp_mesh(degree, group, siblings) if wants else None
         self.blocks = model.get_submodule(self.plan.blocks)
         self._signature = inspect.signature(self.blocks[0].forward)
         self.full: int | None = None  # tokens of the sequence being sharded; None outside a sharded forward
