@@ -179,11 +179,7 @@ def _timed_generation(target: Target, steps: int, align: Callable[[], None] | No
 def _swap_components(target: Target, scope: str) -> list[str]:
     if scope == "all":
         return list(dict.fromkeys(r.component for r in target.stage_roots))
-    return _step_components(target)  # the generating model
-
-
-def _step_components(target: Target) -> list[str]:
-    return [r.component for r in target.stage_roots if r.stage in STEP_STAGES]
+    return target.step_components()  # the generating model
 
 
 def _sequence_shard(target: Target, ranks: int, scheme: str = "auto", ulysses_degree: int | None = None,
@@ -202,7 +198,7 @@ def _sequence_shard(target: Target, ranks: int, scheme: str = "auto", ulysses_de
         raise InvalidParameterError(f"sequence_parallel={ranks}{' with --cfg-parallel' if cfg else ''} needs a "
                                     f"process group of {world} ranks ({have} joined); launch with `torchrun "
                                     "--nproc-per-node N -m mmchar profile ... --sequence-parallel`")
-    models = [getattr(target.pipe, c) for c in _step_components(target)]
+    models = [getattr(target.pipe, c) for c in target.step_components()]
     if len(models) != 1:
         raise InvalidParameterError(f"sequence parallelism splits one denoiser; this target steps {len(models)} models")
     from mmchar.distributed import group_timeout
@@ -231,7 +227,7 @@ def _cfg_parallel(target: Target, options: ProfileOptions) -> Any:
         raise InvalidParameterError(f"cfg_parallel with sequence_parallel={options.sequence_parallel} needs a process "
                                     f"group of {world} ranks ({have} joined); launch with `torchrun --nproc-per-node "
                                     "N -m mmchar profile ... --cfg-parallel`")
-    models = [getattr(target.pipe, c) for c in dict.fromkeys(_step_components(target))]
+    models = [getattr(target.pipe, c) for c in target.step_components()]
     return CfgParallel(target, models, cfg_groups(group_timeout()), mode)
 
 
@@ -300,7 +296,7 @@ class _Session:
         # compiled models keep their own processors: Dynamo cannot trace the routing wrapper (it would graph-break
         # at every attention layer), and under --compile the backend is the model's own sdpa anyway
         swapped = [c for c in _swap_components(target, options.scope)
-                   if not (options.compile and c in _step_components(target))]
+                   if not (options.compile and c in target.step_components())]
         self.cfg = _cfg_parallel(target, options)  # its subgroups first: the shard's sequence group is one of them
         self.shard = _sequence_shard(target, options.sequence_parallel, options.sp_scheme, options.ulysses_degree,
                                      self.cfg.groups if self.cfg is not None else None)
@@ -312,7 +308,7 @@ class _Session:
                                    target.device, fallback=options.fallback, site_rules=target.all_site_rules(),
                                    seed=seed, cross_backend=options.cross_backend, shard=self.shard,
                                    compile_safe=options.compile)
-        self.linear = LinearSwap(target.pipe, _step_components(target), options.linear_backend, target.device,
+        self.linear = LinearSwap(target.pipe, target.step_components(), options.linear_backend, target.device,
                                  scope=options.linear_scope, seed=seed, route=not options.compile)
         if options.channels_last:  # before any capture or compile: they see the converted weights
             self.meta["channels_last"] = modes.to_channels_last(target)
@@ -400,7 +396,7 @@ class _Session:
             self.meta["step_cache"] = self.cache.describe()
 
     def _denoiser_calls_per_step(self) -> float:
-        prefixes = tuple(f"{r.component}." for r in self.target.stage_roots if r.stage in STEP_STAGES)
+        prefixes = tuple(f"{c}." for c in self.target.step_components())
         calls = sum(n for path, n in self.swap.state.calls(self.swap.processors).items() if path.startswith(prefixes))
         return calls / max(len(self.timings), 1) / max(self.target.steps, 1)
 
@@ -579,7 +575,7 @@ class _DenoiserBatches:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.roots = [r for r in target.stage_roots if r.stage in STEP_STAGES]
+        self.roots = target.step_roots()
         self.batches: list[int] = []
         self._hooks: list[Any] = []
 

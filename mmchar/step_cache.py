@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from mmchar.errors import InvalidParameterError, UnknownNameError
-from mmchar.schema import STEP_STAGES
 from mmchar.target import Target
 
 NO_CACHE = "none"
@@ -138,8 +137,7 @@ def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
 def unsupported(target: Target) -> str | None:
     """Why diffusers' cache hooks cannot run on this target's denoiser (one line), or None: a run records it, so
     `mmchar advise` offers a runnable `--cache` only where the run could take it."""
-    roots = [r for r in target.stage_roots if r.stage in STEP_STAGES]
-    models = [(n, getattr(target.pipe, n, None)) for n in dict.fromkeys(r.component for r in roots)]
+    models = [(n, getattr(target.pipe, n, None)) for n in target.step_components()]
     what = ", ".join(f"{n} ({type(m).__name__})" for n, m in models) or "none"
     hookable = [m for _, m in models if hasattr(m, "enable_cache")]
     if not hookable:
@@ -167,9 +165,8 @@ class StepCache:
         why = unsupported(target)
         if why:
             raise InvalidParameterError(f"--cache {method}: {why}")
-        roots = [r for r in target.stage_roots if r.stage in STEP_STAGES]
-        models = [(n, getattr(target.pipe, n, None)) for n in dict.fromkeys(r.component for r in roots)]
-        self.models = [(n, m) for n, m in models if hasattr(m, "enable_cache")]
+        self.models = [(n, m) for n in target.step_components()
+                       if hasattr(m := getattr(target.pipe, n, None), "enable_cache")]
         check_cache_inputs(method, schedule, weights)
         self.schedule_text = schedule
         self.flags = parse_schedule(schedule, target.steps) if schedule is not None else None

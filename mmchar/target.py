@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mmchar.schema import PHASES, STAGES
+from mmchar.schema import PHASES, STAGES, STEP_STAGES
 from mmchar.scopes import SiteRule, compile_site_rules
 
 
@@ -74,6 +74,14 @@ class Target:
 
     def component(self, name: str) -> Any:
         return getattr(self.pipe, name)
+
+    def step_roots(self) -> list[StageRoot]:
+        """The roots of the step stage (the denoiser, a token model's generator): Wan 2.2's two experts are two."""
+        return [r for r in self.stage_roots if r.stage in STEP_STAGES]
+
+    def step_components(self) -> list[str]:
+        """The components the step stage runs, once each, in root order."""
+        return list(dict.fromkeys(r.component for r in self.step_roots()))
 
     def all_site_rules(self) -> list[tuple[re.Pattern[str], str]]:
         return compile_site_rules(self.site_rules)

@@ -151,6 +151,19 @@ def clip_tokenizer(max_length: int = 77) -> Any:
                          pad_token="<|endoftext|>")
 
 
+def word_level_tokenizer(specials: dict[str, int], split: str) -> Any:
+    """A `tokenizers.Tokenizer` with no files: ``split`` (a model's pre-tokenizer regex) cuts the text into the pieces
+    the real tokenizer would, each piece one token of a word-level vocabulary that holds only ``<unk>`` and the
+    special tokens: sequence lengths and templates behave as with the real vocabulary, only the ids differ. The
+    workloads' own factories wrap it in a transformers tokenizer with their special-token names and lengths."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(dict(specials), unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
+    tok.add_special_tokens([s for s in specials if s != "<unk>"])
+    return tok
+
+
 def load_pipeline(cls: Any, folder: str, dtype: torch.dtype, device: torch.device, **kwargs: Any) -> Any:
     """``cls.from_pretrained(folder)`` for a local folder, with one-line errors for unreadable folders."""
     path = Path(folder)

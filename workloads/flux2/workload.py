@@ -20,6 +20,7 @@ from typing import Any
 
 from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
+from mmchar.workloads.build import word_level_tokenizer
 from mmchar.workloads.pipeline import TOKENIZERS, PipelineWorkload
 
 # Mistral's control tokens the chat format and Pixtral's image input use, at ids of our own below 20 ([IMG] at 10,
@@ -47,15 +48,11 @@ def mistral_tokenizer(name: str, models: dict[str, Any]) -> Any:
     """A Mistral-style fast tokenizer with no files and the chat template: one token per pre-tokenizer piece over
     a word-level vocabulary (ids < 20, so tiny text encoders need a vocabulary of at least 20), BOS from the
     template, padding right (the pipeline pads to max_length)."""
-    from tokenizers import Regex, Tokenizer, models as tok_models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
-    tok = Tokenizer(tok_models.WordLevel(dict(_MISTRAL_SPECIALS), unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated")
-    tok.add_special_tokens([s for s in _MISTRAL_SPECIALS if s != "<unk>"])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        tokenizer_object=word_level_tokenizer(_MISTRAL_SPECIALS, _SPLIT), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         padding_side="right", chat_template=_CHAT_TEMPLATE,
         model_max_length=encoder.get("text_config", {}).get("max_position_embeddings", 131072))
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
+from mmchar.workloads.build import word_level_tokenizer
 from mmchar.workloads.pipeline import TOKENIZERS, PipelineWorkload
 
 # Llama-3's pre-tokenizer split (the tiktoken-style pattern of meta-llama/Meta-Llama-3-8B's tokenizer.json)
@@ -35,13 +36,11 @@ def llama3_tokenizer(name: str, models: dict[str, Any]) -> Any:
     (a word-level vocabulary of the special tokens and ``<unk>``), ``<|begin_of_text|>`` prepended, right padding
     (the pipeline crops the template from the left). Ids stay below 6, so tiny text encoders need a vocabulary of at
     least 6."""
-    from tokenizers import Regex, Tokenizer, models as tok_models, pre_tokenizers, processors
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, **{s: i + 1 for i, s in enumerate(_LLAMA3_SPECIALS)}}
-    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")
-    tok.add_special_tokens(list(_LLAMA3_SPECIALS))
+    tok = word_level_tokenizer(vocab, _LLAMA3_SPLIT)
     bos = _LLAMA3_SPECIALS[0]
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                        special_tokens=[(bos, vocab[bos])])

@@ -18,6 +18,7 @@ from typing import Any
 from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Params
+from mmchar.workloads.build import word_level_tokenizer
 from mmchar.workloads.pipeline import TOKENIZERS, PipelineWorkload
 
 # the special tokens of Qwen2.5's chat template (ids 1-3 here; every other piece is <unk>, id 0)
@@ -30,14 +31,11 @@ def qwen2_tokenizer(name: str, models: dict[str, Any]) -> Any:
     """A Qwen2-style fast tokenizer with no files: transformers' Qwen2 pre-tokenizer split, one token per piece
     over a word-level vocabulary (``<unk>`` and the chat special tokens, ids < 4, so tiny text encoders need a
     vocabulary of at least 4), right padding, no BOS (as Qwen2's)."""
-    from tokenizers import Regex, Tokenizer, models as tok_models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     vocab = {"<unk>": 0, **{s: i + 1 for i, s in enumerate(_QWEN2_SPECIALS)}}
-    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated")
-    tok.add_special_tokens(list(_QWEN2_SPECIALS))
+    tok = word_level_tokenizer(vocab, PRETOKENIZE_REGEX)
     encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
     length = encoder.get("text_config", encoder).get("max_position_embeddings", 32768)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
