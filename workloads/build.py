@@ -61,23 +61,11 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
                 if real is None:
                     real = made[id(p)] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=False)
                 module._parameters[n] = real
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            with torch.no_grad():
-                reset()
-            continue
-        with torch.no_grad():
-            for n, p in module._parameters.items():
-                if p is None:
-                    continue
-                if p.dim() >= 2:
-                    p.normal_(0.0, 0.02)
-                elif n.endswith("bias") or "bias" in n:
-                    p.zero_()
-                elif any(k in n for k in ("weight", "scale", "gamma", "norm")):
-                    p.fill_(1.0)
-                else:
-                    p.normal_(0.0, 1.0 / math.sqrt(max(p.numel(), 1)))
+        _initialise(module)
+        # cast as we go: a 32B transformer initialised whole in fp32 would need 128 GB before its bf16 cast
+        for p in module._parameters.values():
+            if p is not None and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
     model.to(device=device, dtype=dtype)
     model.requires_grad_(False)
     return model.eval()
@@ -108,6 +96,26 @@ def _construct(cls: Any, config: Any) -> nn.Module:
     if isinstance(config, dict) and getattr(cls, "config_class", None) is not None and _is_transformers_model(cls):
         config = cls.config_class(**config)
     return cls(config) if hasattr(config, "to_dict") else cls(**config)
+
+
+def _initialise(module: nn.Module) -> None:
+    """The module's own ``reset_parameters`` where it has one, else the N(0, 0.02) / ones / zeros rule."""
+    reset = getattr(module, "reset_parameters", None)
+    with torch.no_grad():
+        if callable(reset):
+            reset()
+            return
+        for n, p in module._parameters.items():
+            if p is None:
+                continue
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
+            elif n.endswith("bias") or "bias" in n:
+                p.zero_()
+            elif any(k in n for k in ("weight", "scale", "gamma", "norm")):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 1.0 / math.sqrt(max(p.numel(), 1)))
 
 
 def build_module(cls: Any, config: Any, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
