@@ -10,7 +10,9 @@ the stored points as they are and says so. A child that dies without writing its
 recorded by the parent as a failed run, so every point ends up in the store; a child interrupted by Ctrl-C is
 not (the point is simply not done). Under torchrun (``--distributed``) each rank runs its share of the points
 (`rank_points`) and rank 0 gathers every rank's folders for the summary (`gather_points`); `mmchar.distributed`
-holds the launcher's side.
+holds the launcher's side. A sweep may name several workloads (`suite_names`: ``sd15,amused`` or ``all``): each is
+planned exactly as alone (`plan`), and the plans' points run as one list into one store (`SweepSuite`), so a
+suite resumes and shards as one sweep does.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mmchar import distributed
 from mmchar.distributed import Rank
-from mmchar.errors import InvalidParameterError, UnknownNameError
+from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError
 from mmchar.schema import step_key
 from mmchar.store import is_run_folder, read_meta
 
@@ -103,21 +106,143 @@ class SweepPlan:
     def measured_otherwise(self) -> list[str]:
         """How the stored points were measured where that differs from this sweep's options (``repeat 1 (asked
         3)``): they are kept, and the user is told, since those options are not part of a point's identity."""
-        differ: dict[str, set[str]] = {}
-        for folder in self.done.values():
-            stored = read_meta(folder).get("options") or {}
-            for k in MEASUREMENT_OPTIONS:
-                if k in self.options and k in stored and stored[k] != self.options[k]:
-                    differ.setdefault(k, set()).add(str(stored[k]))
-        return [f"{k.replace('_', '-')} {'/'.join(sorted(v))} (asked {self.options[k]})" for k, v in differ.items()]
+        return _measured_otherwise(self.done.values(), self.options)
+
+    def only(self, hashes: Collection[str]) -> SweepPlan:
+        """This plan cut to the points of ``hashes`` (rank 0's summary after a rank failed mid-way: the points
+        that have a run)."""
+        return replace(self, points=[p for p in self.points if p.config_hash in hashes])
+
+
+def _measured_otherwise(folders: Iterable[Path], options: dict[str, Any]) -> list[str]:
+    """`SweepPlan.measured_otherwise` over any stored folders (a suite's, all plans taking the same options)."""
+    differ: dict[str, set[str]] = {}
+    for folder in folders:
+        stored = read_meta(folder).get("options") or {}
+        for k in MEASUREMENT_OPTIONS:
+            if k in options and k in stored and stored[k] != options[k]:
+                differ.setdefault(k, set()).add(str(stored[k]))
+    return [f"{k.replace('_', '-')} {'/'.join(sorted(v))} (asked {options[k]})" for k, v in differ.items()]
+
+
+@dataclass
+class SweepSuite:
+    """A sweep over one or more workloads: a plan per workload, each planned exactly as a sweep of that workload
+    alone (same preset, flags and --vary), whose points run as one list into one store. The CLI always sweeps a
+    suite, a single workload being a suite of one plan, so resuming, sharding over ranks and the summary have one
+    path; what only a suite of several shows (the workload of each point) is added where ``several`` is true.
+
+    Points are told apart by config hash across the whole suite (the hash covers the workload), so a point finds
+    its plan (`plan_of`) without carrying it, and stored runs, rank shards and gathered folders stay keyed by hash.
+    """
+
+    plans: list[SweepPlan]
+    _plan_of: dict[str, SweepPlan] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._plan_of = {}
+        for sweep in self.plans:
+            for p in sweep.points:
+                other = self._plan_of.setdefault(p.config_hash, sweep)
+                if other is not sweep:  # one workload twice (an alias and its name): it would run twice
+                    raise InvalidParameterError(f"{other.workload} and {sweep.workload} resolve to the same "
+                                                "configuration (one workload named twice?)")
+
+    @property
+    def several(self) -> bool:
+        return len(self.plans) > 1
+
+    @property
+    def workloads(self) -> list[str]:
+        return [sweep.workload for sweep in self.plans]
+
+    @property
+    def name(self) -> str:
+        """What the plan line and the summary title call the sweep: its workload, or its workloads in order."""
+        return ", ".join(self.workloads)
+
+    @property
+    def points(self) -> list[Point]:
+        return [p for sweep in self.plans for p in sweep.points]
+
+    @property
+    def done(self) -> dict[str, Path]:
+        return {h: f for sweep in self.plans for h, f in sweep.done.items()}
+
+    @property
+    def todo(self) -> list[Point]:
+        return [p for sweep in self.plans for p in sweep.todo]
+
+    def plan_of(self, point: Point) -> SweepPlan:
+        """The plan a point belongs to: how its child process is started and what its run records."""
+        return self._plan_of[point.config_hash]
+
+    def label(self, point: Point) -> str:
+        """How progress and notes name a point: `Point.label`, led by its workload where several are swept."""
+        return (f"workload={self.plan_of(point).workload} " if self.several else "") + point.label()
+
+    def measured_otherwise(self) -> list[str]:
+        """`SweepPlan.measured_otherwise` over every plan's stored points (the plans share their options)."""
+        return _measured_otherwise(self.done.values(), self.plans[0].options) if self.plans else []
+
+    def only(self, hashes: Collection[str]) -> SweepSuite:
+        """Every plan cut to the points of ``hashes`` (see `SweepPlan.only`)."""
+        return SweepSuite([sweep.only(hashes) for sweep in self.plans])
+
+    def summary_row(self, point: Point, folder: Path) -> dict[str, Any]:
+        """`summary_row`, led by a ``workload`` column where several workloads are swept."""
+        row = summary_row(point, folder)
+        return {"workload": self.plan_of(point).workload, **row} if self.several else row
+
+
+def suite_names(spec: str) -> list[str]:
+    """The workloads a sweep's WORKLOAD argument names: one, several comma-separated (``sd15,amused``) in the
+    order given, or ``all``: every registered workload in the registry's order (`mmchar workloads`). Each name is
+    checked here, so an unknown one fails with the registry's one-line error before any workload is planned; a
+    workload named twice (or by an alias and its name) is swept once."""
+    from mmchar.workloads import get_workload, workload_names
+
+    names: list[str] = []
+    seen: set[str] = set()
+    for item in (s.strip() for s in spec.split(",")):
+        for name in workload_names() if item == "all" else [item] if item else []:
+            canonical = get_workload(name).name
+            if canonical not in seen:
+                seen.add(canonical)
+                names.append(name)
+    if not names:
+        raise InvalidParameterError(f"workload {spec!r} names no workload; e.g. sd15, sd15,amused or all")
+    return names
+
+
+def plan_suite(workloads: Sequence[str], vary: dict[str, list[Any]], backends: Sequence[str],
+               store: str | os.PathLike[str], **plan_args: Any) -> SweepSuite:
+    """A `plan` per workload (``plan_args``: `plan`'s keywords, the same for each), all before anything runs: a
+    --vary value or an option one workload refuses fails the suite up front, its error naming that workload."""
+    return SweepSuite([plan(w, vary, backends, store, name_errors=len(workloads) > 1, **plan_args)
+                       for w in workloads])
+
+
+@contextmanager
+def _naming(workload: str, on: bool) -> Iterator[None]:
+    """Lead an error that does not name ``workload`` with it (``on``: in a suite, where the plain message
+    would leave the user guessing which workload refused); the error keeps its type, so the CLI still prints
+    one line."""
+    try:
+        yield
+    except MmcharError as e:
+        if on and workload not in str(e):
+            e.args = (f"{workload}: {e}", *e.args[1:])
+        raise
 
 
 def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], store: str | os.PathLike[str], *,
          preset: str = "tiny", fixed: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
          device: str | None = None, dtype: str | None = None, weights: str | None = None,
          memory: dict[str, bool] | None = None, generation: dict[str, Any] | None = None,
-         retry_failed: bool = False, retry_noisy: int = 0) -> SweepPlan:
-    """Resolve and check every point before anything runs (a bad value fails the sweep up front, not at point 7)."""
+         retry_failed: bool = False, retry_noisy: int = 0, name_errors: bool = False) -> SweepPlan:
+    """Resolve and check every point before anything runs (a bad value fails the sweep up front, not at point 7).
+    ``name_errors``: an error of the workload's own checks names the workload (a suite's plans; see `_naming`)."""
     from mmchar.api import run_config_hash
     from mmchar.backends import require_backend
     from mmchar.devices import resolve_device
@@ -131,7 +256,8 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
         raise InvalidParameterError(f"--{sorted(clash)[0]} is fixed and varied at once; give it only as --vary")
     if not backends:
         raise InvalidParameterError("--backends names no backend; e.g. --backends sdpa,math")
-    w = get_workload(workload)
+    with _naming(workload, name_errors):
+        w = get_workload(workload)
     dev = resolve_device(device)
     for b in backends:
         require_backend(b, dev)
@@ -147,8 +273,9 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     points = []
     for values in itertools.product(*(vary[k] for k in keys)):
         params = dict(zip(keys, values))
-        config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, memory=memory,
-                           generation=generation, **fixed, **params)
+        with _naming(workload, name_errors):
+            config = w.resolve(preset, dtype=dtype, device=str(dev), weights=weights, memory=memory,
+                               generation=generation, **fixed, **params)
         for b in backends:
             opts = ProfileOptions(backend=b, **options)
             points.append(Point(params, b, run_config_hash(config, opts), config))
@@ -286,25 +413,27 @@ def record_dead_child(sweep: SweepPlan, point: Point, store: str | os.PathLike[s
 
 
 def measure_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str], env: dict[str, str] | None = None,
-                  note: Callable[[str], None] = lambda line: None) -> Path:
+                  note: Callable[[str], None] = lambda line: None, label: str | None = None) -> Path:
     """One point in a fresh process, measured again while the noise guard flags it, ``retry_noisy`` times at
     most (a stored noisy point's first measurement here is already one of them); the best of its runs stands.
-    ``note`` hears each retry and the point's result, one line each.
+    ``note`` hears each retry and the point's result, one line each, the point named ``label`` (`Point.label`
+    unless given: a suite's `SweepSuite.label` names the workload too).
 
     Returns:
         The point's run folder that stands for it (ok and clean first, then newest).
     """
+    label = point.label() if label is None else label
     stored = sweep.done.get(point.config_hash)
     retries = sweep.retry_noisy - (1 if stored is not None and summary_row(point, stored)["noisy"] == "yes" else 0)
     row = summary_row(point, run_point(sweep, point, store, env=env))
     for attempt in range(max(retries, 0)):
         if row["noisy"] != "yes":
             break
-        note(f"{point.label()}: noisy ({row['noise']}); measuring again ({attempt + 1} of {retries})")
+        note(f"{label}: noisy ({row['noise']}); measuring again ({attempt + 1} of {retries})")
         row = summary_row(point, run_point(sweep, point, store, env=env))
     folder = stored_points(store, {point.config_hash})[point.config_hash]
     row = summary_row(point, folder)
-    note(f"{point.label()}: {row['status']}" + (
+    note(f"{label}: {row['status']}" + (
         f", {row['e2e_ms']} ms per generation" + (" (noisy)" if row["noisy"] == "yes" else "")
         if row["status"] == "ok" else f" ({row['error']})"))
     return folder
@@ -312,17 +441,22 @@ def measure_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
 
 def rank_points(points: list[Point], rank: Rank | None) -> list[Point]:
     """This process's share of ``points``: all of them alone; under torchrun, after joining the ranks' group,
-    every ``world``-th point ordered by config hash (so backends and sizes mix across ranks)."""
+    every ``world``-th point ordered by config hash (so backends and sizes mix across ranks; a suite passes the
+    points of all its workloads as one list, so workloads mix too and no rank waits on one big workload)."""
     if rank is None:
         return points
     distributed.init()
     return rank.shard(points, key=lambda p: p.config_hash)
 
 
-def gather_points(sweep: SweepPlan, folders: dict[str, Path], store: str | os.PathLike[str],
-                  rank: Rank) -> tuple[SweepPlan, dict[str, Path]] | None:
+_Sweep = TypeVar("_Sweep", SweepPlan, SweepSuite)
+
+
+def gather_points(sweep: _Sweep, folders: dict[str, Path], store: str | os.PathLike[str],
+                  rank: Rank) -> tuple[_Sweep, dict[str, Path]] | None:
     """Every rank's finished points on rank 0, once all ranks arrive (so all points are stored before the
     summary); the ranks' group ends here. Every rank calls it, a failed one too, or the others would wait.
+    ``sweep``: one workload's plan or a suite's (every point of every workload).
 
     Returns:
         On rank 0: the plan cut to the points that have a run, and their folders (a point of a rank that failed
@@ -336,7 +470,7 @@ def gather_points(sweep: SweepPlan, folders: dict[str, Path], store: str | os.Pa
     missing = [p for p in sweep.points if p.config_hash not in folders]
     if missing:
         folders.update(stored_points(store, {p.config_hash for p in missing}))
-        sweep = replace(sweep, points=[p for p in sweep.points if p.config_hash in folders])
+        sweep = sweep.only(folders)
     return sweep, folders
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the runner imports torch; the CLI must import without it
     from mmchar.runner import ProfileOptions
-    from mmchar.sweep import SweepPlan
+    from mmchar.sweep import SweepSuite
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,14 +115,16 @@ class RunOptions:
         """The backends a run may hand layers to besides the measured one: they too must run on the device."""
         return [b for b in (self.fallback, self.cross_backend) if b]
 
-    def sweep_plan(self, vary: dict[str, list[Any]], backends: Sequence[str], *, retry_failed: bool = False,
-                   retry_noisy: int = 0) -> SweepPlan:
-        """Every point of a sweep over ``vary`` × ``backends``, resolved and checked before one runs."""
+    def sweep_suite(self, vary: dict[str, list[Any]], backends: Sequence[str], *, retry_failed: bool = False,
+                    retry_noisy: int = 0) -> SweepSuite:
+        """Every point of a sweep over ``vary`` × ``backends`` for each workload the WORKLOAD argument names (one,
+        ``sd15,amused`` or ``all``: `suite_names`), resolved and checked with the same options before one runs."""
         from mmchar import sweep as sw
 
         assert self.workload is not None, "a sweep names its workload (a required argument)"
         self._one_linear_backend()
-        return sw.plan(self.workload, vary, backends, self.store, preset=self.preset, fixed=self.params(),
-                       options=self.profile_fields(), device=self.device, dtype=self.dtype,
-                       weights=str(self.weights) if self.weights else None, memory=self.memory(),
-                       generation=self.generation(), retry_failed=retry_failed, retry_noisy=retry_noisy)
+        return sw.plan_suite(sw.suite_names(self.workload), vary, backends, self.store, preset=self.preset,
+                             fixed=self.params(), options=self.profile_fields(), device=self.device,
+                             dtype=self.dtype, weights=str(self.weights) if self.weights else None,
+                             memory=self.memory(), generation=self.generation(), retry_failed=retry_failed,
+                             retry_noisy=retry_noisy)

@@ -1,10 +1,11 @@
 """`mmchar sweep`: every combination of --vary values and --backends, each point profiled in a fresh process
-(`mmchar.sweep`), alone or sharded over torchrun's ranks (`mmchar.distributed`); a summary table at the end."""
+(`mmchar.sweep`), alone or sharded over torchrun's ranks (`mmchar.distributed`); a summary table at the end. The
+WORKLOAD argument may name a suite (``sd15,amused``, ``all``): a plan per workload, every point in one store."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import pandas as pd
 import typer
@@ -21,9 +22,13 @@ from mmchar.cli.target import check_profile_steps, check_settings, warn_changed_
 from mmchar.errors import InvalidParameterError
 from mmchar.schema import DEFAULT_LINEAR_BACKEND
 
+if TYPE_CHECKING:  # mmchar.sweep is imported where a sweep runs, as the other heavy modules are
+    from mmchar.sweep import SweepSuite
+
 
 @app.command()
-def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar workloads`).", show_default=False)],
+def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar workloads`); several, comma-separated, "
+                                                  "or `all`: each swept alike, into one store.", show_default=False)],
           vary: Annotated[Optional[list[str]], typer.Option(help="NAME=V1,V2,...: a parameter's values (repeatable: height, width, frames, steps, batch, guidance, seed).")] = None,
           backends: Annotated[str, typer.Option(help="Comma-separated attention backends; every point runs under each.")] = "sdpa",
           preset: Preset = "tiny", weights: Weights = None, height: Height = None, width: Width = None,
@@ -43,7 +48,9 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
                                                      "(oom, error) again.")] = False,
           retry_noisy: Annotated[int, typer.Option("--retry-noisy", help="Measure a point the noise guard flagged "
                                                    "again, up to N times (stored points included).")] = 0) -> int:
-    """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes."""
+    """Profile every combination of --vary values and --backends, each in a fresh process; a re-run resumes.
+    Several workloads (or ``all``) make one suite: every workload planned (and checked) before a point runs, their
+    points resumed, sharded over ranks and summarised as one sweep's."""
     opts = RunOptions.from_params(locals())
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,7 +67,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     check_format(fmt)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     check_settings(dtype, resolve_device(device))
-    plan = opts.sweep_plan(sw.parse_vary(vary or []), names, retry_failed=retry_failed, retry_noisy=retry_noisy)
+    plan = opts.sweep_suite(sw.parse_vary(vary or []), names, retry_failed=retry_failed, retry_noisy=retry_noisy)
     check_writable(store)
     for steps_of_point in sorted({p.config["params"]["steps"] for p in plan.points}):
         check_profile_steps(profile_steps, steps_of_point)
@@ -72,7 +79,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     if lead:
         warn_changed_math(names, opts.linear_backends())
         kept = len(plan.points) - len(pending)
-        say(f"sweep of {workload} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
+        say(f"sweep of {plan.name} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
             f"{len(pending)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
         otherwise = plan.measured_otherwise() if kept else []
         if otherwise:
@@ -85,14 +92,15 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
         task = bar.add_task("starting", total=len(todo))
         try:
             for point in todo:
-                bar.update(task, description=point.label())
+                bar.update(task, description=plan.label(point))
                 folders[point.config_hash] = sw.measure_point(
-                    plan, point, store, env, note=lambda line: bar.console.print(escape(tag + line)))
+                    plan.plan_of(point), point, store, env, note=lambda line: bar.console.print(escape(tag + line)),
+                    label=plan.label(point))
                 bar.advance(task)
         except KeyboardInterrupt:
             if rank is None:  # what is finished, then the CLI's one line
                 bar.stop()
-                _summary(plan, folders, workload, store, fmt, partial=True)
+                _summary(plan, folders, store, fmt, partial=True)
                 raise
             failure = KeyboardInterrupt()
         except BaseException as e:  # a sharded rank still joins the gather below, so the others do not hang
@@ -106,21 +114,19 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
         if gathered is None:  # rank 0 prints the summary
             return 0
         plan, folders = gathered
-    return _summary(plan, folders, workload, store, fmt)
+    return _summary(plan, folders, store, fmt)
 
 
-def _summary(plan: Any, folders: dict[str, Path], workload: str, store: Path, fmt: str, partial: bool = False) -> int:
-    """The points' table (``partial``: those finished before Ctrl-C) and what failed or was noisy; the exit code
-    is 1 when no point has an ok run."""
-    from mmchar import sweep as sw
-
+def _summary(plan: SweepSuite, folders: dict[str, Path], store: Path, fmt: str, partial: bool = False) -> int:
+    """The points' table (``partial``: those finished before Ctrl-C) and what failed or was noisy, led by a
+    workload column where several workloads were swept; the exit code is 1 when no point has an ok run."""
     points = [p for p in plan.points if p.config_hash in folders]
-    rows = [sw.summary_row(p, folders[p.config_hash]) for p in points]
+    rows = [plan.summary_row(p, folders[p.config_hash]) for p in points]
     table = pd.DataFrame(rows)
     done = f"{len(rows)} of {len(plan.points)} points done, " if partial else ""
     if fmt == "table" and len(table):  # a person reads the point's parameters; the run ids are in csv / json
         table = table.drop(columns=["run"])
-    print_frame(table, title=f"sweep of {workload} ({done}{store})", fmt=fmt, truncate=("error", "noise"))
+    print_frame(table, title=f"sweep of {plan.name} ({done}{store})", fmt=fmt, truncate=("error", "noise"))
     if not rows:
         return 1
     failed = int((table["status"] != "ok").sum())
