@@ -15,6 +15,7 @@ from .registry import TABLES
 from .roofline import roofline_table
 from .scaling import scaling_fits, scaling_points, scaling_table
 from .sequence import sequence_table
+from .step_structure import step_structure_table
 from .tables import (attention_site_table, breakdown_table, comparison_table, is_noisy, run_labels, run_table,
                      stage_table, top_kernels_table, work_fields, work_key)
 from .timeline import step_timeline
@@ -24,4 +25,4 @@ __all__ = ["TABLES", "advice_table", "attention_site_table", "breakdown_table", 
            "is_noisy", "launch_table", "load_bench", "mechanisms_table", "module_tree", "phase_table",
            "projections_table", "regressions", "roofline_table", "run_labels", "run_table", "scaling_fits",
            "scaling_points", "scaling_table", "sequence_parallel_table", "sequence_table", "stage_table",
-           "step_timeline", "top_kernels_table", "unpaired_runs", "work_fields", "work_key", "work_mismatch"]
+           "step_structure_table", "step_timeline", "top_kernels_table", "unpaired_runs", "work_fields", "work_key", "work_mismatch"]

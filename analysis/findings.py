@@ -19,9 +19,11 @@ from mmchar.shares import time_shares
 from mmchar.store import Run
 
 from .communication import sequence_parallel_table
+from .decoder import decoder_table
 from .mechanisms import mechanisms_table
 from .projections import DENSE, projections_table
 from .sequence import sequence_table
+from .step_structure import step_structure_table
 from .tables import comparison_table, device_short, is_noisy, runtime_modes, work_fields, work_key
 
 NOT_COVERED = "not covered by these runs"
@@ -236,6 +238,45 @@ def _projection_rows(runs: Sequence[Run]) -> list[dict]:
     return rows
 
 
+def _guidance_row(runs: Sequence[Run]) -> dict:
+    """Which pipelines run classifier-free guidance as two denoiser calls a step and which as one batch of two
+    (or none: off, or distilled into an embedding), from each run's guidance record; one mode per workload."""
+    question = "How classifier-free guidance reaches the denoiser (two calls a step, one batch of 2, or none)"
+    modes: dict[str, dict[str, list[str]]] = {}
+    for r in runs:
+        mode = (r.meta.get("guidance") or {}).get("mode")
+        if mode:
+            modes.setdefault(mode, {}).setdefault(str(r.workload), []).append(r.run_id)
+    if not modes:
+        return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
+    order = ("two calls", "batched", "none")
+    parts = [f"{m}: {', '.join(sorted(modes[m]))}" for m in sorted(modes, key=lambda m: (order + (m,)).index(m))]
+    ids = [rid for m in modes.values() for rs in m.values() for rid in rs]
+    return {"question": question, "answer": "; ".join(parts), "value": len(modes.get("two calls", {})),
+            "runs": ", ".join(ids)}
+
+
+def _expert_row(runs: Sequence[Run]) -> dict:
+    """A mixture-of-experts denoiser's step split: each expert's steps and kernel time per profiled step."""
+    question = "Expert split of a mixture-of-experts denoiser (steps each expert ran, kernel ms per step)"
+    split = step_structure_table([r for r in runs if (r.meta.get("step_components") or {}).get("counts")])
+    split = split[split["profiled_steps"] > 0] if len(split) else split
+    if split.empty:
+        return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
+    answers, ratios = [], []
+    for (rid, workload), part in split.groupby(["run_id", "workload"], sort=False):
+        named = part[part["steps"].fillna(0) > 0]
+        each = [f"{c} {int(n)} step{'s' if n != 1 else ''} at {ms:.0f} ms" for c, n, ms in
+                zip(named["component"], named["steps"], named["kernel_ms_per_step"])]
+        if len(named) > 1:
+            ratios.append(float(named["kernel_ms_per_step"].iloc[-1] / named["kernel_ms_per_step"].iloc[0]))
+        answers.append(f"{workload}: {', '.join(each)}")
+    value = median(ratios) if ratios else None
+    tail = f"; last expert / first per step {value:.2f}x" if value is not None else ""
+    return {"question": question, "answer": "; ".join(answers) + tail, "value": value,
+            "runs": ", ".join(dict.fromkeys(split["run_id"]))}
+
+
 def _noisy_row(noisy: Sequence[Run]) -> dict:
     ids = ", ".join(r.run_id for r in noisy)
     return {"question": "Runs left out of every finding (the noise guard flagged their timed pass)",
@@ -322,6 +363,14 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
             temporal.append((float(share.iloc[0]), r.run_id))
     rows.append(_row("Share of temporal attention in a video denoiser's attention time", temporal, "{:.1%}",
                      run_of))
+
+    decoder = decoder_table([r for r in model if _family(r).get("modality") == "video"])
+    shares = decoder.drop_duplicates("run_id") if len(decoder) else decoder
+    rows.append(_row("Share of end-to-end time in a video model's decoder (VAE decode)",
+                     [(float(x), rid) for x, rid in zip(shares.get("decoder_share", []), shares.get("run_id", []))
+                      if x == x], "{:.1%}", run_of))
+    rows.append(_guidance_row(model))
+    rows.append(_expert_row(model))
 
     busy = []  # the GPU's busy share of one step's wall time: below 1, the host (launches, Python) is the limit
     for r in model:

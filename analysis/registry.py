@@ -21,6 +21,7 @@ from .projections import projections_table
 from .roofline import roofline_table
 from .scaling import scaling_table
 from .sequence import sequence_table
+from .step_structure import step_structure_table
 from .tables import attention_site_table, breakdown_table, comparison_table, run_table, stage_table
 
 Table = Callable[[Sequence[Run]], pd.DataFrame]
@@ -41,6 +42,7 @@ TABLES: dict[str, Table] = {
     "scaling": scaling_table,                       # fitted exponent of latency against each swept parameter
     "modules": module_tree,                         # one step's kernel time up the module hierarchy
     "decoder": decoder_table,                       # the decoder's share of e2e and its time by sub-class
+    "step_structure": step_structure_table,         # who ran each step (experts) and how guidance reached it
     "communication": communication_table,           # collectives' time, payload and overlap with compute
     "sequence_parallel": sequence_parallel_table,   # step latency over 1, 2, 4 ... GPUs: speedup, efficiency
     "advice": advice_table,                         # optimisation opportunities, ranked by projected step saving
