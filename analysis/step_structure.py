@@ -20,6 +20,7 @@ COLUMNS = ["run_id", "label", "workload", "backend", "device", "guidance_scale",
            "denoiser_batch", "component", "steps", "profiled_steps", "kernel_ms_per_step", "attention_share",
            "gemm_share"]
 OUTSIDE = "(outside modules)"  # step-stage kernels no module range encloses (guidance arithmetic, casts)
+REPLAY = "(CUDA graph replay)"  # a --cuda-graphs run's replayed kernels: no module range opens during a replay
 
 
 def _timed_steps(meta: dict[str, Any], components: list[str]) -> dict[str, int | None]:
@@ -28,7 +29,7 @@ def _timed_steps(meta: dict[str, Any], components: list[str]) -> dict[str, int |
     if record.get("counts"):
         return {c: int(record["counts"].get(c, 0)) for c in components}
     steps = ((meta.get("config") or {}).get("params") or {}).get("steps")
-    named = [c for c in components if c != OUTSIDE]
+    named = [c for c in components if c not in (OUTSIDE, REPLAY)]
     return {c: (int(steps) if steps is not None and len(named) == 1 and c in named else None) for c in components}
 
 
@@ -46,7 +47,8 @@ def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
         k = k[k["stage"].astype(str).isin(STEP_STAGES) & (k["step"] >= 0)]
         if k.empty:
             continue
-        root = k["module_path"].astype(str).str.split(".").str[0].replace("", OUTSIDE)
+        outside = REPLAY if (run.meta.get("options") or {}).get("cuda_graphs") else OUTSIDE
+        root = k["module_path"].astype(str).str.split(".").str[0].replace("", outside)
         guidance = run.meta.get("guidance") or {}
         ids = _ids(run, labels[run.run_id])
         components = list(dict.fromkeys(root))

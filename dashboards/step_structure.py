@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from mmchar.analysis.step_structure import OUTSIDE
+from mmchar.analysis.step_structure import OUTSIDE, REPLAY
 
 from .palette import FALLBACK_COLOR, MENU_POSITION, style
 from .view import View
@@ -70,7 +70,8 @@ def step_structure_figure(ss: pd.DataFrame) -> go.Figure:
     guidance = {r: guidance_text(m, c, b) for r, m, c, b in zip(runs, first["guidance_mode"], first["calls_per_step"],
                                                                first["denoiser_batch"])}
     components = list(dict.fromkeys(ss["component"].astype(str)))
-    components = [c for c in components if c != OUTSIDE] + [c for c in components if c == OUTSIDE]
+    unnamed = (OUTSIDE, REPLAY)  # kernels no model's module range encloses: grey, last
+    components = [c for c in components if c not in unnamed] + [c for c in components if c in unnamed]
     colors = qualitative.Plotly
     per_step: list[list[float]] = []
     per_generation: list[list[float | None]] = []
@@ -86,7 +87,7 @@ def step_structure_figure(ss: pd.DataFrame) -> go.Figure:
                           [float(v * s) if s == s else None for v, s in zip(y, steps)]))
         fig.add_trace(go.Bar(
             x=list(part["label"]), y=y, name=component,
-            marker_color=FALLBACK_COLOR if component == OUTSIDE else colors[i % len(colors)], customdata=custom,
+            marker_color=FALLBACK_COLOR if component in unnamed else colors[i % len(colors)], customdata=custom,
             hovertemplate=f"%{{x}} · {component}<br>%{{y:.2f}} ms of kernels per step it ran<br>%{{customdata[2]}}"
                           "<br>attention %{customdata[3]}, gemm %{customdata[4]} of its kernel time"
                           "<br>%{customdata[1]}<br>%{customdata[0]}<extra></extra>"))

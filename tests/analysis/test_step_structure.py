@@ -65,3 +65,12 @@ def test_failed_and_kernel_less_runs_have_no_rows():
     r = run("bad", kernels([("denoiser", 0, "unet.x", "conv", 1.0)]))
     r.meta["status"] = "oom"
     assert step_structure_table([r, run("empty", kernels([]))]).empty
+
+
+def test_graph_replay_is_named_as_such():
+    """A --cuda-graphs run replays its step's kernels with no module range open: they are the replay's, not
+    kernels outside the model."""
+    r = run("g", kernels([("denoiser", 0, "", "conv", 300.0), ("denoiser", 1, "", "conv", 300.0)]),
+            workload="sd15", options={"cuda_graphs": True})
+    t = step_structure_table([r])
+    assert list(t["component"]) == ["(CUDA graph replay)"] and t.loc[0, "kernel_ms_per_step"] == pytest.approx(0.3)
