@@ -8,6 +8,7 @@ and initialising directly on the target device takes milliseconds on a GPU. Buff
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,9 @@ def _is_transformers_model(cls: Any) -> bool:
 def _construct(cls: Any, config: Any) -> nn.Module:
     """``cls(**config)`` for diffusers models and models of our own; transformers models (and ours derived from
     one) take their Config object, built from the dict (extra keys become its attributes)."""
+    # a copy: transformers' configs write into nested dicts they are given (Qwen2.5-VL fills rope_scaling's
+    # rope_theta), which would change the run's recorded configuration, and its hash, after it was planned
+    config = copy.deepcopy(config)
     if isinstance(config, dict) and getattr(cls, "config_class", None) is not None and _is_transformers_model(cls):
         config = cls.config_class(**config)
     return cls(config) if hasattr(config, "to_dict") else cls(**config)

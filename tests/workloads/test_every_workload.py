@@ -11,6 +11,7 @@ import json
 import pytest
 
 from mmchar.cli import main
+from mmchar.sweep import plan as sweep_plan
 from mmchar.workloads import get_workload, workload_names
 
 NAMES = workload_names()
@@ -34,6 +35,10 @@ def test_tiny_preset_profiles_end_to_end(name, tmp_path, capsys):
     assert set(w.stages) | {"host"} <= set(meta["timings"]), f"{name}: stages {sorted(meta['timings'])}"
     step = "generator_step" if "generator" in w.stages else "denoiser_step"
     assert meta["timings"][step]["n"] == 2
+    # the configuration the run records is the one a sweep plans: building must not change it (a transformers
+    # config filling a nested dict did, and the sweep took Qwen-Image's finished run for a missing one)
+    planned = sweep_plan(name, {}, ["sdpa"], tmp_path / "plan", preset="tiny", fixed={"steps": 2})
+    assert meta["config_hash"] == planned.points[0].config_hash, f"{name}: the build changed the run's config"
 
 
 @pytest.mark.parametrize("name", NAMES)
