@@ -215,6 +215,11 @@ def _projection_rows(runs: Sequence[Run]) -> list[dict]:
                 answers.append(f"{where}: failed ({str(r['error'] or r['status']).splitlines()[0][:80]})")
                 continue
             speedup = _num(r["step_speedup"])
+            # latents compared (a cosine) but no finite difference: NaN / inf output, not the same work (a token
+            # model's agreement is its token match, with neither a cosine nor a difference)
+            if _num(r["cosine"]) is not None and _num(r["max_abs_diff"]) is None:
+                answers.append(f"{where}: its output was not finite (NaN against dense), left out of the speedup")
+                continue
             if ref is None or speedup is None:
                 answers.append(f"{where}: {r['step_ms']:.1f} ms a step, no dense run of it to compare")
                 continue

@@ -220,6 +220,20 @@ def test_the_finding_per_backend_with_speedup_share_change_and_ooms():
     assert "17.30 GB of state" in mf["answer"]
 
 
+def test_a_variant_whose_output_was_not_finite_answers_no_speed():
+    """Wan's first fp8 run produced NaN latents (zero rows quantised as 0 / 0): its step time is not the same work's,
+    so it is named and left out of the speedup."""
+    runs = wan_group()
+    runs[0].meta["compare"].update(cosine=0.0, max_abs_diff=float("nan"), agrees=False)
+    fp8 = _projection_findings(runs).loc[lambda f: f.index.str.contains("fp8")].iloc[0]
+    assert fp8["answer"].endswith("its output was not finite (NaN against dense), left out of the speedup")
+    assert pd.isna(fp8["value"])
+    # a token model's agreement is a token match (no cosine, no difference): its speed stands
+    runs[0].meta["compare"].update(cosine=float("nan"), token_match=0.998)
+    fp8 = _projection_findings(runs).loc[lambda f: f.index.str.contains("fp8")].iloc[0]
+    assert fp8["value"] == 1.25 and "not finite" not in fp8["answer"]
+
+
 def test_an_oom_with_recorded_state_and_all_backends_out_of_memory():
     runs = [r for r in wan_group() if r.run_id != "wan+fp8"]
     runs[0].meta.update(linear_state_bytes_total=61_000_000_000, linear_state_bytes_planned=92_100_000_000)
