@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from statistics import median
 
@@ -215,10 +216,12 @@ def _projection_rows(runs: Sequence[Run]) -> list[dict]:
                 answers.append(f"{where}: failed ({str(r['error'] or r['status']).splitlines()[0][:80]})")
                 continue
             speedup = _num(r["step_speedup"])
-            # latents compared (a cosine) but no finite difference: NaN / inf output, not the same work (a token
-            # model's agreement is its token match, with neither a cosine nor a difference)
-            if _num(r["cosine"]) is not None and _num(r["max_abs_diff"]) is None:
-                answers.append(f"{where}: its output was not finite (NaN against dense), left out of the speedup")
+            # latents compared but no finite difference (NaN: the cosine recorded, the difference not; inf): a NaN /
+            # inf output, not the same work (a token model's agreement is its token match: neither is recorded)
+            diff = _num(r["max_abs_diff"])
+            if (diff is None and _num(r["cosine"]) is not None) or (diff is not None and math.isinf(diff)):
+                answers.append(f"{where}: its output was not finite (NaN or inf against dense), left out of the "
+                               "speedup")
                 continue
             if ref is None or speedup is None:
                 answers.append(f"{where}: {r['step_ms']:.1f} ms a step, no dense run of it to compare")
@@ -265,16 +268,17 @@ def _expert_row(runs: Sequence[Run]) -> dict:
     """A mixture-of-experts denoiser's step split: each expert's steps and kernel time per profiled step."""
     question = "Expert split of a mixture-of-experts denoiser (steps each expert ran, kernel ms per step)"
     split = step_structure_table([r for r in runs if (r.meta.get("step_components") or {}).get("counts")])
-    split = split[split["profiled_steps"] > 0] if len(split) else split
     if split.empty:
         return {"question": question, "answer": NOT_COVERED, "value": None, "runs": ""}
     answers, ratios = [], []
     for (rid, workload), part in split.groupby(["run_id", "workload"], sort=False):
         named = part[part["steps"].fillna(0) > 0]
-        each = [f"{c} {int(n)} step{'s' if n != 1 else ''} at {ms:.0f} ms" for c, n, ms in
-                zip(named["component"], named["steps"], named["kernel_ms_per_step"])]
-        if len(named) > 1:
-            ratios.append(float(named["kernel_ms_per_step"].iloc[-1] / named["kernel_ms_per_step"].iloc[0]))
+        each = [f"{c} {int(n)} step{'s' if n != 1 else ''} " + (f"at {ms:.0f} ms" if p else "(not profiled)")
+                for c, n, ms, p in zip(named["component"], named["steps"], named["kernel_ms_per_step"],
+                                       named["profiled_steps"])]
+        timed = named[named["profiled_steps"] > 0]
+        if len(timed) > 1:
+            ratios.append(float(timed["kernel_ms_per_step"].iloc[-1] / timed["kernel_ms_per_step"].iloc[0]))
         answers.append(f"{workload}: {', '.join(each)}")
     value = median(ratios) if ratios else None
     tail = f"; last expert / first per step {value:.2f}x" if value is not None else ""

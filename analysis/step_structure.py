@@ -24,20 +24,22 @@ REPLAY = "(CUDA graph replay)"  # a --cuda-graphs run's replayed kernels: no mod
 
 
 def _timed_steps(meta: dict[str, Any], components: list[str]) -> dict[str, int | None]:
-    """Steps each component ran in the timed generation: the run's record where several did, else all of them."""
+    """Steps each model ran in the timed generation: the run's record where several did, else all of them; None
+    for the unnamed rows (their kernels run in every step, between the models' calls)."""
     record = meta.get("step_components") or {}
-    if record.get("counts"):
-        return {c: int(record["counts"].get(c, 0)) for c in components}
-    steps = ((meta.get("config") or {}).get("params") or {}).get("steps")
     named = [c for c in components if c not in (OUTSIDE, REPLAY)]
+    if record.get("counts"):
+        return {c: (int(record["counts"].get(c, 0)) if c in named else None) for c in components}
+    steps = ((meta.get("config") or {}).get("params") or {}).get("steps")
     return {c: (int(steps) if steps is not None and len(named) == 1 and c in named else None) for c in components}
 
 
 def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run × step-stage component (the module tree's root: ``transformer``, ``transformer_2``, ``unet``).
 
-    ``steps`` counts the component's steps in the timed generation; ``kernel_ms_per_step`` is its kernel time in the
-    full profile over the profiled steps it ran (``profiled_steps``), with its attention and gemm shares. The
+    ``steps`` counts the component's steps in the timed generation (None for the unnamed rows); ``kernel_ms_per_step``
+    is its kernel time in the full profile over the profiled steps it ran (``profiled_steps``; a model that ran no
+    profiled step has a row with 0 and no time), with its attention and gemm shares. The
     guidance columns come from the run's ``guidance`` record (seen in the warm-up: the calls a step made and the
     leading batch of each), blank for runs made before it was recorded.
     """
@@ -51,7 +53,10 @@ def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
         root = k["module_path"].astype(str).str.split(".").str[0].replace("", outside)
         guidance = run.meta.get("guidance") or {}
         ids = _ids(run, labels[run.run_id])
-        components = list(dict.fromkeys(root))
+        # every model that ran steps has a row, profiled or not (Wan 2.2's second expert when only the first
+        # expert's steps were profiled: 0 profiled steps, no kernel time)
+        ran = list(((run.meta.get("step_components") or {}).get("counts") or {}))
+        components = list(dict.fromkeys([*root, *ran]))
         timed = _timed_steps(run.meta, components)
         for component in components:
             mine = k[root == component]
@@ -64,7 +69,7 @@ def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "calls_per_step": guidance.get("denoiser_calls_per_step"),
                 "denoiser_batch": guidance.get("denoiser_batch"),
                 "component": component, "steps": timed.get(component), "profiled_steps": profiled,
-                "kernel_ms_per_step": total / 1000.0 / max(profiled, 1),
+                "kernel_ms_per_step": total / 1000.0 / profiled if profiled else None,
                 "attention_share": float(share_of(by_class.get("attention", 0.0), total)) if total else None,
                 "gemm_share": float(share_of(by_class.get("gemm", 0.0), total)) if total else None,
             })

@@ -7,7 +7,8 @@
 # latency, speedup, efficiency and the communication per step. Slim stores + study packed into $OUT/results.tgz
 # after each workload (a call cut short keeps what finished; a re-run with the same STORE adds runs).
 #   WORKLOADS="wan2.1-1.3b cogvideox-2b wan2.1-14b cogvideox-5b"  COUNTS="2 4 8" (kept <= the GPUs)
-#   SCHEMES="ulysses ring usp cfg"  PER_RUN_S=300  STEPS=2 REPEAT=2  SWEEP=0 (1: also the sharded suite sweep)
+#   SCHEMES="ulysses ring usp cfg"  PER_RUN_S=300  STEPS=2 REPEAT=2
+#   SWEEP=0 (1: also the sharded suite sweep after the grid; only: the sweep alone)  SWEEP_STORE=/tmp/sweep-runs
 # USP runs from 4 ranks, CFG parallel alone on 2 (with sequence parallelism in each half from 4). Ulysses where the
 # ranks do not divide the heads (Wan 1.3B's 12 on 8, CogVideoX-2B's 30 on 4 and 8) is refused by mmchar in one line
 # at its first attention call; the line lands in log.txt.
@@ -34,11 +35,13 @@ scheme_flags() {
     cfg) if [ "$n" -eq 2 ]; then echo "--cfg-parallel"; else echo "--cfg-parallel --sequence-parallel"; fi ;;
   esac
 }
-for w in ${WORKLOADS:-wan2.1-1.3b cogvideox-2b wan2.1-14b cogvideox-5b}; do
+GRID_WORKLOADS=${WORKLOADS:-wan2.1-1.3b cogvideox-2b wan2.1-14b cogvideox-5b}
+[ "${SWEEP:-0}" = only ] && GRID_WORKLOADS="" COUNTS=""
+for w in $GRID_WORKLOADS; do
   t0=$(date +%s)
   CUDA_VISIBLE_DEVICES=0 timeout "${PER_RUN_S:-300}" mmchar profile "$w" $ARGS 2>&1 | tail -3 | tee -a "$PACK/log.txt"
   echo "$w 1 GPU: $(( $(date +%s) - t0 )) s" | tee -a "$PACK/phases.txt"
-  for n in ${COUNTS:-2 4 8}; do
+  for n in ${COUNTS-2 4 8}; do
     [ "$n" -gt "$NGPU" ] && { echo "$w: $n GPUs skipped ($NGPU here)" | tee -a "$PACK/phases.txt"; continue; }
     for scheme in ${SCHEMES:-ulysses ring usp cfg}; do
       flags=$(scheme_flags "$scheme" "$n")
@@ -51,16 +54,17 @@ for w in ${WORKLOADS:-wan2.1-1.3b cogvideox-2b wan2.1-14b cogvideox-5b}; do
   done
   pack
 done
-for n in ${COUNTS:-2 4 8}; do
+for n in ${COUNTS-2 4 8}; do
   [ "$n" -gt "$NGPU" ] && continue
   t0=$(date +%s)
   CUDA_VISIBLE_DEVICES=$(devices "$n") timeout "${BENCH_S:-120}" torchrun --nproc-per-node "$n" \
     benchmarks/bench_sequence_parallel.py --out "$PACK/attention" > "$PACK/attention-$n.txt" 2>&1
   echo "attention benchmark, $n GPUs: $(( $(date +%s) - t0 )) s" | tee -a "$PACK/phases.txt"
+  pack
 done
-if [ "${SWEEP:-0}" = 1 ]; then  # the whole suite at its published sizes, sharded over every GPU, one store;
+if [ "${SWEEP:-0}" != 0 ]; then  # the whole suite at its published sizes, sharded over every GPU, one store;
   # SWEEP_S bounds it inside a device call: a re-run with the same SWEEP_STORE resumes the points left
-  SWEEP_STORE=/tmp/sweep-runs
+  SWEEP_STORE=${SWEEP_STORE:-/tmp/sweep-runs}
   mkdir -p "$SWEEP_STORE"
   t0=$(date +%s)
   timeout "${SWEEP_S:-420}" torchrun --nproc-per-node "$NGPU" -m mmchar sweep all --preset full --steps 2 --repeat 1 \

@@ -20,9 +20,9 @@ for w in $WORKLOADS; do
   # HunyuanVideo: its 720p x 129-frame decode fits one GPU only tiled, as diffusers' own example runs it
   [ "$w" = hunyuanvideo ] && extra="--vae-tiling"
   psteps=1
-  # Wan 2.2 A14B: at 3 steps the high-noise expert runs steps 0-1 and the low-noise one step 2 (at 2 steps only the
-  # first runs); all three profiled, so the study splits the step by expert
-  [ "$w" = wan2.2-t2v-a14b ] && { steps=3; psteps=3; }
+  # Wan 2.2 A14B (both presets): at 2 steps the full preset's scheduler gives timesteps 999 and 750, one each side
+  # of the 875 boundary, so each expert runs one step; both profiled, the study splits the step by expert
+  case $w in wan2.2-t2v-a14b|mlperf-wan2.2) psteps=$steps ;; esac
   echo "== $w $extra ($(date -u +%H:%M:%S))" | tee -a "$OUT/log.txt"
   timeout "${PER_WORKLOAD_S:-300}" mmchar sweep "$w" --preset full --steps $steps --repeat 1 --profile-steps $psteps \
     --no-trace --device cuda --store "$STORE" $extra 2>&1 | tail -4 | tee -a "$OUT/log.txt"

@@ -73,12 +73,17 @@ def step_structure_figure(ss: pd.DataFrame) -> go.Figure:
     unnamed = (OUTSIDE, REPLAY)  # kernels no model's module range encloses: grey, last
     components = [c for c in components if c not in unnamed] + [c for c in components if c in unnamed]
     colors = qualitative.Plotly
+    # the unnamed rows' kernels run in every step: per generation they count the run's steps, every model's
+    named_rows = ss[~ss["component"].astype(str).isin(unnamed)]
+    total = pd.to_numeric(named_rows["steps"], errors="coerce").groupby(named_rows["label"]).sum(min_count=1)
     per_step: list[list[float]] = []
     per_generation: list[list[float | None]] = []
     for i, component in enumerate(components):
         part = ss[ss["component"].astype(str) == component]
         y = part["kernel_ms_per_step"].astype(float)
         steps = pd.to_numeric(part["steps"], errors="coerce")
+        if component in unnamed:
+            steps = pd.Series([total.get(label, float("nan")) for label in part["label"]], index=part.index)
         per_step.append([float(v) for v in y])
         per_generation.append([None if s != s else float(v * s) for v, s in zip(y, steps)])
         custom = list(zip(part["run_id"], [guidance[r] for r in part["label"]],

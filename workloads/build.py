@@ -48,6 +48,11 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
     made: dict[int, nn.Parameter] = {}  # meta parameter -> its real one: tied weights stay one tensor
+    users: dict[int, int] = {}  # meta parameter -> the modules holding it (a tie: more than one)
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None and p.is_meta:
+                users[id(p)] = users.get(id(p), 0) + 1
     for module in model.modules():
         own = [(n, p) for n, p in module._parameters.items() if p is not None]
         if not own or not any(p.is_meta for _, p in own):
@@ -56,16 +61,20 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
             for n, p in own:
                 module._parameters[n] = made.get(id(p), p)
             continue
+        own_only = []  # parameters no other module holds: cast right after their initialisation
         for n, p in own:
             if p.is_meta:
                 real = made.get(id(p))
                 if real is None:
                     real = made[id(p)] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=False)
                 module._parameters[n] = real
+                if users.get(id(p)) == 1:
+                    own_only.append(real)
         _initialise(module)
-        # cast as we go: a 32B transformer initialised whole in fp32 would need 128 GB before its bf16 cast
-        for p in module._parameters.values():
-            if p is not None and p.is_floating_point() and p.dtype != dtype:
+        # cast as we go: a 32B transformer initialised whole in fp32 would need 128 GB before its bf16 cast; a tied
+        # parameter waits for the final cast (a later holder's init may draw it again, as it did in fp32)
+        for p in own_only:
+            if p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)
     model.to(device=device, dtype=dtype)
     model.requires_grad_(False)

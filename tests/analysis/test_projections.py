@@ -226,9 +226,13 @@ def test_a_variant_whose_output_was_not_finite_answers_no_speed():
     runs = wan_group()
     runs[0].meta["compare"].update(cosine=0.0, max_abs_diff=float("nan"), agrees=False)
     fp8 = _projection_findings(runs).loc[lambda f: f.index.str.contains("fp8")].iloc[0]
-    assert fp8["answer"].endswith("its output was not finite (NaN against dense), left out of the speedup")
+    assert fp8["answer"].endswith("its output was not finite (NaN or inf against dense), left out of the speedup")
     assert pd.isna(fp8["value"])
+    runs[0].meta["compare"].update(cosine=float("nan"), max_abs_diff=float("inf"))  # an inf output
+    fp8 = _projection_findings(runs).loc[lambda f: f.index.str.contains("fp8")].iloc[0]
+    assert "not finite" in fp8["answer"] and pd.isna(fp8["value"])
     # a token model's agreement is a token match (no cosine, no difference): its speed stands
+    runs[0].meta["compare"]["max_abs_diff"] = float("nan")
     runs[0].meta["compare"].update(cosine=float("nan"), token_match=0.998)
     fp8 = _projection_findings(runs).loc[lambda f: f.index.str.contains("fp8")].iloc[0]
     assert fp8["value"] == 1.25 and "not finite" not in fp8["answer"]

@@ -48,7 +48,16 @@ def test_two_experts_split_by_module_root_with_guidance():
     assert t.loc["transformer_2", "attention_share"] == pytest.approx(0.7)
     assert t.loc["transformer", "gemm_share"] == pytest.approx(0.4)
     assert (t["guidance_mode"] == "two calls").all() and (t["calls_per_step"] == 2).all()
-    assert t.loc["(outside modules)", "steps"] == 0  # the record names the models that ran steps
+    assert pd.isna(t.loc["(outside modules)", "steps"])  # its kernels run in every step, between the calls
+
+
+def test_an_expert_that_ran_but_was_not_profiled_keeps_its_row():
+    k = kernels([("denoiser", 0, "transformer.blocks.0.attn1", "attention", 600.0)])
+    r = run("w22", k, step_components={"counts": {"transformer": 1, "transformer_2": 1},
+                                       "per_step": ["transformer", "transformer_2"]})
+    t = step_structure_table([r]).set_index("component")
+    assert t.loc["transformer_2", "steps"] == 1 and t.loc["transformer_2", "profiled_steps"] == 0
+    assert pd.isna(t.loc["transformer_2", "kernel_ms_per_step"])
 
 
 def test_one_model_run_without_records():

@@ -170,7 +170,8 @@ def test_step_structure_groups_each_runs_components_with_its_guidance():
     per_step, per_generation = fig.layout.updatemenus[0].buttons
     assert per_step.label == "per step" and per_generation.label == "per generation"
     assert per_generation.args[0]["y"][:3] == [pytest.approx([25.0]), pytest.approx([30.0]), pytest.approx([1.5])]
-    assert per_generation.args[0]["y"][3] == [pytest.approx(0.0)]  # the record names no steps outside modules
+    # the kernels outside the models run in every step: per generation, times the run's 25 + 15 steps
+    assert per_generation.args[0]["y"][3] == [pytest.approx(40 * 0.03)]
 
 
 def test_runs_without_a_guidance_record_say_so_once():

@@ -15,7 +15,7 @@ class _Tied(nn.Module):
         self.proj = nn.Linear(16, 32)
         self.norm = nn.LayerNorm(32)
         self.scale = nn.Parameter(torch.empty(32))
-        self.head = nn.Linear(16, 50, bias=False)
+        self.head = nn.Linear(16, 50)  # its own bias beside a tied weight: its init draws the tie again
         self.head.weight = self.embed.weight  # a tie stays one tensor
 
 
