@@ -5,9 +5,10 @@
 # sequence parallelism inside each half), the attention-level benchmark (benchmarks/bench_sequence_parallel.py),
 # optionally the sharded suite sweep (SWEEP=1), and `mmchar study` over the store: sequence_parallel.csv holds step
 # latency, speedup, efficiency and the communication per step. Slim stores + study packed into $OUT/results.tgz
-# after each workload (a call cut short keeps what finished; a re-run with the same STORE adds runs).
+# after each run (a call cut short keeps what finished; a later call with the same STORE adds runs: split a grid
+# that outlasts one call by COUNTS or SCHEMES, with BASELINE=0 after the first).
 #   WORKLOADS="wan2.1-1.3b cogvideox-2b wan2.1-14b cogvideox-5b"  COUNTS="2 4 8" (kept <= the GPUs)
-#   SCHEMES="ulysses ring usp cfg"  PER_RUN_S=300  STEPS=2 REPEAT=2
+#   SCHEMES="ulysses ring usp cfg"  PER_RUN_S=300  STEPS=2 REPEAT=2  BASELINE=1 (0: skip the 1-GPU run)
 #   SWEEP=0 (1: also the sharded suite sweep after the grid; only: the sweep alone)  SWEEP_STORE=/tmp/sweep-runs
 # USP runs from 4 ranks, CFG parallel alone on 2 (with sequence parallelism in each half from 4). Ulysses where the
 # ranks do not divide the heads (Wan 1.3B's 12 on 8, CogVideoX-2B's 30 on 4 and 8) is refused by mmchar in one line
@@ -38,9 +39,12 @@ scheme_flags() {
 GRID_WORKLOADS=${WORKLOADS:-wan2.1-1.3b cogvideox-2b wan2.1-14b cogvideox-5b}
 [ "${SWEEP:-0}" = only ] && GRID_WORKLOADS="" COUNTS=""
 for w in $GRID_WORKLOADS; do
-  t0=$(date +%s)
-  CUDA_VISIBLE_DEVICES=0 timeout "${PER_RUN_S:-300}" mmchar profile "$w" $ARGS 2>&1 | tail -3 | tee -a "$PACK/log.txt"
-  echo "$w 1 GPU: $(( $(date +%s) - t0 )) s" | tee -a "$PACK/phases.txt"
+  if [ "${BASELINE:-1}" = 1 ]; then  # BASELINE=0: a later call of the same grid (same STORE) that has it already
+    t0=$(date +%s)
+    CUDA_VISIBLE_DEVICES=0 timeout "${PER_RUN_S:-300}" mmchar profile "$w" $ARGS 2>&1 | tail -3 | tee -a "$PACK/log.txt"
+    echo "$w 1 GPU: $(( $(date +%s) - t0 )) s" | tee -a "$PACK/phases.txt"
+    pack
+  fi
   for n in ${COUNTS-2 4 8}; do
     [ "$n" -gt "$NGPU" ] && { echo "$w: $n GPUs skipped ($NGPU here)" | tee -a "$PACK/phases.txt"; continue; }
     for scheme in ${SCHEMES:-ulysses ring usp cfg}; do
@@ -50,6 +54,7 @@ for w in $GRID_WORKLOADS; do
       CUDA_VISIBLE_DEVICES=$(devices "$n") timeout "${PER_RUN_S:-300}" torchrun --nproc-per-node "$n" -m mmchar \
         profile "$w" $ARGS $flags 2>&1 | grep -v "^W1\|OMP_NUM_THREADS\|^\*\*\*" | tail -4 | tee -a "$PACK/log.txt"
       echo "$w $n GPUs ($scheme: $flags): $(( $(date +%s) - t0 )) s" | tee -a "$PACK/phases.txt"
+      pack  # after every run: a call cut short keeps what finished
     done
   done
   pack
