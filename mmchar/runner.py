@@ -188,25 +188,27 @@ def _sequence_shard(target: Target, ranks: int, scheme: str = "auto", ulysses_de
     CFG half (``cfg``: `mmchar.cfg_parallel.CfgGroups`, ``ranks`` per half); None for one rank."""
     if ranks == 1:
         return None
-    import torch.distributed as dist
-
     from mmchar.sequence_shard import SequenceShard
 
-    world = ranks * (2 if cfg is not None else 1)
-    if not dist.is_initialized() or dist.get_world_size() != world:
-        have = dist.get_world_size() if dist.is_initialized() else "no"
-        raise InvalidParameterError(f"sequence_parallel={ranks}{' with --cfg-parallel' if cfg else ''} needs a "
-                                    f"process group of {world} ranks ({have} joined); launch with `torchrun "
-                                    "--nproc-per-node N -m mmchar profile ... --sequence-parallel`")
+    _require_world(ranks * (2 if cfg is not None else 1),
+                   f"sequence_parallel={ranks}{' with --cfg-parallel' if cfg else ''}", "--sequence-parallel")
     models = [getattr(target.pipe, c) for c in target.step_components()]
     if len(models) != 1:
         raise InvalidParameterError(f"sequence parallelism splits one denoiser; this target steps {len(models)} models")
     from mmchar.distributed import group_timeout
 
-    if cfg is None:
-        return SequenceShard(models[0], scheme=scheme, sync_timeout=group_timeout(), ulysses_degree=ulysses_degree)
-    return SequenceShard(models[0], group=cfg.sp, scheme=scheme, sync_timeout=group_timeout(),
-                         ulysses_degree=ulysses_degree, siblings=cfg.sp_groups)
+    return SequenceShard(models[0], group=cfg.sp if cfg else None, scheme=scheme, sync_timeout=group_timeout(),
+                         ulysses_degree=ulysses_degree, siblings=cfg.sp_groups if cfg else None)
+
+
+def _require_world(world: int, what: str, flag: str) -> None:
+    """The default process group holds exactly ``world`` ranks, else the one-line error that says how to launch."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() != world:
+        have = dist.get_world_size() if dist.is_initialized() else "no"
+        raise InvalidParameterError(f"{what} needs a process group of {world} ranks ({have} joined); launch with "
+                                    f"`torchrun --nproc-per-node N -m mmchar profile ... {flag}`")
 
 
 def _cfg_parallel(target: Target, options: ProfileOptions) -> Any:
@@ -215,18 +217,12 @@ def _cfg_parallel(target: Target, options: ProfileOptions) -> Any:
     count is not 2 × ``sequence_parallel``."""
     if not options.cfg_parallel:
         return None
-    import torch.distributed as dist
-
     from mmchar.cfg_parallel import CfgParallel, cfg_groups, cfg_mode
     from mmchar.distributed import group_timeout
 
     mode = cfg_mode(target)
-    world = 2 * options.sequence_parallel
-    if not dist.is_initialized() or dist.get_world_size() != world:
-        have = dist.get_world_size() if dist.is_initialized() else "no"
-        raise InvalidParameterError(f"cfg_parallel with sequence_parallel={options.sequence_parallel} needs a process "
-                                    f"group of {world} ranks ({have} joined); launch with `torchrun --nproc-per-node "
-                                    "N -m mmchar profile ... --cfg-parallel`")
+    _require_world(2 * options.sequence_parallel, f"cfg_parallel with sequence_parallel={options.sequence_parallel}",
+                   "--cfg-parallel")
     models = [getattr(target.pipe, c) for c in target.step_components()]
     return CfgParallel(target, models, cfg_groups(group_timeout()), mode)
 
