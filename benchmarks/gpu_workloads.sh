@@ -4,6 +4,7 @@
 # llamagen), one timed generation, one profiled step, each in its own process through `mmchar sweep` (an OOM is
 # recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into $OUT/results.tgz after each.
 #   WORKLOADS="sd15 sdxl ..." (default: all, smallest first)  BUDGET_S=540 (stop starting new ones after it)
+#   PER_WORKLOAD_S=300 (each one's limit)  DEADLINE_S (optional: no run outlasts it, counted from the start)
 set -u
 OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/wl-runs}
@@ -24,7 +25,13 @@ for w in $WORKLOADS; do
   # of the 875 boundary, so each expert runs one step; both profiled, the study splits the step by expert
   case $w in wan2.2-t2v-a14b|mlperf-wan2.2) psteps=$steps ;; esac
   echo "== $w $extra ($(date -u +%H:%M:%S))" | tee -a "$OUT/log.txt"
-  timeout "${PER_WORKLOAD_S:-300}" mmchar sweep "$w" --preset full --steps $steps --repeat 1 --profile-steps $psteps \
+  limit=${PER_WORKLOAD_S:-300}
+  if [ -n "${DEADLINE_S:-}" ]; then
+    left=$(( DEADLINE_S - ($(date +%s) - t0) ))
+    [ "$left" -lt 60 ] && { echo "deadline near: $w and later not started"; break; }
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
+  timeout "$limit" mmchar sweep "$w" --preset full --steps $steps --repeat 1 --profile-steps $psteps \
     --no-trace --device cuda --store "$STORE" $extra 2>&1 | tail -4 | tee -a "$OUT/log.txt"
   tar czf "$OUT/results.tgz" -C "$(dirname "$STORE")" "$(basename "$STORE")"
 done
