@@ -133,6 +133,14 @@ class AttentionBackend:
         or None."""
         return None
 
+    def rotary_linear(self, q: torch.Tensor, k: torch.Tensor, q_rot: torch.Tensor, k_rot: torch.Tensor,
+                      v: torch.Tensor) -> torch.Tensor | None:
+        """SANA-Video's linear attention (diffusers' SanaLinearAttnProcessor3_0), where RoPE turns the numerator's
+        features only: ``q_rot·Σ k_rot vᵀ / (q·Σ k + ε)`` over all keys, features already mapped ([B, H, S, d]:
+        φ(q), φ(k) and their rotations). None: the backend has no such form, and the route gives it the rotated
+        projections as its own attention instead (recorded as a change of the model's maths)."""
+        return None
+
     def variants(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                  hidden_states: torch.Tensor | None = None) -> list[tuple[str, str, Callable[[], Callable[[], Any]]]]:
         """bench-attn's extra rows of this backend at a shape, ``(label, note, build)``: ``build()`` prepares its
@@ -447,6 +455,17 @@ class LinearBackend(AttentionBackend):
             return linear_attn_eager(q, k, v, causal=causal, feature=self.feature, eps=self.eps)
 
         return run
+
+    def rotary_linear(self, q, k, q_rot, k_rot, v):
+        """The numerator by the same kernel on the caller's features (``identity``, unnormalised), the normaliser
+        φ(q)·Σφ(k) (one einsum, fp32) beside it."""
+        if _triton_usable(q):
+            from mmchar.kernels.linear_attn.kernel import linear_attn as numerator
+        else:
+            from mmchar.kernels.linear_attn.reference import linear_attn_eager as numerator
+        num = numerator(q_rot, k_rot, v, feature="identity", normalize=False)
+        den = torch.einsum("bhtd,bhd->bht", q.float(), k.float().sum(dim=2)).add_(self.eps)
+        return (num.float() / den.unsqueeze(-1)).to(q.dtype)
 
     def cost(self, q, k, v, *, causal):
         from mmchar.flops import linear_attention_cost

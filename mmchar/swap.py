@@ -234,6 +234,23 @@ class LayerRoute:
                                 lambda skv: self._scope(name, q, k, v, causal, skv), backend)
         return self._core(backend, name, q, k, v, mask, causal, scale)
 
+    def attend_rotary_linear(self, q: torch.Tensor, k: torch.Tensor, q_rot: torch.Tensor, k_rot: torch.Tensor,
+                             v: torch.Tensor) -> torch.Tensor | None:
+        """SANA-Video's core call (`AttentionBackend.rotary_linear`) on this layer's backend, under the same
+        attention-core scope as `attend`; None when the backend has no such form."""
+        try:
+            backend = self.routes[(True, False, q.shape[-2] == k.shape[-2])]
+        except KeyError:
+            backend = self.resolve(q_rot, k_rot, v, None, False)
+        if type(backend).rotary_linear is AttentionBackend.rotary_linear:
+            return None
+        if self.state.shard is not None:
+            raise BackendUnsupportedError(f"{self.module_path}: sequence parallelism does not split SANA-Video's "
+                                          "rotary linear attention; run it on one GPU")
+        self.ncalls += 1
+        with self._scope(backend.name, q, k, v, False):
+            return backend.rotary_linear(q, k, q_rot, k_rot, v)
+
     def reset_calls(self) -> None:
         self.ncalls = 0
 
@@ -326,10 +343,14 @@ class RoutedProcessor(LayerRoute):
 
     def _linear_attention(self, attn: Any, hidden_states: torch.Tensor,
                           encoder_hidden_states: torch.Tensor | None = None,
-                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                          attention_mask: torch.Tensor | None = None,
+                          rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """SANA's linear self-attention (diffusers' SanaLinearAttnProcessor2_0) with its core — relu features,
         φ(q)·(φ(K)ᵀV) / φ(q)·Σφ(k), computed by the processor itself without F.sdpa — sent to the layer's backend:
-        ``linear`` computes the same maths; a softmax backend replaces it (the run records the layer's backend)."""
+        ``linear`` computes the same maths; a softmax backend replaces it (the run records the layer's backend).
+        SANA-Video's (SanaLinearAttnProcessor3_0) turns φ(q) and φ(k) by RoPE in the numerator only: a backend
+        with that form (`AttentionBackend.rotary_linear`) computes it; any other attends over the rotated
+        projections with its own maths, recorded as a change."""
         src = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = attn.to_q(hidden_states), attn.to_k(src), attn.to_v(src)
         if attn.norm_q is not None:
@@ -337,16 +358,38 @@ class RoutedProcessor(LayerRoute):
         if attn.norm_k is not None:
             k = attn.norm_k(k)
         b, n, _ = q.shape
-        q, k, v = (t.unflatten(-1, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
-        out = self.attend(q, k, v, None, False, None)
-        if not self.backend.changes_math:  # a softmax backend in place of the model's own linear attention
-            self.state.math_changed[self.module_path] = (f"{type(self.inner).__name__}'s linear attention replaced "
-                                                         f"by {self.backend_name}'s softmax attention")
+        q, k, v = (t.unflatten(-1, (attn.heads, -1)) for t in (q, k, v))  # [B, N, H, D]
+        what = f"{type(self.inner).__name__}'s linear attention"
+        if rotary_emb is None:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+            out = self.attend(q, k, v, None, False, None)
+            changed = not self.backend.changes_math  # a softmax backend in place of the model's own linear attention
+        else:
+            fq, fk = torch.relu(q), torch.relu(k)
+            rot = [_rope_pairs(t, *rotary_emb).transpose(1, 2) for t in (fq, fk)]
+            v = v.transpose(1, 2)
+            out = self.attend_rotary_linear(fq.transpose(1, 2), fk.transpose(1, 2), *rot, v)
+            changed = out is None
+            if out is None:
+                out = self.attend(*(_rope_pairs(t, *rotary_emb).transpose(1, 2) for t in (q, k)), v, None, False, None)
+            what += " (RoPE on the numerator)"
+        if changed:
+            self.state.math_changed[self.module_path] = (f"{what} replaced by {self.backend_name}'s "
+                                                         f"{self.backend.mechanism} over the projections")
         out = out.transpose(1, 2).reshape(b, n, -1).to(hidden_states.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 
+
+def _rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """SanaLinearAttnProcessor3_0's rotation of adjacent channel pairs ([B, N, H, D] with [1, N, 1, D] tables, in
+    the tables' precision, back to x's dtype), as the processor computes it."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).to(x.dtype)
+
+
 # processors that compute a linear-attention core themselves (no F.sdpa call): routed by RoutedProcessor._linear_attention
-LINEAR_CORE_PROCESSORS = ("SanaLinearAttnProcessor2_0",)
+LINEAR_CORE_PROCESSORS = ("SanaLinearAttnProcessor2_0", "SanaLinearAttnProcessor3_0")
 
 TRANSFORMERS_IMPLEMENTATION = "mmchar"
 _active_transformers: dict[int, LayerRoute] = {}  # id(attention module) -> its route, while a swap is open

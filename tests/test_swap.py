@@ -264,6 +264,51 @@ def test_sana_linear_self_attention_gets_a_backend_route():
     assert self_attn in states["math"].math_changed and not torch.allclose(outs["math"], ref, atol=1e-3)
 
 
+def test_sana_video_rotary_linear_attention_gets_a_backend_route():
+    """SANA-Video's self-attention turns φ(q) and φ(k) by RoPE in the numerator only (SanaLinearAttnProcessor3_0):
+    under `linear` the route computes that maths (identity features into the kernel's numerator, the plain
+    normaliser beside it) and matches diffusers' processor; a softmax backend attends over the rotated projections
+    and the run says the maths changed."""
+    import types
+
+    from diffusers import SanaVideoTransformer3DModel
+
+    from mmchar.swap import swap_attention
+
+    torch.manual_seed(0)
+    m = SanaVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12,
+                                    num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=12,
+                                    cross_attention_dim=24, caption_channels=8, sample_size=8, patch_size=(1, 2, 2)).eval()
+    x, t, ctx = torch.randn(1, 4, 3, 8, 8), torch.tensor([10]), torch.randn(1, 5, 8)
+    self_attn = "transformer.transformer_blocks.0.attn1"
+    with torch.no_grad():
+        ref = m(x, ctx, t, return_dict=False)[0]
+        outs, states, calls = {}, {}, {}
+        for backend in ("sdpa", "linear", "math"):
+            swap = swap_attention(types.SimpleNamespace(transformer=m), ["transformer"], backend, torch.device("cpu"))
+            with swap as state:
+                outs[backend] = m(x, ctx, t, return_dict=False)[0]
+                state.check_routed(swap.processors)
+                calls[backend] = state.calls(swap.processors)
+            states[backend] = state
+    assert states["sdpa"].layer_backend[self_attn] == "native:SanaLinearAttnProcessor3_0"
+    assert states["linear"].layer_backend[self_attn] == "linear" and not states["linear"].math_changed
+    torch.testing.assert_close(outs["linear"], ref, atol=1e-4, rtol=1e-4)
+    assert calls["linear"][self_attn] == calls["math"][self_attn] == 1  # one core call per forward, counted
+    assert states["math"].layer_backend[self_attn] == "math" and not states["math"].unsupported
+    assert "RoPE on the numerator" in states["math"].math_changed[self_attn]
+    assert not torch.allclose(outs["math"], ref, atol=1e-3)
+
+
+def test_identity_features_give_the_numerator_of_the_callers_features():
+    from mmchar.kernels.linear_attn.reference import linear_attn_eager, linear_attn_ref
+
+    q, k, v = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 4)
+    want = torch.einsum("bhtd,bhsd,bhse->bhte", q, k, v)  # negative features kept: no map
+    for fn in (linear_attn_ref, linear_attn_eager):
+        torch.testing.assert_close(fn(q, k, v, feature="identity", normalize=False), want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "flash", "math"])
 def test_a_routed_call_adds_three_python_calls_and_no_scope(backend):
     """The swap's cost on a launch-bound step is host time per attention call: counted, not timed. Beyond the model's

@@ -22,13 +22,15 @@ import triton.language as tl
 
 from mmchar.kernels.tuning import autotune, bucket, interpreting, sm_count
 
-FEATURES = {"relu": 0, "elu1": 1}
+FEATURES = {"relu": 0, "elu1": 1, "identity": 2}  # identity: features mapped by the caller (SANA-Video's rotated ones)
 
 
 @triton.jit
 def _phi(x, FEATURE: tl.constexpr):
     if FEATURE == 0:
         return tl.maximum(x, 0.0)
+    if FEATURE == 2:
+        return x
     return tl.where(x > 0, x + 1.0, tl.exp(x))
 
 
@@ -40,6 +42,8 @@ def _phi_tile(x, keep, FEATURE: tl.constexpr):
     them."""
     if FEATURE == 0:
         return tl.maximum(x, 0.0).to(x.dtype)  # (the literal promotes to fp32)
+    if FEATURE == 2:
+        return x
     return tl.where(keep, _phi(x.to(tl.float32), FEATURE), 0.0).to(x.dtype)
 
 

@@ -1,7 +1,8 @@
 """The specification of linear_attn, in fp32 PyTorch.
 
 o_t = φ(q_t)ᵀ U / (φ(q_t)·z + ε) with U = Σ_s φ(k_s) v_sᵀ and z = Σ_s φ(k_s) over all s (non-causal), or over
-s ≤ t (causal). Feature maps: ``relu`` (SANA's, no 1/√d scale) and ``elu1`` (elu(x) + 1).
+s ≤ t (causal). Feature maps: ``relu`` (SANA's, no 1/√d scale), ``elu1`` (elu(x) + 1) and ``identity`` (features the caller mapped
+already: SANA-Video's rotated ones, where only the numerator is meaningful).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FEATURE_MAPS = ("relu", "elu1")
+FEATURE_MAPS = ("relu", "elu1", "identity")
 
 
 def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -17,6 +18,8 @@ def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.relu(x)
     if name == "elu1":
         return F.elu(x) + 1.0
+    if name == "identity":
+        return x
     raise ValueError(f"unknown feature map {name!r}; valid: {', '.join(FEATURE_MAPS)}")
 
 
