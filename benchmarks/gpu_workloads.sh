@@ -5,6 +5,8 @@
 # recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into $OUT/results.tgz after each.
 #   WORKLOADS="sd15 sdxl ..." (default: all, smallest first)  BUDGET_S=540 (stop starting new ones after it)
 #   PER_WORKLOAD_S=300 (each one's limit)  DEADLINE_S (optional: no run outlasts it, counted from the start)
+#   EXTRA="--cpu-offload" (flags added to every workload's; the run records them: the fallback where the
+#   resident models do not fit the card, e.g. Wan 2.2 A14B's two 14B experts on an 80 GB H100)
 set -u
 OUT=${OUT:-gpu-out}
 STORE=${STORE:-/tmp/wl-runs}
@@ -17,9 +19,9 @@ t0=$(date +%s)
 for w in $WORKLOADS; do
   [ $(( $(date +%s) - t0 )) -gt "$BUDGET_S" ] && { echo "budget spent: $w and later not started"; break; }
   steps=2; [ "$w" = llamagen ] && steps=32  # tokens: 1 prefill + 31 decode calls
-  extra=""
+  extra="${EXTRA:-}"
   # HunyuanVideo: its 720p x 129-frame decode fits one GPU only tiled, as diffusers' own example runs it
-  [ "$w" = hunyuanvideo ] && extra="--vae-tiling"
+  [ "$w" = hunyuanvideo ] && extra="$extra --vae-tiling"
   psteps=1
   # Wan 2.2 A14B (both presets): at 2 steps the full preset's scheduler gives timesteps 999 and 750, one each side
   # of the 875 boundary, so each expert runs one step; both profiled, the study splits the step by expert
