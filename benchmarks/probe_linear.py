@@ -52,8 +52,8 @@ def causal_table() -> None:
                            for _ in range(3))
                 fq, fk = torch.relu(q), torch.relu(k)  # fla applies no feature map: hand it φ(q), φ(k)
                 tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (fq, fk, v))  # its native [B, T, H, D]
-                many = b * h * triton.cdiv(d, 64) >= 64
                 for norm in (True, False):
+                    form = K.causal_form(b * h, triton.next_power_of_2(d), d, q.element_size(), norm)
                     ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                                  normalize=norm))}
                     for c, t in levels:
@@ -71,7 +71,7 @@ def causal_table() -> None:
                     best = min(x for x in ms.values() if x == x)
                     print(f"{f'B{b} H{h} S{s // 1024}k d{d}':<24}{'on' if norm else 'off':<6}"
                           + "".join(f"{ms[p]:9.3f}" for p in paths)
-                          + f"{peer:9.3f}{peer / best:9.2f}  {'scan' if many else 'chunked'}", flush=True)
+                          + f"{peer:9.3f}{peer / best:9.2f}  {form}", flush=True)
 
 
 if a.causal:

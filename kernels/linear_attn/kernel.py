@@ -369,6 +369,20 @@ def _launch(raw, tuned, grid, *args, **kwargs) -> None:
         tuned[grid](*args, **kwargs)
 
 
+def causal_form(heads: int, bd: int, dv: int, itemsize: int, normalize: bool = True) -> str:
+    """The causal path `linear_attn` takes by default: ``scan`` (one pass, the state in registers) or ``chunked``.
+
+    The scan as soon as batch·heads fill about half the SMs: its ceil(programs / SMs) × S serial steps then beat
+    the two-level path's extra state traffic and launches (measured down to about 64 programs:
+    benchmarks/results/attention/kernel-notes.md). Except normalised at d = 128 in 16-bit: there the scan's
+    normaliser costs it 2.3-2.9× its unnormalised time, and the chunked path won at every B·H measured (16-128,
+    S = 4k-64k; B·H = 32: 0.77 against 1.52 ms on an H200, 0.67 against 1.76 ms on an H100:
+    benchmarks/results/attention/round2-h200-2026-12-06 and round2-h100-2026-12-06, probe_linear_causal.txt)."""
+    if normalize and bd == 128 and itemsize == 2:
+        return "chunked"
+    return "scan" if heads * triton.cdiv(dv, 64) >= 64 else "chunked"
+
+
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, feature: str = "relu",
                 eps: float = 1e-6, chunks_per_group: int | None = None,
                 causal_path: str | None = None, normalize: bool = True) -> torch.Tensor:
@@ -404,11 +418,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     if causal:
         if sq != skv:
             raise ValueError("causal linear attention needs as many queries as keys")
-        # the one-pass scan as soon as batch·heads fill about half the SMs: its ceil(programs / SMs) × S serial
-        # steps then beat the two-level path's extra state traffic and launches (measured down to about 64
-        # programs: benchmarks/results/attention/kernel-notes.md)
-        many = b * h * triton.cdiv(dv, 64) >= 64
-        if causal_path == "scan" or (causal_path is None and many and chunks_per_group is None):
+        scan = causal_form(b * h, bd, dv, q.element_size(), normalize) == "scan"
+        if causal_path == "scan" or (causal_path is None and scan and chunks_per_group is None):
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
             # 256-wide bf16 features (causal WERSA, m = 256): 64-token chunks over 3 stages need more shared
             # memory than Hopper gives one program (kernel-notes.md in benchmarks/results/attention), so half

@@ -133,3 +133,16 @@ def test_autotune_pruning_keeps_configs_the_registers_can_hold():
         for tuned in (K._state_tuned, K._out_tuned):
             kept = K._prune(tuned.configs, {"DVP": bd}, BD=bd)
             assert kept and {c.kwargs["BDV"] for c in kept} == {widest}
+
+
+def test_causal_form_follows_the_measured_crossovers():
+    """The default causal path: the scan once batch·heads fill the GPU, but never normalised at d = 128 in 16-bit,
+    where the chunked path won at every B·H measured on both GPU kinds (the probe's table, round2 results)."""
+    pytest.importorskip("triton")
+    from mmchar.kernels.linear_attn.kernel import causal_form
+
+    assert causal_form(16, 128, 128, 2) == "chunked"
+    assert causal_form(32, 128, 128, 2) == "chunked" and causal_form(128, 128, 128, 2) == "chunked"
+    assert causal_form(32, 128, 128, 2, normalize=False) == "scan"
+    assert causal_form(128, 64, 64, 2) == "scan" and causal_form(16, 64, 64, 2) == "chunked"
+    assert causal_form(128, 128, 128, 4) == "scan"  # fp32: not measured otherwise, the general rule
