@@ -65,7 +65,7 @@ def cpu_run(tmp_path) -> Path:
     return write_run(tmp_path / "store", Run(meta=meta))
 
 
-def test_a_cpu_run_validates_channels_last_and_lists_what_cannot_run(tmp_path):
+def test_a_cpu_run_validates_channels_last_and_lists_what_cannot_run(tmp_path, one_thread_points):
     cpu_run = profiled(tmp_path / "store")
     code, out, err = cli(["advise", "--validate", cpu_run, "--top", "3", "--format", "json",
                           "-o", tmp_path / "advice.json"])

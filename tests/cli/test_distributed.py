@@ -8,8 +8,9 @@ from pathlib import Path
 from mmchar.cli import main
 from mmchar.store import load_runs
 
-ARGS = ["sweep", "sd15", "--vary", "height=64,96,128", "--backends", "math", "--device", "cpu", "--repeat", "1",
-        "--profile-steps", "1", "--steps", "2", "--no-trace"]
+# two points: one per rank (the shard is by config hash, positions rank, rank + world)
+ARGS = ["sweep", "sd15", "--vary", "height=64,96", "--backends", "math", "--device", "cpu", "--repeat", "1",
+        "--profile-steps", "1", "--steps", "1", "--no-trace"]
 
 
 def _points(store: Path) -> dict[str, tuple]:
@@ -20,7 +21,7 @@ def _points(store: Path) -> dict[str, tuple]:
     return out
 
 
-def test_two_ranks_store_what_one_process_stores(tmp_path, capsys, torchrun):
+def test_two_ranks_store_what_one_process_stores(tmp_path, capsys, torchrun, one_thread_points):
     def sharded(store: Path):
         return torchrun(2, "-m", "mmchar", *ARGS, "--store", str(store), "--distributed")
 
@@ -30,10 +31,10 @@ def test_two_ranks_store_what_one_process_stores(tmp_path, capsys, torchrun):
     assert "(rank 0/2)" in proc.stdout and "(rank 1/2)" in proc.stdout  # both ranks ran points
     assert main([*ARGS, "--store", str(tmp_path / "one")]) == 0
     two, one = _points(tmp_path / "two"), _points(tmp_path / "one")
-    assert two == one and len(two) == 3 and {s for s, _, _ in two.values()} == {"ok"}
+    assert two == one and len(two) == 2 and {s for s, _, _ in two.values()} == {"ok"}
     again = sharded(tmp_path / "two")  # a re-run finds every point and runs none
-    assert again.returncode == 0 and "3 already in" in again.stdout and "0 to run" in again.stdout
-    assert len(load_runs([tmp_path / "two"])) == 3
+    assert again.returncode == 0 and "2 already in" in again.stdout and "0 to run" in again.stdout
+    assert len(load_runs([tmp_path / "two"])) == 2
 
 
 def test_distributed_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from mmchar.store import load_runs
 ARGS = ["--steps", "1", "--repeat", "1", "--profile-steps", "1", "--no-trace"]
 
 
-def test_sweep_runs_each_point_once_and_resumes(tmp_path, capsys):
+def test_sweep_runs_each_point_once_and_resumes(tmp_path, capsys, one_thread_points):
     store = tmp_path / "store"
     cmd = ["sweep", "sd15", "--vary", "height=64,32", "--backends", "math", "--store", str(store), *ARGS]
     assert main(cmd) == 0
@@ -38,7 +38,7 @@ def test_sweep_runs_each_point_once_and_resumes(tmp_path, capsys):
     assert {r.run_id for r in again} > {r.run_id for r in runs if r.run_id != gone.run_id}
 
 
-def test_a_point_whose_process_dies_is_stored_as_failed_and_the_sweep_goes_on(tmp_path):
+def test_a_point_whose_process_dies_is_stored_as_failed_and_the_sweep_goes_on(tmp_path, one_thread_points):
     store = tmp_path / "store"
     opts = {"repeat": 1, "profile_steps": 1, "keep_trace": False}
     plan = sw.plan("sd15", {"height": [64, 32]}, ["math"], store, fixed={"steps": 1}, options=opts)

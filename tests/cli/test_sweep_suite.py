@@ -23,7 +23,7 @@ def _stored(store: Path) -> list[tuple[str, str]]:
     return sorted((r.meta["config"]["workload"], r.meta["config_hash"]) for r in load_runs([store], kernels=False))
 
 
-def test_a_suite_runs_every_workload_into_one_store_and_resumes(tmp_path, capsys):
+def test_a_suite_runs_every_workload_into_one_store_and_resumes(tmp_path, capsys, one_thread_points):
     store = tmp_path / "store"
     cmd = ["sweep", "sd15,amused", "--vary", "height=64", *FAST, "--store", str(store)]
     assert main(cmd) == 0, capsys.readouterr().err

@@ -299,27 +299,25 @@ def test_run_folders_follow_the_umask(store):
 SWEEP = ["sweep", "sd15", "--vary", "height=64", "--backends", "math", "--steps", "1", "--no-trace"]
 
 
-def test_sweep_identity_and_retries(tmp_path, monkeypatch):
-    """How a point is measured is not its identity (and the re-run says so); a failed point stays failed until
-    --retry-failed; a noisy one is measured again with --retry-noisy, and stands as stored without it."""
+def test_sweep_identity_and_retries(tmp_path, monkeypatch, one_thread_points):
+    """A failed point stays failed until --retry-failed; how a point is measured is not its identity (and the
+    re-run says so); a noisy one is measured again with --retry-noisy, and stands as stored without it."""
     from mmchar import sweep as sw
 
     store = tmp_path / "s"
-    code, out, err = cli([*SWEEP, "--repeat", "1", "--store", store])
-    assert code == 0, err
-    code, out, err = cli([*SWEEP, "--repeat", "3", "--store", store])
-    assert "1 already in" in out and "repeat 1 (asked 3)" in err and "not part of its identity" in err
     plan = sw.plan("sd15", {"height": [32]}, ["math"], store, fixed={"steps": 1},
                    options={"repeat": 1, "keep_trace": False})
     (point,) = plan.points
     sw.record_dead_child(plan, point, store, 1, "boom", oom=False)
-    cmd = ["sweep", "sd15", "--vary", "height=32", "--backends", "math", "--steps", "1", "--repeat", "1",
-           "--no-trace", "--store", store]
-    code, out, err = cli(cmd)
+    cmd = ["sweep", "sd15", "--vary", "height=32", "--backends", "math", "--steps", "1", "--no-trace", "--store", store]
+    code, out, err = cli([*cmd, "--repeat", "1"])
     assert "0 to run" in out and code == 1  # its only point failed
-    code, out, err = cli([*cmd, "--retry-failed"])
+    code, out, err = cli([*cmd, "--repeat", "1", "--retry-failed"])
     assert code == 0 and "1 to run" in out, err
     assert sw.summary_row(point, sw.stored_points(store, {point.config_hash})[point.config_hash])["status"] == "ok"
+    # the point now has the run a sweep measured with --repeat 1: asked with 3, it is kept, and the sweep says why
+    code, out, err = cli([*cmd, "--repeat", "3"])
+    assert "1 already in" in out and "repeat 1 (asked 3)" in err and "not part of its identity" in err
 
     monkeypatch.setenv("MMCHAR_NOISE_SPREAD", "0")  # every spread is too much: every point is noisy
     noisy = [*SWEEP, "--vary", "batch=2", "--repeat", "3", "--store", store]
