@@ -8,6 +8,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import plotly.io as pio
+
 from mmchar.errors import MmcharError
 from mmchar.store import Run
 
@@ -44,10 +46,13 @@ def write_pngs(runs: Sequence[Run], out_dir: str | os.PathLike[str], *, width: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = build_figures(runs)
-    written = []
-    for view in VIEWS:
-        if view.key in figures:
-            path = out / f"{view.key}.png"
-            figures[view.key].write_image(str(path), format="png", width=width, height=height)
-            written.append(path)
+    keys = [view.key for view in VIEWS if view.key in figures]
+    written = [out / f"{key}.png" for key in keys]
+    if hasattr(pio, "write_images"):  # plotly >= 6.1: one kaleido session (one Chromium) for every view
+        if keys:
+            pio.write_images([figures[key] for key in keys], [str(p) for p in written], format="png", width=width,
+                             height=height)
+    else:  # an older plotly: one session per figure
+        for key, path in zip(keys, written):
+            figures[key].write_image(str(path), format="png", width=width, height=height)
     return written
