@@ -53,7 +53,7 @@ def causal_table() -> None:
                 fq, fk = torch.relu(q), torch.relu(k)  # fla applies no feature map: hand it φ(q), φ(k)
                 tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (fq, fk, v))  # its native [B, T, H, D]
                 for norm in (True, False):
-                    form = K.causal_form(b * h, triton.next_power_of_2(d), d, q.element_size(), norm)
+                    form = K.causal_form(b * h, d, d, q.element_size(), norm)
                     ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                                  normalize=norm))}
                     for c, t in levels:

@@ -369,7 +369,7 @@ def _launch(raw, tuned, grid, *args, **kwargs) -> None:
         tuned[grid](*args, **kwargs)
 
 
-def causal_form(heads: int, bd: int, dv: int, itemsize: int, normalize: bool = True) -> str:
+def causal_form(heads: int, d: int, dv: int, itemsize: int, normalize: bool = True) -> str:
     """The causal path `linear_attn` takes by default: ``scan`` (one pass, the state in registers) or ``chunked``.
 
     The scan as soon as batch·heads fill about half the SMs: its ceil(programs / SMs) × S serial steps then beat
@@ -378,7 +378,7 @@ def causal_form(heads: int, bd: int, dv: int, itemsize: int, normalize: bool = T
     normaliser costs it 2.3-2.9× its unnormalised time, and the chunked path won at every B·H measured (16-128,
     S = 4k-64k; B·H = 32: 0.77 against 1.52 ms on an H200, 0.67 against 1.76 ms on an H100:
     benchmarks/results/attention/round2-h200-2026-12-06 and round2-h100-2026-12-06, probe_linear_causal.txt)."""
-    if normalize and bd == 128 and itemsize == 2:
+    if normalize and d == 128 and itemsize == 2:
         return "chunked"
     return "scan" if heads * triton.cdiv(dv, 64) >= 64 else "chunked"
 
@@ -391,20 +391,23 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     Args:
         q: [B, H, Sq, D]; k: [B, H, Skv, D]; v: [B, H, Skv, Dv] (fp16, bf16 or fp32; any strides).
         causal: prefix sums over tokens (needs Sq == Skv).
-        feature: ``relu`` or ``elu1``.
+        feature: ``relu``, ``elu1`` or ``identity`` (features the caller mapped; numerator only, normalize=False).
         eps: added to the normaliser.
         normalize: divide by φ(q)·z + ε (the default, SANA's maths); False gives φ(q)ᵀU alone, what
             fla's ``chunk_linear_attn(normalize=False)`` computes (the like-for-like comparison with its fast path).
         chunks_per_group: causal only; how many chunks one program of the state pass walks (default: enough
             groups to fill the GPU). Exposed for tests.
         causal_path: ``scan`` (one pass per batch·head, state in registers) or ``chunked`` (two levels of
-            tiling); default: scan when batch·heads alone fill the GPU, else chunked. Exposed for tests.
+            tiling); default: `causal_form`. Exposed for tests.
 
     Returns:
         [B, H, Sq, Dv] in q's dtype.
     """
     if feature not in FEATURES:
         raise ValueError(f"unknown feature map {feature!r}; valid: {', '.join(FEATURES)}")
+    if feature == "identity" and normalize:
+        raise ValueError("linear_attn: feature 'identity' (features the caller mapped) computes the numerator only: "
+                         "pass normalize=False")
     b, h, sq, d = q.shape
     skv, dv = k.shape[2], v.shape[-1]
     if k.shape != (b, h, skv, d) or v.shape[:3] != (b, h, skv):
@@ -418,7 +421,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     if causal:
         if sq != skv:
             raise ValueError("causal linear attention needs as many queries as keys")
-        scan = causal_form(b * h, bd, dv, q.element_size(), normalize) == "scan"
+        scan = causal_form(b * h, d, dv, q.element_size(), normalize) == "scan"
         if causal_path == "scan" or (causal_path is None and scan and chunks_per_group is None):
             grid = (b * h, triton.cdiv(dv, min(bdv, 64)))
             # 256-wide bf16 features (causal WERSA, m = 256): 64-token chunks over 3 stages need more shared

@@ -93,6 +93,70 @@ def test_unnormalised_is_the_numerator_alone(causal, path, feature):
         torch.testing.assert_close(out, fq @ (fk.transpose(-1, -2) @ v), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[8] == torch.float32], ids=_ids)
+def test_eager_matches_reference(case):
+    b, h, sq, skv, d, dv, causal, feature, _ = case
+    q, k, v = torch.randn(b, h, sq, d), torch.randn(b, h, skv, d), torch.randn(b, h, skv, dv)
+    assert _rel(linear_attn_eager(q, k, v, causal=causal, feature=feature),
+                linear_attn_ref(q, k, v, causal=causal, feature=feature)) < 1e-5
+
+
+def test_bad_input():
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="feature map"):
+        linear_attn(q, q, q, feature="softmax")
+    with pytest.raises(ValueError, match="numerator only"):
+        linear_attn(q, q, q, feature="identity")
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        linear_attn(q, torch.randn(1, 1, 9, 16), torch.randn(1, 1, 9, 16), causal=True)
+
+
+def test_linear_backend_keeps_softmax_for_cross_attention():
+    from mmchar.swap import swap_attention
+    from mmchar.workloads import get_workload
+
+    w = get_workload("modelscope-t2v")
+    pipe = w.build(w.resolve("tiny", device="cpu", frames=2)).pipe
+    with swap_attention(pipe, ["unet"], "linear", torch.device("cpu"), cross_backend="math") as state:
+        pipe(prompt="a cat", num_inference_steps=1, height=64, width=64, num_frames=2, output_type="latent")
+    for path, site in state.layer_site.items():
+        assert state.layer_backend[path] == ("math" if site == "cross" else "linear"), path
+    assert {"spatial", "temporal", "cross"} == set(state.layer_site.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("b,h,n,d,dv", [(2, 8, 4096, 32, 32), (2, 8, 16384, 64, 64), (2, 8, 8192, 128, 128),
+                                        (16, 32, 1024, 64, 64),
+                                        pytest.param(16, 32, 1024, 256, 64, marks=pytest.mark.gpu_alone)])
+def test_gpu_bf16(b, h, n, d, dv, causal):
+    """The last two shapes have enough batch·heads for the one-pass causal scan (the last with causal WERSA's
+    256 features over 64-wide values: its causal fp32 reference holds B·H·S·d·dv floats, 32 GiB); the others
+    take the chunked path."""
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(b, h, n, e, device="cuda", dtype=torch.bfloat16, generator=g) for e in (d, d, dv))
+    assert _rel(linear_attn(q, k, v, causal=causal), linear_attn_ref(q, k, v, causal=causal)) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,d", [(4096, 64), (8192, 128)])
+def test_gpu_fla_backend_matches_linear(n, d):
+    from mmchar.backends import get_backend
+
+    dev = torch.device("cuda")
+    cls = get_backend("fla")
+    if cls.unavailable_reason(dev):
+        pytest.skip(cls.unavailable_reason(dev))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    fla_out = cls("t")(q, k, v, causal=True)
+    assert _rel(fla_out, linear_attn_ref(q, k, v, causal=True)) < 2e-2
+
+
 @pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("causal", [False, True])
 def test_fp16_states_beyond_fp16_range_do_not_overflow(causal):
@@ -146,3 +210,4 @@ def test_causal_form_follows_the_measured_crossovers():
     assert causal_form(32, 128, 128, 2, normalize=False) == "scan"
     assert causal_form(128, 64, 64, 2) == "scan" and causal_form(16, 64, 64, 2) == "chunked"
     assert causal_form(128, 128, 128, 4) == "scan"  # fp32: not measured otherwise, the general rule
+    assert causal_form(128, 112, 112, 2) == "scan"  # d = 112 (SANA-Video): only d = 128 was measured
