@@ -138,7 +138,8 @@ class AttentionBackend:
         """SANA-Video's linear attention (diffusers' SanaLinearAttnProcessor3_0), where RoPE turns the numerator's
         features only: ``q_rot·Σ k_rot vᵀ / (q·Σ k + ε)`` over all keys, features already mapped ([B, H, S, d]:
         φ(q), φ(k) and their rotations). None: the backend has no such form, and the route gives it the rotated
-        projections as its own attention instead (recorded as a change of the model's maths)."""
+        projections as its own attention instead (recorded as a change of the model's maths). A backend has the
+        form when it overrides this method; the route does not call the base."""
         return None
 
     def variants(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
@@ -428,6 +429,7 @@ class LinearBackend(AttentionBackend):
     mechanism = "linear attention"
     feature = "relu"
     eps = 1e-6
+    rotary_eps = 1e-15  # SanaLinearAttnProcessor3_0's own
 
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, hidden_states=None):
         if _triton_usable(q):
@@ -464,7 +466,7 @@ class LinearBackend(AttentionBackend):
         else:
             from mmchar.kernels.linear_attn.reference import linear_attn_eager as numerator
         num = numerator(q_rot, k_rot, v, feature="identity", normalize=False)
-        den = torch.einsum("bhtd,bhd->bht", q.float(), k.float().sum(dim=2)).add_(self.eps)
+        den = torch.einsum("bhtd,bhd->bht", q.float(), k.float().sum(dim=2)).add_(self.rotary_eps)
         return (num.float() / den.unsqueeze(-1)).to(q.dtype)
 
     def cost(self, q, k, v, *, causal):

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmchar.backends import ORIGINAL_SDPA, AttentionBackend, default_softmax_backend, get_backend, require_backend
+from mmchar.backends import (ORIGINAL_SDPA, AttentionBackend, LinearBackend, default_softmax_backend, get_backend,
+                             require_backend)
 from mmchar.errors import BackendUnavailableError, BackendUnsupportedError
 from mmchar.scopes import attention_label, attention_site, compile_site_rules
 
@@ -234,22 +235,26 @@ class LayerRoute:
                                 lambda skv: self._scope(name, q, k, v, causal, skv), backend)
         return self._core(backend, name, q, k, v, mask, causal, scale)
 
-    def attend_rotary_linear(self, q: torch.Tensor, k: torch.Tensor, q_rot: torch.Tensor, k_rot: torch.Tensor,
-                             v: torch.Tensor) -> torch.Tensor | None:
+    def attend_rotary_linear(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
         """SANA-Video's core call (`AttentionBackend.rotary_linear`) on this layer's backend, under the same
-        attention-core scope as `attend`; None when the backend has no such form."""
+        attention-core scope as `attend`: q, k projected [B, N, H, D] (φ and RoPE applied here, only for a backend
+        with that form), v [B, H, N, D]; None when the backend has no such form."""
         try:
-            backend = self.routes[(True, False, q.shape[-2] == k.shape[-2])]
+            backend = self.routes[(True, False, q.shape[1] == k.shape[1])]
         except KeyError:
-            backend = self.resolve(q_rot, k_rot, v, None, False)
+            backend = self.resolve(q.transpose(1, 2), k.transpose(1, 2), v, None, False)
         if type(backend).rotary_linear is AttentionBackend.rotary_linear:
             return None
         if self.state.shard is not None:
             raise BackendUnsupportedError(f"{self.module_path}: sequence parallelism does not split SANA-Video's "
                                           "rotary linear attention; run it on one GPU")
+        fq, fk = torch.relu(q), torch.relu(k)
+        q_rot, k_rot = (_rope_pairs(t, *rotary_emb).transpose(1, 2) for t in (fq, fk))
+        fq, fk = fq.transpose(1, 2), fk.transpose(1, 2)
         self.ncalls += 1
-        with self._scope(backend.name, q, k, v, False):
-            return backend.rotary_linear(q, k, q_rot, k_rot, v)
+        with self._scope(backend.name, fq, fk, v, False):
+            return backend.rotary_linear(fq, fk, q_rot, k_rot, v)
 
     def reset_calls(self) -> None:
         self.ncalls = 0
@@ -363,17 +368,13 @@ class RoutedProcessor(LayerRoute):
         if rotary_emb is None:
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
             out = self.attend(q, k, v, None, False, None)
-            changed = not self.backend.changes_math  # a softmax backend in place of the model's own linear attention
         else:
-            fq, fk = torch.relu(q), torch.relu(k)
-            rot = [_rope_pairs(t, *rotary_emb).transpose(1, 2) for t in (fq, fk)]
             v = v.transpose(1, 2)
-            out = self.attend_rotary_linear(fq.transpose(1, 2), fk.transpose(1, 2), *rot, v)
-            changed = out is None
-            if out is None:
+            out = self.attend_rotary_linear(q, k, v, rotary_emb)
+            if out is None:  # no such form: the backend's own attention over the rotated projections
                 out = self.attend(*(_rope_pairs(t, *rotary_emb).transpose(1, 2) for t in (q, k)), v, None, False, None)
             what += " (RoPE on the numerator)"
-        if changed:
+        if not isinstance(self.backend, LinearBackend):  # another maths in place of the model's own
             self.state.math_changed[self.module_path] = (f"{what} replaced by {self.backend_name}'s "
                                                          f"{self.backend.mechanism} over the projections")
         out = out.transpose(1, 2).reshape(b, n, -1).to(hidden_states.dtype)

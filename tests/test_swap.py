@@ -300,6 +300,32 @@ def test_sana_video_rotary_linear_attention_gets_a_backend_route():
     assert not torch.allclose(outs["math"], ref, atol=1e-3)
 
 
+@pytest.mark.gpu
+def test_gpu_sana_video_rotary_linear_attention_in_bf16():
+    """The same route on the GPU: the Triton numerator (identity features) in bf16 against diffusers' processor."""
+    import types
+
+    from diffusers import SanaVideoTransformer3DModel
+
+    from mmchar.swap import swap_attention
+
+    torch.manual_seed(0)
+    m = SanaVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=112,
+                                    num_layers=1, num_cross_attention_heads=4, cross_attention_head_dim=112,
+                                    cross_attention_dim=448, caption_channels=8, sample_size=32,
+                                    patch_size=(1, 2, 2)).eval().cuda().bfloat16()
+    x = torch.randn(1, 4, 5, 32, 32, device="cuda", dtype=torch.bfloat16)
+    t, ctx = torch.tensor([10], device="cuda"), torch.randn(1, 5, 8, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = m(x, ctx, t, return_dict=False)[0].float()
+        swap = swap_attention(types.SimpleNamespace(transformer=m), ["transformer"], "linear", torch.device("cuda"))
+        with swap as state:
+            out = m(x, ctx, t, return_dict=False)[0].float()
+            state.check_routed(swap.processors)
+    assert state.layer_backend["transformer.transformer_blocks.0.attn1"] == "linear" and not state.math_changed
+    assert float((out - ref).norm() / ref.norm()) < 2e-2  # bf16 rounding of two different summation orders
+
+
 def test_identity_features_give_the_numerator_of_the_callers_features():
     from mmchar.kernels.linear_attn.reference import linear_attn_eager, linear_attn_ref
 

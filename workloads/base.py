@@ -75,6 +75,8 @@ class Workload(ABC):
     # generation settings of `GENERATION_OPTIONS` it takes, with their choices ({"kv_cache": ("static", "dynamic")});
     # the presets' ``generation`` block holds each one's default, so the resolved configuration records what ran
     generation_options: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # --cpu-offload: the workload's build installs diffusers' model offload (`PipelineWorkload`); others refuse it
+    cpu_offload: ClassVar[bool] = False
     spatial_factor: ClassVar[int] = 8  # height and width must divide by it (the VAE's downsampling)
     temporal_factor: ClassVar[int] = 1  # a video VAE compressing time k-fold takes k·n + 1 frames
 
@@ -127,6 +129,9 @@ class Workload(ABC):
         bad = set(memory) - set(MEMORY_OPTIONS)
         if bad:
             raise UnknownNameError("memory option", sorted(bad)[0], MEMORY_OPTIONS)
+        if memory.get("cpu_offload") and not self.cpu_offload:
+            raise InvalidParameterError(f"--cpu-offload: {self.name} is not a diffusers pipeline with model offload; "
+                                        "run it without")
         if memory.get("cpu_offload") and dev.type != "cuda":
             raise InvalidParameterError("--cpu-offload moves models between the CPU and a GPU; it needs --device cuda")
         chosen = self.check_generation(generation)
@@ -218,7 +223,7 @@ class Workload(ABC):
         from mmchar.workloads.build import build_module, model_class
 
         seed = config["params"]["seed"]
-        offload = bool(config.get("memory", {}).get("cpu_offload"))
+        offload = self.cpu_offload and bool(config.get("memory", {}).get("cpu_offload"))
         parts = {}
         for name, spec in self.components.items():
             part = build_module(model_class(spec), config["models"][name], device, dtype, seed)

@@ -62,6 +62,7 @@ TOKENIZERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {"clip": _clip, "t
 class PipelineWorkload(Workload):
     pipeline_class: ClassVar[str]  # a diffusers pipeline class name
     tokenizers: ClassVar[dict[str, str]] = {}  # tokenizer component -> a kind of `TOKENIZERS`
+    cpu_offload = True  # `apply_memory_options`: the pipeline's enable_model_cpu_offload
 
     def build(self, config: dict[str, Any]) -> Target:
         import diffusers

@@ -114,6 +114,9 @@ def test_memory_options_are_applied_recorded_and_checked(tmp_path, capsys):
     assert "memory" not in w.resolve("tiny", device="cpu", memory={"vae_tiling": False})  # off: the hash is unchanged
     assert main(["profile", "sd15", "--cpu-offload", "--device", "cpu", "--store", str(tmp_path / "x")]) == 1
     assert "needs --device cuda" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    for name in ("llamagen", "phenaki-like"):  # no diffusers offload hooks: refused, not run on the CPU unsaid
+        assert main(["profile", name, "--cpu-offload", "--device", "cpu", "--store", str(tmp_path / "x")]) == 1
+        assert "not a diffusers pipeline with model offload" in capsys.readouterr().err
     plan = sw.plan("sd15", {"height": [64]}, ["math"], tmp_path / "p", memory={"vae_slicing": True, "vae_tiling": False})
     cmd = sw.child_command(plan, plan.points[0], tmp_path / "p")
     assert "--vae-slicing" in cmd and "--vae-tiling" not in cmd
