@@ -75,8 +75,6 @@ def causal_table() -> None:
 
 
 if a.causal:
-    import triton
-
     default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK)
     causal_table()
     raise SystemExit(0)
