@@ -48,11 +48,7 @@ def write_pngs(runs: Sequence[Run], out_dir: str | os.PathLike[str], *, width: i
     figures = build_figures(runs)
     keys = [view.key for view in VIEWS if view.key in figures]
     written = [out / f"{key}.png" for key in keys]
-    if hasattr(pio, "write_images"):  # plotly >= 6.1: one kaleido session (one Chromium) for every view
-        if keys:
-            pio.write_images([figures[key] for key in keys], [str(p) for p in written], format="png", width=width,
-                             height=height)
-    else:  # an older plotly: one session per figure
-        for key, path in zip(keys, written):
-            figures[key].write_image(str(path), format="png", width=width, height=height)
+    if keys:  # one kaleido session (one Chromium) for every view, not one per figure
+        pio.write_images([figures[key] for key in keys], [str(p) for p in written], format="png", width=width,
+                         height=height)
     return written

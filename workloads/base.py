@@ -223,11 +223,11 @@ class Workload(ABC):
         from mmchar.workloads.build import build_module, model_class
 
         seed = config["params"]["seed"]
-        offload = self.cpu_offload and bool(config.get("memory", {}).get("cpu_offload"))
+        offload = config.get("memory", {}).get("cpu_offload")  # only a workload that installs offload resolves it
         parts = {}
         for name, spec in self.components.items():
             part = build_module(model_class(spec), config["models"][name], device, dtype, seed)
-            parts[name] = part.to("cpu") if offload and hasattr(part, "to") else part
+            parts[name] = part.to("cpu") if offload else part
         return parts
 
     @abstractmethod
