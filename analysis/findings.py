@@ -15,7 +15,7 @@ from statistics import median
 
 import pandas as pd
 
-from mmchar.schema import step_key
+from mmchar.schema import STEP_STAGES, step_key
 from mmchar.shares import time_shares
 from mmchar.store import Run
 
@@ -286,6 +286,20 @@ def _expert_row(runs: Sequence[Run]) -> dict:
             "runs": ", ".join(dict.fromkeys(split["run_id"]))}
 
 
+def _routing_shares(runs: Sequence[Run]) -> list[tuple[float, str]]:
+    """Each run with routed mixture-of-experts layers (``meta["moe_layers"]``): its ``routing`` kernels' share of the
+    step stage's kernel time (gate, token dispatch and combine beside the experts' compute)."""
+    values = []
+    for r in runs:
+        if not (r.meta.get("moe_layers") or {}).get("count") or r.breakdown.empty:
+            continue
+        b = r.breakdown[r.breakdown["stage"].astype(str).isin(STEP_STAGES)]
+        total = float(b["time_us"].sum())
+        if total > 0:
+            values.append((float(b.loc[b["op_class"].astype(str) == "routing", "time_us"].sum()) / total, r.run_id))
+    return values
+
+
 def _noisy_row(noisy: Sequence[Run]) -> dict:
     ids = ", ".join(r.run_id for r in noisy)
     return {"question": "Runs left out of every finding (the noise guard flagged their timed pass)",
@@ -380,6 +394,9 @@ def findings(runs: Sequence[Run]) -> pd.DataFrame:
                       if x == x], "{:.1%}", run_of))
     rows.append(_guidance_row(model))
     rows.append(_expert_row(model))
+    rows.append(_row("Share of a routed mixture-of-experts denoiser's step in routing (gate, top-k, token dispatch "
+                     "and combine; random weights route as an untrained gate)", _routing_shares(model), "{:.1%}",
+                     run_of))
 
     busy = []  # the GPU's busy share of one step's wall time: below 1, the host (launches, Python) is the limit
     for r in model:

@@ -5,7 +5,9 @@ Each row gets its stage and step, the innermost module, the top-level aten op th
 (`mmchar.sub_classes`: conv3d, pad, upsample, rope, modulation ...), its phase (``backward`` for the work of a backward
 pass, classed by the forward op it differentiates) and, for attention and for the projections of attention
 modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
-op class and its cost (the projection scope's label), like an attention core's. Kernels launched outside every
+op class and its cost (the projection scope's label), like an attention core's. The kernels of a mixture-of-experts
+layer's gate, dispatch and combine are op class ``routing`` (`mmchar.routing`: found from the model's structure,
+as the runner passes it). Kernels launched outside every
 stage belong to the ``host`` stage (latent preparation, guidance arithmetic between model calls;
 docs/conventions.md).
 """
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from mmchar.flops import attention_label_cost, op_cost
+from mmchar.routing import RoutingScope, routing_mask
 from mmchar.schema import BACKWARD_PHASE, BREAKDOWN_COLUMNS, KERNEL_COLUMNS, OUTSIDE_STAGES
 from mmchar.scopes import (ProjectionCall, attention_label_site, attention_site, parse_attention_label,
                            parse_comm_label, parse_projection_label)
@@ -47,13 +51,15 @@ def _scope_of(label: str) -> tuple[str, str, str]:
     return site, path, call.input_dims() if call is not None else ""
 
 
-def attribute(trace: Trace, site_rules: list[tuple[re.Pattern[str], str]] | None = None) -> Attribution:
-    """Classify and place every row of ``trace`` (see module docstring)."""
+def attribute(trace: Trace, site_rules: list[tuple[re.Pattern[str], str]] | None = None,
+              routing: Sequence[RoutingScope] = ()) -> Attribution:
+    """Classify and place every row of ``trace`` (see module docstring); ``routing``: the model's MoE layers."""
     with gc_paused():
-        return _attribute(trace, site_rules or [])
+        return _attribute(trace, site_rules or [], routing)
 
 
-def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attribution:
+def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
+               routing: Sequence[RoutingScope] = ()) -> Attribution:
     ops = trace.ops
     n = len(trace.name)
     stage = [""] * n
@@ -145,6 +151,12 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]]) -> Attrib
                 if s:
                     site[r] = s
                     break
+
+    if routing:  # attention cores, collectives and replaced projections keep the class their scope gave them
+        keep = ("attention", "communication")
+        for r, is_routing in enumerate(routing_mask(module, op_class, routing)):
+            if is_routing and op_class[r] not in keep and not trace.ctx[r].proj:
+                op_class[r] = "routing"
 
     kernels = pd.DataFrame({
         "stage": stage, "step": step, "module_path": module, "op_class": op_class, "phase": phase, "attn_site": site,

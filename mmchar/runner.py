@@ -411,6 +411,10 @@ class _Session:
         experts = _step_components_record(self.timings)
         if experts:  # only where several models ran the steps (Wan 2.2 A14B's two experts)
             meta["step_components"] = experts
+        routing = target.routing_scopes()
+        if routing:  # routed FFNs: their gate, dispatch and combine kernels are op class routing
+            meta["moe_layers"] = {"count": len(routing), "paths": [r.path for r in routing],
+                                  "experts": sorted({e for r in routing for e in r.experts})}
         calls_per_step = self._denoiser_calls_per_step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
         with self._swapped() as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
@@ -440,7 +444,7 @@ class _Session:
             prof.export_chrome_trace(str(full_json))
             del prof
             trace = parse_trace(full_json)
-            self.m.attribution = attribute(trace, target.all_site_rules())
+            self.m.attribution = attribute(trace, target.all_site_rules(), routing)
             if self.options.keep_trace:
                 fd, gz = tempfile.mkstemp(prefix="mmchar-trace-", suffix=".json.gz")
                 os.close(fd)

@@ -20,7 +20,7 @@ STEP_STAGES = ("denoiser", "generator")
 PHASES = ("prefill", "decode", "step")
 # kernels.parquet "phase": the work of a backward pass (a training step's trace, `mmchar analyze`); "" otherwise
 BACKWARD_PHASE = "backward"
-OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "other")
+OP_CLASSES = ("conv", "gemm", "attention", "norm", "elementwise", "memory", "communication", "routing", "other")
 # kernels.parquet "sub_class": what a kernel's time is for within its op class (mmchar/sub_classes.py), "" where no
 # rule names it
 SUB_CLASSES = ("conv3d", "conv2d", "conv1d", "pad", "upsample", "group_norm", "layer_norm", "rms_norm", "norm", "rope",

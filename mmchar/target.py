@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mmchar.routing import RoutingScope, moe_scopes
 from mmchar.schema import PHASES, STAGES, STEP_STAGES
 from mmchar.scopes import SiteRule, compile_site_rules
 
@@ -85,6 +86,18 @@ class Target:
 
     def all_site_rules(self) -> list[tuple[re.Pattern[str], str]]:
         return compile_site_rules(self.site_rules)
+
+    def routing_scopes(self) -> list[RoutingScope]:
+        """The mixture-of-experts layers of every stage root's model (`mmchar.routing`), paths as the trace's
+        module ranges name them (component first)."""
+        scopes: list[RoutingScope] = []
+        seen: set[int] = set()
+        for root in self.stage_roots:
+            comp = getattr(self.pipe, root.component, None)
+            if isinstance(comp, torch.nn.Module) and id(comp) not in seen:
+                seen.add(id(comp))
+                scopes += moe_scopes(comp, root.component)
+        return scopes
 
 
 SCHEDULER_COMPONENT = "scheduler"  # diffusers pipelines keep their scheduler under this name

@@ -4,7 +4,9 @@ Rules are tried in order, first match wins. A rule names an op class and up to t
 (case-insensitive ``re.search``): one on the top-level aten op that launched the kernel, one on the kernel
 name; a rule with both matches only when both do. Attention cores are decided before this table (an
 attention-core scope or an enclosing ``aten::scaled_dot_product_attention``), so what runs inside an
-attention call is ``attention`` whichever backend ran it. Kernels no rule matches are ``other`` and listed.
+attention call is ``attention`` whichever backend ran it; a mixture-of-experts layer's gate, dispatch and combine
+are ``routing``, found from the model's structure after this table (`mmchar.routing`: no kernel name tells a
+router's softmax or gather from any other). Kernels no rule matches are ``other`` and listed.
 
 Backward work is classed by the forward op it differentiates (`forward_op`): the autograd node
 ``autograd::engine::evaluate_function: CudnnBatchNormBackward0`` and the op ``aten::cudnn_batch_norm_backward``

@@ -193,3 +193,21 @@ def test_runs_under_channels_last_or_cuda_graphs_are_not_eager_runs():
     share = f.loc["Share of attention in a video diffusion-transformer denoiser step"]
     assert share["answer"] == "not covered by these runs" and share["runs"] == ""
     assert f.loc["Step speedup of torch.compile over the eager model (default SDPA)", "runs"] == ""
+
+
+def test_the_routing_share_of_a_moe_denoiser_is_asked_of_runs_with_moe_layers(tmp_path):
+    """Only runs that record mixture-of-experts layers answer it; the share is of the step stage's kernel time."""
+    dit = dict(FAMILY, architecture="dit")
+    moe = bd([("denoiser", "gemm", "", 700.0, 0.7, 1, 0, 0), ("denoiser", "routing", "", 100.0, 0.1, 1, 0, 0),
+              ("denoiser", "attention", "joint", 200.0, 0.2, 1, 0, 0), ("decoder", "conv", "", 900.0, 1.0, 1, 0, 0)])
+    dense = bd([("denoiser", "gemm", "", 800.0, 0.8, 1, 0, 0), ("denoiser", "attention", "joint", 200.0, 0.2, 1, 0, 0)])
+    question = ("Share of a routed mixture-of-experts denoiser's step in routing (gate, top-k, token dispatch and "
+                "combine; random weights route as an untrained gate)")
+    write_run(tmp_path / "s", run("d", "cudnn", dit, dense))
+    assert findings(load_runs([tmp_path / "s"])).set_index("question").loc[question, "answer"] == \
+        "not covered by these runs"
+    write_run(tmp_path / "s", run("m", "cudnn", dit, moe, workload="hidream-i1",
+                                  moe_layers={"count": 2, "paths": ["transformer.a.ff", "transformer.b.ff"],
+                                              "experts": ["experts", "shared_experts"]}))
+    row = findings(load_runs([tmp_path / "s"])).set_index("question").loc[question]
+    assert row["answer"] == "10.0%" and row["runs"] == "m"

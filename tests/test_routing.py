@@ -1,0 +1,86 @@
+"""Op class ``routing``: a mixture-of-experts layer's gate, dispatch and combine, found from the model's structure
+(`mmchar.routing`), while the experts' own compute keeps its class."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import mmchar
+from mmchar.routing import RoutingScope, moe_scopes, routing_mask
+
+
+class FusedExperts(nn.Module):
+    """transformers 5's layout: the experts' weights stacked in one module that gathers and scatters tokens."""
+
+    def __init__(self, n: int, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n, d, d))
+
+
+class FusedMoE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(8, 4, bias=False)
+        self.experts = FusedExperts(4, 8)
+
+
+class LlamaMLP(nn.Module):  # a gated FFN, not a mixture: gate_proj but no experts
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+
+
+def _hidream_moe(dim: int = 32) -> nn.Module:
+    from diffusers.models.transformers.transformer_hidream_image import MOEFeedForwardSwiGLU
+
+    return MOEFeedForwardSwiGLU(dim, 64, num_routed_experts=4, num_activated_experts=2)
+
+
+def test_moe_layers_are_found_by_structure_and_nothing_else_is():
+    model = nn.ModuleDict({"ff": _hidream_moe(), "mlp": LlamaMLP(), "fused": FusedMoE(),
+                           "no_gate": nn.ModuleDict({"experts": nn.ModuleList([nn.Linear(8, 8)] * 2)})})
+    scopes = {s.path: s for s in moe_scopes(model, "transformer")}
+    assert set(scopes) == {"transformer.ff", "transformer.fused"}
+    assert set(scopes["transformer.ff"].experts) == {"shared_experts", "experts"}
+    assert scopes["transformer.ff"].containers == ("experts",)
+    assert scopes["transformer.fused"].experts == ("experts",)
+
+
+def test_what_a_scope_holds():
+    s = RoutingScope("t.ff", ("shared_experts", "experts"), ("experts",))
+    assert s.holds("t.ff", "memory") and s.holds("t.ff", "elementwise")  # dispatch and combine in its forward
+    assert s.holds("t.ff.gate", "gemm") and s.holds("t.ff.gate", "elementwise")  # the gate's logits and top-k
+    assert not s.holds("t.ff.experts.2.w1", "gemm") and not s.holds("t.ff.experts.2", "memory")
+    assert not s.holds("t.ff.shared_experts.w2", "gemm") and not s.holds("t.ff.shared_experts", "memory")
+    assert s.holds("t.ff.experts", "memory") and not s.holds("t.ff.experts", "gemm")  # a fused container's copies
+    assert not s.holds("t.ff2", "memory") and not s.holds("t", "memory") and not s.holds("", "memory")
+    assert routing_mask(["t.ff.gate", "t.ff.experts.0", "", "t.ff"], ["gemm"] * 4, [s]) == [True, False, False, True]
+    assert routing_mask(["t.ff"], ["gemm"], []) == [False]
+
+
+def test_a_profiled_moe_layer_splits_routing_from_its_experts(tmp_path):
+    """HiDream-I1's routed FFN in place of one SD 1.5 UNet feed-forward, profiled on the CPU through the API: the
+    gate's linear, softmax and top-k and the layer's sort, count, gathers and scatter are routing; every expert's
+    linear stays gemm; the run records the layer."""
+    from mmchar.workloads import get_workload
+
+    w = get_workload("sd15")
+    pipe = w.build(w.resolve("tiny", device="cpu")).pipe
+    block = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    block.ff = _hidream_moe(block.ff.net[-1].out_features).eval()
+    path = "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff"
+    run = mmchar.profile(pipe, prompt="a cat", num_inference_steps=2, store=tmp_path, repeat=1, height=64, width=64)
+    assert run.status == "ok"
+    assert run.meta["moe_layers"] == {"count": 1, "paths": [path], "experts": ["experts", "shared_experts"]}
+    k = run.kernels
+    mine = k[k["module_path"].astype(str).str.startswith(path + ".") | (k["module_path"].astype(str) == path)]
+    routing = mine[mine["op_class"].astype(str) == "routing"]
+    ops = set(routing["aten_op"].astype(str))
+    assert {"aten::linear", "aten::topk", "aten::argsort", "aten::bincount", "aten::scatter_reduce_"} <= ops, ops
+    assert (routing["stage"].astype(str) == "denoiser").all()
+    experts = mine[mine["module_path"].astype(str).str.contains(r"\.(?:shared_)?experts\b")]
+    assert not experts.empty and (experts["op_class"].astype(str) != "routing").all()
+    assert set(experts.loc[experts["aten_op"].astype(str) == "aten::linear", "op_class"].astype(str)) == {"gemm"}
+    assert (k.loc[~k.index.isin(mine.index), "op_class"].astype(str) != "routing").all()  # nothing else
+    assert "routing" in set(run.breakdown["op_class"].astype(str))
