@@ -13,6 +13,7 @@ from mmchar.store import Run
 from .advise import advice_table
 from .communication import communication_table, sequence_parallel_table
 from .decoder import decoder_table
+from .experts import experts_table
 from .launch import launch_table
 from .mechanisms import mechanisms_table
 from .modules import module_tree
@@ -43,6 +44,7 @@ TABLES: dict[str, Table] = {
     "modules": module_tree,                         # one step's kernel time up the module hierarchy
     "decoder": decoder_table,                       # the decoder's share of e2e and its time by sub-class
     "step_structure": step_structure_table,         # who ran each step (experts) and how guidance reached it
+    "experts": experts_table,                       # routed MoE layers: routing vs each expert vs the shared one
     "communication": communication_table,           # collectives' time, payload and overlap with compute
     "sequence_parallel": sequence_parallel_table,   # step latency over 1, 2, 4 ... GPUs: speedup, efficiency
     "advice": advice_table,                         # optimisation opportunities, ranked by projected step saving

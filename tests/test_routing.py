@@ -84,3 +84,15 @@ def test_a_profiled_moe_layer_splits_routing_from_its_experts(tmp_path):
     assert set(experts.loc[experts["aten_op"].astype(str) == "aten::linear", "op_class"].astype(str)) == {"gemm"}
     assert (k.loc[~k.index.isin(mine.index), "op_class"].astype(str) != "routing").all()  # nothing else
     assert "routing" in set(run.breakdown["op_class"].astype(str))
+
+    from mmchar.analysis import TABLES
+
+    table = TABLES["experts"]([run])
+    parts = list(table["part"])
+    assert parts[0] == "routing" and parts[-1] == "shared" and set(parts[1:-1]) <= {f"expert {i}" for i in range(4)}
+    assert len(parts) >= 4  # top-2 of 4 experts over a 64-token image: at least two routed experts ran
+    assert abs(table["share"].sum() - 1) < 1e-9 and (table["moe_layers"] == 1).all()
+    routed = table[table["part"].str.startswith("expert ")]
+    assert abs(routed["load_vs_mean"].mean() - 1) < 1e-9 and table.loc[table["part"] == "routing", "load_vs_mean"].isna().all()
+    assert abs(table["time_us"].sum() - mine.loc[mine["stage"].astype(str) == "denoiser", "dur_us"].sum()) < 1e-6
+    assert TABLES["experts"]([mmchar.load_run(run.path)]).equals(table)  # the stored run gives the same table
