@@ -114,6 +114,30 @@ def _advised_run(run_id="sd15-flash-advised", backend="flash", step_ms=40.0, bus
     return r
 
 
+def _moe_run(run_id="hidream-flash", step_ms=60.0):
+    """A run with routed mixture-of-experts layers (two layers of two routed experts and a shared one): its
+    step-stage kernels under the layers carry routing, expert and shared parts."""
+    r = _make_run(run_id, "flash", workload="hidream-i1", step_ms=step_ms)
+    layers = ["transformer.blocks.0.ff", "transformer.blocks.1.ff"]
+    r.meta["moe_layers"] = {"count": 2, "paths": layers, "experts": ["experts", "shared_experts"]}
+    rows = [(f"{p}{sub}", cls, dur) for p in layers
+            for sub, cls, dur in ((".gate", "routing", 5.0), ("", "routing", 7.0), (".experts.0.w1", "gemm", 40.0),
+                                  (".experts.1.w1", "gemm", 30.0), (".shared_experts.w1", "gemm", 20.0))]
+    moe = pd.DataFrame({
+        "stage": "denoiser", "step": np.zeros(len(rows), dtype="int32"), "module_path": [m for m, _, _ in rows],
+        "op_class": [c for _, c, _ in rows], "attn_site": "", "aten_op": "aten::linear", "launch_op": "aten::linear",
+        "kernel": "k", "ts_us": np.arange(len(rows), dtype=float) + 10, "dur_us": [d for _, _, d in rows],
+        "input_shapes": "", "flops": 1e9, "bytes": 1e6})
+    r.kernels = pd.concat([r.kernels, moe], ignore_index=True)
+    return r
+
+
+@pytest.fixture
+def moe_run():
+    """The factory of runs with MoE layers (`_moe_run`)."""
+    return _moe_run
+
+
 @pytest.fixture
 def advised_run():
     """The factory of runs with a step record the advice projects from (`_advised_run`)."""
@@ -122,11 +146,11 @@ def advised_run():
 
 @pytest.fixture
 def every_view_runs(tmp_path):
-    """The standard runs plus a sequence-parallel one (2 GPUs), a projection backend's run (fp8) and a run with a
-    recorded step (the advice): a set for which every dashboard view has data."""
+    """The standard runs plus a sequence-parallel one (2 GPUs), a projection backend's run (fp8), a run with a
+    recorded step (the advice) and one with MoE layers: a set for which every dashboard view has data."""
     store = tmp_path / "every-view"
     for run in [*_standard_runs(), _make_run("sd15-flash-2gpu", "flash", step_ms=25.0, gpus=2), _projection_run(),
-                _advised_run(height=768)]:
+                _advised_run(height=768), _moe_run()]:
         write_run(store, run)
     return load_runs([store])
 
