@@ -18,8 +18,12 @@ $(VENV)/.deps: pyproject.toml
 install: $(VENV)/.deps
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
 
+# Two workers (pytest-xdist): CI's two cores. Much of the suite waits on subprocesses and imports; a test that
+# judges the host's load holds it alone (tests/conftest.py: WorkerShare). JOBS=0 runs one process.
+JOBS ?= 2
+
 test: install
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(JOBS) tests
 
 demo: install
 	rm -rf $(DEMO)

@@ -1,5 +1,5 @@
 """Shared fixtures. GPU tests carry the ``gpu`` marker and skip without CUDA; under ``pytest -n N``
-(pytest-xdist) the workers share the GPU through `GpuShare`."""
+(pytest-xdist) the workers share the GPU and the host's cores through `WorkerShare`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
@@ -36,17 +36,21 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-class GpuShare:
-    """One GPU shared by the workers of ``pytest -m gpu -n N``: compiling kernels is most of the GPU suite's time
-    and runs on the host's cores in parallel, but the tests' memory adds up on one card. Each GPU test holds the
-    card shared; a test marked ``gpu_alone`` (large fp32 references, the noise guard) holds it alone, and a test
-    that ran out of memory beside the others runs once more alone. A writer-preferring readers-writer lock from
-    two ``flock``ed files (Linux grants new shared locks while an exclusive one waits, so a sharer passes a gate
-    first, which a test waiting to be alone holds). Each worker leaves its pid in the folder: the processes a
-    test may see on the card besides its own."""
+class WorkerShare:
+    """One resource shared by the workers of ``pytest -n N``: the GPU (``pytest -m gpu -n 8``: compiling kernels is
+    most of the GPU suite's time and runs on the host's cores in parallel, but the tests' memory adds up on one
+    card) or the host's cores (``make test`` runs two workers: a test that judges the other processes' CPU use,
+    the noise guard's, is the one thing that cannot share them). Each test holds the resource shared; a test
+    marked ``gpu_alone`` (large fp32 references, the noise guard on the card) or ``host_alone`` holds it alone,
+    and a GPU test that ran out of memory beside the others runs once more alone. A writer-preferring
+    readers-writer lock from two ``flock``ed files (Linux grants new shared locks while an exclusive one waits, so a
+    sharer passes a gate first, which a test waiting to be alone holds). Each worker leaves its pid in the folder:
+    the processes a test may see on the card besides its own."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, on_release: Callable[[], None] | None = None) -> None:
+        """``on_release``: run by a sharer before it lets go (the GPU's: leave nothing cached on the card)."""
         self.folder = folder
+        self.on_release = on_release
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"worker-{os.getpid()}").touch()
 
@@ -61,9 +65,9 @@ class GpuShare:
             fcntl.flock(gate, fcntl.LOCK_UN)
             try:
                 yield
-            finally:  # leave nothing cached on the card for a test that needs it alone
-                gc.collect()
-                torch.cuda.empty_cache()
+            finally:
+                if self.on_release is not None:
+                    self.on_release()
                 fcntl.flock(card, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
@@ -81,24 +85,48 @@ class GpuShare:
         return {int(p.name.split("-", 1)[1]) for p in self.folder.glob("worker-*")}
 
 
-_SHARE: GpuShare | None = None
+def _empty_the_card() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
-def gpu_share() -> GpuShare | None:
-    """The session's GpuShare under pytest-xdist with a GPU; None in a single process (nothing to share)."""
-    global _SHARE
+_SHARES: dict[str, WorkerShare] = {}
+
+
+def _share(resource: str, on_release: Callable[[], None] | None = None) -> WorkerShare | None:
     uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if _SHARE is None and uid and torch.cuda.is_available():
-        _SHARE = GpuShare(Path(tempfile.gettempdir()) / f"mmchar-gpu-{uid}")
-    return _SHARE
+    if not uid:
+        return None  # a single process: nothing to share
+    if resource not in _SHARES:
+        _SHARES[resource] = WorkerShare(Path(tempfile.gettempdir()) / f"mmchar-{resource}-{uid}", on_release)
+    return _SHARES[resource]
+
+
+def gpu_share() -> WorkerShare | None:
+    """The session's share of the GPU under pytest-xdist with a GPU; None in a single process or without one."""
+    return _share("gpu", _empty_the_card) if torch.cuda.is_available() else None
+
+
+def host_share() -> WorkerShare | None:
+    """The session's share of the host's cores under pytest-xdist; None in a single process."""
+    return _share("host")
 
 
 def pytest_sessionstart(session):
     gpu_share()  # every worker leaves its pid before any test looks at the card
+    host_share()
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)  # innermost wrapper: a retry runs inside output capture
 def pytest_runtest_call(item):
+    host = host_share()
+    hold = (contextlib.nullcontext() if host is None else host.alone() if "host_alone" in item.keywords
+            else host.shared())
+    with hold:  # the host before the card, in every test: no two tests wait on each other's
+        return (yield from _on_the_card(item))
+
+
+def _on_the_card(item):
     share = gpu_share()
     if share is None or "gpu" not in item.keywords:
         return (yield)

@@ -101,6 +101,7 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@pytest.mark.host_alone  # its busy loops must get their cores: no other test's processes beside them
 @pytest.mark.skipif(not Path("/proc/self/stat").exists() or _cpus() < 2, reason="reads /proc, needs 2 CPUs")
 def test_probe_measures_other_processes_cpu_over_its_window():
     """A competitor still running at the end is named; one that ended inside the window still counts."""
