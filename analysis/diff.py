@@ -22,7 +22,7 @@ from mmchar.errors import InvalidParameterError
 from mmchar.schema import STEP_STAGES
 from mmchar.store import Run
 
-from .tables import run_labels, work_fields, work_key
+from .tables import profiled_steps, run_labels, work_fields, work_key
 
 DIFF_COLUMNS = ("pair", "run_a", "run_b", "level", "stage", "key", "unit", "a", "b", "change_pct", "spread_a",
                 "spread_b")
@@ -134,15 +134,11 @@ def _pct(a: float, b: float) -> float:
     return (b - a) / a * 100.0 if a else float("nan")
 
 
-def _profiled_steps(run: Run) -> int:
-    return max(int((run.meta.get("passes") or {}).get("profile_steps") or 1), 1)
-
-
 def _times(run: Run, frame: pd.DataFrame | None, key: str, col: str) -> dict[tuple[str, str], float]:
     """Time per (stage, ``key``): per profiled step for step stages, per generation for the others."""
     if frame is None or frame.empty:
         return {}
-    steps = _profiled_steps(run)
+    steps = profiled_steps(run)
     per = frame.groupby(["stage", key], observed=True)[col].sum()
     return {(str(s), str(x)): float(t) / (steps if s in STEP_STAGES else 1) for (s, x), t in per.items() if str(x)}
 

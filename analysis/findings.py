@@ -287,11 +287,14 @@ def _expert_row(runs: Sequence[Run]) -> dict:
 
 
 def _routing_shares(runs: Sequence[Run]) -> list[tuple[float, str]]:
-    """Each run with routed mixture-of-experts layers (``meta["moe_layers"]``): its ``routing`` kernels' share of the
-    step stage's kernel time (gate, token dispatch and combine beside the experts' compute)."""
+    """Each run with routed mixture-of-experts layers in a step stage (``meta["moe_layers"]``; a compiled denoiser
+    records none: no module ranges to place its kernels in): its ``routing`` kernels' share of the step stage's
+    kernel time (gate, token dispatch and combine beside the experts' compute)."""
     values = []
     for r in runs:
-        if not (r.meta.get("moe_layers") or {}).get("count") or r.breakdown.empty:
+        moe = r.meta.get("moe_layers") or {}
+        stages = moe.get("stages") or [""] * int(moe.get("count") or 0)
+        if not any(st in STEP_STAGES or not st for st in stages) or r.breakdown.empty:
             continue
         b = r.breakdown[r.breakdown["stage"].astype(str).isin(STEP_STAGES)]
         total = float(b["time_us"].sum())

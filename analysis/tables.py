@@ -206,6 +206,12 @@ def with_kernels(runs: Sequence[Run]) -> Iterator[tuple[Run, pd.DataFrame]]:
             yield run, with_added_columns(k)
 
 
+def profiled_steps(run: Run) -> int:
+    """The steps of the full profile (``passes.profile_steps``; 1 where a run does not say): a step stage's kernel
+    time in ``kernels.parquet`` over this is its time per step."""
+    return max(int((run.meta.get("passes") or {}).get("profile_steps") or 1), 1)
+
+
 def _has_rows(run: Run) -> bool:
     return run.status == "ok" and len(run.breakdown) > 0
 

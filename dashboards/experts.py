@@ -14,7 +14,9 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .palette import MENU_POSITION, op_class_color, style
+from mmchar.analysis.experts import part_order
+
+from .palette import FALLBACK_COLOR, MENU_POSITION, op_class_color, style
 from .view import View
 
 NO_RUNS = "no run has mixture-of-experts layers"
@@ -25,9 +27,9 @@ EXPERT_COLORS = ("#1f77b4", "#4c93c8", "#79aedb", "#a6c9ee", "#2a5d8f", "#5b86b0
 def _color(part: str, index: int) -> str:
     if part == "routing":
         return op_class_color("routing")
-    if part.startswith("expert"):
+    if part.startswith("expert"):  # the routed experts one by one, or a fused container's
         return EXPERT_COLORS[index % len(EXPERT_COLORS)]
-    return SHARED_COLOR
+    return SHARED_COLOR if part == "shared" else FALLBACK_COLOR
 
 
 def experts_figure(table: pd.DataFrame) -> go.Figure:
@@ -47,21 +49,21 @@ def experts_figure(table: pd.DataFrame) -> go.Figure:
     runs = list(dict.fromkeys(table["label"]))
     ms, shares = [], []
     experts = 0
-    for part in dict.fromkeys(table["part"]):
-        rows = table[table["part"] == part].set_index("label").reindex([r for r in runs if r in
-                                                                         set(table.loc[table["part"] == part,
-                                                                                       "label"])])
+    for part in sorted(dict.fromkeys(table["part"]), key=part_order):  # one stacking order for every run
+        rows = table[table["part"] == part].set_index("label")
         ms.append([float(v) for v in rows["ms_per_step"]])
         shares.append([float(v) for v in rows["share"]])
-        load = ["" if v != v else f"<br>{v:.2f}x the routed experts' mean" for v in rows["load_vs_mean"].astype(float)]
+        load = ["" if v != v else f"<br>{v:.2f}x the routed experts' mean"
+                for v in rows["load_vs_mean"].astype(float)]
+        tail = (f"<br>{part}: %{{customdata[5]:.2f}} ms per step, %{{customdata[0]:.1%}} of the MoE layers' time "
+                "(%{customdata[4]} layers)%{customdata[3]}<br>%{customdata[1]} kernels<br>%{customdata[2]}"
+                "<extra></extra>")
         fig.add_trace(go.Bar(
             y=list(rows.index), x=rows["ms_per_step"], orientation="h", name=part,
             marker_color=_color(part, experts),
             customdata=list(zip(rows["share"], rows["calls"].astype(int), rows["run_id"], load,
-                                rows["moe_layers"].astype(int))),
-            hovertemplate=f"%{{y}}<br>{part}: %{{x:.2f}} ms per step, %{{customdata[0]:.1%}} of the MoE layers' "
-                          "time (%{customdata[4]} layers)%{customdata[3]}<br>%{customdata[1]} kernels"
-                          "<br>%{customdata[2]}<extra></extra>"))
+                                rows["moe_layers"].astype(int), rows["ms_per_step"])),
+            hovertemplate="%{y}" + tail))
         experts += part.startswith("expert")
     buttons = [{"label": "ms per step", "method": "update",
                 "args": [{"x": ms}, {"xaxis.title.text": "ms of kernel time per profiled step", "xaxis.tickformat": "",

@@ -23,7 +23,7 @@ OP_CLASS_COLORS: dict[str, str] = dict(zip(OP_CLASSES, (
     "#54a24b",  # elementwise
     "#eeca3b",  # memory
     "#b279a2",  # communication
-    "#ff9da6",  # routing
+    "#d67195",  # routing
     "#9d9da0",  # other
 )))
 ATTN_SITE_COLORS: dict[str, str] = dict(zip(ATTN_SITES, (

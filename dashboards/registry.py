@@ -10,6 +10,6 @@ from .view import View
 
 VIEWS: tuple[View, ...] = (
     op_classes.VIEW, stage_times.VIEW, attention_sites.VIEW, top_kernels.VIEW, busy_idle.VIEW, comparison.VIEW,
-    mechanisms.VIEW, projections.VIEW, modules.VIEW, step_structure.VIEW, decoder.VIEW, experts.VIEW, sequence.VIEW, scaling.VIEW,
-    timeline.VIEW, multi_gpu.VIEW, roofline.VIEW, advice.VIEW,
+    mechanisms.VIEW, projections.VIEW, modules.VIEW, step_structure.VIEW, decoder.VIEW, experts.VIEW, sequence.VIEW,
+    scaling.VIEW, timeline.VIEW, multi_gpu.VIEW, roofline.VIEW, advice.VIEW,
 )

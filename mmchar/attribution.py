@@ -7,9 +7,8 @@ pass, classed by the forward op it differentiates) and, for attention and for th
 modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
 op class and its cost (the projection scope's label), like an attention core's. The kernels of a mixture-of-experts
 layer's gate, dispatch and combine are op class ``routing`` (`mmchar.routing`: found from the model's structure,
-as the runner passes it). Kernels launched outside every
-stage belong to the ``host`` stage (latent preparation, guidance arithmetic between model calls;
-docs/conventions.md).
+which the runner passes). Kernels launched outside every stage belong to the ``host`` stage (latent preparation,
+guidance arithmetic between model calls; docs/conventions.md).
 """
 
 from __future__ import annotations

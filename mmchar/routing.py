@@ -8,15 +8,19 @@ found by structure instead, as attention cores are by scope: a *MoE module* is o
 experts (``experts``, or a module list named ``...experts``) and a gate (a child named for ``gate`` or ``router``).
 Its routing work is
 
-- every kernel whose innermost module is the MoE module itself (dispatch and combine are written in its forward)
-  or lies under one of its children that holds no expert (the gate or router, a shared expert's gate);
-- the copies (op class ``memory``: gathers, index and scatter) whose innermost module is an experts container
-  itself: fused expert implementations (transformers 5's ``MixtralExperts``) gather and scatter tokens in their
-  own forward, beside the expert GEMMs, which stay ``gemm``.
+- every kernel under a gate child (the gate or router, a shared expert's gate);
+- every kernel whose innermost module is the MoE module itself (dispatch and combine are written in its forward),
+  where all its children are gates and experts: a layer that also holds attention, a dense MLP or norms beside its
+  router and experts (Gemma 4's decoder layer) holds a MoE rather than being one, and its own forward keeps its
+  classes;
+- the copies (op class ``memory``: gathers, index and scatter) whose innermost module is a fused experts container
+  itself: fused implementations (transformers 5's ``MixtralExperts``) gather and scatter tokens in their own
+  forward, beside the expert GEMMs, which stay ``gemm``.
 
-The experts' own compute (under ``experts.<i>`` or a shared expert) keeps its class: the study asks what routing
-costs beside it. Random weights route tokens as an untrained gate does (near-uniform load), so routing's share and
-the experts' token balance are valid for the structure, not the trained model's data-dependent balance.
+Everything else under the layer keeps its class: the experts' compute (``experts.<i>``, a fused container's GEMMs,
+a shared expert) and any child that is neither a gate nor an expert (a latent projection, a norm). Random weights
+route tokens as an untrained gate does (near-uniform load), so routing's share and the experts' token balance are
+valid for the structure, not the trained model's data-dependent balance.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # the read side (attribution of stored traces, analyses) runs without torch
+    import torch
 
 _EXPERTS = re.compile(r"experts$", re.IGNORECASE)
 _GATE = re.compile(r"gate|router", re.IGNORECASE)
@@ -34,45 +40,57 @@ _EXPERT_CHILD = re.compile(r"expert", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class RoutingScope:
-    """One MoE module (dotted path, with its component's name first, as the trace's module ranges name it) and
-    the names of its children that hold experts (their compute is not routing)."""
+    """One MoE module: its dotted path (component first, as the trace's module ranges name it), the stage its
+    component runs in, and its children by role (see the module docstring)."""
 
     path: str
-    experts: tuple[str, ...]
-    containers: tuple[str, ...]  # children named ``...experts``: their own forward's copies are dispatch
+    stage: str
+    gates: tuple[str, ...]
+    experts: tuple[str, ...]  # every child holding experts: the routed ones' containers and shared experts
+    containers: dict[str, str]  # the routed experts' children: "list" (one module per expert) or "fused"
+    pure: bool  # every child a gate or an expert: the module's own forward is dispatch and combine
 
     def holds(self, module_path: str, op_class: str) -> bool:
         """Whether a kernel of ``op_class`` whose innermost module is ``module_path`` is this layer's routing."""
         if module_path == self.path:
-            return True
+            return self.pure
         if not module_path.startswith(self.path + "."):
             return False
         child, _, rest = module_path[len(self.path) + 1:].partition(".")
-        if child not in self.experts:
+        if child in self.gates:
             return True
-        return not rest and child in self.containers and op_class == "memory"
+        return not rest and self.containers.get(child) == "fused" and op_class == "memory"
+
+
+def _module_lists() -> tuple[type, ...]:
+    from torch import nn
+
+    return (nn.ModuleList, nn.ModuleDict)
 
 
 def _is_container(name: str, child: torch.nn.Module) -> bool:
     """The child that holds the routed experts: ``experts`` (a list of expert modules, or one fused module), or a
     list of modules whose name ends in ``experts`` (``local_experts``); a shared expert is one module, not this."""
     return name.lower() == "experts" or (bool(_EXPERTS.search(name)) and not _GATE.search(name)
-                                         and isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)))
+                                         and isinstance(child, _module_lists()))
 
 
 def _is_expert_child(name: str) -> bool:
     return bool(_EXPERT_CHILD.search(name)) and not _GATE.search(name)
 
 
-def moe_scopes(model: torch.nn.Module, prefix: str) -> list[RoutingScope]:
+def moe_scopes(model: torch.nn.Module, prefix: str, stage: str) -> list[RoutingScope]:
     """The MoE modules of ``model`` (see the module docstring), paths prefixed with ``prefix``."""
     scopes = []
     for path, module in model.named_modules(prefix=prefix):
         children = dict(module.named_children())
-        names = list(children)
-        containers = tuple(n for n in names if _is_container(n, children[n]))
-        if containers and any(_GATE.search(n) for n in names):
-            scopes.append(RoutingScope(path, tuple(n for n in names if _is_expert_child(n)), containers))
+        containers = {n: "list" if isinstance(c, _module_lists()) else "fused"
+                      for n, c in children.items() if _is_container(n, c)}
+        gates = tuple(n for n in children if _GATE.search(n))
+        if containers and gates:
+            experts = tuple(n for n in children if _is_expert_child(n))
+            scopes.append(RoutingScope(path, stage, gates, experts, containers,
+                                       pure=set(children) <= set(gates) | set(experts)))
     return scopes
 
 
@@ -89,3 +107,14 @@ def routing_mask(module_paths: Sequence[str], op_classes: Sequence[str], scopes:
             memo[key] = bool(path) and any(s.holds(path, cls) for s in scopes)
         out.append(memo[key])
     return out
+
+
+def moe_layers_record(scopes: Sequence[RoutingScope]) -> dict[str, Any]:
+    """meta.json ``moe_layers``: each layer's path and stage, and the children by role (one model's layers share
+    their structure: the union is recorded)."""
+    containers: dict[str, str] = {}
+    for s in scopes:
+        containers.update(s.containers)
+    return {"count": len(scopes), "paths": [s.path for s in scopes], "stages": [s.stage for s in scopes],
+            "gates": sorted({g for s in scopes for g in s.gates}),
+            "experts": sorted({e for s in scopes for e in s.experts}), "containers": dict(sorted(containers.items()))}

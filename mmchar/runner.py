@@ -38,6 +38,7 @@ from mmchar.instrument import GenerationTiming, ModuleAnnotator, StageTimer
 from mmchar.intervals import covered
 from mmchar.linear_swap import LinearSwap
 from mmchar.projections import DEFAULT_LINEAR_BACKEND, LINEAR_SCOPES, get_projection_backend
+from mmchar.routing import moe_layers_record
 from mmchar.schema import OUTSIDE_STAGES, SCHEMA_VERSION, STEP_STAGES, step_key
 from mmchar.store import Run, unique_run_id, write_run
 from mmchar.swap import measure_dispatch_overhead_us, swap_attention
@@ -411,10 +412,13 @@ class _Session:
         experts = _step_components_record(self.timings)
         if experts:  # only where several models ran the steps (Wan 2.2 A14B's two experts)
             meta["step_components"] = experts
-        routing = target.routing_scopes()
+        # compiled components get no module ranges in the full profile (new hooks would re-guard and recompile
+        # their graphs inside it), nor do graph replays (no module forwards); the eager ones keep theirs
+        skip = tuple((meta.get("compile") or {}).get("components", ())) + tuple(
+            (meta.get("cuda_graphs") or {}).get("components", ()))
+        routing = target.routing_scopes(skip)
         if routing:  # routed FFNs: their gate, dispatch and combine kernels are op class routing
-            meta["moe_layers"] = {"count": len(routing), "paths": [r.path for r in routing],
-                                  "experts": sorted({e for r in routing for e in r.experts})}
+            meta["moe_layers"] = moe_layers_record(routing)
         calls_per_step = self._denoiser_calls_per_step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if target.device.type == "cuda" else [])
         with self._swapped() as swap, tempfile.TemporaryDirectory(prefix="mmchar-") as tmp:
@@ -432,10 +436,6 @@ class _Session:
             swap.annotate = self.linear.state.annotate = True
             try:
                 t0 = time.perf_counter()
-                # compiled components get no module ranges (new hooks would re-guard and recompile their graphs
-                # inside the profile); the eager ones keep theirs
-                skip = tuple((self.meta.get("compile") or {}).get("components", ())) + tuple(
-                    (self.meta.get("cuda_graphs") or {}).get("components", ()))  # graph replays: no module forwards
                 with ModuleAnnotator(target, skip=skip), _profiler(activities, record_shapes=True) as prof:
                     _timed_generation(target, psteps, self._align, annotate=True)
                 full_wall = (time.perf_counter() - t0) * 1e3

@@ -87,16 +87,17 @@ class Target:
     def all_site_rules(self) -> list[tuple[re.Pattern[str], str]]:
         return compile_site_rules(self.site_rules)
 
-    def routing_scopes(self) -> list[RoutingScope]:
+    def routing_scopes(self, skip: tuple[str, ...] = ()) -> list[RoutingScope]:
         """The mixture-of-experts layers of every stage root's model (`mmchar.routing`), paths as the trace's
-        module ranges name them (component first)."""
+        module ranges name them (component first); ``skip``: components the profile leaves without module ranges
+        (compiled, graph replays), where no kernel could be placed in a layer."""
         scopes: list[RoutingScope] = []
         seen: set[int] = set()
         for root in self.stage_roots:
-            comp = getattr(self.pipe, root.component, None)
-            if isinstance(comp, torch.nn.Module) and id(comp) not in seen:
+            comp = self.component(root.component)
+            if root.component not in skip and isinstance(comp, torch.nn.Module) and id(comp) not in seen:
                 seen.add(id(comp))
-                scopes += moe_scopes(comp, root.component)
+                scopes += moe_scopes(comp, root.component, root.stage)
         return scopes
 
 

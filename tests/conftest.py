@@ -117,16 +117,18 @@ def pytest_sessionstart(session):
     host_share()
 
 
-@pytest.hookimpl(wrapper=True, trylast=True)  # innermost wrapper: a retry runs inside output capture
-def pytest_runtest_call(item):
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The host's share around the whole test, set-up and teardown included (module fixtures that profile)."""
     host = host_share()
     hold = (contextlib.nullcontext() if host is None else host.alone() if "host_alone" in item.keywords
             else host.shared())
     with hold:  # the host before the card, in every test: no two tests wait on each other's
-        return (yield from _on_the_card(item))
+        return (yield)
 
 
-def _on_the_card(item):
+@pytest.hookimpl(wrapper=True, trylast=True)  # innermost wrapper: a retry runs inside output capture
+def pytest_runtest_call(item):
     share = gpu_share()
     if share is None or "gpu" not in item.keywords:
         return (yield)

@@ -119,7 +119,8 @@ def _moe_run(run_id="hidream-flash", step_ms=60.0):
     step-stage kernels under the layers carry routing, expert and shared parts."""
     r = _make_run(run_id, "flash", workload="hidream-i1", step_ms=step_ms)
     layers = ["transformer.blocks.0.ff", "transformer.blocks.1.ff"]
-    r.meta["moe_layers"] = {"count": 2, "paths": layers, "experts": ["experts", "shared_experts"]}
+    r.meta["moe_layers"] = {"count": 2, "paths": layers, "stages": ["denoiser"] * 2, "gates": ["gate"],
+                            "experts": ["experts", "shared_experts"], "containers": {"experts": "list"}}
     rows = [(f"{p}{sub}", cls, dur) for p in layers
             for sub, cls, dur in ((".gate", "routing", 5.0), ("", "routing", 7.0), (".experts.0.w1", "gemm", 40.0),
                                   (".experts.1.w1", "gemm", 30.0), (".shared_experts.w1", "gemm", 20.0))]
@@ -129,6 +130,8 @@ def _moe_run(run_id="hidream-flash", step_ms=60.0):
         "kernel": "k", "ts_us": np.arange(len(rows), dtype=float) + 10, "dur_us": [d for _, _, d in rows],
         "input_shapes": "", "flops": 1e9, "bytes": 1e6})
     r.kernels = pd.concat([r.kernels, moe], ignore_index=True)
+    r.breakdown = pd.concat([r.breakdown, pd.DataFrame([("denoiser", "routing", "", 24.0, 0.02, 4)],
+                                                       columns=r.breakdown.columns)], ignore_index=True)
     return r
 
 

@@ -35,6 +35,14 @@ def test_tiny_preset_profiles_end_to_end(name, tmp_path, capsys):
     assert set(w.stages) | {"host"} <= set(meta["timings"]), f"{name}: stages {sorted(meta['timings'])}"
     step = "generator_step" if "generator" in w.stages else "denoiser_step"
     assert meta["timings"][step]["n"] == 2
+    # routed mixture-of-experts FFNs (HiDream-I1's image stream: every dual- and single-stream block) and only there
+    moe = meta.get("moe_layers")
+    if name == "hidream-i1":
+        model = meta["config"]["models"]["transformer"]
+        assert moe["count"] == model["num_layers"] + model["num_single_layers"] and set(moe["stages"]) == {"denoiser"}
+        assert moe["containers"] == {"experts": "list"} and moe["gates"] == ["gate"]
+    else:
+        assert moe is None, f"{name}: MoE layers found in a dense model: {moe}"
     # the configuration the run records is the one a sweep plans: building must not change it (a transformers
     # config filling a nested dict did, and the sweep took Qwen-Image's finished run for a missing one)
     planned = sweep_plan(name, {}, ["sdpa"], tmp_path / "plan", preset="tiny", fixed={"steps": 2})
