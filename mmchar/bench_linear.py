@@ -38,7 +38,7 @@ AGREEMENT = 0.99  # a backend's output cosine against its fp32 reference below t
 SWEEP_TOKENS = tuple(1024 << i for i in range(7))  # 1k ... 64k
 SWEEP_WIDTHS = (1536, 3072)
 CHECK_ROWS = 128  # rows of the output compared against the fp32 reference
-_CACHE_VERSION = 1  # bump when `token_counts` changes: the cached shapes are derived by it
+_CACHE_VERSION = 2  # bump when `token_counts` changes: the cached shapes are derived by it
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class _Layer:
     width: int | None = None
     cross_kv: bool = False
     level: int | None = None
+    routed: float = 1.0  # a routed expert's layer: the share of its block's tokens it sees (top-k / experts)
 
 
 def _attention_width(module: nn.Module) -> int | None:
@@ -108,13 +109,15 @@ def model_layers(model: nn.Module) -> list[_Layer]:
     modules = dict(model.named_modules())
     attn = {p: m for p, m in modules.items() if p and is_attention_module(m)}
     unet = hasattr(model, "down_blocks") and hasattr(model, "up_blocks")
+    routed = _routed_shares(model)
     out = []
     for path, layer in modules.items():
         if not isinstance(layer, nn.Linear):
             continue
         parts = path.split(".")
         entry = _Layer(linear_role(path, modules), layer.in_features, layer.out_features,
-                       level=_unet_level(parts, model) if unet else None)
+                       level=_unet_level(parts, model) if unet else None,
+                       routed=next((f for prefix, f in routed.items() if path.startswith(prefix)), 1.0))
         for i in range(len(parts) - 1, 0, -1):  # the model's root holds every attention: not a block
             anc = ".".join(parts[:i])
             inside = {_attention_width(m) for p, m in attn.items() if p == anc or p.startswith(anc + ".")}
@@ -126,6 +129,28 @@ def model_layers(model: nn.Module) -> list[_Layer]:
             entry.cross_kv = any(getattr(parent, n, None) is layer for n in ("to_k", "to_v", "add_k_proj", "add_v_proj"))
         out.append(entry)
     return out
+
+
+_TOP_K = ("num_activated_experts", "top_k", "num_experts_per_tok")
+
+
+def _routed_shares(model: nn.Module) -> dict[str, float]:
+    """Per routed experts' container (``"<moe path>.experts."``), the share of its layer's tokens each expert sees:
+    top-k over the number of experts, the expectation of an even load (what a random gate gives; `mmchar.routing`
+    finds the layers). A layer whose top-k is not an attribute of the MoE module or its gate counts every token."""
+    from mmchar.routing import moe_scopes
+
+    modules = dict(model.named_modules())
+    shares = {}
+    for scope in moe_scopes(model, "", ""):
+        moe = modules[scope.path]
+        holders = [moe, *(getattr(moe, g) for g in scope.gates)]
+        k = next((v for h in holders for a in _TOP_K if isinstance(v := getattr(h, a, None), int) and v > 0), None)
+        for name, kind in scope.containers.items():
+            n = len(getattr(moe, name)) if kind == "list" else 0
+            if k is not None and n > k:
+                shares[f"{scope.path}.{name}." if scope.path else f"{name}."] = k / n
+    return shares
 
 
 def _level_tokens(layers: list[_Layer], selfs: list[dict[str, Any]]) -> dict[int, int]:
@@ -161,6 +186,8 @@ def token_counts(layers: list[_Layer], bench: list[dict[str, Any]]) -> tuple[lis
       one row per count, each with every such layer: they cannot be told apart), else the largest self-attention
       b·sq (layers outside any attention block). In joint models (MMDiT, Flux) a stream's own layers are counted
       at the joint count (image and text rows together): an upper bound.
+    - A routed expert's layer (HiDream-I1's MoE FFNs) sees top-k / experts of its block's rows: the even load of
+      a random gate (each expert is one shape row of its own, counted once per expert and layer).
     - Role ``other`` (timestep, caption and patch embedders, adaLN modulation, output projections) is left out:
       embedders and modulation see one row per sample, patch and output projections every token, and the
       attention calls cannot tell which; together they are a small share of the step's FLOPs.
@@ -195,7 +222,7 @@ def token_counts(layers: list[_Layer], bench: list[dict[str, Any]]) -> tuple[lis
                 counts = {largest}
             if not counts:
                 drop("no self-attention call in the bench")
-        out += [(e, t) for t in sorted(counts) if t >= 1]
+        out += [(e, t) for t in sorted({max(round(c * e.routed), 1) for c in counts}) if t >= 1]
     return out, dropped
 
 

@@ -38,6 +38,26 @@ def test_wan_shapes_are_its_published_layers_at_its_self_attention_tokens():
     assert all(s.flops == 2.0 * s.tokens * s.d_in * s.d_out and s.workload == "wan2.1-1.3b" for s in plan.shapes)
 
 
+def test_hidream_routed_experts_see_top_k_of_experts_of_the_tokens():
+    """HiDream-I1's MoE FFNs: 4 routed experts, top-2, so each expert's layers see half of the block's rows (an even
+    load); the shared expert (half the width) sees them all."""
+    cfg = get_workload("hidream-i1").preset_config("full")
+    model = cfg["models"]["transformer"]
+    d = model["num_attention_heads"] * model["attention_head_dim"]
+    blocks = model["num_layers"] + model["num_single_layers"]
+    tokens = 2 * 4480  # bench: true CFG as a batch of 2, 4096 image + 384 text tokens in every block
+    assert (d, model["num_routed_experts"], model["num_activated_experts"]) == (2560, 4, 2)
+    dims = _by_dims(bl.workload_linear_plan(["hidream-i1"])["hidream-i1"].shapes)
+    up = [k for k in dims if k[0] == "ffn" and k[1] == d]
+    routed, shared = max(up, key=lambda k: k[2]), min(up, key=lambda k: k[2])
+    assert routed[2] > shared[2]  # the shared expert: half the hidden width before SwiGLU's rounding
+    # w1 and w3 of each of the 4 routed experts per block at half the rows; the dual-stream blocks' dense text FFN
+    # (same width) at every row (the joint count: an upper bound, as for every stream's own layers)
+    assert dims[routed] == {tokens // 2: 2 * 4 * blocks, tokens: 2 * model["num_layers"]}
+    assert dims[shared] == {tokens: 2 * blocks}  # the shared expert's w1 and w3: every row
+    assert dims[("ffn", routed[2], d)] == {tokens // 2: 4 * blocks, tokens: model["num_layers"]}  # w2
+
+
 def test_sd15_shapes_follow_the_unet_levels():
     dims = _by_dims(bl.workload_linear_shapes(["sd15"]))
     b = 2  # classifier-free guidance
