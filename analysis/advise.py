@@ -31,6 +31,7 @@ import pandas as pd
 
 from mmchar.errors import RunNotFoundError, UnknownNameError, first_line
 from mmchar.schema import STEP_STAGES, step_key
+from mmchar.taxonomy import classify
 from mmchar.store import Run
 
 from .tables import _ids, run_labels, with_kernels
@@ -227,6 +228,20 @@ def attention_model_ms(b: float, h: float, sq: float, skv: float, d: float, caus
     return float("nan")
 
 
+def work_class(k: pd.DataFrame) -> pd.Series:
+    """Each kernel's op class by the work it does: a ``routing`` kernel (a MoE layer's gate, dispatch or combine,
+    classed by the model's structure) by the kernel-name rules it would otherwise have met: its softmax, gathers and
+    scatters fuse and move bytes as any others do, its gate GEMM computes."""
+    cls = k["op_class"].astype(str)
+    routing = (cls == "routing").to_numpy()
+    if routing.any():
+        r = k[routing]
+        cls = cls.copy()
+        cls[routing] = [classify(n, a, lo) for n, a, lo in zip(r["kernel"].astype(str), r["aten_op"].astype(str),
+                                                                r["launch_op"].astype(str))]
+    return cls
+
+
 def kernel_scale(k: pd.DataFrame, source: dict[str, Any], target: dict[str, Any]) -> pd.Series:
     """Per kernel, its time's factor on ``target``: compute-bound kernels by the bf16 FLOP/s ratio, memory-bound
     ones by the bandwidth ratio. A kernel carrying FLOPs and bytes is compute-bound when its arithmetic intensity
@@ -235,7 +250,7 @@ def kernel_scale(k: pd.DataFrame, source: dict[str, Any], target: dict[str, Any]
     compute = source["bf16_tflops"] / target["bf16_tflops"]
     memory = source["hbm_gbps"] / target["hbm_gbps"]
     ridge = source["bf16_tflops"] * 1e12 / (source["hbm_gbps"] * 1e9)
-    cls = k["op_class"].astype(str)
+    cls = work_class(k)
     bound = cls.isin(COMPUTE_CLASSES).to_numpy()
     costed = (k["flops"].notna() & (k["bytes"] > 0)).to_numpy()
     intensity = (k["flops"] / k["bytes"].where(k["bytes"] > 0)).to_numpy()
@@ -403,7 +418,7 @@ def torch_compile(p: Profile) -> tuple[Effect | None, str]:
     if meta.get("backend") not in ("sdpa", None) or (meta.get("linear_backend") or "dense") != "dense":
         return None, ("--compile runs the model's own attention and linear layers: compare the compiled sdpa run "
                       "against this backend's instead")
-    fusible = st.k["op_class"].astype(str).isin(COMPILE_FUSIBLE)
+    fusible = work_class(st.k).isin(COMPILE_FUSIBLE)  # a MoE layer's routing by what each kernel does
     ms, n = st.ms(fusible), float(fusible.sum()) / st.per
     if n == 0:
         return None, "no elementwise, norm or memory kernel in the step to fuse"

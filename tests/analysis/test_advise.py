@@ -226,6 +226,23 @@ def test_kernel_scale_by_class_intensity_and_transforms():
     assert list(adv.kernel_scale(k, src, tgt)) == pytest.approx([compute, memory, memory, memory, compute])
 
 
+def test_routing_kernels_are_judged_by_the_work_they_do():
+    """A MoE layer's routing (classed by structure): its gate GEMM is compute, its softmax and gather memory-bound
+    and fusible by torch.compile, as they would be outside a MoE layer."""
+    gpus = adv.load_gpus()
+    src, tgt = gpus["h100-sxm"], gpus["b200"]
+    k = kernels([{"op_class": "routing", "aten_op": "aten::linear", "kernel": "nvjet_tst_64x8", "dur_us": 1.0},
+                 {"op_class": "routing", "aten_op": "aten::softmax", "kernel": "softmax_warp_forward", "dur_us": 1.0},
+                 {"op_class": "routing", "aten_op": "aten::index", "kernel": "index_elementwise_kernel",
+                  "dur_us": 1.0}])
+    assert list(adv.work_class(k)) == ["gemm", "elementwise", "memory"]
+    compute, memory = src["bf16_tflops"] / tgt["bf16_tflops"], src["hbm_gbps"] / tgt["hbm_gbps"]
+    assert list(adv.kernel_scale(k, src, tgt)) == pytest.approx([compute, memory, memory])
+    t = advice_table([run([{"op_class": "routing", "aten_op": "aten::softmax", "kernel": "softmax_warp_forward",
+                            "dur_us": 500.0}, {"op_class": "gemm", "dur_us": 500.0}], backend="sdpa")])
+    assert "fusible kernels per step: 1," in row(t, "--compile")["inputs"]  # the softmax, not the GEMM
+
+
 def test_gpu_move_keeps_a_host_bound_step_host_bound():
     rows = [{"op_class": "gemm", "dur_us": 8000.0}, {"op_class": "norm", "dur_us": 2000.0}]
     t = advice_table([run(rows, wall=40.0, busy=10.0)], targets=["b200"])
