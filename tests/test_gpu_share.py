@@ -8,6 +8,7 @@ import importlib.util
 import os
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 
@@ -58,3 +59,33 @@ def test_sharers_run_together_and_workers_are_listed(tmp_path):
     for t in threads:
         t.join(5)
     assert Share(tmp_path).workers() == {os.getpid()}
+
+
+def test_a_sharer_releases_what_it_holds_before_letting_go(tmp_path):
+    """The GPU's share empties the card's cache before a test waiting to be alone gets it: on_release runs while
+    the sharer still holds the lock."""
+    Share = _share_class()
+    log: list[str] = []
+    sharer = Share(tmp_path, on_release=lambda: log.append("released"))
+    with sharer.shared():
+        log.append("in")
+        alone = _in_thread(Share(tmp_path).alone, log, "alone")
+        time.sleep(0.2)
+    alone.join(5)
+    assert log == ["in", "released", "alone in", "alone out"]
+
+
+def test_host_alone_is_a_registered_marker_and_the_host_is_shared_per_run(tmp_path, monkeypatch):
+    """``host_alone`` is declared (pytest would warn on an unknown mark) and each test run gets its own folder."""
+    root = Path(__file__).resolve().parents[1]
+    markers = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("host_alone:") for m in markers)
+    spec = importlib.util.spec_from_file_location("_mmchar_tests_conftest_2", Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.delenv("PYTEST_XDIST_TESTRUNUID", raising=False)
+    assert module.host_share() is None  # one process: nothing to share
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "t1")
+    monkeypatch.setattr(module.tempfile, "gettempdir", lambda: str(tmp_path))
+    share = module.host_share()
+    assert share.folder == tmp_path / "mmchar-host-t1" and share is module.host_share()
