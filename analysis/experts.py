@@ -6,7 +6,8 @@ op class and module path: ``routing`` (op class ``routing``: the gate, token dis
 (under a container of one module per routed expert, ``experts.<i>``: the i-th routed expert of every layer, summed
 over layers), ``experts`` (a fused container's own compute: no module per expert), ``shared`` (under a child holding
 one expert that routing does not choose, ``shared_experts``) and ``other`` (anything else under the layer: a child
-neither gate nor expert, an expert-parallel collective). Random weights route tokens as an untrained gate does, so
+neither gate nor expert, an expert-parallel collective). An expert that got no token in any layer has no row, so
+``load_vs_mean`` is over the experts that ran; nested MoE layers sum their ``expert <i>`` alike. Random weights route tokens as an untrained gate does, so
 the balance across experts is the structure's, not the trained model's: read ``load_vs_mean`` as what routing costs
 when the load is near-uniform.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +44,16 @@ def _part(rest: str, op_class: str, containers: dict[str, str], experts: set[str
     if kind is not None:
         return "experts"
     return "shared" if child in experts else "other"
+
+
+def _containers(moe: dict[str, Any], rest: list[str], experts: set[str]) -> dict[str, str]:
+    """The routed experts' containers of the step stage's layers (``moe_layers.containers``: stage -> child ->
+    ``list`` / ``fused``); a run recorded without them reads an expert child whose modules are indexed as a list."""
+    recorded = moe.get("containers")
+    if recorded:
+        return {c: kind for stage, kinds in recorded.items() if stage in STEP_STAGES for c, kind in kinds.items()}
+    return {r.partition(".")[0]: "list" for r in rest
+            if r.partition(".")[0] in experts and _INDEX.match(r.partition(".")[2].partition(".")[0])}
 
 
 def part_order(part: str) -> tuple[int, int, str]:
@@ -83,9 +95,9 @@ def experts_table(runs: Sequence[Run]) -> pd.DataFrame:
         k, layer, module = k[inside], layer[inside], module[inside]
         if k.empty:
             continue
-        containers = dict(moe.get("containers") or {})
         experts = set(moe.get("experts") or ())
         rest = [m[len(p) + 1:] if m != p else "" for m, p in zip(module, layer)]
+        containers = _containers(moe, rest, experts)
         part = [_part(r, c, containers, experts) for r, c in zip(rest, k["op_class"].astype(str))]
         frame = pd.DataFrame({"part": part, "time_us": k["dur_us"].astype(float).to_numpy()})
         split = frame.groupby("part", sort=False).agg(time_us=("time_us", "sum"), calls=("time_us", "size"))

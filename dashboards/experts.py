@@ -2,7 +2,8 @@
 
 Per run with MoE layers (HiDream-I1's routed FFNs), one stacked horizontal bar of the step stage's kernel time
 under those layers per profiled step: routing (the gate, top-k, token dispatch and combine: op class ``routing``),
-each routed expert (summed over layers) and the shared expert. A button shows the parts as shares of the layers'
+each routed expert (summed over layers; ``experts`` for a fused experts module), the shared expert and anything else
+under the layers (``other``). A button shows the parts as shares of the layers'
 time; the hover gives a routed expert's time against the mean of the routed experts (1.0: an even load). Random
 weights route as an untrained gate does, so the balance shown is the structure's, not the trained model's.
 

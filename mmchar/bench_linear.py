@@ -17,6 +17,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +119,7 @@ def model_layers(model: nn.Module) -> list[_Layer]:
         parts = path.split(".")
         entry = _Layer(linear_role(path, modules), layer.in_features, layer.out_features,
                        level=_unet_level(parts, model) if unet else None,
-                       routed=next((f for prefix, f in routed.items() if path.startswith(prefix)), 1.0))
+                       routed=math.prod(f for prefix, f in routed.items() if path.startswith(prefix)))
         for i in range(len(parts) - 1, 0, -1):  # the model's root holds every attention: not a block
             anc = ".".join(parts[:i])
             inside = {_attention_width(m) for p, m in attn.items() if p == anc or p.startswith(anc + ".")}
@@ -137,7 +139,8 @@ _TOP_K = ("num_activated_experts", "top_k", "num_experts_per_tok")
 def _routed_shares(model: nn.Module) -> dict[str, float]:
     """Per routed experts' container (``"<moe path>.experts."``), the share of its layer's tokens each expert sees:
     top-k over the number of experts, the expectation of an even load (what a random gate gives; `mmchar.routing`
-    finds the layers). A layer whose top-k is not an attribute of the MoE module or its gate counts every token."""
+    finds the layers; nested layers multiply). A layer whose top-k is not an attribute of the MoE module or its gate
+    counts every token; a fused container (no module per expert, no ``nn.Linear``) has no share."""
     from mmchar.routing import moe_scopes
 
     modules = dict(model.named_modules())
@@ -145,7 +148,8 @@ def _routed_shares(model: nn.Module) -> dict[str, float]:
     for scope in moe_scopes(model, "", ""):
         moe = modules[scope.path]
         holders = [moe, *(getattr(moe, g) for g in scope.gates)]
-        k = next((v for h in holders for a in _TOP_K if isinstance(v := getattr(h, a, None), int) and v > 0), None)
+        k = next((int(v) for h in holders for a in _TOP_K if isinstance(v := getattr(h, a, None), numbers.Integral)
+                  and not isinstance(v, bool) and v > 0), None)
         for name, kind in scope.containers.items():
             n = len(getattr(moe, name)) if kind == "list" else 0
             if k is not None and n > k:

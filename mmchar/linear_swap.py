@@ -29,10 +29,10 @@ from mmchar.projections import (DEFAULT_LINEAR_BACKEND, LINEAR_SCOPES, Projectio
 from mmchar.scopes import projection_label
 
 # module class names and path parts that mark a feed-forward block (diffusers' FeedForward, transformers' *MLP,
-# DiT's Mlp, HiDream's FeedForwardSwiGLU experts; Flux's single-stream blocks name their MLP input `proj_mlp`) and an
-# attention module (diffusers' Attention has a processor; transformers' LlamaAttention ...): whole names only, since
-# a UNet's CrossAttnDownBlock2D holds resnets too. An embedder (timestep, caption: `t_embedder.mlp`) is never a
-# block's FFN.
+# DiT's Mlp, HiDream's HiDreamImageFeedForwardSwiGLU experts and MOEFeedForwardSwiGLU layers, whose gate is a
+# parameter, not a linear layer; Flux's single-stream blocks name their MLP input `proj_mlp`) and an attention module
+# (diffusers' Attention has a processor; transformers' LlamaAttention ...): whole names only, since a UNet's
+# CrossAttnDownBlock2D holds resnets too. An embedder (timestep, caption: `t_embedder.mlp`) is never a block's FFN.
 _FFN_CLASS = re.compile(r"(FeedForward(SwiGLU)?|MLP|Mlp|FFN|Ffn)$")
 _FFN_PART = {"ff", "ffn", "mlp", "feed_forward", "ff_context", "feedforward", "proj_mlp"}
 _ATTN_CLASS = re.compile(r"Attention$")

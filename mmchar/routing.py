@@ -18,7 +18,8 @@ Its routing work is
   forward, beside the expert GEMMs, which stay ``gemm``.
 
 Everything else under the layer keeps its class: the experts' compute (``experts.<i>``, a fused container's GEMMs,
-a shared expert) and any child that is neither a gate nor an expert (a latent projection, a norm). Random weights
+a shared expert: ``shared_experts``, ``shared_mlp``) and any child that is neither a gate nor an expert (a latent
+projection, a norm). Random weights
 route tokens as an untrained gate does (near-uniform load), so routing's share and the experts' token balance are
 valid for the structure, not the trained model's data-dependent balance.
 """
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # the read side (attribution of stored traces, analyses) runs
 
 _EXPERTS = re.compile(r"experts$", re.IGNORECASE)
 _GATE = re.compile(r"gate|router", re.IGNORECASE)
-_EXPERT_CHILD = re.compile(r"expert", re.IGNORECASE)
+_EXPERT_CHILD = re.compile(r"expert|^shared_", re.IGNORECASE)  # shared_mlp: HunYuan-MoE's shared expert
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,12 @@ def routing_mask(module_paths: Sequence[str], op_classes: Sequence[str], scopes:
 
 
 def moe_layers_record(scopes: Sequence[RoutingScope]) -> dict[str, Any]:
-    """meta.json ``moe_layers``: each layer's path and stage, and the children by role (one model's layers share
-    their structure: the union is recorded)."""
-    containers: dict[str, str] = {}
+    """meta.json ``moe_layers``: each layer's path and stage, and the children by role (the layers of one stage's
+    model share their structure: the names are their union; the routed experts' containers per stage)."""
+    containers: dict[str, dict[str, str]] = {}
     for s in scopes:
-        containers.update(s.containers)
+        containers.setdefault(s.stage, {}).update(s.containers)
     return {"count": len(scopes), "paths": [s.path for s in scopes], "stages": [s.stage for s in scopes],
             "gates": sorted({g for s in scopes for g in s.gates}),
-            "experts": sorted({e for s in scopes for e in s.experts}), "containers": dict(sorted(containers.items()))}
+            "experts": sorted({e for s in scopes for e in s.experts}),
+            "containers": {stage: dict(sorted(c.items())) for stage, c in containers.items()}}

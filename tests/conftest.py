@@ -117,6 +117,15 @@ def pytest_sessionstart(session):
     host_share()
 
 
+def pytest_sessionfinish(session):
+    """Each worker takes its pid back; the last one out removes the folder (a test that runs pytest in a
+    subprocess must drop PYTEST_XDIST_TESTRUNUID from its environment, or it would queue behind its own parent)."""
+    for share in _SHARES.values():
+        (share.folder / f"worker-{os.getpid()}").unlink(missing_ok=True)
+        if not share.workers():
+            shutil.rmtree(share.folder, ignore_errors=True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """The host's share around the whole test, set-up and teardown included (module fixtures that profile)."""

@@ -58,6 +58,31 @@ def test_hidream_routed_experts_see_top_k_of_experts_of_the_tokens():
     assert dims[("ffn", routed[2], d)] == {tokens // 2: 4 * blocks, tokens: model["num_layers"]}  # w2
 
 
+def test_routed_shares_at_the_root_nested_and_without_a_top_k():
+    from torch import nn
+
+    class Expert(nn.Module):
+        def __init__(self, inner=None):
+            super().__init__()
+            self.w1 = nn.Linear(4, 8)
+            if inner is not None:
+                self.inner = inner
+
+    class MoE(nn.Module):
+        def __init__(self, n, k, inner=None):
+            super().__init__()
+            self.gate = nn.Identity()
+            self.gate.top_k = k
+            self.experts = nn.ModuleList([Expert(inner if i == 0 else None) for i in range(n)])
+
+    root = MoE(4, 2, inner=MoE(8, 1))
+    assert bl._routed_shares(root) == {"experts.": 0.5, "experts.0.inner.experts.": 0.125}
+    # the outer experts' layers see half the rows; the inner experts' (inside outer expert 0) an eighth of that
+    assert sorted(e.routed for e in bl.model_layers(root)) == [0.5 * 0.125] * 8 + [0.5] * 4
+    root.gate.top_k = True  # not a count
+    assert bl._routed_shares(root) == {"experts.0.inner.experts.": 0.125}
+
+
 def test_sd15_shapes_follow_the_unet_levels():
     dims = _by_dims(bl.workload_linear_shapes(["sd15"]))
     b = 2  # classifier-free guidance

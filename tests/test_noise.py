@@ -121,6 +121,7 @@ def test_probe_measures_other_processes_cpu_over_its_window():
     assert w["start_epoch"] < w["end_epoch"] and w["loadavg_end"] is not None and "steal_cores" in w
 
 
+@pytest.mark.host_alone  # it is the load: busy loops on every core would starve the other worker's tests
 def test_a_profile_beside_busy_loops_is_stored_noisy_with_its_reason(tmp_path):
     """In process, on the CPU: busy loops on every core during the whole measurement flag the run."""
     from mmchar.cli import main
@@ -143,6 +144,7 @@ def test_a_profile_beside_busy_loops_is_stored_noisy_with_its_reason(tmp_path):
     assert meta["timings"]["e2e"]["cv"] is not None and meta["timings"]["e2e"]["spread"] is not None
 
 
+@pytest.mark.host_alone  # two profiles at once: the load, and the judge of it
 def test_two_profiles_into_one_store_at_once_come_out_clean_or_flagged(tmp_path):
     """A long profile and a short one started together into one store: the short one runs entirely while the long
     one is busy, so it must be flagged; neither run is lost (same configuration, same second), and each run whose

@@ -68,7 +68,8 @@ def test_moe_layers_are_found_by_structure_and_nothing_else_is():
     assert set(ff.experts) == {"shared_experts", "experts"} and ff.containers == {"experts": "list"}
     assert scopes["transformer.fused"].containers == {"experts": "fused"} and scopes["transformer.fused"].pure
     assert not scopes["transformer.layer"].pure and scopes["transformer.layer"].gates == ("router",)
-    assert not scopes["transformer.hunyuan"].pure and scopes["transformer.hunyuan"].experts == ("experts",)
+    hunyuan = scopes["transformer.hunyuan"]  # its shared expert is named shared_mlp: an expert, so the layer is pure
+    assert hunyuan.pure and hunyuan.experts == ("experts", "shared_mlp") and hunyuan.gates == ("gate",)
 
 
 def test_what_a_scope_holds():
@@ -104,7 +105,8 @@ def test_a_profiled_moe_layer_splits_routing_from_its_experts(tmp_path):
     run = mmchar.profile(pipe, prompt="a cat", num_inference_steps=2, store=tmp_path, repeat=1, height=64, width=64)
     assert run.status == "ok"
     assert run.meta["moe_layers"] == {"count": 1, "paths": [path], "stages": ["denoiser"], "gates": ["gate"],
-                                      "experts": ["experts", "shared_experts"], "containers": {"experts": "list"}}
+                                      "experts": ["experts", "shared_experts"],
+                                      "containers": {"denoiser": {"experts": "list"}}}
     k = run.kernels
     mine = k[k["module_path"].astype(str).str.startswith(path + ".") | (k["module_path"].astype(str) == path)]
     routing = mine[mine["op_class"].astype(str) == "routing"]

@@ -210,12 +210,12 @@ def test_the_routing_share_of_a_moe_denoiser_is_asked_of_runs_with_moe_layers(tm
                                   moe_layers={"count": 2, "paths": ["transformer.a.ff", "transformer.b.ff"],
                                               "stages": ["denoiser", "denoiser"], "gates": ["gate"],
                                               "experts": ["experts", "shared_experts"],
-                                              "containers": {"experts": "list"}}))
+                                              "containers": {"denoiser": {"experts": "list"}}}))
     # MoE layers only in a text encoder: the step stage's routing is not asked of that run
     write_run(tmp_path / "t", run("te", "cudnn", dit, moe, workload="moe-text",
                                   moe_layers={"count": 1, "paths": ["text_encoder.l.mlp"], "stages": ["text_encoder"],
                                               "gates": ["gate"], "experts": ["experts"],
-                                              "containers": {"experts": "fused"}}))
+                                              "containers": {"text_encoder": {"experts": "fused"}}}))
     assert findings(load_runs([tmp_path / "t"])).set_index("question").loc[question, "answer"] == \
         "not covered by these runs"
     row = findings(load_runs([tmp_path / "s"])).set_index("question").loc[question]

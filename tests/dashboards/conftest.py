@@ -120,7 +120,7 @@ def _moe_run(run_id="hidream-flash", step_ms=60.0):
     r = _make_run(run_id, "flash", workload="hidream-i1", step_ms=step_ms)
     layers = ["transformer.blocks.0.ff", "transformer.blocks.1.ff"]
     r.meta["moe_layers"] = {"count": 2, "paths": layers, "stages": ["denoiser"] * 2, "gates": ["gate"],
-                            "experts": ["experts", "shared_experts"], "containers": {"experts": "list"}}
+                            "experts": ["experts", "shared_experts"], "containers": {"denoiser": {"experts": "list"}}}
     rows = [(f"{p}{sub}", cls, dur) for p in layers
             for sub, cls, dur in ((".gate", "routing", 5.0), ("", "routing", 7.0), (".experts.0.w1", "gemm", 40.0),
                                   (".experts.1.w1", "gemm", 30.0), (".shared_experts.w1", "gemm", 20.0))]

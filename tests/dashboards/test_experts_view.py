@@ -19,6 +19,15 @@ def test_the_table_splits_the_layers_time_by_part(make_run, moe_run):
     assert set(table["run_id"]) == {"hidream-flash"}
 
 
+def test_a_run_recorded_without_containers_reads_indexed_experts_as_a_list(moe_run):
+    old = moe_run()
+    del old.meta["moe_layers"]["containers"], old.meta["moe_layers"]["stages"]
+    assert list(TABLES["experts"]([old])["part"]) == ["routing", "expert 0", "expert 1", "shared"]
+    fused = moe_run()
+    fused.meta["moe_layers"]["containers"] = {"denoiser": {"experts": "fused"}}
+    assert list(TABLES["experts"]([fused])["part"]) == ["routing", "experts", "shared"]  # no per-expert modules
+
+
 def test_the_figure_stacks_one_trace_per_part_and_says_when_there_is_nothing(make_run, moe_run):
     fig = experts_view.experts_figure(TABLES["experts"]([moe_run(), moe_run("hidream-cudnn", step_ms=50.0)]))
     assert [t.name for t in fig.data] == ["routing", "expert 0", "expert 1", "shared"]

@@ -40,7 +40,7 @@ def test_tiny_preset_profiles_end_to_end(name, tmp_path, capsys):
     if name == "hidream-i1":
         model = meta["config"]["models"]["transformer"]
         assert moe["count"] == model["num_layers"] + model["num_single_layers"] and set(moe["stages"]) == {"denoiser"}
-        assert moe["containers"] == {"experts": "list"} and moe["gates"] == ["gate"]
+        assert moe["containers"] == {"denoiser": {"experts": "list"}} and moe["gates"] == ["gate"]
     else:
         assert moe is None, f"{name}: MoE layers found in a dense model: {moe}"
     # the configuration the run records is the one a sweep plans: building must not change it (a transformers
