@@ -23,7 +23,7 @@ install: $(VENV)/.deps
 JOBS ?= 2
 
 test: install
-	$(BIN)/pytest -q -n $(JOBS) tests
+	$(BIN)/pytest -q -n $(JOBS) --durations=15 tests
 
 demo: install
 	rm -rf $(DEMO)
