@@ -185,6 +185,30 @@ def word_level_tokenizer(specials: dict[str, int], split: str) -> Any:
     return tok
 
 
+# Llama-3's pre-tokenizer split (the tiktoken-style pattern of meta-llama's Llama-3 / 3.1 tokenizer.json) and the
+# special tokens chat templates use (ids 1-5 in ours; every other piece is <unk>, id 0)
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+
+def llama3_tokenizer(encoder: dict[str, Any], eos: str, max_length: int) -> Any:
+    """A Llama-3-style fast tokenizer with no files (`word_level_tokenizer` over `LLAMA3_SPLIT`): ``<|begin_of_text|>``
+    prepended, ``eos`` as EOS and padding, right padding, the encoder's ``max_position_embeddings`` (else
+    ``max_length``) as its length. Ids stay below 6, so tiny text encoders need a vocabulary of at least 6."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{s: i + 1 for i, s in enumerate(LLAMA3_SPECIALS)}}
+    tok = word_level_tokenizer(vocab, LLAMA3_SPLIT)
+    bos = LLAMA3_SPECIALS[0]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                       special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos,
+                                   unk_token="<unk>", padding_side="right",
+                                   model_max_length=encoder.get("max_position_embeddings", max_length))
+
+
 def load_pipeline(cls: Any, folder: str, dtype: torch.dtype, device: torch.device, **kwargs: Any) -> Any:
     """``cls.from_pretrained(folder)`` for a local folder, with one-line errors for unreadable folders."""
     path = Path(folder)

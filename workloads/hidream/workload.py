@@ -37,34 +37,14 @@ from mmchar.scopes import SiteRule
 from mmchar.target import Target
 from mmchar.workloads import register_workload
 from mmchar.workloads.base import Params
-from mmchar.workloads.build import word_level_tokenizer
+from mmchar.workloads.build import llama3_tokenizer as build_llama3_tokenizer
 from mmchar.workloads.pipeline import TOKENIZERS, PipelineWorkload
 
-# Llama-3's pre-tokenizer split (the tiktoken-style pattern of meta-llama/Llama-3.1-8B-Instruct's tokenizer.json)
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Llama-3.1's special tokens (ids 1-5 here; every other piece is <unk>, id 0)
-_LLAMA31_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                     "<|eot_id|>")
-
-
 def llama31_tokenizer(name: str, models: dict[str, Any]) -> Any:
-    """A Llama-3.1-Instruct-style fast tokenizer with no files: Llama-3's pre-tokenizer split, one token per piece
-    over a word-level vocabulary (``<unk>`` and the special tokens, ids < 6, so tiny text encoders need a vocabulary
-    of at least 6), ``<|begin_of_text|>`` prepended, EOS and pad ``<|eot_id|>`` (HiDreamImagePipeline sets the pad
-    token to the EOS token), right padding."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, **{s: i + 1 for i, s in enumerate(_LLAMA31_SPECIALS)}}
-    tok = word_level_tokenizer(vocab, _LLAMA3_SPLIT)
-    bos = _LLAMA31_SPECIALS[0]
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                       special_tokens=[(bos, vocab[bos])])
-    encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|eot_id|>",
-                                   pad_token="<|eot_id|>", unk_token="<unk>", padding_side="right",
-                                   model_max_length=encoder.get("max_position_embeddings", 131072))
+    """Llama-3.1-Instruct's tokenizer with no files (`mmchar.workloads.build.llama3_tokenizer`): EOS and padding
+    ``<|eot_id|>`` (the Instruct tokenizer's EOS, which HiDreamImagePipeline makes its pad token), right padding."""
+    return build_llama3_tokenizer(models.get("text_encoder" + name.removeprefix("tokenizer"), {}),
+                                  eos="<|eot_id|>", max_length=131072)
 
 
 TOKENIZERS["llama31"] = llama31_tokenizer

@@ -20,34 +20,14 @@ from typing import Any
 
 from mmchar.scopes import SiteRule
 from mmchar.workloads import register_workload
-from mmchar.workloads.build import word_level_tokenizer
+from mmchar.workloads.build import llama3_tokenizer as build_llama3_tokenizer
 from mmchar.workloads.pipeline import TOKENIZERS, PipelineWorkload
 
-# Llama-3's pre-tokenizer split (the tiktoken-style pattern of meta-llama/Meta-Llama-3-8B's tokenizer.json)
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# the special tokens HunyuanVideo's prompt template uses (ids 1-5 here; every other piece is id 0)
-_LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                    "<|eot_id|>")
-
-
 def llama3_tokenizer(name: str, models: dict[str, Any]) -> Any:
-    """A Llama-3-style fast tokenizer with no files: the pre-tokenizer split of Llama-3, one token per piece
-    (a word-level vocabulary of the special tokens and ``<unk>``), ``<|begin_of_text|>`` prepended, right padding
-    (the pipeline crops the template from the left). Ids stay below 6, so tiny text encoders need a vocabulary of at
-    least 6."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, **{s: i + 1 for i, s in enumerate(_LLAMA3_SPECIALS)}}
-    tok = word_level_tokenizer(vocab, _LLAMA3_SPLIT)
-    bos = _LLAMA3_SPECIALS[0]
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                       special_tokens=[(bos, vocab[bos])])
-    encoder = models.get("text_encoder" + name.removeprefix("tokenizer"), {})
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|end_of_text|>",
-                                   pad_token="<|end_of_text|>", unk_token="<unk>", padding_side="right",
-                                   model_max_length=encoder.get("max_position_embeddings", 8192))
+    """LLaVA-Llama-3's tokenizer with no files (`mmchar.workloads.build.llama3_tokenizer`: EOS and padding
+    ``<|end_of_text|>``, right padding; the pipeline crops the template from the left)."""
+    return build_llama3_tokenizer(models.get("text_encoder" + name.removeprefix("tokenizer"), {}),
+                                  eos="<|end_of_text|>", max_length=8192)
 
 
 TOKENIZERS["llama3"] = llama3_tokenizer
