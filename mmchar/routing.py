@@ -19,9 +19,8 @@ Its routing work is
 
 Everything else under the layer keeps its class: the experts' compute (``experts.<i>``, a fused container's GEMMs,
 a shared expert: ``shared_experts``, ``shared_mlp``) and any child that is neither a gate nor an expert (a latent
-projection, a norm). Random weights
-route tokens as an untrained gate does (near-uniform load), so routing's share and the experts' token balance are
-valid for the structure, not the trained model's data-dependent balance.
+projection, a norm). Random weights route tokens as an untrained gate does (near-uniform load), so routing's share
+and the experts' token balance are valid for the structure, not the trained model's data-dependent balance.
 """
 
 from __future__ import annotations
