@@ -24,7 +24,8 @@ for w in $WORKLOADS; do
   steps=2; [ "$w" = llamagen ] && steps=32  # tokens: 1 prefill + 31 decode calls
   extra="${EXTRA:-}"
   # HunyuanVideo: its 720p x 129-frame decode fits one GPU only tiled, as diffusers' own example runs it
-  [ "$w" = hunyuanvideo ] && extra="$extra --vae-tiling"
+  # and one step: at 118,800 tokens a denoiser call is ~25 s on an H200, and each of the four passes runs the steps
+  [ "$w" = hunyuanvideo ] && { extra="$extra --vae-tiling"; steps=1; }
   psteps=1
   # Wan 2.2 A14B (both presets): at 2 steps the full preset's scheduler gives timesteps 999 and 750, one each side
   # of the 875 boundary, so each expert runs one step; both profiled, the study splits the step by expert
