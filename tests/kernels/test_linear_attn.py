@@ -129,17 +129,18 @@ def test_linear_backend_keeps_softmax_for_cross_attention():
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("b,h,n,d,dv", [(2, 8, 4096, 32, 32), (2, 8, 16384, 64, 64), (2, 8, 8192, 128, 128),
-                                        (16, 32, 1024, 64, 64),
-                                        pytest.param(16, 32, 1024, 256, 64, marks=pytest.mark.gpu_alone)])
+                                        (16, 32, 1024, 64, 64), (16, 32, 1024, 256, 64)])
 def test_gpu_bf16(b, h, n, d, dv, causal):
     """The last two shapes have enough batch·heads for the one-pass causal scan (the last with causal WERSA's
-    256 features over 64-wide values: its causal fp32 reference holds B·H·S·d·dv floats, 32 GiB); the others
-    take the chunked path."""
+    256 features over 64-wide values); the others take the chunked path. The causal fp32 reference holds
+    B·H·S·d·dv floats twice (products, then their prefix sums), 64 GiB at the last shape: it runs one batch
+    element at a time (out of memory on an 80 GB H100 beside seven test workers, 2026-12-07)."""
     from mmchar.kernels.linear_attn.kernel import linear_attn
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(b, h, n, e, device="cuda", dtype=torch.bfloat16, generator=g) for e in (d, d, dv))
-    assert _rel(linear_attn(q, k, v, causal=causal), linear_attn_ref(q, k, v, causal=causal)) < 2e-2
+    ref = torch.cat([linear_attn_ref(q[i:i + 1], k[i:i + 1], v[i:i + 1], causal=causal) for i in range(b)])
+    assert _rel(linear_attn(q, k, v, causal=causal), ref) < 2e-2
 
 
 @pytest.mark.gpu
