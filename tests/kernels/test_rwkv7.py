@@ -272,9 +272,11 @@ def test_autotune_pruning_fits_the_head_dim():
 @contextlib.contextmanager
 def _untuned(prefix: str):
     """Every Triton autotuner in the imported modules under ``prefix`` runs one config, its least demanding (fewest
-    stages, then four warps, then the smallest tiles), untimed, for as long as the block lasts. A peer checked for
-    correctness need not be tuned: fla's chunk_rwkv7 tunes some 60 configs over its kernels at each head dim, about
-    90 s of a GPU test's 100 (issue 17, part 7)."""
+    stages, then four warps, then the kwargs' values in order), for as long as the block lasts; yields how many
+    tuners it found. A peer checked for correctness need not be tuned: fla's chunk_rwkv7 tunes some 60 configs over
+    its kernels at each head dim, about 90 s of a GPU test's 100 (14 s untuned on an H100; issue 17, part 7).
+    Triton before 3.9 still times the one config once per new key (and may write it to its disk cache, under a key
+    that names the config list): seconds, not the compile of 60."""
     import sys
 
     from triton.runtime.autotuner import Autotuner
@@ -291,16 +293,52 @@ def _untuned(prefix: str):
                 obj = obj.fn
             if isinstance(obj, Autotuner):
                 tuners.add(obj)
-    known = {tuner: set(tuner.cache) for tuner in tuners}
+    def one(prune):
+        return lambda *args, **kwargs: [lightest(prune(*args, **kwargs))]
+
+    known = {tuner: (set(tuner.cache), tuner.__dict__.get("prune_configs")) for tuner in tuners}
     for tuner in tuners:
-        tuner.prune_configs = lambda kwargs, prune=tuner.prune_configs: [lightest(prune(kwargs))]
+        tuner.prune_configs = one(tuner.prune_configs)
     try:
         yield len(tuners)
     finally:
-        for tuner, keys in known.items():
-            del tuner.prune_configs  # back to the class's method, and the untuned picks forgotten
-            for key in set(tuner.cache) - keys:
+        for tuner, (keys, own) in known.items():
+            if own is None:
+                del tuner.prune_configs  # back to the class's method
+            else:
+                tuner.prune_configs = own
+            for key in set(tuner.cache) - keys:  # the untuned picks forgotten
                 del tuner.cache[key]
+
+
+def test_untuned_leaves_one_light_config_and_restores_the_tuner(monkeypatch):
+    """On the CPU, without launching: a tuner behind a heuristics wrapper, in a module under the prefix, prunes to
+    its lightest config inside the block and to all of them again after, its picks made inside forgotten."""
+    import sys
+    import types
+
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(X, BLOCK: tl.constexpr):
+        pass
+
+    configs = [triton.Config({"BLOCK": b}, num_warps=w, num_stages=s)
+               for b, w, s in ((64, 8, 3), (32, 4, 2), (16, 8, 2))]
+    tuner = triton.autotune(configs=configs, key=[])(kernel)
+    wrapped = triton.heuristics({"unused": lambda args: 1})(tuner)
+    module = types.ModuleType("fakepeer.ops.k")
+    module.kernel = wrapped
+    monkeypatch.setitem(sys.modules, "fakepeer.ops.k", module)
+    tuner.cache[("before",)] = configs[0]
+    with _untuned("fakepeer.ops") as found:
+        assert found == 1
+        kept = tuner.prune_configs({})
+        assert len(kept) == 1 and kept[0].kwargs == {"BLOCK": 32} and kept[0].num_stages == 2
+        tuner.cache[("inside",)] = kept[0]
+    assert len(tuner.prune_configs({})) == 3 and "prune_configs" not in vars(tuner)
+    assert set(tuner.cache) == {("before",)}
 
 
 @pytest.mark.gpu
@@ -321,7 +359,8 @@ def test_gpu_bf16(b, h, t, d):
         from fla.ops.rwkv7 import chunk_rwkv7
     except ImportError:
         return
-    with _untuned("fla.ops"):
+    with _untuned("fla.ops") as tuners:
+        assert tuners  # fla's kernels found (else they would tune again, silently)
         o_fla, _ = chunk_rwkv7(*(u.transpose(1, 2).contiguous() for u in x), scale=d ** -0.5)
     o_fla = o_fla.transpose(1, 2)
     assert _rel(o_fla, exact) < 8 * floor  # fla's own error (bf16 intermediates)
