@@ -33,7 +33,7 @@ def summary(paths: list[str]) -> str:
            "latency from the uninstrumented timed pass, shares and sites from the full profile of the step stage "
            "(the denoiser, or a token model's generator).", "",
            "| workload | backend | params (B) | size | status | e2e ms | step ms | prefill ms | busy % | "
-           + " | ".join(OP_CLASSES[:6]) + " | attention by site |", "|" + "---|" * 16]
+           + " | ".join(OP_CLASSES[:6]) + " | other classes | attention by site |", "|" + "---|" * 17]
     for r in runs:
         params = r.meta["config"].get("params", {})
         size = f"{params.get('height')}x{params.get('width')}" + (f"x{params['frames']}" if params.get("frames") else "")
@@ -43,7 +43,7 @@ def summary(paths: list[str]) -> str:
             total = None
         if r.status != "ok":
             out.append(f"| {r.workload} | {r.backend} | {_f(total)} | {size} | {r.status}: {(r.meta.get('error') or '')[:60]} |"
-                       + " |" * 11)
+                       + " |" * 12)
             continue
         t = r.meta["timings"]
         key = step_key(t)
@@ -57,7 +57,9 @@ def summary(paths: list[str]) -> str:
                    f"{_f(t[per]['median_ms'])}{' /token' if per == 'generator_decode' else ''} | "
                    f"{_f(t.get('generator_prefill', {}).get('median_ms'))} | {_f(100 * (busy.get('busy_frac') or float('nan')), 0)} | "
                    + " | ".join(f"{100 * shares.get(c, 0):.1f}" for c in OP_CLASSES[:6]) + " | "
-                   + ", ".join(f"{s} {100 * sites[s]:.0f}%" for s in ATTN_SITES if s in sites.index) + " |")
+                   # the classes past the first six where a run has them (routing in a MoE step, communication)
+                   + ", ".join(f"{c} {100 * shares[c]:.1f}" for c in OP_CLASSES[6:] if shares.get(c, 0) >= 5e-4)
+                   + " | " + ", ".join(f"{s} {100 * sites[s]:.0f}%" for s in ATTN_SITES if s in sites.index) + " |")
     return "\n".join(out) + "\n"
 
 

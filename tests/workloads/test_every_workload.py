@@ -160,6 +160,8 @@ def test_suite_summary_table(tmp_path, capsys):
     assert len(rows) == 2
     assert "/token" in rows[0] and "causal 100%" in rows[0]
     assert "spatial" in rows[1] and "cross" in rows[1]
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1 and "other classes" in table[0]
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if get_workload(n).temporal_factor > 1])
