@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU evidence of the workload suite, run on the device machine from the repo root (wheels: gpu-wheels.sh and
 # benchmarks/extra_wheels.sh): every workload's full preset at its published default size, 2 steps (tokens for
-# llamagen), one timed generation, one profiled step, each in its own process through `mmchar sweep` (an OOM is
-# recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into $OUT/results.tgz after each.
+# llamagen; 1 for hunyuanvideo), one timed generation, one profiled step, each in its own process through
+# `mmchar sweep` (an OOM is recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into $OUT/results.tgz after each.
 #   WORKLOADS="sd15 sdxl ..." (default: all, smallest first)  BUDGET_S=540 (stop starting new ones after it)
 #   PER_WORKLOAD_S=300 (each one's limit)  DEADLINE_S (optional: no run outlasts it, counted from the script's
 #   start, install included; 15 s kept for packing the results)
@@ -24,7 +24,8 @@ for w in $WORKLOADS; do
   steps=2; [ "$w" = llamagen ] && steps=32  # tokens: 1 prefill + 31 decode calls
   extra="${EXTRA:-}"
   # HunyuanVideo: its 720p x 129-frame decode fits one GPU only tiled, as diffusers' own example runs it
-  # and one step: at 118,800 tokens a denoiser call is ~25 s on an H200, and each of the four passes runs the steps
+  # and one step: at 118,800 tokens a denoiser call should take ~25 s on an H200 (an estimate: never run on a GPU
+  # yet; Wan 2.2 A14B's 39,600-token step of two calls took 8.7 s on an H100), and each of the four passes runs it
   [ "$w" = hunyuanvideo ] && { extra="$extra --vae-tiling"; steps=1; }
   psteps=1
   # Wan 2.2 A14B (both presets): at 2 steps the full preset's scheduler gives timesteps 999 and 750, one each side
