@@ -18,6 +18,10 @@ from mmchar.store import load_runs
 from mmchar.workloads import get_workload
 
 
+def _size(params: dict) -> str:
+    return f"{params.get('height')}x{params.get('width')}" + (f"x{params['frames']}" if params.get("frames") else "")
+
+
 def _f(x: float | None, p: int = 2) -> str:
     return "-" if x is None or x != x else f"{x:.{p}f}"
 
@@ -29,16 +33,20 @@ def summary(paths: list[str]) -> str:
     dev, v = runs[0].meta["device"], runs[0].meta["versions"]
     out = [f"# Workload suite on {dev['name']}", "",
            f"{runs[0].meta['created'][:10]}; torch {v['torch']}, diffusers {v['diffusers']}, transformers "
-           f"{v['transformers']}. Random weights, each workload's `full` preset at its published default size; "
-           "latency from the uninstrumented timed pass, shares and sites from the full profile of the step stage "
-           "(the denoiser, or a token model's generator).", "",
+           f"{v['transformers']}. Random weights, each workload's `full` preset at its published default size "
+           "(where a run is not, its size names the preset's beside it); latency from the uninstrumented timed pass, "
+           "shares and sites from the full profile of the step stage (the denoiser, or a token model's generator).", "",
            "| workload | backend | params (B) | size | status | e2e ms | step ms | prefill ms | busy % | "
            + " | ".join(OP_CLASSES[:6]) + " | other classes | attention by site |", "|" + "---|" * 17]
     for r in runs:
         params = r.meta["config"].get("params", {})
-        size = f"{params.get('height')}x{params.get('width')}" + (f"x{params['frames']}" if params.get("frames") else "")
+        size = _size(params)
         try:
-            total = sum(get_workload(r.workload).parameter_count(r.meta.get("preset") or "full").values()) / 1e9
+            workload, preset = get_workload(r.workload), r.meta.get("preset") or "full"
+            total = sum(workload.parameter_count(preset).values()) / 1e9
+            default = _size(workload.resolve(preset, device="cpu")["params"])
+            if default != size:  # the header promises the published size: say where a run is not at it
+                size += f" (preset {default})"
         except Exception:  # noqa: BLE001 - a pipeline folder or a removed workload: no count
             total = None
         if r.status != "ok":

@@ -152,14 +152,16 @@ def test_suite_summary_table(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("summarize_workloads", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for name in ("sd15", "llamagen"):
-        assert main(["profile", name, *FAST, "--store", str(tmp_path)]) == 0
+    for name, size in (("sd15", "64"), ("llamagen", "64"), ("sd15", "48")):
+        assert main(["profile", name, *FAST, "--height", size, "--store", str(tmp_path)]) == 0
     assert main(["profile", "sd15", "--height", "64", "--cpu-offload", "--store", str(tmp_path)]) == 1  # refused
     text = mod.summary([str(tmp_path)])
     rows = [line for line in text.splitlines() if line.startswith("| sd15") or line.startswith("| llamagen")]
-    assert len(rows) == 2
+    assert len(rows) == 3
     assert "/token" in rows[0] and "causal 100%" in rows[0]
     assert "spatial" in rows[1] and "cross" in rows[1]
+    # the preset's own size bare; another one named beside it
+    assert "| 64x64 |" in rows[1] and "| 48x64 (preset 64x64) |" in rows[2]
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1 and "other classes" in table[0]
 
