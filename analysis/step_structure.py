@@ -17,8 +17,8 @@ from mmchar.store import Run
 from .tables import _ids, run_labels, with_kernels
 
 COLUMNS = ["run_id", "label", "workload", "backend", "device", "guidance_scale", "guidance_mode", "calls_per_step",
-           "denoiser_batch", "component", "steps", "profiled_steps", "kernel_ms_per_step", "attention_share",
-           "gemm_share"]
+           "denoiser_batch", "component", "steps", "profiled_steps", "kernel_ms_per_step", "kernel_ms_per_call",
+           "attention_share", "gemm_share"]
 OUTSIDE = "(outside modules)"  # step-stage kernels no module range encloses (guidance arithmetic, casts)
 REPLAY = "(CUDA graph replay)"  # a --cuda-graphs run's replayed kernels: no module range opens during a replay
 
@@ -34,13 +34,24 @@ def _timed_steps(meta: dict[str, Any], components: list[str]) -> dict[str, int |
     return {c: (int(steps) if steps is not None and len(named) == 1 and c in named else None) for c in components}
 
 
+def _per_call(kernels: pd.DataFrame, profiled: int) -> str | None:
+    """Kernel ms per profiled step of each call of the step (" / "-joined in call order); None for one call."""
+    calls = kernels["call"][kernels["call"] >= 0] if "call" in kernels else pd.Series(dtype="int16")
+    if calls.nunique() < 2 or not profiled:
+        return None
+    ms = kernels.loc[calls.index].groupby(calls)["dur_us"].sum().sort_index() / 1000.0 / profiled
+    return " / ".join(f"{v:.1f}" for v in ms)
+
+
 def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run × step-stage component (the module tree's root: ``transformer``, ``transformer_2``, ``unet``).
 
     ``steps`` counts the component's steps in the timed generation (None for the unnamed rows); ``kernel_ms_per_step``
     is its kernel time in the full profile over the profiled steps it ran (``profiled_steps``; a model that ran no
-    profiled step has a row with 0 and no time), with its attention and gemm shares. The
-    guidance columns come from the run's ``guidance`` record (seen in the warm-up: the calls a step made and the
+    profiled step has a row with 0 and no time), with its attention and gemm shares. ``kernel_ms_per_call``: where a
+    step made several calls of the model (guidance as two calls), the same time per call in call order ("4373.1 /
+    4373.2": conditional, then unconditional in diffusers' pipelines), so a branch that costs more (a longer
+    negative prompt) shows; blank for one call a step and for runs that did not record calls. The guidance columns come from the run's ``guidance`` record (seen in the warm-up: the calls a step made and the
     leading batch of each), blank for runs made before it was recorded.
     """
     labels = run_labels(runs)
@@ -70,6 +81,7 @@ def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "denoiser_batch": guidance.get("denoiser_batch"),
                 "component": component, "steps": timed.get(component), "profiled_steps": profiled,
                 "kernel_ms_per_step": total / 1000.0 / profiled if profiled else None,
+                "kernel_ms_per_call": _per_call(mine, profiled),
                 "attention_share": float(share_of(by_class.get("attention", 0.0), total)) if total else None,
                 "gemm_share": float(share_of(by_class.get("gemm", 0.0), total)) if total else None,
             })

@@ -1,6 +1,6 @@
 """Attribution: every kernel (every op on a CPU run) of a parsed trace, classified and placed.
 
-Each row gets its stage and step, the innermost module, the top-level aten op that launched it, an op class
+Each row gets its stage, step and call within the step, the innermost module, the top-level aten op that launched it, an op class
 (`mmchar.taxonomy`, with attention cores decided first), a sub-class naming what it is for within that class
 (`mmchar.sub_classes`: conv3d, pad, upsample, rope, modulation ...), its phase (``backward`` for the work of a backward
 pass, classed by the forward op it differentiates) and, for attention and for the projections of attention
@@ -63,6 +63,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
     n = len(trace.name)
     stage = [""] * n
     step = np.full(n, -1, dtype=np.int32)
+    call = np.full(n, -1, dtype=np.int16)
     module = [""] * n
     op_class = [""] * n
     phase = [""] * n
@@ -84,6 +85,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
         c = trace.ctx[r]
         stage[r] = c.stage or OUTSIDE_STAGES
         step[r] = c.step
+        call[r] = c.call
         module[r] = c.module
         top = ops[c.top_op] if c.top_op >= 0 else None
         top_name = top[0] if top else ""
@@ -158,7 +160,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
                 op_class[r] = "routing"
 
     kernels = pd.DataFrame({
-        "stage": stage, "step": step, "module_path": module, "op_class": op_class, "phase": phase, "attn_site": site,
+        "stage": stage, "step": step, "call": call, "module_path": module, "op_class": op_class, "phase": phase, "attn_site": site,
         "aten_op": aten, "launch_op": launch, "kernel": trace.name, "ts_us": np.asarray(trace.ts, dtype=float),
         "dur_us": np.asarray(trace.dur, dtype=float), "input_shapes": shapes, "flops": flops, "bytes": nbytes,
     })

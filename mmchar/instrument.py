@@ -119,10 +119,10 @@ class StageTimer:
                                                     for t in (*comp.parameters(), *comp.buffers()))
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            step = -1
+            step = call = -1
             if stage in STEP_STAGES:  # a step is ``calls_per_step`` calls of the root that runs it
                 state = self._steps[stage]
-                step = state[0]
+                step, call = state
                 state[1] += 1
                 if state[1] >= per_step:
                     state[0], state[1] = step + 1, 0
@@ -131,7 +131,7 @@ class StageTimer:
                 phase = phases[0] if len(phases) == 1 or step == 0 else phases[1]
             if self.capture and stage == "decoder" and self._captured is None and args and torch.is_tensor(args[0]):
                 self._captured = args[0].detach()
-            handle = _rf_enter(stage_label(stage, step), None) if self.annotate else None
+            handle = _rf_enter(stage_label(stage, step, call), None) if self.annotate else None
             if self.measure_memory:
                 torch.cuda.reset_peak_memory_stats(self.target.device)
                 base = torch.cuda.memory_allocated(self.target.device)

@@ -41,6 +41,9 @@ COMPARISONS_DIR = "comparisons"
 KERNEL_COLUMNS = {
     "stage": "category",  # a STAGES name ("" when the kernel ran outside every stage)
     "step": "int32",  # denoising / generation step (-1 outside the denoiser and the generator)
+    # which of its step's calls of the step stage (0 first; guidance as two calls: 0 and 1, the conditional pass
+    # first in diffusers' pipelines); -1 outside the step stages and in runs written before it was recorded
+    "call": "int16",
     "module_path": "category",  # innermost module, dotted from the pipeline root ("unet.down_blocks.0...")
     "op_class": "category",
     "sub_class": "category",  # a SUB_CLASSES name (conv3d, pad, rope, modulation ...), "" where no rule names one

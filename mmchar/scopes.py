@@ -15,21 +15,25 @@ from dataclasses import dataclass
 
 from mmchar.schema import ATTN_SITES
 
-STAGE_SCOPE_PREFIX = "mmchar.stage::"  # one stage-root call: mmchar.stage::<stage>::<step>
+STAGE_SCOPE_PREFIX = "mmchar.stage::"  # one stage-root call: mmchar.stage::<stage>::<step>::<call>
 MODULE_SCOPE_PREFIX = "mmchar.module::"  # one module forward: mmchar.module::<dotted path>
 ATTN_SCOPE_PREFIX = "mmchar.attn::"  # one attention-core call (see `attention_label`)
 COMM_SCOPE_PREFIX = "mmchar.comm::"  # one collective or send: mmchar.comm::<kind>::<bytes sent>
 PROJ_SCOPE_PREFIX = "mmchar.proj::"  # one call of a replaced linear layer (see `projection_label`)
 
 
-def stage_label(stage: str, step: int) -> str:
-    return f"{STAGE_SCOPE_PREFIX}{stage}::{step}"
+def stage_label(stage: str, step: int, call: int = 0) -> str:
+    """``call``: which of the step's calls this one is (a step of two calls for guidance: 0, then 1)."""
+    return f"{STAGE_SCOPE_PREFIX}{stage}::{step}::{call}"
 
 
-def parse_stage_label(label: str) -> tuple[str, int]:
-    """(stage, step) of a stage label; step -1 outside the step stages."""
-    stage, _, step = label[len(STAGE_SCOPE_PREFIX):].partition("::")
-    return stage, int(step or -1)
+def parse_stage_label(label: str) -> tuple[str, int, int]:
+    """(stage, step, call) of a stage label; step -1 outside the step stages, call -1 there too and in labels
+    written before calls were (``mmchar.stage::<stage>::<step>``)."""
+    stage, _, rest = label[len(STAGE_SCOPE_PREFIX):].partition("::")
+    step, _, call = rest.partition("::")
+    step_i = int(step or -1)
+    return stage, step_i, int(call) if call and step_i >= 0 else -1
 
 
 def module_label(path: str) -> str:

@@ -234,6 +234,7 @@ def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
 # of the older table that derives them (from columns it has)
 ADDED_KERNEL_COLUMNS: dict[str, Any] = {
     "phase": "",  # no run mmchar profiles has a backward pass
+    "call": -1,  # not recorded: which call of its step a kernel ran in
     "sub_class": sub_classes,  # the rule table reads only stored columns: an older run gets what attribution writes
 }
 

@@ -83,6 +83,7 @@ class Context:
     comm_id: int = -1  # which collective call
     proj: str = ""  # the projection scope label (a linear layer a projection backend replaced), "" outside one
     proj_id: int = -1  # which projection call
+    call: int = -1  # which call of its step the stage root's call is (0, 1 for guidance's two calls); -1 outside
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                 else:
                     ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id,
                                   parent.top_op if parent.top_op >= 0 else op, op, parent.comm, parent.comm_id,
-                                  parent.proj, parent.proj_id)
+                                  parent.proj, parent.proj_id, parent.call)
                 if not trace.on_gpu:
                     for s in reversed(stack):  # charge this op's time to its nearest enclosing op
                         if s[2] >= 0:
@@ -226,32 +227,32 @@ def _parse(data: dict[str, Any], foreign_stage: str | None = None) -> Trace:
                 continue
             name = cpu_name[i]
             if name.startswith(STAGE_SCOPE_PREFIX):
-                stage, step = parse_stage_label(name)
+                stage, step, call = parse_stage_label(name)
                 ctx = Context(stage, step, parent.module, parent.attn, parent.attn_id, parent.top_op,
-                              parent.leaf_op, parent.comm, parent.comm_id, parent.proj, parent.proj_id)
+                              parent.leaf_op, parent.comm, parent.comm_id, parent.proj, parent.proj_id, call)
             elif name.startswith(MODULE_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parse_module_label(name), parent.attn,
                               parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id,
-                              parent.proj, parent.proj_id)
+                              parent.proj, parent.proj_id, parent.call)
             elif name.startswith(ATTN_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, name, i, parent.top_op, parent.leaf_op,
-                              parent.comm, parent.comm_id, parent.proj, parent.proj_id)
+                              parent.comm, parent.comm_id, parent.proj, parent.proj_id, parent.call)
             elif name.startswith(COMM_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id, parent.top_op,
-                              parent.leaf_op, name, i, parent.proj, parent.proj_id)
+                              parent.leaf_op, name, i, parent.proj, parent.proj_id, parent.call)
             elif name.startswith(PROJ_SCOPE_PREFIX):
                 ctx = Context(parent.stage, parent.step, parent.module, parent.attn, parent.attn_id, parent.top_op,
-                              parent.leaf_op, parent.comm, parent.comm_id, name, i)
+                              parent.leaf_op, parent.comm, parent.comm_id, name, i, parent.call)
             elif foreign_stage is not None and name.startswith(PY_MODULE_PREFIX):
                 inst = name[len(PY_MODULE_PREFIX):]
                 ctx = Context(parent.stage, parent.step, f"{parent.module}.{inst}" if parent.module else inst,
                               parent.attn, parent.attn_id, parent.top_op, parent.leaf_op, parent.comm,
-                              parent.comm_id, parent.proj, parent.proj_id)
+                              parent.comm_id, parent.proj, parent.proj_id, parent.call)
             elif foreign_stage is not None and name.startswith(PROFILER_STEP_PREFIX):
                 step = _profiler_step(name)
                 ctx = Context(parent.stage, parent.step if step is None else step, parent.module, parent.attn,
                               parent.attn_id, parent.top_op, parent.leaf_op, parent.comm, parent.comm_id,
-                              parent.proj, parent.proj_id)
+                              parent.proj, parent.proj_id, parent.call)
             else:
                 ctx = parent
             stack.append((end, ctx, -1))

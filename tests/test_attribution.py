@@ -126,6 +126,7 @@ def test_breakdown_shares_are_of_their_stage_and_an_idle_stage_gets_zero():
 
     kernels = pd.DataFrame({
         "stage": ["denoiser", "denoiser", "denoiser", "decoder", "host"], "step": np.int32([0, 0, 1, -1, -1]),
+        "call": np.int16([0, 0, 0, -1, -1]),
         "module_path": "m", "op_class": ["gemm", "attention", "attention", "conv", "memory"], "sub_class": "", "phase": "",
         "attn_site": ["spatial", "spatial", "cross", "", ""], "aten_op": "aten::x", "launch_op": "aten::x",
         "kernel": "k", "ts_us": [0.0, 1.0, 2.0, 3.0, 4.0], "dur_us": [30.0, 50.0, 20.0, 9.0, 0.0],

@@ -11,6 +11,7 @@ import diffusers
 import torch
 from torch import nn
 
+from mmchar.analysis import step_structure_table
 from mmchar.api import run_config_hash
 from mmchar.instrument import StageTimer
 from mmchar.runner import ProfileOptions, _step_components_record, run_and_store
@@ -53,6 +54,12 @@ def test_both_experts_number_their_steps_in_one_sequence(tmp_path):
         steps = set(den[den["module_path"].astype(str).str.startswith(f"{expert}.")]["step"])
         assert steps == {i for i, e in enumerate(expected) if e == expert}, (expert, steps)
     assert run.meta["busy"]["denoiser_step"]["kernels"] > 0
+    # and the call of its step each kernel ran in: the conditional pass (0), then the unconditional one (1)
+    modelled = den[den["module_path"].astype(str) != ""]
+    assert set(zip(modelled["step"], modelled["call"])) == {(s, c) for s in range(STEPS) for c in (0, 1)}
+    assert (k.loc[k["stage"] != "denoiser", "call"] == -1).all()
+    t = step_structure_table([run]).set_index("component")
+    assert all(len(str(t.loc[e, "kernel_ms_per_call"]).split(" / ")) == 2 for e in ("transformer", "transformer_2"))
 
 
 def _hand_target(roots: list[StageRoot], schedule: list[str]) -> Target:

@@ -29,12 +29,12 @@ def test_round_trip(tmp_path):
     folder = write_run(tmp_path, r)
     back = load_run(folder)
     assert back.meta["schema_version"] == SCHEMA_VERSION and back.meta["timings"] == r.meta["timings"]
-    # the table was written without the phase and sub_class columns (as runs before them were): it reads back with
-    # them, phase empty and the sub-classes derived from the stored columns
+    # the table was written without the phase, sub_class and call columns (as runs before them were): it reads back
+    # with them, phase empty, the sub-classes derived from the stored columns, the call unknown (-1)
     assert list(back.kernels.columns) == list(KERNEL_COLUMNS) and back.kernels["phase"].tolist() == ["", ""]
-    assert back.kernels["sub_class"].tolist() == ["conv2d", ""]
-    pd.testing.assert_frame_equal(back.kernels.drop(columns=["phase", "sub_class"]).reset_index(drop=True), r.kernels,
-                                  check_dtype=False, check_categorical=False)
+    assert back.kernels["sub_class"].tolist() == ["conv2d", ""] and back.kernels["call"].tolist() == [-1, -1]
+    pd.testing.assert_frame_equal(back.kernels.drop(columns=["phase", "sub_class", "call"]).reset_index(drop=True),
+                                  r.kernels, check_dtype=False, check_categorical=False)
     assert list(back.breakdown.columns) == list(BREAKDOWN_COLUMNS)
     assert back.breakdown["share"].tolist() == [0.25, 0.75]
     assert back.breakdown["attn_site"].tolist() == ["spatial", ""]  # empty sites stay empty strings, not NaN

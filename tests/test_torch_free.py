@@ -62,7 +62,8 @@ def test_each_label_reads_back_what_was_written():
     assert call.module_path.endswith("attn2") and call.input_dims() == "[[2, 8, 4096, 40], [2, 8, 77, 40], [2, 8, 77, 40]]"
     assert scopes.attention_label_site(label) == ("cross", call.module_path)
     assert scopes.parse_attention_label("mmchar.attn::cross::m::flash::2,8") is None
-    assert scopes.parse_stage_label(scopes.stage_label("denoiser", 0)) == ("denoiser", 0)
-    assert scopes.parse_stage_label(scopes.stage_label("decoder", -1)) == ("decoder", -1)
+    assert scopes.parse_stage_label(scopes.stage_label("denoiser", 0, 1)) == ("denoiser", 0, 1)
+    assert scopes.parse_stage_label(scopes.stage_label("decoder", -1, -1)) == ("decoder", -1, -1)
+    assert scopes.parse_stage_label("mmchar.stage::denoiser::3") == ("denoiser", 3, -1)  # written before calls
     assert scopes.parse_module_label(scopes.module_label("unet.mid_block")) == "unet.mid_block"
     assert scopes.parse_comm_label(scopes.comm_label("all_to_all", 4096)) == 4096.0

@@ -83,3 +83,17 @@ def test_graph_replay_is_named_as_such():
             workload="sd15", options={"cuda_graphs": True})
     t = step_structure_table([r])
     assert list(t["component"]) == ["(CUDA graph replay)"] and t.loc[0, "kernel_ms_per_step"] == pytest.approx(0.3)
+
+
+def test_two_calls_a_step_show_each_call_and_a_batched_step_does_not():
+    """The kernels' ``call`` column: Qwen-Image-like true CFG whose unconditional call (a shorter negative prompt)
+    costs less; a table without the column (a run written before it) and one call a step get no split."""
+    rows = [("denoiser", s, "transformer.blocks.0.attn1", "attention", us) for s in (0, 1) for us in (600.0, 400.0)]
+    k = kernels(rows)
+    k["call"] = pd.Series([0, 1, 0, 1], dtype="int16")
+    t = step_structure_table([run("q", k)])
+    assert t.loc[0, "kernel_ms_per_step"] == pytest.approx(1.0) and t.loc[0, "kernel_ms_per_call"] == "0.6 / 0.4"
+    one = kernels(rows)
+    one["call"] = pd.Series([0, 0, 0, 0], dtype="int16")
+    assert pd.isna(step_structure_table([run("b", one)]).loc[0, "kernel_ms_per_call"])
+    assert pd.isna(step_structure_table([run("old", kernels(rows))]).loc[0, "kernel_ms_per_call"])
