@@ -1,10 +1,10 @@
 """Attribution: every kernel (every op on a CPU run) of a parsed trace, classified and placed.
 
-Each row gets its stage, step and call within the step, the innermost module, the top-level aten op that launched it, an op class
-(`mmchar.taxonomy`, with attention cores decided first), a sub-class naming what it is for within that class
-(`mmchar.sub_classes`: conv3d, pad, upsample, rope, modulation ...), its phase (``backward`` for the work of a backward
-pass, classed by the forward op it differentiates) and, for attention and for the projections of attention
-modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
+Each row gets its stage, step and call within the step, the innermost module, the top-level aten op that launched
+it, an op class (`mmchar.taxonomy`, with attention cores decided first), a sub-class naming what it is for within
+that class (`mmchar.sub_classes`: conv3d, pad, upsample, rope, modulation ...), its phase (``backward`` for the
+work of a backward pass, classed by the forward op it differentiates) and, for attention and for the projections of
+attention modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
 op class and its cost (the projection scope's label), like an attention core's. The kernels of a mixture-of-experts
 layer's gate, dispatch and combine are op class ``routing`` (`mmchar.routing`: found from the model's structure,
 which the runner passes). Kernels launched outside every stage belong to the ``host`` stage (latent preparation,
@@ -63,7 +63,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
     n = len(trace.name)
     stage = [""] * n
     step = np.full(n, -1, dtype=np.int32)
-    call = np.full(n, -1, dtype=np.int16)
+    step_call = np.full(n, -1, dtype=np.int16)
     module = [""] * n
     op_class = [""] * n
     phase = [""] * n
@@ -85,7 +85,7 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
         c = trace.ctx[r]
         stage[r] = c.stage or OUTSIDE_STAGES
         step[r] = c.step
-        call[r] = c.call
+        step_call[r] = c.call
         module[r] = c.module
         top = ops[c.top_op] if c.top_op >= 0 else None
         top_name = top[0] if top else ""
@@ -160,7 +160,8 @@ def _attribute(trace: Trace, rules: list[tuple[re.Pattern[str], str]],
                 op_class[r] = "routing"
 
     kernels = pd.DataFrame({
-        "stage": stage, "step": step, "call": call, "module_path": module, "op_class": op_class, "phase": phase, "attn_site": site,
+        "stage": stage, "step": step, "call": step_call, "module_path": module, "op_class": op_class, "phase": phase,
+        "attn_site": site,
         "aten_op": aten, "launch_op": launch, "kernel": trace.name, "ts_us": np.asarray(trace.ts, dtype=float),
         "dur_us": np.asarray(trace.dur, dtype=float), "input_shapes": shapes, "flops": flops, "bytes": nbytes,
     })
