@@ -51,8 +51,9 @@ def step_structure_table(runs: Sequence[Run]) -> pd.DataFrame:
     profiled step has a row with 0 and no time), with its attention and gemm shares. ``kernel_ms_per_call``: where a
     step made several calls of the model (guidance as two calls), the same time per call in call order ("4373.1 /
     4373.2": conditional, then unconditional in diffusers' pipelines), so a branch that costs more (a longer
-    negative prompt) shows; blank for one call a step and for runs that did not record calls. The guidance columns come from the run's ``guidance`` record (seen in the warm-up: the calls a step made and the
-    leading batch of each), blank for runs made before it was recorded.
+    negative prompt) shows; blank for one call a step and for runs that did not record calls. The guidance columns
+    come from the run's ``guidance`` record (seen in the warm-up: the calls a step made and the leading batch of
+    each), blank for runs made before it was recorded.
     """
     labels = run_labels(runs)
     rows = []

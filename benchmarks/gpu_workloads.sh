@@ -2,7 +2,8 @@
 # GPU evidence of the workload suite, run on the device machine from the repo root (wheels: gpu-wheels.sh and
 # benchmarks/extra_wheels.sh): every workload's full preset at its published default size, 2 steps (tokens for
 # llamagen; 1 for hunyuanvideo), one timed generation, one profiled step, each in its own process through
-# `mmchar sweep` (an OOM is recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into $OUT/results.tgz after each.
+# `mmchar sweep` (an OOM is recorded by the tool; a re-run with the same STORE resumes). Slim stores packed into
+# $OUT/results.tgz after each.
 #   WORKLOADS="sd15 sdxl ..." (default: all, smallest first)  BUDGET_S=540 (stop starting new ones after it)
 #   PER_WORKLOAD_S=300 (each one's limit)  DEADLINE_S (optional: no run outlasts it, counted from the script's
 #   start, install included; 15 s kept for packing the results)

@@ -4,11 +4,11 @@ Each row gets its stage, step and call within the step, the innermost module, th
 it, an op class (`mmchar.taxonomy`, with attention cores decided first), a sub-class naming what it is for within
 that class (`mmchar.sub_classes`: conv3d, pad, upsample, rope, modulation ...), its phase (``backward`` for the
 work of a backward pass, classed by the forward op it differentiates) and, for attention and for the projections of
-attention modules, the attention site. The kernels of a linear layer a projection backend replaced take that backend's
-op class and its cost (the projection scope's label), like an attention core's. The kernels of a mixture-of-experts
-layer's gate, dispatch and combine are op class ``routing`` (`mmchar.routing`: found from the model's structure,
-which the runner passes). Kernels launched outside every stage belong to the ``host`` stage (latent preparation,
-guidance arithmetic between model calls; docs/conventions.md).
+attention modules, the attention site. The kernels of a linear layer a projection backend replaced take that
+backend's op class and its cost (the projection scope's label), like an attention core's. The kernels of a
+mixture-of-experts layer's gate, dispatch and combine are op class ``routing`` (`mmchar.routing`: found from the
+model's structure, which the runner passes). Kernels launched outside every stage belong to the ``host`` stage
+(latent preparation, guidance arithmetic between model calls; docs/conventions.md).
 """
 
 from __future__ import annotations
