@@ -293,6 +293,7 @@ def _untuned(prefix: str):
                 obj = obj.fn
             if isinstance(obj, Autotuner):
                 tuners.add(obj)
+
     def one(prune):
         return lambda *args, **kwargs: [lightest(prune(*args, **kwargs))]
 
