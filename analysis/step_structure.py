@@ -36,10 +36,10 @@ def _timed_steps(meta: dict[str, Any], components: list[str]) -> dict[str, int |
 
 def _per_call(kernels: pd.DataFrame, profiled: int) -> str | None:
     """Kernel ms per profiled step of each call of the step (" / "-joined in call order); None for one call."""
-    calls = kernels["call"][kernels["call"] >= 0] if "call" in kernels else pd.Series(dtype="int16")
-    if calls.nunique() < 2 or not profiled:
+    called = kernels[kernels["call"] >= 0]  # every table has the column (`with_kernels`): -1 where not recorded
+    if called["call"].nunique() < 2 or not profiled:
         return None
-    ms = kernels.loc[calls.index].groupby(calls)["dur_us"].sum().sort_index() / 1000.0 / profiled
+    ms = called.groupby("call")["dur_us"].sum() / 1000.0 / profiled
     return " / ".join(f"{v:.1f}" for v in ms)
 
 
