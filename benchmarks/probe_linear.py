@@ -5,6 +5,10 @@ from S = 16k (B·S = 16 384, H·d = 2048: B·H = 32 at d = 64, 16 at d = 128).
     python3 -u benchmarks/probe_linear.py [--seqs 16384,32768,65536] [--dims 64,128]
     python3 -u benchmarks/probe_linear.py --causal [--seqs 4096,16384,65536] [--bh 16,32,128] [--chunks 256x64,64x64]
 
+--causal --kernels: per kernel GPU time (profiler, 10 calls back to back) of the scan, the chunked path at its
+default levels and fla's chunk_linear_attn, each beside its host time per call (GPU queue full) and its do_bench time: where the losing
+shapes spend it, and how much of a call is host time.
+
 --causal (issue 17, part 2) times instead, with do_bench, both causal forms (the one-pass scan and the two-level
 chunked path, whichever the heuristic would not pick included), normalised and not, beside fla's
 chunk_linear_attn on [B, T, H, D] with the same normalisation (inputs prepared outside the timed call), at
@@ -26,6 +30,8 @@ p.add_argument("--dims", default="64,128")
 p.add_argument("--copy-gbps", type=float, default=None, help="the copy roof (default: measured here)")
 p.add_argument("--causal", action="store_true")
 p.add_argument("--bh", default="16,32,128")
+p.add_argument("--kernels", action="store_true", help="causal: per-kernel GPU time of each form")
+p.add_argument("--norms", default="on,off", help="causal: normalisation settings to run")
 p.add_argument("--chunks", default="256x64,256x128,128x64,64x64", help="causal: chunked-path levels, CHUNKxTILE")
 a = p.parse_args()
 
@@ -52,7 +58,7 @@ def causal_table() -> None:
                            for _ in range(3))
                 fq, fk = torch.relu(q), torch.relu(k)  # fla applies no feature map: hand it φ(q), φ(k)
                 tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (fq, fk, v))  # its native [B, T, H, D]
-                for norm in (True, False):
+                for norm in norms:
                     form = K.causal_form(b * h, d, d, q.element_size(), norm)
                     ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                                  normalize=norm))}
@@ -74,9 +80,86 @@ def causal_table() -> None:
                           + f"{peer:9.3f}{peer / best:9.2f}  {form}", flush=True)
 
 
+def kernel_times(fn) -> dict[str, float]:
+    """µs of GPU time per call, per kernel name (10 calls back to back, after three that tune and compile)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+    per: dict[str, float] = defaultdict(float)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name[:40]] += e.device_time / 10
+    return per
+
+
+def host_us(fn, calls: int = 50) -> float:
+    """Host time per call (Python and launches) with the GPU queue kept full by a sleeping kernel ahead."""
+    import time
+
+    torch.cuda.synchronize()
+    torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time ahead: no call below waits on the GPU
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    us = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return us
+
+
+def causal_kernels() -> None:
+    from triton.testing import do_bench
+
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
+        chunk_linear_attn = None
+    print(f"{torch.cuda.get_device_name()}: causal linear attention per kernel, µs of GPU time per call (profiler, "
+          f"L2 warm) and the call's do_bench time (L2 flushed, host included)")
+    print(f"{'shape':<22}{'norm':<5}{'form':<8}{'kernel':<42}{'us':>9}")
+    levels = [tuple(map(int, c.split("x"))) for c in a.chunks.split(",")]
+    for d in map(int, a.dims.split(",")):
+        for s in map(int, a.seqs.split(",")):
+            for bh in map(int, a.bh.split(",")):
+                h = min(2048 // d, bh)
+                b = max(bh // h, 1)
+                g = torch.Generator(device="cuda").manual_seed(0)
+                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
+                           for _ in range(3))
+                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (torch.relu(q), torch.relu(k), v))
+                name = f"B{b} H{h} S{s // 1024}k d{d}"
+                for norm in norms:
+                    forms = {"scan": (None, lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
+                                                                   normalize=norm))}
+                    for c, t in levels:
+                        forms[f"c{c}/{t}"] = ((c, t), lambda: K.linear_attn(q, k, v, causal=True,
+                                                                           causal_path="chunked", normalize=norm))
+                    if chunk_linear_attn is not None:
+                        forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
+                    for form, (lv, fn) in forms.items():
+                        K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv or default_levels
+                        per = kernel_times(fn)
+                        for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
+                            print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{kname:<42}{us:9.1f}")
+                        print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'kernels, sum':<42}"
+                              f"{sum(per.values()):9.1f}")
+                        print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'host, per call':<42}"
+                              f"{host_us(fn):9.1f}")
+                        print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'do_bench':<42}"
+                              f"{1e3 * do_bench(fn):9.1f}", flush=True)
+                    K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
+    for tuned in (K._causal_state_tuned, K._causal_out_tuned):
+        for key, cfg in tuned.cache.items():
+            print(f"{tuned.fn.__name__} {key}: {cfg}")
+
+
 if a.causal:
     default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK)
-    causal_table()
+    norms = [{"on": True, "off": False}[x] for x in a.norms.split(",")]
+    causal_kernels() if a.kernels else causal_table()
     raise SystemExit(0)
 
 

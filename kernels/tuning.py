@@ -49,8 +49,14 @@ def steady_pick(timings: dict, configs: list) -> Any:
                 min(timings, key=timings.get))
 
 
-class _SteadyAutotuner(triton.runtime.autotuner.Autotuner):
-    """Triton's autotuner, choosing with `steady_pick` after its timing (fresh or from its disk cache)."""
+class _Autotuner(triton.runtime.autotuner.Autotuner):
+    """Triton's autotuner, choosing with `steady_pick` after its timing (fresh or from its disk cache), and
+    launching a key's chosen config directly once it has one.
+
+    Triton's own per-call lookup rebuilds the key from every argument (a dict of all of them, each name searched
+    in a list of names): tens of µs of host time per launch, which a short attention call cannot hide (triton_flash
+    at 83-116 µs per call, 56-61 µs without it: benchmarks/results/attention/README.md). `_fast_key` holds the same
+    information (the key arguments' values and every argument's dtype), so a hit launches what Triton would."""
 
     def check_disk_cache(self, tuning_key, configs, bench_fn):
         used_cache = super().check_disk_cache(tuning_key, configs, bench_fn)
@@ -59,12 +65,32 @@ class _SteadyAutotuner(triton.runtime.autotuner.Autotuner):
             self.cache[tuning_key] = steady_pick(timings, configs)
         return used_cache
 
+    def _fast_key(self, args: tuple, kwargs: dict) -> tuple:
+        where = self.__dict__.get("_key_at")
+        if where is None:
+            where = self._key_at = [(self.arg_names.index(k), k) for k in self.keys if k in self.arg_names]
+        n = len(args)
+        return (tuple(args[i] if i < n else kwargs.get(k) for i, k in where),
+                tuple(getattr(a, "dtype", None) for a in args),
+                tuple(getattr(v, "dtype", None) for v in kwargs.values()))
+
+    def run(self, *args, **kwargs):
+        key = self._fast_key(args, kwargs)
+        chosen = self.chosen.get(key)
+        if chosen is None:  # the first call of a key: Triton's path (tuning, its disk cache, pre-hooks)
+            ret = super().run(*args, **kwargs)
+            if self.best_config.pre_hook is None:  # a direct launch would skip a hook: such configs stay on it
+                self.chosen[key] = (self.best_config, self.best_config.all_kwargs())
+            return ret
+        self.best_config = chosen[0]
+        return self.fn.run(*args, **kwargs, **chosen[1])
+
 
 def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Callable[..., list],
              reset: list[str] | None = None) -> Any:
     """``triton.autotune`` with a pruning hook, results cached across processes where Triton can, ties between
-    configs broken by their order (`steady_pick`), and ``reset`` (arguments zeroed before each trial: kernels that
-    accumulate with atomics)."""
+    configs broken by their order (`steady_pick`), later calls of a tuned key launched directly (`_Autotuner`), and
+    ``reset`` (arguments zeroed before each trial: kernels that accumulate with atomics)."""
     def prune_or_first(configs: list, named_args: dict, **kwargs: Any) -> list:
         kept = prune(configs, named_args, **kwargs)
         return kept[:1] if tuning_off() else kept  # one config left: Triton 3.9 times nothing, 3.6 times it once
@@ -78,8 +104,9 @@ def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Calla
     if "do_bench" in params:
         kw["do_bench"] = gpu_time
     tuner = triton.autotune(**kw)(fn)
-    if type(tuner) is triton.runtime.autotuner.Autotuner and "cache_results" in params:
-        tuner.__class__ = _SteadyAutotuner
+    if type(tuner) is triton.runtime.autotuner.Autotuner:
+        tuner.__class__ = _Autotuner
+        tuner.chosen = {}  # _fast_key -> (the config, its launch arguments)
     return tuner
 
 

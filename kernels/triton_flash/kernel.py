@@ -189,7 +189,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 
 # HEAD_DIM, not only its padded BLOCK_D, keys the tuning: d = 40 and 64 share a tile width but not the best
 # config (the pad columns are masked loads on the pointer path)
-_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "TMA_OK"]  # triton_flash's _CHOSEN key mirrors it
+_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "BLOCK_D", "CAUSAL", "TMA_OK"]
 _triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(), _KEY, _prune)
 
 
@@ -246,24 +246,9 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                                        TMA=use_tma)
     else:
         tuned = _triton_flash_fwd_tuned if tma is None else _FORCED[use_tma]  # forced: that path's configs only
-        # the autotuner's own key (_KEY's values, in its order, and the tensors' dtype, one for all four), per
-        # autotuner; args ends with SQ_BUCKET, SKV_BUCKET, TMA_OK
-        key = (tma, args[-3], args[-2], d, block_d, causal, args[-1], q.dtype)
-        chosen = _CHOSEN.get(key)
-        if chosen is None:  # first call of this key: the autotuner tunes it (or reads its disk cache)
-            grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
-            tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
-            if tuned.best_config.pre_hook is None:  # a direct launch would skip a hook: such configs stay tuned
-                _CHOSEN[key] = tuned.best_config.all_kwargs()
-        else:  # later calls launch the chosen config directly: the autotuner's own per-call lookup is host time
-            _triton_flash_fwd_kernel[(b * h * triton.cdiv(sq, chosen["BLOCK_M"]),)](
-                *args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, **chosen)
+        grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
+        tuned[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal)
     return o
-
-
-# (forced path, Sq bucket, Skv bucket, head dim, causal, TMA allowed, dtype) -> the tuned config's launch
-# arguments: the autotuner's key (BLOCK_D follows from the head dim), so a hit launches what it would launch
-_CHOSEN: dict[tuple, dict] = {}
 
 
 _FORCED = {flag: autotune(_triton_flash_fwd_kernel, [c for c in _configs() if c.kwargs["TMA"] == flag], _KEY,

@@ -92,3 +92,41 @@ def test_the_autotuner_caches_the_steady_pick(monkeypatch):
     monkeypatch.setattr(tuner, "configs_timings", None, raising=False)
     assert tuner.check_disk_cache(("k",), configs, bench) is False
     assert tuner.cache[("k",)] == configs[0]
+
+
+def test_a_tuned_key_launches_its_config_directly(monkeypatch):
+    """The autotuner's own lookup runs once per key (key arguments' values and tensor dtypes); later calls of
+    that key launch the chosen config without it, with the same result; a new key value or dtype goes through it."""
+    import triton
+    import triton.language as tl
+    import triton.runtime.autotuner as at
+
+    from mmchar.kernels.tuning import autotune
+
+    @triton.jit
+    def add_one(X, Y, N, NB, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < N
+        tl.store(Y + offs, tl.load(X + offs, mask=ok) + 1, mask=ok)
+
+    monkeypatch.setenv("MMCHAR_AUTOTUNE", "0")  # one config left: nothing is timed (the CPU has no GPU clock)
+    tuned = autotune(add_one, [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})], ["NB"],
+                     lambda cs, nargs, **kw: cs)
+    through = []
+    real = at.Autotuner.run
+    monkeypatch.setattr(at.Autotuner, "run", lambda self, *a, **kw: (through.append(a[3]), real(self, *a, **kw))[1])
+
+    def call(n: int, dtype: torch.dtype) -> torch.Tensor:
+        x = torch.arange(n, dtype=dtype)
+        y = torch.empty_like(x)
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, y, n, 1 << max(4, (n - 1).bit_length()))
+        assert torch.equal(y, x + 1)
+        return y
+
+    call(40, torch.float32)
+    call(50, torch.float32)  # same bucket, same dtype: launched directly
+    call(50, torch.int32)  # a new dtype
+    call(100, torch.float32)  # a new bucket
+    call(100, torch.float32)
+    assert through == [64, 64, 128]
+    assert len(tuned.chosen) == 3 and tuned.best_config.kwargs == {"BLOCK": 16}
