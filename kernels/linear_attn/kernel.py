@@ -175,12 +175,13 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
                          stride_vb, stride_vh, stride_vn, stride_vd,
                          H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                          FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                         BDV: tl.constexpr):
+                         BDV: tl.constexpr, NORMALIZE: tl.constexpr = True):
     """Per (batch·head, dv block, group of chunks): the state at the start of each chunk, relative to the
     group's start (written to HS / HZ), and the group's total (G: per batch·head and group, the BD × DVP state
     then the BD sums). HS is kept in the inputs' dtype, scaled by 1/tokens: the output pass multiplies it in that
     dtype anyway, and each chunk's state is read by every query tile of the chunk (fp32 states were a quarter of
-    the chunked path's HBM traffic at d = 128)."""
+    the chunked path's HBM traffic at d = 128). Unnormalised, the key sums are neither kept nor written: a
+    cross-warp reduction per key tile in the pass's serial loop."""
     pid_bh = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_g = tl.program_id(2)
@@ -199,7 +200,8 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
     for c in range(c0, c1):
         tl.store(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :],
                  (state * state_scale).to(HS.dtype.element_ty))
-        tl.store(HZ + (pid_bh * NC + c) * BD + offs_d, zsum, mask=z_mine)
+        if NORMALIZE:
+            tl.store(HZ + (pid_bh * NC + c) * BD + offs_d, zsum, mask=z_mine)
         for s in range(c * CHUNK, c * CHUNK + CHUNK, BLOCK_N):
             offs_n = s + tl.arange(0, BLOCK_N)
             n_ok = offs_n < N
@@ -209,19 +211,21 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
             v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                         mask=n_ok[:, None] & e_ok[None, :], other=0.0)
             state += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
-            zsum += tl.sum(k.to(tl.float32), 0)
+            if NORMALIZE:
+                zsum += tl.sum(k.to(tl.float32), 0)
     total = G + (pid_bh * tl.num_programs(2) + pid_g) * (BD * DVP + BD)
     tl.store(total + offs_d[:, None] * DVP + offs_e[None, :], state)
-    tl.store(total + BD * DVP + offs_d, zsum, mask=z_mine)
+    if NORMALIZE:
+        tl.store(total + BD * DVP + offs_d, zsum, mask=z_mine)
 
 
 @triton.jit
-def _group_prefix_kernel(G, NG, W, BLOCK: tl.constexpr):
-    """In place, per batch·head: each group's total becomes the sum of the groups before it (an exclusive
-    prefix over a few groups; one launch where cat + cumsum took six)."""
+def _group_prefix_kernel(G, NG, W, SPAN, BLOCK: tl.constexpr):
+    """In place, per batch·head: the first SPAN of each group's W totals become the sums of the groups before it
+    (an exclusive prefix over a few groups; one launch where cat + cumsum took six)."""
     pid_bh = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < W
+    ok = offs < SPAN
     run = tl.zeros([BLOCK], dtype=tl.float32)
     for g in range(0, NG):
         ptr = G + (pid_bh * NG + g) * W + offs
@@ -260,15 +264,17 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, stat
     q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
                           + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
     st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])  # scaled by 1/tokens
-    zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
     if GROUPS:
         before = G + (pid_bh * tl.cdiv(NC, chunks_per_group) + c // chunks_per_group) * (BD * DVP + BD)
         st = (st.to(tl.float32)  # plus the groups before this one
               + tl.load(before + offs_d[:, None] * DVP + offs_e[None, :]) * state_scale).to(dt)
-        zs += tl.load(before + BD * DVP + offs_d)
     qd = q.to(dt)
     num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
-    den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
+    if NORMALIZE:
+        zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
+        if GROUPS:
+            zs += tl.load(before + BD * DVP + offs_d)
+        den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
     for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # key tiles of the chunk up to and including the diagonal one
@@ -282,7 +288,8 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, stat
         v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                     mask=n_ok[:, None] & e_ok[None, :], other=0.0)
         num += tl.dot(a.to(dt), v, input_precision=PREC)
-        den += tl.sum(a, 1)
+        if NORMALIZE:
+            den += tl.sum(a, 1)
     if NORMALIZE:
         num = num / (den + eps)[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
@@ -349,9 +356,9 @@ _state_tuned = _tuned(_linear_attn_state_kernel, [_cfg({"BLOCK_N": n, "BDV": e},
                                                   for n, e, w, s in _STATE_CONFIGS], reset=["UZ"])
 _out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, s) for m, e, w, s in _OUT_CONFIGS])
 _causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS],
-                             key=("CHUNK", "BLOCK_N"))
+                             key=("CHUNK", "BLOCK_N", "NORMALIZE"))
 _causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS],
-                           key=("CHUNK", "BLOCK"))
+                           key=("CHUNK", "BLOCK", "NORMALIZE"))
 
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
@@ -476,9 +483,10 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
     nb = bucket(b * h * n)
     _launch(_causal_state_kernel, _causal_state_tuned, lambda meta: (b * h, bdv // meta["BDV"], ng),
             k, v, hs, hz, g, n, nc, chunks_per_group, 1.0 / max(n, 1), nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
-            DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec)
-    if ng > 1:
-        _group_prefix_kernel[(b * h, triton.cdiv(width, 1024))](g, ng, width, BLOCK=1024)
+            DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec, NORMALIZE=normalize)
+    if ng > 1:  # unnormalised, the sums after each group's state are not written: the prefix leaves them out
+        span = width if normalize else bd * bdv
+        _group_prefix_kernel[(b * h, triton.cdiv(span, 1024))](g, ng, width, span, BLOCK=1024)
     _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
             q, k, v, o, hs, hz, g, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
