@@ -377,15 +377,17 @@ def _launch(raw, tuned, grid, *args, **kwargs) -> None:
 def causal_form(heads: int, d: int, dv: int, itemsize: int, normalize: bool = True) -> str:
     """The causal path `linear_attn` takes by default: ``scan`` (one pass, the state in registers) or ``chunked``.
 
-    The scan as soon as batch·heads fill about half the SMs: its ceil(programs / SMs) × S serial steps then beat
-    the two-level path's extra state traffic and launches (measured down to about 64 programs:
-    benchmarks/results/attention/kernel-notes.md). Except normalised at d = 128 in 16-bit: there the scan's
-    normaliser costs it 2.3-2.9× its unnormalised time, and the chunked path won at every B·H measured (16-128,
-    S = 4k-64k; B·H = 32: 0.77 against 1.52 ms on an H200, 0.67 against 1.76 ms on an H100:
-    benchmarks/results/attention/round2-h200-2026-12-06 and round2-h100-2026-12-06, probe_linear_causal.txt)."""
+    The scan once its programs (batch·heads × 64-wide value blocks) are about one per SM: its serial steps over S
+    then beat the two-level path's state traffic and launches (B·H = 128: 1.10 against 2.45 ms at d = 128, 16k, on
+    an H200). At 64 programs the chunked path won once its unnormalised state pass stopped summing keys
+    (d = 128, B·H = 32, 16k / 64k: 0.48 / 1.84 against the scan's 0.60 / 2.36 ms on an H100:
+    benchmarks/results/attention/round2-h100-2026-12-07, probe_linear_kernels.txt). Normalised at d = 128 in
+    16-bit it is always chunked: there the scan's normaliser costs it 2.3-2.9× its unnormalised time, and the
+    chunked path won at every B·H measured (16-128, S = 4k-64k: round2-h200-2026-12-06 and
+    round2-h100-2026-12-06, probe_linear_causal.txt)."""
     if normalize and d == 128 and itemsize == 2:
         return "chunked"
-    return "scan" if heads * triton.cdiv(dv, 64) >= 64 else "chunked"
+    return "scan" if heads * triton.cdiv(dv, 64) >= 128 else "chunked"
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, feature: str = "relu",

@@ -201,14 +201,17 @@ def test_autotune_pruning_keeps_configs_the_registers_can_hold():
 
 
 def test_causal_form_follows_the_measured_crossovers():
-    """The default causal path: the scan once batch·heads fill the GPU, but never normalised at d = 128 in 16-bit,
-    where the chunked path won at every B·H measured on both GPU kinds (the probe's table, round2 results)."""
+    """The default causal path: the scan once its programs are about one per SM, but never normalised at d = 128 in
+    16-bit, where the chunked path won at every B·H measured on both GPU kinds (the probe's tables, round2
+    results); unnormalised at d = 128, B·H = 32 (64 programs) the chunked path won on an H100."""
     pytest.importorskip("triton")
     from mmchar.kernels.linear_attn.kernel import causal_form
 
     assert causal_form(16, 128, 128, 2) == "chunked"
     assert causal_form(32, 128, 128, 2) == "chunked" and causal_form(128, 128, 128, 2) == "chunked"
-    assert causal_form(32, 128, 128, 2, normalize=False) == "scan"
+    assert causal_form(32, 128, 128, 2, normalize=False) == "chunked"
+    assert causal_form(64, 128, 128, 2, normalize=False) == "scan"
     assert causal_form(128, 64, 64, 2) == "scan" and causal_form(16, 64, 64, 2) == "chunked"
+    assert causal_form(64, 64, 64, 2) == "chunked"
     assert causal_form(128, 128, 128, 4) == "scan"  # fp32: not measured otherwise, the general rule
     assert causal_form(128, 112, 112, 2) == "scan"  # d = 112 (SANA-Video): only d = 128 was measured
