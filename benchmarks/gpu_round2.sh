@@ -13,6 +13,7 @@
 #                                                # causal kernels' GPU tests and the causal probe where part 2 missed
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
+#                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
 # Run `STAGE=linear` on two fresh machines: part 3's spread is between them.
 set -u
 . benchmarks/gpu_install.sh
@@ -70,11 +71,13 @@ case "${STAGE:-linear}" in
         -o /tmp/round2/bench-linear 2>&1 | grep -v "^|" | tail -2 | log
     done
     save ;;
-  kernels)
-    timeout -s INT "${SUITE_S:-200}" python3 -m pytest -m gpu -n "${WORKERS:-8}" -q -p no:cacheprovider \
-      --durations=10 tests > /tmp/round2/gpu_suite.txt 2>&1
-    tail -30 /tmp/round2/gpu_suite.txt | log
-    save
+  kernels)  # SUITE=0: the probe only
+    if [ "${SUITE:-1}" = 1 ]; then
+      timeout -s INT "${SUITE_S:-200}" python3 -m pytest -m gpu -n "${WORKERS:-8}" -q -p no:cacheprovider \
+        --durations=10 tests > /tmp/round2/gpu_suite.txt 2>&1
+      tail -30 /tmp/round2/gpu_suite.txt | log
+      save
+    fi
     timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms "${NORMS:-off}" \
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64,64x64}" \
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
