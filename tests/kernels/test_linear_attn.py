@@ -212,6 +212,6 @@ def test_causal_form_follows_the_measured_crossovers():
     assert causal_form(32, 128, 128, 2, normalize=False) == "chunked"
     assert causal_form(64, 128, 128, 2, normalize=False) == "scan"
     assert causal_form(128, 64, 64, 2) == "scan" and causal_form(16, 64, 64, 2) == "chunked"
-    assert causal_form(64, 64, 64, 2) == "chunked"
+    assert causal_form(64, 64, 64, 2) == "chunked"  # 64 programs: the general rule (not measured at d = 64)
     assert causal_form(128, 128, 128, 4) == "scan"  # fp32: not measured otherwise, the general rule
     assert causal_form(128, 112, 112, 2) == "scan"  # d = 112 (SANA-Video): only d = 128 was measured
