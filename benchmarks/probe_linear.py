@@ -36,6 +36,21 @@ p.add_argument("--chunks", default="256x64,256x128,128x64,64x64", help="causal: 
 a = p.parse_args()
 
 
+def causal_shapes():
+    """Each --dims × --seqs × --bh shape (H·d = 2048): (b, h, s, d, q, k, v) in [B, H, S, D], then φ(q), φ(k) and v
+    in fla's native [B, T, H, D] (fla applies no feature map), all prepared outside any timed call."""
+    for d in map(int, a.dims.split(",")):
+        for s in map(int, a.seqs.split(",")):
+            for bh in map(int, a.bh.split(",")):
+                h = min(2048 // d, bh)
+                b = max(bh // h, 1)
+                g = torch.Generator(device="cuda").manual_seed(0)
+                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
+                           for _ in range(3))
+                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (torch.relu(q), torch.relu(k), v))
+                yield b, h, s, d, q, k, v, tq, tk, tv
+
+
 def causal_table() -> None:
     from triton.testing import do_bench
 
@@ -48,36 +63,27 @@ def causal_table() -> None:
     print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed); cC/T: the chunked "
           f"path with one state per C tokens and T-token tiles")
     print(f"{'shape':<24}{'norm':<6}" + "".join(f"{p:>9}" for p in paths) + f"{'fla':>9}{'best/fla':>9}  heuristic")
-    for d in map(int, a.dims.split(",")):
-        for s in map(int, a.seqs.split(",")):
-            for bh in map(int, a.bh.split(",")):
-                h = min(2048 // d, bh)
-                b = max(bh // h, 1)
-                g = torch.Generator(device="cuda").manual_seed(0)
-                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
-                           for _ in range(3))
-                fq, fk = torch.relu(q), torch.relu(k)  # fla applies no feature map: hand it φ(q), φ(k)
-                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (fq, fk, v))  # its native [B, T, H, D]
-                for norm in norms:
-                    form = K.causal_form(b * h, d, d, q.element_size(), norm)
-                    ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
-                                                                 normalize=norm))}
-                    for c, t in levels:
-                        K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = c, t
-                        try:
-                            ms[f"c{c}/{t}"] = do_bench(lambda: K.linear_attn(q, k, v, causal=True,
-                                                                             causal_path="chunked", normalize=norm))
-                        except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
-                            print(f"  c{c}/{t}: {type(e).__name__}: {str(e)[:80]}")
-                            ms[f"c{c}/{t}"] = float("nan")
-                    K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
-                    peer = float("nan")
-                    if chunk_linear_attn is not None:
-                        peer = do_bench(lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
-                    best = min(x for x in ms.values() if x == x)
-                    print(f"{f'B{b} H{h} S{s // 1024}k d{d}':<24}{'on' if norm else 'off':<6}"
-                          + "".join(f"{ms[p]:9.3f}" for p in paths)
-                          + f"{peer:9.3f}{peer / best:9.2f}  {form}", flush=True)
+    for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
+        for norm in norms:
+            form = K.causal_form(b * h, d, d, q.element_size(), norm)
+            ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
+                                                         normalize=norm))}
+            for c, t in levels:
+                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = c, t
+                try:
+                    ms[f"c{c}/{t}"] = do_bench(lambda: K.linear_attn(q, k, v, causal=True,
+                                                                     causal_path="chunked", normalize=norm))
+                except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
+                    print(f"  c{c}/{t}: {type(e).__name__}: {str(e)[:80]}")
+                    ms[f"c{c}/{t}"] = float("nan")
+            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
+            peer = float("nan")
+            if chunk_linear_attn is not None:
+                peer = do_bench(lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
+            best = min(x for x in ms.values() if x == x)
+            print(f"{f'B{b} H{h} S{s // 1024}k d{d}':<24}{'on' if norm else 'off':<6}"
+                  + "".join(f"{ms[p]:9.3f}" for p in paths)
+                  + f"{peer:9.3f}{peer / best:9.2f}  {form}", flush=True)
 
 
 def kernel_times(fn) -> dict[str, float]:
@@ -121,40 +127,32 @@ def causal_kernels() -> None:
           f"L2 warm) and the call's do_bench time (L2 flushed, host included)")
     print(f"{'shape':<22}{'norm':<5}{'form':<8}{'kernel':<42}{'us':>9}")
     levels = [tuple(map(int, c.split("x"))) for c in a.chunks.split(",")]
-    for d in map(int, a.dims.split(",")):
-        for s in map(int, a.seqs.split(",")):
-            for bh in map(int, a.bh.split(",")):
-                h = min(2048 // d, bh)
-                b = max(bh // h, 1)
-                g = torch.Generator(device="cuda").manual_seed(0)
-                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
-                           for _ in range(3))
-                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (torch.relu(q), torch.relu(k), v))
-                name = f"B{b} H{h} S{s // 1024}k d{d}"
-                for norm in norms:
-                    forms = {"scan": (None, lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
-                                                                   normalize=norm))}
-                    for c, t in levels:
-                        forms[f"c{c}/{t}"] = ((c, t), lambda: K.linear_attn(q, k, v, causal=True,
-                                                                           causal_path="chunked", normalize=norm))
-                    if chunk_linear_attn is not None:
-                        forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
-                    for form, (lv, fn) in forms.items():
-                        K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv or default_levels
-                        try:
-                            per = kernel_times(fn)
-                        except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
-                            print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{type(e).__name__}: {str(e)[:80]}")
-                            continue
-                        for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
-                            print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{kname:<42}{us:9.1f}")
-                        print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'kernels, sum':<42}"
-                              f"{sum(per.values()):9.1f}")
-                        print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'host, per call':<42}"
-                              f"{host_us(fn):9.1f}")
-                        print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'do_bench':<42}"
-                              f"{1e3 * do_bench(fn):9.1f}", flush=True)
-                    K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
+    for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
+        name = f"B{b} H{h} S{s // 1024}k d{d}"
+        for norm in norms:
+            forms = {"scan": (None, lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
+                                                           normalize=norm))}
+            for c, t in levels:
+                forms[f"c{c}/{t}"] = ((c, t), lambda: K.linear_attn(q, k, v, causal=True,
+                                                                   causal_path="chunked", normalize=norm))
+            if chunk_linear_attn is not None:
+                forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
+            for form, (lv, fn) in forms.items():
+                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv or default_levels
+                try:
+                    per = kernel_times(fn)
+                except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
+                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{type(e).__name__}: {str(e)[:80]}")
+                    continue
+                for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
+                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{kname:<42}{us:9.1f}")
+                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'kernels, sum':<42}"
+                      f"{sum(per.values()):9.1f}")
+                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'host, per call':<42}"
+                      f"{host_us(fn):9.1f}")
+                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'do_bench':<42}"
+                      f"{1e3 * do_bench(fn):9.1f}", flush=True)
+            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
     for tuned in (K._causal_state_tuned, K._causal_out_tuned):
         for key, cfg in tuned.cache.items():
             print(f"{tuned.fn.__name__} {key}: {cfg}")
