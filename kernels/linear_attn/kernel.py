@@ -382,10 +382,9 @@ def causal_form(heads: int, d: int, dv: int, itemsize: int, normalize: bool = Tr
     an H200). At 64 programs the chunked path won once its unnormalised state pass stopped summing keys
     (d = 128, B·H = 32, 16k / 64k: 0.48 / 1.84 against the scan's 0.60 / 2.36 ms on an H100:
     benchmarks/results/attention/round2-h100-2026-12-07, probe_linear_kernels.txt; the H200 not re-measured since
-    the fix: before it, the scan won there at 64 programs). Normalised at d = 128 in
-    16-bit it is always chunked: there the scan's normaliser costs it 2.3-2.9× its unnormalised time, and the
-    chunked path won at every B·H measured (16-128, S = 4k-64k: round2-h200-2026-12-06 and
-    round2-h100-2026-12-06, probe_linear_causal.txt)."""
+    the fix: before it, the scan won there at 64 programs). Normalised at d = 128 in 16-bit it is always chunked:
+    there the scan's normaliser costs it 2.3-2.9× its unnormalised time, and the chunked path won at every B·H
+    measured (16-128, S = 4k-64k: round2-h200-2026-12-06 and round2-h100-2026-12-06, probe_linear_causal.txt)."""
     if normalize and d == 128 and itemsize == 2:
         return "chunked"
     return "scan" if heads * triton.cdiv(dv, 64) >= 128 else "chunked"
