@@ -9,7 +9,6 @@ attention). Run on the GPU machine:
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import datetime, timezone
 
 import torch
@@ -17,25 +16,10 @@ import torch
 from mmchar import environment
 from mmchar.backends import get_backend
 from mmchar.kernels.triton_flash import triton_flash
-from mmchar.kernels.tuning import gpu_time
+from mmchar.kernels.tuning import gpu_time, host_us
 
 SHAPES = {"sd15 L1": (2, 8, 1024, 1024, 80), "sd15 L2": (2, 8, 256, 256, 160), "sd15 cross L0": (2, 8, 4096, 77, 40),
           "pixart cross": (2, 16, 4096, 300, 72), "sd15 L0": (2, 8, 4096, 4096, 40)}
-
-
-def host_us(fn, calls: int = 300) -> float:
-    """Median over 5 rounds of the host time per call with the GPU queue full (a sleeping kernel ahead)."""
-    fn()
-    torch.cuda.synchronize()
-    rounds = []
-    for _ in range(5):
-        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued ahead: no call below waits on the GPU
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        rounds.append((time.perf_counter() - t0) / calls * 1e6)
-        torch.cuda.synchronize()
-    return sorted(rounds)[2]
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ from S = 16k (B·S = 16 384, H·d = 2048: B·H = 32 at d = 64, 16 at d = 128).
     python3 -u benchmarks/probe_linear.py --causal [--seqs 4096,16384,65536] [--bh 16,32,128] [--chunks 256x64,64x64]
 
 --causal --kernels: per kernel GPU time (profiler, 10 calls back to back) of the scan, the chunked path at each
-of the --chunks levels and fla's chunk_linear_attn, each beside its host time per call (GPU queue full) and its do_bench time: where the losing
-shapes spend it, and how much of a call is host time.
+of the --chunks levels and fla's chunk_linear_attn, each beside its host time per call (GPU queue full) and its
+do_bench time: where the losing shapes spend it, and how much of a call is host time.
 
 --causal (issue 17, part 2) times instead, with do_bench, both causal forms (the one-pass scan and the two-level
 chunked path, whichever the heuristic would not pick included), normalised and not, beside fla's
@@ -23,6 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mmchar.kernels.linear_attn import kernel as K
+from mmchar.kernels.tuning import host_us
 
 p = argparse.ArgumentParser()
 p.add_argument("--seqs", default="16384,32768,65536")
@@ -102,20 +103,6 @@ def kernel_times(fn) -> dict[str, float]:
     return per
 
 
-def host_us(fn, calls: int = 50) -> float:
-    """Host time per call (Python and launches) with the GPU queue kept full by a sleeping kernel ahead."""
-    import time
-
-    torch.cuda.synchronize()
-    torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time ahead: no call below waits on the GPU
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    us = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
-    return us
-
-
 def causal_kernels() -> None:
     from triton.testing import do_bench
 
@@ -149,7 +136,7 @@ def causal_kernels() -> None:
                 print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'kernels, sum':<42}"
                       f"{sum(per.values()):9.1f}")
                 print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'host, per call':<42}"
-                      f"{host_us(fn):9.1f}")
+                      f"{host_us(fn, calls=50):9.1f}")
                 print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'do_bench':<42}"
                       f"{1e3 * do_bench(fn):9.1f}", flush=True)
             K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels

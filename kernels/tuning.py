@@ -66,11 +66,8 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         return used_cache
 
     def _fast_key(self, args: tuple, kwargs: dict) -> tuple:
-        where = self.__dict__.get("_key_at")
-        if where is None:
-            where = self._key_at = [(self.arg_names.index(k), k) for k in self.keys if k in self.arg_names]
         n = len(args)
-        return (tuple(args[i] if i < n else kwargs.get(k) for i, k in where),
+        return (tuple(args[i] if i < n else kwargs.get(k) for i, k in self.key_at),
                 tuple(getattr(a, "dtype", None) for a in args),
                 tuple(getattr(v, "dtype", None) for v in kwargs.values()))
 
@@ -107,6 +104,7 @@ def autotune(fn: Any, configs: list[triton.Config], key: list[str], prune: Calla
     if type(tuner) is triton.runtime.autotuner.Autotuner:
         tuner.__class__ = _Autotuner
         tuner.chosen = {}  # _fast_key -> (the config, its launch arguments)
+        tuner.key_at = [(tuner.arg_names.index(k), k) for k in tuner.keys if k in tuner.arg_names]  # (position, name)
     return tuner
 
 
@@ -146,6 +144,22 @@ def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5
     torch.cuda.synchronize()
     samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     return [samples[min(n - 1, int(q * n))] for q in quantiles]
+
+
+def host_us(fn: Callable[[], Any], calls: int = 300, rounds: int = 5) -> float:
+    """Microseconds of host time (Python and launches) per call, the median of ``rounds``, each behind ~0.1 s of
+    GPU work queued ahead so that no call waits on the GPU: what a call costs the host when the GPU is busy."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        torch.cuda._sleep(200_000_000)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return sorted(times)[rounds // 2]
 
 
 @functools.lru_cache(maxsize=None)
