@@ -11,6 +11,8 @@
 #   STAGE=flash bash benchmarks/gpu_round2.sh    # part 4: triton_flash candidates, then bench-attn rows
 #   STAGE=final bash benchmarks/gpu_round2.sh    # the bars in one bench-attn store (/tmp/round2/bars), after the
 #                                                # causal kernels' GPU tests and the causal probe where part 2 missed
+#   STAGE=norms bash benchmarks/gpu_round2.sh    # the normaliser's key sums as products: the linear kernels' GPU
+#                                                # tests, both norms per causal kernel, the non-causal per-pass probe
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -60,7 +62,7 @@ case "${STAGE:-linear}" in
     fi
     # MATCHES: comma-separated --match texts
     IFS=, read -ra matches <<< "${MATCHES:-sweep d64 S4k,sweep d128 S4k,sweep d64 S16k,sweep d128 S16k,sweep causal d64 S16k,sweep causal d128 S16k,sweep d64 S64k,sweep d128 S64k}"
-    for m in "${matches[@]}"; do bench 75 "$m" "${BACKENDS:-cudnn,flash,triton-flash,linear,fla,wersa}" bars; done
+    for m in "${matches[@]}"; do bench "${BENCH_S:-75}" "$m" "${BACKENDS:-cudnn,flash,triton-flash,linear,fla,wersa}" bars; done
     save ;;
   quick)
     timeout 100 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear.txt | log
@@ -81,6 +83,15 @@ case "${STAGE:-linear}" in
     timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms "${NORMS:-off}" \
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64,64x64}" \
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
+    save ;;
+  norms)  # normalised against unnormalised in the same run (the ratio the change moves), fla beside them
+    timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
+      tests/kernels/test_wersa.py 2>&1 | tail -3 | log
+    timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
+      --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64}" \
+      2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_norms.txt | log
+    save
+    probe norms
     save ;;
   causal)
     timeout 400 python3 -u benchmarks/probe_linear.py --causal --seqs 4096,16384,65536 2>&1 | grep -v Warning \
