@@ -17,6 +17,7 @@ B·H in --bh (H·d = 2048) for each length.
 A call's kernels are timed back to back (launches queued, L2 warm between calls as inside a model); bench-attn
 (`mmchar bench-attn --match "sweep d64 S16k"`) is the cold, do_bench figure the bar is judged on."""
 import argparse
+import re
 from collections import defaultdict
 
 import torch
@@ -33,8 +34,27 @@ p.add_argument("--causal", action="store_true")
 p.add_argument("--bh", default="16,32,128")
 p.add_argument("--kernels", action="store_true", help="causal: per-kernel GPU time of each form")
 p.add_argument("--norms", default="on,off", help="causal: normalisation settings to run")
-p.add_argument("--chunks", default="256x64,256x128,128x64,64x64", help="causal: chunked-path levels, CHUNKxTILE")
+p.add_argument("--chunks", default="256x64,256x128,128x64,64x64",
+               help="causal: chunked-path levels, CHUNKxTILE; CHUNKxTILEgN: in N groups of chunks (g1: the output "
+                    "pass reads no group totals)")
 a = p.parse_args()
+
+
+def chunk_forms() -> list[tuple[str, int, int, int | None]]:
+    """--chunks as (label, chunk, tile, groups or None for the default)."""
+    out = []
+    for spec in a.chunks.split(","):
+        c, t, g = re.fullmatch(r"(\d+)x(\d+)(?:g(\d+))?", spec).groups()
+        out.append((f"c{c}/{t}" + (f"g{g}" if g else ""), int(c), int(t), int(g) if g else None))
+    return out
+
+
+def per_group(s: int, chunk: int, groups: int | None) -> int | None:
+    """Chunks per group of the state pass for ``groups`` groups (None: linear_attn's default)."""
+    if groups is None:
+        return None
+    chunks = -(-s // chunk)
+    return -(-chunks // groups)
 
 
 def causal_shapes():
@@ -59,8 +79,8 @@ def causal_table() -> None:
         from fla.ops.linear_attn import chunk_linear_attn
     except ImportError:
         chunk_linear_attn = None
-    levels = [tuple(map(int, c.split("x"))) for c in a.chunks.split(",")]
-    paths = ["scan"] + [f"c{c}/{t}" for c, t in levels]
+    levels = chunk_forms()
+    paths = ["scan"] + [label for label, *_ in levels]
     print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed); cC/T: the chunked "
           f"path with one state per C tokens and T-token tiles")
     print(f"{'shape':<24}{'norm':<6}" + "".join(f"{p:>9}" for p in paths) + f"{'fla':>9}{'best/fla':>9}  heuristic")
@@ -69,14 +89,14 @@ def causal_table() -> None:
             form = K.causal_form(b * h, d, d, q.element_size(), norm)
             ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                          normalize=norm))}
-            for c, t in levels:
+            for label, c, t, g in levels:
                 K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = c, t
                 try:
-                    ms[f"c{c}/{t}"] = do_bench(lambda: K.linear_attn(q, k, v, causal=True,
-                                                                     causal_path="chunked", normalize=norm))
+                    ms[label] = do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="chunked",
+                                                               normalize=norm, chunks_per_group=per_group(s, c, g)))
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
-                    print(f"  c{c}/{t}: {type(e).__name__}: {str(e)[:80]}")
-                    ms[f"c{c}/{t}"] = float("nan")
+                    print(f"  {label}: {type(e).__name__}: {str(e)[:80]}")
+                    ms[label] = float("nan")
             K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
             peer = float("nan")
             if chunk_linear_attn is not None:
@@ -113,15 +133,15 @@ def causal_kernels() -> None:
     print(f"{torch.cuda.get_device_name()}: causal linear attention per kernel, µs of GPU time per call (profiler, "
           f"L2 warm) and the call's do_bench time (L2 flushed, host included)")
     print(f"{'shape':<22}{'norm':<5}{'form':<8}{'kernel':<42}{'us':>9}")
-    levels = [tuple(map(int, c.split("x"))) for c in a.chunks.split(",")]
+    levels = chunk_forms()
     for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
         name = f"B{b} H{h} S{s // 1024}k d{d}"
         for norm in norms:
             forms = {"scan": (None, lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                            normalize=norm))}
-            for c, t in levels:
-                forms[f"c{c}/{t}"] = ((c, t), lambda: K.linear_attn(q, k, v, causal=True,
-                                                                   causal_path="chunked", normalize=norm))
+            for label, c, t, g in levels:
+                forms[label] = ((c, t), lambda cpg=per_group(s, c, g): K.linear_attn(
+                    q, k, v, causal=True, causal_path="chunked", normalize=norm, chunks_per_group=cpg))
             if chunk_linear_attn is not None:
                 forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
             for form, (lv, fn) in forms.items():
