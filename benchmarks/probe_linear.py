@@ -35,17 +35,18 @@ p.add_argument("--bh", default="16,32,128")
 p.add_argument("--kernels", action="store_true", help="causal: per-kernel GPU time of each form")
 p.add_argument("--norms", default="on,off", help="causal: normalisation settings to run")
 p.add_argument("--chunks", default="256x64,256x128,128x64,64x64",
-               help="causal: chunked-path levels, CHUNKxTILE; CHUNKxTILEgN: in N groups of chunks (g1: the output "
-                    "pass reads no group totals)")
+               help="causal: chunked-path levels, CHUNKxTILE, then optionally tK (K query tiles per output program) "
+                    "and gN (N groups of chunks in the state pass; g1: the output pass reads no group totals)")
 a = p.parse_args()
 
 
-def chunk_forms() -> list[tuple[str, int, int, int | None]]:
-    """--chunks as (label, chunk, tile, groups or None for the default)."""
+def chunk_forms() -> list[tuple[str, tuple[int, int, int], int | None]]:
+    """--chunks as (label, the module's (CAUSAL_CHUNK, CAUSAL_BLOCK, CAUSAL_TILES), groups or None: the default)."""
     out = []
     for spec in a.chunks.split(","):
-        c, t, g = re.fullmatch(r"(\d+)x(\d+)(?:g(\d+))?", spec).groups()
-        out.append((f"c{c}/{t}" + (f"g{g}" if g else ""), int(c), int(t), int(g) if g else None))
+        c, t, k, g = re.fullmatch(r"(\d+)x(\d+)(?:t(\d+))?(?:g(\d+))?", spec).groups()
+        label = f"c{c}/{t}" + (f"t{k}" if k else "") + (f"g{g}" if g else "")
+        out.append((label, (int(c), int(t), int(k or default_levels[2])), int(g) if g else None))
     return out
 
 
@@ -89,15 +90,15 @@ def causal_table() -> None:
             form = K.causal_form(b * h, d, d, q.element_size(), norm)
             ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                          normalize=norm))}
-            for label, c, t, g in levels:
-                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = c, t
+            for label, lv, g in levels:
+                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = lv
                 try:
                     ms[label] = do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="chunked",
-                                                               normalize=norm, chunks_per_group=per_group(s, c, g)))
+                                                               normalize=norm, chunks_per_group=per_group(s, lv[0], g)))
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
                     print(f"  {label}: {type(e).__name__}: {str(e)[:80]}")
                     ms[label] = float("nan")
-            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
+            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = default_levels
             peer = float("nan")
             if chunk_linear_attn is not None:
                 peer = do_bench(lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
@@ -132,41 +133,41 @@ def causal_kernels() -> None:
         chunk_linear_attn = None
     print(f"{torch.cuda.get_device_name()}: causal linear attention per kernel, µs of GPU time per call (profiler, "
           f"L2 warm) and the call's do_bench time (L2 flushed, host included)")
-    print(f"{'shape':<22}{'norm':<5}{'form':<8}{'kernel':<42}{'us':>9}")
+    print(f"{'shape':<22}{'norm':<5}{'form':<12}{'kernel':<42}{'us':>9}")
     levels = chunk_forms()
     for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
         name = f"B{b} H{h} S{s // 1024}k d{d}"
         for norm in norms:
             forms = {"scan": (None, lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                            normalize=norm))}
-            for label, c, t, g in levels:
-                forms[label] = ((c, t), lambda cpg=per_group(s, c, g): K.linear_attn(
+            for label, lv, g in levels:
+                forms[label] = (lv, lambda cpg=per_group(s, lv[0], g): K.linear_attn(
                     q, k, v, causal=True, causal_path="chunked", normalize=norm, chunks_per_group=cpg))
             if chunk_linear_attn is not None:
                 forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
             for form, (lv, fn) in forms.items():
-                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv or default_levels
+                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = lv or default_levels
                 try:
                     per = kernel_times(fn)
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
-                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{type(e).__name__}: {str(e)[:80]}")
+                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{type(e).__name__}: {str(e)[:80]}")
                     continue
                 for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
-                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{kname:<42}{us:9.1f}")
-                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'kernels, sum':<42}"
+                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{kname:<42}{us:9.1f}")
+                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'kernels, sum':<42}"
                       f"{sum(per.values()):9.1f}")
-                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'host, per call':<42}"
+                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'host, per call':<42}"
                       f"{host_us(fn, calls=50):9.1f}")
-                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<8}{'do_bench':<42}"
+                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'do_bench':<42}"
                       f"{1e3 * do_bench(fn):9.1f}", flush=True)
-            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
+            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = default_levels
     for tuned in (K._causal_state_tuned, K._causal_out_tuned):
         for key, cfg in tuned.cache.items():
             print(f"{tuned.fn.__name__} {key}: {cfg}")
 
 
 if a.causal:
-    default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK)
+    default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES)
     norms = [{"on": True, "off": False}[x] for x in a.norms.split(",")]
     causal_kernels() if a.kernels else causal_table()
     raise SystemExit(0)

@@ -87,7 +87,8 @@ def _linear_attn_state_kernel(K, V, UZ, SKV, tokens_per_program, NB,
         z += tl.dot(kt, ones, input_precision=PREC)
     state = UZ + pid_bh * (BD * DVP + BD)
     tl.atomic_add(state + offs_d[:, None] * DVP + offs_e[None, :], u)
-    tl.atomic_add(state + BD * DVP + offs_d, tl.max(z, 1), mask=offs_d + pid_e * BD < BD)  # the first dv block adds Σφ(k)
+    # the first dv block adds Σφ(k)
+    tl.atomic_add(state + BD * DVP + offs_d, tl.max(z, 1), mask=offs_d + pid_e * BD < BD)
 
 
 @triton.jit
@@ -254,58 +255,62 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, stat
                        stride_ob, stride_oh, stride_om, stride_od,
                        H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
-                       PREC: tl.constexpr, BDV: tl.constexpr, NORMALIZE: tl.constexpr = True):
-    """Per (batch·head, query tile, dv block): φq·(state at the chunk's start) plus the causal part inside the
-    chunk, walked in key tiles of the query tile's size (the second level of tiling)."""
+                       PREC: tl.constexpr, BDV: tl.constexpr, NORMALIZE: tl.constexpr = True,
+                       TILES: tl.constexpr = 1):
+    """Per (batch·head, TILES query tiles of one chunk, dv block): φq·(state at the chunk's start) plus the causal
+    part inside the chunk, walked in key tiles of the query tile's size (the second level of tiling). The chunk's
+    state, plus the groups before it (an fp32 total), is read and converted once for the program's TILES tiles."""
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_e = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
-    m0 = pid_m * BLOCK
-    c = m0 // CHUNK
-    offs_m = m0 + tl.arange(0, BLOCK)
+    m_start = pid_m * (TILES * BLOCK)
+    c = m_start // CHUNK
     offs_d = tl.arange(0, BD)
     offs_e = pid_e * BDV + tl.arange(0, BDV)
     offs_t = tl.arange(0, BLOCK)
     d_ok = offs_d < D
     e_ok = offs_e < DV
-    m_ok = offs_m < N
     dt = Q.dtype.element_ty
-    q_ok = m_ok[:, None] & d_ok[None, :]
-    q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                          + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
     st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])  # scaled by 1/tokens
     if GROUPS:
         before = G + (pid_bh * tl.cdiv(NC, chunks_per_group) + c // chunks_per_group) * (BD * DVP + BD)
         st = (st.to(tl.float32)  # plus the groups before this one
               + tl.load(before + offs_d[:, None] * DVP + offs_e[None, :]) * state_scale).to(dt)
-    qd = q.to(dt)
-    num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
     if NORMALIZE:
         zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
         if GROUPS:
             zs += tl.load(before + BD * DVP + offs_d)
-        den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
-    for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # key tiles of the chunk up to and including the diagonal one
-        offs_n = s + offs_t
-        n_ok = offs_n < N
-        kv_ok = n_ok[:, None] & d_ok[None, :]
-        k = _phi_tile(tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok,
-                              other=0.0), kv_ok, FEATURE)
-        a = tl.dot(qd, tl.trans(k.to(dt)), input_precision=PREC)
-        a = tl.where(offs_m[:, None] >= offs_n[None, :], a, 0.0)
-        v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
-                    mask=n_ok[:, None] & e_ok[None, :], other=0.0)
-        num += tl.dot(a.to(dt), v, input_precision=PREC)
+    for m0 in range(m_start, tl.minimum(m_start + TILES * BLOCK, N), BLOCK):
+        offs_m = m0 + offs_t
+        m_ok = offs_m < N
+        q_ok = m_ok[:, None] & d_ok[None, :]
+        q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+                              + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
+        qd = q.to(dt)
+        num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
         if NORMALIZE:
-            den += tl.sum(a, 1)
-    if NORMALIZE:
-        num = num / (den + eps)[:, None]
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
-             num.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
+            den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
+        for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # the chunk's key tiles up to and including the diagonal one
+            offs_n = s + offs_t
+            n_ok = offs_n < N
+            kv_ok = n_ok[:, None] & d_ok[None, :]
+            k = _phi_tile(tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok,
+                                  other=0.0), kv_ok, FEATURE)
+            a = tl.dot(qd, tl.trans(k.to(dt)), input_precision=PREC)
+            a = tl.where(offs_m[:, None] >= offs_n[None, :], a, 0.0)
+            v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
+                        mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+            num += tl.dot(a.to(dt), v, input_precision=PREC)
+            if NORMALIZE:
+                den += tl.sum(a, 1)
+        if NORMALIZE:
+            num = num / (den + eps)[:, None]
+        tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
+                 num.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
 
 
 # Autotuning (GPU only; the interpreter runs the first config of each list): a few configs per kernel, pruned to
@@ -325,9 +330,10 @@ _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 
                        (64, 8, 1), (128, 4, 2), (128, 4, 3)]  # 128: q·kᵀ once for the whole value width at d = 128
 
 
-# the chunked causal path's two levels: one state per CAUSAL_CHUNK tokens, query and key tiles of CAUSAL_BLOCK
-# (module constants so that benchmarks/probe_linear.py can sweep them)
-CAUSAL_CHUNK, CAUSAL_BLOCK = 256, 64
+# the chunked causal path's two levels: one state per CAUSAL_CHUNK tokens, query and key tiles of CAUSAL_BLOCK;
+# CAUSAL_TILES query tiles per program of the output pass (at most a chunk's), which reads the chunk's state once
+# for all of them (module constants so that benchmarks/probe_linear.py can sweep them)
+CAUSAL_CHUNK, CAUSAL_BLOCK, CAUSAL_TILES = 256, 64, 1
 
 
 def _fits(named_args: dict, config: triton.Config) -> bool:
@@ -370,7 +376,7 @@ _out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, 
 _causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS],
                              key=("CHUNK", "BLOCK_N", "NORMALIZE"))
 _causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS],
-                           key=("CHUNK", "BLOCK", "NORMALIZE"))
+                           key=("CHUNK", "BLOCK", "NORMALIZE", "TILES"))
 
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
@@ -484,6 +490,9 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
     dv = v.shape[-1]
     interp = interpreting()
     chunk, block = (32, 16) if interp else (CAUSAL_CHUNK, CAUSAL_BLOCK)
+    tiles = max(1, min(CAUSAL_TILES, chunk // block))
+    if chunk % (tiles * block):
+        raise ValueError(f"linear_attn: {tiles} tiles of {block} tokens do not divide a {chunk}-token chunk")
     nc = triton.cdiv(n, chunk)
     if chunks_per_group is None:  # about two programs per SM in the state pass (dv in blocks of 64)
         groups = max(1, min(nc, triton.cdiv(264, b * h * triton.cdiv(bdv, 64))))
@@ -501,8 +510,9 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
     if ng > 1:  # unnormalised, the sums after each group's state are not written: the prefix leaves them out
         span = width if normalize else bd * bdv
         _group_prefix_kernel[(b * h, triton.cdiv(span, 1024))](g, ng, width, span, BLOCK=1024)
-    _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
+    _launch(_causal_out_kernel, _causal_out_tuned,
+            lambda meta: (b * h, triton.cdiv(n, tiles * block), bdv // meta["BDV"]),
             q, k, v, o, hs, hz, g, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
-            PREC=prec, NORMALIZE=normalize)
+            PREC=prec, NORMALIZE=normalize, TILES=tiles)
     return o

@@ -73,6 +73,22 @@ def test_causal_groups_of_chunks(per_group):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("per_group", [None, 1])
+def test_causal_output_programs_of_several_query_tiles(monkeypatch, normalize, per_group):
+    """An output program walking all the query tiles of its chunk (the chunk's state read once) gives what one
+    tile per program gives: the reference, the last chunk part-full (93 tokens: chunks of 32, tiles of 16)."""
+    from mmchar.kernels.linear_attn import kernel as K
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 93, 32, generator=g).to(torch.float16) for _ in range(3))
+    ref = linear_attn_ref(q, k, v, causal=True, normalize=normalize)
+    monkeypatch.setattr(K, "CAUSAL_TILES", 2)
+    out = K.linear_attn(q, k, v, causal=True, causal_path="chunked", normalize=normalize, chunks_per_group=per_group)
+    assert _rel(out, ref) < 3e-3
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("feature", ["relu", "identity"])
 @pytest.mark.parametrize("causal,path", [(False, None), (True, "scan"), (True, "chunked")])
 def test_unnormalised_is_the_numerator_alone(causal, path, feature):
