@@ -85,11 +85,12 @@ case "${STAGE:-linear}" in
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
     save ;;
   norms)  # normalised against unnormalised in the same run (the ratio the change moves), fla beside them
-    timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
-      tests/kernels/test_wersa.py 2>&1 | tail -3 | log
+    timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
+      tests/test_gpu.py -k "linear or changed_math_backend" 2>&1 | tail -3 | log
+    echo "pytest: rc ${PIPESTATUS[0]}" | log
     timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64}" \
-      2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_norms.txt | log
+      2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_causal_norms.txt | log
     save
     probe norms
     save ;;

@@ -44,7 +44,10 @@ def chunk_forms() -> list[tuple[str, tuple[int, int, int], int | None]]:
     """--chunks as (label, the module's (CAUSAL_CHUNK, CAUSAL_BLOCK, CAUSAL_TILES), groups or None: the default)."""
     out = []
     for spec in a.chunks.split(","):
-        c, t, k, g = re.fullmatch(r"(\d+)x(\d+)(?:t(\d+))?(?:g(\d+))?", spec).groups()
+        m = re.fullmatch(r"(\d+)x(\d+)(?:t(\d+))?(?:g(\d+))?", spec)
+        if m is None:
+            p.error(f"bad --chunks entry {spec!r}: CHUNKxTILE, then optionally tK and gN (e.g. 256x64t4g1)")
+        c, t, k, g = m.groups()
         label = f"c{c}/{t}" + (f"t{k}" if k else "") + (f"g{g}" if g else "")
         out.append((label, (int(c), int(t), int(k or default_levels[2])), int(g) if g else None))
     return out
@@ -92,9 +95,10 @@ def causal_table() -> None:
                                                          normalize=norm))}
             for label, lv, g in levels:
                 K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = lv
+                cpg = per_group(s, lv[0], g)
                 try:
                     ms[label] = do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="chunked",
-                                                               normalize=norm, chunks_per_group=per_group(s, lv[0], g)))
+                                                               normalize=norm, chunks_per_group=cpg))
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
                     print(f"  {label}: {type(e).__name__}: {str(e)[:80]}")
                     ms[label] = float("nan")

@@ -9,15 +9,15 @@ Causal (autoregressive token models): with many sequences (batch·heads fill the
 the state in registers; otherwise chunkwise with two levels of tiling (the TFLA idea): large chunks of 256
 tokens, so only one state per 256 tokens is materialised, and inside a chunk query and key tiles of 64. The state
 pass walks groups of chunks (S += φKᵀ V, writing S at each chunk start); the output pass gives every query tile
-its own program: φQ·S_chunk plus Σ over the chunk's key tiles up to the diagonal of (φQ φKᵀ ⊙ mask) V.
+its own program (or CAUSAL_TILES query tiles of one chunk, the chunk's state read once for them): φQ·S_chunk plus
+Σ over the chunk's key tiles up to the diagonal of (φQ φKᵀ ⊙ mask) V.
 
 Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get exact fp32 products (not TF32).
 
 The normaliser's key sums Σφ(K) are a product too: φ(K)ᵀ times a 16-wide column of ones (the narrowest
-``tl.dot``), accumulated beside the state, every column the same sum (read back with a max). Summed over each key
-tile's rows instead, they were a cross-warp reduction in every pass's serial loop: at d = 128 the normalised
-chunked state pass took 1.7-2.6× its unnormalised time on an H100 (round2-h100-2026-12-07b). The scan takes
-φq·z the same way, z entering its product scaled and rounded as the state does.
+``tl.dot``), accumulated in fp32 beside the state, every column the same sum (read back with a max). Summed over
+each key tile's rows instead, they were a cross-warp reduction in every pass's serial loop: at d = 128 the
+normalised chunked state pass took 1.7-2.6× its unnormalised time on an H100 (round2-h100-2026-12-07b).
 """
 
 from __future__ import annotations
@@ -171,10 +171,8 @@ def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
         a = tl.where(tri, tl.dot(qd, tl.trans(kd), input_precision=PREC), 0.0)
         num = tl.dot(a.to(dt), v, input_precision=PREC)
         num += tl.dot(qd, (state * state_scale).to(dt), input_precision=PREC) / state_scale  # fp16-safe state
-        if NORMALIZE:  # φq·z like the numerator: the causal part and the state's, z entering as the state does
-            den = tl.dot(a.to(dt), ones, input_precision=PREC)
-            den += tl.dot(qd, (zsum * state_scale).to(dt), input_precision=PREC) / state_scale
-            num = num / (tl.max(den, 1) + eps)[:, None]
+        if NORMALIZE:  # φq·z in fp32 (z rounded to 16 bits would be subnormal in fp16 for small features)
+            num = num / (tl.sum(a, 1) + tl.sum(qd.to(tl.float32) * tl.max(zsum, 1)[None, :], 1) + eps)[:, None]
             zsum += tl.dot(tl.trans(kd), ones, input_precision=PREC)
         tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_om + offs_e[None, :] * stride_od,
                  num.to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
@@ -284,7 +282,8 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, stat
             zs += tl.load(before + BD * DVP + offs_d)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
-    for m0 in range(m_start, tl.minimum(m_start + TILES * BLOCK, N), BLOCK):
+    for t in tl.static_range(TILES):  # unrolled: TILES = 1 is the one-tile program exactly
+        m0 = m_start + t * BLOCK
         offs_m = m0 + offs_t
         m_ok = offs_m < N
         q_ok = m_ok[:, None] & d_ok[None, :]
@@ -331,7 +330,7 @@ _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 
 
 
 # the chunked causal path's two levels: one state per CAUSAL_CHUNK tokens, query and key tiles of CAUSAL_BLOCK;
-# CAUSAL_TILES query tiles per program of the output pass (at most a chunk's), which reads the chunk's state once
+# CAUSAL_TILES query tiles per program of the output pass (clamped to a chunk's), which reads the chunk's state once
 # for all of them (module constants so that benchmarks/probe_linear.py can sweep them)
 CAUSAL_CHUNK, CAUSAL_BLOCK, CAUSAL_TILES = 256, 64, 1
 
@@ -485,7 +484,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
 def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True):
     """Chunks of CHUNK tokens: pass 1 walks each group of chunks and writes the state at every chunk start
     (relative to its group) and the group's total; the exclusive prefix over groups is one small kernel; pass 2 runs
-    every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
+    query tiles in parallel (CAUSAL_TILES per program). Groups exist only to fill the GPU when batch·heads are few."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
     interp = interpreting()

@@ -226,7 +226,8 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, LAM, inv_sqrt_m, tokens_
     omega = tl.load(OMEGA + offs_d[:, None] * M + offs_f[None, :], mask=(offs_d[:, None] < D) & (offs_f[None, :] < M),
                     other=0.0).to(dt)
     u = tl.zeros([BLOCK_F, BD], dtype=tl.float32)
-    z = tl.zeros([BLOCK_F, 16], dtype=tl.float32)  # Σφ in every column, a product as in linear_attn's passes
+    # Σφ in every column, a product as in linear_attn's passes: of φ in the inputs' dtype, the φ that U sums
+    z = tl.zeros([BLOCK_F, 16], dtype=tl.float32)
     ones = tl.full([BLOCK_N, 16], 1.0, dt)
     base_k = b * stride_kb + h * stride_kh
     first = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
