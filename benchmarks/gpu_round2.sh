@@ -11,8 +11,10 @@
 #   STAGE=flash bash benchmarks/gpu_round2.sh    # part 4: triton_flash candidates, then bench-attn rows
 #   STAGE=final bash benchmarks/gpu_round2.sh    # the bars in one bench-attn store (/tmp/round2/bars), after the
 #                                                # causal kernels' GPU tests and the causal probe where part 2 missed
-#   STAGE=norms bash benchmarks/gpu_round2.sh    # the normaliser's key sums as products: the linear kernels' GPU
-#                                                # tests, both norms per causal kernel, the non-causal per-pass probe
+#   STAGE=norms bash benchmarks/gpu_round2.sh    # what normalising costs each causal kernel (both norms, fla
+#                                                # beside), after the linear kernels' GPU tests; the non-causal
+#                                                # per-pass probe. Before / after a kernel change: two calls on
+#                                                # one warm machine, one per checkout
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -84,7 +86,7 @@ case "${STAGE:-linear}" in
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64,64x64}" \
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
     save ;;
-  norms)  # normalised against unnormalised in the same run (the ratio the change moves), fla beside them
+  norms)  # normalised against unnormalised in the same run, fla beside them
     timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
       tests/test_gpu.py -k "linear or changed_math_backend" 2>&1 | tail -3 | log
     echo "pytest: rc ${PIPESTATUS[0]}" | log

@@ -35,21 +35,20 @@ p.add_argument("--bh", default="16,32,128")
 p.add_argument("--kernels", action="store_true", help="causal: per-kernel GPU time of each form")
 p.add_argument("--norms", default="on,off", help="causal: normalisation settings to run")
 p.add_argument("--chunks", default="256x64,256x128,128x64,64x64",
-               help="causal: chunked-path levels, CHUNKxTILE, then optionally tK (K query tiles per output program) "
-                    "and gN (N groups of chunks in the state pass; g1: the output pass reads no group totals)")
+               help="causal: chunked-path levels, CHUNKxTILE, then optionally gN (N groups of chunks in the state "
+                    "pass; g1: the output pass reads no group totals)")
 a = p.parse_args()
 
 
-def chunk_forms() -> list[tuple[str, tuple[int, int, int], int | None]]:
-    """--chunks as (label, the module's (CAUSAL_CHUNK, CAUSAL_BLOCK, CAUSAL_TILES), groups or None: the default)."""
+def chunk_forms() -> list[tuple[str, tuple[int, int], int | None]]:
+    """--chunks as (label, the module's (CAUSAL_CHUNK, CAUSAL_BLOCK), groups or None: the default)."""
     out = []
     for spec in a.chunks.split(","):
-        m = re.fullmatch(r"(\d+)x(\d+)(?:t(\d+))?(?:g(\d+))?", spec)
+        m = re.fullmatch(r"(\d+)x(\d+)(?:g(\d+))?", spec)
         if m is None:
-            p.error(f"bad --chunks entry {spec!r}: CHUNKxTILE, then optionally tK and gN (e.g. 256x64t4g1)")
-        c, t, k, g = m.groups()
-        label = f"c{c}/{t}" + (f"t{k}" if k else "") + (f"g{g}" if g else "")
-        out.append((label, (int(c), int(t), int(k or default_levels[2])), int(g) if g else None))
+            p.error(f"bad --chunks entry {spec!r}: CHUNKxTILE, then optionally gN (e.g. 256x64g1)")
+        c, t, g = m.groups()
+        out.append((f"c{c}/{t}" + (f"g{g}" if g else ""), (int(c), int(t)), int(g) if g else None))
     return out
 
 
@@ -94,7 +93,7 @@ def causal_table() -> None:
             ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
                                                          normalize=norm))}
             for label, lv, g in levels:
-                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = lv
+                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv
                 cpg = per_group(s, lv[0], g)
                 try:
                     ms[label] = do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="chunked",
@@ -102,7 +101,7 @@ def causal_table() -> None:
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
                     print(f"  {label}: {type(e).__name__}: {str(e)[:80]}")
                     ms[label] = float("nan")
-            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = default_levels
+            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
             peer = float("nan")
             if chunk_linear_attn is not None:
                 peer = do_bench(lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
@@ -150,7 +149,7 @@ def causal_kernels() -> None:
             if chunk_linear_attn is not None:
                 forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
             for form, (lv, fn) in forms.items():
-                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = lv or default_levels
+                K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv or default_levels
                 try:
                     per = kernel_times(fn)
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
@@ -164,14 +163,14 @@ def causal_kernels() -> None:
                       f"{host_us(fn, calls=50):9.1f}")
                 print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'do_bench':<42}"
                       f"{1e3 * do_bench(fn):9.1f}", flush=True)
-            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES = default_levels
+            K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
     for tuned in (K._causal_state_tuned, K._causal_out_tuned):
         for key, cfg in tuned.cache.items():
             print(f"{tuned.fn.__name__} {key}: {cfg}")
 
 
 if a.causal:
-    default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK, K.CAUSAL_TILES)
+    default_levels = (K.CAUSAL_CHUNK, K.CAUSAL_BLOCK)
     norms = [{"on": True, "off": False}[x] for x in a.norms.split(",")]
     causal_kernels() if a.kernels else causal_table()
     raise SystemExit(0)

@@ -9,15 +9,9 @@ Causal (autoregressive token models): with many sequences (batch·heads fill the
 the state in registers; otherwise chunkwise with two levels of tiling (the TFLA idea): large chunks of 256
 tokens, so only one state per 256 tokens is materialised, and inside a chunk query and key tiles of 64. The state
 pass walks groups of chunks (S += φKᵀ V, writing S at each chunk start); the output pass gives every query tile
-its own program (or CAUSAL_TILES query tiles of one chunk, the chunk's state read once for them): φQ·S_chunk plus
-Σ over the chunk's key tiles up to the diagonal of (φQ φKᵀ ⊙ mask) V.
+its own program: φQ·S_chunk plus Σ over the chunk's key tiles up to the diagonal of (φQ φKᵀ ⊙ mask) V.
 
 Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get exact fp32 products (not TF32).
-
-The normaliser's key sums Σφ(K) are a product too: φ(K)ᵀ times a 16-wide column of ones (the narrowest
-``tl.dot``), accumulated in fp32 beside the state, every column the same sum (read back with a max). Summed over
-each key tile's rows instead, they were a cross-warp reduction in every pass's serial loop: at d = 128 the
-normalised chunked state pass took 1.7-2.6× its unnormalised time on an H100 (round2-h100-2026-12-07b).
 """
 
 from __future__ import annotations
@@ -69,8 +63,7 @@ def _linear_attn_state_kernel(K, V, UZ, SKV, tokens_per_program, NB,
     offs_e = pid_e * BDV + tl.arange(0, BDV)
     d_ok = offs_d < D
     u = tl.zeros([BD, BDV], dtype=tl.float32)
-    z = tl.zeros([BD, 16], dtype=tl.float32)  # Σφ(k) in every column (module docstring)
-    ones = tl.full([BLOCK_N, 16], 1.0, V.dtype.element_ty)
+    z = tl.zeros([BD], dtype=tl.float32)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
     start = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
@@ -82,13 +75,11 @@ def _linear_attn_state_kernel(K, V, UZ, SKV, tokens_per_program, NB,
                               other=0.0), kv_ok, FEATURE)
         v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                     mask=n_ok[:, None] & (offs_e[None, :] < DV), other=0.0)
-        kt = tl.trans(k.to(V.dtype.element_ty))
-        u += tl.dot(kt, v, input_precision=PREC)
-        z += tl.dot(kt, ones, input_precision=PREC)
+        u += tl.dot(tl.trans(k.to(V.dtype.element_ty)), v, input_precision=PREC)
+        z += tl.sum(k.to(tl.float32), 0)
     state = UZ + pid_bh * (BD * DVP + BD)
     tl.atomic_add(state + offs_d[:, None] * DVP + offs_e[None, :], u)
-    # the first dv block adds Σφ(k)
-    tl.atomic_add(state + BD * DVP + offs_d, tl.max(z, 1), mask=offs_d + pid_e * BD < BD)
+    tl.atomic_add(state + BD * DVP + offs_d, z, mask=offs_d + pid_e * BD < BD)  # the first dv block adds Σφ(k)
 
 
 @triton.jit
@@ -153,8 +144,7 @@ def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
     e_ok = offs_e < DV
     dt = Q.dtype.element_ty
     state = tl.zeros([BD, BDV], dtype=tl.float32)
-    zsum = tl.zeros([BD, 16], dtype=tl.float32)  # Σφ(k) in every column (module docstring)
-    ones = tl.full([CHUNK, 16], 1.0, dt)
+    zsum = tl.zeros([BD], dtype=tl.float32)
     tri = offs_c[:, None] >= offs_c[None, :]
     for s in range(0, N, CHUNK):
         offs_n = s + offs_c
@@ -171,9 +161,9 @@ def _causal_scan_kernel(Q, K, V, O, N, eps, state_scale,
         a = tl.where(tri, tl.dot(qd, tl.trans(kd), input_precision=PREC), 0.0)
         num = tl.dot(a.to(dt), v, input_precision=PREC)
         num += tl.dot(qd, (state * state_scale).to(dt), input_precision=PREC) / state_scale  # fp16-safe state
-        if NORMALIZE:  # φq·z in fp32 (z rounded to 16 bits would be subnormal in fp16 for small features)
-            num = num / (tl.sum(a, 1) + tl.sum(qd.to(tl.float32) * tl.max(zsum, 1)[None, :], 1) + eps)[:, None]
-            zsum += tl.dot(tl.trans(kd), ones, input_precision=PREC)
+        if NORMALIZE:
+            num = num / (tl.sum(a, 1) + tl.sum(qd.to(tl.float32) * zsum[None, :], 1) + eps)[:, None]
+            zsum += tl.sum(kd.to(tl.float32), 0)
         tl.store(O + b * stride_ob + h * stride_oh + offs_n[:, None] * stride_om + offs_e[None, :] * stride_od,
                  num.to(O.dtype.element_ty), mask=n_ok[:, None] & e_ok[None, :])
         state += tl.dot(tl.trans(kd), v, input_precision=PREC)
@@ -190,7 +180,8 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
     group's start (written to HS / HZ), and the group's total (G: per batch·head and group, the BD × DVP state
     then the BD sums). HS is kept in the inputs' dtype, scaled by 1/tokens: the output pass multiplies it in that
     dtype anyway, and each chunk's state is read by every query tile of the chunk (fp32 states were a quarter of
-    the chunked path's HBM traffic at d = 128). Unnormalised, the key sums are neither kept nor written."""
+    the chunked path's HBM traffic at d = 128). Unnormalised, the key sums are neither kept nor written: a
+    cross-warp reduction per key tile in the pass's serial loop."""
     pid_bh = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_g = tl.program_id(2)
@@ -202,8 +193,7 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
     e_ok = offs_e < DV
     dt = K.dtype.element_ty
     state = tl.zeros([BD, BDV], dtype=tl.float32)
-    zsum = tl.zeros([BD, 16], dtype=tl.float32)  # Σφ(k) in every column (module docstring)
-    ones = tl.full([BLOCK_N, 16], 1.0, dt)
+    zsum = tl.zeros([BD], dtype=tl.float32)
     c0 = pid_g * chunks_per_group
     c1 = tl.minimum(c0 + chunks_per_group, NC)
     z_mine = offs_d + pid_e * BD < BD  # only the first dv block writes the normaliser state
@@ -211,7 +201,7 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
         tl.store(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :],
                  (state * state_scale).to(HS.dtype.element_ty))
         if NORMALIZE:
-            tl.store(HZ + (pid_bh * NC + c) * BD + offs_d, tl.max(zsum, 1), mask=z_mine)
+            tl.store(HZ + (pid_bh * NC + c) * BD + offs_d, zsum, mask=z_mine)
         for s in range(c * CHUNK, c * CHUNK + CHUNK, BLOCK_N):
             offs_n = s + tl.arange(0, BLOCK_N)
             n_ok = offs_n < N
@@ -220,14 +210,13 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
                                   + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0), kv_ok, FEATURE)
             v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
                         mask=n_ok[:, None] & e_ok[None, :], other=0.0)
-            kt = tl.trans(k.to(dt))
-            state += tl.dot(kt, v, input_precision=PREC)
+            state += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
             if NORMALIZE:
-                zsum += tl.dot(kt, ones, input_precision=PREC)
+                zsum += tl.sum(k.to(tl.float32), 0)
     total = G + (pid_bh * tl.num_programs(2) + pid_g) * (BD * DVP + BD)
     tl.store(total + offs_d[:, None] * DVP + offs_e[None, :], state)
     if NORMALIZE:
-        tl.store(total + BD * DVP + offs_d, tl.max(zsum, 1), mask=z_mine)
+        tl.store(total + BD * DVP + offs_d, zsum, mask=z_mine)
 
 
 @triton.jit
@@ -253,63 +242,58 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, stat
                        stride_ob, stride_oh, stride_om, stride_od,
                        H, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, DVP: tl.constexpr,
                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
-                       PREC: tl.constexpr, BDV: tl.constexpr, NORMALIZE: tl.constexpr = True,
-                       TILES: tl.constexpr = 1):
-    """Per (batch·head, TILES query tiles of one chunk, dv block): φq·(state at the chunk's start) plus the causal
-    part inside the chunk, walked in key tiles of the query tile's size (the second level of tiling). The chunk's
-    state, plus the groups before it (an fp32 total), is read and converted once for the program's TILES tiles."""
+                       PREC: tl.constexpr, BDV: tl.constexpr, NORMALIZE: tl.constexpr = True):
+    """Per (batch·head, query tile, dv block): φq·(state at the chunk's start) plus the causal part inside the
+    chunk, walked in key tiles of the query tile's size (the second level of tiling)."""
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_e = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
-    m_start = pid_m * (TILES * BLOCK)
-    c = m_start // CHUNK
+    m0 = pid_m * BLOCK
+    c = m0 // CHUNK
+    offs_m = m0 + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BD)
     offs_e = pid_e * BDV + tl.arange(0, BDV)
     offs_t = tl.arange(0, BLOCK)
     d_ok = offs_d < D
     e_ok = offs_e < DV
+    m_ok = offs_m < N
     dt = Q.dtype.element_ty
+    q_ok = m_ok[:, None] & d_ok[None, :]
+    q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+                          + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
     st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])  # scaled by 1/tokens
     if GROUPS:
         before = G + (pid_bh * tl.cdiv(NC, chunks_per_group) + c // chunks_per_group) * (BD * DVP + BD)
         st = (st.to(tl.float32)  # plus the groups before this one
               + tl.load(before + offs_d[:, None] * DVP + offs_e[None, :]) * state_scale).to(dt)
+    qd = q.to(dt)
+    num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
     if NORMALIZE:
         zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
         if GROUPS:
             zs += tl.load(before + BD * DVP + offs_d)
+        den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
-    for t in tl.static_range(TILES):  # unrolled: TILES = 1 is the one-tile program exactly
-        m0 = m_start + t * BLOCK
-        offs_m = m0 + offs_t
-        m_ok = offs_m < N
-        q_ok = m_ok[:, None] & d_ok[None, :]
-        q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                              + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
-        qd = q.to(dt)
-        num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
+    for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # key tiles of the chunk up to and including the diagonal one
+        offs_n = s + offs_t
+        n_ok = offs_n < N
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        k = _phi_tile(tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok,
+                              other=0.0), kv_ok, FEATURE)
+        a = tl.dot(qd, tl.trans(k.to(dt)), input_precision=PREC)
+        a = tl.where(offs_m[:, None] >= offs_n[None, :], a, 0.0)
+        v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
+                    mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+        num += tl.dot(a.to(dt), v, input_precision=PREC)
         if NORMALIZE:
-            den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
-        for s in range(c * CHUNK, m0 + BLOCK, BLOCK):  # the chunk's key tiles up to and including the diagonal one
-            offs_n = s + offs_t
-            n_ok = offs_n < N
-            kv_ok = n_ok[:, None] & d_ok[None, :]
-            k = _phi_tile(tl.load(base_k + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok,
-                                  other=0.0), kv_ok, FEATURE)
-            a = tl.dot(qd, tl.trans(k.to(dt)), input_precision=PREC)
-            a = tl.where(offs_m[:, None] >= offs_n[None, :], a, 0.0)
-            v = tl.load(base_v + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_vd,
-                        mask=n_ok[:, None] & e_ok[None, :], other=0.0)
-            num += tl.dot(a.to(dt), v, input_precision=PREC)
-            if NORMALIZE:
-                den += tl.sum(a, 1)
-        if NORMALIZE:
-            num = num / (den + eps)[:, None]
-        tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
-                 num.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
+            den += tl.sum(a, 1)
+    if NORMALIZE:
+        num = num / (den + eps)[:, None]
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od,
+             num.to(O.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :])
 
 
 # Autotuning (GPU only; the interpreter runs the first config of each list): a few configs per kernel, pruned to
@@ -329,10 +313,9 @@ _CAUSAL_OUT_CONFIGS = [(64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 
                        (64, 8, 1), (128, 4, 2), (128, 4, 3)]  # 128: q·kᵀ once for the whole value width at d = 128
 
 
-# the chunked causal path's two levels: one state per CAUSAL_CHUNK tokens, query and key tiles of CAUSAL_BLOCK;
-# CAUSAL_TILES query tiles per program of the output pass (clamped to a chunk's), which reads the chunk's state once
-# for all of them (module constants so that benchmarks/probe_linear.py can sweep them)
-CAUSAL_CHUNK, CAUSAL_BLOCK, CAUSAL_TILES = 256, 64, 1
+# the chunked causal path's two levels: one state per CAUSAL_CHUNK tokens, query and key tiles of CAUSAL_BLOCK
+# (module constants so that benchmarks/probe_linear.py can sweep them)
+CAUSAL_CHUNK, CAUSAL_BLOCK = 256, 64
 
 
 def _fits(named_args: dict, config: triton.Config) -> bool:
@@ -375,7 +358,7 @@ _out_tuned = _tuned(_linear_attn_out_kernel, [_cfg({"BLOCK_M": m, "BDV": e}, w, 
 _causal_state_tuned = _tuned(_causal_state_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_STATE_CONFIGS],
                              key=("CHUNK", "BLOCK_N", "NORMALIZE"))
 _causal_out_tuned = _tuned(_causal_out_kernel, [_cfg({"BDV": e}, w, s) for e, w, s in _CAUSAL_OUT_CONFIGS],
-                           key=("CHUNK", "BLOCK", "NORMALIZE", "TILES"))
+                           key=("CHUNK", "BLOCK", "NORMALIZE"))
 
 
 def _launch(raw, tuned, grid, *args, **kwargs) -> None:
@@ -484,14 +467,11 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
 def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True):
     """Chunks of CHUNK tokens: pass 1 walks each group of chunks and writes the state at every chunk start
     (relative to its group) and the group's total; the exclusive prefix over groups is one small kernel; pass 2 runs
-    query tiles in parallel (CAUSAL_TILES per program). Groups exist only to fill the GPU when batch·heads are few."""
+    every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
     interp = interpreting()
     chunk, block = (32, 16) if interp else (CAUSAL_CHUNK, CAUSAL_BLOCK)
-    tiles = max(1, min(CAUSAL_TILES, chunk // block))
-    if chunk % (tiles * block):
-        raise ValueError(f"linear_attn: {tiles} tiles of {block} tokens do not divide a {chunk}-token chunk")
     nc = triton.cdiv(n, chunk)
     if chunks_per_group is None:  # about two programs per SM in the state pass (dv in blocks of 64)
         groups = max(1, min(nc, triton.cdiv(264, b * h * triton.cdiv(bdv, 64))))
@@ -509,9 +489,8 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
     if ng > 1:  # unnormalised, the sums after each group's state are not written: the prefix leaves them out
         span = width if normalize else bd * bdv
         _group_prefix_kernel[(b * h, triton.cdiv(span, 1024))](g, ng, width, span, BLOCK=1024)
-    _launch(_causal_out_kernel, _causal_out_tuned,
-            lambda meta: (b * h, triton.cdiv(n, tiles * block), bdv // meta["BDV"]),
+    _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
             q, k, v, o, hs, hz, g, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
-            PREC=prec, NORMALIZE=normalize, TILES=tiles)
+            PREC=prec, NORMALIZE=normalize)
     return o

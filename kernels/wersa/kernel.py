@@ -226,9 +226,7 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, LAM, inv_sqrt_m, tokens_
     omega = tl.load(OMEGA + offs_d[:, None] * M + offs_f[None, :], mask=(offs_d[:, None] < D) & (offs_f[None, :] < M),
                     other=0.0).to(dt)
     u = tl.zeros([BLOCK_F, BD], dtype=tl.float32)
-    # Σφ in every column, a product as in linear_attn's passes: of φ in the inputs' dtype, the φ that U sums
-    z = tl.zeros([BLOCK_F, 16], dtype=tl.float32)
-    ones = tl.full([BLOCK_N, 16], 1.0, dt)
+    z = tl.zeros([BLOCK_F], dtype=tl.float32)
     base_k = b * stride_kb + h * stride_kh
     first = pid_n * tokens_per_program  # a runtime bound: one compiled kernel serves every sequence length
     for start in range(first, first + tokens_per_program, BLOCK_N):
@@ -238,11 +236,10 @@ def _wersa_state_kernel(K, V, WK, OMEGA, U, Z, N, NPAD, LAM, inv_sqrt_m, tokens_
         phi = tl.where((offs_n < N)[:, None], phi, 0.0)
         v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                     mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
-        phit = tl.trans(phi.to(dt))
-        u += tl.dot(phit, v, input_precision=PREC)
-        z += tl.dot(phit, ones, input_precision=PREC)
+        u += tl.dot(tl.trans(phi.to(dt)), v, input_precision=PREC)
+        z += tl.sum(phi, 0)
     tl.atomic_add(U + pid_bh * M * BD + offs_f[:, None] * BD + offs_d[None, :], u, mask=offs_f[:, None] < M)
-    tl.atomic_add(Z + pid_bh * M + offs_f, tl.max(z, 1), mask=offs_f < M)
+    tl.atomic_add(Z + pid_bh * M + offs_f, z, mask=offs_f < M)
 
 
 @triton.jit

@@ -73,22 +73,6 @@ def test_causal_groups_of_chunks(per_group):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("per_group", [1, 3])  # three groups of one chunk; one group of three
-def test_causal_output_programs_of_several_query_tiles(monkeypatch, normalize, per_group):
-    """An output program walking all the query tiles of its chunk (the chunk's state read once) gives what one
-    tile per program gives: the reference, the last chunk part-full (93 tokens: chunks of 32, tiles of 16)."""
-    from mmchar.kernels.linear_attn import kernel as K
-
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2, 2, 93, 32, generator=g).to(torch.float16) for _ in range(3))
-    ref = linear_attn_ref(q, k, v, causal=True, normalize=normalize)
-    monkeypatch.setattr(K, "CAUSAL_TILES", 2)
-    out = K.linear_attn(q, k, v, causal=True, causal_path="chunked", normalize=normalize, chunks_per_group=per_group)
-    assert _rel(out, ref) < 3e-3
-
-
-@pytest.mark.skipif(not INTERPRET, reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("feature", ["relu", "identity"])
 @pytest.mark.parametrize("causal,path", [(False, None), (True, "scan"), (True, "chunked")])
 def test_unnormalised_is_the_numerator_alone(causal, path, feature):
@@ -157,22 +141,6 @@ def test_gpu_bf16(b, h, n, d, dv, causal):
     q, k, v = (torch.randn(b, h, n, e, device="cuda", dtype=torch.bfloat16, generator=g) for e in (d, d, dv))
     ref = torch.cat([linear_attn_ref(q[i:i + 1], k[i:i + 1], v[i:i + 1], causal=causal) for i in range(b)])
     assert _rel(linear_attn(q, k, v, causal=causal), ref) < 2e-2
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("tiles", [2, 4])
-def test_gpu_output_programs_of_several_query_tiles(monkeypatch, tiles, normalize):
-    """On the GPU's chunk and tile sizes, programs of several query tiles (two programs per chunk at 2, one at 4)
-    give the one-tile programs' output: 3000 tokens, the last chunk part-full."""
-    from mmchar.kernels.linear_attn import kernel as K
-
-    g = torch.Generator(device="cuda").manual_seed(4)
-    q, k, v = (torch.randn(1, 4, 3000, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-    monkeypatch.setattr(K, "CAUSAL_TILES", 1)
-    one = K.linear_attn(q, k, v, causal=True, causal_path="chunked", normalize=normalize)
-    monkeypatch.setattr(K, "CAUSAL_TILES", tiles)
-    assert _rel(K.linear_attn(q, k, v, causal=True, causal_path="chunked", normalize=normalize), one) < 1e-3
 
 
 @pytest.mark.gpu
