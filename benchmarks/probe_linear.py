@@ -85,7 +85,7 @@ def causal_table() -> None:
     levels = chunk_forms()
     paths = ["scan"] + [label for label, *_ in levels]
     print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed); cC/T: the chunked "
-          f"path with one state per C tokens and T-token tiles")
+          f"path with one state per C tokens and T-token tiles (gN: its state pass in N groups of chunks)")
     print(f"{'shape':<24}{'norm':<6}" + "".join(f"{p:>9}" for p in paths) + f"{'fla':>9}{'best/fla':>9}  heuristic")
     for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
         for norm in norms:
