@@ -13,8 +13,8 @@
 #                                                # causal kernels' GPU tests and the causal probe where part 2 missed
 #   STAGE=norms bash benchmarks/gpu_round2.sh    # what normalising costs each causal kernel (both norms, fla
 #                                                # beside), after the linear kernels' GPU tests; the non-causal
-#                                                # per-pass probe. Before / after a kernel change: two calls on
-#                                                # one warm machine, one per checkout
+#                                                # per-pass probe. AFTER_PATCH=FILE (an untracked file of this
+#                                                # tree, e.g. `git diff main BRANCH`): the same again, patched
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -86,16 +86,26 @@ case "${STAGE:-linear}" in
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64,64x64}" \
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
     save ;;
-  norms)  # normalised against unnormalised in the same run, fla beside them
-    timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
-      tests/test_gpu.py -k "linear or changed_math_backend" 2>&1 | tail -3 | log
-    echo "pytest: rc ${PIPESTATUS[0]}" | log
-    timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
-      --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64}" \
-      2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_causal_norms.txt | log
-    save
-    probe norms
-    save ;;
+  norms)  # normalised against unnormalised in the same run, fla beside them; AFTER_PATCH: then the same with a
+          # patch applied to this tree (AFTER_CHUNKS: its --chunks), on the same machine
+    norms_run() {  # label, --chunks
+      echo "== norms: $1" | log
+      timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
+        tests/test_gpu.py -k "linear or changed_math_backend" 2>&1 | tail -3 | log
+      echo "pytest: rc ${PIPESTATUS[0]}" | log
+      timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
+        --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "$2" \
+        2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_causal_norms_$1.txt" | log
+      save
+      probe "norms_$1"
+      save
+    }
+    norms_run before "${CHUNKS:-256x64}"
+    if [ -n "${AFTER_PATCH:-}" ]; then
+      if ! patch -p1 < "$AFTER_PATCH" > /tmp/round2/patch.txt 2>&1; then log < /tmp/round2/patch.txt; exit 1; fi
+      . benchmarks/gpu_install.sh  # the patched tree reinstalled
+      norms_run after "${AFTER_CHUNKS:-${CHUNKS:-256x64}}"
+    fi ;;
   causal)
     timeout 400 python3 -u benchmarks/probe_linear.py --causal --seqs 4096,16384,65536 2>&1 | grep -v Warning \
       | tee /tmp/round2/probe_linear_causal.txt | log
