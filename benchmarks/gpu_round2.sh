@@ -13,8 +13,10 @@
 #                                                # causal kernels' GPU tests and the causal probe where part 2 missed
 #   STAGE=norms bash benchmarks/gpu_round2.sh    # what normalising costs each causal kernel (both norms, fla
 #                                                # beside), after the linear kernels' GPU tests; the non-causal
-#                                                # per-pass probe. AFTER_PATCH=FILE (an untracked file of this
-#                                                # tree, e.g. `git diff main BRANCH`): the same again, patched
+#                                                # per-pass probe. AFTER_TREE=DIR: the same again after copying
+#                                                # DIR's files over the tree (a branch's changed files at their
+#                                                # paths, untracked: `git archive BRANCH $(git diff --name-only
+#                                                # main BRANCH) | tar x -C DIR`; no patch or git needed there)
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -86,8 +88,8 @@ case "${STAGE:-linear}" in
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64,64x64}" \
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
     save ;;
-  norms)  # normalised against unnormalised in the same run, fla beside them; AFTER_PATCH: then the same with a
-          # patch applied to this tree (AFTER_CHUNKS: its --chunks), on the same machine
+  norms)  # normalised against unnormalised in the same run, fla beside them; AFTER_TREE: then the same on the tree
+          # with that folder's files copied over it (AFTER_CHUNKS: its --chunks), on the same machine
     norms_run() {  # label, --chunks
       echo "== norms: $1" | log
       timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
@@ -101,9 +103,9 @@ case "${STAGE:-linear}" in
       save
     }
     norms_run before "${CHUNKS:-256x64}"
-    if [ -n "${AFTER_PATCH:-}" ]; then
-      if ! patch -p1 < "$AFTER_PATCH" > /tmp/round2/patch.txt 2>&1; then log < /tmp/round2/patch.txt; exit 1; fi
-      . benchmarks/gpu_install.sh  # the patched tree reinstalled
+    if [ -n "${AFTER_TREE:-}" ]; then
+      cp -rv "$AFTER_TREE"/. . | log || exit 1
+      . benchmarks/gpu_install.sh  # the changed tree reinstalled
       norms_run after "${AFTER_CHUNKS:-${CHUNKS:-256x64}}"
     fi ;;
   causal)
