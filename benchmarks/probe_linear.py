@@ -21,6 +21,7 @@ import re
 from collections import defaultdict
 
 import torch
+import triton
 from torch.profiler import ProfilerActivity, profile
 
 from mmchar.kernels.linear_attn import kernel as K
@@ -54,10 +55,16 @@ def chunk_forms() -> list[tuple[str, tuple[int, int], int | None]]:
 
 def per_group(s: int, chunk: int, groups: int | None) -> int | None:
     """Chunks per group of the state pass for ``groups`` groups (None: linear_attn's default)."""
-    if groups is None:
+    return None if groups is None else triton.cdiv(triton.cdiv(s, chunk), groups)
+
+
+def fla_chunk():
+    """fla's chunk_linear_attn, the peer of the causal forms; None where fla-core is not installed."""
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
         return None
-    chunks = -(-s // chunk)
-    return -(-chunks // groups)
+    return chunk_linear_attn
 
 
 def causal_shapes():
@@ -78,10 +85,7 @@ def causal_shapes():
 def causal_table() -> None:
     from triton.testing import do_bench
 
-    try:
-        from fla.ops.linear_attn import chunk_linear_attn
-    except ImportError:
-        chunk_linear_attn = None
+    chunk_linear_attn = fla_chunk()
     levels = chunk_forms()
     paths = ["scan"] + [label for label, *_ in levels]
     print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed); cC/T: the chunked "
@@ -130,10 +134,7 @@ def kernel_times(fn) -> dict[str, float]:
 def causal_kernels() -> None:
     from triton.testing import do_bench
 
-    try:
-        from fla.ops.linear_attn import chunk_linear_attn
-    except ImportError:
-        chunk_linear_attn = None
+    chunk_linear_attn = fla_chunk()
     print(f"{torch.cuda.get_device_name()}: causal linear attention per kernel, µs of GPU time per call (profiler, "
           f"L2 warm) and the call's do_bench time (L2 flushed, host included)")
     print(f"{'shape':<22}{'norm':<5}{'form':<12}{'kernel':<42}{'us':>9}")
@@ -150,19 +151,17 @@ def causal_kernels() -> None:
                 forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
             for form, (lv, fn) in forms.items():
                 K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = lv or default_levels
+                row = f"{name:<22}{'on' if norm else 'off':<5}{form:<12}"
                 try:
                     per = kernel_times(fn)
                 except Exception as e:  # noqa: BLE001 - a tile the GPU cannot hold: noted, probe goes on
-                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{type(e).__name__}: {str(e)[:80]}")
+                    print(f"{row}{type(e).__name__}: {str(e)[:80]}")
                     continue
                 for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
-                    print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{kname:<42}{us:9.1f}")
-                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'kernels, sum':<42}"
-                      f"{sum(per.values()):9.1f}")
-                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'host, per call':<42}"
-                      f"{host_us(fn, calls=50):9.1f}")
-                print(f"{name:<22}{'on' if norm else 'off':<5}{form:<12}{'do_bench':<42}"
-                      f"{1e3 * do_bench(fn):9.1f}", flush=True)
+                    print(f"{row}{kname:<42}{us:9.1f}")
+                print(f"{row}{'kernels, sum':<42}{sum(per.values()):9.1f}")
+                print(f"{row}{'host, per call':<42}{host_us(fn, calls=50):9.1f}")
+                print(f"{row}{'do_bench':<42}{1e3 * do_bench(fn):9.1f}", flush=True)
             K.CAUSAL_CHUNK, K.CAUSAL_BLOCK = default_levels
     for tuned in (K._causal_state_tuned, K._causal_out_tuned):
         for key, cfg in tuned.cache.items():
