@@ -16,7 +16,8 @@
 #                                                # per-pass probe. AFTER_TREE=DIR: the same again after copying
 #                                                # DIR's files over the tree (a branch's changed files at their
 #                                                # paths, untracked: `git archive BRANCH $(git diff --name-only
-#                                                # main BRANCH) | tar x -C DIR`; no patch or git needed there)
+#                                                # main BRANCH) | tar x -C DIR`; no patch or git needed there);
+#                                                # WERSA_PROFILE=1: WERSA's per-part table, before and after
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -102,6 +103,10 @@ case "${STAGE:-linear}" in
         2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_causal_norms_$1.txt" | log
       save
       probe "norms_$1"
+      if [ "${WERSA_PROFILE:-0}" = 1 ]; then  # WERSA's parts too (a branch that changes its kernels)
+        timeout 90 python3 -u benchmarks/profile_wersa.py --out "/tmp/round2/profile_wersa_$1.md" 2>&1 \
+          | grep -v Warning | tail -16 | log
+      fi
       save
     }
     # with AFTER_TREE the tests run on the changed tree only: main's passed before it landed, and on a fresh
