@@ -17,7 +17,7 @@ timed one by one (synchronised); the order of variants is reversed every other r
 larger than the effect on a shared machine, hit every variant alike. Wall time and the main thread's CPU time
 (immune to waiting on other tenants) are reported as medians.
 
-    python benchmarks/bench_swap_overhead.py [--device cuda] [--preset full] [--rounds 60] [--block 5]
+    python benchmarks/bench_swap_overhead.py [--device cuda] [--preset full] [--rounds 60] [--block 5] [--budget-s S]
 
 Prints a table and writes benchmarks/results/swap_overhead.{md,json}.
 """
@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--preset", default="full")
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--block", type=int, default=5)
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no round after this many seconds of timing (the table reports the rounds run): a "
+                         "device call's limit then cuts rounds, not the table")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -108,9 +111,11 @@ def main() -> None:
     for label in labels:  # warm-up: autotuning, cuDNN plans, allocator
         measure(label, 3)
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in labels}
-    for r in range(a.rounds):
-        for label in (labels if r % 2 == 0 else labels[::-1]):
+    t0, rounds = time.monotonic(), 0
+    while rounds < a.rounds and (a.budget_s is None or time.monotonic() - t0 < a.budget_s):
+        for label in (labels if rounds % 2 == 0 else labels[::-1]):
             times[label] += measure(label, a.block)
+        rounds += 1
     calls = len(unet.attn_processors)
 
     def med(label: str, i: int) -> float:
@@ -130,7 +135,7 @@ def main() -> None:
     dev = environment.device_info(device)
     result = {"date": datetime.now(timezone.utc).isoformat(), "device": dev, "versions": environment.versions(),
               "workload": f"sd15 {a.preset} UNet forward, batch 2 (guidance), {p['height']}x{p['width']}, {dtype}",
-              "rounds": a.rounds, "block": a.block, "attention_calls_per_step": calls, "rows": rows}
+              "rounds": rounds, "block": a.block, "attention_calls_per_step": calls, "rows": rows}
     lines = [f"# Attention-swap overhead per backend ({dev['name']}, {result['date'][:10]})", "",
              f"{result['workload']}; {calls} attention calls per forward; torch {result['versions']['torch']}, "
              f"diffusers {result['versions']['diffusers']}, mmchar {result['versions'].get('mmchar')}.", "",
@@ -140,8 +145,8 @@ def main() -> None:
              "is the swap mechanism's own cost; the bar is < 1 % of a launch-bound step. `sdpa native, again` is the "
              "A/A control: the same variant timed twice; its difference from `sdpa native` is this host's noise "
              "floor for every other row.", "",
-             f"Variants alternate in blocks ({a.rounds} rounds of {a.block} timed forwards each after one settling "
-             f"forward, {a.rounds * a.block} per variant; order reversed every other round); medians of the wall "
+             f"Variants alternate in blocks ({rounds} rounds of {a.block} timed forwards each after one settling "
+             f"forward, {rounds * a.block} per variant; order reversed every other round); medians of the wall "
              "time and of the main thread's CPU time per forward.", "",
              "| variant | median ms / step | min ms | CPU ms / step | swap overhead, wall | swap overhead, CPU "
              "| CPU µs per attention call |",

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # GPU evidence of the trust issue, run on the device machine from the repo root:
 #   1. the attention swap's own cost per backend on a launch-bound step (SD 1.5 UNet at 512 px, batch 2, bf16,
-#      300 alternating forwards per variant): benchmarks/results/swap_overhead.{md,json};
+#      300 alternating forwards per variant; SWAP_BUDGET_S: no round started after it, so a call's limit cuts
+#      rounds, not the table): benchmarks/results/swap_overhead.{md,json};
 #   2. the noise guard on CUDA: one lone `mmchar profile sd15 --preset full`, then two started at once into one
 #      store (each must come out clean or flagged, never silently wrong), their verdicts and windows printed;
 #   3. the gpu-marked tests (the CUDA noise guard through NVML, the swapped UNet per backend, the backends).
-# Results packed into $OUT/results.tgz (slim run stores, tables, logs).
+# Results packed into $OUT/results.tgz after each phase (slim run stores, tables, logs).
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT" /tmp/pack
@@ -16,7 +17,8 @@ S=/tmp/trust-runs
 for phase in $PHASES; do
   case $phase in
     swap)
-      python3 -u benchmarks/bench_swap_overhead.py --device cuda --rounds "${ROUNDS:-300}" --out /tmp/pack 2>&1 \
+      python3 -u benchmarks/bench_swap_overhead.py --device cuda --rounds "${ROUNDS:-300}" --out /tmp/pack \
+        ${SWAP_BUDGET_S:+--budget-s "$SWAP_BUDGET_S"} 2>&1 \
         | tee /tmp/pack/swap.txt ;;
     noise)
       mmchar profile sd15 --preset full --steps 20 --repeat 5 --no-trace --device cuda --store "$S/lone" 2>&1 \
@@ -45,7 +47,8 @@ PY
     tests)
       python3 -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee /tmp/pack/pytest-gpu.txt ;;
   esac
+  # packed after every phase: a call's limit then loses the phase it cut, not the ones before it
+  rm -rf /tmp/pack/runs && cp -r "$S" /tmp/pack/runs 2>/dev/null
+  tar czf "$OUT/results.tgz" --exclude='*.trace.json.gz' -C /tmp/pack .
 done
-cp -r "$S" /tmp/pack/runs 2>/dev/null
-tar czf "$OUT/results.tgz" --exclude='*.trace.json.gz' -C /tmp/pack .
 ls -la "$OUT"
