@@ -111,7 +111,8 @@ case "${STAGE:-linear}" in
     }
     # with AFTER_TREE the tests run on the changed tree only: main's passed before it landed, and on a fresh
     # machine they compile and tune everything, past their 150 s (2026-12-07c)
-    norms_run before "${CHUNKS:-256x64}" "$([ -n "${AFTER_TREE:-}" ] && echo 0 || echo 1)"
+    tests_before=1; [ -n "${AFTER_TREE:-}" ] && tests_before=0
+    norms_run before "${CHUNKS:-256x64}" "$tests_before"
     if [ -n "${AFTER_TREE:-}" ]; then
       cp -rv "$AFTER_TREE"/. . | log || exit 1
       . benchmarks/gpu_install.sh  # the changed tree reinstalled

@@ -15,10 +15,9 @@ Matrix products run in the input dtype with fp32 accumulation; fp32 inputs get e
 
 In the state passes the normaliser's key sums Σφ(K) are a product too: φ(K)ᵀ times a 16-wide column of ones (the
 narrowest ``tl.dot``), accumulated in fp32 beside the state, every column the same sum (read back with a max).
-Summed over each key tile's rows instead, they were a cross-warp reduction in the pass's serial loop: at d = 128
-the normalised chunked state pass took 1.77× its unnormalised time on an H100, 1.09× as a product, and the
-non-causal call's kernels went from 60.6-68.1 % to 69.0-80.8 % of the copy roof from 16k
-(round2-h100-2026-12-07c). The scan keeps its column sum: there the product's [D, 16] accumulator cost 6 %.
+Summed over each key tile's rows instead, they were a cross-warp reduction in the pass's serial loop. The scan
+keeps its column sum: there the product's [D, 16] accumulator cost more registers than the sum cost time
+(figures in docs/kernels/linear_attn.md).
 """
 
 from __future__ import annotations
