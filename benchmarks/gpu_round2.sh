@@ -17,7 +17,8 @@
 #                                                # DIR's files over the tree (a branch's changed files at their
 #                                                # paths, untracked: `git archive BRANCH $(git diff --name-only
 #                                                # main BRANCH) | tar x -C DIR`; no patch or git needed there);
-#                                                # WERSA_PROFILE=1: WERSA's per-part table, before and after
+#                                                # WERSA_PROFILE=1: WERSA's per-part table, before and after;
+#                                                # PROBE=0: without the non-causal probe
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -102,7 +103,7 @@ case "${STAGE:-linear}" in
         --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "$2" \
         2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_causal_norms_$1.txt" | log
       save
-      probe "norms_$1"
+      [ "${PROBE:-1}" = 1 ] && probe "norms_$1"  # PROBE=0: a branch that leaves the non-causal kernels alone
       if [ "${WERSA_PROFILE:-0}" = 1 ]; then  # WERSA's parts too (a branch that changes its kernels)
         timeout 90 python3 -u benchmarks/profile_wersa.py --out "/tmp/round2/profile_wersa_$1.md" 2>&1 \
           | grep -v Warning | tail -16 | log
@@ -127,8 +128,8 @@ case "${STAGE:-linear}" in
     for d in 64 128; do for s in 16k 32k 64k; do
       timeout 90 mmchar bench-attn --only sweep --match "sweep d$d S$s" --backends cudnn,linear --resume \
         -o /tmp/round2/bench-linear 2>&1 | grep -v "^|" | tail -2 | log
+      save  # per row: a call's limit then cuts rows, not the results
     done; done
-    save
     timeout 90 python3 -u benchmarks/probe_linear.py 2>&1 | grep -v Warning | tee /tmp/round2/probe_linear.txt | log
     save
     if [ -n "${SUITE:-}" ]; then
