@@ -230,22 +230,26 @@ def _causal_state_kernel(K, V, HS, HZ, G, N, NC, chunks_per_group, state_scale, 
 
 
 @triton.jit
-def _group_prefix_kernel(G, NG, W, SPAN, BLOCK: tl.constexpr):
-    """In place, per batch·head: the first SPAN of each group's W totals become the sums of the groups before it
-    (an exclusive prefix over a few groups; one launch where cat + cumsum took six)."""
+def _group_prefix_kernel(G, P, NG, W, SPAN, state_scale, BLOCK: tl.constexpr, SW: tl.constexpr):
+    """Per batch·head, over the first SPAN of each group's W totals: the sums of the groups before it (an exclusive
+    prefix over a few groups; one launch where cat + cumsum took six). The state's SW entries go to P, scaled as HS
+    is and in its dtype, which the output pass multiplies as it is; the key sums after them stay in G, in fp32."""
     pid_bh = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < SPAN
+    is_state = offs < SW
+    is_sum = ok & (offs >= SW)
     run = tl.zeros([BLOCK], dtype=tl.float32)
     for g in range(0, NG):
         ptr = G + (pid_bh * NG + g) * W + offs
         x = tl.load(ptr, mask=ok, other=0.0)
-        tl.store(ptr, run, mask=ok)
+        tl.store(P + (pid_bh * NG + g) * SW + offs, (run * state_scale).to(P.dtype.element_ty), mask=is_state)
+        tl.store(ptr, run, mask=is_sum)
         run += x
 
 
 @triton.jit
-def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, state_scale, NB,
+def _causal_out_kernel(Q, K, V, O, HS, HZ, G, P, N, NC, chunks_per_group, eps, state_scale, NB,
                        stride_qb, stride_qh, stride_qm, stride_qd,
                        stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_vb, stride_vh, stride_vn, stride_vd,
@@ -274,16 +278,16 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, N, NC, chunks_per_group, eps, stat
     q = _phi_tile(tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
                           + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0), q_ok, FEATURE)
     st = tl.load(HS + ((pid_bh * NC + c) * BD + offs_d[:, None]) * DVP + offs_e[None, :])  # scaled by 1/tokens
-    if GROUPS:
-        before = G + (pid_bh * tl.cdiv(NC, chunks_per_group) + c // chunks_per_group) * (BD * DVP + BD)
-        st = (st.to(tl.float32)  # plus the groups before this one
-              + tl.load(before + offs_d[:, None] * DVP + offs_e[None, :]) * state_scale).to(dt)
     qd = q.to(dt)
-    num = tl.dot(qd, st.to(dt), input_precision=PREC) / state_scale  # see the non-causal pass
+    num = tl.dot(qd, st.to(dt), input_precision=PREC)
+    if GROUPS:  # plus the groups before this one: a second product, no fp32 state to add and convert per program
+        gi = pid_bh * tl.cdiv(NC, chunks_per_group) + c // chunks_per_group
+        num = tl.dot(qd, tl.load(P + (gi * BD + offs_d[:, None]) * DVP + offs_e[None, :]), num, input_precision=PREC)
+    num = num / state_scale  # see the non-causal pass
     if NORMALIZE:
         zs = tl.load(HZ + (pid_bh * NC + c) * BD + offs_d)
         if GROUPS:
-            zs += tl.load(before + BD * DVP + offs_d)
+            zs += tl.load(G + gi * (BD * DVP + BD) + BD * DVP + offs_d)
         den = tl.sum(q.to(tl.float32) * zs[None, :], 1)
     base_k = K + b * stride_kb + h * stride_kh
     base_v = V + b * stride_vb + h * stride_vh
@@ -476,8 +480,9 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
 
 def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True):
     """Chunks of CHUNK tokens: pass 1 walks each group of chunks and writes the state at every chunk start
-    (relative to its group) and the group's total; the exclusive prefix over groups is one small kernel; pass 2 runs
-    every query tile in parallel. Groups exist only to fill the GPU when batch·heads are few."""
+    (relative to its group) and the group's total; the exclusive prefix over groups is one small kernel (its state
+    part in the inputs' dtype: pass 2 multiplies it as a second product); pass 2 runs every query tile in
+    parallel. Groups exist only to fill the GPU when batch·heads are few."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
     interp = interpreting()
@@ -492,15 +497,17 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
     hz = torch.empty((b * h, nc, bd), dtype=torch.float32, device=dev)
     width = bd * bdv + bd  # a group's total: the state, then the sums
     g = torch.empty((b * h, ng, width), dtype=torch.float32, device=dev)
+    before = torch.empty((b * h, ng, bd * bdv), dtype=q.dtype, device=dev) if ng > 1 else hs  # the groups' prefix
     nb = bucket(b * h * n)
     _launch(_causal_state_kernel, _causal_state_tuned, lambda meta: (b * h, bdv // meta["BDV"], ng),
             k, v, hs, hz, g, n, nc, chunks_per_group, 1.0 / max(n, 1), nb, *k.stride(), *v.stride(), h, D=d, DV=dv, BD=bd,
             DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK_N=block, PREC=prec, NORMALIZE=normalize)
     if ng > 1:  # unnormalised, the sums after each group's state are not written: the prefix leaves them out
         span = width if normalize else bd * bdv
-        _group_prefix_kernel[(b * h, triton.cdiv(span, 1024))](g, ng, width, span, BLOCK=1024)
+        _group_prefix_kernel[(b * h, triton.cdiv(span, 1024))](g, before, ng, width, span, 1.0 / max(n, 1),
+                                                               BLOCK=1024, SW=bd * bdv)
     _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
-            q, k, v, o, hs, hz, g, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
+            q, k, v, o, hs, hz, g, before, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
             PREC=prec, NORMALIZE=normalize)
     return o
