@@ -147,6 +147,21 @@ def test_gpu_bf16(b, h, n, d, dv, causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("d,dv", [(128, 128), (256, 64)])
+def test_gpu_chunked_groups_bf16(d, dv, normalize):
+    """The chunked path with several groups of chunks (4 batch·heads: each of the 12 chunks of 3000 tokens its own
+    group), normalised and not, at the head dims whose output pass holds two [d, dv] states for its products
+    (the chunk's and the groups' before it): 128, and 256 features over 64-wide values (causal WERSA's)."""
+    from mmchar.kernels.linear_attn.kernel import linear_attn
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (torch.randn(1, 4, 3000, e, device="cuda", dtype=torch.bfloat16, generator=g) for e in (d, d, dv))
+    out = linear_attn(q, k, v, causal=True, causal_path="chunked", normalize=normalize)
+    assert _rel(out, linear_attn_ref(q, k, v, causal=True, normalize=normalize)) < 2e-2
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("n,d", [(4096, 64), (8192, 128)])
 def test_gpu_fla_backend_matches_linear(n, d):
     from mmchar.backends import get_backend
