@@ -258,10 +258,15 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, P, N, NC, chunks_per_group, eps, s
                        FEATURE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
                        PREC: tl.constexpr, BDV: tl.constexpr, NORMALIZE: tl.constexpr = True):
     """Per (batch·head, query tile, dv block): φq·(state at the chunk's start) plus the causal part inside the
-    chunk, walked in key tiles of the query tile's size (the second level of tiling)."""
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_e = tl.program_id(2)
+    chunk, walked in key tiles of the query tile's size (the second level of tiling).
+
+    One grid axis, dv blocks fastest, then query tiles, then batch·heads: a tile's value blocks run side by side
+    and share its queries and keys in L2, and a chunk's tiles its keys and state (with batch·heads fastest, each
+    value block re-read every query and key from HBM once the inputs outgrew L2)."""
+    pid = tl.program_id(0)
+    pid_e = pid % (DVP // BDV)
+    pid_m = (pid // (DVP // BDV)) % tl.cdiv(N, BLOCK)
+    pid_bh = pid // (DVP // BDV) // tl.cdiv(N, BLOCK)
     b = pid_bh // H
     h = pid_bh % H
     m0 = pid_m * BLOCK
@@ -506,7 +511,8 @@ def _causal(q, k, v, o, f, eps, bd, bdv, prec, chunks_per_group, normalize=True)
         span = width if normalize else bd * bdv
         _group_prefix_kernel[(b * h, triton.cdiv(span, 1024))](g, before, ng, width, span, 1.0 / max(n, 1),
                                                                BLOCK=1024, SW=bd * bdv)
-    _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h, triton.cdiv(n, block), bdv // meta["BDV"]),
+    tiles = triton.cdiv(n, block)  # one grid axis: (batch·head, query tile, dv block), the last fastest
+    _launch(_causal_out_kernel, _causal_out_tuned, lambda meta: (b * h * tiles * (bdv // meta["BDV"]),),
             q, k, v, o, hs, hz, g, before, n, nc, chunks_per_group, eps, 1.0 / max(n, 1), nb, *q.stride(), *k.stride(),
             *v.stride(), *o.stride(), h, D=d, DV=dv, BD=bd, DVP=bdv, FEATURE=f, CHUNK=chunk, BLOCK=block, GROUPS=ng > 1,
             PREC=prec, NORMALIZE=normalize)
