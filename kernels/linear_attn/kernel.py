@@ -260,9 +260,10 @@ def _causal_out_kernel(Q, K, V, O, HS, HZ, G, P, N, NC, chunks_per_group, eps, s
     """Per (batch·head, query tile, dv block): φq·(state at the chunk's start) plus the causal part inside the
     chunk, walked in key tiles of the query tile's size (the second level of tiling).
 
-    One grid axis, dv blocks fastest, then query tiles, then batch·heads: a tile's value blocks run side by side
-    and share its queries and keys in L2, and a chunk's tiles its keys and state (with batch·heads fastest, each
-    value block re-read every query and key from HBM once the inputs outgrew L2)."""
+    One grid axis, dv blocks fastest, then query tiles, then batch·heads (fla's order): a tile's value blocks run
+    side by side and share its queries and keys in L2, and a chunk's tiles its keys and state. Batch·heads
+    fastest had the value blocks re-read them from HBM once the inputs outgrew L2; the change took 1-2 % off the
+    output pass (H100, d = 128, B1 H16 16k-64k: round2-h100-2026-12-07d in benchmarks/results/attention)."""
     pid = tl.program_id(0)
     pid_e = pid % (DVP // BDV)
     pid_m = (pid // (DVP // BDV)) % tl.cdiv(N, BLOCK)
