@@ -18,7 +18,8 @@
 #                                                # paths, untracked: `git archive BRANCH $(git diff --name-only
 #                                                # main BRANCH) | tar x -C DIR`; no patch or git needed there);
 #                                                # WERSA_PROFILE=1: WERSA's per-part table, before and after;
-#                                                # PROBE=0: without the non-causal probe
+#                                                # PROBE=0: without the non-causal probe; CAUSAL_S=0: without
+#                                                # the causal one
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -99,14 +100,18 @@ case "${STAGE:-linear}" in
           tests/test_gpu.py -k "linear or changed_math_backend" 2>&1 | tail -3 | log
         echo "pytest: rc ${PIPESTATUS[0]}" | log
       fi
-      timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
-        --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "$2" \
-        2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_causal_norms_$1.txt" | log
-      save
+      if [ "${CAUSAL_S:-200}" != 0 ]; then  # CAUSAL_S=0: no causal probe (a branch that changes WERSA only)
+        timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
+          --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "$2" \
+          2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_causal_norms_$1.txt" | log
+        save
+      fi
       [ "${PROBE:-1}" = 1 ] && probe "norms_$1"  # PROBE=0: a branch that leaves the non-causal kernels alone
       if [ "${WERSA_PROFILE:-0}" = 1 ]; then  # WERSA's parts too (a branch that changes its kernels)
-        timeout 90 python3 -u benchmarks/profile_wersa.py --out "/tmp/round2/profile_wersa_$1.md" 2>&1 \
-          | grep -v Warning | tail -16 | log
+        # 150 s: on a fresh machine 90 s cut the "before" run at its causal row (2026-12-07d); the console,
+        # profiler table included, kept whole in a file
+        timeout 150 python3 -u benchmarks/profile_wersa.py --out "/tmp/round2/profile_wersa_$1.md" 2>&1 \
+          | grep -v Warning | tee "/tmp/round2/profile_wersa_$1.txt" | tail -8 | log
       fi
       save
     }

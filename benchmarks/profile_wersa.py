@@ -1,5 +1,10 @@
 """Where WERSA's time goes on the GPU: the whole backend call against its parts (gain generator, mixing rows,
-the two fused passes), and the top kernels of one call. Prints a table; --out writes it as markdown.
+the two fused passes), and the top kernels of one call. Prints a table; --out writes it as markdown, after every
+row (a caller's time limit then cuts rows, not the table).
+
+"rest" is a difference (the call less its separately timed parts), so a change to one fused pass is judged by
+the last two columns instead: each pass's own GPU time per call from the profiler (L2 warm), which the host and
+the other parts do not move.
 
 The gain generator's depthwise conv is timed both ways in one run: cuDNN's channels-last conv (what the fused
 path ran before, and what gains() still runs by default) and the Triton pass the fused path runs now
@@ -37,6 +42,22 @@ def cudnn_conv(p, x, every):
                     padding=(0, 0 if p.causal else 16), groups=x.shape[-1])
 
 
+def pass_times(call, calls: int = 5) -> dict[str, float]:
+    """µs of GPU time per call of each fused pass (the profiler's device time, averaged over `calls`); 0.0 for a
+    pass the call did not launch."""
+    call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    times = {"_wersa_state_kernel": 0.0, "_wersa_out_kernel": 0.0}
+    for e in prof.events():  # as benchmarks/probe_linear.py reads kernel times
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.name in times:
+            times[e.name] += e.device_time / calls
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -45,7 +66,7 @@ def main() -> None:
     lines = ["| B, H, n, d | causal | backend call ms | eager ms | gains ms (channels-last) | gains ms (Conv1d) | "
              "gains ms (even tokens, cuDNN conv: the fused path before) | gains ms (even tokens, Triton conv: the "
              "fused path) | conv ms (cuDNN channels-last, even tokens) | conv ms (Triton) | Triton conv GB/s | "
-             "mixing rows ms | rest (fused passes) ms |", "|" + "---|" * 13]
+             "mixing rows ms | rest (fused passes) ms | state pass µs | output pass µs |", "|" + "---|" * 15]
     for b, h, n, d, causal in [(16, 32, 1024, 64, False), (4, 16, 4096, 128, False), (1, 16, 16384, 128, False),
                                (1, 32, 65536, 64, False), (1, 16, 16384, 128, True)]:
         g = torch.Generator(device=dev).manual_seed(0)
@@ -68,21 +89,22 @@ def main() -> None:
             gq = p.gains(x, every, fused=True)
             t_mix = 0.0 if causal else do_bench(lambda: mixing_rows(gq, n, p.levels, every), return_mode="median")
             t_merge = do_bench(lambda: merge_heads(q), return_mode="median")
+            passes = pass_times(lambda: be(q, k, v, causal=causal))
         rest = t_call - 2 * (t_g3 + t_mix + t_merge)
         lines.append(f"| {b}, {h}, {n}, {d} | {causal} | {t_call:.3f} | {t_eager:.3f} | {t_g:.3f} | {t_g1:.3f} | "
                      f"{t_g2:.3f} | {t_g3:.3f} | {t_c_old:.3f} | {t_c_new:.3f} | {moved / t_c_new / 1e6:.0f} | "
-                     f"{t_mix:.3f} | {rest:.3f} |")
+                     f"{t_mix:.3f} | {rest:.3f} | {passes['_wersa_state_kernel']:.1f} | "
+                     f"{passes['_wersa_out_kernel']:.1f} |")
         print(lines[-1], flush=True)
+        if a.out:
+            open(a.out, "w").write("\n".join(lines) + "\n")
         if (b, n) == (4, 4096):
             with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(3):
                     be(q, k, v, causal=causal)
                 torch.cuda.synchronize()
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        open(a.out, "w").write(text + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
