@@ -18,14 +18,12 @@ A call's kernels are timed back to back (launches queued, L2 warm between calls 
 (`mmchar bench-attn --match "sweep d64 S16k"`) is the cold, do_bench figure the bar is judged on."""
 import argparse
 import re
-from collections import defaultdict
 
 import torch
 import triton
-from torch.profiler import ProfilerActivity, profile
 
 from mmchar.kernels.linear_attn import kernel as K
-from mmchar.kernels.tuning import host_us
+from mmchar.kernels.tuning import host_us, kernel_times
 
 p = argparse.ArgumentParser()
 p.add_argument("--seqs", default="16384,32768,65536")
@@ -115,22 +113,6 @@ def causal_table() -> None:
                   + f"{peer:9.3f}{peer / best:9.2f}  {form}", flush=True)
 
 
-def kernel_times(fn) -> dict[str, float]:
-    """µs of GPU time per call, per kernel name (10 calls back to back, after three that tune and compile)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-    per: dict[str, float] = defaultdict(float)
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            per[e.name[:40]] += e.device_time / 10
-    return per
-
-
 def causal_kernels() -> None:
     from triton.testing import do_bench
 
@@ -191,18 +173,7 @@ for d in map(int, a.dims.split(",")):
         b, h = max(16384 // s, 1), 2048 // d
         g = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-        for _ in range(3):
-            K.linear_attn(q, k, v)  # autotune, compile
-        torch.cuda.synchronize()
-        n = 20
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                K.linear_attn(q, k, v)
-            torch.cuda.synchronize()
-        per = defaultdict(float)
-        for e in prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA:
-                per[e.name[:32]] += e.device_time / n
+        per = kernel_times(lambda: K.linear_attn(q, k, v), calls=20, width=32)
         qkvo = 4 * b * h * s * d * 2
         name = f"B{b} H{h} S{s // 1024}k d{d}"
         for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from mmchar.backends import get_backend
+from mmchar.kernels.tuning import kernel_times
 from mmchar.kernels.wersa.kernel import gain_conv, mixing_rows
 from mmchar.kernels.wersa.reference import merge_heads
 
@@ -40,22 +41,6 @@ def cudnn_conv(p, x, every):
         x = F.pad(x, (0, 0, 32, 0))
     return F.conv2d(x.transpose(1, 2).unsqueeze(2), p.conv.weight.unsqueeze(2), p.conv.bias, stride=(1, every),
                     padding=(0, 0 if p.causal else 16), groups=x.shape[-1])
-
-
-def pass_times(call, calls: int = 5) -> dict[str, float]:
-    """µs of GPU time per call of each fused pass (the profiler's device time, averaged over `calls`); 0.0 for a
-    pass the call did not launch."""
-    call()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            call()
-        torch.cuda.synchronize()
-    times = {"_wersa_state_kernel": 0.0, "_wersa_out_kernel": 0.0}
-    for e in prof.events():  # as benchmarks/probe_linear.py reads kernel times
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.name in times:
-            times[e.name] += e.device_time / calls
-    return times
 
 
 def main() -> None:
@@ -89,12 +74,12 @@ def main() -> None:
             gq = p.gains(x, every, fused=True)
             t_mix = 0.0 if causal else do_bench(lambda: mixing_rows(gq, n, p.levels, every), return_mode="median")
             t_merge = do_bench(lambda: merge_heads(q), return_mode="median")
-            passes = pass_times(lambda: be(q, k, v, causal=causal))
+            passes = kernel_times(lambda: be(q, k, v, causal=causal), calls=5)  # 0.0: a pass not launched
         rest = t_call - 2 * (t_g3 + t_mix + t_merge)
         lines.append(f"| {b}, {h}, {n}, {d} | {causal} | {t_call:.3f} | {t_eager:.3f} | {t_g:.3f} | {t_g1:.3f} | "
                      f"{t_g2:.3f} | {t_g3:.3f} | {t_c_old:.3f} | {t_c_new:.3f} | {moved / t_c_new / 1e6:.0f} | "
-                     f"{t_mix:.3f} | {rest:.3f} | {passes['_wersa_state_kernel']:.1f} | "
-                     f"{passes['_wersa_out_kernel']:.1f} |")
+                     f"{t_mix:.3f} | {rest:.3f} | {passes.get('_wersa_state_kernel', 0.0):.1f} | "
+                     f"{passes.get('_wersa_out_kernel', 0.0):.1f} |")
         print(lines[-1], flush=True)
         if a.out:
             open(a.out, "w").write("\n".join(lines) + "\n")

@@ -146,6 +146,26 @@ def gpu_time(kernel_call: Callable[[], Any], quantiles: tuple[float, ...] = (0.5
     return [samples[min(n - 1, int(q * n))] for q in quantiles]
 
 
+def kernel_times(fn: Callable[[], Any], calls: int = 10, width: int = 40) -> dict[str, float]:
+    """µs of GPU time per call, per kernel name cut to ``width`` characters (the profiler's device time over
+    ``calls`` calls back to back, L2 warm, after three that tune and compile): what one kernel of a call costs,
+    unmoved by the host and by the call's other kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    per: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name[:width]] = per.get(e.name[:width], 0.0) + e.device_time / calls
+    return per
+
+
 def host_us(fn: Callable[[], Any], calls: int = 300, rounds: int = 5) -> float:
     """Microseconds of host time (Python and launches) per call, the median of ``rounds``, each behind ~0.1 s of
     GPU work queued ahead so that no call waits on the GPU: what a call costs the host when the GPU is busy."""
