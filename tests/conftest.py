@@ -23,11 +23,11 @@ if shutil.which("nvidia-smi") is None:
 # (kernels/tuning.py: tuning_off); MMCHAR_AUTOTUNE=1 tests the tuned picks
 os.environ.setdefault("MMCHAR_AUTOTUNE", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# pytest-xdist's workers start with COLUMNS=80 / LINES=24 (execnet's default terminal), which narrows the CLI's
-# tables where a single pytest process (make test before it ran workers) printed them 200 wide to the pipe
-if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("COLUMNS") == "80":
-    os.environ.pop("COLUMNS")
-    os.environ.pop("LINES", None)
+# The CLI's output as a pipe gets it (200 columns) whatever terminal ran the tests: pytest-xdist's workers start
+# with COLUMNS=80 (execnet's default), CI's terminal is its own, and the tests read content, not layout. The tests
+# of narrow terminals set the console's width themselves (tests/cli/test_trust.py: narrow).
+os.environ["COLUMNS"] = "200"
+os.environ.pop("LINES", None)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore")

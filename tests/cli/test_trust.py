@@ -260,6 +260,29 @@ def test_compare_at_100_columns_keeps_a_backend_per_line(tmp_path, narrow):
     assert all(" ok " in r and "yes 1.0" in r for r in rows), out
 
 
+@pytest.mark.parametrize("width", [200, 80, 40])
+def test_a_table_never_folds_a_number_or_a_name(monkeypatch, capsys, width):
+    """At 80 columns (a pipe with COLUMNS=80, CI's) the advice table once folded every column to three characters:
+    its numbers could not be read back. The words of a cell stay whole; a terminal narrower than the words gets
+    lines it wraps itself."""
+    from mmchar.cli import output
+
+    monkeypatch.setattr(output.console, "width", width)
+    frame = pd.DataFrame({"rank": pd.array([1, None], dtype="Int64"), "kind": ["step-cache", "sequence-parallel"],
+                          "option": ["cache 1 of 2 steps", "--linear-backend fp8"],
+                          "projected_step_ms": [4.05, None], "measured_step_ms": [None, 7.2621],
+                          "model": ["steps skipped x step cost: one long sentence", "not applicable: a CPU run"]})
+    output.print_frame(frame, truncate=("model",))
+    out = capsys.readouterr().out
+    words = set(out.split())
+    assert {"4.05", "7.26", "step-cache", "sequence-parallel", "--linear-backend", "rank", "projected"} <= words, out
+    assert "<NA>" not in out, out
+    widest = max(map(len, out.splitlines()))
+    assert widest <= width if width >= 80 else widest > width, out
+    rows = _table_rows(out, 4)
+    assert rows[0].startswith("1 ") and any(r.startswith("- ") for r in rows), out
+
+
 def test_backends_keeps_text_in_square_brackets():
     code, out, err = cli(["backends", "--device", "cpu"])
     assert code == 0 and "mmchar[fla]" in out
