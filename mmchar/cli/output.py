@@ -16,6 +16,7 @@ FORMATS = ("table", "csv", "json")
 TRUNCATED_WIDTH = 30  # characters of a free-text column print_frame cuts to one line
 MIN_TRUNCATED = 12  # the fewest it cuts such a column to before the table outgrows a narrow terminal
 GAP = 2  # characters between columns: one of padding, the (blank) rule between them
+LONG_WORD = 20  # a word longer than this (a path, a long identifier) may fold where whole words overflow the terminal
 # a pipe gets wide tables (200 columns) unless COLUMNS says how wide the reader's terminal is
 console = Console(highlight=False, soft_wrap=False,
                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
@@ -65,7 +66,9 @@ def print_frame(df: pd.DataFrame, *, title: str | None = None, fmt: str = "table
 def _column_widths(headers: list[str], cells: list[list[str]], cut: list[bool], room: int) -> list[int]:
     """Each column's width in ``room`` characters: as wide as its widest cell or header where it fits, else the
     cut-to-one-line columns give way first (down to ``MIN_TRUNCATED``), then the widest of the others, one
-    character at a time, never below its longest word (a number, a name: a header wraps at its words instead)."""
+    character at a time, never below its longest word (a number, a name: a header wraps at its words instead).
+    Where even the words overflow, words longer than ``LONG_WORD`` may fold; the table prints wider than ``room``
+    only beyond that."""
     def longest_word(texts) -> int:
         return max((len(w) for t in texts for w in t.split()), default=1)
 
@@ -73,14 +76,16 @@ def _column_widths(headers: list[str], cells: list[list[str]], cut: list[bool], 
     widths = [max(map(len, texts)) for texts in columns]
     floors = [max(longest_word(texts[:1]), MIN_TRUNCATED) if c else longest_word(texts)
               for texts, c in zip(columns, cut)]
+    if sum(floors) > room:
+        floors = [min(f, LONG_WORD) for f in floors]
     widths = [min(w, TRUNCATED_WIDTH) if c else w for w, c in zip(widths, cut)]
     for i in (i for i, c in enumerate(cut) if c):
         widths[i] = max(floors[i], widths[i] - max(0, sum(widths) - room))
     while sum(widths) > room:
-        slack = [(w - f, w, i) for i, (w, f, c) in enumerate(zip(widths, floors, cut)) if w > f and not c]
-        if not slack:
+        shrinkable = [(w, i) for i, (w, f, c) in enumerate(zip(widths, floors, cut)) if w > f and not c]
+        if not shrinkable:
             break
-        widths[max(slack, key=lambda t: t[1])[2]] -= 1
+        widths[max(shrinkable)[1]] -= 1
     return widths
 
 

@@ -283,6 +283,20 @@ def test_a_table_never_folds_a_number_or_a_name(monkeypatch, capsys, width):
     assert rows[0].startswith("1 ") and any(r.startswith("- ") for r in rows), out
 
 
+def test_a_narrow_terminal_folds_only_long_identifiers(monkeypatch, capsys):
+    """Where whole words overflow the terminal, a 40-character backend name folds (it is 20 wide), its numbers
+    do not, and the table fits the terminal."""
+    from mmchar.cli import output
+
+    monkeypatch.setattr(output.console, "width", 60)
+    name = "diffusers:_sage_qk_int8_pv_fp8_cuda_sm90"
+    output.print_frame(pd.DataFrame({"name": [name, "sdpa"], "description": ["a long description " * 3] * 2,
+                                     "attention_ms": [12.345, 0.5]}))
+    out = capsys.readouterr().out
+    assert all(len(ln) <= 60 for ln in out.splitlines()), out
+    assert name not in out and name[:20] in out and {"12.35", "0.5"} <= set(out.split()), out
+
+
 def test_backends_keeps_text_in_square_brackets():
     code, out, err = cli(["backends", "--device", "cpu"])
     assert code == 0 and "mmchar[fla]" in out
