@@ -7,7 +7,9 @@ from S = 16k (B·S = 16 384, H·d = 2048: B·H = 32 at d = 64, 16 at d = 128).
 
 --causal --kernels: per kernel GPU time (profiler, 10 calls back to back) of the scan, the chunked path at each
 of the --chunks levels and fla's chunk_linear_attn, each beside its host time per call (GPU queue full) and its
-do_bench time: where the losing shapes spend it, and how much of a call is host time.
+do_bench time: where the losing shapes spend it, and how much of a call is host time. Unnormalised, also
+"mapped": ours on features mapped before the call (feature="identity"), as fla gets them, so the cost of mapping
+q and k on load shows apart from the rest of the output pass's gap to fla.
 
 --causal (issue 17, part 2) times instead, with do_bench, both causal forms (the one-pass scan and the two-level
 chunked path, whichever the heuristic would not pick included), normalised and not, beside fla's
@@ -129,6 +131,10 @@ def causal_kernels() -> None:
             for label, lv, g in levels:
                 forms[label] = (lv, lambda cpg=per_group(s, lv[0], g): K.linear_attn(
                     q, k, v, causal=True, causal_path="chunked", normalize=norm, chunks_per_group=cpg))
+            if not norm:  # fla's own inputs: features mapped before the call, so the map's cost in ours shows apart
+                mq, mk = torch.relu(q), torch.relu(k)
+                forms["mapped"] = (None, lambda: K.linear_attn(mq, mk, v, causal=True, causal_path="chunked",
+                                                               normalize=False, feature="identity"))
             if chunk_linear_attn is not None:
                 forms["fla"] = (None, lambda: chunk_linear_attn(tq, tk, tv, scale=1.0, normalize=norm))
             for form, (lv, fn) in forms.items():
