@@ -73,9 +73,9 @@ def _column_widths(headers: list[str], cells: list[list[str]], cut: list[bool], 
         return max((len(w) for t in texts for w in t.split()), default=1)
 
     columns = [[h, *(row[i] for row in cells)] for i, h in enumerate(headers)]
-    widths = [max(map(len, texts)) for texts in columns]
-    floors = [max(longest_word(texts[:1]), MIN_TRUNCATED) if c else longest_word(texts)
-              for texts, c in zip(columns, cut)]
+    widths = [max((len(line) for t in texts for line in t.splitlines()), default=1) for texts in columns]
+    floors = [min(w, max(longest_word(texts[:1]), MIN_TRUNCATED)) if c else longest_word(texts)
+              for texts, w, c in zip(columns, widths, cut)]
     if sum(floors) > room:
         floors = [min(f, LONG_WORD) for f in floors]
     widths = [min(w, TRUNCATED_WIDTH) if c else w for w, c in zip(widths, cut)]
