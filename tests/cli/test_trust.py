@@ -262,7 +262,7 @@ def test_compare_at_100_columns_keeps_a_backend_per_line(tmp_path, narrow):
 
 @pytest.mark.parametrize("width", [200, 80, 40])
 def test_a_table_never_folds_a_number_or_a_name(monkeypatch, capsys, width):
-    """At 80 columns (a pipe with COLUMNS=80, CI's) the advice table once folded every column to three characters:
+    """At 80 columns (CI's terminal, 2026-12-07) the advice table folded every column to three characters:
     its numbers could not be read back. The words of a cell stay whole; a terminal narrower than the words gets
     lines it wraps itself."""
     from mmchar.cli import output
