@@ -68,8 +68,9 @@ def fla_chunk():
 
 
 def causal_shapes():
-    """Each --dims × --seqs × --bh shape (H·d = 2048): (b, h, s, d, q, k, v) in [B, H, S, D], then φ(q), φ(k) and v
-    in fla's native [B, T, H, D] (fla applies no feature map), all prepared outside any timed call."""
+    """Each --dims × --seqs × --bh shape (H·d = 2048): (b, h, s, d, q, k, v) in [B, H, S, D], φ(q) and φ(k) in that
+    layout, then φ(q), φ(k) and v in fla's native [B, T, H, D] (fla applies no feature map), all prepared outside
+    any timed call."""
     for d in map(int, a.dims.split(",")):
         for s in map(int, a.seqs.split(",")):
             for bh in map(int, a.bh.split(",")):
@@ -78,8 +79,9 @@ def causal_shapes():
                 g = torch.Generator(device="cuda").manual_seed(0)
                 q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
                            for _ in range(3))
-                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (torch.relu(q), torch.relu(k), v))
-                yield b, h, s, d, q, k, v, tq, tk, tv
+                mq, mk = torch.relu(q), torch.relu(k)
+                tq, tk, tv = (t.transpose(1, 2).contiguous() for t in (mq, mk, v))
+                yield b, h, s, d, q, k, v, mq, mk, tq, tk, tv
 
 
 def causal_table() -> None:
@@ -91,7 +93,7 @@ def causal_table() -> None:
     print(f"{torch.cuda.get_device_name()}: causal linear attention, ms (do_bench, L2 flushed); cC/T: the chunked "
           f"path with one state per C tokens and T-token tiles (gN: its state pass in N groups of chunks)")
     print(f"{'shape':<24}{'norm':<6}" + "".join(f"{p:>9}" for p in paths) + f"{'fla':>9}{'best/fla':>9}  heuristic")
-    for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
+    for b, h, s, d, q, k, v, _, _, tq, tk, tv in causal_shapes():
         for norm in norms:
             form = K.causal_form(b * h, d, d, q.element_size(), norm)
             ms = {"scan": do_bench(lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
@@ -123,7 +125,7 @@ def causal_kernels() -> None:
           f"L2 warm) and the call's do_bench time (L2 flushed, host included)")
     print(f"{'shape':<22}{'norm':<5}{'form':<12}{'kernel':<42}{'us':>9}")
     levels = chunk_forms()
-    for b, h, s, d, q, k, v, tq, tk, tv in causal_shapes():
+    for b, h, s, d, q, k, v, mq, mk, tq, tk, tv in causal_shapes():
         name = f"B{b} H{h} S{s // 1024}k d{d}"
         for norm in norms:
             forms = {"scan": (None, lambda: K.linear_attn(q, k, v, causal=True, causal_path="scan",
@@ -132,7 +134,6 @@ def causal_kernels() -> None:
                 forms[label] = (lv, lambda cpg=per_group(s, lv[0], g): K.linear_attn(
                     q, k, v, causal=True, causal_path="chunked", normalize=norm, chunks_per_group=cpg))
             if not norm:  # fla's own inputs: features mapped before the call, so the map's cost in ours shows apart
-                mq, mk = torch.relu(q), torch.relu(k)
                 forms["mapped"] = (None, lambda: K.linear_attn(mq, mk, v, causal=True, causal_path="chunked",
                                                                normalize=False, feature="identity"))
             if chunk_linear_attn is not None:

@@ -16,6 +16,7 @@ path ran before, and what gains() still runs by default) and the Triton pass the
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def main() -> None:
                      f"{passes.get('_wersa_out_kernel', 0.0):.1f} |")
         print(lines[-1], flush=True)
         if a.out:
-            open(a.out, "w").write("\n".join(lines) + "\n")
+            Path(a.out).write_text("\n".join(lines) + "\n")
         if (b, n) == (4, 4096):
             with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(3):
