@@ -13,13 +13,17 @@
 #                                                # causal kernels' GPU tests and the causal probe where part 2 missed
 #   STAGE=norms bash benchmarks/gpu_round2.sh    # what normalising costs each causal kernel (both norms, fla
 #                                                # beside), after the linear kernels' GPU tests; the non-causal
-#                                                # per-pass probe. AFTER_TREE=DIR: the same again after copying
-#                                                # DIR's files over the tree (a branch's changed files at their
-#                                                # paths, untracked: `git archive BRANCH $(git diff --name-only
-#                                                # main BRANCH) | tar x -C DIR`; no patch or git needed there);
-#                                                # WERSA_PROFILE=1: WERSA's per-part table, before and after;
-#                                                # PROBE=0: without the non-causal probe; CAUSAL_S=0: without
-#                                                # the causal one
+#                                                # per-pass probe. AFTER_TREE=DIR[,DIR...]: the same again after
+#                                                # copying each DIR's files over main's tree in turn (a branch's
+#                                                # changed files at their paths, untracked: `git archive BRANCH
+#                                                # $(git diff --name-only main...BRANCH) | tar x -C DIR`; no patch
+#                                                # or git needed there), main's files put back between them; a
+#                                                # tree is probed only where it changes kernels (the causal probe
+#                                                # for kernels/linear_attn, WERSA's per-part table for
+#                                                # kernels/wersa, which "before" then gets too; WERSA_PROFILE=1:
+#                                                # always); BEFORE=0: without main's run (measured by the call
+#                                                # before, on the same warm machine); PROBE=0: without the
+#                                                # non-causal probe; CAUSAL_S=0: without the causal one
 #   STAGE=kernels bash benchmarks/gpu_round2.sh  # part 2's losing shapes per kernel (ours at two chunk levels,
 #                                                # fla's), after the GPU suite (8 workers) on the changed launch path
 #                                                # (SUITE=0: the probe alone; NORMS, DIMS, SEQS, BH, CHUNKS)
@@ -91,23 +95,23 @@ case "${STAGE:-linear}" in
       --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "${CHUNKS:-256x64,64x64}" \
       2>&1 | grep -v Warning | tee /tmp/round2/probe_linear_kernels.txt | log
     save ;;
-  norms)  # normalised against unnormalised in the same run, fla beside them; AFTER_TREE: then the same on the tree
-          # with that folder's files copied over it (AFTER_CHUNKS: its --chunks), on the same machine
-    norms_run() {  # label, --chunks, whether to run the GPU tests first
+  norms)  # normalised against unnormalised in the same run, fla beside them; AFTER_TREE: then the same on each
+          # tree with that folder's files copied over main's (AFTER_CHUNKS: its --chunks), on the same machine
+    norms_run() {  # label, --chunks, whether to run the GPU tests first, causal probe (0/1), WERSA's table (0/1)
       echo "== norms: $1" | log
       if [ "$3" = 1 ]; then
         timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_linear_attn.py \
           tests/test_gpu.py -k "linear or changed_math_backend" 2>&1 | tail -3 | log
         echo "pytest: rc ${PIPESTATUS[0]}" | log
       fi
-      if [ "${CAUSAL_S:-200}" != 0 ]; then  # CAUSAL_S=0: no causal probe (a branch that changes WERSA only)
+      if [ "$4" = 1 ] && [ "${CAUSAL_S:-200}" != 0 ]; then  # CAUSAL_S=0: no causal probe at all
         timeout "${CAUSAL_S:-200}" python3 -u benchmarks/probe_linear.py --causal --kernels --norms on,off \
           --seqs "${SEQS:-16384,65536}" --bh "${BH:-16,32}" --dims "${DIMS:-128,64}" --chunks "$2" \
           2>&1 | grep -v Warning | tee "/tmp/round2/probe_linear_causal_norms_$1.txt" | log
         save
       fi
-      [ "${PROBE:-1}" = 1 ] && probe "norms_$1"  # PROBE=0: a branch that leaves the non-causal kernels alone
-      if [ "${WERSA_PROFILE:-0}" = 1 ]; then  # WERSA's parts too (a branch that changes its kernels)
+      [ "${PROBE:-1}" = 1 ] && probe "norms_$1"  # PROBE=0: branches that leave the non-causal kernels alone
+      if [ "$5" = 1 ]; then
         # 150 s: on a fresh machine 90 s cut the "before" run at its causal row (2026-12-07d); the console,
         # profiler table included, kept whole in a file
         timeout 150 python3 -u benchmarks/profile_wersa.py --out "/tmp/round2/profile_wersa_$1.md" 2>&1 \
@@ -115,15 +119,30 @@ case "${STAGE:-linear}" in
       fi
       save
     }
-    # with AFTER_TREE the tests run on the changed tree only: main's passed before it landed, and on a fresh
+    touches() { [ -d "$1/$2" ]; }  # whether tree $1 changes files under $2
+    IFS=, read -ra trees <<< "${AFTER_TREE:-}"
+    wersa_any=${WERSA_PROFILE:-0}; for t in "${trees[@]}"; do touches "$t" kernels/wersa && wersa_any=1; done
+    # with AFTER_TREE the tests run on the changed trees only: main's passed before it landed, and on a fresh
     # machine they compile and tune everything, past their 150 s (2026-12-07c)
-    tests_before=1; [ -n "${AFTER_TREE:-}" ] && tests_before=0
-    norms_run before "${CHUNKS:-256x64}" "$tests_before"
-    if [ -n "${AFTER_TREE:-}" ]; then
-      cp -rv "$AFTER_TREE"/. . | log || exit 1
+    tests_before=1; [ "${#trees[@]}" -gt 0 ] && tests_before=0
+    [ "${BEFORE:-1}" = 1 ] && norms_run before "${CHUNKS:-256x64}" "$tests_before" 1 "$wersa_any"
+    keep=/tmp/round2-main-files  # main's copies of the files the trees replace (outside the packed results)
+    mkdir -p "$keep"
+    for t in "${trees[@]}"; do
+      label=after; [ "${#trees[@]}" -gt 1 ] && label="after_$(basename "$t")"
+      # the previous tree undone: main's files put back, the files it added removed
+      (cd "$keep" && find . -type f) | while read -r f; do cp "$keep/$f" "$f"; done
+      [ -f "$keep.added" ] && xargs -r rm -f < "$keep.added" && rm "$keep.added"
+      (cd "$t" && find . -type f) | while read -r f; do  # main's copy kept once, before any tree replaces it
+        if [ ! -e "$f" ]; then echo "$f" >> "$keep.added"
+        elif [ ! -e "$keep/$f" ]; then install -D -m 644 "$f" "$keep/$f"; fi
+      done
+      cp -rv "$t"/. . | log || exit 1
       . benchmarks/gpu_install.sh  # the changed tree reinstalled
-      norms_run after "${AFTER_CHUNKS:-${CHUNKS:-256x64}}" 1
-    fi ;;
+      causal=0; touches "$t" kernels/linear_attn && causal=1
+      wersa=${WERSA_PROFILE:-0}; touches "$t" kernels/wersa && wersa=1
+      norms_run "$label" "${AFTER_CHUNKS:-${CHUNKS:-256x64}}" 1 "$causal" "$wersa"
+    done ;;
   causal)
     timeout 400 python3 -u benchmarks/probe_linear.py --causal --seqs 4096,16384,65536 2>&1 | grep -v Warning \
       | tee /tmp/round2/probe_linear_causal.txt | log
