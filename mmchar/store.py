@@ -139,6 +139,7 @@ def check_writable(path: str | os.PathLike[str], flag: str = "--store") -> None:
     its place, a read-only or missing-permission parent. Probes by writing, which is what counts (root ignores
     mode bits; a read-only file system does not)."""
     path = Path(path)
+    check_outside_runs(path, flag)
     probe = path
     while not probe.exists():
         if probe.parent == probe:
@@ -154,6 +155,24 @@ def check_writable(path: str | os.PathLike[str], flag: str = "--store") -> None:
     except OSError as e:
         raise StorePathError(f"{flag} {str(path)!r} cannot be written ({e.strerror or e}: {probe}); pass a "
                              "folder you can write to") from None
+
+
+def check_outside_runs(path: str | os.PathLike[str], flag: str) -> None:
+    """A run folder holds its own files only: an output written into one replaced them (an export over its
+    meta.json left the run unreadable; a study over its breakdown.csv fed every later reader five runs' rows as
+    one run's), and a store inside one hid its runs from the store's readers."""
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))
+    run = next((p for p in (absolute, *absolute.parents) if is_run_folder(p)), None)
+    if run is None:
+        return
+    shown = run if path.is_absolute() else Path(os.path.relpath(run))  # as the user wrote the path
+    if run == absolute and flag == "--store":
+        raise StorePathError(f"--store {str(path)!r} is a run folder, not a store; pass its store: --store "
+                             f"{shown.parent}")
+    where = "is a run folder" if run == absolute else f"is inside the run folder {shown}"
+    raise StorePathError(f"{flag} {str(path)!r} {where}, which holds only that run's own files; pass a path "
+                         "outside it")
 
 
 def unique_run_id(store: str | os.PathLike[str], run_id: str) -> str:
@@ -222,10 +241,16 @@ def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
     meta = read_meta(folder)
     run = Run(meta=meta, path=folder)
     bd = folder / BREAKDOWN_FILE
-    if bd.exists() and bd.stat().st_size:
+    # every run is written with both tables (empty ones for a failed run): a missing one is damage, not a run
+    # without kernels (read as one, `diff` silently dropped its per-module rows)
+    for table in (bd, *((folder / KERNELS_FILE,) if kernels else ())):
+        if not table.is_file():
+            raise RunNotFoundError(f"{table} is missing; every run folder holds {BREAKDOWN_FILE} and "
+                                   f"{KERNELS_FILE}: profile the run again")
+    if bd.stat().st_size:
         run.breakdown = _upgrade_stages(pd.read_csv(bd, keep_default_na=False,
                                                     na_values={"time_us": [""], "share": [""]}), meta)
-    if kernels and (folder / KERNELS_FILE).exists():
+    if kernels:
         run.kernels = with_added_columns(_upgrade_stages(pd.read_parquet(folder / KERNELS_FILE), meta))
     return run
 
@@ -271,6 +296,9 @@ def run_folders(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             if not subs:
                 raise RunNotFoundError(f"{p} holds no runs; pass a store written by `mmchar profile` or a run folder")
             found += subs
+        elif p.exists():
+            raise RunNotFoundError(f"{p} is a file, not a store or a run folder; pass a store written by `mmchar "
+                                   "profile` or a run folder")
         else:
             raise RunNotFoundError(f"{p} does not exist; pass a store written by `mmchar profile` or a run folder")
     return list(dict.fromkeys(found))
@@ -288,5 +316,7 @@ def load_runs(paths: Iterable[str | os.PathLike[str]], *, kernels: bool = True,
         except Exception as e:  # noqa: BLE001 (pyarrow, pandas and json each raise their own)
             if on_damaged is None:
                 raise
-            on_damaged(folder, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            # mmchar's own errors say what is wrong; a library's (pyarrow, pandas) is named to be looked up
+            on_damaged(folder, first if isinstance(e, MmcharError) else f"{type(e).__name__}: {first}")
     return runs

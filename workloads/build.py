@@ -213,7 +213,7 @@ def load_pipeline(cls: Any, folder: str, dtype: torch.dtype, device: torch.devic
     """``cls.from_pretrained(folder)`` for a local folder, with one-line errors for unreadable folders."""
     path = Path(folder)
     if not path.is_dir():
-        raise WeightsError(f"weights folder {folder!r} does not exist or is not a folder; pass a local diffusers "
+        raise WeightsError(f"pipeline folder {folder!r} does not exist or is not a folder; pass a local diffusers "
                            "pipeline folder (the one holding model_index.json)")
     if not (path / "model_index.json").is_file():
         raise WeightsError(f"{folder!r} holds no model_index.json; pass a diffusers pipeline folder "

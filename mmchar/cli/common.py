@@ -42,8 +42,9 @@ def say_noisy(loaded: list[Any]) -> None:
 
 def check_output_file(path: Path, example: str) -> None:
     """``-o`` names a file: an existing folder there is an error now, not a hidden temporary file inside it."""
-    from mmchar.store import StorePathError, check_writable
+    from mmchar.store import StorePathError, check_outside_runs, check_writable
 
+    check_outside_runs(path, "-o")  # named as typed, not by its folder
     if path.is_dir():
         raise StorePathError(f"-o {str(path)!r} is a folder; name the file to write, e.g. -o {path / example}")
     check_writable(path.parent, "-o")

@@ -122,6 +122,11 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
+    if len(set(names)) * len(set(opts.linear_backends())) < 2:  # it ran a "comparison" of one run, without a word
+        pair = "math,flash" if names[0] == "math" else f"math,{names[0]}"
+        raise InvalidParameterError(f"--backends {backends} gives one variant and compare needs two or more: add "
+                                    f"a baseline (--backends {pair}) or several --linear-backend; `mmchar profile` "
+                                    "measures one")
     # every attention backend under every projection backend (--linear-backend dense,fp8,...), baseline first
     variants = [opts.profile_options(b, linear_backend=lin) for b in names for lin in opts.linear_backends()]
     target = build_target(opts, names)

@@ -48,9 +48,18 @@ def runs(paths: RunsArg,
         raise UnknownNameError("status", status, RUN_STATUSES)
     loaded = read_runs(paths, kernels=False)
     table = run_table(loaded)
+    from mmchar.backends import backend_names
+    from mmchar.workloads import workload_names
+
+    known = {"workload": workload_names(), "backend": backend_names()}
     for col, value in (("workload", workload), ("backend", backend), ("status", status)):
-        if value is not None:
-            table = table[table[col] == value]
+        if value is None:
+            continue
+        # a misspelt name answered "0 runs"; a known one with no run here still may
+        if col in known and value not in known[col] and not value.startswith("diffusers:") \
+                and value not in set(table[col]):
+            raise UnknownNameError(col, value, set(table[col].dropna()), " in these runs")
+        table = table[table[col] == value]
     if fmt != "table":  # machine-readable: every column, the full run id
         print_frame(table, title=f"{len(table)} runs", fmt=fmt)
         return
@@ -118,6 +127,10 @@ def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a sto
     if output is not None:
         check_output_file(output, "diff.csv")
     runs_a, runs_b = read_runs([a]), read_runs([b])
+    same = {r.run_id for r in runs_a} & {r.run_id for r in runs_b}
+    if same:  # `diff runs/ runs/` paired every run with itself: a table of zeros, read as "nothing changed"
+        warn(f"{len(same)} run(s) on both sides ({', '.join(sorted(same)[:3])}{' ...' if len(same) > 3 else ''}) "
+             "are compared with themselves: pass the baseline's and the new runs' stores")
     table, unpaired = diff_table(runs_a, runs_b), unpaired_runs(runs_a, runs_b)
     if table.empty:
         why = (f"{unpaired['run_id'].iloc[0]}: {unpaired['reason'].iloc[0]}" if len(unpaired)

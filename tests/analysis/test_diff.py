@@ -91,6 +91,15 @@ def test_cli_diff_gates_and_runs_filters(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "b2" in out and "b1" not in out
     assert main(["runs", str(tmp_path / "b"), "--status", "broken"]) == 1
+    capsys.readouterr()
+    # a misspelt workload or backend names what the runs hold (it answered "0 runs"); a known one with no run
+    # here is an answer
+    assert main(["runs", str(tmp_path / "b"), "--backend", "mathh"]) == 1
+    assert "valid backends in these runs: flash, math" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path / "b"), "--workload", "sdxl", "--format", "csv"]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(tmp_path / "a"), str(tmp_path / "a")]) == 0
+    assert "1 run(s) on both sides (a1) are compared with themselves" in capsys.readouterr().err
 
 
 def test_stores_pair_only_runs_that_did_the_same_work(tmp_path):

@@ -96,6 +96,36 @@ def test_a_read_only_store_fails_before_the_model_is_built(tmp_path):
         ro.chmod(0o700)
 
 
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("command, target", [
+    (["export"], "meta.json"), (["dashboard"], KERNELS_FILE), (["study"], ""), (["diff"], "diff.csv"),
+    (["advise", "--format", "csv"], "advice.csv")])
+def test_no_output_goes_into_a_run_folder(store, command, target):
+    """An export over a run's meta.json left the run unreadable, a study over its folder replaced its
+    breakdown.csv with five runs' rows (read back as one run's, silently): a run folder takes no output."""
+    run = runs_of(store)[0]
+    before = _files(run)
+    out = run / target if target else run
+    args = [*command[:1], store, *([store] if command[0] == "diff" else []), *command[1:], "-o", out]
+    line = one_line_error(*cli(args)[::2])
+    assert f"-o '{out}' is" in line and "run folder" in line and "outside it" in line
+    assert _files(run) == before
+
+
+def test_a_store_inside_a_run_folder_is_refused_before_the_model_is_built(store):
+    """A run written into a run folder was hidden from every reader of the store."""
+    run = runs_of(store)[0]
+    before = _files(run)
+    code, out, err = cli(["profile", "sd15", *FAST, "--store", run])
+    assert f"is a run folder, not a store; pass its store: --store {store}" in one_line_error(code, err)
+    code, out, err = cli(["sweep", "sd15", "--vary", "height=64", *FAST, "--store", run / "sub"])
+    assert f"is inside the run folder {run}" in one_line_error(code, err)
+    assert "profiling" not in out and _files(run) == before
+
 # --- damaged runs: one warning line, the rest analysed ------------------------------------------------------
 
 def test_damaged_runs_are_skipped_with_one_warning_each(store, tmp_path):
@@ -113,6 +143,26 @@ def test_damaged_runs_are_skipped_with_one_warning_each(store, tmp_path):
         assert len(warnings) == 2 and any(str(truncated) in w for w in warnings) and any(str(corrupted) in w
                                                                                           for w in warnings)
     assert (tmp_path / "study" / "findings.md").is_file()
+
+
+def test_a_run_missing_a_table_is_damaged_not_a_run_without_kernels(store, tmp_path):
+    """A run folder without kernels.parquet was read as a run without kernels, with no warning: `diff` dropped its
+    per-module rows silently. Every run is written with both tables, so a missing one is damage."""
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    no_kernels, no_breakdown, whole = runs_of(copy)
+    (no_kernels / KERNELS_FILE).unlink()
+    (no_breakdown / BREAKDOWN_FILE).unlink()
+    code, out, err = cli(["study", copy, "-o", tmp_path / "study"])
+    assert code == 0, err
+    warnings = [ln for ln in err.splitlines() if "skipped damaged run" in ln]
+    assert len(warnings) == 2 and "RunNotFoundError" not in err, err
+    assert f"{no_kernels / KERNELS_FILE} is missing" in err and f"{no_breakdown / BREAKDOWN_FILE} is missing" in err
+    code, out, err = cli(["diff", no_kernels, whole])
+    assert code == 1 and f"{no_kernels / KERNELS_FILE} is missing" in err, err
+    # a reader of the summaries alone needs no kernel table
+    code, out, err = cli(["runs", no_kernels])
+    assert code == 0 and out.startswith("1 runs"), err
 
 
 # --- Ctrl-C: the promised line, no temporary traces -----------------------------------------------------
