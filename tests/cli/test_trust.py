@@ -96,7 +96,6 @@ def test_a_read_only_store_fails_before_the_model_is_built(tmp_path):
         ro.chmod(0o700)
 
 
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
 
@@ -125,6 +124,7 @@ def test_a_store_inside_a_run_folder_is_refused_before_the_model_is_built(store)
     code, out, err = cli(["sweep", "sd15", "--vary", "height=64", *FAST, "--store", run / "sub"])
     assert f"is inside the run folder {run}" in one_line_error(code, err)
     assert "profiling" not in out and _files(run) == before
+
 
 # --- damaged runs: one warning line, the rest analysed ------------------------------------------------------
 
