@@ -243,7 +243,7 @@ def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
     bd = folder / BREAKDOWN_FILE
     # every run is written with both tables (empty ones for a failed run): a missing one is damage, not a run
     # without kernels (read as one, `diff` silently dropped its per-module rows)
-    for table in (bd, *((folder / KERNELS_FILE,) if kernels else ())):
+    for table in [bd, folder / KERNELS_FILE] if kernels else [bd]:
         if not table.is_file():
             raise RunNotFoundError(f"{table} is missing; every run folder holds {BREAKDOWN_FILE} and "
                                    f"{KERNELS_FILE}: profile the run again")
