@@ -21,13 +21,13 @@ MAX_HEAD_DIM = 256
 
 
 @triton.jit
-def _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d, stride_kn, stride_kd,
-                          stride_vn, stride_vd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, TMA: tl.constexpr):
-    """One key/value block of the online softmax. MASKED blocks (the last partial block, the causal diagonal)
-    check key bounds and causality; every other block runs without a single compare. With TMA, ``k_src`` and
-    ``v_src`` are tensor descriptors (the copy engine zero-fills rows past the keys and the pad columns);
-    without, they are the head's base pointers."""
+def _block_scores(q, k_src, start_n, offs_m, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                  TMA: tl.constexpr):
+    """q·kᵀ of one key block (unscaled). MASKED blocks (the last partial block, the causal diagonal) check key
+    bounds and causality; every other block runs without a single compare. With TMA, ``k_src`` is a tensor
+    descriptor (the copy engine zero-fills rows past the keys and the pad columns); without, the head's base
+    pointer."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if MASKED:
         kv_mask = offs_n < SKV
@@ -47,6 +47,14 @@ def _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_
         if CAUSAL:
             keep = keep & (offs_m[:, None] >= offs_n[None, :])
         qk = tl.where(keep, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _softmax_update(acc, l_i, m_i, qk, v_src, start_n, offs_d, stride_vn, stride_vd, qk_scale, SKV,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                    TMA: tl.constexpr):
+    """Fold one block's scores into the running max, sum and accumulator, and add its values' share."""
     # the scale (log2(e) folded in) is applied after the max, in the same multiply-add as the max's subtraction
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     p = tl.math.exp2(qk * qk_scale - m_new[:, None])
@@ -55,13 +63,27 @@ def _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_
     if TMA:
         v = v_src.load([start_n, 0])
     else:
-        if BLOCK_D != HEAD_DIM:
-            v_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASKED:
+            v_mask = offs_n[:, None] < SKV
         else:
-            v_mask = kv_mask[:, None]
+            v_mask = offs_n[:, None] >= 0
+        if BLOCK_D != HEAD_DIM:
+            v_mask = v_mask & (offs_d[None, :] < HEAD_DIM)
         v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=v_mask, other=0.0)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_new
+
+
+@triton.jit
+def _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d, stride_kn, stride_kd,
+                          stride_vn, stride_vd, qk_scale, SKV, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, TMA: tl.constexpr):
+    """One key/value block of the online softmax: its scores, then the update."""
+    qk = _block_scores(q, k_src, start_n, offs_m, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM, BLOCK_D, BLOCK_N,
+                       MASKED, CAUSAL, TMA)
+    return _softmax_update(acc, l_i, m_i, qk, v_src, start_n, offs_d, stride_vn, stride_vd, qk_scale, SKV,
+                           HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, TMA)
 
 
 @triton.jit
@@ -75,6 +97,7 @@ def _triton_flash_fwd_kernel(
     SQ_BUCKET, SKV_BUCKET, TMA_OK,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr = False,
+    AHEAD: tl.constexpr = False,
 ):
     # one flat grid, query blocks fastest: the programs resident at once then work on the same head, so its
     # keys and values come from L2 instead of DRAM (with heads fastest each resident program streams another
@@ -120,12 +143,29 @@ def _triton_flash_fwd_kernel(
         full = tl.minimum(SKV, pid_m * BLOCK_M) // BLOCK_N * BLOCK_N
     else:
         full = SKV // BLOCK_N * BLOCK_N
-    # WS: Triton's warp specialisation of the unmasked loop (a producer warp issues the descriptor loads while the
-    # others compute), offered to benchmarks/tune_flash.py as a candidate; not in the autotuned list until it wins
-    for start_n in tl.range(0, full, BLOCK_N, warp_specialize=WS):
-        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d,
-                                              stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
-                                              HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, TMA)
+    if AHEAD:
+        # the unmasked loop with its scores one block ahead (FA3's overlap of softmax and GEMM, as Triton can
+        # write it): block j+1's q·kᵀ is issued before block j's softmax, and its result is only read in the
+        # next iteration, so the pipeliner may leave that MMA in flight while the exponentials run. Costs a
+        # second score tile of registers. Offered to benchmarks/tune_flash.py; not autotuned until it wins.
+        if full > 0:
+            qk = _block_scores(q, k_src, 0, offs_m, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM, BLOCK_D,
+                               BLOCK_N, False, CAUSAL, TMA)
+            for start_n in tl.range(BLOCK_N, full, BLOCK_N):
+                qk_next = _block_scores(q, k_src, start_n, offs_m, offs_d, stride_kn, stride_kd, SKV, HEAD_DIM,
+                                        BLOCK_D, BLOCK_N, False, CAUSAL, TMA)
+                acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v_src, start_n - BLOCK_N, offs_d, stride_vn,
+                                                stride_vd, qk_scale, SKV, HEAD_DIM, BLOCK_D, BLOCK_N, False, TMA)
+                qk = qk_next
+            acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v_src, full - BLOCK_N, offs_d, stride_vn,
+                                            stride_vd, qk_scale, SKV, HEAD_DIM, BLOCK_D, BLOCK_N, False, TMA)
+    else:
+        # WS: Triton's warp specialisation of the unmasked loop (a producer warp issues the descriptor loads while
+        # the others compute), offered to benchmarks/tune_flash.py as a candidate; not autotuned until it wins
+        for start_n in tl.range(0, full, BLOCK_N, warp_specialize=WS):
+            acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d,
+                                                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
+                                                  HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, TMA)
     for start_n in range(full, hi, BLOCK_N):  # the partial last block and the causal diagonal blocks
         acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, q, k_src, v_src, start_n, offs_m, offs_d,
                                               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SKV,
@@ -194,7 +234,8 @@ _triton_flash_fwd_tuned = autotune(_triton_flash_fwd_kernel, _configs(), _KEY, _
 
 
 def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                 scale: float | None = None, tma: bool | None = None) -> torch.Tensor:
+                 scale: float | None = None, tma: bool | None = None,
+                 config: dict | None = None) -> torch.Tensor:
     """Softmax attention forward.
 
     Args:
@@ -205,6 +246,10 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
         scale: softmax scale, default 1/sqrt(D).
         tma: None lets the autotuner choose between pointer and descriptor loads where descriptors are
             allowed; True/False forces one (tests; under the interpreter True runs the descriptor path).
+        config: launch this one config, no autotuning: ``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``
+            and the loop's forms ``WS``, ``AHEAD`` (default off); its load path is ``tma``'s (pointers when
+            None). For benchmarks/tune_flash.py, which times candidates the autotuned list does not hold, and
+            for the tests of those forms.
 
     Returns:
         [B, H, Sq, D] in q's dtype, contiguous.
@@ -231,7 +276,7 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
         if use_tma:
             triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8))
     else:
-        use_tma = tma_allowed(q, k, v, o) if tma is None else tma
+        use_tma = (tma_allowed(q, k, v, o) and config is None) if tma is None else tma
         if tma and not tma_allowed(q, k, v, o):
             raise ValueError("triton_flash: tma=True needs a Hopper GPU, a contiguous head dim and 16-byte "
                              "aligned rows")
@@ -239,11 +284,14 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
             ensure_descriptor_scratch()
     args = (q, k, v, o, scale * 1.4426950408889634,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, bucket(sq), bucket(skv), int(use_tma))
-    if interpreting():
-        bm = 16
-        grid = (b * h * triton.cdiv(sq, bm),)
-        _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=16,
-                                       TMA=use_tma)
+    if config is not None or interpreting():
+        fixed = {"BLOCK_M": 16, "BLOCK_N": 16} if config is None else dict(config)
+        unknown = set(fixed) - _FIXED_KEYS
+        if unknown or not {"BLOCK_M", "BLOCK_N"} <= set(fixed):
+            raise ValueError(f"triton_flash: config needs BLOCK_M and BLOCK_N and takes {sorted(_FIXED_KEYS)}; "
+                             f"got {sorted(fixed)}")
+        grid = (b * h * triton.cdiv(sq, fixed["BLOCK_M"]),)
+        _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, TMA=use_tma, **fixed)
     else:
         tuned = _triton_flash_fwd_tuned if tma is None else _FORCED[use_tma]  # forced: that path's configs only
         grid = lambda meta: (b * h * triton.cdiv(sq, meta["BLOCK_M"]),)  # noqa: E731
@@ -251,6 +299,7 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
     return o
 
 
+_FIXED_KEYS = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "WS", "AHEAD"}
 _FORCED = {flag: autotune(_triton_flash_fwd_kernel, [c for c in _configs() if c.kwargs["TMA"] == flag], _KEY,
                           _prune)
            for flag in (False, True)}

@@ -62,6 +62,31 @@ def test_strided_inputs_and_scale():
         assert _rel(out, triton_flash_ref(q, q, q, scale=0.3)) < 1e-5
 
 
+AHEAD_CASES = [  # several whole key blocks before the masked ones, none (keys shorter than a block), causal
+    (1, 2, 20, 77, 72, False), (1, 2, 70, 70, 64, True), (2, 1, 40, 8, 32, False), (1, 1, 33, 49, 40, True)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="interpreter run: the CPU without CUDA, with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
+@pytest.mark.parametrize("block_m", [16, 32])
+@pytest.mark.parametrize("case", AHEAD_CASES, ids=lambda c: _ids((*c, torch.float32)))
+def test_scores_one_block_ahead_match_reference(case, block_m, tma):
+    """The AHEAD loop (block j+1's scores before block j's softmax: a tune_flash candidate) computes the same
+    attention: its prologue, steady state and last unmasked block hand over to the masked blocks correctly."""
+    b, h, sq, skv, d, causal = case
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(b, h, s, d, generator=g) for s in (sq, skv, skv))
+    out = triton_flash(q, k, v, causal=causal, tma=tma, config={"BLOCK_M": block_m, "BLOCK_N": 16, "AHEAD": True})
+    assert _rel(out, triton_flash_ref(q, k, v, causal=causal)) < 1e-5
+
+
+def test_a_config_with_an_unknown_key_is_refused():
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="takes .*AHEAD.*got .*BLCK_N"):
+        triton_flash(q, q, q, config={"BLOCK_M": 16, "BLCK_N": 16})
+
+
 @pytest.mark.parametrize("bad,match", [((1, 1, 8, 300), "head dim 300"), ((1, 1, 8), "B, H, S, D")])
 def test_shapes_it_cannot_take_are_refused(bad, match):
     q = torch.randn(*bad)
@@ -86,6 +111,20 @@ def test_gpu_bf16_matches_reference(case, tma):
         pytest.skip("descriptors need a Hopper GPU")
     out = triton_flash(q, k, v, causal=causal, tma=tma)
     assert _rel(out, triton_flash_ref(q, k, v, causal=causal)) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
+def test_gpu_scores_one_block_ahead_match_reference(tma):
+    """The AHEAD candidate compiled for the GPU at a tile tune_flash times, non-causal and causal."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 1000, 128, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    if tma and not tma_allowed(q, k, v):
+        pytest.skip("descriptors need a Hopper GPU")
+    for causal in (False, True):
+        out = triton_flash(q, k, v, causal=causal, tma=tma, config={"BLOCK_M": 128, "BLOCK_N": 64, "AHEAD": True,
+                                                                    "num_warps": 8, "num_stages": 2})
+        assert _rel(out, triton_flash_ref(q, k, v, causal=causal)) < 1e-2
 
 
 @pytest.mark.gpu
