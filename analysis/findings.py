@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from statistics import median
 
 import pandas as pd
@@ -54,19 +55,27 @@ def _compile_speedups(ok: list[Run]) -> tuple[list[tuple[float, str]], list[tupl
     """(eager step / compiled step, the compiled run) for each compiled run with an eager sdpa run of the same work
     (every work field but the backend and compilation: an fp32 eager run says nothing of a bf16 compiled one); and
     the ratio of their kernel counts per step. Only torch.compile alone against no mode at all: a run that also
-    replays CUDA graphs or runs channels-last would credit compile with the other mode's saving."""
+    replays CUDA graphs or runs channels-last would credit compile with the other mode's saving. Of several such
+    eager runs, the one created nearest the compiled run (the same session's, on the same machine), the newer of
+    two as near: not the first listed, which made the answer depend on the order of the stores."""
     def key(r: Run) -> tuple:
         return work_key(r, without=("backend", "compile", "config_hash"))
 
-    eager = {}
+    def created(r: Run) -> float:
+        try:
+            return datetime.fromisoformat(r.meta.get("created") or "").timestamp()
+        except ValueError:  # no time recorded: as far as can be
+            return 0.0
+
+    eager: dict[tuple, list[Run]] = {}
     for r in ok:
         if r.backend == "sdpa" and not runtime_modes(r.meta) and _step_ms(r):
-            eager.setdefault(key(r), r)
+            eager.setdefault(key(r), []).append(r)
     speed, kernels = [], []
     for r in ok:
-        base = eager.get(key(r))
-        if runtime_modes(r.meta) != ("compile",) or base is None or not _step_ms(r):
+        if runtime_modes(r.meta) != ("compile",) or key(r) not in eager or not _step_ms(r):
             continue
+        base = min(eager[key(r)], key=lambda e: (abs(created(e) - created(r)), -created(e), e.run_id))
         speed.append((_step_ms(base) / _step_ms(r), r.run_id))
         sk = step_key(r.meta["timings"])
         kb, kc = ((x.meta.get("busy") or {}).get(sk) or {} for x in (base, r))

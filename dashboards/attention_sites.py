@@ -40,7 +40,8 @@ def attention_sites_figure(sites: pd.DataFrame) -> go.Figure:
             customdata=list(zip(part["share"], part["run_id"])),
             hovertemplate=f"%{{x}}<br>{site}: %{{y:.2f}} ms (%{{customdata[0]:.1%}} of attention)<br>"
                           "%{customdata[1]}<extra></extra>"))
-    return style(fig, "Denoiser attention kernel time by site (profiled steps)", barmode="stack",
+    return style(fig, "Attention kernel time by site in the denoiser (a token model's generator), profiled steps",
+                 barmode="stack",
                  yaxis={"title": "ms"}, xaxis={"title": "run", "categoryorder": "array", "categoryarray": runs})
 
 

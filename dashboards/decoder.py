@@ -94,12 +94,14 @@ def decoder_figure(dec: pd.DataFrame) -> go.Figure:
         ms.append([float(v) for v in part["time_ms"]])
         shares.append([float(v) for v in part["share"]])
         op = str(first["op_class"])
+        # an op class's own segment, or one two op classes share, already names its op class
+        named = segment if segment == op or "(" in segment else f"{segment} ({op})"  # see _segments
         fig.add_trace(go.Bar(
             y=list(part.index), x=part["time_ms"], orientation="h", name=segment, legendgroup=segment,
             marker_color=_color(str(first["sub_class"] if pd.notna(first["sub_class"]) else ""), op),
             customdata=list(zip(part["share"], part["calls"].astype(int), part["run_id"],
                                 [float(totals[r]) for r in part.index])),
-            hovertemplate=f"%{{y}}<br>{segment} ({op}): %{{customdata[0]:.1%}} of the decoder's "
+            hovertemplate=f"%{{y}}<br>{named}: %{{customdata[0]:.1%}} of the decoder's "
                           "%{customdata[3]:.2f} ms kernel time<br>%{customdata[1]} kernels<br>%{customdata[2]}"
                           "<extra></extra>"), row=1, col=2)
     split = list(range(1, len(fig.data)))

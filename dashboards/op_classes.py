@@ -46,7 +46,9 @@ def op_class_figure(breakdown: pd.DataFrame) -> go.Figure:
             fig.add_trace(go.Bar(
                 x=list(part.index), y=part["share"], name=op_class, legendgroup=op_class,
                 marker_color=op_class_color(op_class), customdata=list(zip(part["time_us"] / 1e3, part["run_id"])),
-                hovertemplate=f"%{{x}}<br>{stage} / {op_class}: %{{y:.1%}} (%{{customdata[0]:.2f}} ms)"
+                # ms: the whole profiled pass (every profiled step of a step stage), not one step
+                hovertemplate=f"%{{x}}<br>{stage} / {op_class}: %{{y:.1%}} (%{{customdata[0]:.2f}} ms in the "
+                              "profiled pass)"
                               "<br>%{customdata[1]}<extra></extra>",
                 visible=stage == default))
             owner.append(stage)

@@ -66,7 +66,9 @@ def runs(paths: RunsArg,
         "noisy": table["noisy"].map({True: "yes", False: "no"}).fillna("-"),
         "device": table["run_id"].map(short), "dtype": table["dtype"],
         "created": table["created"].fillna("").astype(str).str.slice(5, 16).str.replace("T", " "),
-        "note": [(e or n or "")[:70] for e, n in zip(table["error"], table["noise"])]})
+        # a column holding some runs' text holds the others' NaN (which is truthy): the first text is the note
+        "note": [next((x for x in (e, n) if isinstance(x, str) and x), "")[:70]
+                 for e, n in zip(table["error"], table["noise"])]})
     print_frame(shown, title=f"{len(table)} runs (full ids: --format csv)", fmt=fmt, truncate=("note",))
 
 

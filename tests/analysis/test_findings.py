@@ -112,6 +112,21 @@ def test_compiled_and_sequence_parallel_runs_answer_their_own_questions():
     assert sp["value"] == 1.5 and sp["runs"] == "split" and "at 2 GPUs (ulysses; efficiency 75%)" in sp["answer"]
 
 
+def test_compile_pairs_with_the_eager_run_of_its_session_whatever_the_order_of_the_stores():
+    """Two eager runs of the same work, weeks apart: the compiled run is measured against the one created nearest
+    it (its own session's). The first one listed was taken, so the answer moved with the order of the stores
+    (2.32x or 2.24x over the committed H100 runs)."""
+    video_dit = dict(FAMILY, modality="video", task="text-to-video", architecture="dit")
+    den = bd([("denoiser", "gemm", "", 500.0, 1.0, 1, 0, 0)])
+    old = run("old", "sdpa", video_dit, den, step_ms=15.0, created="2026-11-01T10:00:00+00:00")
+    same_session = run("eager", "sdpa", video_dit, den, step_ms=12.0, created="2026-11-25T21:40:00+00:00")
+    compiled = run("compiled", "sdpa", video_dit, den, step_ms=10.0, created="2026-11-25T21:46:00+00:00",
+                   options={"compile": True})
+    question = "Step speedup of torch.compile over the eager model (default SDPA)"
+    for order in ([old, same_session, compiled], [compiled, same_session, old]):
+        assert findings(order).set_index("question").loc[question, "value"] == 1.2
+
+
 def test_runs_the_noise_guard_flagged_answer_nothing_and_are_named():
     den = bd([("denoiser", "conv", "", 600.0, 0.6, 1, 0, 0)])
     runs = [run("x", "flash", FAMILY, den, busy_frac=0.3),

@@ -456,6 +456,11 @@ def test_compare_survives_a_failing_backend(oom_backend, tmp_path, capsys):
     (table,) = (store / COMPARISONS_DIR).glob("*.csv")
     status = pd.read_csv(table).set_index("backend")["status"]
     assert status.to_dict() == {"math": "ok", oom_backend: "oom"}
+    code = main(["runs", str(store)])  # an ok run beside a failed one: the failed one's error is its note
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert {ln.split()[2] for ln in out.splitlines() if ln.startswith("modelscope-t2v ")} == {"ok", "oom"}, out
+    assert "OutOfMemoryError" in out, out
 
 
 def test_a_backend_taken_out_of_the_registry_is_unknown_everywhere(tmp_path):

@@ -95,6 +95,8 @@ def test_a_sub_class_two_op_classes_hold_is_told_apart():
     fig = decoder_view.decoder_figure(decoder_table([run("r", "w", k, decoder_ms=1.0, e2e_ms=2.0)]))
     assert sorted(t.name for t in fig.data[1:]) == ["norm (no sub-class)", "norm (norm)", "pad (elementwise)",
                                                    "pad (memory)"]
+    # the hover names the op class once: "pad (memory)", not "pad (memory) (memory)"
+    assert all(f"{t.name}:" in t.hovertemplate and ") (" not in t.hovertemplate for t in fig.data[1:])
 
 
 def test_a_run_without_timings_has_no_share_but_keeps_its_split():
