@@ -13,7 +13,7 @@ from mmchar.schema import STEP_STAGES, step_key
 from mmchar.store import Run
 
 from .scaling import series_names
-from .tables import _ids, with_kernels, work_key
+from .tables import _ids, profiled_steps, with_kernels, work_key
 
 
 def communication_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -82,7 +82,7 @@ def sequence_parallel_table(runs: Sequence[Run]) -> pd.DataFrame:
         base = min(ones) if ones else None
         for r, ids in sorted(members, key=lambda m: m[1]["gpus"]):
             ms, gpus = step[r.run_id], ids["gpus"]
-            psteps = max(int((r.meta.get("passes") or {}).get("profile_steps") or 1), 1)
+            psteps = profiled_steps(r)
             c = comm.loc[r.run_id] if r.run_id in comm.index else None
             comm_ms = float(c["comm_us"]) / 1e3 / psteps if c is not None else 0.0
             scheme = "+".join(sorted((r.meta.get("sequence_parallel") or {}).get("schemes") or {}))

@@ -207,9 +207,15 @@ def with_kernels(runs: Sequence[Run]) -> Iterator[tuple[Run, pd.DataFrame]]:
 
 
 def profiled_steps(run: Run) -> int:
-    """The steps of the full profile (``passes.profile_steps``; 1 where a run does not say): a step stage's kernel
-    time in ``kernels.parquet`` over this is its time per step."""
-    return max(int((run.meta.get("passes") or {}).get("profile_steps") or 1), 1)
+    """The steps of the full profile: a step stage's kernel time in ``kernels.parquet`` over this is its time per
+    step. ``passes.profile_steps`` of a profiled run; the ``ProfilerStep`` numbers an imported trace's kernels fall
+    in (``profiled_steps``: without them `diff` read an imported two-step trace of a run as twice its time per
+    step); 1 where a run says neither."""
+    planned = (run.meta.get("passes") or {}).get("profile_steps")
+    if planned:
+        return max(int(planned), 1)
+    seen = run.meta.get("profiled_steps")
+    return max(len(seen), 1) if isinstance(seen, list) else 1
 
 
 def _has_rows(run: Run) -> bool:

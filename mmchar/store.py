@@ -235,18 +235,27 @@ def _upgrade_stages(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def check_tables(folder: Path, *, kernels: bool = True) -> None:
+    """Every run is written with both tables (empty ones for a failed run): a missing one is damage, not a run
+    without kernels (read as one, `diff` silently dropped its per-module rows; a sweep took it for a measured
+    point and never ran it again).
+
+    Raises:
+        RunNotFoundError: a table is missing.
+    """
+    for table in (BREAKDOWN_FILE, KERNELS_FILE) if kernels else (BREAKDOWN_FILE,):
+        if not (folder / table).is_file():
+            raise RunNotFoundError(f"{folder / table} is missing; every run folder holds {BREAKDOWN_FILE} and "
+                                   f"{KERNELS_FILE}: profile the run again")
+
+
 def load_run(folder: str | os.PathLike[str], *, kernels: bool = True) -> Run:
     """Load one run folder (``kernels=False`` skips the per-kernel table, the one large file)."""
     folder = Path(folder)
     meta = read_meta(folder)
     run = Run(meta=meta, path=folder)
     bd = folder / BREAKDOWN_FILE
-    # every run is written with both tables (empty ones for a failed run): a missing one is damage, not a run
-    # without kernels (read as one, `diff` silently dropped its per-module rows)
-    for table in [bd, folder / KERNELS_FILE] if kernels else [bd]:
-        if not table.is_file():
-            raise RunNotFoundError(f"{table} is missing; every run folder holds {BREAKDOWN_FILE} and "
-                                   f"{KERNELS_FILE}: profile the run again")
+    check_tables(folder, kernels=kernels)
     if bd.stat().st_size:
         run.breakdown = _upgrade_stages(pd.read_csv(bd, keep_default_na=False,
                                                     na_values={"time_us": [""], "share": [""]}), meta)

@@ -33,7 +33,7 @@ from mmchar import distributed
 from mmchar.distributed import Rank
 from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError
 from mmchar.schema import step_key
-from mmchar.store import is_run_folder, read_meta
+from mmchar.store import check_tables, is_run_folder, read_meta
 
 # ProfileOptions fields that say how a point is measured, not what it is: not in its config hash
 MEASUREMENT_OPTIONS = ("repeat", "profile_steps", "keep_trace")
@@ -303,6 +303,7 @@ def stored_points(store: str | os.PathLike[str], hashes: set[str]) -> dict[str, 
             continue
         try:
             meta = read_meta(folder)
+            check_tables(folder)
         except Exception:  # noqa: BLE001 (a damaged folder stands for nothing: the point runs again)
             continue
         if meta.get("config_hash") != h:

@@ -418,6 +418,42 @@ def test_sweep_identity_and_retries(tmp_path, monkeypatch, one_thread_points):
     assert "must be 0 or more" in one_line_error(*cli([*noisy, "--retry-noisy", "-1"])[::2])
 
 
+@pytest.mark.parametrize("table", [BREAKDOWN_FILE, KERNELS_FILE])
+def test_a_damaged_point_is_measured_again(tmp_path, table):
+    """A stored point whose run lost a table is what every reader skips as damaged: it stands for nothing, so a
+    re-run of the sweep measures it (it was counted as done and listed with its old numbers)."""
+    from mmchar import sweep as sw
+
+    store = tmp_path / "s"
+    plan = sw.plan("sd15", {"height": [32]}, ["math"], store, fixed={"steps": 1},
+                   options={"repeat": 1, "keep_trace": False})
+    (point,) = plan.points
+    sw.record_dead_child(plan, point, store, 1, "boom", oom=False)
+    (run,) = runs_of(store)
+    assert sw.stored_points(store, {point.config_hash}) == {point.config_hash: run}
+    (run / table).unlink()
+    assert sw.stored_points(store, {point.config_hash}) == {}
+    again = sw.plan("sd15", {"height": [32]}, ["math"], store, fixed={"steps": 1},
+                    options={"repeat": 1, "keep_trace": False})
+    assert [p.config_hash for p in again.todo] == [point.config_hash]
+
+
+def test_an_imported_trace_of_a_run_diffs_as_that_run(store, tmp_path):
+    """`analyze` of a run's own trace: the same kernels, so `diff` finds no change in any class per profiled step
+    (it read the imported two steps as one and reported every class +100 %)."""
+    from mmchar.analysis.tables import profiled_steps
+    from mmchar.store import load_run
+
+    run = next(r for r in runs_of(store) if r.name.startswith("modelscope-t2v-"))
+    code, out, err = cli(["analyze", run / TRACE_FILE, "--store", tmp_path / "a", "--stage", "denoiser"])
+    assert code == 0, err
+    (imported,) = runs_of(tmp_path / "a")
+    assert profiled_steps(load_run(imported, kernels=False)) == profiled_steps(load_run(run, kernels=False)) == 2
+    code, out, err = cli(["diff", run, imported, "--fail-above", "10"])
+    assert code == 0, out + err
+    assert "+100%" not in out
+
+
 # --- the checkout's own `python -m mmchar` ---------------------------------------------------------------
 
 def test_python_m_mmchar_works_from_a_source_checkout():
