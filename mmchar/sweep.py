@@ -488,5 +488,5 @@ def summary_row(point: Point, folder: Path) -> dict[str, Any]:
             "e2e_ms": None if e2e is None else round(e2e, 2),
             "step_ms": None if step is None else round(step, 3),
             "step_busy": None if busy is None else round(busy, 3),
-            "run": folder.name, "error": (meta.get("error") or "")[:80],
-            "noise": "; ".join(noise.get("reasons") or [])[:80]}
+            "run": folder.name, "error": meta.get("error") or "",
+            "noise": "; ".join(noise.get("reasons") or [])}

@@ -132,14 +132,14 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     target = build_target(opts, names)
     warn_changed_math(names, opts.linear_backends())
     labels = [variant_name(v) for v in variants]
-    say(f"comparing {', '.join(labels)} on {target.config.get('workload')} ({target.device}) ...")
+    say(f"comparing {', '.join(labels)} on {target.config.get('workload')} ({target.device}) ...", fmt)
     result = run_compare(target, variants, store, hash_for(target))
     _print_comparison(result, labels[0], target.device.type, fmt)
     for run in result.runs:
         cmp = run.meta.get("compare") or {}
         name = cmp.get("variant", run.backend)
         if run.status == "ok":
-            report_noise(run, prefix=f"{name}: ")
+            report_noise(run, prefix=f"{name}: ", fmt=fmt)
         if run.status != "ok":
             warn(f"{name}: {run.status}: {run.meta.get('error')}")
         elif cmp.get("agrees") is False:
@@ -150,7 +150,7 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             else:
                 warn(f"{name}: final latents DIVERGE from {labels[0]}'s (cosine "
                      f"{cmp['cosine']:.4f} < {cmp['cosine_min']})")
-    say(f"table: {result.table_path}\nruns: {', '.join(str(r.path) for r in result.runs)}")
+    say(f"table: {result.table_path}\nruns: {', '.join(str(r.path) for r in result.runs)}", fmt)
     return 0 if any(r.status == "ok" for r in result.runs) else 1
 
 

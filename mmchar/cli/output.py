@@ -89,8 +89,10 @@ def _column_widths(headers: list[str], cells: list[list[str]], cut: list[bool], 
     return widths
 
 
-def say(message: str) -> None:
-    console.print(escape(message))
+def say(message: str, fmt: str = "table") -> None:
+    """A line for the reader: on stdout beside a table; on stderr where stdout carries csv or json (``fmt``), which
+    must stay machine-readable (`compare --format json | jq` read "comparing ..." first and failed)."""
+    (console if fmt == "table" else err_console).print(escape(message))
 
 
 def warn(message: str) -> None:

@@ -60,8 +60,9 @@ def report_run(run: Any) -> None:
     say(f"run folder: {run.path}")
 
 
-def report_noise(run: Any, prefix: str = "") -> None:
-    """The noise guard's verdict: a warning with every reason when flagged, one quiet line when clean."""
+def report_noise(run: Any, prefix: str = "", fmt: str = "table") -> None:
+    """The noise guard's verdict: a warning with every reason when flagged, one quiet line when clean (on stderr
+    where stdout carries ``fmt`` csv or json)."""
     noise = run.meta.get("noise") or {}
     if noise.get("noisy"):
         warn(f"{prefix}NOISY measurement, do not trust its latencies: " + "; ".join(noise.get("reasons") or [])
@@ -73,7 +74,7 @@ def report_noise(run: Any, prefix: str = "") -> None:
         spread = f"e2e spread {t['spread']:.1%}" if t.get("spread") is not None else "one timed generation"
         other = f", other processes {load:.2f} CPU cores" if load is not None else ""
         gpu = ", no other process on the GPU" if timed.get("gpu") else ""
-        say(f"{prefix}noise guard: clean ({spread}{other}{gpu})")
+        say(f"{prefix}noise guard: clean ({spread}{other}{gpu})", fmt)
     unchecked = ((noise.get("windows") or {}).get("timed") or {}).get("gpu_unchecked")
     if unchecked:
         warn(f"{prefix}the noise guard did not check the GPU (other processes, clocks): {unchecked}")

@@ -182,6 +182,6 @@ def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a sto
             raise MmcharError(f"{len(bad)} latencies or class times regressed by {gate} (worst: {what} "
                               f"{w['a']:.4g} -> {w['b']:.4g} {w['unit']}, +{w['change_pct']:.1f}%, "
                               f"{w['run_a']} -> {w['run_b']})")
-        say(f"no latency or class time regressed by {gate}")
+        say(f"no latency or class time regressed by {gate}", fmt)
     return 0
 

@@ -16,7 +16,7 @@ from mmchar.cli.options import (Batch, Cache, CacheSchedule, ChannelsLast, Compi
                                 Fallback, Fmt, Frames, Guidance, Height, KvCache, LinearBackend, LinearScope, NoTrace,
                                 Preset, ProfileSteps, Prompt, Repeat, Scope, Seed, Steps, Store, VaeSlicing, VaeTiling,
                                 Weights, Width)
-from mmchar.cli.output import print_frame, say, warn
+from mmchar.cli.output import console, err_console, print_frame, say, warn
 from mmchar.cli.run_options import RunOptions
 from mmchar.cli.target import check_profile_steps, check_settings, warn_changed_math
 from mmchar.errors import InvalidParameterError
@@ -80,7 +80,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
         warn_changed_math(names, opts.linear_backends())
         kept = len(plan.points) - len(pending)
         say(f"sweep of {plan.name} ({preset}): {len(plan.points)} points, {kept} already in {store}, "
-            f"{len(pending)} to run" + (f" over {rank.world} ranks" if rank is not None else ""))
+            f"{len(pending)} to run" + (f" over {rank.world} ranks" if rank is not None else ""), fmt)
         otherwise = plan.measured_otherwise() if kept else []
         if otherwise:
             warn(f"points already in {store} were measured with {', '.join(otherwise)}: how a point is measured is "
@@ -88,7 +88,7 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
     folders = dict(plan.done)
     failure: BaseException | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not lead) as bar:
+                  transient=True, disable=not lead, console=console if fmt == "table" else err_console) as bar:
         task = bar.add_task("starting", total=len(todo))
         try:
             for point in todo:

@@ -310,6 +310,21 @@ def test_compare_at_100_columns_keeps_a_backend_per_line(tmp_path, narrow):
     assert all(" ok " in r and "yes 1.0" in r for r in rows), out
 
 
+def test_csv_and_json_on_stdout_parse_as_they_are(tmp_path, one_thread_points):
+    """`compare --format json` and `sweep --format csv` write only the table to stdout: their status lines
+    ("comparing ...", "sweep of ...", the runs' paths) go to stderr, and no field is cut short."""
+    code, out, err = cli(["compare", "sd15", "--backends", "math,flash", *FAST, "--no-trace", "--format", "json",
+                          "--store", tmp_path / "c"])
+    assert code == 0, err
+    assert {row["backend"] for row in json.loads(out)} == {"math", "flash"}
+    assert "comparing math, flash" in err and "runs: " in err
+    code, out, err = cli(["sweep", "sd15", "--vary", "height=32", "--backends", "math", "--steps", "1", "--repeat", "1",
+                          "--no-trace", "--format", "csv", "--store", tmp_path / "s"])
+    assert code == 0, err
+    table = pd.read_csv(io.StringIO(out))
+    assert list(table["status"]) == ["ok"] and "1 to run" in err
+
+
 @pytest.mark.parametrize("width", [200, 80, 40])
 def test_a_table_never_folds_a_number_or_a_name(monkeypatch, capsys, width):
     """At 80 columns (CI's terminal, 2026-12-07) the advice table folded every column to three characters:
