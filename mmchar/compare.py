@@ -75,7 +75,9 @@ def compare(target: Target, variants: list[ProfileOptions], store: str | os.Path
     if len(set(names)) < len(names):
         from mmchar.errors import InvalidParameterError
 
-        raise InvalidParameterError(f"compare: {', '.join(names)} names one variant twice")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidParameterError(f"compare: variant {', '.join(twice)} given more than once (variants: "
+                                    f"{', '.join(names)})")
     outcomes = measure_backends(target, variants)
     ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None
     runs: list[Run] = []

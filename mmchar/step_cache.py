@@ -90,6 +90,19 @@ def check_cache_inputs(cache: str, schedule: str | None, weights: bool) -> None:
                                     "published rate for this model) or --weights")
 
 
+def check_cache_architecture(cache: str, workload: str, architecture: str) -> None:
+    """What the workload's architecture alone rules out, before its model is built (a sweep's every point, a
+    profile's store): a UNet has no transformer block list for diffusers' cache hooks. The rest of `unsupported`
+    needs the built pipeline.
+
+    Raises:
+        InvalidParameterError: ``--cache`` on a UNet workload.
+    """
+    if cache != NO_CACHE and architecture == "unet":
+        raise InvalidParameterError(f"--cache {cache}: {workload} is a UNet, and diffusers' cache hooks act on "
+                                    "transformer denoisers' block lists (a UNet's would need DeepCache)")
+
+
 def parse_schedule(text: str, steps: int | None) -> list[bool] | float:
     """``--cache-schedule``: a share of steps skipped (``0.4``) or a pattern of computed ``c`` and skipped ``s``
     steps (``ccscsc``, one letter per step, the first computed: a cache has nothing to reuse before it). With

@@ -262,6 +262,10 @@ def plan(workload: str, vary: dict[str, list[Any]], backends: Sequence[str], sto
     for b in backends:
         require_backend(b, dev)
     options = dict(options or {})
+    from mmchar.step_cache import NO_CACHE, check_cache_architecture
+
+    with _naming(workload, name_errors):  # every point would fail the same way at run time
+        check_cache_architecture(options.get("cache") or NO_CACHE, w.name, w.architecture)
     from mmchar.modes import check_modes
 
     check_modes(bool(options.get("cuda_graphs")), dev, memory)

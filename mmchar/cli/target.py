@@ -30,7 +30,7 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
     check_settings(opts.dtype, dev)
     memory = opts.memory()
     check_modes(opts.cuda_graphs, dev, memory)
-    from mmchar.step_cache import check_cache_inputs
+    from mmchar.step_cache import check_cache_architecture, check_cache_inputs
 
     # a user's own pipeline folder carries its weights, as --weights does
     check_cache_inputs(opts.cache, opts.cache_schedule, weights=opts.weights is not None or opts.pipeline is not None)
@@ -38,6 +38,7 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
         from mmchar.workloads import get_workload
 
         w = get_workload(opts.workload)
+        check_cache_architecture(opts.cache, w.name, w.architecture)
         config = w.resolve(opts.preset, dtype=opts.dtype, device=str(dev),
                            weights=str(opts.weights) if opts.weights else None, memory=memory,
                            generation=opts.generation(), **opts.params())
