@@ -107,6 +107,8 @@ class Trace:
 def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The trace JSON (``.json`` or ``.json.gz``) as a dict; a clear error for missing or truncated files."""
     path = Path(path)
+    if path.is_dir():  # read as a file it said "truncated or not gzip ([Errno 21] ...)"
+        raise TraceError(f"trace {path} is a folder; pass the .json or .json.gz file the profiler wrote")
     try:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     except FileNotFoundError:

@@ -73,3 +73,9 @@ def test_without_module_events_it_says_so_and_bad_input_is_one_line(tmp_path, ca
     assert main(["analyze", str(trace), "--name", "team/model v2", "--store", str(tmp_path / "n")]) == 0
     assert load_runs([tmp_path / "n"])[0].workload == "team-model-v2"  # a run id is a folder name
     assert len(load_runs([tmp_path / "s"])) == 1  # the failures left no run folder behind
+    # names are checked before the first trace is written (a re-run then duplicated it); a folder is named so
+    assert main(["analyze", str(trace), str(tmp_path / "missing.json"), "--store", str(tmp_path / "s")]) == 1
+    assert main(["analyze", str(tmp_path), "--store", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "missing.json does not exist; nothing was analyzed" in err and "is a folder; pass the .json" in err
+    assert len(load_runs([tmp_path / "s"])) == 1

@@ -101,6 +101,12 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
     from mmchar.analysis.summary import kernel_lines
     from mmchar.analyze import analyze_trace
 
+    from mmchar.errors import TraceError
+
+    for path in traces:  # every name checked before the first run is written: a re-run then adds no duplicate
+        if not path.is_file():
+            raise TraceError(f"trace {path} " + ("is a folder; pass the .json or .json.gz file the profiler wrote"
+                                                 if path.is_dir() else "does not exist") + "; nothing was analyzed")
     for path in traces:
         run = analyze_trace(path, store, stage=stage, name=name)
         k, meta = run.kernels, run.meta
