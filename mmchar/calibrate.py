@@ -97,8 +97,15 @@ def calibrate(device: torch.device, *, force: bool = False) -> dict[str, Any]:
     except (OSError, ValueError):
         cache = {}
     if force or dev["name"] not in cache or _stale(cache[dev["name"]], device):
+        try:  # before measuring: a cache that cannot be written would lose the measurement
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from mmchar.errors import InvalidParameterError
+
+            why = "a file, not a folder" if path.parent.is_file() else e.strerror or str(e)
+            raise InvalidParameterError(f"cannot write the roofs cache in {path.parent} ({why}); set "
+                                        "MMCHAR_CACHE to a writable folder") from None
         cache[dev["name"]] = measure_roofs(device)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache, indent=2))
         tmp.replace(path)

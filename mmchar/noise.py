@@ -379,7 +379,7 @@ def verdict(timings: Mapping[str, Mapping[str, Any]], windows: Mapping[str, Mapp
             continue  # prefill and decode calls differ by design
         c, n = t.get("spread"), int(t.get("n") or 0)
         if c is not None and n >= limits["min_samples"] and c > limits["spread"]:
-            reasons.append(f"{key} spread {c:.0%} over {n} timed samples (robust spread, threshold "
+            reasons.append(f"{key} spread {c:.1%} over {n} timed samples (robust spread, threshold "
                            f"{limits['spread']:.0%}; min {t['min_ms']:.3g}, median {t['median_ms']:.3g}, max "
                            f"{t['max_ms']:.3g} ms)")
     for name, w in windows.items():

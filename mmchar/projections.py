@@ -276,6 +276,7 @@ class Fp8Backend(ProjectionBackend):
                                     min_capability=(8, 9))
     requires = ("torchao",)
     install_hint = "pip install 'mmchar[fp8]'"
+    changes_math = True  # FP8-rounded weights and activations: outputs change, as `sage`'s do by INT8 QKᵀ
 
     def __init__(self, layer: torch.nn.Linear, module_path: str = "", seed: int = 0, *, role: str = "other") -> None:
         super().__init__(layer, module_path, seed, role=role)

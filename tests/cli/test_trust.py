@@ -233,6 +233,14 @@ def test_inputs_that_were_accepted_silently(tmp_path):
     assert json.loads((runs_of(store)[0] / META_FILE).read_text())["passes"]["profile_steps"] == 2
 
 
+def test_a_cache_that_cannot_be_written_is_one_line_before_measuring(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("MMCHAR_CACHE", str(tmp_path / "f"))
+    code, out, err = cli(["calibrate", "--device", "cpu"])
+    assert code == 1 and "f (a file, not a folder); set MMCHAR_CACHE to a writable folder" in err, err
+    assert "unexpected" not in err
+
+
 def test_an_allocation_the_cpu_cannot_make_is_recorded_as_oom():
     from mmchar.runner import is_oom
 
