@@ -159,9 +159,11 @@ def load_bench(paths: Iterable[str | PathLike[str]]) -> pd.DataFrame:
     return out
 
 
-def crossovers(df: pd.DataFrame, backend: str, baseline: str = REFERENCE) -> dict[tuple[int, bool], int | None]:
+def crossovers(df: pd.DataFrame, backend: str, baseline: str = REFERENCE,
+               margin: float = 0.0) -> dict[tuple[int, bool], int | None]:
     """Per (head dim, causal) of the sweep (rows named ``sweep ...``): the smallest S from which ``backend`` beats
-    ``baseline`` at every longer S measured (None: never); a head dim where either was not timed is left out."""
+    ``baseline`` at every longer S measured (None: never); a head dim where either was not timed is left out.
+    ``margin``: a win is faster by more than this fraction (timing noise is no win)."""
     out: dict[tuple[int, bool], int | None] = {}
     sweep = df[df["name"].str.startswith("sweep")]
     for (causal, d), part in sweep.groupby(["causal", "d"]):
@@ -169,7 +171,7 @@ def crossovers(df: pd.DataFrame, backend: str, baseline: str = REFERENCE) -> dic
         if backend not in t or baseline not in t:
             continue
         t = t[[backend, baseline]].dropna()
-        wins = (t[backend] < t[baseline]).to_numpy()
+        wins = (t[backend] * (1 + margin) < t[baseline]).to_numpy()
         first = None
         for i in range(len(wins) - 1, -1, -1):  # the start of the final run of wins
             if not wins[i]:

@@ -160,6 +160,16 @@ def test_crossover_per_kind_and_width():
                                                                         "attn-proj d=1536": None}
 
 
+def test_a_tie_within_timing_noise_is_no_crossover():
+    """`dense` is F.linear through the swap: 0.1-0.9 % faster than cuBLAS at one count is noise, not a win."""
+    rows = [{"name": f"sweep ffn up d1536 T{t}", "workload": "sweep", "role": "ffn", "tokens": t, "d_in": 1536,
+             "d_out": 6144, "backend": backend, "ms": ms}
+            for t in (512, 1024) for backend, ms in (("cublas", 1.0), ("dense", 0.995), ("fast", 0.9))]
+    frame = pd.DataFrame(rows)
+    assert bl.linear_crossovers(frame, "dense") == {"ffn up d=1536": None}
+    assert bl.linear_crossovers(frame, "fast") == {"ffn up d=1536": 512}
+
+
 def test_cli_writes_tables_and_refuses_unknown_names(tmp_path, monkeypatch, capsys):
     real = bl.workload_linear_plan
     monkeypatch.setattr(bl, "workload_linear_plan", lambda names=None: real(["sd15"]))  # one model to build
