@@ -104,7 +104,7 @@ def _validate(loaded: list[Any], paths: list[Path], table: Any, top: int, store:
     from mmchar.analysis.advise import (BASELINE_KIND, VALIDATION_FILE, read_validation, validation_files,
                                         with_measured)
     from mmchar.store import check_writable
-    from mmchar.validate import MEASURED, NOT_RUNNABLE, REFUSED, default_store, validate
+    from mmchar.validate import MEASURED, NOT_RUNNABLE, REFUSED, STEP_CACHE_KIND, default_store, validate
 
     if len(loaded) != 1:
         names = ", ".join(r.run_id for r in loaded[:3]) + (" ..." if len(loaded) > 3 else "")
@@ -159,6 +159,9 @@ def _validate(loaded: list[Any], paths: list[Path], table: Any, top: int, store:
         print_frame(shown.round(2), title=f"{first['label']} ({first['device']}): {first['step_key']} "
                     f"{first['step_ms']:.2f} ms measured by the run; projected against measured with each option "
                     f"({run.run_id})", truncate=("why",))
+        if (result["kind"] == STEP_CACHE_KIND).any():  # its baseline ms differs from the other rows' on purpose
+            say(f"{STEP_CACHE_KIND} rows: baseline and measured ms are means over the generation's steps (computed "
+                "and skipped, as its projection is); the other rows' are medians")
         say(f"wrote {path}" + (f" and {output}" if output is not None else ""))
     noisy = [r for r in result["validating_run"][result["noisy"] == "yes"]]
     if noisy:
