@@ -54,6 +54,12 @@ class RunNotFoundError(MmcharError):
     """A path given as a run or store that holds no run."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`), raised by the CLI's handler: every path that cleans up after
+    Ctrl-C (temporary traces, a sweep's running point and its partial summary) cleans up after it too; it killed
+    the process outright, leaving temporary traces and a sweep's child behind."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none): what one-line errors show."""
     text = str(exc).strip()

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from mmchar import distributed
 from mmchar.distributed import Rank
-from mmchar.errors import InvalidParameterError, MmcharError, UnknownNameError
+from mmchar.errors import InvalidParameterError, MmcharError, Terminated, UnknownNameError
 from mmchar.schema import step_key
 from mmchar.store import check_tables, is_run_folder, read_meta
 
@@ -365,8 +365,8 @@ def run_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
     written = [f for f in new if is_run_folder(f) and _meta_hash(f) == point.config_hash]
     if written:
         return written[-1]
-    if code in (130, -signal.SIGINT):  # Ctrl-C reached the child: the point is not done, nor failed
-        raise KeyboardInterrupt
+    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # Ctrl-C or SIGTERM stopped the child: the point is
+        raise KeyboardInterrupt  # not done, nor failed
     lines = [ln for ln in (stderr + stdout).splitlines() if ln.strip()]
     last = lines[-1].strip() if lines else "no output"
     # SIGKILL is what the kernel's out-of-memory killer sends (a child never prints "Killed": a shell does)
@@ -382,11 +382,13 @@ CHILD_CLEANUP_S = 60
 
 def _child(cmd: list[str], env: dict[str, str]) -> tuple[str, str, int]:
     """Run one point's process; on Ctrl-C (which the terminal sends the child too) wait for it to clean up before
-    giving up on it, then interrupt the sweep."""
+    giving up on it, then interrupt the sweep. SIGTERM reaches the sweep alone: it is passed on."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = proc.communicate()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):  # it was left running, its parent gone
+            proc.terminate()
         try:  # the child got the terminal's SIGINT too (one process group); a second would cut its cleanup
             proc.wait(timeout=CHILD_CLEANUP_S)
         except subprocess.TimeoutExpired:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import click
 import typer
 
-from mmchar.errors import MmcharError, first_line
+from mmchar.errors import MmcharError, Terminated, first_line
 
 # typer >= 0.20 vendors its own click (typer._click); older ones use click itself: catch both.
 _EXIT = tuple({click.exceptions.Exit, typer.Exit})
@@ -18,7 +20,10 @@ _ABORT = tuple({click.exceptions.Abort, typer.Abort})
 _USAGE = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
 INTERRUPTED = 130  # the shell's code for SIGINT
-INTERRUPTED_LINE = "interrupted; finished runs are in the store, a re-run starts the rest"
+TERMINATED = 143  # and for SIGTERM
+# profile and compare store their runs at the end: only a sweep has finished runs to keep when stopped mid-way
+INTERRUPTED_LINE = "interrupted; runs that finished are in the store (a re-run of a sweep measures only the rest)"
+TERMINATED_LINE = INTERRUPTED_LINE.replace("interrupted", "terminated (SIGTERM)", 1)
 
 app = typer.Typer(name="mmchar", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Where the time goes in text-to-image and text-to-video generation: profile, compare, view, export.")
@@ -36,19 +41,45 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code (0 ok, 1 error, 130 interrupted)."""
+    """Entry point of the console script; returns the exit code (0 ok, 1 error, 130 interrupted, 143 terminated)."""
     _quiet_libraries()  # before torch is imported: Kineto reads its log level once
     importlib.import_module("mmchar.cli.commands")  # registers the commands
-    from mmchar.cli.output import error_line
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MMCHAR_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise Terminated()
+
+    # SIGTERM as Ctrl-C (the main thread only: a handler cannot be installed elsewhere), restored after
+    handling = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if handling else None
+    try:
+        code = _run(args, debug, terminated)
+    finally:
+        if handling:
+            signal.signal(signal.SIGTERM, previous)
+    if terminated and code == INTERRUPTED:  # click and typer turn the KeyboardInterrupt into their own exits
+        code = TERMINATED
+    return _exit(code, argv)
+
+
+def _run(args: list[str], debug: bool, terminated: list[int]) -> int:
+    """The command's exit code; every error, interruption included, reported in one line (``terminated``: the
+    SIGTERMs the handler saw)."""
+    from mmchar.cli.output import error_line
+
+    def interrupted() -> int:
+        error_line(TERMINATED_LINE if terminated else INTERRUPTED_LINE)
+        return INTERRUPTED
+
     try:
         result = app(args=args, prog_name="mmchar", standalone_mode=False)
         code = result if isinstance(result, int) else 0
         if code == INTERRUPTED:  # typer turns Ctrl-C into Exit(130), which standalone_mode=False returns
-            error_line(INTERRUPTED_LINE)
+            interrupted()
     except MmcharError as e:
         if debug:
             raise
@@ -57,27 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     except _EXIT as e:
         code = getattr(e, "exit_code", 0)
         if code == INTERRUPTED:  # typer turns Ctrl-C into Exit(130) before it reaches the handler below
-            error_line(INTERRUPTED_LINE)
+            code = interrupted()
     except _ABORT:
-        error_line(INTERRUPTED_LINE)
-        code = INTERRUPTED
+        code = interrupted()
     except _USAGE as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # the help has been printed
-            return _exit(0, argv)
+            return 0
         if debug:
             raise
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         error_line(" ".join(message.split()) + " (see mmchar --help)")
         code = 1
     except KeyboardInterrupt:
-        error_line(INTERRUPTED_LINE)
-        code = INTERRUPTED
+        code = interrupted()
     except Exception as e:  # the edge: anything unexpected is still one line unless --debug
         if debug:
             raise
         error_line(f"unexpected {type(e).__name__}: {first_line(e)} (re-run with --debug for the traceback)")
         code = 1
-    return _exit(code, argv)
+    return code
 
 
 def _exit(code: int, argv: list[str] | None) -> int:

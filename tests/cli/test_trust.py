@@ -174,7 +174,7 @@ def test_ctrl_c_prints_the_promised_line(monkeypatch, tmp_path):
     monkeypatch.setattr("mmchar.runner.measure_backends", interrupted)
     code, out, err = cli(["profile", "sd15", *FAST, "--store", tmp_path])
     assert code == 130
-    assert "interrupted; finished runs are in the store, a re-run starts the rest" in err
+    assert "interrupted; runs that finished are in the store (a re-run of a sweep measures only the rest)" in err
 
 
 def test_an_interrupted_compare_leaves_no_temporary_trace(monkeypatch, tmp_path):
@@ -211,8 +211,47 @@ def test_an_interrupted_sweep_prints_what_it_finished(monkeypatch, tmp_path):
     monkeypatch.setattr(sw, "run_point", run_point)
     code, out, err = cli(["sweep", "sd15", "--vary", "height=64,32", "--backends", "math", "--steps", "1",
                           "--repeat", "1", "--no-trace", "--store", tmp_path])
-    assert code == 130 and "interrupted; finished runs are in the store" in err
+    assert code == 130 and "interrupted; runs that finished are in the store" in err
     assert "1 of 2 points done" in out and "64" in out
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids whose command line holds ``text`` (Linux's /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_sigterm_is_handled_as_ctrl_c_and_reaches_a_sweeps_point(tmp_path):
+    """A scheduler's SIGTERM ended the process outright: no line, temporary traces left, and a sweep's running
+    point orphaned. Now it says so, exits 143 and the sweep passes it on to its point (which exits too)."""
+    import signal
+    import time
+
+    store = tmp_path / "store"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-P", "-m", "mmchar", "sweep", "sd15", "--vary", "height=32,64", "--backends", "math",
+           "--steps", "2", "--repeat", "3", "--store", str(store)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in _processes_naming(str(store)) if p != proc.pid] and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the first point's process runs
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); runs that finished are in the store" in err, err
+    assert _processes_naming(str(store)) == []  # the point's process went with it
+    assert not list(tmp_path.glob("mmchar-trace-*"))
 
 
 # --- inputs accepted silently before ---------------------------------------------------------------------
