@@ -297,7 +297,7 @@ def test_compare_runs_each_projection_backend_beside_the_dense_baseline(recordin
     assert runs["sdpa+recording-test"].meta["linear_backend"] == "recording-test"
     assert set(runs["sdpa"].meta["linear_backend_per_layer"].values()) == {"dense"}
     assert recording  # the replaced layers ran through the backend
-    with pytest.raises(InvalidParameterError, match="names one variant twice"):
+    with pytest.raises(InvalidParameterError, match="variant sdpa given more than once"):
         compare(_target(Model()), variants[:1] * 2, tmp_path, lambda o: "000000")
 
 

@@ -35,9 +35,10 @@ def test_a_suite_runs_every_workload_into_one_store_and_resumes(tmp_path, capsys
     assert all(r.status == "ok" and r.meta["config"]["params"]["height"] == 64 for r in runs)
 
     assert main([*cmd, "--format", "csv"]) == 0  # nothing left to do; the summary leads with the workload
-    out = capsys.readouterr().out
-    assert "2 points, 2 already in" in out and "0 to run" in out
-    rows = list(csv.DictReader(io.StringIO(out[out.index("workload,"):])))
+    out, err = capsys.readouterr()
+    assert "2 points, 2 already in" in err and "0 to run" in err  # stdout is the csv alone
+    assert out.startswith("workload,")
+    rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["workload"] for r in rows] == ["sd15", "amused"]  # the order given
     assert {r["run"] for r in rows} == {r.path.name for r in runs}
     assert len(load_runs([store], kernels=False)) == 2
