@@ -89,7 +89,10 @@ def _stale(roofs: dict[str, Any], device: torch.device) -> bool:
 
 def calibrate(device: torch.device, *, force: bool = False) -> dict[str, Any]:
     """The cached roofs of ``device``, measured first when missing (or ``force``, or cached before the FP8 roof on an
-    sm89+ GPU: `_stale`)."""
+    sm89+ GPU: `_stale`). A measurement the noise guard flags (other processes on the CPU of a CPU calibration, on
+    the GPU or its clocks slowed for a GPU one) is returned with its ``noise`` verdict and not cached: every run
+    records the cached roofs, and one measured under load (0.08 against 0.19 TFLOP/s on a busy CPU) put a kernel at
+    168 % of its "roof"."""
     dev = environment.device_info(device)
     path = environment.roofs_cache_path()
     try:
@@ -105,7 +108,15 @@ def calibrate(device: torch.device, *, force: bool = False) -> dict[str, Any]:
             why = "a file, not a folder" if path.parent.is_file() else e.strerror or str(e)
             raise InvalidParameterError(f"cannot write the roofs cache in {path.parent} ({why}); set "
                                         "MMCHAR_CACHE to a writable folder") from None
-        cache[dev["name"]] = measure_roofs(device)
+        from mmchar.noise import HostProbe, verdict
+
+        probe = HostProbe(device, needed_cores=float(torch.get_num_threads()) if device.type == "cpu" else 1.0)
+        probe.start()
+        measured = measure_roofs(device)
+        noise = verdict({}, {"calibration": probe.stop()}, on_gpu=device.type == "cuda")
+        if noise["noisy"]:
+            return {**measured, "noise": noise}
+        cache[dev["name"]] = measured
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache, indent=2))
         tmp.replace(path)

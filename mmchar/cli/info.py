@@ -13,7 +13,7 @@ import typer
 from mmchar.cli import app
 from mmchar.cli.common import check_format
 from mmchar.cli.options import Fmt
-from mmchar.cli.output import print_frame, say
+from mmchar.cli.output import print_frame, say, warn
 from mmchar.errors import InvalidParameterError, UnknownNameError
 
 
@@ -67,9 +67,14 @@ def calibrate(device: Annotated[Optional[str], typer.Option(help="Device to meas
     from mmchar.environment import roofs_cache_path
 
     roofs = run_calibrate(resolve_device(device), force=force)
+    noise = roofs.get("noise") or {}
     rows = [{"roof": f"matmul {k}", "value": v, "unit": "TFLOP/s"} for k, v in roofs["matmul_tflops"].items()]
     rows.append({"roof": "copy", "value": roofs["copy_gbps"], "unit": "GB/s"})
     print_frame(pd.DataFrame(rows), title=f"roofs of {roofs['device']} (measured {roofs['measured'][:19]})")
+    if noise.get("noisy"):  # not cached: the runs would record a roof measured under someone else's load
+        warn("measured under load, so not cached (runs keep the roofs cached before, if any): "
+             + "; ".join(noise["reasons"]) + "; re-run `mmchar calibrate` on a quiet machine")
+        return
     say(f"cached in {roofs_cache_path()}; every run on this device records them in meta.json")
 
 

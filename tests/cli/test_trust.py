@@ -280,6 +280,24 @@ def test_a_cache_that_cannot_be_written_is_one_line_before_measuring(tmp_path, m
     assert "unexpected" not in err
 
 
+def test_roofs_measured_under_load_are_not_cached(tmp_path, monkeypatch):
+    """Every run records the cached roofs: one measured while other processes held the CPU is reported, not kept."""
+    from mmchar import calibrate, noise
+
+    monkeypatch.setenv("MMCHAR_CACHE", str(tmp_path))
+    monkeypatch.setattr(calibrate, "measure_roofs", lambda device: {"device": "cpu", "matmul_tflops": {"fp32": 0.08},
+                                                                    "copy_gbps": 16.9, "measured": "2026-12-08T00:00"})
+    monkeypatch.setattr(noise, "verdict", lambda *a, **k: {"noisy": True, "reasons": ["other processes used 1.00 of "
+                                                                                      "2 CPU cores"]})
+    code, out, err = cli(["calibrate", "--device", "cpu", "--force"])
+    assert code == 0 and "measured under load, so not cached" in err and "other processes used 1.00" in err, err
+    assert not (tmp_path / "roofs.json").exists() and "cached in" not in out
+    # (the fake measurement takes microseconds: a real verdict over it would count any tick of another process)
+    monkeypatch.setattr(noise, "verdict", lambda *a, **k: {"noisy": False, "reasons": []})
+    code, out, err = cli(["calibrate", "--device", "cpu", "--force"])
+    assert code == 0 and (tmp_path / "roofs.json").is_file() and "cached in" in out, err
+
+
 def test_an_allocation_the_cpu_cannot_make_is_recorded_as_oom():
     from mmchar.runner import is_oom
 
