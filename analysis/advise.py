@@ -808,15 +808,20 @@ def advise_run(run: Run, kernels: pd.DataFrame, *, label: str | None = None, ben
         # (`step_cache_support`: what the run found; a run before it is judged by its architecture)
         support = p.run.meta.get("step_cache_support")
         dit = ((p.run.meta.get("config") or {}).get("family") or {}).get("architecture") == "dit"
-        option = (f"--cache first-block --cache-schedule {skip_fraction:g}" if support == "ok" or (support is None
-                  and dit) else f"cache {skipped} of {p.steps} steps")
+        runnable = support == "ok" or (support is None and dit)
+        option = (f"--cache first-block --cache-schedule {skip_fraction:g}" if runnable
+                  else f"cache {skipped} of {p.steps} steps")
+        # the stated error was checked on a DiT's First Block Cache: it says nothing of a UNet's caching
+        error = error_text("step-cache") if runnable else ("unvalidated (no step cache runs on this denoiser here, "
+                                                           "e.g. a UNet's DeepCache; the ±2 % check is a DiT's "
+                                                           "First Block Cache)")
         rows.append(_row(p, ids, "step-cache", option, mean,
                          p.e2e_ms - skipped * st.wall_ms,
                          f"steps skipped x step cost: {skipped} of {p.steps} denoiser calls reuse a cached output at "
                          f"no cost (skip fraction {skip_fraction:g}, assumed); the projected step is the mean over "
                          "the generation; output quality not modelled",
                          f"meta timings.{st.key} {st.wall_ms:.2f} ms, passes.steps {p.steps}, timings.e2e",
-                         error_text("step-cache"), -st.busy_ms * skipped / p.steps))
+                         error, -st.busy_ms * skipped / p.steps))
     else:
         rows.append(_not_applicable(p, ids, "step-cache", "", "only diffusion runs of more than one denoising step"))
     out = pd.DataFrame(rows, columns=list(ADVICE_COLUMNS))

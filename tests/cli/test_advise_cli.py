@@ -48,7 +48,8 @@ def test_a_cpu_run_is_advised_on_what_applies_to_it(cpu_store, tmp_path):
         assert kinds[kind]["projected_step_ms"] is None and "CPU run" in kinds[kind]["model"], kind
     cache = kinds["step-cache"]
     assert cache["rank"] == 1 and cache["projected_step_ms"] < cache["step_ms"]
-    assert cache["error"].startswith("±2 % (")  # checked against a committed First Block Cache run
+    # sd15 is a UNet: no cache hook runs on it here, and the ±2 % check was a DiT's First Block Cache
+    assert cache["error"].startswith("unvalidated (no step cache runs on this denoiser")
     assert json.loads((tmp_path / "a.json").read_text()) == rows
     code, out, err = cli(["advise", cpu_store])
     assert code == 0 and "CPU run" not in err and "projections, not measurements" in out and "step-cache" in out
