@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmchar import environment
-from mmchar.analysis.mechanisms import crossovers  # one definition of a crossover: bench-attn's too
+from mmchar.analysis.mechanisms import crossovers  # one definition of a crossover (bench-attn's with no margin)
 from mmchar.bench_common import (BenchmarkCrashed, ContextLost, _failed, _markdown, _timed_row, previous_rows,
                                  write_text_atomic)
 from mmchar.flops import linear_cost
@@ -520,7 +520,8 @@ def _write_tables(rows: list[dict[str, Any]], device: torch.device, dtype: torch
         head += "\n"
     cross = {b: linear_crossovers(df, b) for b in df["backend"].unique() if b != BASELINE}
     if any(cross.values()):
-        head += f"Tokens from which a backend beats {BASELINE} (sweep, per layer kind and model width): " + "; ".join(
+        head += (f"Tokens from which a backend beats {BASELINE} by more than {CROSSOVER_MARGIN:.0%} (sweep, per layer "
+                 "kind and model width): ") + "; ".join(
             f"{b}: {c}" for b, c in cross.items() if c) + "\n\n"
     cols = [c for c in ["name", "layers", "tokens", "d_in", "d_out", "backend", "status", "ms", "tflops", "gbps",
                         f"vs_{BASELINE}", "gpu_ms", f"gpu_vs_{BASELINE}", "pct_of_matmul_roof", "pct_of_copy_roof",
@@ -569,6 +570,8 @@ def benchmark(device: torch.device, only: str | None, backends: list[str] | None
     roofs = calibrate(device)
     picked = {s.workload for s in shapes}
     notes = {w: n for w, n in _plan_notes(plan).items() if w in picked or (match is None and plan[w].skipped)}
+    if (roofs.get("noise") or {}).get("noisy"):  # calibrate did not cache them: the "% of roof" columns say less
+        notes["roofs"] = "measured under load, so not cached: " + "; ".join(roofs["noise"]["reasons"])
     rows: list[dict[str, Any]] = previous_rows(Path(out) / "linear.json", device, _KEEP) if resume else []
     # measured and crashed rows are kept (a crash would break the context again); the rest are tried again
     done = {(r["name"], r["backend"]) for r in rows

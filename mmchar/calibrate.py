@@ -100,15 +100,11 @@ def calibrate(device: torch.device, *, force: bool = False) -> dict[str, Any]:
     except (OSError, ValueError):
         cache = {}
     if force or dev["name"] not in cache or _stale(cache[dev["name"]], device):
-        try:  # before measuring: a cache that cannot be written would lose the measurement
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            from mmchar.errors import InvalidParameterError
-
-            why = "a file, not a folder" if path.parent.is_file() else e.strerror or str(e)
-            raise InvalidParameterError(f"cannot write the roofs cache in {path.parent} ({why}); set "
-                                        "MMCHAR_CACHE to a writable folder") from None
         from mmchar.noise import HostProbe, verdict
+        from mmchar.store import check_writable
+
+        check_writable(path.parent, "MMCHAR_CACHE")  # before measuring: an unwritable cache would lose it
+        path.parent.mkdir(parents=True, exist_ok=True)
 
         probe = HostProbe(device, needed_cores=float(torch.get_num_threads()) if device.type == "cpu" else 1.0)
         probe.start()

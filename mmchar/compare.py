@@ -57,6 +57,11 @@ def variant_name(options: ProfileOptions) -> str:
     return backend_label({"backend": options.backend, "linear_backend": options.linear_backend})
 
 
+def repeated(names: list[str]) -> list[str]:
+    """The names given more than once (a compare runs each variant once: the CLI and `compare` refuse them)."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 def compare(target: Target, variants: list[ProfileOptions], store: str | os.PathLike[str],
             config_hash_for: Any) -> Comparison:
     """Run ``target`` under each variant's backends (the first is the baseline), timed passes interleaved;
@@ -72,11 +77,10 @@ def compare(target: Target, variants: list[ProfileOptions], store: str | os.Path
     group = (f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
              f"-{os.getpid() % 100000:05d}")
     names = [variant_name(o) for o in variants]
-    if len(set(names)) < len(names):
+    if repeated(names):
         from mmchar.errors import InvalidParameterError
 
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidParameterError(f"compare: variant {', '.join(twice)} given more than once (variants: "
+        raise InvalidParameterError(f"compare: variant {', '.join(repeated(names))} given more than once (variants: "
                                     f"{', '.join(names)})")
     outcomes = measure_backends(target, variants)
     ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None

@@ -365,14 +365,16 @@ def run_point(sweep: SweepPlan, point: Point, store: str | os.PathLike[str],
     written = [f for f in new if is_run_folder(f) and _meta_hash(f) == point.config_hash]
     if written:
         return written[-1]
-    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # Ctrl-C or SIGTERM stopped the child: the point is
-        raise KeyboardInterrupt  # not done, nor failed
+    if code in (130, -signal.SIGINT):  # Ctrl-C reached the child: the point is not done, nor failed
+        raise KeyboardInterrupt
     lines = [ln for ln in (stderr + stdout).splitlines() if ln.strip()]
     last = lines[-1].strip() if lines else "no output"
     # SIGKILL is what the kernel's out-of-memory killer sends (a child never prints "Killed": a shell does)
     killed = code == -signal.SIGKILL
     if killed:
         last = f"killed by SIGKILL (most often the out-of-memory killer); last output: {last}"
+    elif code in (143, -signal.SIGTERM):  # the point alone was stopped (a hung one, killed by hand): it failed,
+        last = f"terminated by SIGTERM; last output: {last}"  # and the sweep goes on (--retry-failed)
     return record_dead_child(sweep, point, store, code, last, oom=killed or "out of memory" in last.lower())
 
 
@@ -382,7 +384,8 @@ CHILD_CLEANUP_S = 60
 
 def _child(cmd: list[str], env: dict[str, str]) -> tuple[str, str, int]:
     """Run one point's process; on Ctrl-C (which the terminal sends the child too) wait for it to clean up before
-    giving up on it, then interrupt the sweep. SIGTERM reaches the sweep alone: it is passed on."""
+    giving up on it, then interrupt the sweep. SIGTERM sent to the sweep alone is passed on (a process group's
+    reaches the child twice: its CLI acts on the first only)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = proc.communicate()

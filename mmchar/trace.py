@@ -104,11 +104,24 @@ class Trace:
     unlaunched_us: float = 0.0
 
 
+def check_trace_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path when it can be read as a trace (a file or a pipe; a folder read as one said "truncated or
+    not gzip ([Errno 21] ...)").
+
+    Raises:
+        TraceError: a missing path or a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise TraceError(f"trace {path} is a folder; pass the .json or .json.gz file the profiler wrote")
+    if not path.exists():
+        raise TraceError(f"trace {path} does not exist")
+    return path
+
+
 def load_events(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The trace JSON (``.json`` or ``.json.gz``) as a dict; a clear error for missing or truncated files."""
-    path = Path(path)
-    if path.is_dir():  # read as a file it said "truncated or not gzip ([Errno 21] ...)"
-        raise TraceError(f"trace {path} is a folder; pass the .json or .json.gz file the profiler wrote")
+    path = check_trace_path(path)
     try:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     except FileNotFoundError:

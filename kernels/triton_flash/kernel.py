@@ -268,6 +268,11 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
         raise ValueError(f"triton_flash: head dim {d} > {MAX_HEAD_DIM}")
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"triton_flash: dtype {q.dtype} (takes float16, bfloat16, float32, all alike)")
+    if config is not None:
+        unknown = set(config) - _FIXED_KEYS
+        if unknown or not {"BLOCK_M", "BLOCK_N"} <= set(config) or (config.get("WS") and config.get("AHEAD")):
+            raise ValueError(f"triton_flash: config needs BLOCK_M and BLOCK_N, takes {sorted(_FIXED_KEYS)} and "
+                             f"one of WS and AHEAD (two forms of the same loop); got {sorted(config)}")
     scale = d ** -0.5 if scale is None else scale
     o = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
     block_d = max(16, triton.next_power_of_2(d))
@@ -286,10 +291,6 @@ def triton_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), h, sq, skv, bucket(sq), bucket(skv), int(use_tma))
     if config is not None or interpreting():
         fixed = {"BLOCK_M": 16, "BLOCK_N": 16} if config is None else dict(config)
-        unknown = set(fixed) - _FIXED_KEYS
-        if unknown or not {"BLOCK_M", "BLOCK_N"} <= set(fixed):
-            raise ValueError(f"triton_flash: config needs BLOCK_M and BLOCK_N and takes {sorted(_FIXED_KEYS)}; "
-                             f"got {sorted(fixed)}")
         grid = (b * h * triton.cdiv(sq, fixed["BLOCK_M"]),)
         _triton_flash_fwd_kernel[grid](*args, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, TMA=use_tma, **fixed)
     else:

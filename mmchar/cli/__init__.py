@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     terminated: list[int] = []
 
     def on_sigterm(signum: int, frame: object) -> None:
+        if terminated:  # once: a second SIGTERM (a process group's, a sweep passing it on) must not cut the cleanup
+            return
         terminated.append(signum)
         raise Terminated()
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _run(args, debug, terminated)
     finally:
-        if handling:
+        if handling and previous is not None:  # None: a handler installed from C, which Python cannot restore
             signal.signal(signal.SIGTERM, previous)
     if terminated and code == INTERRUPTED:  # click and typer turn the KeyboardInterrupt into their own exits
         code = TERMINATED

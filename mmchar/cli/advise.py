@@ -84,8 +84,8 @@ def advise(paths: RunsArg,
                         f"measurements ({run_id})", truncate=("model", "error"))
         say("model, inputs and the checks behind each stated error: --format csv / json (or -o FILE)")
     say_noisy(loaded)
-    if output is not None and fmt == "table":  # csv / json on stdout stay machine-readable
-        say(f"wrote {len(table)} rows to {output}")
+    if output is not None:
+        say(f"wrote {len(table)} rows to {output}", fmt)
     return 0
 
 

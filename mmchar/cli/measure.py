@@ -116,17 +116,16 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
             cache_schedule: CacheSchedule = None, store: Store = Path("runs"), fmt: Fmt = "table") -> int:
     """Run one workload under several attention backends; compare latency, attention time and outputs."""
     opts = RunOptions.from_params(locals())
-    from mmchar.compare import compare as run_compare, variant_name
+    from mmchar.compare import compare as run_compare, repeated, variant_name
 
     check_format(fmt)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
     for flag, given in (("--backends", names), ("--linear-backend", list(opts.linear_backends()))):
-        twice = sorted({n for n in given if given.count(n) > 1})
-        if twice:  # found after the model was built, and named the attention backends whatever was repeated
-            raise InvalidParameterError(f"{flag} {','.join(given)} names {', '.join(twice)} more than once; name "
-                                        "each once")
+        if repeated(given):  # found after the model was built, and named the attention backends whatever was repeated
+            raise InvalidParameterError(f"{flag} {','.join(given)} names {', '.join(repeated(given))} more than "
+                                        "once; name each once")
     if len(set(names)) * len(set(opts.linear_backends())) < 2:  # it ran a "comparison" of one run, without a word
         pair = "math,flash" if names[0] == "math" else f"math,{names[0]}"
         raise InvalidParameterError(f"--backends {backends} gives one variant and compare needs two or more: add "

@@ -56,7 +56,7 @@ def runs(paths: RunsArg,
             raise UnknownNameError(col, value, set(table[col].dropna()), " in these runs")
         table = table[table[col] == value]
     if fmt != "table":  # machine-readable: every column, the full run id
-        print_frame(table, title=f"{len(table)} runs", fmt=fmt)
+        print_frame(table, title=_count(len(table)), fmt=fmt)
         return
     from mmchar.analysis.tables import device_short
 
@@ -69,7 +69,11 @@ def runs(paths: RunsArg,
         # a column holding some runs' text holds the others' NaN (which is truthy): the first text is the note
         "note": [next((x for x in (e, n) if isinstance(x, str) and x), "")[:70]
                  for e, n in zip(table["error"], table["noise"])]})
-    print_frame(shown, title=f"{len(table)} runs (full ids: --format csv)", fmt=fmt, truncate=("note",))
+    print_frame(shown, title=f"{_count(len(table))} (full ids: --format csv)", fmt=fmt, truncate=("note",))
+
+
+def _count(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def _registered(kind: str, name: str) -> bool:
@@ -101,12 +105,10 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
     from mmchar.analysis.summary import kernel_lines
     from mmchar.analyze import analyze_trace
 
-    from mmchar.errors import TraceError
+    from mmchar.trace import check_trace_path
 
     for path in traces:  # every name checked before the first run is written: a re-run then adds no duplicate
-        if not path.is_file():
-            raise TraceError(f"trace {path} " + ("is a folder; pass the .json or .json.gz file the profiler wrote"
-                                                 if path.is_dir() else "does not exist") + "; nothing was analyzed")
+        check_trace_path(path)
     for path in traces:
         run = analyze_trace(path, store, stage=stage, name=name)
         k, meta = run.kernels, run.meta

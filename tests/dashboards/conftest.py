@@ -93,7 +93,7 @@ def _projection_run(run_id="sd15-math+fp8", linear="fp8", step_ms=50.0, status="
     kernels; memoryformer: memory kernels), with the layers it replaced and the state it held."""
     compare = {"group": group, "baseline_run_id": baseline, "baseline_backend": "math", "variant": f"math+{linear}"}
     r = _make_run(run_id, "math", status=status, step_ms=step_ms)
-    r.meta.update(compare=compare, linear_backend=linear, linear_scope="all", linear_changes_math=linear != "fp8",
+    r.meta.update(compare=compare, linear_backend=linear, linear_scope="all", linear_changes_math=True,
                   linear_op_class="memory" if linear == "memoryformer" else "gemm")
     if status == "ok":
         compare.update(cosine=0.999, max_abs_diff=0.1, agrees=True)

@@ -85,6 +85,8 @@ def test_a_config_with_an_unknown_key_is_refused():
     q = torch.randn(1, 1, 8, 16)
     with pytest.raises(ValueError, match="takes .*AHEAD.*got .*BLCK_N"):
         triton_flash(q, q, q, config={"BLOCK_M": 16, "BLCK_N": 16})
+    with pytest.raises(ValueError, match="one of WS and AHEAD"):  # AHEAD's loop has no warp specialisation
+        triton_flash(q, q, q, config={"BLOCK_M": 16, "BLOCK_N": 16, "WS": True, "AHEAD": True})
 
 
 @pytest.mark.parametrize("bad,match", [((1, 1, 8, 300), "head dim 300"), ((1, 1, 8), "B, H, S, D")])
