@@ -100,6 +100,8 @@ def sweep(workload: Annotated[str, typer.Argument(help="Workload name (`mmchar w
         except KeyboardInterrupt:
             if rank is None:  # what is finished, then the CLI's one line
                 bar.stop()
+                # a point's process may have finished after the sweep was interrupted (a signal to the sweep alone)
+                folders.update(sw.stored_points(store, {p.config_hash for p in plan.points}))
                 _summary(plan, folders, store, fmt, partial=True)
                 raise
             failure = KeyboardInterrupt()
