@@ -104,7 +104,6 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
     run folders that export, study, diff and the dashboard read."""
     from mmchar.analysis.summary import kernel_lines
     from mmchar.analyze import analyze_trace
-
     from mmchar.trace import check_trace_path
 
     for path in traces:  # every name checked before the first run is written: a re-run then adds no duplicate
