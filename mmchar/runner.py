@@ -120,6 +120,14 @@ class ProfileOptions:
             raise InvalidParameterError(f"--cuda-graphs cannot replay {self.backend}: it decides each call by the "
                                         "state it carries in Python, which a replayed graph skips; drop --cuda-graphs "
                                         "or use another backend")
+        if self.cross_backend is not None and get_backend(self.cross_backend).mechanism != "softmax":
+            from mmchar.backends import backend_names
+
+            # accepted, it ran cross attention under linear attention while the warning said softmax stayed
+            softmax = [n for n in backend_names() if get_backend(n).mechanism == "softmax"
+                       and not n.startswith("diffusers:")]
+            raise InvalidParameterError(f"--cross-backend {self.cross_backend} is not softmax attention; cross "
+                                        f"attention keeps a softmax backend: {', '.join(softmax)}")
         from mmchar.step_cache import NO_CACHE, check_cache
 
         check_cache(self.cache, self.cache_schedule)
@@ -402,7 +410,10 @@ class _Session:
         probe.start()
         self._profiles()
         windows = {"timed": self.timed_load, "profiles": probe.stop()}
-        verdict = noise.verdict(self.meta["timings"], windows, on_gpu=self.target.device.type == "cuda")
+        judged = self.meta["timings"]
+        if self.cache is not None:  # computed and skipped steps differ by design: only the generation is judged
+            judged = {k: v for k, v in judged.items() if not k.endswith("_step")}
+        verdict = noise.verdict(judged, windows, on_gpu=self.target.device.type == "cuda")
         self.meta["noise"] = {**verdict, "windows": windows}
         return self.m
 

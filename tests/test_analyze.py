@@ -78,4 +78,10 @@ def test_without_module_events_it_says_so_and_bad_input_is_one_line(tmp_path, ca
     assert main(["analyze", str(tmp_path), "--store", str(tmp_path / "s")]) == 1
     err = capsys.readouterr().err
     assert "missing.json does not exist" in err and "is a folder; pass the .json" in err
+    (tmp_path / "afile").write_text("")
+    assert main(["analyze", str(trace), "--store", str(tmp_path / "afile")]) == 1  # was "unexpected FileExistsError"
+    (run,) = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    assert main(["analyze", str(trace), "--store", str(run)]) == 1  # a store inside a run folder
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "run folder" in err and "unexpected" not in err
     assert len(load_runs([tmp_path / "s"])) == 1

@@ -104,8 +104,10 @@ def analyze(traces: Annotated[list[Path], typer.Argument(help="PyTorch profiler 
     run folders that export, study, diff and the dashboard read."""
     from mmchar.analysis.summary import kernel_lines
     from mmchar.analyze import analyze_trace
+    from mmchar.store import check_writable
     from mmchar.trace import check_trace_path
 
+    check_writable(store)  # a file in its place, a run folder: refused as profile refuses them
     for path in traces:  # every name checked before the first run is written: a re-run then adds no duplicate
         check_trace_path(path)
     for path in traces:

@@ -51,12 +51,24 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
     check_writable(opts.store)
     if opts.workload is not None:
         check_profile_steps(opts.profile_steps, config["params"]["steps"])
-        return w.build(config)
+        return _cache_runs_on(w.build(config), opts.cache)
     if opts.preset != "tiny" or opts.weights is not None or any(memory.values()) or opts.generation():
         raise InvalidParameterError("--preset, --weights, --kv-cache and the memory options apply to workloads; a "
                                     "--pipeline folder is profiled as it is")
     target = _pipeline_target(opts.pipeline, dev, opts.dtype, opts.params())
     check_profile_steps(opts.profile_steps, target.steps)
+    return _cache_runs_on(target, opts.cache)
+
+
+def _cache_runs_on(target: Any, cache: str) -> Any:
+    """``target``, once ``--cache`` can run on it: what only the built pipeline tells (a transformer without cache
+    hooks, a pipeline without a cache context) was found at the first measured generation and stored as a failed
+    run."""
+    from mmchar.step_cache import NO_CACHE, unsupported
+
+    why = unsupported(target) if cache != NO_CACHE else None
+    if why:
+        raise InvalidParameterError(f"--cache {cache}: {why}")
     return target
 
 
