@@ -377,7 +377,7 @@ def verdict(timings: Mapping[str, Mapping[str, Any]], windows: Mapping[str, Mapp
         t = timings.get(key) or {}
         if key == "generator_step" and "generator_decode" in timings:
             continue  # prefill and decode calls differ by design
-        c, n = t.get("spread"), int(t.get("n") or 0)
+        c, n = t.get("spread"), int(t.get("spread_n") or t.get("n") or 0)
         if c is not None and n >= limits["min_samples"] and c > limits["spread"]:
             reasons.append(f"{key} spread {c:.1%} over {n} timed samples (robust spread, threshold "
                            f"{limits['spread']:.0%}; min {t['min_ms']:.3g}, median {t['median_ms']:.3g}, max "

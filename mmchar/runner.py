@@ -570,6 +570,7 @@ def _timings(runs: list[GenerationTiming]) -> dict[str, dict[str, float]]:
         # weights or fill caches, so it stays out of the step's spread where a generation has more than one
         steady = [x for r in runs for x in (r.step_ms[1:] if len(r.step_ms) > 1 else r.step_ms)]
         out[f"{step_stage}_step"]["spread"] = noise.spread(steady)
+        out[f"{step_stage}_step"]["spread_n"] = len(steady)  # the samples the spread is of (the verdict says so)
     for phase in sorted({p for r in runs for p in (r.phase_ms or {})}):
         if phase != "step":  # a masked model's steps are its generator_step already
             out[f"generator_{phase}"] = _stats([x for r in runs for x in (r.phase_ms or {}).get(phase, [])])

@@ -50,6 +50,9 @@ def test_verdict_names_each_reason_and_passes_a_quiet_run():
 
     spread = noise.verdict({"e2e": _timing([100, 180, 260])}, {"timed": _window(0.0)}, on_gpu=False)
     assert spread["noisy"] and "e2e spread" in spread["reasons"][0] and "threshold 10%" in spread["reasons"][0]
+    # a step's spread leaves each generation's first step out: the reason counts the samples it is of
+    steps = {**_timing([10, 20, 30, 40, 50, 60]), "spread_n": 4}
+    assert "over 4 timed samples" in noise.verdict({"denoiser_step": steps}, {}, on_gpu=False)["reasons"][0]
 
     loaded = noise.verdict({"e2e": _timing([100, 101, 99])}, {"timed": _window(1.0)}, on_gpu=False)
     assert loaded["noisy"] and "other processes used 1.00 of 2 CPU cores during the timed pass" in loaded["reasons"][0]

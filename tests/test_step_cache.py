@@ -87,6 +87,7 @@ def test_first_block_cache_follows_the_assumed_schedule_end_to_end(tmp_path, mon
     assert sc["blocks_run_share"] == pytest.approx((3 * blocks + 3 * 1) / (6 * blocks))
     assert run.meta["options"]["cache"] == "first-block" and run.meta["options"]["cache_schedule"] == "ccscss"
     assert run.meta["timings"]["denoiser_step"]["n"] == 6 and "mean_ms" in run.meta["timings"]["denoiser_step"]
+    assert run.meta["timings"]["denoiser_step"]["spread_n"] == 5  # the generation's first step left out
     assert run.meta["step_cache_support"] == "ok"
     assert not any("denoiser_step spread" in r for r in run.meta["noise"]["reasons"]), run.meta["noise"]
 
