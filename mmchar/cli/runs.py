@@ -164,15 +164,21 @@ def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a sto
     if output is not None:
         write_atomic(output, lambda p: table.to_csv(p, index=False))
     labels = run_labels(runs_a)  # what the pair ran, in short; then which two runs
-    for pair, part in table.groupby("pair"):
-        title = f"{labels.get(part['run_a'].iloc[0])}: {part['run_a'].iloc[0]} -> {part['run_b'].iloc[0]}"
-        shown = part[part["level"] != "module"]
-        mods = part[part["level"] == "module"]
-        mods = mods.reindex((mods["b"] - mods["a"]).abs().sort_values(ascending=False).index).head(top)
-        print_frame(pd.concat([shown, mods]).drop(columns=["pair", "run_a", "run_b"]).round(3), title=title, fmt=fmt)
-    if len(unpaired):
-        print_frame(unpaired[["side", "run_id", "reason", "closest"]], title=f"{len(unpaired)} runs left unpaired",
-                    fmt=fmt)
+    if fmt != "table":  # one table on stdout, every pair's rows with their run ids (what -o writes); it printed a
+        print_frame(table, fmt=fmt)  # table per pair, which no csv or json reader takes as one document
+        if len(unpaired):
+            warn(f"{len(unpaired)} runs left unpaired: " + "; ".join(f"{r} ({why})" for r, why in
+                                                                     zip(unpaired["run_id"], unpaired["reason"])))
+    else:
+        for pair, part in table.groupby("pair"):
+            title = f"{labels.get(part['run_a'].iloc[0])}: {part['run_a'].iloc[0]} -> {part['run_b'].iloc[0]}"
+            shown = part[part["level"] != "module"]
+            mods = part[part["level"] == "module"]
+            mods = mods.reindex((mods["b"] - mods["a"]).abs().sort_values(ascending=False).index).head(top)
+            print_frame(pd.concat([shown, mods]).drop(columns=["pair", "run_a", "run_b"]).round(3), title=title)
+        if len(unpaired):
+            print_frame(unpaired[["side", "run_id", "reason", "closest"]],
+                        title=f"{len(unpaired)} runs left unpaired")
     paired = set(table["run_a"]) | set(table["run_b"])
     upgraded = {r.meta.get("upgraded_from") for r in runs_a + runs_b if r.run_id in paired}
     if len(upgraded) > 1:

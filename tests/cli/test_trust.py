@@ -452,6 +452,15 @@ def test_backends_keeps_text_in_square_brackets():
     assert code == 0 and "mmchar[fla]" in out
 
 
+def test_diff_of_stores_as_csv_or_json_is_one_table(store):
+    """Each pair printed a table of its own: four csv headers, four json arrays in one stdout."""
+    code, out, err = cli(["diff", store, store, "--format", "json"])
+    rows = json.loads(out)
+    assert code == 0 and len({r["pair"] for r in rows}) == 3 and {"run_a", "run_b", "level"} <= set(rows[0]), err
+    code, out, err = cli(["diff", store, store, "--format", "csv"])
+    assert set(pd.read_csv(io.StringIO(out))["pair"]) == {r["pair"] for r in rows}
+
+
 def test_export_shows_what_tells_runs_apart(store, tmp_path):
     code, out, err = cli(["export", store, "-o", tmp_path / "b.csv"])
     assert code == 0, err
