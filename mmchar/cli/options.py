@@ -32,9 +32,9 @@ KvCache = Annotated[Optional[str], typer.Option("--kv-cache", help="Token models
 
 # how it is measured
 Fallback = Annotated[Optional[str], typer.Option(help="Backend for attention layers the chosen backend cannot take.")]
-CrossBackend = Annotated[Optional[str], typer.Option("--cross-backend", help="Softmax backend of cross attention under linear / WERSA (default: the best available).")]
+CrossBackend = Annotated[Optional[str], typer.Option("--cross-backend", help="Softmax backend of cross attention under a backend that replaces self-attention's maths (linear, wersa, mlstm, rwkv7, lla; default: the best available).")]
 Scope = Annotated[str, typer.Option(help="Whose attention the backend replaces: denoiser or all components.")]
-LinearBackend = Annotated[str, typer.Option("--linear-backend", help="Projection backend of the denoiser's / generator's linear layers (`mmchar backends --kind projection`; dense: the model's own).")]
+LinearBackend = Annotated[str, typer.Option("--linear-backend", help="Projection backend of the denoiser's / generator's linear layers (`mmchar backends --kind projection`; dense: the model's own); compare takes several, comma-separated.")]
 LinearScope = Annotated[str, typer.Option("--linear-scope", help="Which linear layers --linear-backend replaces: attn-proj (attention's q, k, v, out), ffn (feed-forward blocks) or all.")]
 Repeat = Annotated[int, typer.Option(help="Timed generations (median, min and max are reported).")]
 ProfileSteps = Annotated[Optional[int], typer.Option("--profile-steps", help="Denoising steps under the full profiler (default 2; every step of a shorter generation).", show_default=False)]
