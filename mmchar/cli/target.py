@@ -61,9 +61,9 @@ def build_target(opts: RunOptions, backends: list[str]) -> Any:
 
 
 def _cache_runs_on(target: Any, cache: str) -> Any:
-    """``target``, once ``--cache`` can run on it: what only the built pipeline tells (a transformer without cache
-    hooks, a pipeline without a cache context) was found at the first measured generation and stored as a failed
-    run."""
+    """``target``, once ``--cache`` can run on it. What only the built pipeline tells (a transformer without cache
+    hooks, a pipeline without a cache context) is refused here, before anything is measured or stored: found at the
+    first measured generation, it was stored as a failed run."""
     from mmchar.step_cache import NO_CACHE, unsupported
 
     why = unsupported(target) if cache != NO_CACHE else None
