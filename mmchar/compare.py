@@ -77,10 +77,10 @@ def compare(target: Target, variants: list[ProfileOptions], store: str | os.Path
     group = (f"compare-{target.config.get('workload', target.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
              f"-{os.getpid() % 100000:05d}")
     names = [variant_name(o) for o in variants]
-    if repeated(names):
+    if twice := repeated(names):
         from mmchar.errors import InvalidParameterError
 
-        raise InvalidParameterError(f"compare: variant {', '.join(repeated(names))} given more than once (variants: "
+        raise InvalidParameterError(f"compare: variant {', '.join(twice)} given more than once (variants: "
                                     f"{', '.join(names)})")
     outcomes = measure_backends(target, variants)
     ref = outcomes[0].latents if isinstance(outcomes[0], Measurement) else None

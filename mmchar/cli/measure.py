@@ -123,9 +123,10 @@ def compare(workload: Workload = None, pipeline: Pipeline = None,
     if not names:
         raise InvalidParameterError("--backends is empty; pass e.g. --backends math,flash")
     for flag, given in (("--backends", names), ("--linear-backend", list(opts.linear_backends()))):
-        if repeated(given):  # found after the model was built, and named the attention backends whatever was repeated
-            raise InvalidParameterError(f"{flag} {','.join(given)} names {', '.join(repeated(given))} more than "
-                                        "once; name each once")
+        # (found after the model was built, it named the attention backends whatever was repeated)
+        if twice := repeated(given):
+            raise InvalidParameterError(f"{flag} {','.join(given)} names {', '.join(twice)} more than once; name "
+                                        "each once")
     if len(set(names)) * len(set(opts.linear_backends())) < 2:  # it ran a "comparison" of one run, without a word
         pair = "math,flash" if names[0] == "math" else f"math,{names[0]}"
         raise InvalidParameterError(f"--backends {backends} gives one variant and compare needs two or more: add "

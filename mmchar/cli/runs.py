@@ -163,13 +163,13 @@ def diff(a: Annotated[Path, typer.Argument(help="Baseline: a run folder or a sto
         warn(note)
     if output is not None:
         write_atomic(output, lambda p: table.to_csv(p, index=False))
-    labels = run_labels(runs_a)  # what the pair ran, in short; then which two runs
     if fmt != "table":  # one table on stdout, every pair's rows with their run ids (what -o writes); it printed a
         print_frame(table, fmt=fmt)  # table per pair, which no csv or json reader takes as one document
         if len(unpaired):
             warn(f"{len(unpaired)} runs left unpaired: " + "; ".join(f"{r} ({why})" for r, why in
                                                                      zip(unpaired["run_id"], unpaired["reason"])))
     else:
+        labels = run_labels(runs_a)  # what the pair ran, in short; then which two runs
         for pair, part in table.groupby("pair"):
             title = f"{labels.get(part['run_a'].iloc[0])}: {part['run_a'].iloc[0]} -> {part['run_b'].iloc[0]}"
             shown = part[part["level"] != "module"]
